@@ -1,0 +1,26 @@
+"""One error type for everything a user can get wrong.
+
+Raise ``BenchError`` with a single line that names the file and key at fault. The CLI prints
+``error: <message>`` and exits with status 2; no traceback, and callers must not have written partial
+output before raising (write to a temp file and rename at the end).
+"""
+
+
+class BenchError(Exception):
+    """A user-facing error: bad input, bad file, bad option. The message is one line."""
+
+    exit_code = 2
+
+
+class CheckpointError(BenchError):
+    """A checkpoint is missing, corrupt, of an unknown format, or of another architecture."""
+
+
+class DataError(BenchError):
+    """A dataset on disk is missing files or has malformed annotations."""
+
+
+class NonFiniteLossError(BenchError):
+    """Training produced a non-finite loss more times than allowed."""
+
+    exit_code = 3
