@@ -1,0 +1,409 @@
+"""The one training engine: every pretrainer (MAE, MoCo v3, BEiT, supervised) and every
+classification protocol trains through ``fit``. Detection and segmentation use mmengine's Runner
+(the field's engine for those), not this.
+
+What ``fit`` guarantees:
+
+* **Resume is exact.** Training is counted in optimizer steps. The data order of epoch ``e`` is a
+  permutation seeded by ``(seed, e)``, and each sample's augmentation is seeded by its position in
+  that permutation (``SeededDataset``), so neither worker count nor a restart changes what a step
+  sees. A checkpoint stores model, optimizer, step and the RNG states; on CPU a resumed run repeats
+  the uninterrupted run's loss sequence bit for bit.
+* **No lost work.** Checkpoints are written atomically (temp + rename), the last ``keep_last`` are
+  kept, and a corrupt newest checkpoint makes resume fall back to the previous one with a warning.
+* **Numerics guard.** A non-finite loss stops the run (after ``max_nonfinite`` skipped steps) with
+  the step, the loss terms and a saved state.
+* **Distributed.** Under ``torchrun`` (DDP) each rank reads a disjoint slice of every global batch,
+  so the global batch — and the loss trajectory — equal a single process with the whole batch.
+  Global batch and learning rate are printed at start: ``lr = blr * batch * accum * world / 256``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from backbones.checkpoint import load_checkpoint_file, save_atomic
+from bench.errors import BenchError, CheckpointError, NonFiniteLossError
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    batch_size: int = 32            # per process, per micro-step
+    epochs: float = 1.0             # used when steps == 0
+    steps: int = 0                  # optimizer steps (0: from epochs)
+    accum_iter: int = 1
+    blr: float = 1.5e-4             # base lr: lr = blr * global_batch / 256 (MAE, MoCo v3, BEiT, DeiT)
+    lr: float | None = None         # absolute lr (overrides blr)
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    warmup_steps: int | None = None
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    optimizer: str = "adamw"        # adamw | sgd | lars (linear probe)
+    momentum: float = 0.9           # sgd / lars
+    clip_grad: float | None = None
+    bf16: bool = False
+    seed: int = 0
+    ckpt_every: int = 0             # optimizer steps between checkpoints (0: only at the end)
+    keep_last: int = 2
+    num_workers: int = 0
+    max_nonfinite: int = 0
+    progress: bool = True
+    desc: str = "train"
+    device: str = "auto"
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class FitResult:
+    steps: int
+    final_loss: float
+    wall_time_s: float
+    images_per_s: float
+    out_dir: Path
+    history: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: deterministic, resumable order and augmentation
+# ------------------------------------------------------------------------------------------------
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    h = hashlib.blake2b(f"{seed}:{epoch}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so item ``(index, seed)`` is produced under RNGs seeded with ``seed``
+    (torch, numpy, random), restoring the caller's RNG state afterwards."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % (2 ** 32))
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of ``(index, seed)`` for one epoch, from batch ``start``; rank ``r`` of ``world``
+    takes the r-th slice of every global batch. The last incomplete global batch is dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
+                 world: int = 1, shuffle: bool = True):
+        self.n, self.bs, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
+        self.rank, self.world, self.shuffle = rank, world, shuffle
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.bs * self.world)
+
+    def __len__(self):
+        return max(0, self.batches_per_epoch() - self.start)
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+        else:
+            perm = list(range(self.n))
+        gb = self.bs * self.world
+        for b in range(self.start, self.batches_per_epoch()):
+            lo = b * gb + self.rank * self.bs
+            yield [(perm[p], sample_seed(self.seed, self.epoch, p)) for p in range(lo, lo + self.bs)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimisation helpers
+# ------------------------------------------------------------------------------------------------
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """timm's parameter groups: no weight decay on biases, norms and ``model.no_weight_decay()``
+    (pos_embed, cls_token, mask_token, relative position tables), optional layer-wise lr decay
+    (``lr_scale`` = decay^(L - layer), blocks by ``model.group_matcher``)."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    if layer_decay is not None and layer_decay != 1.0:
+        return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+
+
+def make_optimizer(groups, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.optimizer == "lars":
+        from timm.optim import Lars
+        return Lars(groups, lr=lr, momentum=cfg.momentum)
+    raise BenchError(f"unknown optimizer {cfg.optimizer!r} (adamw, sgd, lars)")
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warmup, then half-cycle cosine to ``min_lr`` (per optimizer step)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def world_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(s: dict):
+    torch.set_rng_state(s["torch"])
+    v, state, gauss = s["python"]
+    random.setstate((v, tuple(state), gauss))
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def checkpoint_paths(out_dir: Path) -> list[Path]:
+    """Training checkpoints in ``out_dir``, newest first."""
+    return sorted(Path(out_dir).glob("checkpoint-*.pth"), reverse=True)
+
+
+def load_latest(out_dir: Path) -> dict | None:
+    """The newest readable training checkpoint; corrupt ones are skipped with a warning."""
+    for p in checkpoint_paths(out_dir):
+        try:
+            state = load_checkpoint_file(p)
+            if not isinstance(state, dict) or "step" not in state or "model" not in state:
+                raise CheckpointError(f"checkpoint {p} is not a training checkpoint (no 'step'/'model')")
+            state["_path"] = p
+            return state
+        except CheckpointError as e:
+            warnings.warn(f"skipping unreadable checkpoint, falling back to the previous one: {e}")
+    return None
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+LossFn = Callable[[torch.nn.Module, object], tuple]
+
+
+def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *,
+        groups: list[dict] | None = None, after_step: Callable[[int, int], None] | None = None,
+        collate_fn=None, extra_state: dict | None = None, resume: bool = True) -> FitResult:
+    """Train ``model`` on ``dataset``. ``loss_fn(model, batch) -> (loss, {name: float})``.
+
+    ``groups``: optimizer parameter groups (default: ``param_groups(model, cfg.weight_decay)``),
+    each may carry ``lr_scale``. ``after_step(step, total_steps)`` runs after each optimizer step
+    (e.g. MoCo's momentum update). ``extra_state``: objects with ``state_dict``/``load_state_dict``
+    saved in the checkpoint (e.g. a tokenizer). With ``resume`` the newest checkpoint in
+    ``cfg.out_dir`` is continued.
+    """
+    out = Path(cfg.out_dir)
+    rank, world = world_info()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    np.random.seed((cfg.seed + rank) % 2 ** 32)
+    model.to(device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if groups is None:
+        groups = param_groups(unwrap(model), cfg.weight_decay)
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+
+    global_batch = cfg.batch_size * cfg.accum_iter * world
+    lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
+    opt = make_optimizer(groups, cfg, lr)
+    bpe = len(dataset) // (cfg.batch_size * world)  # micro-batches per epoch
+    if bpe == 0:
+        raise BenchError(f"dataset has {len(dataset)} samples, fewer than one global batch of {cfg.batch_size * world}")
+    steps_per_epoch = max(1, bpe // cfg.accum_iter)
+    total = cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    step, micro, nonfinite, history = 0, 0, 0, []
+    state = load_latest(out) if resume else None
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, micro, nonfinite = state["step"], state["micro"], state.get("nonfinite", 0)
+        _set_rng_state(state["rng"])
+        for k, obj in (extra_state or {}).items():
+            obj.load_state_dict(state["extra"][k])
+        history = [h for h in state.get("history", []) if h["step"] <= step]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"[{cfg.desc}] world {world} x batch {cfg.batch_size} x accum {cfg.accum_iter} = global batch "
+              f"{global_batch}; lr {lr:.3g} (blr {cfg.blr:g} x {global_batch}/256){' [given]' if cfg.lr is not None else ''}; "
+              f"{total} steps, {steps_per_epoch} per epoch, warmup {warmup}"
+              + (f"; resumed at step {step} from {state['_path'].name}" if state else ""), flush=True)
+
+    def save(tag_step: int):
+        if rank != 0:
+            return
+        ckpt = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step, "micro": micro,
+                "nonfinite": nonfinite, "rng": _rng_state(), "config": cfg.to_json(), "history": history,
+                "arch": getattr(unwrap(model), "arch", None),
+                "extra": {k: obj.state_dict() for k, obj in (extra_state or {}).items()}}
+        save_atomic(ckpt, out / f"checkpoint-{tag_step:07d}.pth")
+        for old in checkpoint_paths(out)[cfg.keep_last:]:
+            old.unlink(missing_ok=True)
+
+    log = None
+    if rank == 0:  # the log always matches the checkpoint we continue from
+        _write_log(out / "log.jsonl", history)
+        log = open(out / "log.jsonl", "a")
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, desc=cfg.desc, disable=not cfg.progress or rank != 0,
+               dynamic_ncols=True, mininterval=0.5)
+    model.train()
+    t0, seen, last_loss = time.perf_counter(), 0, float("nan")
+    window_bad, window_logs = False, []
+    pin = device.type == "cuda"
+    while step < total:
+        epoch, start = divmod(micro, bpe)
+        sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, start, rank, world)
+        loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
+                            collate_fn=collate_fn, pin_memory=pin,
+                            # its own generator: creating a loader must not draw from the global RNG
+                            # (a resumed run creates one mid-epoch that the uninterrupted run did not)
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        for batch in loader:
+            g_step = step
+            for g in opt.param_groups:
+                g["lr"] = lr_at(g_step, total, warmup, lr, cfg.min_lr) * g["lr_scale"]
+            batch = _to_device(batch, device)
+            with autocast(device, cfg.bf16):
+                loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss).all():
+                window_bad = True
+                window_logs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}})
+            else:
+                (loss / cfg.accum_iter).backward()
+                last_loss = float(loss.detach())
+            micro += 1
+            seen += _batch_len(batch) * world
+            if micro % cfg.accum_iter:
+                continue
+            if window_bad:
+                opt.zero_grad(set_to_none=True)
+                nonfinite += 1
+                if nonfinite > cfg.max_nonfinite:
+                    save(step)
+                    bar.close()
+                    if log is not None:
+                        log.close()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step} ({window_logs[-1]}); state saved in {out}; "
+                        f"pass --max-nonfinite N to skip up to N such steps")
+                warnings.warn(f"step {step}: non-finite loss {window_logs[-1]}, step skipped ({nonfinite}/{cfg.max_nonfinite})")
+            else:
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            window_bad, window_logs = False, []
+            step += 1
+            if after_step is not None:
+                after_step(step, total)
+            rec = {"step": step, "epoch": micro / bpe, "loss": last_loss, "lr": opt.param_groups[0]["lr"] / opt.param_groups[0]["lr_scale"],
+                   **{k: float(v) for k, v in logs.items()}}
+            history.append(rec)
+            if log is not None:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{rec['lr']:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.1f}", refresh=False)
+            bar.update(1)
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total:
+                save(step)
+            if step >= total:
+                break
+    bar.close()
+    if log is not None:
+        log.close()
+    wall = time.perf_counter() - t0
+    return FitResult(step, last_loss, wall, seen / max(wall, 1e-9), out, history)
+
+
+def _write_log(path: Path, history: list):
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    os.replace(tmp, path)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_len(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_len(next(iter(batch.values())))
+    return 0
