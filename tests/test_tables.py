@@ -1,0 +1,239 @@
+"""Paper-style tables: aggregation against hand computation, LaTeX/Markdown/CSV output, plots,
+published numbers, and the `bench table` entry point."""
+import argparse
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from bench.errors import BenchError
+from bench.results import ResultsStore, default_run_id
+from bench.tables import (DEFAULT_REFERENCE, add_table_arguments, backbone_label, build_tables,
+                          load_reference, plot_tables, run_table, table_main, to_latex,
+                          to_markdown, write_tables)
+
+# Hand-made COCO results: APbox per seed.
+APBOX = {
+    ("supervised", "vit_base_patch16"): [47.0, 48.0, 49.5],
+    ("mae", "vit_base_patch16"): [50.0, 51.0],
+    ("beit", "vit_base_patch16"): [49.0],
+    ("mae", "vit_large_patch16"): [53.0, 54.0, 55.0],
+    ("random", "vit_large_patch16"): [40.0, 41.0],
+    ("my_vit_base_patch16%", "vit_base_patch16"): [45.0, 46.0],
+}
+
+
+def row(init, backbone, seed, metrics, task="coco", protocol="maskrcnn_fpn", k=None,
+        status="ok", suite="paper", extra=None, run_id=None):
+    extra = extra or {}
+    return {
+        "schema": 1,
+        "run_id": run_id or default_run_id(suite, task, protocol, k, init, backbone, seed, extra),
+        "suite": suite, "task": task, "protocol": protocol, "k": k, "init": init,
+        "backbone": backbone, "checkpoint_sha256": None, "seed": seed, "metrics": metrics,
+        "status": status, "error": None if status == "ok" else "diverged", "iterations": 100,
+        "wall_time_s": 10.0, "config_hash": "c0ffee", "code_version": "test", "device": "cpu",
+        "date": "2024-01-01T00:00:00+00:00", "extra": extra,
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    for (init, backbone), values in APBOX.items():
+        for seed, value in enumerate(values):
+            store.append(row(init, backbone, seed, {"APbox": value, "APmask": value - 5.0}))
+    # a failed run and an earlier, superseded record of a finished run must not count
+    store.append(row("mae", "vit_base_patch16", 7, {}, status="failed"))
+    store.append(row("supervised", "vit_large_patch16", 0, {"APbox": 10.0, "APmask": 5.0},
+                     run_id="dup"))
+    store.append(row("supervised", "vit_large_patch16", 0, {"APbox": 49.0, "APmask": 44.0},
+                     run_id="dup"))
+    # ADE20K and a ViT-H448 transfer run
+    store.append(row("mae", "vit_base_patch16", 0, {"mIoU": 48.0}, "ade20k", "upernet"))
+    store.append(row("mae", "vit_huge_patch14", 0, {"top1": 80.0}, "inat2017", "finetune",
+                     extra={"img_size": 448}))
+    store.append(row("mae", "vit_huge_patch14", 0, {"top1": 79.0}, "inat2017", "finetune"))
+    # partial fine-tuning curve and a mask-ratio sweep of linear probing
+    for init, base in (("mae", 73.0), ("mocov3", 76.0)):
+        for k in (0, 1, 4):
+            store.append(row(init, "vit_large_patch16", 0, {"top1": base + 2 * k},
+                             "imagenet", "partial", k=k))
+    for ratio, top1 in ((0.5, 60.0), (0.75, 65.0), (0.9, 62.0)):
+        store.append(row("mae", "vit_demo_patch8", 0, {"top1": top1}, "imagenet", "linear",
+                         extra={"mask_ratio": ratio}))
+    return store
+
+
+def test_aggregation_matches_hand_computation(store):
+    tables = build_tables(store.dataframe(), load_reference())
+    t = tables["table4_coco"]
+    # supervised ViT-B: 47.0, 48.0, 49.5 -> mean 144.5/3, sample std sqrt(3.1666.../2)
+    assert t.loc["supervised", ("APbox", "ViT-B", "mean")] == pytest.approx(48.1666667)
+    assert t.loc["supervised", ("APbox", "ViT-B", "std")] == pytest.approx(1.2583057)
+    assert t.loc["supervised", ("APbox", "ViT-B", "n")] == 3
+    # mae ViT-B: 50.0, 51.0 -> mean 50.5, std sqrt(0.5), delta 50.5 - 48.1666...
+    assert t.loc["mae", ("APbox", "ViT-B", "mean")] == pytest.approx(50.5)
+    assert t.loc["mae", ("APbox", "ViT-B", "std")] == pytest.approx(math.sqrt(0.5))
+    assert t.loc["mae", ("APbox", "ViT-B", "delta")] == pytest.approx(2.3333333)
+    assert t.loc["mae", ("APmask", "ViT-B", "mean")] == pytest.approx(45.5)
+    # the failed seed-7 run did not count
+    assert t.loc["mae", ("APbox", "ViT-B", "n")] == 2
+    # a single seed: std is NaN, the delta still exists
+    assert t.loc["beit", ("APbox", "ViT-B", "n")] == 1
+    assert math.isnan(t.loc["beit", ("APbox", "ViT-B", "std")])
+    assert t.loc["beit", ("APbox", "ViT-B", "delta")] == pytest.approx(49.0 - 48.1666667)
+    # run_id recorded twice: only the last row counts (49.0, not the mean with 10.0)
+    assert t.loc["supervised", ("APbox", "ViT-L", "mean")] == 49.0
+    assert t.loc["supervised", ("APbox", "ViT-L", "n")] == 1
+    assert t.loc["mae", ("APbox", "ViT-L", "delta")] == pytest.approx(54.0 - 49.0)
+    assert t.loc["mae", ("APbox", "ViT-L", "std")] == pytest.approx(1.0)
+    assert t.loc["supervised", ("APbox", "ViT-B", "delta")] == 0.0
+    # published numbers side by side (He et al. 2021, Table 4)
+    assert t.loc["supervised", ("APbox", "ViT-B", "published")] == 47.9
+    assert t.loc["mae", ("APbox", "ViT-L", "published")] == 53.3
+    assert t.loc["mae", ("APmask", "ViT-L", "published")] == 47.2
+    assert math.isnan(t.loc["random", ("APbox", "ViT-L", "published")])
+    # layout: inits in the paper's order then others, backbones small to large
+    assert list(t.index) == ["random", "supervised", "beit", "mae", "my_vit_base_patch16%"]
+    assert list(dict.fromkeys(t.columns.get_level_values("column"))) == ["ViT-B", "ViT-L"]
+    assert list(dict.fromkeys(t.columns.get_level_values("group"))) == ["APbox", "APmask"]
+
+
+def test_other_tables_and_labels(store):
+    tables = build_tables(store.dataframe(), load_reference())
+    assert set(tables) == {"table4_coco", "table5_ade20k", "table6_transfer_cls", "linear_probe",
+                           "partial_finetune"}
+    t6 = tables["table6_transfer_cls"]
+    assert t6.loc["mae", ("iNat 2017", "ViT-H448", "mean")] == 80.0
+    assert t6.loc["mae", ("iNat 2017", "ViT-H448", "published")] == 83.4
+    assert t6.loc["mae", ("iNat 2017", "ViT-H", "published")] == 79.3
+    assert math.isnan(t6.loc["mae", ("iNat 2017", "ViT-H", "delta")])  # no supervised row
+    partial = tables["partial_finetune"]
+    assert partial.loc["mae", ("ImageNet ViT-L", "k=4", "mean")] == 81.0
+    assert partial.loc["mae", ("ImageNet ViT-L", "k=0", "published")] == 73.5
+    assert partial.loc["mae", ("ImageNet ViT-L", "k=1", "published")] == 81.0
+    assert list(dict.fromkeys(partial.columns.get_level_values("column"))) == \
+        ["k=0", "k=1", "k=4"]
+    # three mask ratios of one init are three rows, not one averaged cell
+    assert list(tables["linear_probe"].index) == ["mae mask=0.5", "mae mask=0.75", "mae mask=0.9"]
+    assert tables["table5_ade20k"].loc["mae", ("mIoU", "ViT-B", "published")] == 48.1
+    assert backbone_label("vit_huge_patch14", 448) == "ViT-H448"
+    assert backbone_label("vit_base_patch8") == "ViT-B/8"
+    assert backbone_label("vit_demo_patch8", 64) == "ViT-demo/8@64"
+    assert backbone_label("resnet50") == "resnet50"
+
+
+def _latex_columns(line: str) -> int:
+    """Tabular columns a LaTeX row spans (\\multicolumn{n} counts n)."""
+    cells = re.split(r"(?<!\\)&", line.rstrip().removesuffix(r"\\"))
+    total = 0
+    for cell in cells:
+        m = re.search(r"\\multicolumn\{(\d+)\}", cell)
+        total += int(m.group(1)) if m else 1
+    return total
+
+
+def test_latex_is_balanced_escaped_and_bolds_the_best(store):
+    t = build_tables(store.dataframe(), load_reference())["table4_coco"]
+    tex = to_latex(t)
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
+    body = tex[tex.index(r"\toprule") + 8:tex.index(r"\bottomrule")]
+    rows = [ln for ln in body.splitlines() if ln.rstrip().endswith(r"\\")]
+    assert len(rows) == 2 + len(t.index)  # two header rows, one per init
+    for line in rows:
+        assert _latex_columns(line) == len(spec), line
+    # ViT-B APbox and APmask each get an adjacent 'paper' column; ViT-L too: 1 + 2 * 2 * 2
+    assert len(spec) == 9
+    # names are escaped: no bare _ or % outside math
+    assert r"my\_vit\_base\_patch16\%" in tex
+    assert re.search(r"(?<!\\)_", tex.replace(r"\_", "")) is None
+    # best mean per column in bold: mae 50.5 (ViT-B) and 54.0 (ViT-L), once per column
+    mae = next(ln for ln in rows if ln.startswith("mae &"))
+    assert r"\textbf{50.5}" in mae and r"\textbf{54.0}" in mae
+    assert tex.count(r"\textbf") == 4  # APbox and APmask, ViT-B and ViT-L
+    assert r"\textbf" not in next(ln for ln in rows if ln.startswith("supervised &"))
+    assert "$\\pm$ --" in next(ln for ln in rows if ln.startswith("beit &"))  # n=1
+
+
+def test_markdown_table_has_header_separator_and_even_rows(store):
+    md = to_markdown(build_tables(store.dataframe(), load_reference())["table4_coco"])
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert re.fullmatch(r"\|(:?-{3,}:?\|)+", lines[1])
+    counts = {ln.count(" | ") for ln in lines if not ln.startswith("|:")}
+    assert len(counts) == 1
+    assert lines[0].startswith("| init | APbox ViT-B | APbox ViT-B (paper) |")
+    mae = next(ln for ln in lines if ln.startswith("| mae |"))
+    assert "**50.5** ± 0.7 (n=2, Δ +2.3) | 50.3 |" in mae
+
+
+def test_write_tables_csv_is_numeric_and_atomic(store, tmp_path):
+    tables = build_tables(store.dataframe(), load_reference())
+    out = tmp_path / "out"
+    paths = write_tables(tables, out)
+    assert sorted(p.name for p in paths) == sorted(
+        f"{name}.{fmt}" for name in tables for fmt in ("csv", "tex", "md"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    csv = pd.read_csv(out / "table4_coco.csv")
+    assert list(csv.columns) == ["init", "group", "column", "mean", "std", "n", "delta",
+                                 "published"]
+    cell = csv[(csv["init"] == "supervised") & (csv["group"] == "APbox")
+               & (csv["column"] == "ViT-B")].iloc[0]
+    assert cell["mean"] == pytest.approx(144.5 / 3, abs=1e-12)
+    assert cell["std"] == pytest.approx(1.2583057)
+    assert cell["n"] == 3 and cell["published"] == 47.9 and cell["delta"] == 0.0
+    with pytest.raises(BenchError, match="'pdf'"):
+        write_tables(tables, out, formats=("pdf",))
+
+
+def test_plots_are_non_empty_pngs_and_skipped_without_data(store, tmp_path):
+    paths = plot_tables(store.dataframe(), tmp_path / "plots")
+    names = {p.name for p in paths}
+    assert {"bars_coco_maskrcnn_fpn.png", "bars_ade20k_upernet.png",
+            "partial_imagenet_ViT-L.png", "mask_ratio_imagenet.png"} <= names
+    for p in paths:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    coco_only = store.dataframe(task="coco")
+    names = {p.name for p in plot_tables(coco_only, tmp_path / "coco")}
+    assert names == {"bars_coco_maskrcnn_fpn.png"}
+
+
+def test_run_table_with_no_match_names_file_and_filters(store, tmp_path):
+    with pytest.raises(BenchError) as e:
+        run_table(store.path, tmp_path / "out", suite="nope", task="coco")
+    message = str(e.value)
+    assert str(store.path) in message and "suite='nope'" in message and "task='coco'" in message
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()  # nothing written
+    with pytest.raises(BenchError, match="results file not found"):
+        run_table(tmp_path / "missing", tmp_path / "out")
+
+
+def test_run_table_through_cli_arguments(store, tmp_path, capsys):
+    parser = add_table_arguments(argparse.ArgumentParser(prog="bench table"))
+    args = parser.parse_args(["--results", str(store.path), "--out", str(tmp_path / "t"),
+                              "--task", "coco", "--formats", "md,csv", "--no-plots"])
+    assert table_main(args) == 0
+    printed = capsys.readouterr().out.split()
+    expected = [str(tmp_path / "t" / f"table4_coco.{f}") for f in ("md", "csv")]
+    assert sorted(printed) == sorted(expected)
+    assert "47.9" in (tmp_path / "t" / "table4_coco.md").read_text()  # default reference used
+
+
+def test_reference_csv_is_well_formed_and_bad_values_are_refused(tmp_path):
+    ref = load_reference(DEFAULT_REFERENCE)
+    keys = ref[["task", "protocol", "metric", "init", "backbone", "img_size", "k"]].astype(str)
+    assert not keys.duplicated().any()
+    assert ((ref["value"] > 0) & (ref["value"] < 100)).all()
+    assert ref["source"].str.startswith("He et al. 2021, ").all()
+    assert set(ref["init"]) <= {"random", "supervised", "mocov3", "beit", "mae", "dino"}
+    bad = tmp_path / "bad.csv"
+    text = DEFAULT_REFERENCE.read_text().splitlines()
+    text[1] = text[1].replace(",82.3,", ",eighty,")
+    bad.write_text("\n".join(text) + "\n")
+    with pytest.raises(BenchError, match=r"bad\.csv line 2: column 'value'"):
+        load_reference(bad)
