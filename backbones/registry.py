@@ -41,6 +41,7 @@ class InitSpec:
     description: str
     official_files: str = ""
     arch_overrides: dict = field(default_factory=dict)
+    per_arch: dict = field(default_factory=dict)  # {arch: {kw: value}}: e.g. MoCo v3's 12-head ViT-S
 
     @property
     def needs_checkpoint(self) -> bool:
@@ -50,10 +51,12 @@ class InitSpec:
 INITS: dict[str, InitSpec] = {}
 
 
-def register_init(name: str, *, description: str, official_files: str = "", **arch_overrides):
-    """Decorator registering ``fn`` as the converter of initialisation ``name``."""
+def register_init(name: str, *, description: str, official_files: str = "", per_arch: dict | None = None,
+                  **arch_overrides):
+    """Decorator registering ``fn`` as the converter of initialisation ``name``. ``arch_overrides``
+    apply to every architecture, ``per_arch[arch]`` only to that one (after ``arch_overrides``)."""
     def wrap(fn: Converter | None):
-        INITS[name] = InitSpec(name, fn, description, official_files, arch_overrides)
+        INITS[name] = InitSpec(name, fn, description, official_files, arch_overrides, dict(per_arch or {}))
         return fn
     return wrap
 
@@ -82,6 +85,7 @@ def build_backbone(name: str, checkpoint: str | Path | None = None, *, trust_che
     spec = INITS[init]
     cfg = arch_config(arch)
     cfg.update(spec.arch_overrides)
+    cfg.update(spec.per_arch.get(arch, {}))
     if img_size is not None:
         cfg["img_size"] = img_size
     cfg.update(overrides)
@@ -164,10 +168,230 @@ def _timm_layout(obj, path: Path) -> dict:
 register_init("random", description="random initialisation (MAE's init scheme; no checkpoint)")(None)
 
 
-@register_init("mae", description="MAE (He et al. 2021): facebookresearch/mae releases or `bench pretrain`",
-               official_files="mae_pretrain_vit_{base,large,huge}.pth, mae_visualize_vit_*.pth")
+# --------------------------------------------------------------------------------------------------
+# Official checkpoint layouts. ``detect_format`` names the layout of a state dict so that a file given
+# to the wrong initialisation gets a hint instead of a wall of missing keys.
+# --------------------------------------------------------------------------------------------------
+KNOWN_FORMATS = (
+    "timm/DeiT/MAE {'model': sd} or bare sd with patch_embed.proj + blocks.N.attn.qkv (mae_, supervised_); "
+    "MoCo v3 {'state_dict': sd} with module.base_encoder.* (mocov3_); "
+    "BEiT {'model': sd} with blocks.N.attn.q_bias/v_bias, gamma_1/2, (rel_pos_bias.)relative_position_bias_table (beit_); "
+    "mmpretrain/mmselfsup {'state_dict': sd} with backbone.patch_embed.projection + backbone.layers.N (mae_, supervised_)")
+
+MOCO_PREFIXES = ("module.base_encoder.", "base_encoder.")  # DDP-saved (official) / single-process
+
+
+def detect_format(sd: dict) -> str | None:
+    """'mocov3', 'mmpretrain', 'beit', 'timm' or None for a state dict."""
+    keys = list(sd)
+    if any(k.startswith(MOCO_PREFIXES) for k in keys):
+        return "mocov3"
+    if any(k in sd for k in ("backbone.patch_embed.projection.weight", "patch_embed.projection.weight")):
+        return "mmpretrain"
+    if any(k.endswith(("attn.q_bias", "gamma_1", "relative_position_index")) or k.startswith("rel_pos_bias.")
+           for k in keys):
+        return "beit"
+    if is_our_layout(sd):
+        return "timm"
+    return None
+
+
+def _strip_module(sd: dict) -> dict:
+    """Drop a DistributedDataParallel ``module.`` prefix carried by every key (not MoCo's: handled there)."""
+    if sd and all(k.startswith("module.") for k in sd) and not any(k.startswith("module.base_encoder.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _unknown(path: Path, sd: dict, init: str, fmt: str | None = None) -> CheckpointError:
+    hint = ""
+    if fmt is not None:
+        use = {"mocov3": "mocov3", "beit": "beit", "mmpretrain": "mae or supervised", "timm": "mae or supervised"}[fmt]
+        hint = f"; it looks like a {fmt} checkpoint: use the {use}_<arch> backbone"
+    return CheckpointError(f"checkpoint {path} is not a {init} checkpoint{hint}; first keys {list(sd)[:10]}; "
+                           f"known formats: {KNOWN_FORMATS}")
+
+
+def _block_ids(sd: dict, prefix: str = "blocks.") -> list[int]:
+    return sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix) and k[len(prefix)].isdigit()})
+
+
+# mmpretrain (and mmselfsup 1.x / mmcls) ViT names -> timm names, per block. The mapping is that of
+# mmpretrain's tools/model_converters/deit3_to_mmpretrain.py (timm -> mmpretrain), inverted.
+_MM_BLOCK = (
+    ("ln1.", "norm1."), ("attn.qkv.", "attn.qkv."), ("attn.proj.", "attn.proj."),
+    ("attn.gamma1.weight", "ls1.gamma"), ("ln2.", "norm2."), ("ffn.layers.0.0.", "mlp.fc1."),
+    ("ffn.layers.1.", "mlp.fc2."), ("ffn.gamma2.weight", "ls2.gamma"))
+# Top-level backbone keys. ``ln1`` is the final norm (``final_norm=True``); ``ln2`` the norm after
+# average pooling (``out_type='avg_featmap'``, fine-tuned models), i.e. timm's ``fc_norm``.
+_MM_TOP = (("patch_embed.projection.", "patch_embed.proj."), ("cls_token", "cls_token"),
+           ("pos_embed", "pos_embed"), ("ln1.", "norm."), ("ln2.", "fc_norm."))
+
+
+def convert_mmpretrain(sd: dict, path: Path) -> dict:
+    """``{'state_dict'}`` of an mmpretrain / mmselfsup ViT (``MAEViT`` or ``VisionTransformer``
+    backbone): keep ``backbone.*`` (``neck.*`` = MAE decoder, ``head.*``, ``data_preprocessor.*``
+    dropped) and rename to timm names. A backbone key we have no name for is an error."""
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    out = {}
+    for k, v in sd.items():
+        new = None
+        if k.startswith("layers."):
+            i, rest = k[len("layers."):].split(".", 1)
+            for old, ours in _MM_BLOCK:
+                if rest.startswith(old):
+                    new = f"blocks.{i}.{ours}{rest[len(old):]}"
+                    break
+        elif k == "mask_token":  # mmpretrain's BEiT/SimMIM backbones; not part of the encoder
+            continue
+        else:
+            for old, ours in _MM_TOP:
+                if k == old or (old.endswith(".") and k.startswith(old)):
+                    new = ours + k[len(old):]
+                    break
+        if new is None:
+            raise CheckpointError(f"checkpoint {path}: mmpretrain key 'backbone.{k}' has no counterpart in our ViT "
+                                  f"(supported: patch_embed.projection, cls_token, pos_embed, layers.N.{{ln1,attn.qkv,"
+                                  f"attn.proj,attn.gamma1,ln2,ffn.layers.0.0,ffn.layers.1,ffn.gamma2}}, ln1, ln2)")
+        out[new] = v
+    return out
+
+
+
+
+@register_init("mae", description="MAE (He et al. 2021): facebookresearch/mae releases, mmpretrain/mmselfsup MAE, or `bench pretrain`",
+               official_files="mae_pretrain_vit_{base,large,huge}.pth, mae_visualize_vit_*.pth, "
+                              "mmpretrain mae_vit-*_8xb512-*.pth")
 def convert_mae(obj, path: Path) -> dict:
     """facebookresearch/mae ``{'model': sd}`` in timm names; pretrain files also carry
     ``decoder_*`` / ``mask_token`` (dropped in adapt_to_model), fine-tuned ones ``fc_norm`` and
-    ``head``. Our own ``bench pretrain`` checkpoints are the same layout."""
-    return _timm_layout(obj, path)
+    ``head``. Our own ``bench pretrain`` checkpoints are the same layout. mmpretrain / mmselfsup
+    MAE checkpoints (``{'state_dict'}`` with ``backbone.layers.N``) are recognised and renamed."""
+    sd, _ = unwrap_state_dict(obj, path)
+    sd = _strip_module(sd)
+    fmt = detect_format(sd)
+    if fmt == "mmpretrain":
+        return convert_mmpretrain(sd, path)
+    if fmt != "timm":
+        raise _unknown(path, sd, "mae", fmt)
+    return sd
+
+
+@register_init("supervised", description="supervised ImageNet ViT: DeiT / timm releases or `bench pretrain --method supervised`",
+               official_files="deit_{tiny,small,base}_patch16_224-*.pth (facebookresearch/deit), "
+                              "timm vit_*_patch16_224 *.safetensors / *.pth")
+def convert_supervised(obj, path: Path) -> dict:
+    """A timm / DeiT classifier (``{'model': sd}``, ``{'model_ema': sd}`` or a bare sd, ``.pth`` or
+    ``.safetensors``): the classifier ``head.*`` is dropped (in adapt_to_model).
+
+    Distilled DeiT checkpoints (``dist_token``, ``head_dist``, a position embedding with two prefix
+    slots) are refused: their encoder attends to a second prefix token, so dropping it would
+    silently change every feature, and the MAE paper's supervised baseline is a plain ViT trained
+    from scratch (its Table 3/A.2 recipe), not a distilled one. Use the non-distilled DeiT files."""
+    sd, _ = unwrap_state_dict(obj, path)
+    sd = _strip_module(sd)
+    if "dist_token" in sd or any(k.startswith("head_dist.") for k in sd):
+        raise CheckpointError(f"checkpoint {path} is a distilled DeiT (key 'dist_token'/'head_dist'): its encoder uses a "
+                              f"second prefix token that our ViT does not have; use a non-distilled DeiT/timm ViT file")
+    fmt = detect_format(sd)
+    if fmt == "mmpretrain":
+        return convert_mmpretrain(sd, path)
+    if fmt != "timm":
+        raise _unknown(path, sd, "supervised", fmt)
+    return sd
+
+
+@register_init("mocov3", description="MoCo v3 (Chen et al. 2021): facebookresearch/moco-v3 releases or `bench pretrain --method mocov3`",
+               official_files="vit-s-300ep.pth.tar, vit-b-300ep.pth.tar (facebookresearch/moco-v3 CONFIG.md)",
+               per_arch={"vit_small_patch16": dict(num_heads=12)})
+def convert_mocov3(obj, path: Path) -> dict:
+    """facebookresearch/moco-v3 ``main_moco.py`` checkpoints: ``{'epoch', 'arch', 'state_dict',
+    'optimizer', 'scaler'}`` with ``module.base_encoder.*``, ``module.momentum_encoder.*`` and
+    ``module.predictor.*``. As the official ``main_lincls.py`` / ``convert_to_deit.py`` do, the base
+    encoder is kept without its ``head.*`` (the 3-layer projection MLP) and the prefix is stripped.
+    Files already converted by ``convert_to_deit.py`` (``{'model': sd}``, timm names) and our own
+    ``bench pretrain --method mocov3`` exports load as they are.
+
+    MoCo v3's ViT-S has 12 heads of 32 channels (moco-v3 ``vits.py``), unlike DeiT-S (6): the
+    registry builds ``mocov3_vit_small_patch16`` with ``num_heads=12`` (``per_arch`` above); head
+    count is not stored in the file, and the wrong one would load silently and compute something
+    else. The fixed 2-D sin-cos ``pos_embed`` is loaded from the file (MoCo's layout puts the row
+    coordinate first, MAE's the column), never regenerated. The frozen random patch projection
+    (``--stop-grad-conv1``) is an ordinary ``patch_embed.proj`` here."""
+    sd, _ = unwrap_state_dict(obj, path)
+    if detect_format(sd) == "mocov3":
+        prefix = next(p for p in MOCO_PREFIXES if any(k.startswith(p) for k in sd))
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
+    sd = _strip_module(sd)
+    if "patch_embed.proj.0.weight" in sd:
+        raise CheckpointError(f"checkpoint {path} is a MoCo v3 conv-stem ViT (key 'patch_embed.proj.0.weight', "
+                              f"vit_conv_*): only the patchify-stem ViTs are supported")
+    fmt = detect_format(sd)
+    if fmt != "timm":
+        raise _unknown(path, sd, "mocov3", fmt)
+    return sd
+
+
+@register_init("beit", description="BEiT (Bao et al. 2021): microsoft/unilm releases or `bench pretrain --method beit`",
+               official_files="beit_base_patch16_224_pt22k.pth, beit_large_patch16_224_pt22k.pth (microsoft/unilm beit/README.md)",
+               use_rel_pos=True, init_values=0.1)
+def convert_beit(obj, path: Path) -> dict:
+    """microsoft/unilm BEiT ``{'model': sd}`` (pretraining: ``VisionTransformerForMaskedImageModeling``
+    in ``beit/modeling_pretrain.py``; fine-tuned: ``beit/modeling_finetune.py``) -> our names.
+
+    * ``attn.qkv.weight`` has no bias; ``attn.q_bias`` / ``attn.v_bias`` become
+      ``attn.qkv.bias = cat(q_bias, 0, v_bias)``, exactly what BEiT's forward builds. A zero key bias
+      is not an approximation: a key bias ``b`` adds ``q·b`` to every logit of query ``q``, the same
+      for all keys, and softmax over the keys is invariant to that shift; BEiT leaves it out for
+      that reason.
+    * ``blocks.N.gamma_1`` / ``gamma_2`` -> ``blocks.N.ls1.gamma`` / ``ls2.gamma`` (layer scale);
+      a file without them (``layer_scale_init_value=0``) gets ones, the same function.
+    * relative position bias: per-block ``blocks.N.attn.relative_position_bias_table``, or the one
+      shared ``rel_pos_bias.relative_position_bias_table`` of pretraining (``--rel_pos_bias``, the
+      default of ``run_beit_pretraining.py``) copied into every block, as unilm's
+      ``run_class_finetuning.py`` does. Both tables are in BEiT's layout (3 cls entries last).
+      ``relative_position_index`` buffers are dropped (recomputed).
+    * ``pos_embed``: BEiT pretrains without an absolute position embedding (``--abs_pos_emb`` off);
+      then a zero ``pos_embed`` is supplied, which adds nothing, so the model computes what BEiT
+      does (pass ``use_abs_pos=False`` to build_backbone to have none at all). A file with one keeps it.
+    * ``lm_head``, ``mask_token`` (and a fine-tuned ``head``) are dropped; ``cls_token`` is kept.
+    Our own ``bench pretrain --method beit`` exports (timm names, shared table already expanded)
+    load as they are."""
+    sd, _ = unwrap_state_dict(obj, path)
+    sd = _strip_module(sd)
+    fmt = detect_format(sd)
+    if fmt == "timm":
+        if not any(k.endswith("ls1.gamma") for k in sd):
+            raise CheckpointError(f"checkpoint {path} has no layer scale (key 'blocks.0.ls1.gamma'): not a BEiT "
+                                  f"checkpoint; use mae_/supervised_/mocov3_ for plain ViTs")
+        return sd
+    if fmt != "beit":
+        raise _unknown(path, sd, "beit", fmt)
+    sd = {k: v for k, v in sd.items() if not k.endswith("relative_position_index")}
+    if "patch_embed.proj.weight" not in sd:
+        raise CheckpointError(f"checkpoint {path} has no encoder key 'patch_embed.proj.weight'")
+    dim = sd["patch_embed.proj.weight"].shape[0]
+    shared = sd.pop("rel_pos_bias.relative_position_bias_table", None)
+    for i in _block_ids(sd):
+        p = f"blocks.{i}."
+        q, v = sd.pop(p + "attn.q_bias", None), sd.pop(p + "attn.v_bias", None)
+        if (q is None) != (v is None):
+            raise CheckpointError(f"checkpoint {path} has only one of '{p}attn.q_bias' / '{p}attn.v_bias'")
+        if q is not None:
+            sd[p + "attn.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+        elif p + "attn.qkv.bias" not in sd:  # qkv_bias=False: a zero bias is the same function
+            sd[p + "attn.qkv.bias"] = torch.zeros(sd[p + "attn.qkv.weight"].shape[0], dtype=sd[p + "attn.qkv.weight"].dtype)
+        for theirs, ours in (("gamma_1", "ls1.gamma"), ("gamma_2", "ls2.gamma")):
+            g = sd.pop(p + theirs, None)
+            sd[p + ours] = g if g is not None else torch.ones(dim)
+        if shared is not None:
+            if p + "attn.relative_position_bias_table" in sd:
+                raise CheckpointError(f"checkpoint {path} has both a shared and a per-block relative position table "
+                                      f"('{p}attn.relative_position_bias_table')")
+            sd[p + "attn.relative_position_bias_table"] = shared.clone()
+    if "pos_embed" not in sd:
+        table = next((t for k, t in sd.items() if k.endswith("relative_position_bias_table")), None)
+        side = infer_rel_pos_grid(table.shape[0])[0] if table is not None else 1
+        sd["pos_embed"] = torch.zeros(1, side * side + 1, dim, dtype=sd["patch_embed.proj.weight"].dtype)
+    return sd
