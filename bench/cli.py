@@ -1,0 +1,186 @@
+"""``bench``: the one command-line entry point.
+
+    bench run SUITE            run a suite (inits x tasks x seeds), resume what was interrupted, write tables
+    bench pretrain             pretrain a ViT here (MAE, MoCo v3, BEiT, supervised)
+    bench visualize            MAE reconstructions like the paper's Fig. 2/4
+    bench backbones            list registry names (<init>_<arch>)
+    bench det | seg | cls      one transfer run (COCO Mask R-CNN | ADE20K UperNet | iNat/Places classification)
+    bench table                result tables (CSV, LaTeX, Markdown) + plots from a results store
+    bench perf pretrain        throughput benchmark with FLOP and matmul-peak ratios
+
+Bad input ends with ``error: <one line>`` on stderr and exit status 2; nothing half-written is left.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench.errors import BenchError
+
+DEFAULT_ARCH = "vit_demo_patch8"
+
+
+def _add_train_args(p: argparse.ArgumentParser, *, steps=0, epochs=1.0, batch=32, blr=1.5e-4):
+    g = p.add_argument_group("training (the shared engine)")
+    g.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, pretrain.pth")
+    g.add_argument("--steps", type=int, default=steps, help="optimizer steps (0: use --epochs)")
+    g.add_argument("--epochs", type=float, default=epochs, help="epochs over the data (embedded data: --epoch-size crops)")
+    g.add_argument("--batch-size", type=int, default=batch, help="per-process batch (global = batch x accum x world)")
+    g.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--blr", type=float, default=blr, help="base lr; lr = blr x global batch / 256")
+    g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and GPU)")
+    g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-nonfinite", type=int, default=0, help="skip up to N steps with a non-finite loss before stopping")
+    g.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_kwargs(a) -> dict:
+    return dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, accum_iter=a.accum_iter, blr=a.blr, lr=a.lr,
+                weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, bf16=a.bf16, num_workers=a.workers,
+                ckpt_every=a.ckpt_every, seed=a.seed, max_nonfinite=a.max_nonfinite, progress=not a.no_progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+def cmd_pretrain(a):
+    from bench.pretrain import check_mask_ratio, pretrain_mae
+    kw = _train_kwargs(a)
+    if a.method == "mae":
+        check_mask_ratio(a.mask_ratio)
+        path = pretrain_mae(a.arch, a.out, data=a.data, img_size=a.img_size, mask_ratio=a.mask_ratio,
+                            norm_pix_loss=not a.no_norm_pix_loss, epoch_size=a.epoch_size, resume=not a.no_resume, **kw)
+    else:
+        try:
+            from backbones.pretrainers import PRETRAINERS
+        except ImportError as e:
+            raise BenchError(f"pretraining method {a.method!r} is not available in this install ({e})")
+        path = PRETRAINERS[a.method](a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size,
+                                     resume=not a.no_resume, **kw)
+    print(f"backbone checkpoint: {path}\n  use it as: --backbone {a.method}_{a.arch} --checkpoint {path}")
+
+
+def cmd_visualize(a):
+    from bench.visualize import visualize
+    out = visualize(a.checkpoint, a.out, images=a.images, mask_ratios=a.mask_ratios, n=a.n, seed=a.seed,
+                    trust=a.trust_checkpoint)
+    print(f"wrote {out}")
+
+
+def cmd_backbones(a):
+    from backbones.registry import INITS
+    from backbones.vit import ARCHS
+    for name, spec in INITS.items():
+        if a.init and name != a.init:
+            continue
+        print(f"{name}: {spec.description}" + (f"  [official files: {spec.official_files}]" if spec.official_files else ""))
+        for arch in ARCHS:
+            print(f"    {name}_{arch}")
+
+
+def cmd_perf(a):
+    from bench.perf import perf_pretrain
+    perf_pretrain(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, decoder_depths=a.decoder_depths,
+                  iters=a.iters, threads=a.threads, baseline=a.baseline, device=a.device)
+
+
+def _delegate(module: str, add: str, main: str, name: str):
+    """Sub-commands implemented next to their task: ``module.add(parser)`` / ``module.main(args)``."""
+    import importlib
+    try:
+        mod = importlib.import_module(module)
+        return getattr(mod, add), getattr(mod, main)
+    except (ImportError, AttributeError) as e:
+        def add_missing(p):
+            p.add_argument("args", nargs=argparse.REMAINDER)
+
+        def main_missing(_):
+            raise BenchError(f"`bench {name}` is not available in this install ({module}: {e})")
+        return add_missing, main_missing
+
+
+SUBTASKS = {
+    "run": ("bench.runner", "add_run_arguments", "run_main", "run a suite: initialisations x tasks x seeds (resumable), then tables"),
+    "det": ("tasks.detection.run", "add_det_arguments", "det_main", "COCO detection + instance segmentation (Mask R-CNN)"),
+    "seg": ("tasks.segmentation.run", "add_seg_arguments", "seg_main", "ADE20K semantic segmentation (UperNet)"),
+    "cls": ("tasks.classification.run", "add_cls_arguments", "cls_main", "iNat / Places / folder classification: fine-tune, linear probe, partial"),
+    "table": ("bench.tables", "add_table_arguments", "table_main", "result tables (CSV/LaTeX/Markdown) + plots from a results store"),
+}
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, add, main, help_) in SUBTASKS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name != chosen:  # import a task's module (mmdet, mmseg, ...) only when it is the command
+            p.add_argument("args", nargs=argparse.REMAINDER)
+            continue
+        add_fn, main_fn = _delegate(module, add, main, name)
+        add_fn(p)
+        p.set_defaults(func=main_fn)
+
+    p = sub.add_parser("pretrain", help="pretrain a ViT here (MAE, MoCo v3, BEiT, supervised)",
+                       description="Pretrain on the embedded photos (default, no download) or an image folder; "
+                                   "resumes from --out. Writes <out>/pretrain.pth for the registry.")
+    p.add_argument("--method", default="mae", choices=["mae", "mocov3", "beit", "supervised"])
+    p.add_argument("--arch", default=DEFAULT_ARCH, help=f"ViT size (default {DEFAULT_ARCH}; see `bench backbones`)")
+    p.add_argument("--data", default="embedded", help="'embedded' (bundled real photos) or an image folder")
+    p.add_argument("--epoch-size", type=int, default=1024, help="crops per epoch of the embedded data")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the arch's)")
+    p.add_argument("--mask-ratio", type=float, default=0.75, help="MAE: fraction of patches removed")
+    p.add_argument("--no-norm-pix-loss", action="store_true", help="MAE: raw-pixel target instead of per-patch normalised")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("visualize", help="MAE reconstructions (original | masked | reconstruction | + visible)")
+    p.add_argument("--checkpoint", required=True, help="our MAE checkpoint or an official mae_visualize_vit_*.pth")
+    p.add_argument("--out", default="mae_reconstructions.png")
+    p.add_argument("--images", default="embedded", help="'embedded' or an image folder")
+    p.add_argument("--mask-ratios", type=float, nargs="+", default=[0.75, 0.85, 0.95])
+    p.add_argument("--n", type=int, default=4, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("backbones", help="list backbone names (<init>_<arch>)")
+    p.add_argument("--init", default=None)
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("perf", help="throughput benchmarks")
+    psub = p.add_subparsers(dest="what", required=True)
+    pp = psub.add_parser("pretrain", help="MAE step img/s, vs encoder-with-mask-tokens, vs FLOPs and matmul peaks")
+    pp.add_argument("--arch", default="vit_base_patch16")
+    pp.add_argument("--img-size", type=int, default=224)
+    pp.add_argument("--batch-size", type=int, default=8)
+    pp.add_argument("--decoder-depths", type=int, nargs="+", default=[8, 1])
+    pp.add_argument("--iters", type=int, default=3, help="timed steps per configuration (after 1 warm-up)")
+    pp.add_argument("--threads", type=int, default=None)
+    pp.add_argument("--baseline", action="store_true", help="also time plain fp32 (the --baseline implementation)")
+    pp.add_argument("--device", default="auto")
+    pp.set_defaults(func=cmd_perf)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser(argv).parse_args(argv)
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except BenchError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
