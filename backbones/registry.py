@@ -365,7 +365,7 @@ def convert_beit(obj, path: Path) -> dict:
         if not any(k.endswith("ls1.gamma") for k in sd):
             raise CheckpointError(f"checkpoint {path} has no layer scale (key 'blocks.0.ls1.gamma'): not a BEiT "
                                   f"checkpoint; use mae_/supervised_/mocov3_ for plain ViTs")
-        return sd
+        return _zero_pos_embed_if_absent(sd)
     if fmt != "beit":
         raise _unknown(path, sd, "beit", fmt)
     sd = {k: v for k, v in sd.items() if not k.endswith("relative_position_index")}
@@ -390,8 +390,15 @@ def convert_beit(obj, path: Path) -> dict:
                 raise CheckpointError(f"checkpoint {path} has both a shared and a per-block relative position table "
                                       f"('{p}attn.relative_position_bias_table')")
             sd[p + "attn.relative_position_bias_table"] = shared.clone()
-    if "pos_embed" not in sd:
+    return _zero_pos_embed_if_absent(sd)
+
+
+def _zero_pos_embed_if_absent(sd: dict) -> dict:
+    """BEiT without an absolute position embedding == ours with a zero one (it adds nothing). Its
+    grid is the relative position table's (resampling zeros gives zeros anyway)."""
+    if "pos_embed" not in sd and "patch_embed.proj.weight" in sd:
         table = next((t for k, t in sd.items() if k.endswith("relative_position_bias_table")), None)
         side = infer_rel_pos_grid(table.shape[0])[0] if table is not None else 1
-        sd["pos_embed"] = torch.zeros(1, side * side + 1, dim, dtype=sd["patch_embed.proj.weight"].dtype)
+        w = sd["patch_embed.proj.weight"]
+        sd["pos_embed"] = torch.zeros(1, side * side + 1, w.shape[0], dtype=w.dtype)
     return sd

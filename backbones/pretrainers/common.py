@@ -1,0 +1,37 @@
+"""Pieces shared by the pretrainers: the encoder each initialisation trains (the same architecture
+the registry builds for it) and the image datasets (embedded photos or an image folder)."""
+from __future__ import annotations
+
+from bench.errors import BenchError
+
+
+def encoder_config(init: str, arch: str, img_size: int | None = None) -> dict:
+    """``VisionTransformer`` keywords for ``<init>_<arch>`` exactly as ``build_backbone`` builds it
+    (architecture preset + the initialisation's overrides), so an export always loads back."""
+    from backbones.registry import INITS
+    from backbones.vit import arch_config
+    cfg = arch_config(arch)
+    spec = INITS[init]
+    cfg.update(spec.arch_overrides)
+    cfg.update(spec.per_arch.get(arch, {}))
+    if img_size:
+        if img_size % cfg["patch_size"]:
+            raise BenchError(f"--img-size {img_size} is not divisible by the patch size {cfg['patch_size']} of {arch}")
+        cfg["img_size"] = img_size
+    return cfg
+
+
+def input_size(cfg: dict) -> int:
+    s = cfg.get("img_size", 224)
+    return s if isinstance(s, int) else s[0]
+
+
+def image_dataset(data: str | None, transform, epoch_size: int = 1024):
+    """``data='embedded'``: ``epoch_size`` random crops per epoch of the bundled photos; otherwise every
+    image under the folder ``data`` (labels ignored). ``transform`` gets a PIL image and may return a
+    tuple (two views, image + mask)."""
+    from bench.data import EmbeddedCrops, ImageFolderImages
+    if data in ("embedded", "", None):
+        return EmbeddedCrops(transform, epoch_size)
+    return ImageFolderImages(data, transform)
+

@@ -1,0 +1,141 @@
+"""Supervised pretraining of our ViT: the "supervised" initialisation of the MAE paper's transfer
+comparison, trained here at CPU scale (DeiT recipe, scaled down).
+
+Data, one of:
+
+* ``data='embedded'`` (default): ``EmbeddedLabelled``, random crops of the 19 real photographs
+  bundled with scikit-image / scikit-learn (``bench.data.embedded_photos``), each crop labelled by
+  the photo it was cut from (19 classes). Chosen over upsampled sklearn digits because the crops
+  are natural-image statistics, the same images the other pretrainers see, so the comparison
+  differs only in the objective. It is a proxy task: recognising which photo a crop comes from.
+* a folder: ``root/<class>/*.jpg`` (``torchvision.datasets.ImageFolder`` layout; ``root/train``
+  is used when it exists), classes = sorted sub-folders.
+
+Recipe: the MAE paper's from-scratch supervised ViT (He et al. 2021, appendix A.2, Table 11:
+AdamW betas (0.9, 0.95), blr 1e-4, wd 0.3, batch 4096, 300 epochs for ViT-B, 20 warmup, label
+smoothing 0.1, mixup 0.8, cutmix 1.0, RandAugment (9, 0.5), drop path 0.1, EMA 0.9999), itself a
+stronger-regularised DeiT recipe (facebookresearch/deit ``main.py``: lr 5e-4 x batch/512, wd 0.05,
+the same smoothing / mixup / cutmix). Scaled down for the CPU demo: model, data, epochs; mixup /
+cutmix are available (``mixup``, ``cutmix``, timm ``Mixup`` + soft-target cross-entropy) but off by
+default at demo scale (a few hundred steps are too few for them to pay off); RandAugment, random
+erasing and the weight EMA are not used. The crop is DeiT's RandomResizedCrop(0.08-1) + flip.
+
+Output: ``<out>/pretrain.pth`` (classifier ``head.*`` included, dropped on load) for
+``build_backbone('supervised_<arch>', checkpoint=...)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backbones.vit import VisionTransformer
+from bench.engine import TrainConfig, fit
+from bench.errors import BenchError, DataError
+from bench.pretrain import export_backbone
+
+from .common import encoder_config, input_size
+
+# MAE paper appendix A.2 / Table 11 (supervised ViT-B from scratch)
+PAPER = dict(blr=1e-4, weight_decay=0.3, betas=(0.9, 0.95), epochs=300, warmup_epochs=20, batch_size=4096,
+             smoothing=0.1, mixup=0.8, cutmix=1.0, drop_path_rate=0.1, crop_min=0.08)
+
+
+def embedded_class_names() -> list[str]:
+    from bench.data import SKIMAGE_COLOR, SKIMAGE_GRAY
+    return list(SKIMAGE_COLOR + SKIMAGE_GRAY + ("china", "flower"))  # sklearn load_sample_images order
+
+
+class EmbeddedLabelled:
+    """``length`` random crops per epoch of the bundled photos; crop ``i`` comes from photo
+    ``i % 19`` and has that label (so every epoch is class-balanced)."""
+
+    def __init__(self, transform, length: int = 1024):
+        from PIL import Image
+
+        from bench.data import embedded_photos
+        self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
+        self.classes = embedded_class_names()
+        assert len(self.classes) == len(self.images)
+        self.transform, self.length = transform, length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        k = i % len(self.images)
+        return self.transform(self.images[k]), k
+
+
+def image_folder(root: str | Path, transform):
+    """``torchvision.datasets.ImageFolder`` on ``root/train`` if present, else ``root``, with
+    one-line DataErrors."""
+    from torchvision.datasets import ImageFolder
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    if (root / "train").is_dir():
+        root = root / "train"
+    try:
+        ds = ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"image folder {root}: {str(e).splitlines()[0]} (expected {root}/<class>/<image>)") from None
+    if len(ds.classes) < 2:
+        raise DataError(f"image folder {root} has {len(ds.classes)} class folder(s); supervised pretraining needs at least 2")
+    return ds
+
+
+def supervised_transform(img_size: int, crop_min: float = 0.08):
+    """DeiT's crop + flip (+ normalise): RandomResizedCrop(crop_min-1, bicubic), horizontal flip."""
+    from torchvision import transforms as T
+
+    from bench.data import IMAGENET_MEAN, IMAGENET_STD
+    return T.Compose([
+        T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
+                        epoch_size: int = 1024, resume: bool = True, num_classes: int | None = None,
+                        smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0, crop_min: float = 0.08,
+                        drop_path_rate: float = 0.0, **train) -> Path:
+    """Supervised classification pretraining on ``fit``; returns ``<out>/pretrain.pth``.
+    ``num_classes`` defaults to the dataset's; given, it must match."""
+    cfg_enc = encoder_config("supervised", arch, img_size)
+    tf = supervised_transform(input_size(cfg_enc), crop_min)
+    dataset = EmbeddedLabelled(tf, epoch_size) if data in ("embedded", "", None) else image_folder(data, tf)
+    classes = list(dataset.classes)
+    if num_classes is not None and num_classes != len(classes):
+        raise BenchError(f"--num-classes {num_classes} but the dataset {data} has {len(classes)} classes")
+    K = len(classes)
+    model = VisionTransformer(**{**cfg_enc, "num_classes": K, "global_pool": "token", "drop_path_rate": drop_path_rate})
+    model.arch = dict(cfg_enc)
+    mix = None
+    if mixup > 0 or cutmix > 0:
+        from timm.data import Mixup
+        if train.get("batch_size", TrainConfig.batch_size) % 2:
+            raise BenchError("mixup/cutmix need an even --batch-size")
+        mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=K)
+    for k in ("betas", "weight_decay"):
+        train.setdefault(k, PAPER[k])
+    cfg = TrainConfig(out_dir=str(out_dir), desc=f"supervised {arch}", **train)
+
+    def loss_fn(m, batch):
+        imgs, labels = batch
+        if mix is not None:
+            imgs, soft = mix(imgs, labels)
+            logits = m(imgs)
+            loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()  # SoftTargetCrossEntropy
+        else:
+            logits = m(imgs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"acc": acc.detach()}
+
+    fit(model, dataset, loss_fn, cfg, resume=resume)
+    return export_backbone(model, out_dir, "supervised",
+                           extra={"classes": classes, "method": dict(smoothing=smoothing, mixup=mixup, cutmix=cutmix)})
