@@ -29,7 +29,8 @@ Paper / official recipe for ViT-S/B (moco-v3 CONFIG.md): AdamW, lr 1.5e-4 x batc
 hidden 4096, output 256. What is scaled down for the CPU demo: the MLP widths (``mlp_dim``,
 ``dim``), the batch, the epochs; the blur sigma is scaled with the image size (the official sigma
 is for 224 px). The loss uses the keys of the local batch only (the official code all-gathers keys
-over GPUs; under DDP here each rank contrasts against its own slice).
+over GPUs and uses SyncBatchNorm in the MLPs; under DDP here each rank contrasts against, and
+normalises over, its own slice).
 
 Output: ``<out>/pretrain.pth`` with the base encoder (``head.*`` = projector, dropped on load) for
 ``build_backbone('mocov3_<arch>', checkpoint=...)``.
