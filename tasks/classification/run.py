@@ -1,0 +1,230 @@
+"""One classification transfer run: read the dataset, build the classifier for the protocol, train it
+on ``bench.engine.fit``, evaluate top-1 / top-5 on the validation split and append one results row.
+
+    from tasks.classification.run import run_classification
+    row = run_classification("finetune", "inat2018", "/data/inat2018", "mae_vit_base_patch16",
+                             "mae_pretrain_vit_base.pth", out_dir="runs/inat18-mae-b",
+                             results="results/main")
+
+Command line (wired by ``bench.cli``): ``bench cls --protocol {finetune,linear,partial}
+--dataset {inat2017,...,folder} --data-root DIR --backbone NAME --checkpoint PATH [--k K]
+[--config FILE] [--epochs N] [--seed S] [--out DIR] [--results FILE]``.
+
+``out_dir`` holds ``config.json`` (the resolved config), the engine's resumable checkpoints and
+``log.jsonl``, ``features-train.pth`` for a cached linear probe, and ``result.json`` (the row).
+Re-running with the same ``out_dir`` continues from the newest checkpoint (``resume=True``); a
+different config in an existing ``out_dir`` is refused rather than silently mixed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from torch.utils.data import TensorDataset
+
+from bench.errors import BenchError
+from tasks.classification import protocols as P
+from tasks.classification.datasets import DATASETS
+
+
+def _per_process_batch(global_batch: int, accum_iter: int, world: int) -> int:
+    if global_batch % (accum_iter * world):
+        raise BenchError(f"batch_size {global_batch} is not divisible by accum_iter {accum_iter} x "
+                         f"{world} process(es)")
+    return global_batch // (accum_iter * world)
+
+
+def _check_out_dir(out_dir: Path, cfg_record: dict, resume: bool) -> None:
+    """Refuse to continue a run in ``out_dir`` that was started with another config."""
+    path = out_dir / "config.json"
+    if not resume or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # unreadable: it is rewritten below
+    if old != cfg_record:
+        changed = sorted(k for k in set(old) | set(cfg_record) if old.get(k) != cfg_record.get(k))
+        raise BenchError(f"{path}: this out dir holds a run with a different config (key "
+                         f"{changed[0]!r} differs); use another --out or resume=False")
+
+
+def _write_json_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_k_recordable(k) -> None:
+    from bench.results import FIELDS
+    if k == P.MLP and not isinstance(0.5, FIELDS["k"]):
+        raise BenchError("--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
+                         "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet")
+
+
+def run_classification(protocol: str, dataset: str, data_root: str | Path, backbone: str,
+                       checkpoint: str | Path | None = None, *, k: int | str | None = None, seed: int = 0,
+                       out_dir: str | Path, config: str | Path | dict | None = None,
+                       epochs: float | None = None, batch_size: int | None = None, bf16: bool = False,
+                       resume: bool = True, results: str | Path | None = None, suite: str = "adhoc",
+                       trust_checkpoint: bool = False, progress: bool = True, device: str = "auto") -> dict:
+    """Train and evaluate one (protocol, dataset, backbone, k, seed) and return its results row
+    (appended to ``ResultsStore(results)`` when given).
+
+    ``config`` overrides the protocol config (dict, YAML path, or a name in ``configs/`` such as
+    ``'smoke'``); ``epochs`` and ``batch_size`` (global) override both. Everything the user can get
+    wrong is checked before anything is written.
+    """
+    from backbones.registry import parse_name
+    from backbones.vit import arch_config
+    from bench.engine import TrainConfig, fit, pick_device, world_info
+    from bench.results import ResultsStore, make_row
+    from tasks.classification.datasets import ImageDataset, read_splits
+
+    t_start = time.perf_counter()
+    P.check_protocol(protocol)
+    if dataset not in DATASETS:
+        raise BenchError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    init, arch = parse_name(backbone)
+    depth = arch_config(arch)["depth"]
+    k = P.check_k(protocol, k, depth)
+    if protocol == "partial":
+        _check_k_recordable(k)
+    rec = P.recipe(protocol, k)
+    cfg = P.load_config(protocol, arch, k, config)
+    if epochs is not None:
+        cfg["epochs"] = P._check_value("epochs", epochs, "--epochs")
+    if batch_size is not None:
+        cfg["batch_size"] = P._check_value("batch_size", batch_size, "--batch-size")
+    P._check_semantics(cfg, "config")
+    if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
+        if cfg["batch_size"] % 2:
+            raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
+    _, world = world_info()
+    micro_batch = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
+
+    train_split, val_split = read_splits(dataset, data_root)
+    num_classes = train_split.num_classes
+    model = P.build_classifier(backbone, checkpoint, protocol, num_classes, img_size=cfg["img_size"], k=k,
+                               drop_path=cfg["drop_path"], global_pool=cfg["global_pool"],
+                               head_init_std=cfg["head_init_std"], trust_checkpoint=trust_checkpoint)
+    img_size = model.pos_grid[0] * model.patch_size
+    workers = min(cfg["num_workers"], os.cpu_count() or 1)
+    cache = rec == "linear" and cfg["cache_features"]
+    cfg_record = {**cfg, "recipe": rec, "k": k, "backbone": backbone, "dataset": dataset,
+                  "num_classes": num_classes, "img_size": img_size}
+
+    out = Path(out_dir)
+    _check_out_dir(out, cfg_record, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(cfg_record, out / "config.json")
+
+    train_cfg = TrainConfig(
+        out_dir=str(out), batch_size=micro_batch, epochs=cfg["epochs"], accum_iter=cfg["accum_iter"],
+        blr=cfg["blr"], lr=cfg["lr"], min_lr=cfg["min_lr"], warmup_epochs=cfg["warmup_epochs"],
+        weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]), optimizer=cfg["optimizer"],
+        momentum=cfg["momentum"], clip_grad=cfg["clip_grad"], bf16=bf16, seed=seed,
+        ckpt_every=cfg["ckpt_every"], num_workers=workers, progress=progress,
+        desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}", device=device)
+    val_set = ImageDataset(val_split, P.eval_transform(cfg, img_size))
+
+    if cache:
+        # Frozen features once, without augmentation (the paper's probe uses RandomResizedCrop + flip).
+        model.to(pick_device(device))
+        feats_path = out / "features-train.pth"
+        feats = _load_features(feats_path, len(train_split))
+        if feats is None:
+            feats = P.extract_features(model, ImageDataset(train_split, P.eval_transform(cfg, img_size)),
+                                       cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+            from backbones.checkpoint import save_atomic
+            save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
+        head = model.head
+        train_cfg.num_workers = 0
+        fitted = fit(head, TensorDataset(*feats), P.make_loss_fn(cfg, num_classes), train_cfg,
+                     groups=P.param_groups_for("linear", head, cfg), resume=resume)
+    else:
+        train_set = ImageDataset(train_split, P.train_transform(cfg, img_size))
+        fitted = fit(model, train_set, P.make_loss_fn(cfg, num_classes), train_cfg,
+                     groups=P.param_groups_for(rec, model, cfg), resume=resume)
+
+    model.to(pick_device(device))
+    metrics = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+    wall = time.perf_counter() - t_start
+    lr = cfg["lr"] if cfg["lr"] is not None else cfg["blr"] * cfg["batch_size"] / 256
+    extra = {"img_size": img_size, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": lr,
+             "recipe": rec, "num_classes": num_classes, "n_train": len(train_split), "n_val": len(val_split),
+             "global_pool": cfg["global_pool"], "cache_features": cache, "bf16": bf16,
+             "final_loss": fitted.final_loss if math.isfinite(fitted.final_loss) else None,
+             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+             "out_dir": str(out)}
+    row = make_row(task=dataset, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
+                   suite=suite, k=0.5 if k == P.MLP else k, checkpoint=checkpoint, config=cfg_record,
+                   iterations=fitted.steps, wall_time_s=wall, extra=extra)
+    _write_json_atomic(row, out / "result.json")
+    if results is not None:
+        ResultsStore(results).append(row)
+    return row
+
+
+def _load_features(path: Path, n: int):
+    if not path.is_file():
+        return None
+    from backbones.checkpoint import load_checkpoint_file
+    from bench.errors import CheckpointError
+    try:
+        obj = load_checkpoint_file(path)
+        feats, labels = obj["features"], obj["labels"]
+    except (CheckpointError, KeyError, TypeError):
+        return None  # recomputed and rewritten
+    return (feats, labels) if len(feats) == n == len(labels) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``bench cls``."""
+    parser.add_argument("--protocol", required=True, choices=P.PROTOCOLS)
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-root", required=True, help="dataset folder in its official layout")
+    parser.add_argument("--backbone", required=True, help="<init>_<arch>, e.g. mae_vit_base_patch16")
+    parser.add_argument("--checkpoint", default=None, help="pretrained weights (not for random_*)")
+    parser.add_argument("--k", default=None,
+                        help="partial: number of last blocks to tune (0 = linear probe, depth = full), or 'mlp'")
+    parser.add_argument("--config", default=None,
+                        help="YAML overriding the protocol config, or a name in tasks/classification/configs (smoke)")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="run folder (default runs/cls/<dataset>-<protocol>-<backbone>...)")
+    parser.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
+    parser.add_argument("--suite", default="adhoc")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--no-resume", dest="resume", action="store_false")
+    parser.add_argument("--trust-checkpoint", action="store_true")
+    parser.add_argument("--device", default="auto")
+    return parser
+
+
+def default_out_dir(args) -> Path:
+    k = "" if args.k is None else f"-k{args.k}"
+    return Path("runs") / "cls" / f"{args.dataset}-{args.protocol}{k}-{args.backbone}-s{args.seed}"
+
+
+def cls_main(args: argparse.Namespace) -> int:
+    """Run ``bench cls`` from parsed arguments; prints the result line and returns exit status 0
+    (errors are ``BenchError`` for the CLI to print)."""
+    row = run_classification(args.protocol, args.dataset, args.data_root, args.backbone, args.checkpoint,
+                             k=P.parse_k(args.k), seed=args.seed, out_dir=args.out or default_out_dir(args),
+                             config=args.config, epochs=args.epochs, batch_size=args.batch_size, bf16=args.bf16,
+                             resume=args.resume, results=args.results, suite=args.suite,
+                             trust_checkpoint=args.trust_checkpoint, device=args.device)
+    m = row["metrics"]
+    print(f"{row['task']} {row['protocol']}{'' if row['k'] is None else ' k=' + str(row['k'])} "
+          f"{row['init']}_{row['backbone']}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  "
+          f"({row['iterations']} steps, {row['wall_time_s']:.0f} s; row in {Path(row['extra']['out_dir']) / 'result.json'})")
+    return 0
