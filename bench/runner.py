@@ -1,0 +1,695 @@
+"""``bench run SUITE``: run every cell of a suite that is not done yet, then write the tables.
+
+A suite (``bench/suites/*.yaml``, read by ``bench.suite.load_suite``) expands into *cells*:
+
+* one **pretraining cell** ``<init>/pretrain`` per init that says ``pretrain: {...}``. It runs the
+  pretrainer (``bench.pretrain.pretrain_mae`` or ``backbones.pretrainers.PRETRAINERS[method]``) in
+  ``<out>/work/<init>/pretrain`` and yields ``pretrain.pth``. Pretraining is done once per init and
+  shared by all seeds (the seeds vary the transfer runs, as the paper's error bars do);
+* one **transfer cell** per init x task (x k for partial fine-tuning) x seed, named
+  ``<init>/<task>/seed<s>`` (``<init>/<task>/k<k>/seed<s>``). It builds
+  ``build_backbone(f'{init}_{arch}', checkpoint)`` inside the task function
+  (``tasks.detection.run.run_detection``, ``tasks.segmentation.run.run_segmentation``,
+  ``tasks.classification.run.run_classification``) with ``<out>/work/<cell name>`` as its work dir,
+  and appends the task's row to ``<out>/runs.jsonl``. The cell id is that row's ``run_id``
+  (``bench.results.default_run_id`` of suite, task, protocol, k, init, arch, seed and the init's
+  identity extras such as MAE's ``mask_ratio``).
+
+Running a suite again continues where it stopped:
+
+* a transfer cell whose id has an 'ok' row is skipped; a pretraining cell whose ``pretrain.pth``
+  exists is skipped;
+* an interrupted cell (killed, out of time, requeued) is started again with the same work dir and
+  ``resume=True``: the engine and mmengine continue from the last checkpoint there;
+* a cell that raises is recorded as a 'failed' row (the error's first line; the traceback is in its
+  ``error.log``) and the other cells still run. Cells that need a failed pretraining are recorded as
+  failed too. Failed cells are tried again by the next ``bench run``.
+* Each cell writes its settings to ``cell.json`` in its work dir. If the suite file was edited so
+  that an unfinished (or pretraining) cell would continue with other settings, ``bench run`` stops
+  before doing anything and says which folder to delete.
+
+Generated datasets (``generate:`` in a task) are made once in ``<out>/data/<task>-<hash>``.
+At the end, ``bench.tables.run_table`` writes the tables (CSV, LaTeX, Markdown) and plots of this
+suite's rows into ``<out>`` and the Markdown tables are printed.
+
+Where cells run: here, one after the other (``--local``, the default), or as Slurm jobs
+(``--slurm partition=...,gpus-per-node=8,...``) through submitit: one job per cell, pretraining
+jobs first, then the transfer jobs; a preempted or timed-out job is requeued (``CellJob.checkpoint``)
+and its cell resumes from its work dir. ``bench run`` waits for the jobs, then writes the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.results import ResultsStore, default_run_id, make_row
+from bench.suite import InitEntry, Suite, TaskEntry, generator_fn, load_suite, pretrainer_fn
+
+DETECTION_VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
+CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
+CELL_FILE = "cell.json"
+ERROR_LOG = "error.log"
+SMOKE_NOTE = ("These are smoke-scale numbers: tiny models trained for minutes on small generated "
+              "datasets. They show that every step runs end to end; they are NOT comparable to the "
+              "paper's numbers (the 'paper' columns, He et al. 2021 at full scale).")
+FULL_NOTE = ("Full-scale suite: compare with the 'paper' columns only if the datasets, schedules "
+             "and checkpoints match the paper's (see the suite file).")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work. ``name`` is what ``--only``/``--skip`` match and where it works
+    (``<out>/work/<name>``); ``id`` is the results store ``run_id`` of its row."""
+    name: str
+    kind: str                       # 'pretrain' | 'transfer'
+    id: str
+    init: InitEntry
+    task: TaskEntry | None = None   # transfer cells
+    seed: int = 0
+    k: int | None = None            # protocol 'partial'
+    needs: str | None = None        # name of the pretraining cell whose pretrain.pth it uses
+
+    @property
+    def work_dir(self) -> Path:
+        """Relative to the suite's output directory."""
+        return Path("work", *self.name.split("/"))
+
+
+@dataclass
+class RunSummary:
+    cells: list[Cell]
+    ran: list[str]                  # cell names that finished now
+    skipped: list[str]              # already done
+    failed: dict[str, str]          # cell name -> one-line error
+    tables: list[Path]
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan: suite -> cells
+# --------------------------------------------------------------------------------------------------
+
+def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
+    """The suite's cells, pretraining first, then inits x tasks (x k) x seeds.
+
+    ``only``/``skip`` are glob patterns (a string, comma-separated, or a list) on cell names such
+    as ``mae/coco/seed0``, ``*/ade20k/*`` or ``mae/pretrain``. A kept transfer cell always keeps
+    the pretraining cell it needs (a no-op when that is done already)."""
+    only, skip = _patterns(only), _patterns(skip)
+    pretrain_cells: dict[str, Cell] = {}
+    transfer: list[Cell] = []
+    for init in suite.inits:
+        if init.pretrain is not None:
+            p = init.pretrain
+            cell = Cell(name=f"{init.label}/pretrain", kind="pretrain", init=init,
+                        seed=int(p.get("seed", 0)),
+                        id=default_run_id(suite.name, "pretrain", p["method"], None, init.init,
+                                          init.arch, int(p.get("seed", 0)), init.extra))
+            pretrain_cells[init.label] = cell
+    for init in suite.inits:
+        needs = pretrain_cells[init.label].name if init.label in pretrain_cells else None
+        for task in suite.tasks:
+            for k in task.k or (None,):
+                for seed in suite.seeds:
+                    part = f"/k{k}" if k is not None else ""
+                    transfer.append(Cell(
+                        name=f"{init.label}/{task.label}{part}/seed{seed}", kind="transfer",
+                        init=init, task=task, seed=seed, k=k, needs=needs,
+                        id=default_run_id(suite.name, task.task, task.protocol, k, init.init,
+                                          init.arch, seed, init.extra)))
+    _check_unique_ids(suite, transfer)
+    everything = list(pretrain_cells.values()) + transfer
+    for option, patterns in (("--only", only), ("--skip", skip)):
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(c.name, pat) for c in everything):
+                raise BenchError(f"option {option}: pattern {pat!r} matches no cell of suite "
+                                 f"{suite.name!r} (cells look like {transfer[0].name}; see "
+                                 "--dry-run)")
+
+    def wanted(name: str) -> bool:
+        if only and not any(fnmatch.fnmatchcase(name, p) for p in only):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in skip)
+
+    transfer = [c for c in transfer if wanted(c.name)]
+    needed = {c.needs for c in transfer}
+    pre = [c for c in pretrain_cells.values() if c.name in needed or wanted(c.name)]
+    return pre + transfer
+
+
+def _patterns(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    return [p.strip() for item in value for p in str(item).split(",") if p.strip()]
+
+
+def _check_unique_ids(suite: Suite, cells: list[Cell]) -> None:
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        other = seen.setdefault(c.id, c)
+        if other is not c:
+            raise BenchError(
+                f"{suite.path}: cells {other.name} and {c.name} would write rows with the same run "
+                "id (made of suite, task, protocol, k, init, arch, seed and extra mask_ratio / "
+                "img_size, all equal here); change one of them or move it to another suite")
+
+
+# --------------------------------------------------------------------------------------------------
+# Cell settings (cell.json) and status
+# --------------------------------------------------------------------------------------------------
+
+def cell_settings(cell: Cell) -> dict:
+    """What a cell's result depends on, as JSON (written to ``cell.json`` in its work dir)."""
+    init = cell.init
+    if cell.kind == "pretrain":
+        return _jsonable({"init": init.init, "arch": init.arch, **init.pretrain})
+    t = cell.task
+    weights = (f"pretrained by {cell.needs}" if cell.needs else
+               str(init.checkpoint) if init.checkpoint else None)
+    return _jsonable({"backbone": init.backbone, "weights": weights, "extra": init.extra,
+                      "task": t.task, "protocol": t.protocol, "k": cell.k, "seed": cell.seed,
+                      "data": str(t.data) if t.data else None, "generate": t.generate,
+                      "config": t.config_for(init.arch), "iters": t.iters, "epochs": t.epochs,
+                      "batch_size": t.batch_size, "bf16": t.bf16})
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _recorded_settings(work: Path) -> dict | None:
+    path = work / CELL_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BenchError(f"{path}: unreadable cell file; delete the folder {work} to start that "
+                         "cell again") from None
+
+
+def _settings_diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+                     if old.get(k) != new.get(k))
+
+
+def cell_status(cell: Cell, out_dir: Path, done_ids: set[str]) -> str:
+    """'done' (ok row / pretrain.pth exists), 'resume' (its work dir holds state) or 'todo'."""
+    work = out_dir / cell.work_dir
+    if cell.kind == "pretrain":
+        if (work / "pretrain.pth").is_file():
+            return "done"
+    elif cell.id in done_ids:
+        return "done"
+    if work.is_dir() and any(p.name != CELL_FILE for p in work.iterdir()):
+        return "resume"
+    return "todo"
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: a dataset on disk, or the small generated one
+# --------------------------------------------------------------------------------------------------
+
+def data_dir(task: TaskEntry, out_dir: Path) -> Path:
+    """Where the task reads its data: ``task.data``, or ``<out>/data/<task>-<hash of generate>``."""
+    if task.data is not None:
+        return task.data
+    key = json.dumps({"task": task.task, **_jsonable(task.generate)}, sort_keys=True)
+    return out_dir / "data" / f"{task.task}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def dataset_root(task: TaskEntry, out_dir: Path) -> Path:
+    """The data root to hand to the task, generating the small dataset first if needed. A
+    generated set is built in a temporary folder and renamed into place, so it is all or nothing."""
+    final = data_dir(task, out_dir)
+    if task.data is not None:
+        return final
+    marker = final / ".generated.json"
+    if not marker.is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            print(f"generating {task.task} data in {final} ({task.generate})", flush=True)
+            made = Path(generator_fn(task.task)(tmp / "d", **task.generate))
+            (tmp / "d" / ".generated.json").write_text(json.dumps(
+                {"task": task.task, "generate": _jsonable(task.generate),
+                 "root": str(made.relative_to(tmp / "d"))}), encoding="utf-8")
+            os.replace(tmp / "d", final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final / json.loads(marker.read_text(encoding="utf-8"))["root"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Running one cell
+# --------------------------------------------------------------------------------------------------
+
+def run_pretrain_cell(cell: Cell, out_dir: Path) -> Path:
+    """Pretrain (resuming from ``<out>/work/<init>/pretrain``); returns ``pretrain.pth``."""
+    kwargs = dict(cell.init.pretrain)
+    method = kwargs.pop("method")
+    return Path(pretrainer_fn(method)(cell.init.arch, out_dir / cell.work_dir, resume=True,
+                                      progress=sys.stderr.isatty(), **kwargs))
+
+
+def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path | None) -> dict:
+    """Run the task of ``cell`` (resuming from its work dir) and return its row (not yet stored)."""
+    t, init = cell.task, cell.init
+    work = out_dir / cell.work_dir
+    data_root = dataset_root(t, out_dir)
+    common = dict(seed=cell.seed, resume=True, results=None, suite=suite.name)
+    if t.family == "detection":
+        from tasks.detection.run import run_detection
+        return run_detection(init.backbone, checkpoint, data_root,
+                             variant=DETECTION_VARIANTS[t.protocol], work_dir=work,
+                             trust_checkpoint=init.trust_checkpoint,
+                             **_given(config=t.config_for(init.arch), iters=t.iters), **common)
+    if t.family == "segmentation":
+        from tasks.segmentation.run import run_segmentation
+        return run_segmentation(init.backbone, checkpoint, data_root, work_dir=work,
+                                trust_checkpoint=init.trust_checkpoint,
+                                **_given(config=t.config_for(init.arch), iters=t.iters), **common)
+    from tasks.classification.run import run_classification
+    return run_classification(t.protocol, t.task, data_root, init.backbone, checkpoint,
+                              k=cell.k, out_dir=work, bf16=t.bf16,
+                              trust_checkpoint=init.trust_checkpoint, progress=sys.stderr.isatty(),
+                              **_given(config=t.config_for(init.arch), epochs=t.epochs,
+                                       batch_size=t.batch_size),
+                              **common)
+
+
+def _given(**kwargs) -> dict:
+    """Only the options the suite sets; the task's own defaults apply to the rest."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _finish_row(row: dict, suite: Suite, cell: Cell) -> dict:
+    """The task's row, checked against the cell and given the cell's id and extras."""
+    t = cell.task
+    expected = {"task": t.task, "protocol": t.protocol, "k": cell.k, "init": cell.init.init,
+                "backbone": cell.init.arch, "seed": cell.seed}
+    for key, value in expected.items():
+        if row.get(key) != value:
+            raise RuntimeError(f"the task returned a row with {key}={row.get(key)!r}, expected "
+                               f"{value!r} for cell {cell.name}")
+    row = dict(row, run_id=cell.id, suite=suite.name)
+    row["extra"] = {**row.get("extra", {}), **cell.init.extra, "cell": cell.name}
+    return row
+
+
+def _failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str,
+                wall: float) -> dict:
+    t = cell.task
+    return make_row(task=t.task, protocol=t.protocol, init=cell.init.init,
+                    backbone=cell.init.arch, seed=cell.seed, k=cell.k, metrics={},
+                    suite=suite.name,
+                    checkpoint=checkpoint if checkpoint is not None and checkpoint.is_file() else None,
+                    config=cell_settings(cell), wall_time_s=wall, status="failed", error=error,
+                    extra={**cell.init.extra, "cell": cell.name}, run_id=cell.id)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
+def _write_cell_file(cell: Cell, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / f".{CELL_FILE}.tmp"
+    tmp.write_text(json.dumps({"name": cell.name, "id": cell.id, "settings": cell_settings(cell)},
+                              indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, work / CELL_FILE)
+
+
+def _log_error(work: Path, exc: BaseException) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ERROR_LOG, "a", encoding="utf-8") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a suite
+# --------------------------------------------------------------------------------------------------
+
+def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> None:
+    """Everything a run needs from disk, checked before the first cell starts: checkpoints, data
+    folders, config files, and that no unfinished cell would resume with other settings."""
+    where = str(suite.path)
+    for cell in cells:
+        status = cell_status(cell, out_dir, done_ids)
+        work = out_dir / cell.work_dir
+        old = _recorded_settings(work)
+        if old is not None and old != cell_settings(cell):
+            change = _settings_diff(old, cell_settings(cell))
+            if cell.kind == "transfer" and status == "done":
+                print(f"note: {cell.name} is done with other settings ({change}); kept. Delete "
+                      f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
+                      file=sys.stderr)
+            else:
+                what = "pretrained" if status == "done" else "started"
+                raise BenchError(f"{where}: cell {cell.name} was {what} in {work} with other "
+                                 f"settings ({change}); delete that folder (and the rows of its "
+                                 "cells) or use another --out")
+        if status == "done":
+            continue
+        init, task = cell.init, cell.task
+        if init.checkpoint is not None and not init.checkpoint.is_file():
+            raise BenchError(f"{where}: key 'inits.{init.label}.checkpoint': file "
+                             f"{init.checkpoint} not found")
+        if cell.kind == "pretrain":
+            data = init.pretrain.get("data", "embedded")
+            if data not in ("embedded", "") and not Path(data).is_dir():
+                raise BenchError(f"{where}: key 'inits.{init.label}.pretrain.data': folder "
+                                 f"{data} not found (or use 'embedded')")
+            continue
+        if task.data is not None and not task.data.exists():
+            raise BenchError(f"{where}: key 'tasks.{task.label}.data': {task.data} not found")
+        config = task.config_for(init.arch)
+        if config and Path(config).suffix in CONFIG_FILE_SUFFIXES and not Path(config).is_file():
+            raise BenchError(f"{where}: key 'tasks.{task.label}.config': file {config} not found")
+
+
+@contextlib.contextmanager
+def _out_dir_lock(out_dir: Path):
+    """One ``bench run`` per output directory at a time (two would run the same cells)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / ".run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(f"{out_dir}: another `bench run` is using this output directory "
+                             "(option --out)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def cell_checkpoint(cell: Cell, out_dir: Path) -> Path | None:
+    """The weights a cell starts from: its pretraining cell's ``pretrain.pth``, the init's
+    ``checkpoint`` file, or None (random init; and pretraining cells)."""
+    if cell.needs:
+        return out_dir / "work" / Path(*cell.needs.split("/")) / "pretrain.pth"
+    return cell.init.checkpoint
+
+
+def is_done(cell: Cell, out_dir: Path, done_ids: set[str]) -> bool:
+    if cell.kind == "pretrain":
+        return (out_dir / cell.work_dir / "pretrain.pth").is_file()
+    return cell.id in done_ids
+
+
+def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
+                 pretrain_error: str | None = None) -> tuple[bool, str]:
+    """Run one cell now (resuming from its work dir) and record it. Returns ``(True, summary)`` or
+    ``(False, one-line error)``; a failed transfer cell gets a 'failed' row. ``pretrain_error``:
+    why the pretraining this cell needs failed (the cell then fails without running)."""
+    work = out_dir / cell.work_dir
+    checkpoint = cell_checkpoint(cell, out_dir)
+    store = ResultsStore(out_dir)
+    start = time.perf_counter()
+    try:
+        if cell.needs and (pretrain_error or not checkpoint.is_file()):
+            raise RuntimeError(f"pretraining cell {cell.needs} failed: "
+                               f"{pretrain_error or f'{checkpoint} was not written'}")
+        if _is_main_process():
+            _write_cell_file(cell, work)
+        if cell.kind == "pretrain":
+            return True, f"-> {run_pretrain_cell(cell, out_dir)}"
+        row = run_transfer_cell(suite, cell, out_dir, checkpoint)
+        if not _is_main_process():  # under torch.distributed rank 0 records the row
+            return True, "done (rank > 0)"
+        row = _finish_row(row, suite, cell)
+        store.append(row)
+        return True, ", ".join(f"{k} {v:.2f}" for k, v in row["metrics"].items())
+    except Exception as exc:  # a failed cell is recorded; the others still run
+        error = _one_line(exc)
+        _log_error(work, exc)
+        if cell.kind == "transfer" and _is_main_process():
+            store.append(_failed_row(suite, cell, checkpoint, error, time.perf_counter() - start))
+        return False, error
+
+
+def _is_main_process() -> bool:
+    from bench.engine import world_info
+    return world_info()[0] == 0
+
+
+def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False, only=None,
+              skip=None, tables: bool = True, executor=None) -> RunSummary:
+    """Run the cells of ``suite`` that are not done yet into ``out_dir``, then write the tables.
+
+    ``dry_run`` prints the plan (with each cell's status) and runs nothing. ``executor``: a
+    submitit executor (``--slurm``): each cell becomes a job, pretraining jobs first; without one
+    the cells run here, one after the other."""
+    out_dir = Path(out_dir)
+    cells = plan(suite, only=only, skip=skip)
+    done_ids = ResultsStore(out_dir).done_ids()
+    check_inputs(suite, cells, out_dir, done_ids)
+    if dry_run:
+        print(format_plan(cells, out_dir, done_ids))
+        return RunSummary(cells, [], [], {}, [])
+
+    summary = RunSummary(cells, [], [], {}, [])
+    with _out_dir_lock(out_dir):
+        print(f"suite {suite.name} ({suite.path}): {len(cells)} cells -> {out_dir}", flush=True)
+        todo = []
+        for number, cell in enumerate(cells, start=1):
+            if is_done(cell, out_dir, done_ids):
+                summary.skipped.append(cell.name)
+                print(f"[{number}/{len(cells)}] {cell.name}: done", flush=True)
+            else:
+                todo.append((number, cell))
+        if executor is None:
+            for number, cell in todo:
+                head = f"[{number}/{len(cells)}] {cell.name}"
+                state = "resuming" if cell_status(cell, out_dir, done_ids) == "resume" else "starting"
+                print(f"{head}: {state} in {out_dir / cell.work_dir}", flush=True)
+                start, cpu = time.perf_counter(), time.process_time()
+                ok, text = execute_cell(suite, cell, out_dir,
+                                        pretrain_error=summary.failed.get(cell.needs))
+                _report(summary, head, cell, out_dir, ok, text, time.perf_counter() - start,
+                        time.process_time() - cpu)
+        else:
+            _run_with_executor(suite, todo, len(cells), out_dir, executor, summary)
+        if tables:
+            summary.tables = write_suite_tables(suite, out_dir)
+    print(f"suite {suite.name}: {len(summary.ran)} cells ran, {len(summary.skipped)} were done, "
+          f"{len(summary.failed)} failed" + (f" ({', '.join(summary.failed)})" if summary.failed
+                                             else ""), flush=True)
+    return summary
+
+
+def _report(summary: RunSummary, head: str, cell: Cell, out_dir: Path, ok: bool, text: str,
+            seconds: float, cpu_seconds: float | None = None) -> None:
+    if ok:
+        summary.ran.append(cell.name)
+        cpu = f", {cpu_seconds:.0f} CPU-s" if cpu_seconds is not None else ""
+        print(f"{head}: ok in {seconds:.0f} s{cpu} ({text})", flush=True)
+    else:
+        summary.failed[cell.name] = text
+        print(f"{head}: FAILED ({text}); traceback in {out_dir / cell.work_dir / ERROR_LOG}",
+              flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Slurm (submitit): one job per cell, requeued on preemption / timeout, resuming from its work dir
+# --------------------------------------------------------------------------------------------------
+
+class CellJob:
+    """One cell as a submitit job. submitit calls ``checkpoint`` when the job is preempted or
+    reaches its time limit and requeues what it returns: the same cell, which resumes from the
+    checkpoints in its work dir. With several tasks per job (GPUs) every task runs the cell under
+    torch.distributed; only rank 0 writes the row."""
+
+    def __init__(self, suite_path: Path, seeds: tuple[int, ...], out_dir: Path, cell_name: str,
+                 pretrain_error: str | None = None):
+        self.suite_path, self.seeds, self.out_dir = Path(suite_path), tuple(seeds), Path(out_dir)
+        self.cell_name, self.pretrain_error = cell_name, pretrain_error
+
+    def __call__(self) -> tuple[bool, str]:
+        import submitit
+        suite = load_suite(self.suite_path).with_seeds(self.seeds)
+        cell = next(c for c in plan(suite) if c.name == self.cell_name)
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            import torch
+            import torch.distributed as dist
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return execute_cell(suite, cell, self.out_dir, pretrain_error=self.pretrain_error)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, executor,
+                       summary: RunSummary) -> None:
+    """Submit the pretraining cells, wait for them, then submit the transfer cells and wait."""
+    for kind in ("pretrain", "transfer"):
+        batch = [(n, c) for n, c in todo if c.kind == kind]
+        jobs = []
+        for number, cell in batch:
+            executor.update_parameters(name=f"{suite.name}:{cell.name}")
+            job = executor.submit(CellJob(suite.path, suite.seeds, out_dir, cell.name,
+                                          summary.failed.get(cell.needs)))
+            print(f"[{number}/{total}] {cell.name}: submitted as job {job.job_id}", flush=True)
+            jobs.append((number, cell, job, time.perf_counter()))
+        for number, cell, job, start in jobs:
+            try:
+                ok, text = job.results()[0]  # rank 0's answer
+            except Exception as exc:  # the job died outside execute_cell (node failure, OOM kill)
+                ok, text = False, f"job {job.job_id}: {_one_line(exc)}"
+                if cell.kind == "transfer":
+                    ResultsStore(out_dir).append(_failed_row(
+                        suite, cell, cell_checkpoint(cell, out_dir), text, 0.0))
+            _report(summary, f"[{number}/{total}] {cell.name}", cell, out_dir, ok, text,
+                    time.perf_counter() - start)
+
+
+SLURM_KEYS = {"partition": ("slurm_partition", str), "nodes": ("nodes", int),
+              "gpus-per-node": ("gpus_per_node", int), "tasks-per-node": ("tasks_per_node", int),
+              "cpus-per-task": ("cpus_per_task", int), "time": ("timeout_min", int),
+              "mem-gb": ("mem_gb", int), "account": ("slurm_account", str),
+              "qos": ("slurm_qos", str), "constraint": ("slurm_constraint", str)}
+
+
+def parse_slurm(spec: str) -> dict:
+    """``partition=gpu,nodes=1,gpus-per-node=8,time=4320`` -> submitit ``update_parameters``
+    keywords. ``tasks-per-node`` defaults to ``gpus-per-node`` (one process per GPU); ``time`` is
+    in minutes."""
+    params = {}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SLURM_KEYS or not value:
+            raise BenchError(f"option --slurm: {item!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(SLURM_KEYS)}")
+        name, kind = SLURM_KEYS[key]
+        try:
+            params[name] = kind(value)
+        except ValueError:
+            raise BenchError(f"option --slurm: {key} must be an integer, got {value!r}") from None
+    if "gpus_per_node" in params:
+        params.setdefault("tasks_per_node", params["gpus_per_node"])
+    return params
+
+
+def slurm_executor(spec: str, out_dir: Path):
+    """A submitit Slurm executor writing its logs to ``<out>/slurm``."""
+    import submitit
+    params = parse_slurm(spec)
+    try:
+        executor = submitit.AutoExecutor(folder=out_dir / "slurm" / "%j", cluster="slurm")
+    except Exception as e:  # no sbatch here
+        raise BenchError(f"option --slurm: cannot submit Slurm jobs from this machine "
+                         f"({_one_line(e)}); use --local") from None
+    executor.update_parameters(slurm_max_num_timeout=20, **params)
+    return executor
+
+
+def write_suite_tables(suite: Suite, out_dir: Path) -> list[Path]:
+    """Tables + plots of this suite's rows into ``out_dir``; prints the Markdown tables."""
+    from bench.tables import run_table
+    try:
+        written = run_table(ResultsStore(out_dir).path, out_dir, suite=suite.name)
+    except BenchError as e:  # e.g. no finished run yet: nothing to tabulate
+        print(f"no tables: {e}", flush=True)
+        return []
+    print("\n" + (SMOKE_NOTE if suite.scale == "smoke" else FULL_NOTE) + "\n")
+    for path in written:
+        if path.suffix == ".md":
+            print(path.read_text(encoding="utf-8"))
+    print(f"tables and plots in {out_dir}: {', '.join(p.name for p in written)}", flush=True)
+    return written
+
+
+def format_plan(cells: list[Cell], out_dir: Path, done_ids: set[str]) -> str:
+    """The plan as a text table: cell, kind, backbone, weights, status, id."""
+    rows = [("cell", "kind", "backbone", "weights", "status", "id")]
+    for c in cells:
+        weights = (f"<- {c.needs}" if c.needs else str(c.init.checkpoint) if c.init.checkpoint
+                   else "random" if c.kind == "transfer" else c.init.pretrain["method"])
+        rows.append((c.name, c.kind, c.init.backbone, weights, cell_status(c, out_dir, done_ids),
+                     c.id))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    todo = sum(cell_status(c, out_dir, done_ids) != "done" for c in cells)
+    lines.append(f"{len(cells)} cells, {todo} to run; work dirs under {out_dir / 'work'}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: bench run
+# --------------------------------------------------------------------------------------------------
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``bench run``."""
+    parser.add_argument("suite", help="suite file, or a bundled suite name (demo, ci, paper)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output directory: runs.jsonl, work/, data/, tables "
+                             "(default results/<suite name>)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the cells and their status, run nothing")
+    parser.add_argument("--only", action="append", default=None, metavar="PAT",
+                        help="run only cells matching this glob, e.g. 'mae/*' or '*/coco/*' "
+                             "(repeatable or comma-separated)")
+    parser.add_argument("--skip", action="append", default=None, metavar="PAT",
+                        help="leave out cells matching this glob (repeatable or comma-separated)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                        help="transfer seeds instead of the suite's")
+    parser.add_argument("--no-tables", action="store_true", help="do not write tables at the end")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true",
+                       help="run the cells here, one after the other (the default)")
+    where.add_argument("--slurm", default=None, metavar="SPEC",
+                       help="submit each cell as a Slurm job via submitit, e.g. "
+                            "'partition=gpu,nodes=1,gpus-per-node=8,time=4320' (keys: "
+                            + ", ".join(SLURM_KEYS) + "); preempted or timed-out jobs are "
+                            "requeued and resume; this command waits for them")
+    return parser
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """``bench run``: 0 when every cell is done, 1 when some failed (their rows say why)."""
+    suite = load_suite(args.suite)
+    if args.seeds is not None:
+        suite = suite.with_seeds(args.seeds)
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    executor = slurm_executor(args.slurm, out) if args.slurm and not args.dry_run else None
+    summary = run_suite(suite, out, dry_run=args.dry_run, only=args.only, skip=args.skip,
+                        tables=not args.no_tables, executor=executor)
+    return 1 if summary.failed else 0
+
+
+def main(argv=None) -> int:
+    """``python -m bench.runner SUITE ...`` (the same as ``bench run``)."""
+    parser = add_run_arguments(argparse.ArgumentParser(prog="bench run"))
+    args = parser.parse_args(argv)
+    try:
+        return run_main(args)
+    except BenchError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""Suite files: which initialisations to transfer to which tasks, with which seeds.
+
+A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete example)::
+
+    name: demo                   # goes into every run_id and results row (key 'suite')
+    scale: smoke                 # smoke | full: says whether the numbers can be compared to the paper
+    arch: vit_demo_patch8        # ViT size for every init (an init may set its own 'arch')
+    seeds: [0]                   # transfer seeds; every (init, task[, k]) runs once per seed
+    inits:                       # <label>: how to get the weights; the label names the cells
+      random: {}                 #   nothing: random init (only for inits that need no checkpoint)
+      mae:
+        pretrain: {method: mae, steps: 300, batch_size: 32}     # pretrain here, then transfer
+      supervised:
+        checkpoint: ckpt/deit_base_patch16_224.pth              # a file (official or our own)
+      mae_ratio50:                                              # a second MAE, another label
+        init: mae                #   registry init (default: the label); rows carry this name
+        pretrain: {method: mae, mask_ratio: 0.5, steps: 300}
+    tasks:                       # <label>: a transfer task; the label names the cells
+      coco:
+        task: coco               #   coco | ade20k | inat2017 | inat2018 | inat2019 | places205 |
+                                 #   places365 | folder  (default: the label)
+        protocol: maskrcnn_fpn   #   coco: maskrcnn_fpn | maskrcnn_vitdet; ade20k: upernet;
+                                 #   classification: finetune | linear | partial
+        generate: {n_train: 16, n_val: 8, image_size: [64, 64]}  # make the small generated set
+        # data: /datasets/coco   #   ... or read a dataset on disk (exactly one of the two)
+        config: smoke            #   the task's config name or file, or {<arch>: config, ...}
+        iters: 100               #   coco / ade20k: training iterations
+      folder_partial:
+        task: folder
+        protocol: partial
+        k: [0, 1, 2]             #   partial: numbers of fine-tuned last blocks
+        epochs: 3                #   classification: epochs (and batch_size, bf16)
+        generate: {n_train_per_class: 20, image_size: 32}
+
+``pretrain`` takes ``method`` (mae, mocov3, beit, supervised; default: the init), ``data``
+(``embedded`` or an image folder), ``img_size``, ``epoch_size``, every field of the shared engine's
+``TrainConfig`` (steps, epochs, batch_size, blr, warmup_steps, ckpt_every, seed, ...) and the
+method's own options (MAE: ``mask_ratio``, ``norm_pix_loss``). An init may also carry ``extra``
+(JSON scalars written into each of its rows' ``extra``; ``mask_ratio`` and ``img_size`` there also
+take part in the run id) and ``trust_checkpoint: true`` for official files that need full
+unpickling. Relative paths (``checkpoint``, ``data``, config files) are relative to the directory
+the command runs in.
+
+``load_suite`` checks everything before anything runs: an unknown key, init, task, protocol or a
+value of the wrong type is a ``BenchError`` naming the file, the key and the allowed values.
+Whether files exist is checked when a run starts (``bench.runner``), so ``--dry-run`` works on a
+machine without the datasets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from bench.errors import BenchError
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+SCALES = ("smoke", "full")
+DETECTION_TASKS = ("coco",)
+SEGMENTATION_TASKS = ("ade20k",)
+CLASSIFICATION_TASKS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder")
+TASKS = DETECTION_TASKS + SEGMENTATION_TASKS + CLASSIFICATION_TASKS
+PROTOCOLS = {"coco": ("maskrcnn_fpn", "maskrcnn_vitdet"), "ade20k": ("upernet",),
+             **{t: ("finetune", "linear", "partial") for t in CLASSIFICATION_TASKS}}
+PRETRAIN_METHODS = ("mae", "mocov3", "beit", "supervised")
+
+SUITE_KEYS = ("name", "description", "scale", "arch", "seeds", "inits", "tasks")
+INIT_KEYS = ("init", "arch", "checkpoint", "pretrain", "trust_checkpoint", "extra")
+# Keys every pretraining method takes besides the engine's TrainConfig fields.
+PRETRAIN_COMMON_KEYS = ("method", "data", "img_size", "epoch_size")
+# TrainConfig fields a suite may not set: the runner owns them.
+PRETRAIN_RESERVED = ("out_dir", "desc", "progress", "resume")
+TASK_COMMON_KEYS = ("task", "protocol", "data", "generate", "config")
+TASK_KEYS = {**{t: TASK_COMMON_KEYS + ("iters",) for t in DETECTION_TASKS + SEGMENTATION_TASKS},
+             **{t: TASK_COMMON_KEYS + ("epochs", "batch_size", "k", "bf16")
+                for t in CLASSIFICATION_TASKS}}
+LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class InitEntry:
+    """One initialisation of a suite. ``label`` names its cells (``mae/coco/seed0``); ``init`` is
+    the registry initialisation (``build_backbone(f'{init}_{arch}')``) and the rows' ``init``."""
+    label: str
+    init: str
+    arch: str
+    checkpoint: Path | None = None          # a given file, or None
+    pretrain: dict | None = None            # {'method': ..., **kwargs of the pretrainer}
+    trust_checkpoint: bool = False
+    extra: dict = field(default_factory=dict)  # goes into every row's 'extra' (and run id)
+
+    @property
+    def backbone(self) -> str:
+        """Registry name, e.g. ``mae_vit_demo_patch8``."""
+        return f"{self.init}_{self.arch}"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One transfer task of a suite; ``label`` names its cells."""
+    label: str
+    task: str
+    protocol: str
+    data: Path | None = None                # a dataset on disk, or None with ``generate``
+    generate: dict | None = None            # kwargs of the task's small-dataset generator
+    config: str | dict | None = None        # config name or file, or {arch: config}; None: default
+    iters: int | None = None                # detection / segmentation
+    epochs: float | None = None             # classification
+    batch_size: int | None = None
+    k: tuple[int, ...] = ()                 # protocol 'partial'
+    bf16: bool = False
+
+    def config_for(self, arch: str) -> str | None:
+        return self.config.get(arch) if isinstance(self.config, dict) else self.config
+
+    @property
+    def family(self) -> str:
+        if self.task in DETECTION_TASKS:
+            return "detection"
+        if self.task in SEGMENTATION_TASKS:
+            return "segmentation"
+        return "classification"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    scale: str
+    seeds: tuple[int, ...]
+    inits: tuple[InitEntry, ...]
+    tasks: tuple[TaskEntry, ...]
+    description: str = ""
+
+    def with_seeds(self, seeds) -> "Suite":
+        """The same suite with other transfer seeds (``bench run --seeds``)."""
+        return dataclasses.replace(self, seeds=_seeds(list(seeds), f"{self.path}", "option --seeds"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+def bundled_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def resolve_suite_path(name_or_path: str | Path) -> Path:
+    """A suite file path, or the name of a bundled suite (``demo`` -> ``bench/suites/demo.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = SUITES_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise BenchError(f"suite {str(name_or_path)!r}: no such file and not a bundled suite "
+                     f"(bundled: {', '.join(bundled_suites())})")
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Read and check a suite file (see the module docstring for the format)."""
+    path = resolve_suite_path(name_or_path)
+    where = str(path)
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise BenchError(f"{where}: not valid YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchError(f"{where}: cannot read the suite file ({e})") from None
+    doc = _mapping(doc, where, "the suite file")
+    _known_keys(doc, SUITE_KEYS, where, "")
+    for key in ("name", "seeds", "inits", "tasks"):
+        if key not in doc:
+            raise BenchError(f"{where}: key {key!r} is required")
+
+    name = _string(doc["name"], where, "name")
+    scale = doc.get("scale", "smoke")
+    if scale not in SCALES:
+        raise BenchError(f"{where}: key 'scale' is {scale!r}; allowed: {', '.join(SCALES)}")
+    seeds = _seeds(doc["seeds"], where, "key 'seeds'")
+    default_arch = _string(doc["arch"], where, "arch") if "arch" in doc else None
+
+    inits_doc = _mapping(doc["inits"], where, "key 'inits'")
+    if not inits_doc:
+        raise BenchError(f"{where}: key 'inits' is empty; give at least one initialisation")
+    inits = tuple(_init_entry(label, spec, default_arch, where) for label, spec in inits_doc.items())
+
+    tasks_doc = _mapping(doc["tasks"], where, "key 'tasks'")
+    if not tasks_doc:
+        raise BenchError(f"{where}: key 'tasks' is empty; give at least one task")
+    tasks = tuple(_task_entry(label, spec, where) for label, spec in tasks_doc.items())
+    for t in tasks:
+        for i in inits:
+            if isinstance(t.config, dict) and i.arch not in t.config:
+                raise BenchError(f"{where}: key 'tasks.{t.label}.config' has no entry for "
+                                 f"{i.arch} (init {i.label!r}); given: {', '.join(t.config)}")
+            # k must be a block count of every init's ViT
+            depth = _arch_depth(i.arch)
+            bad = [k for k in t.k if k > depth]
+            if bad:
+                raise BenchError(f"{where}: key 'tasks.{t.label}.k' has {bad[0]} but init "
+                                 f"{i.label!r} ({i.arch}) has only {depth} blocks; "
+                                 f"allowed: 0..{depth}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise BenchError(f"{where}: key 'description' must be a string")
+    return Suite(name=name, path=path, scale=scale, seeds=seeds, inits=inits, tasks=tasks,
+                 description=description.strip())
+
+
+def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> InitEntry:
+    from backbones.registry import INITS
+    from backbones.vit import ARCHS
+
+    label = _label(label, where, "inits")
+    key = f"inits.{label}"
+    spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
+    _known_keys(spec, INIT_KEYS, where, key)
+    init = spec.get("init", label)
+    if init not in INITS:
+        raise BenchError(f"{where}: key {key + ('.init' if 'init' in spec else '')!r}: unknown "
+                         f"initialisation {init!r}; allowed: {', '.join(INITS)} (or set "
+                         f"'{key}.init' to one of them)")
+    arch = spec.get("arch", default_arch)
+    if arch is None:
+        raise BenchError(f"{where}: key {key + '.arch'!r} is required when the suite has no "
+                         f"top-level 'arch'; allowed: {', '.join(ARCHS)}")
+    if arch not in ARCHS:
+        at = f"{key}.arch" if "arch" in spec else "arch"
+        raise BenchError(f"{where}: key {at!r}: unknown architecture {arch!r}; allowed: "
+                         f"{', '.join(ARCHS)}")
+    if "checkpoint" in spec and "pretrain" in spec:
+        raise BenchError(f"{where}: key {key!r} has both 'checkpoint' and 'pretrain'; give one")
+    checkpoint = None
+    if "checkpoint" in spec:
+        checkpoint = Path(_string(spec["checkpoint"], where, f"{key}.checkpoint")).expanduser()
+    pretrain = None
+    if "pretrain" in spec:
+        pretrain = _pretrain_spec(spec["pretrain"], init, where, f"{key}.pretrain")
+    if checkpoint is None and pretrain is None and INITS[init].needs_checkpoint:
+        raise BenchError(f"{where}: key {key!r}: initialisation {init!r} needs weights; add "
+                         f"'checkpoint: PATH' or 'pretrain: {{method: ...}}' (allowed methods: "
+                         f"{', '.join(PRETRAIN_METHODS)})")
+    if INITS[init].converter is None and (checkpoint is not None or pretrain is not None):
+        raise BenchError(f"{where}: key {key!r}: initialisation {init!r} takes no weights; "
+                         f"remove 'checkpoint'/'pretrain' or set '{key}.init'")
+    trust = spec.get("trust_checkpoint", False)
+    if not isinstance(trust, bool):
+        raise BenchError(f"{where}: key {key + '.trust_checkpoint'!r} must be true or false")
+    extra = _mapping(spec.get("extra", {}), where, f"key {key + '.extra'!r}")
+    for name, value in extra.items():
+        if not isinstance(name, str) or not (value is None or isinstance(value, (str, int, float, bool))):
+            raise BenchError(f"{where}: key {key}.extra.{name}: values must be strings, numbers "
+                             "or booleans")
+    extra = dict(extra)
+    if pretrain is not None and pretrain["method"] == "mae":
+        ratio = pretrain.get("mask_ratio", _param_default(pretrainer_fn("mae"), "mask_ratio"))
+        if extra.get("mask_ratio", ratio) != ratio:
+            raise BenchError(f"{where}: key {key + '.extra.mask_ratio'!r} contradicts "
+                             f"'{key}.pretrain.mask_ratio'")
+        extra["mask_ratio"] = ratio
+    return InitEntry(label=label, init=init, arch=arch, checkpoint=checkpoint, pretrain=pretrain,
+                     trust_checkpoint=trust, extra=extra)
+
+
+def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
+    from bench.engine import TrainConfig
+
+    spec = _mapping(spec, where, f"key {key!r}")
+    method = spec.get("method", init)
+    if method not in PRETRAIN_METHODS:
+        raise BenchError(f"{where}: key {key + '.method'!r}: unknown pretraining method "
+                         f"{method!r}; allowed: {', '.join(PRETRAIN_METHODS)}")
+    fn = pretrainer_fn(method)
+    own = [p.name for p in inspect.signature(fn).parameters.values()
+           if p.kind == p.KEYWORD_ONLY and p.name not in PRETRAIN_RESERVED]
+    train = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PRETRAIN_RESERVED]
+    allowed = list(dict.fromkeys(PRETRAIN_COMMON_KEYS + tuple(own) + tuple(train)))
+    _known_keys(spec, allowed, where, key)
+    out = {"method": method}
+    for name, value in spec.items():
+        if name == "method":
+            continue
+        if name == "betas":
+            if not (isinstance(value, list) and len(value) == 2
+                    and all(_is_number(v) for v in value)):
+                raise BenchError(f"{where}: key {key}.betas must be a list of two numbers")
+            value = tuple(float(v) for v in value)
+        elif name == "data":
+            value = _string(value, where, f"{key}.data")
+        out[name] = value  # YAML scalars, lists and mappings (e.g. BEiT's tokenizer_train)
+    for name in ("steps", "batch_size", "epoch_size", "accum_iter"):
+        if name in out and not (_is_int(out[name]) and out[name] >= (0 if name == "steps" else 1)):
+            raise BenchError(f"{where}: key {key}.{name} must be a positive integer, got "
+                             f"{out[name]!r}")
+    if "mask_ratio" in out and not (_is_number(out["mask_ratio"]) and 0 < out["mask_ratio"] < 1):
+        raise BenchError(f"{where}: key {key}.mask_ratio must be in (0, 1), got "
+                         f"{out['mask_ratio']!r}")
+    return out
+
+
+def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
+    label = _label(label, where, "tasks")
+    key = f"tasks.{label}"
+    spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
+    task = spec.get("task", label)
+    if task not in TASKS:
+        raise BenchError(f"{where}: key {key + ('.task' if 'task' in spec else '')!r}: unknown "
+                         f"task {task!r}; allowed: {', '.join(TASKS)} (or set '{key}.task')")
+    _known_keys(spec, TASK_KEYS[task], where, key)
+    protocols = PROTOCOLS[task]
+    protocol = spec.get("protocol", protocols[0])
+    if protocol not in protocols:
+        raise BenchError(f"{where}: key {key + '.protocol'!r}: protocol {protocol!r} is not one "
+                         f"of {task}'s; allowed: {', '.join(protocols)}")
+    if ("data" in spec) == ("generate" in spec):
+        raise BenchError(f"{where}: key {key!r} needs exactly one of 'data' (a dataset on disk) "
+                         "and 'generate' (make the small generated set)")
+    data = Path(_string(spec["data"], where, f"{key}.data")).expanduser() if "data" in spec else None
+    generate = None
+    if "generate" in spec:
+        generate = _mapping(spec["generate"], where, f"key {key + '.generate'!r}")
+        fn = generator_fn(task)
+        allowed = [p.name for p in inspect.signature(fn).parameters.values()
+                   if p.name not in ("root", "year", "overwrite")
+                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        _known_keys(generate, allowed, where, f"{key}.generate")
+        generate = {name: (tuple(v) if isinstance(v, list) else v) for name, v in generate.items()}
+    config = None
+    if isinstance(spec.get("config"), dict):  # one config per architecture
+        from backbones.vit import ARCHS
+        _known_keys(spec["config"], ARCHS, where, f"{key}.config")
+        config = {arch: _string(v, where, f"{key}.config.{arch}") for arch, v in spec["config"].items()}
+    elif "config" in spec:
+        config = _string(spec["config"], where, f"{key}.config")
+    iters = _positive_int(spec, "iters", where, key)
+    batch_size = _positive_int(spec, "batch_size", where, key)
+    epochs = spec.get("epochs")
+    if epochs is not None and not (_is_number(epochs) and epochs > 0):
+        raise BenchError(f"{where}: key {key}.epochs must be a positive number, got {epochs!r}")
+    bf16 = spec.get("bf16", False)
+    if not isinstance(bf16, bool):
+        raise BenchError(f"{where}: key {key}.bf16 must be true or false")
+    k: tuple[int, ...] = ()
+    if protocol == "partial":
+        raw = spec.get("k")
+        if not (isinstance(raw, list) and raw and all(_is_int(v) and v >= 0 for v in raw)):
+            raise BenchError(f"{where}: key {key + '.k'!r} is required for protocol 'partial': a "
+                             "list of numbers of fine-tuned blocks, e.g. [0, 1, 2, 4]")
+        if len(set(raw)) != len(raw):
+            raise BenchError(f"{where}: key {key}.k lists a value twice: {raw}")
+        k = tuple(raw)
+    elif "k" in spec:
+        raise BenchError(f"{where}: key {key + '.k'!r} is only for protocol 'partial' "
+                         f"(this task's protocol is {protocol!r})")
+    return TaskEntry(label=label, task=task, protocol=protocol, data=data, generate=generate,
+                     config=config, iters=iters, epochs=None if epochs is None else float(epochs),
+                     batch_size=batch_size, k=k, bf16=bf16)
+
+
+# --------------------------------------------------------------------------------------------------
+# The functions a suite names: pretrainers and dataset generators
+# --------------------------------------------------------------------------------------------------
+
+def pretrainer_fn(method: str) -> Callable[..., Path]:
+    """The pretraining function of ``method``: ``fn(arch, out_dir, *, data, img_size, epoch_size,
+    resume, **train) -> Path of pretrain.pth``. MAE lives in ``bench.pretrain``; the others in
+    ``backbones.pretrainers.PRETRAINERS``."""
+    try:
+        from backbones.pretrainers import PRETRAINERS
+    except ImportError as e:
+        if method == "mae":
+            from bench.pretrain import pretrain_mae
+            return pretrain_mae
+        raise BenchError(f"pretraining method {method!r} is not available in this install "
+                         f"(backbones.pretrainers: {e})") from None
+    return PRETRAINERS[method]
+
+
+
+
+def generator_fn(task: str) -> Callable[..., Path]:
+    """The small-dataset generator of ``task``; called as ``fn(root, **generate)``. Returns the
+    dataset root the task reads (ADE20K: ``root/ADEChallengeData2016``)."""
+    if task == "coco":
+        from tasks.detection.coco_data import make_coco_dataset
+        return make_coco_dataset
+    if task == "ade20k":
+        from tasks.segmentation.ade_data import make_ade20k_dataset
+        return make_ade20k_dataset
+    from tasks.classification import datasets
+    if task.startswith("inat"):
+        return functools.partial(datasets.make_inat_dataset, year=int(task[len("inat"):]))
+    return {"places205": datasets.make_places205_dataset,
+            "places365": datasets.make_places365_dataset,
+            "folder": datasets.make_image_folder}[task]
+
+
+# --------------------------------------------------------------------------------------------------
+# Small checks
+# --------------------------------------------------------------------------------------------------
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_unique_mapping)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mapping(value: Any, where: str, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise BenchError(f"{where}: {what} must be a mapping (key: value lines), got "
+                         f"{type(value).__name__}")
+    return value
+
+
+def _known_keys(spec: dict, allowed, where: str, prefix: str) -> None:
+    for name in spec:
+        if name not in allowed:
+            at = f"{prefix}.{name}" if prefix else str(name)
+            raise BenchError(f"{where}: unknown key {at!r}; allowed: {', '.join(allowed)}")
+
+
+def _string(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BenchError(f"{where}: key {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _label(value: Any, where: str, section: str) -> str:
+    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
+        raise BenchError(f"{where}: key '{section}.{value}': labels may hold only letters, digits, "
+                         "'_', '.' and '-' (they name cells and folders)")
+    return value
+
+
+def _seeds(value: Any, where: str, what: str) -> tuple[int, ...]:
+    if not (isinstance(value, list) and value and all(_is_int(s) and s >= 0 for s in value)):
+        raise BenchError(f"{where}: {what} must be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise BenchError(f"{where}: {what} lists a seed twice: {value}")
+    return tuple(value)
+
+
+def _positive_int(spec: dict, name: str, where: str, key: str) -> int | None:
+    value = spec.get(name)
+    if value is not None and not (_is_int(value) and value > 0):
+        raise BenchError(f"{where}: key {key}.{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _param_default(fn: Callable, name: str):
+    return inspect.signature(fn).parameters[name].default
+
+
+def _arch_depth(arch: str) -> int:
+    from backbones.vit import arch_config
+    return int(arch_config(arch)["depth"])
