@@ -20,47 +20,54 @@ from bench.errors import BenchError
 DEFAULT_ARCH = "vit_demo_patch8"
 
 
-def _add_train_args(p: argparse.ArgumentParser, *, steps=0, epochs=1.0, batch=32, blr=1.5e-4):
-    g = p.add_argument_group("training (the shared engine)")
+def _add_train_args(p: argparse.ArgumentParser):
+    """Training options of the shared engine. Unset options keep the method's own defaults
+    (``backbones.pretrainers.DEMO_DEFAULTS``: CPU demo scale; paper values in each module)."""
+    g = p.add_argument_group("training (the shared engine; unset options keep the method's defaults)")
     g.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, pretrain.pth")
-    g.add_argument("--steps", type=int, default=steps, help="optimizer steps (0: use --epochs)")
-    g.add_argument("--epochs", type=float, default=epochs, help="epochs over the data (embedded data: --epoch-size crops)")
-    g.add_argument("--batch-size", type=int, default=batch, help="per-process batch (global = batch x accum x world)")
-    g.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--blr", type=float, default=blr, help="base lr; lr = blr x global batch / 256")
-    g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--warmup-epochs", type=float, default=0.0)
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and GPU)")
-    g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
+    g.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--epochs", type=float, help="epochs over the data (embedded data: --epoch-size crops each)")
+    g.add_argument("--batch-size", type=int, help="per-process batch (global = batch x accum x world)")
+    g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
+    g.add_argument("--blr", type=float, help="base lr; lr = blr x global batch / 256")
+    g.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CPU and GPU)")
+    g.add_argument("--workers", type=int, dest="num_workers", help="data loader worker processes")
+    g.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (always at the end)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-nonfinite", type=int, default=0, help="skip up to N steps with a non-finite loss before stopping")
+    g.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping")
     g.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+TRAIN_OPTIONS = ("steps", "epochs", "batch_size", "accum_iter", "blr", "lr", "weight_decay", "warmup_epochs", "bf16",
+                 "num_workers", "ckpt_every", "seed", "max_nonfinite")
+
+
 def _train_kwargs(a) -> dict:
-    return dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, accum_iter=a.accum_iter, blr=a.blr, lr=a.lr,
-                weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, bf16=a.bf16, num_workers=a.workers,
-                ckpt_every=a.ckpt_every, seed=a.seed, max_nonfinite=a.max_nonfinite, progress=not a.no_progress)
+    kw = {k: getattr(a, k) for k in TRAIN_OPTIONS if getattr(a, k, None) is not None}
+    if a.steps is not None:
+        kw.pop("epochs", None)
+    if a.no_progress:
+        kw["progress"] = False
+    return kw
 
 
 # ---------------------------------------------------------------------------------------------------
 def cmd_pretrain(a):
-    from bench.pretrain import check_mask_ratio, pretrain_mae
+    from backbones.pretrainers import pretrain
+    from bench.pretrain import check_mask_ratio
     kw = _train_kwargs(a)
-    if a.method == "mae":
+    if a.mask_ratio is not None:
         check_mask_ratio(a.mask_ratio)
-        path = pretrain_mae(a.arch, a.out, data=a.data, img_size=a.img_size, mask_ratio=a.mask_ratio,
-                            norm_pix_loss=not a.no_norm_pix_loss, epoch_size=a.epoch_size, resume=not a.no_resume, **kw)
-    else:
-        try:
-            from backbones.pretrainers import PRETRAINERS
-        except ImportError as e:
-            raise BenchError(f"pretraining method {a.method!r} is not available in this install ({e})")
-        path = PRETRAINERS[a.method](a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size,
-                                     resume=not a.no_resume, **kw)
+        if a.method in ("mae", "beit"):
+            kw["mask_ratio"] = a.mask_ratio
+    if a.method == "mae":
+        kw["norm_pix_loss"] = not a.no_norm_pix_loss
+    path = pretrain(a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size,
+                    resume=not a.no_resume, **kw)
     print(f"backbone checkpoint: {path}\n  use it as: --backbone {a.method}_{a.arch} --checkpoint {path}")
 
 
@@ -134,7 +141,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     p.add_argument("--data", default="embedded", help="'embedded' (bundled real photos) or an image folder")
     p.add_argument("--epoch-size", type=int, default=1024, help="crops per epoch of the embedded data")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the arch's)")
-    p.add_argument("--mask-ratio", type=float, default=0.75, help="MAE: fraction of patches removed")
+    p.add_argument("--mask-ratio", type=float, default=None, help="MAE (default 0.75) / BEiT (0.4): fraction of patches masked")
     p.add_argument("--no-norm-pix-loss", action="store_true", help="MAE: raw-pixel target instead of per-patch normalised")
     _add_train_args(p)
     p.set_defaults(func=cmd_pretrain)

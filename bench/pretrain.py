@@ -10,6 +10,7 @@ from pathlib import Path
 from backbones.checkpoint import save_atomic
 from backbones.mae import MaskedAutoencoder
 from bench.data import pretrain_dataset
+from bench.determinism import seed_everything
 from bench.engine import TrainConfig, fit
 from bench.errors import BenchError
 
@@ -39,6 +40,7 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
                  resume: bool = True, **train) -> Path:
     """Pretrain and return the path of the exported backbone checkpoint."""
     check_mask_ratio(mask_ratio)
+    seed_everything(train.get("seed", 0))  # initial weights follow from the seed
     model = build_mae(arch, img_size, norm_pix_loss)
     size = model.pos_grid[0] * model.patch_size
     dataset = pretrain_dataset(data, size, epoch_size)

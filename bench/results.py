@@ -64,7 +64,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "suite": (str,),
     "task": (str,),
     "protocol": (str,),
-    "k": (int, type(None)),
+    "k": (int, float, type(None)),  # blocks tuned in partial fine-tuning; 0.5 = the last block's MLP only (Fig. 9)
     "init": (str,),
     "backbone": (str,),
     "checkpoint_sha256": (str, type(None)),

@@ -191,7 +191,7 @@ def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
                                index=ok.index, dtype=object)
     ok["mask_ratio"] = [_num(v) for v in ok.get("extra.mask_ratio", missing)]
     ok["col"] = [backbone_label(b, s) for b, s in zip(ok["backbone"], ok["img_size"])]
-    ok["k"] = pd.Series([None if math.isnan(_num(k)) else int(k) for k in ok["k"]],
+    ok["k"] = pd.Series([None if math.isnan(_num(k)) else (int(k) if float(k).is_integer() else float(k)) for k in ok["k"]],
                         index=ok.index, dtype=object)
     # An init pre-trained at several mask ratios is several rows, not one averaged cell.
     several = {init for init, g in ok.groupby("init")
@@ -309,7 +309,7 @@ def build_tables(df: pd.DataFrame,
     specs.append(("linear_probe", sel, ("top1",), by_task, by_backbone))
     sel = runs[runs["protocol"] == "partial"]
     specs.append(("partial_finetune", sel, ("top1",), by_task_and_backbone,
-                  lambda r: (r["k"], f"k={r['k']}")))
+                  lambda r: (r["k"], "k=mlp" if r["k"] == 0.5 else f"k={r['k']}")))
 
     tables = {}
     for name, sel, metrics, group_of, column_of in specs:

@@ -38,6 +38,7 @@ tokenizer in ``<out>/tokenizer.pth``.
 """
 from __future__ import annotations
 
+from bench.determinism import seed_everything
 import math
 import random
 from pathlib import Path
@@ -361,6 +362,7 @@ def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img
     elif resume and (out / "tokenizer.pth").is_file():
         tok = load_tokenizer(out / "tokenizer.pth")
     else:
+        seed_everything(train.get("seed", 0))  # initial weights follow from the seed
         shared = {k: train[k] for k in ("batch_size", "device", "seed", "progress", "num_workers", "bf16") if k in train}
         path = train_tokenizer(arch, out, data=data, img_size=img_size, epoch_size=epoch_size, resume=resume,
                                vocab_size=vocab_size, **{**shared, **(tokenizer_train or {})})
@@ -370,6 +372,7 @@ def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img
                          f"{cfg_enc['patch_size']} px patches")
     tok.requires_grad_(False).eval()
 
+    seed_everything(train.get("seed", 0))
     model = BeitPretrainModel(cfg_enc, tok.vocab_size, shared_rel_pos=shared_rel_pos)
     dataset = image_dataset(data, BeitTransform(input_size(cfg_enc), masking), epoch_size)
     for k in ("betas", "weight_decay"):

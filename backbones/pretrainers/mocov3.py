@@ -37,6 +37,7 @@ Output: ``<out>/pretrain.pth`` with the base encoder (``head.*`` = projector, dr
 """
 from __future__ import annotations
 
+from bench.determinism import seed_everything
 import math
 import random
 from pathlib import Path
@@ -222,6 +223,7 @@ def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", i
     if temperature <= 0:
         raise BenchError(f"MoCo temperature must be > 0, got {temperature}")
     cfg_enc = encoder_config("mocov3", arch, img_size)
+    seed_everything(train.get("seed", 0))  # initial weights follow from the seed
     model = MoCoV3(cfg_enc, dim=dim, mlp_dim=mlp_dim, T=temperature, stop_grad_conv1=stop_grad_conv1)
     dataset = image_dataset(data, mocov3_transform(input_size(cfg_enc), crop_min), epoch_size)
     train.setdefault("weight_decay", PAPER["weight_decay"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.determinism import seed_everything
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,7 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
     if num_classes is not None and num_classes != len(classes):
         raise BenchError(f"--num-classes {num_classes} but the dataset {data} has {len(classes)} classes")
     K = len(classes)
+    seed_everything(train.get("seed", 0))  # initial weights follow from the seed
     model = VisionTransformer(**{**cfg_enc, "num_classes": K, "global_pool": "token", "drop_path_rate": drop_path_rate})
     model.arch = dict(cfg_enc)
     mix = None

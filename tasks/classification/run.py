@@ -17,6 +17,7 @@ different config in an existing ``out_dir`` is refused rather than silently mixe
 """
 from __future__ import annotations
 
+from bench.determinism import seed_everything
 import argparse
 import json
 import math
@@ -109,6 +110,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
 
     train_split, val_split = read_splits(dataset, data_root)
     num_classes = train_split.num_classes
+    seed_everything(seed)  # the new head's (and a random init's) weights follow from the seed
     model = P.build_classifier(backbone, checkpoint, protocol, num_classes, img_size=cfg["img_size"], k=k,
                                drop_path=cfg["drop_path"], global_pool=cfg["global_pool"],
                                head_init_std=cfg["head_init_std"], trust_checkpoint=trust_checkpoint)
