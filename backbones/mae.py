@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .vit import ARCHS, Block, LayerNorm, VisionTransformer, get_2d_sincos_pos_embed
+from .vit import ARCHS, Block, LayerNorm, VisionTransformer, _init_module, get_2d_sincos_pos_embed
 
 # Decoder presets of the paper (Table 1: 8 blocks, 512-d), and a CPU-sized one for the demo.
 DECODERS = {
@@ -64,7 +64,7 @@ class MaskedAutoencoder(VisionTransformer):
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
-            m.apply(_reinit)
+            m.apply(_init_module)
         assert n == self.decoder_pos_embed.shape[1] - 1
 
     # -- patches ---------------------------------------------------------------------------------
@@ -183,12 +183,3 @@ def infer_mae_arch(sd: dict, path="checkpoint") -> dict:
                 num_heads=heads.get(D, max(1, D // 64)), decoder_embed_dim=Dd, decoder_depth=ddepth,
                 decoder_num_heads=16 if Dd % 16 == 0 else max(1, Dd // 32))
 
-
-def _reinit(m):
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
