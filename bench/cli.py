@@ -102,11 +102,13 @@ def _delegate(module: str, add: str, main: str, name: str):
         mod = importlib.import_module(module)
         return getattr(mod, add), getattr(mod, main)
     except (ImportError, AttributeError) as e:
+        reason = f"{module}: {e}"  # `e` itself is unbound once the except block ends
+
         def add_missing(p):
             p.add_argument("args", nargs=argparse.REMAINDER)
 
         def main_missing(_):
-            raise BenchError(f"`bench {name}` is not available in this install ({module}: {e})")
+            raise BenchError(f"`bench {name}` is not available in this install ({reason})")
         return add_missing, main_missing
 
 
@@ -177,6 +179,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser(argv).parse_args(argv)
+    if args.cmd in ("pretrain", "cls"):  # under torchrun / srun: join the DDP process group (no-op alone)
+        from bench.distributed import init_distributed
+        init_distributed()
     try:
         rc = args.func(args)
         return int(rc or 0)

@@ -13,9 +13,17 @@ What ``fit`` guarantees:
   kept, and a corrupt newest checkpoint makes resume fall back to the previous one with a warning.
 * **Numerics guard.** A non-finite loss stops the run (after ``max_nonfinite`` skipped steps) with
   the step, the loss terms and a saved state.
-* **Distributed.** Under ``torchrun`` (DDP) each rank reads a disjoint slice of every global batch,
-  so the global batch — and the loss trajectory — equal a single process with the whole batch.
-  Global batch and learning rate are printed at start: ``lr = blr * batch * accum * world / 256``.
+* **Distributed.** Under ``torchrun`` / Slurm (``bench.distributed.init_distributed``) the model is
+  wrapped in DDP and rank ``r`` reads the r-th slice of every global batch, so the global batch —
+  and the loss trajectory — equal a single process with the whole batch (tested to 1e-5 with the
+  same per-sample masks). Global batch, lr and epoch length come from ``batch * accum * world``
+  and are printed at start: ``lr = blr * batch * accum * world / 256``. Gradients are synchronised
+  once per optimizer step (``no_sync`` on the other micro-steps). The logged loss (and every logged
+  term) is the mean over all micro-batches of the step on all ranks, so logs equal a single
+  process's; a non-finite loss on any rank makes every rank skip (or stop at) the same step; each
+  rank's RNG state is checkpointed, so a DDP resume repeats the uninterrupted run too.
+* **Activation checkpointing.** ``grad_checkpointing=True`` recomputes every ViT ``Block`` in the
+  backward pass (``torch.utils.checkpoint``, non-reentrant): less activation memory, same numbers.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from backbones.checkpoint import load_checkpoint_file, save_atomic
+from bench.distributed import all_reduce_sum, gather_objects
 from bench.errors import BenchError, CheckpointError, NonFiniteLossError
 
 
@@ -66,6 +75,7 @@ class TrainConfig:
     progress: bool = True
     desc: str = "train"
     device: str = "auto"
+    grad_checkpointing: bool = False  # recompute ViT blocks in backward (activation memory -> compute)
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -179,6 +189,25 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
+def enable_grad_checkpointing(model: torch.nn.Module) -> int:
+    """Run every ``backbones.vit.Block`` in ``model`` (encoder and MAE decoder blocks) under
+    ``torch.utils.checkpoint`` while gradients are being recorded; returns how many blocks. The
+    state dict is unchanged (only the instances' ``forward`` is replaced)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from backbones.vit import Block
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Block) and not getattr(m, "_grad_checkpointing", False):
+            def forward(*args, _fwd=m.forward, **kw):
+                if torch.is_grad_enabled():
+                    return checkpoint(_fwd, *args, use_reentrant=False, **kw)
+                return _fwd(*args, **kw)
+            m.forward, m._grad_checkpointing = forward, True
+            n += 1
+    return n
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
@@ -259,7 +288,10 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     random.seed(cfg.seed + rank)
     np.random.seed((cfg.seed + rank) % 2 ** 32)
     model.to(device)
-    if world > 1:
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(unwrap(model))
+    ddp = world > 1
+    if ddp:  # broadcasts rank 0's parameters and buffers; averages gradients over ranks
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if groups is None:
         groups = param_groups(unwrap(model), cfg.weight_decay)
@@ -282,7 +314,15 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
         unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, micro, nonfinite = state["step"], state["micro"], state.get("nonfinite", 0)
-        _set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if len(rngs) == world:
+            _set_rng_state(rngs[rank])
+        else:  # another world size: data order is still exact (by position), model RNG is not
+            if rank == 0:
+                warnings.warn(f"resuming a {len(rngs)}-process run with {world} processes: data order is "
+                              f"unchanged, random streams inside the model (e.g. masks) differ")
+            if rank < len(rngs):
+                _set_rng_state(rngs[rank])
         for k, obj in (extra_state or {}).items():
             obj.load_state_dict(state["extra"][k])
         history = [h for h in state.get("history", []) if h["step"] <= step]
@@ -294,10 +334,12 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
               + (f"; resumed at step {step} from {state['_path'].name}" if state else ""), flush=True)
 
     def save(tag_step: int):
+        rngs = gather_objects(_rng_state()) if ddp else None  # collective: every rank calls save
         if rank != 0:
             return
         ckpt = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step, "micro": micro,
-                "nonfinite": nonfinite, "rng": _rng_state(), "config": cfg.to_json(), "history": history,
+                "nonfinite": nonfinite, "rng": rngs[0] if ddp else _rng_state(), "config": cfg.to_json(),
+                "history": history, **({"rng_ranks": rngs} if ddp else {}),
                 "arch": getattr(unwrap(model), "arch", None),
                 "extra": {k: obj.state_dict() for k, obj in (extra_state or {}).items()}}
         save_atomic(ckpt, out / f"checkpoint-{tag_step:07d}.pth")
@@ -314,6 +356,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     model.train()
     t0, seen, last_loss = time.perf_counter(), 0, float("nan")
     window_bad, window_logs = False, []
+    win_loss, win_n, win_terms = 0.0, 0, {}  # sums over this optimizer step's finite micro-batches
     pin = device.type == "cuda"
     while step < total:
         epoch, start = divmod(micro, bpe)
@@ -328,18 +371,37 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
             for g in opt.param_groups:
                 g["lr"] = lr_at(g_step, total, warmup, lr, cfg.min_lr) * g["lr_scale"]
             batch = _to_device(batch, device)
-            with autocast(device, cfg.bf16):
-                loss, logs = loss_fn(model, batch)
-            if not torch.isfinite(loss).all():
-                window_bad = True
-                window_logs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}})
-            else:
-                (loss / cfg.accum_iter).backward()
-                last_loss = float(loss.detach())
+            last_micro = (micro + 1) % cfg.accum_iter == 0
+            # DDP: all-reduce gradients only in the backward of the step's last micro-batch
+            with model.no_sync() if ddp and not last_micro else contextlib.nullcontext():
+                with autocast(device, cfg.bf16):
+                    loss, logs = loss_fn(model, batch)
+                bad = not bool(torch.isfinite(loss).all())
+                bad_ranks = [rank] if bad else []
+                if ddp:  # agree before backward: a rank that skipped it would hang the others
+                    flags = all_reduce_sum([int(r == rank and bad) for r in range(world)])
+                    bad_ranks = [r for r, f in enumerate(flags) if f]
+                if bad_ranks:
+                    window_bad = True
+                    window_logs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
+                                        **({"ranks": bad_ranks} if ddp else {})})
+                else:
+                    (loss / cfg.accum_iter).backward()
+                    win_loss += float(loss.detach())
+                    win_n += 1
+                    for k, v in logs.items():
+                        win_terms[k] = win_terms.get(k, 0.0) + float(v)
             micro += 1
             seen += _batch_len(batch) * world
             if micro % cfg.accum_iter:
                 continue
+            if win_n:  # the step's mean loss and terms over all its micro-batches on all ranks
+                keys = sorted(win_terms)
+                sums = [win_loss, float(win_n), *(win_terms[k] for k in keys)]
+                if ddp:
+                    sums = all_reduce_sum(sums)
+                last_loss = sums[0] / sums[1]
+                logs = {k: v / sums[1] for k, v in zip(keys, sums[2:])}
             if window_bad:
                 opt.zero_grad(set_to_none=True)
                 nonfinite += 1
@@ -351,13 +413,15 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
                     raise NonFiniteLossError(
                         f"non-finite loss at step {step} ({window_logs[-1]}); state saved in {out}; "
                         f"pass --max-nonfinite N to skip up to N such steps")
-                warnings.warn(f"step {step}: non-finite loss {window_logs[-1]}, step skipped ({nonfinite}/{cfg.max_nonfinite})")
+                if rank == 0:
+                    warnings.warn(f"step {step}: non-finite loss {window_logs[-1]}, step skipped ({nonfinite}/{cfg.max_nonfinite})")
             else:
                 if cfg.clip_grad:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             window_bad, window_logs = False, []
+            win_loss, win_n, win_terms = 0.0, 0, {}
             step += 1
             if after_step is not None:
                 after_step(step, total)
@@ -377,6 +441,8 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     bar.close()
     if log is not None:
         log.close()
+    if ddp:  # every rank leaves with the final checkpoint on disk
+        dist.barrier()
     wall = time.perf_counter() - t0
     return FitResult(step, last_loss, wall, seen / max(wall, 1e-9), out, history)
 

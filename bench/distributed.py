@@ -1,0 +1,175 @@
+"""Process groups and cross-rank reductions for the shared engine (``bench pretrain``, ``bench cls``).
+
+Launch with the standard launchers, never a home-made one:
+
+* ``torchrun --nproc_per_node N -m bench.cli pretrain ...`` (or ``--nnodes M --node_rank R
+  --rdzv-endpoint HOST:PORT`` across machines): torchrun sets ``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
+* Slurm: ``srun --ntasks-per-node G ... bench pretrain ...`` (one task per GPU): the rank, world
+  size and local rank come from ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` and the master
+  address from the first host of ``SLURM_JOB_NODELIST`` (``scontrol show hostnames``, as mmengine
+  does);
+* submitit: ``submitit.helpers.TorchDistributedEnvironment().export()`` in the job function sets
+  the torchrun variables, then this module picks them up.
+
+``init_distributed()`` is a no-op for a single process, so the same entry points run unchanged.
+Metric helpers (``all_reduce_sum``, ``gather_objects``, ``shard_indices``, ``topk_counts``,
+``gather_accuracy``) work with or without a process group: without one they return the local
+values, so one code path gives the single-process numbers.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import subprocess
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_PORT = 29500
+
+
+def launch_env(environ=None) -> dict | None:
+    """``{rank, world_size, local_rank, master_addr, master_port, source}`` from a torchrun or
+    Slurm environment, or None outside one. torchrun wins over Slurm (torchrun inside an sbatch
+    job sets its own variables)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return dict(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+                    local_rank=int(env.get("LOCAL_RANK", 0)), master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                    master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)), source="torchrun")
+    if "SLURM_PROCID" in env:
+        # tasks of this job step (srun); SLURM_NTASKS alone also counts an sbatch allocation that
+        # runs the command once, without srun, which would wait forever for absent ranks
+        world = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)))
+        addr = env.get("MASTER_ADDR")
+        if addr is None and world > 1:
+            nodes = env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "")))
+            addr = _first_host(nodes)
+        return dict(rank=int(env["SLURM_PROCID"]), world_size=world, local_rank=int(env.get("SLURM_LOCALID", 0)),
+                    master_addr=addr or "127.0.0.1", master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
+                    source="slurm")
+    return None
+
+
+def _first_host(nodelist: str) -> str:
+    if not nodelist:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        if "[" not in nodelist:  # a single plain host name, or "a,b"
+            return nodelist.split(",")[0]
+        raise RuntimeError(f"cannot resolve the master host of Slurm node list {nodelist!r}: "
+                           f"`scontrol` is not available; set MASTER_ADDR")
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int, int]:
+    """Initialise the default process group when launched by torchrun / Slurm with more than one
+    process (``nccl`` with CUDA, else ``gloo``) and select the GPU ``LOCAL_RANK``. Returns
+    ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` and nothing done for a single process.
+    Idempotent; the group is destroyed at interpreter exit."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    env = launch_env()
+    if env is None or env["world_size"] <= 1:
+        return 0, 1, 0
+    if not dist.is_available():
+        raise RuntimeError("launched with several processes but this torch build has no torch.distributed")
+    # env:// reads these; torchrun has set them already, Slurm has not
+    os.environ.update(RANK=str(env["rank"]), WORLD_SIZE=str(env["world_size"]), LOCAL_RANK=str(env["local_rank"]),
+                      MASTER_ADDR=str(env["master_addr"]), MASTER_PORT=str(env["master_port"]))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(env["local_rank"])
+    dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method="env://", rank=env["rank"],
+                            world_size=env["world_size"], timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_destroy)
+    return env["rank"], env["world_size"], env["local_rank"]
+
+
+def _destroy():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that writes files, logs and results rows."""
+    return rank_world()[0] == 0
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU for NCCL, CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(x):
+    """Sum over ranks of a tensor, a number or a sequence of numbers (same type back; tensors come
+    back on the device they were given on). Integers are summed exactly (int64), floats in float64.
+    Without a process group: ``x`` itself."""
+    if not is_distributed():
+        return x
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(_comm_device(), copy=True)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.to(x.device)
+    seq = isinstance(x, (list, tuple))
+    vals = list(x) if seq else [x]
+    exact = all(isinstance(v, (int, bool)) for v in vals)
+    t = torch.tensor(vals, dtype=torch.int64 if exact else torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    out = [int(v) if exact else float(v) for v in t.tolist()]
+    return type(x)(out) if seq else out[0]
+
+
+def gather_objects(obj: Any) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled); ``[obj]`` without a group."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_indices(n: int, rank: int | None = None, world: int | None = None) -> range:
+    """This rank's evaluation samples: ``rank, rank + world, ...``. Every sample is on exactly one
+    rank (no padding, unlike ``DistributedSampler``), so summed counts equal one process's."""
+    if rank is None or world is None:
+        rank, world = rank_world()
+    return range(rank, n, world)
+
+
+def topk_counts(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> list[int]:
+    """``[top-1 hits, top-k hits, samples]`` of one batch (k is capped at the number of classes)."""
+    labels = torch.as_tensor(labels, device=logits.device)
+    ranked = logits.float().topk(min(k, logits.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return [int(hits[:, 0].sum()), int(hits.any(dim=1).sum()), int(labels.numel())]
+
+
+def gather_accuracy(counts: Sequence[int]) -> dict:
+    """Top-1 / top-5 in percent from this rank's ``[top1 hits, top5 hits, samples]``, summed over
+    ranks first: with ``shard_indices`` the result equals a single process on the whole set."""
+    top1, top5, n = all_reduce_sum([int(c) for c in counts])
+    if n == 0:
+        raise ValueError("gather_accuracy: no samples on any rank")
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
