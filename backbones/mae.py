@@ -156,9 +156,8 @@ class MaskedAutoencoder(VisionTransformer):
         from .checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
         obj = load_checkpoint_file(path, trust=trust)
         sd, _ = unwrap_state_dict(obj, path)
-        cfg = dict(obj.get("arch") or {}) if isinstance(obj, dict) else {}
-        if not cfg:
-            cfg = infer_mae_arch(sd, path)
+        stored = obj.get("arch") if isinstance(obj, dict) else None  # ours: a dict; MoCo v3's: a name
+        cfg = dict(stored) if isinstance(stored, dict) and "decoder_embed_dim" in stored else infer_mae_arch(sd, path)
         cfg.update(arch)
         model = cls(**cfg)
         load_state_dict_checked(model, sd, path)
