@@ -8,16 +8,15 @@
 """
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from bench.errors import CheckpointError
+from bench.io import atomic_open
 
 KNOWN_CONTAINERS = ("model", "state_dict", "module", "model_ema")
 
@@ -114,19 +113,10 @@ def save_atomic(obj, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_disk_space(path.parent, _nbytes(obj))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
-                f.write(save({k: v.contiguous() for k, v in obj.items()}))
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
+            f.write(save({k: v.contiguous() for k, v in obj.items()}))
+        else:
+            torch.save(obj, f)
     return path

@@ -16,7 +16,6 @@ which initialisation produced its backbone.
 from __future__ import annotations
 
 import difflib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -70,7 +69,7 @@ def parse_name(name: str) -> tuple[str, str]:
         if name.startswith(init + "_") and name[len(init) + 1:] in ARCHS:
             return init, name[len(init) + 1:]
     close = difflib.get_close_matches(name, list_backbones(), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; run `bench backbones` to list them"
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `bench backbones` to list them"
     raise BenchError(f"unknown backbone {name!r} (names are <init>_<arch>, inits: {', '.join(INITS)}){hint}")
 
 

@@ -245,6 +245,9 @@ def validate_row(row: Any, where: str) -> None:
                          f"got {row['status']!r}")
     if row["status"] == "failed" and not row["error"]:
         raise BenchError(f"{where}: row key 'error' must say why a failed run failed")
+    if isinstance(row["k"], float) and row["k"] != 0.5:
+        raise BenchError(f"{where}: row key 'k' must be int or None, or 0.5 for the last block's MLP only, "
+                         f"got {row['k']!r}")
     if row["protocol"] == "partial" and row["k"] is None:
         raise BenchError(f"{where}: row key 'k' (number of fine-tuned blocks) is required "
                          "for protocol 'partial'")

@@ -30,7 +30,6 @@ import argparse
 import math
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.io import atomic_open, atomic_write_text
 from bench.results import ResultsStore
 
 FIELDS = ("mean", "std", "n", "delta", "published")
@@ -451,19 +451,6 @@ def to_latex(table: pd.DataFrame, digits: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike,
                  formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """Write every table as ``<out_dir>/<name>.<fmt>`` (each file atomically); return the paths."""
@@ -481,7 +468,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike,
             else:
                 text = to_markdown(table)
             path = out_dir / f"{name}.{fmt}"
-            _atomic_write_text(path, text)
+            atomic_write_text(path, text)
             written.append(path)
     return written
 
@@ -491,16 +478,8 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike,
 # ----------------------------------------------------------------------------------------------
 
 def _save_figure(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

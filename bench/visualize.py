@@ -86,10 +86,9 @@ def visualize(checkpoint: str, out: str, *, images: str = "embedded", mask_ratio
                 ax.set_title(cols[j], fontsize=7)
     fig.suptitle(f"MAE reconstructions — {Path(checkpoint).name}", fontsize=9)
     fig.tight_layout()
+    from bench.io import atomic_open
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(out)
     return out

@@ -113,7 +113,8 @@ def test_missing_required_key_is_refused_naming_the_key(tmp_path, key):
 @pytest.mark.parametrize("key, value, message", [
     ("seed", "0", "'seed' must be int"),
     ("seed", True, "'seed' must be int"),
-    ("k", 1.5, "'k' must be int or None"),
+    ("k", 1.5, "'k' must be int or None, or 0.5"),
+    ("k", "2", "'k' must be int or float or None"),
     ("status", "done", "'status' must be one of"),
     ("metrics", {"APbox": float("nan")}, "'APbox' must be a finite number"),
     ("metrics", {"seed": 1.0}, "clashes with a row field"),

@@ -38,7 +38,6 @@ tokenizer in ``<out>/tokenizer.pth``.
 """
 from __future__ import annotations
 
-from bench.determinism import seed_everything
 import math
 import random
 from pathlib import Path
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from backbones.checkpoint import load_checkpoint_file, save_atomic
 from backbones.vit import VisionTransformer
 from bench.engine import TrainConfig, fit, pick_device
+from bench.determinism import seed_everything
 from bench.errors import BenchError, CheckpointError
 from bench.pretrain import export_backbone
 

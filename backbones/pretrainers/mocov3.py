@@ -37,7 +37,6 @@ Output: ``<out>/pretrain.pth`` with the base encoder (``head.*`` = projector, dr
 """
 from __future__ import annotations
 
-from bench.determinism import seed_everything
 import math
 import random
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 
 from backbones.vit import VisionTransformer
 from bench.engine import TrainConfig, fit, unwrap
+from bench.determinism import seed_everything
 from bench.pretrain import export_backbone
 
 from .common import encoder_config, image_dataset, input_size

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.determinism import seed_everything
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from backbones.vit import VisionTransformer
 from bench.engine import TrainConfig, fit
+from bench.determinism import seed_everything
 from bench.errors import BenchError, DataError
 from bench.pretrain import export_backbone
 

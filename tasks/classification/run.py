@@ -17,7 +17,6 @@ different config in an existing ``out_dir`` is refused rather than silently mixe
 """
 from __future__ import annotations
 
-from bench.determinism import seed_everything
 import argparse
 import json
 import math
@@ -28,6 +27,8 @@ from pathlib import Path
 from torch.utils.data import TensorDataset
 
 from bench.errors import BenchError
+from bench.determinism import seed_everything
+from bench.io import atomic_write_json
 from tasks.classification import protocols as P
 from tasks.classification.datasets import DATASETS
 
@@ -52,12 +53,6 @@ def _check_out_dir(out_dir: Path, cfg_record: dict, resume: bool) -> None:
         changed = sorted(k for k in set(old) | set(cfg_record) if old.get(k) != cfg_record.get(k))
         raise BenchError(f"{path}: this out dir holds a run with a different config (key "
                          f"{changed[0]!r} differs); use another --out or resume=False")
-
-
-def _write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _check_k_recordable(k) -> None:
@@ -123,7 +118,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     out = Path(out_dir)
     _check_out_dir(out, cfg_record, resume)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(cfg_record, out / "config.json")
+    atomic_write_json(cfg_record, out / "config.json", indent=1, sort_keys=True, default=str)
 
     train_cfg = TrainConfig(
         out_dir=str(out), batch_size=micro_batch, epochs=cfg["epochs"], accum_iter=cfg["accum_iter"],
@@ -166,7 +161,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     row = make_row(task=dataset, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
                    suite=suite, k=0.5 if k == P.MLP else k, checkpoint=checkpoint, config=cfg_record,
                    iterations=fitted.steps, wall_time_s=wall, extra=extra)
-    _write_json_atomic(row, out / "result.json")
+    atomic_write_json(row, out / "result.json", indent=1, sort_keys=True, default=str)
     if results is not None:
         ResultsStore(results).append(row)
     return row

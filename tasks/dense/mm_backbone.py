@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch.nn as nn
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS

@@ -44,6 +44,7 @@ from pycocotools.coco import COCO
 
 from bench.data import embedded_photos
 from bench.errors import DataError
+from bench.io import atomic_write_json  # noqa: F401  (public here since the first release)
 
 # Category ids are non-contiguous on purpose (as in real COCO, whose 80 ids run 1..90): code that
 # confuses a model's label index with a COCO category id fails on this data.
@@ -503,19 +504,3 @@ def coco_from_dict(dataset: Mapping) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def atomic_write_json(obj, path: str | Path, **dump_kwargs) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **dump_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path

@@ -29,11 +29,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from bench.errors import BenchError, CheckpointError
+from bench.io import atomic_write_json
 from tasks.segmentation.ade_data import validate_ade20k
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -222,13 +222,6 @@ def _check_run_record(work_dir: Path, record: dict, resume: bool) -> None:
                              f"two runs (use the same settings, another --work-dir, or --no-resume)")
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", seed: int = 0,
                      iters: int | None = None, work_dir, resume: bool = True, results=None,
                      suite: str = "adhoc", trust_checkpoint: bool = False, crop_size=None) -> dict:
@@ -266,7 +259,7 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     work = Path(cfg.work_dir)
     _check_run_record(work, record, resume)
     work.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(work / RUN_RECORD, record)
+    atomic_write_json(record, work / RUN_RECORD, indent=1, sort_keys=True)
 
     class LastValidation(Hook):
         """Where training started (after any resume) and the metrics of the last validation."""
