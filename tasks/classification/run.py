@@ -100,7 +100,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
         if cfg["batch_size"] % 2:
             raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
-    _, world = world_info()
+    rank, world = world_info()  # under torchrun only rank 0 writes files and the results row
     micro_batch = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
 
     train_split, val_split = read_splits(dataset, data_root)
@@ -118,7 +118,8 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     out = Path(out_dir)
     _check_out_dir(out, cfg_record, resume)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg_record, out / "config.json", indent=1, sort_keys=True, default=str)
+    if rank == 0:
+        atomic_write_json(cfg_record, out / "config.json", indent=1, sort_keys=True, default=str)
 
     train_cfg = TrainConfig(
         out_dir=str(out), batch_size=micro_batch, epochs=cfg["epochs"], accum_iter=cfg["accum_iter"],
@@ -137,8 +138,9 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         if feats is None:
             feats = P.extract_features(model, ImageDataset(train_split, P.eval_transform(cfg, img_size)),
                                        cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
-            from backbones.checkpoint import save_atomic
-            save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
+            if rank == 0:
+                from backbones.checkpoint import save_atomic
+                save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
         head = model.head
         train_cfg.num_workers = 0
         fitted = fit(head, TensorDataset(*feats), P.make_loss_fn(cfg, num_classes), train_cfg,
@@ -161,9 +163,10 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     row = make_row(task=dataset, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
                    suite=suite, k=0.5 if k == P.MLP else k, checkpoint=checkpoint, config=cfg_record,
                    iterations=fitted.steps, wall_time_s=wall, extra=extra)
-    atomic_write_json(row, out / "result.json", indent=1, sort_keys=True, default=str)
-    if results is not None:
-        ResultsStore(results).append(row)
+    if rank == 0:
+        atomic_write_json(row, out / "result.json", indent=1, sort_keys=True, default=str)
+        if results is not None:
+            ResultsStore(results).append(row)
     return row
 
 
