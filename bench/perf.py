@@ -75,9 +75,9 @@ def step_flops(model, imgs) -> float:
     return float(fc.get_total_flops())
 
 
-def time_steps(model, imgs, bf16: bool, iters: int, device) -> float:
+def time_steps(model, imgs, bf16: bool, iters: int, device, fused: bool = True) -> float:
     """Seconds per training step (after one warm-up step)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=fused)
     times = []
     for i in range(iters + 1):
         _sync(device)
