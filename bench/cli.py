@@ -90,9 +90,15 @@ def cmd_backbones(a):
 
 
 def cmd_perf(a):
-    from bench.perf import perf_pretrain
-    perf_pretrain(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, decoder_depths=a.decoder_depths,
-                  iters=a.iters, threads=a.threads, baseline=a.baseline, device=a.device)
+    from bench import perf
+    if a.what == "pretrain":
+        perf.perf_pretrain(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, decoder_depths=a.decoder_depths,
+                           iters=a.iters, threads=a.threads, baseline=a.baseline, device=a.device)
+    elif a.what == "cls":
+        perf.perf_cls(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, iters=a.iters, threads=a.threads,
+                      baseline=a.baseline, device=a.device)
+    else:
+        perf.perf_data(img_size=a.img_size, batch_size=a.batch_size, workers=a.workers)
 
 
 def _delegate(module: str, add: str, main: str, name: str):
@@ -174,6 +180,20 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     pp.add_argument("--baseline", action="store_true", help="also time plain fp32 (the --baseline implementation)")
     pp.add_argument("--device", default="auto")
     pp.set_defaults(func=cmd_perf)
+    pc = psub.add_parser("cls", help="fine-tuning step img/s, ours vs timm's ViT, vs matmul peaks")
+    pc.add_argument("--arch", default="vit_base_patch16")
+    pc.add_argument("--img-size", type=int, default=224)
+    pc.add_argument("--batch-size", type=int, default=8)
+    pc.add_argument("--iters", type=int, default=3)
+    pc.add_argument("--threads", type=int, default=None)
+    pc.add_argument("--baseline", action="store_true", help="also time plain fp32")
+    pc.add_argument("--device", default="auto")
+    pc.set_defaults(func=cmd_perf)
+    pd = psub.add_parser("data", help="data loader img/s (JPEG decode + augmentation) with 0..N workers")
+    pd.add_argument("--img-size", type=int, default=224)
+    pd.add_argument("--batch-size", type=int, default=64)
+    pd.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    pd.set_defaults(func=cmd_perf)
     return ap
 
 

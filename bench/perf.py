@@ -130,3 +130,89 @@ def perf_pretrain(arch="vit_base_patch16", img_size=224, batch_size=8, decoder_d
               f"{r['flop_ratio']:>10.2f}x {r['wall_ratio'] / r['flop_ratio']:>10.2f} "
               f"{r['mae_gflop_img']:>9.1f}|{r['mtk_gflop_img']:<9.1f} {r['mae_gflops']:>12.0f} {100 * r['mae_gflops'] / r['peak']:>7.0f}%")
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fine-tuning step (classification) and data loading
+# ---------------------------------------------------------------------------------------------------
+def _cls_step_time(model, imgs, labels, bf16: bool, iters: int, device) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    times = []
+    for i in range(iters + 1):
+        _sync(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(imgs), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def perf_cls(arch="vit_base_patch16", img_size=224, batch_size=8, iters=3, threads=None, baseline=False, device="auto"):
+    """Fine-tuning step (global-pool ViT + head, drop path 0.1, AdamW): ours vs timm's ViT, img/s, GFLOP/s."""
+    from functools import partial
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from torch.utils.flop_counter import FlopCounterMode
+    from backbones.vit import arch_config, create_vit
+    from bench.engine import pick_device
+    dev = pick_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    print(f"device {dev} ({torch.get_num_threads()} threads); fine-tune step {arch} @ {img_size}, batch {batch_size}")
+    peak32, peak16 = matmul_peak(torch.float32, dev), matmul_peak(torch.bfloat16, dev)
+    print(f"matmul peak (2048^3, same process): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    kw = dict(img_size=img_size, num_classes=1000, global_pool="avg", drop_path_rate=0.1)
+    ours = create_vit(arch, **kw).to(dev)
+    a = arch_config(arch)
+    ref = TimmViT(**{k: a[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}, **kw,
+                  norm_layer=partial(nn.LayerNorm, eps=1e-6)).to(dev)
+    imgs = torch.randn(batch_size, 3, img_size, img_size, device=dev)
+    labels = torch.randint(0, 1000, (batch_size,), device=dev)
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(ours(imgs), labels).backward()
+    ours.zero_grad(set_to_none=True)
+    flops = fc.get_total_flops()
+    for pname, bf16 in [("bf16", True)] + ([("fp32", False)] if baseline else []):
+        t_ours = _cls_step_time(ours, imgs, labels, bf16, iters, dev)
+        t_ref = _cls_step_time(ref, imgs, labels, bf16, iters, dev)
+        peak = peak16 if bf16 else peak32
+        print(f"{pname}: ours {batch_size / t_ours:.2f} img/s ({flops / t_ours / 1e9:.0f} GFLOP/s, "
+              f"{100 * flops / t_ours / 1e9 / peak:.0f}% of peak) | timm ViT {batch_size / t_ref:.2f} img/s | "
+              f"ratio {t_ref / t_ours:.2f}x; {flops / batch_size / 1e9:.1f} GFLOP/img (fwd+bwd)")
+
+
+def perf_data(img_size=224, batch_size=64, workers=(0, 2), n_images=256, decoder="both"):
+    """Loader img/s (JPEG decode + RandomResizedCrop + flip + normalise) for PIL and torchvision's
+    decoder, with 0..N workers, on JPEGs cut from the embedded photos (ImageNet-like 500x375)."""
+    import tempfile
+    from pathlib import Path
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from bench.data import ImageFolderImages, embedded_photos, pretrain_transform
+    tmp = Path(tempfile.mkdtemp(prefix="bench-perf-data-"))
+    rng = np.random.default_rng(0)
+    photos = [p for p in embedded_photos() if min(p.shape[:2]) >= 375]
+    for i in range(n_images):
+        p = photos[i % len(photos)]
+        y, x = rng.integers(0, p.shape[0] - 374), rng.integers(0, max(1, p.shape[1] - 499))
+        Image.fromarray(np.ascontiguousarray(p[y:y + 375, x:x + 500])).save(tmp / f"{i:05d}.jpg", quality=90)
+    try:
+        ds = ImageFolderImages(tmp, pretrain_transform(img_size))
+        print(f"{n_images} JPEGs 500x375 -> RandomResizedCrop {img_size} + flip + normalise, batch {batch_size}; "
+              f"main process uses {torch.get_num_threads()} torch thread(s)")
+        for w in workers:
+            loader = DataLoader(ds, batch_size=batch_size, num_workers=w, persistent_workers=w > 0, shuffle=True)
+            for _ in loader:  # warm-up (worker start)
+                break
+            t = time.perf_counter()
+            n = sum(b.shape[0] for b in loader)
+            print(f"  {w} worker(s): {n / (time.perf_counter() - t):.0f} img/s")
+    finally:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
