@@ -1,0 +1,424 @@
+"""COCO object detection + instance segmentation transfer (He et al. 2021, Table 4): Mask R-CNN
+on a registry ViT, trained and evaluated with mmdet 3.3 on mmengine's ``Runner``.
+
+    from tasks.detection.run import run_detection
+    row = run_detection("mae_vit_base_patch16", "mae_pretrain_vit_base.pth", "data/coco",
+                        variant="fpn", work_dir="work/coco_mae_b", results="results/paper")
+
+Two protocols (configs in ``tasks/detection/configs``, every value commented with its source):
+
+* ``variant='fpn'`` (row protocol ``maskrcnn_fpn``): the MAE paper's, i.e. Li et al. 2021 (arXiv
+  2111.11429): 4 evenly spaced blocks -> deconv / identity / max-pool adapter -> FPN.
+* ``variant='vitdet'`` (``maskrcnn_vitdet``): ViTDet (arXiv 2203.16527): last block -> simple
+  feature pyramid, no FPN.
+
+``config`` is ``'auto'`` (ViT-B / ViT-L protocol config by the backbone's architecture, the CPU
+smoke config for the test-sized ViTs), a name (``'smoke'``, ``'vit_b'``, ``'vit_l'``) or a path to
+an mmengine ``.py`` config. What a run does:
+
+1. checks the data (``validate_coco`` on both splits, ``check_same_categories``) and the config,
+   before writing anything;
+2. fills the config: backbone and checkpoint, data root, classes (from the annotation file), work
+   dir, seed, batch size, and a shorter schedule when ``iters`` is given (warm-up, lr steps and
+   checkpoint interval scaled with it);
+3. trains with mmengine's ``IterBasedTrainLoop``; checkpoints go to ``work_dir`` and, with
+   ``resume`` (the default), an interrupted run continues from the newest one (a work dir that
+   holds another backbone / variant / schedule is refused);
+4. runs the model on val2017 in mmengine's test loop and scores it with OUR ``coco_evaluate``
+   (pycocotools ``COCOeval``; the tests check mmdet's ``CocoMetric`` gives the same numbers);
+5. optionally writes the COCO-format detections (``dets_out``), and appends one row to the
+   results store (``results``): APbox, APmask, APbox50, ... in percent.
+
+Under ``torchrun`` the Runner trains with DDP (launcher ``pytorch``) and ``total_batch_size`` is
+split over the processes; rank 0 evaluates and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, DataError, NonFiniteLossError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+VARIANTS = ("fpn", "vitdet")
+PROTOCOL_OF_VARIANT = {"fpn": "maskrcnn_fpn", "vitdet": "maskrcnn_vitdet"}
+NAMED_CONFIGS = {
+    "fpn": {"smoke": "smoke_fpn.py", "vit_b": "maskrcnn_vit_fpn_b.py", "vit_l": "maskrcnn_vit_fpn_l.py"},
+    "vitdet": {"smoke": "smoke_vitdet.py", "vit_b": "vitdet_maskrcnn_b.py", "vit_l": "vitdet_maskrcnn_l.py"},
+}
+# config='auto': which named config an architecture gets
+AUTO_CONFIG_OF_ARCH = {"vit_base_patch16": "vit_b", "vit_large_patch16": "vit_l",
+                       "vit_test_patch8": "smoke", "vit_demo_patch8": "smoke"}
+SPLITS = {"train": ("annotations/instances_train2017.json", "train2017"),
+          "val": ("annotations/instances_val2017.json", "val2017")}
+RUN_META = "bench_det_run.json"  # in work_dir: what the checkpoints there belong to (checked on resume)
+
+
+# --------------------------------------------------------------------------------------------------
+# Config resolution
+# --------------------------------------------------------------------------------------------------
+def resolve_config(config: str | os.PathLike | None, variant: str | None, arch: str) -> tuple[Path, str]:
+    """(config file, its display name) for ``config`` = 'auto' / a name / a path."""
+    if variant is not None and variant not in VARIANTS:
+        raise BenchError(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    if config is None or str(config) == "auto":
+        if arch not in AUTO_CONFIG_OF_ARCH:
+            raise BenchError(f"no detection protocol config for architecture {arch!r} (there are ViT-B, ViT-L "
+                             f"and the CPU smoke sizes); pass --config smoke|vit_b|vit_l|FILE.py")
+        config = AUTO_CONFIG_OF_ARCH[arch]
+    name = str(config)
+    v = variant or "fpn"
+    if name in NAMED_CONFIGS[v]:
+        return CONFIG_DIR / NAMED_CONFIGS[v][name], f"{v}:{name}"
+    path = Path(config)
+    if path.suffix != ".py" or not path.is_file():
+        raise BenchError(f"--config {name!r}: neither a config name ({', '.join(NAMED_CONFIGS[v])}) "
+                         f"nor an existing mmengine .py config file")
+    return path, str(path)
+
+
+def load_config(path: Path):
+    """``mmengine.Config.fromfile`` with one-line errors naming the file."""
+    from mmengine.config import Config
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as e:  # syntax errors, missing _base_, ... : one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BenchError(f"{path}: cannot read config ({type(e).__name__}: {msg})") from None
+    for key in ("model", "train_dataloader", "test_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
+        if key not in cfg:
+            raise BenchError(f"{path}: config has no key '{key}'")
+    if cfg.model.get("backbone", {}).get("type") != "RegistryViT":
+        raise BenchError(f"{path}: key 'model.backbone.type' must be 'RegistryViT' "
+                         f"(got {cfg.model.get('backbone', {}).get('type')!r})")
+    if cfg.train_cfg.get("type") != "IterBasedTrainLoop":
+        raise BenchError(f"{path}: key 'train_cfg.type' must be 'IterBasedTrainLoop'")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Data checks
+# --------------------------------------------------------------------------------------------------
+def check_coco_root(data_root: str | os.PathLike) -> dict:
+    """Validate ``data_root`` (COCO 2017 layout) and return ``{'categories': [...] in file order,
+    'num_train': .., 'num_val': .., 'train_ann': .., 'val_ann': ..}``."""
+    from tasks.detection.coco_data import check_same_categories, validate_coco
+
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data root not found (key 'data_root')")
+    info: dict[str, Any] = {}
+    order = {}
+    for split, (ann, images) in SPLITS.items():
+        summary = validate_coco(root / ann, root / images)
+        info[f"num_{split}"] = summary["num_images"]
+        info[f"{split}_ann"] = str(root / ann)
+        order[split] = [dict(id=c["id"], name=c["name"]) for c in summary["dataset"]["categories"]]
+        if split == "train" and summary["num_annotations"] == 0:
+            raise DataError(f"{root / ann}: 'annotations' is empty; nothing to train on")
+        del summary
+    check_same_categories(root / SPLITS["train"][0], root / SPLITS["val"][0])
+    # mmdet's CocoDataset numbers the classes in the file's category order, per file.
+    if [c["id"] for c in order["train"]] != [c["id"] for c in order["val"]]:
+        raise DataError(f"{root / SPLITS['val'][0]}: 'categories' are listed in another order than in "
+                        f"{root / SPLITS['train'][0]} (class indices would differ); list them in the same order")
+    names = [c["name"] for c in order["train"]]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{root / SPLITS['train'][0]}: 'categories' name {dup[0]!r} is used by more than one id")
+    if not names:
+        raise DataError(f"{root / SPLITS['train'][0]}: 'categories' is empty")
+    info["categories"] = order["train"]
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Filling the config
+# --------------------------------------------------------------------------------------------------
+def _scale_schedule(cfg, new_iters: int, path: Path) -> None:
+    """Scale the iteration schedule (loop length, scheduler begin/end/milestones) to ``new_iters``."""
+    old = int(cfg.train_cfg.max_iters)
+    cfg.train_cfg.max_iters = new_iters
+    cfg.train_cfg.val_interval = new_iters + 1  # no validation during training
+    if new_iters == old:
+        return
+    f = new_iters / old
+    for i, s in enumerate(cfg.param_scheduler):
+        if s.get("by_epoch", True):
+            raise BenchError(f"{path}: key 'param_scheduler[{i}].by_epoch' must be False (iteration schedule)")
+        for k in ("begin", "end"):
+            if k in s:
+                s[k] = new_iters if s[k] == old else max(int(round(s[k] * f)), 1 if k == "end" else 0)
+        if "milestones" in s:
+            s["milestones"] = [max(int(round(m * f)), 1) for m in s["milestones"]]
+
+
+def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, data_root, work_dir,
+                   seed: int, iters: int | None, batch_size: int | None, ckpt_interval: int | None,
+                   trust_checkpoint: bool, dets_out, world_size: int) -> dict:
+    """Fill ``cfg`` in place for this run; returns facts for the results row."""
+    import torch
+    from backbones.registry import parse_name
+    from backbones.vit import arch_config
+
+    init, arch = parse_name(backbone)
+    a = arch_config(arch)
+    depth, dim = a["depth"], a["embed_dim"]
+    bb = cfg.model.backbone
+    bb.update(name=backbone, checkpoint=None if checkpoint is None else str(checkpoint),
+              trust_checkpoint=bool(trust_checkpoint))
+    bad = [b for b in bb.get("global_blocks", ()) if not 0 <= b < depth]
+    if bad:
+        raise BenchError(f"{path}: key 'model.backbone.global_blocks' {list(bb.global_blocks)} does not fit "
+                         f"{backbone} ({depth} blocks); use the config for this size")
+    if bb.get("variant", "fpn") == "fpn" and cfg.model.get("neck", {}).get("type") == "FPN":
+        cfg.model.neck.in_channels = [dim] * 4
+    cfg.optim_wrapper.setdefault("paramwise_cfg", {})["num_layers"] = depth
+    lr = cfg.get("lr_by_init", {}).get(init, cfg.optim_wrapper.optimizer.lr)
+    cfg.optim_wrapper.optimizer.lr = lr
+    if cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
+        warnings.warn(f"{path}: no CUDA device, training in fp32 (OptimWrapper) instead of AmpOptimWrapper",
+                      stacklevel=3)
+        cfg.optim_wrapper.type = "OptimWrapper"
+
+    # data: root, classes (file order = CocoDataset's label order), number of classes
+    classes = tuple(c["name"] for c in data["categories"])
+    for key, split in (("train_dataloader", "train"), ("test_dataloader", "val")):
+        ds = cfg[key].dataset
+        if ds.get("type") != "CocoDataset":
+            raise BenchError(f"{path}: key '{key}.dataset.type' must be 'CocoDataset'")
+        ds.update(data_root=str(data_root), ann_file=SPLITS[split][0], data_prefix=dict(img=SPLITS[split][1] + "/"),
+                  metainfo=dict(classes=classes))
+    for head in ("bbox_head", "mask_head"):
+        if head in cfg.model.get("roi_head", {}):
+            cfg.model.roi_head[head].num_classes = len(classes)
+    cfg.test_evaluator = dict(type="BenchCocoMetric", ann_file=data["val_ann"],
+                              cat_ids=[c["id"] for c in data["categories"]],
+                              outfile=None if dets_out is None else str(dets_out))
+    cfg.pop("val_dataloader", None), cfg.pop("val_cfg", None), cfg.pop("val_evaluator", None)
+
+    # batch: total_batch_size images per iteration over all processes; lr is for that batch
+    base_batch = int(cfg.get("total_batch_size", cfg.train_dataloader.batch_size * world_size))
+    total = int(batch_size or base_batch)
+    if total < 1 or total % world_size:
+        raise BenchError(f"--batch-size {total}: must be a positive multiple of the {world_size} processes")
+    cfg.train_dataloader.batch_size = total // world_size
+    cfg.auto_scale_lr = dict(enable=total != base_batch, base_batch_size=base_batch)
+    if iters is None and total != base_batch:  # keep the number of epochs
+        iters = max(1, int(round(cfg.train_cfg.max_iters * base_batch / total)))
+    if iters is not None and iters < 1:
+        raise BenchError(f"--iters {iters}: must be >= 1")
+    _scale_schedule(cfg, int(iters or cfg.train_cfg.max_iters), path)
+    max_iters = int(cfg.train_cfg.max_iters)
+    ck = cfg.default_hooks.checkpoint
+    if ckpt_interval is not None:
+        if ckpt_interval < 1:
+            raise BenchError(f"--ckpt-interval {ckpt_interval}: must be >= 1")
+        ck.interval = ckpt_interval
+    ck.interval = min(int(ck.interval), max_iters)
+    ck.update(by_epoch=False, save_last=True)
+
+    cfg.work_dir = str(work_dir)
+    cfg.randomness = dict(seed=int(seed), deterministic=False)
+    cfg.launcher = "pytorch" if world_size > 1 else "none"
+    cfg.experiment_name = f"det_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    return dict(init=init, arch=arch, lr=float(lr), total_batch_size=total, base_batch_size=base_batch,
+                max_iters=max_iters, classes=classes)
+
+
+def _hashable(cfg) -> dict:
+    """What defines the protocol (for config_hash): model without the checkpoint path, pipelines,
+    optimiser, schedule, batch. Paths, work dir and seed are left out."""
+    d = cfg.to_dict()
+    model = copy.deepcopy(d["model"])
+    model["backbone"].pop("checkpoint", None)
+    model["backbone"].pop("trust_checkpoint", None)
+    return {"model": model,
+            "train_pipeline": d["train_dataloader"]["dataset"].get("pipeline"),
+            "test_pipeline": d["test_dataloader"]["dataset"].get("pipeline"),
+            "optim_wrapper": d["optim_wrapper"], "param_scheduler": d["param_scheduler"],
+            "train_cfg": d["train_cfg"], "batch_size": d["train_dataloader"]["batch_size"],
+            "auto_scale_lr": d.get("auto_scale_lr")}
+
+
+def _check_work_dir(work_dir: Path, meta: dict, resume: bool) -> None:
+    """Refuse to resume from checkpoints of another run (backbone / variant / config / schedule)."""
+    f = work_dir / RUN_META
+    if not resume or not f.is_file():
+        return
+    has_ckpt = (work_dir / "last_checkpoint").is_file()
+    try:
+        old = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return
+    for key in ("backbone", "variant", "config_hash", "max_iters", "total_batch_size"):
+        if has_ckpt and old.get(key) != meta.get(key):
+            raise BenchError(f"{work_dir}: holds checkpoints of another run ({RUN_META} key '{key}' is "
+                             f"{old.get(key)!r}, this run has {meta.get(key)!r}); use another --work-dir or --no-resume")
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+def _watch_hook():
+    from mmengine.hooks import Hook
+
+    class RunWatch(Hook):
+        """Records the iteration training starts at (after resume) and stops on a non-finite loss."""
+        priority = "VERY_LOW"
+
+        def __init__(self):
+            self.start_iter = None
+
+        def before_train(self, runner):
+            self.start_iter = int(runner.iter)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            loss = (outputs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items())
+                raise NonFiniteLossError(f"{runner.work_dir}: non-finite loss at iteration {runner.iter + 1} ({terms}); "
+                                         f"the last checkpoint there is intact")
+
+    return RunWatch()
+
+
+def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root: str | os.PathLike, *,
+                  variant: str | None = None, config: str | os.PathLike | None = "auto", seed: int = 0,
+                  iters: int | None = None, batch_size: int | None = None, ckpt_interval: int | None = None,
+                  work_dir: str | os.PathLike, resume: bool = True, results: str | os.PathLike | None = None,
+                  suite: str = "adhoc", dets_out: str | os.PathLike | None = None,
+                  trust_checkpoint: bool = False) -> dict | None:
+    """Train Mask R-CNN on ``data_root``/train2017, evaluate on val2017, return the results row
+    (and append it to ``results`` when given). Returns None on ranks other than 0 under torchrun.
+
+    ``iters`` shortens (or lengthens) the schedule, scaling warm-up and lr steps with it;
+    ``batch_size`` is the total over all processes (lr scaled linearly, and without ``iters`` the
+    iterations scaled to keep the epochs); ``ckpt_interval`` in iterations.
+    """
+    t0 = time.time()
+    from backbones.registry import parse_name
+    from bench.results import ResultsStore, config_hash, make_row
+
+    _, arch = parse_name(backbone)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise BenchError(f"{checkpoint}: checkpoint file not found (key 'checkpoint')")
+    path, config_name = resolve_config(config, variant, arch)
+    cfg = load_config(path)
+    cfg_variant = cfg.get("variant", "fpn")
+    if variant is not None and cfg_variant != variant:
+        raise BenchError(f"{path}: key 'variant' is {cfg_variant!r} but --variant is {variant!r}")
+    variant = cfg_variant
+    if variant not in VARIANTS:
+        raise BenchError(f"{path}: key 'variant' must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    data = check_coco_root(data_root)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    facts = prepare_config(cfg, path, backbone=backbone, checkpoint=checkpoint, data=data, data_root=data_root,
+                           work_dir=work_dir, seed=seed, iters=iters, batch_size=batch_size,
+                           ckpt_interval=ckpt_interval, trust_checkpoint=trust_checkpoint, dets_out=dets_out,
+                           world_size=world_size)
+    hashable = _hashable(cfg)
+    meta = dict(backbone=backbone, variant=variant, config=config_name, config_hash=config_hash(hashable),
+                max_iters=facts["max_iters"], total_batch_size=facts["total_batch_size"])
+    work_dir = Path(work_dir)
+    _check_work_dir(work_dir, meta, resume)
+
+    # heavy imports only now (the CLI's --help stays fast)
+    from mmdet.utils import register_all_modules
+    from mmengine.dist import get_rank
+    from mmengine.runner import Runner
+
+    import tasks.dense.mm_backbone  # noqa: F401  RegistryViT, ViTLayerDecayOptimizerConstructor
+    import tasks.detection.mmdet_plugins  # noqa: F401  LN2d, LastLevelMaxPool, BenchCocoMetric
+    from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
+    from bench.io import atomic_write_json
+
+    register_all_modules(init_default_scope=False)
+    enable_mmengine_checkpoints()  # mmengine's resume under torch's weights_only loading
+    cfg.resume = bool(resume)
+    cfg.load_from = None
+    created = not work_dir.exists()
+    try:  # builds the model: the backbone checkpoint is read here
+        runner = Runner.from_cfg(cfg)
+    except BenchError:
+        if created:  # a user error (e.g. a checkpoint of another architecture): leave nothing behind
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    if get_rank() == 0:
+        atomic_write_json(meta, work_dir / RUN_META, indent=1)
+    watch = _watch_hook()
+    runner.register_hook(watch)
+    runner.train()
+    final_iter = int(runner.iter)
+    # the test loop directly: runner.test() would load_or_resume() the newest checkpoint again
+    metrics_raw = runner.test_loop.run()
+    if get_rank() != 0:
+        return None
+    metrics = {k.split("/", 1)[-1]: float(v) for k, v in metrics_raw.items() if k.startswith("bench/")}
+    nan = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    wall = time.time() - t0
+    row = make_row(
+        task="coco", protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=facts["init"],
+        backbone=facts["arch"], seed=int(seed), metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
+        suite=suite, checkpoint=checkpoint, config=hashable, iterations=final_iter, wall_time_s=wall,
+        extra=dict(backbone_name=backbone, variant=variant, config=config_name, img_size=int(cfg.model.backbone.img_size),
+                   lr=facts["lr"], layer_decay=float(cfg.optim_wrapper.get("paramwise_cfg", {}).get("layer_decay_rate", 1.0)),
+                   drop_path=float(cfg.model.backbone.get("drop_path_rate", 0.0)),
+                   batch_size=facts["total_batch_size"], world_size=world_size, start_iter=watch.start_iter,
+                   num_train_images=data["num_train"], num_val_images=data["num_val"],
+                   num_categories=len(facts["classes"]), nan_metrics=nan, work_dir=str(work_dir),
+                   dets_out=None if dets_out is None else str(dets_out)))
+    if results is not None:
+        ResultsStore(results).append(row)
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI (wired as `bench det` by bench/cli.py)
+# --------------------------------------------------------------------------------------------------
+def add_det_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--backbone", required=True, help="registry backbone name, e.g. mae_vit_base_patch16")
+    parser.add_argument("--checkpoint", default=None, help="pre-trained weights (not for random_*)")
+    parser.add_argument("--data-root", required=True, help="COCO 2017 layout: annotations/, train2017/, val2017/")
+    parser.add_argument("--variant", choices=VARIANTS, default=None,
+                        help="fpn: MAE paper / Li et al. 2021 (default); vitdet: ViTDet simple pyramid")
+    parser.add_argument("--config", default="auto",
+                        help="auto (by architecture), smoke, vit_b, vit_l, or an mmengine .py config")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations (schedule scaled to it)")
+    parser.add_argument("--batch-size", type=int, default=None, help="total batch (default: the config's, 64)")
+    parser.add_argument("--ckpt-interval", type=int, default=None, help="iterations between checkpoints")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", default=None, help="checkpoints and logs (default: work_dirs/det/<backbone>_<variant>_s<seed>)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if work-dir has checkpoints")
+    parser.add_argument("--results", default=None, help="results store (directory or .jsonl) to append the row to")
+    parser.add_argument("--suite", default="adhoc")
+    parser.add_argument("--dets-out", default=None, help="write the val detections (COCO results JSON) here")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="allow pickled (non weights-only) checkpoints")
+    return parser
+
+
+def det_main(args: argparse.Namespace) -> int:
+    work_dir = args.work_dir or f"work_dirs/det/{args.backbone}_{args.variant or 'fpn'}_s{args.seed}"
+    row = run_detection(args.backbone, args.checkpoint, args.data_root, variant=args.variant, config=args.config,
+                        seed=args.seed, iters=args.iters, batch_size=args.batch_size, ckpt_interval=args.ckpt_interval,
+                        work_dir=work_dir, resume=args.resume, results=args.results, suite=args.suite,
+                        dets_out=args.dets_out, trust_checkpoint=args.trust_checkpoint)
+    if row is not None:
+        m = row["metrics"]
+        shown = ", ".join(f"{k} {m[k]:.1f}" for k in ("APbox", "APmask", "APbox50", "APbox75") if k in m)
+        print(f"coco {row['protocol']} {row['backbone']} seed {row['seed']}: {shown} "
+              f"({row['iterations']} iterations, {row['wall_time_s']:.0f} s)")
+    return 0
+
+
+__all__ = ["add_det_arguments", "det_main", "run_detection", "check_coco_root", "resolve_config", "load_config",
+           "prepare_config"]
