@@ -39,7 +39,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -50,6 +49,7 @@ from typing import Any
 from bench.errors import BenchError, CheckpointError
 
 SCHEMA_VERSION = 1
+FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 STORE_FILENAME = "runs.jsonl"
 
 TASKS = ("coco", "ade20k", "inat2017", "inat2018", "inat2019", "places205", "places365",
@@ -256,7 +256,7 @@ def validate_row(row: Any, where: str) -> None:
             raise BenchError(f"{where}: metric name {name!r} (key 'metrics') clashes with a "
                              "row field")
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
+                or not abs(value) <= FLOAT_MAX:  # NaN, inf, and ints no float can hold
             raise BenchError(f"{where}: row key 'metrics' entry {name!r} must be a finite "
                              f"number, got {value!r}")
     try:
@@ -355,7 +355,7 @@ class ResultsStore:
             where = f"results store {self.path} line {number}"
             try:
                 row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (ValueError, RecursionError) as e:  # also: bad UTF-8, ints over 4300 digits, deep nesting
                 raise BenchError(f"{where}: not valid JSON ({e})") from None
             if isinstance(row, dict) and isinstance(row.get("schema"), int) \
                     and not isinstance(row["schema"], bool) and row["schema"] > SCHEMA_VERSION:
