@@ -67,7 +67,7 @@ def _read_yaml(path: Path) -> dict:
         raise BenchError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise BenchError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
         return {}
