@@ -75,6 +75,8 @@ def load_state_dict_checked(model: torch.nn.Module, sd: dict, path="checkpoint",
     or the missing / unexpected keys. ``allow_missing``: key prefixes that may be absent."""
     own = model.state_dict()
     for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: key {k!r} holds a {type(v).__name__}, not a tensor")
         if k in own and tuple(own[k].shape) != tuple(v.shape):
             raise CheckpointError(f"checkpoint {path} is for another architecture: key {k!r} has shape "
                                   f"{tuple(v.shape)} in the file but {tuple(own[k].shape)} in the model")

@@ -146,7 +146,10 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
     # relative position bias tables
     for k in [k for k in own if k.endswith("relative_position_bias_table")]:
         if k in sd:
-            old = infer_rel_pos_grid(sd[k].shape[0])
+            try:
+                old = infer_rel_pos_grid(sd[k].shape[0])
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {path}: key {k!r}: {e}") from None
             blk = int(k.split(".")[1])
             new = model.blocks[blk].attn.rel_pos_grid
             sd[k] = resize_rel_pos_table(sd[k], old, new)

@@ -164,6 +164,22 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """One-line errors for settings that would otherwise fail deep inside training."""
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is an existing file, not a folder")
+    for name in ("batch_size", "accum_iter"):
+        if getattr(cfg, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("lr", "blr"):
+        v = getattr(cfg, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise BenchError(f"--{name} must be a finite number >= 0, got {v}")
+    if cfg.steps < 0 or (cfg.steps == 0 and not cfg.epochs > 0):
+        raise BenchError(f"--steps must be >= 1 or --epochs > 0, got steps {cfg.steps}, epochs {cfg.epochs}")
+
+
 def _fusable(groups) -> bool:
     params = [p for g in groups for p in g["params"]]
     return all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
@@ -290,6 +306,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     ``cfg.out_dir`` is continued.
     """
     out = Path(cfg.out_dir)
+    check_config(cfg)
     rank, world = world_info()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed + rank)

@@ -13,6 +13,12 @@ from pathlib import Path
 def atomic_open(path: str | Path, mode: str = "w", **open_kwargs):
     """``with atomic_open(p, 'wb') as f: ...`` — ``p`` appears only if the block completes."""
     path = Path(path)
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                from bench.errors import BenchError
+                raise BenchError(f"cannot write {path}: {parent} is an existing file, not a folder")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -276,6 +276,8 @@ class ResultsStore:
     def __init__(self, path_or_dir: str | os.PathLike):
         path = Path(path_or_dir)
         self.path = path if path.suffix == ".jsonl" else path / STORE_FILENAME
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise BenchError(f"results folder {self.path.parent} is an existing file, not a folder")
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"

@@ -308,6 +308,15 @@ def load_json(path: str | Path, what: str = "file") -> object:
             from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.reason})") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep, or an int over Python's digit limit
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _check_id(value, ann_file, where: str, key: str = "id"):
+    """COCO ids are integers (strings tolerated); anything else is named."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DataError(f"{ann_file}: {where} {key!r} must be an integer, got {type(value).__name__} {str(value)[:40]}")
+    return value
 
 
 def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
@@ -349,6 +358,9 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
     images: dict = {}  # id -> (height, width)
     for i, img in enumerate(data["images"]):
         _require_keys(img, ("id", "file_name", "height", "width"), ann_file, f"images[{i}]")
+        _check_id(img["id"], ann_file, f"images[{i}]")
+        if not isinstance(img["file_name"], str):
+            raise DataError(f"{ann_file}: images[{i}] 'file_name' must be a string, got {type(img['file_name']).__name__}")
         if img["id"] in images:
             raise DataError(f"{ann_file}: images[{i}] repeats image id {img['id']}")
         images[img["id"]] = (img["height"], img["width"])
@@ -356,6 +368,7 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
     categories: dict = {}
     for i, cat in enumerate(data["categories"]):
         _require_keys(cat, ("id", "name"), ann_file, f"categories[{i}]")
+        _check_id(cat["id"], ann_file, f"categories[{i}]")
         if cat["id"] in categories:
             raise DataError(f"{ann_file}: categories[{i}] repeats category id {cat['id']}")
         categories[cat["id"]] = cat
@@ -366,7 +379,9 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
     for i, ann in enumerate(data["annotations"]):
         _require_keys(ann, ("id", "image_id", "category_id", "bbox"), ann_file,
                       f"annotations[{i}]")
-        aid = ann["id"]
+        aid = _check_id(ann["id"], ann_file, f"annotations[{i}]")
+        _check_id(ann["image_id"], ann_file, f"annotation id {aid}", "image_id")
+        _check_id(ann["category_id"], ann_file, f"annotation id {aid}", "category_id")
         if aid in ann_ids:
             raise DataError(f"{ann_file}: annotations[{i}] repeats annotation id {aid}")
         ann_ids.add(aid)
@@ -400,6 +415,9 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
                 raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' RLE needs "
                                 "'counts' and 'size'")
             h, w = images[ann["image_id"]]
+            if not isinstance(segm["size"], list) or len(segm["size"]) != 2:
+                raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' RLE 'size' must be "
+                                f"[height, width], got {str(segm['size'])[:40]}")
             if list(segm["size"]) != [h, w]:
                 raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' size "
                                 f"{segm['size']} is not its image's [height, width] [{h}, {w}]")
@@ -480,6 +498,7 @@ def check_same_categories(train: str | Path | Mapping, val: str | Path | Mapping
                             "'categories'")
         for i, c in enumerate(data["categories"]):
             _require_keys(c, ("id", "name"), Path(name), f"categories[{i}]")
+            _check_id(c["id"], Path(name), f"categories[{i}]")
         return name, {c["id"]: c for c in data["categories"]}
 
     train_name, train_cats = cats(train)
