@@ -54,6 +54,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.distributed import is_main
 from bench.errors import BenchError
 from bench.results import ResultsStore, default_run_id, make_row
 from bench.suite import InitEntry, Suite, TaskEntry, generator_fn, load_suite, pretrainer_fn
@@ -178,7 +179,7 @@ def cell_settings(cell: Cell) -> dict:
     if cell.kind == "pretrain":
         return _jsonable({"init": init.init, "arch": init.arch, **init.pretrain})
     t = cell.task
-    weights = (f"pretrained by {cell.needs}" if cell.needs else
+    weights = ({"pretrained by": cell.needs, **init.pretrain} if cell.needs else
                str(init.checkpoint) if init.checkpoint else None)
     return _jsonable({"backbone": init.backbone, "weights": weights, "extra": init.extra,
                       "task": t.task, "protocol": t.protocol, "k": cell.k, "seed": cell.seed,
@@ -249,7 +250,11 @@ def dataset_root(task: TaskEntry, out_dir: Path) -> Path:
             (tmp / "d" / ".generated.json").write_text(json.dumps(
                 {"task": task.task, "generate": _jsonable(task.generate),
                  "root": str(made.relative_to(tmp / "d"))}), encoding="utf-8")
-            os.replace(tmp / "d", final)
+            try:
+                os.replace(tmp / "d", final)
+            except OSError:  # another job made it meanwhile (Slurm cells run side by side)
+                if not marker.is_file():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final / json.loads(marker.read_text(encoding="utf-8"))["root"]
@@ -429,12 +434,12 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
         if cell.needs and (pretrain_error or not checkpoint.is_file()):
             raise RuntimeError(f"pretraining cell {cell.needs} failed: "
                                f"{pretrain_error or f'{checkpoint} was not written'}")
-        if _is_main_process():
+        if is_main():
             _write_cell_file(cell, work)
         if cell.kind == "pretrain":
             return True, f"-> {run_pretrain_cell(cell, out_dir)}"
         row = run_transfer_cell(suite, cell, out_dir, checkpoint)
-        if not _is_main_process():  # under torch.distributed rank 0 records the row
+        if not is_main():  # under torch.distributed rank 0 records the row
             return True, "done (rank > 0)"
         row = _finish_row(row, suite, cell)
         store.append(row)
@@ -442,14 +447,9 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
     except Exception as exc:  # a failed cell is recorded; the others still run
         error = _one_line(exc)
         _log_error(work, exc)
-        if cell.kind == "transfer" and _is_main_process():
+        if cell.kind == "transfer" and is_main():
             store.append(_failed_row(suite, cell, checkpoint, error, time.perf_counter() - start))
         return False, error
-
-
-def _is_main_process() -> bool:
-    from bench.engine import world_info
-    return world_info()[0] == 0
 
 
 def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False, only=None,
@@ -499,14 +499,14 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
 
 def _report(summary: RunSummary, head: str, cell: Cell, out_dir: Path, ok: bool, text: str,
             seconds: float, cpu_seconds: float | None = None) -> None:
+    took = f"{seconds:.0f} s" + (f", {cpu_seconds:.0f} CPU-s" if cpu_seconds is not None else "")
     if ok:
         summary.ran.append(cell.name)
-        cpu = f", {cpu_seconds:.0f} CPU-s" if cpu_seconds is not None else ""
-        print(f"{head}: ok in {seconds:.0f} s{cpu} ({text})", flush=True)
+        print(f"{head}: ok in {took} ({text})", flush=True)
     else:
         summary.failed[cell.name] = text
-        print(f"{head}: FAILED ({text}); traceback in {out_dir / cell.work_dir / ERROR_LOG}",
-              flush=True)
+        print(f"{head}: FAILED after {took} ({text}); traceback in "
+              f"{out_dir / cell.work_dir / ERROR_LOG}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,12 +528,10 @@ class CellJob:
         import submitit
         suite = load_suite(self.suite_path).with_seeds(self.seeds)
         cell = next(c for c in plan(suite) if c.name == self.cell_name)
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            import torch
-            import torch.distributed as dist
+        if submitit.JobEnvironment().num_tasks > 1:
+            from bench.distributed import init_distributed
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            init_distributed()
         return execute_cell(suite, cell, self.out_dir, pretrain_error=self.pretrain_error)
 
     def checkpoint(self, *args, **kwargs):

@@ -5,7 +5,8 @@ A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete exam
     name: demo                   # goes into every run_id and results row (key 'suite')
     scale: smoke                 # smoke | full: says whether the numbers can be compared to the paper
     arch: vit_demo_patch8        # ViT size for every init (an init may set its own 'arch')
-    seeds: [0]                   # transfer seeds; every (init, task[, k]) runs once per seed
+    seeds: [0]                   # transfer seeds: every (init, task[, k]) runs once per seed;
+                                 #   pretraining runs once per init (its own pretrain.seed)
     inits:                       # <label>: how to get the weights; the label names the cells
       random: {}                 #   nothing: random init (only for inits that need no checkpoint)
       mae:
@@ -43,8 +44,8 @@ the command runs in.
 
 ``load_suite`` checks everything before anything runs: an unknown key, init, task, protocol or a
 value of the wrong type is a ``BenchError`` naming the file, the key and the allowed values.
-Whether files exist is checked when a run starts (``bench.runner``), so ``--dry-run`` works on a
-machine without the datasets.
+Whether files exist is checked by ``bench run`` (``bench.runner.check_inputs``, also with
+``--dry-run``), not here, so a suite loads on a machine without its datasets.
 """
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     where = str(path)
     try:
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise BenchError(f"{where}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -184,7 +187,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
     name = _string(doc["name"], where, "name")
     scale = doc.get("scale", "smoke")
-    if scale not in SCALES:
+    if not isinstance(scale, str) or scale not in SCALES:
         raise BenchError(f"{where}: key 'scale' is {scale!r}; allowed: {', '.join(SCALES)}")
     seeds = _seeds(doc["seeds"], where, "key 'seeds'")
     default_arch = _string(doc["arch"], where, "arch") if "arch" in doc else None
@@ -226,7 +229,7 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
     spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
     _known_keys(spec, INIT_KEYS, where, key)
     init = spec.get("init", label)
-    if init not in INITS:
+    if not isinstance(init, str) or init not in INITS:
         raise BenchError(f"{where}: key {key + ('.init' if 'init' in spec else '')!r}: unknown "
                          f"initialisation {init!r}; allowed: {', '.join(INITS)} (or set "
                          f"'{key}.init' to one of them)")
@@ -234,7 +237,7 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
     if arch is None:
         raise BenchError(f"{where}: key {key + '.arch'!r} is required when the suite has no "
                          f"top-level 'arch'; allowed: {', '.join(ARCHS)}")
-    if arch not in ARCHS:
+    if not isinstance(arch, str) or arch not in ARCHS:
         at = f"{key}.arch" if "arch" in spec else "arch"
         raise BenchError(f"{where}: key {at!r}: unknown architecture {arch!r}; allowed: "
                          f"{', '.join(ARCHS)}")
@@ -277,7 +280,7 @@ def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
 
     spec = _mapping(spec, where, f"key {key!r}")
     method = spec.get("method", init)
-    if method not in PRETRAIN_METHODS:
+    if not isinstance(method, str) or method not in PRETRAIN_METHODS:
         raise BenchError(f"{where}: key {key + '.method'!r}: unknown pretraining method "
                          f"{method!r}; allowed: {', '.join(PRETRAIN_METHODS)}")
     fn = pretrainer_fn(method)
@@ -297,10 +300,14 @@ def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
             value = tuple(float(v) for v in value)
         elif name == "data":
             value = _string(value, where, f"{key}.data")
-        out[name] = value  # YAML scalars, lists and mappings (e.g. BEiT's tokenizer_train)
-    for name in ("steps", "batch_size", "epoch_size", "accum_iter"):
-        if name in out and not (_is_int(out[name]) and out[name] >= (0 if name == "steps" else 1)):
-            raise BenchError(f"{where}: key {key}.{name} must be a positive integer, got "
+        elif not _plain(value, depth=2):
+            raise BenchError(f"{where}: key {key}.{name} must be a number, string, boolean, or a "
+                             "list or mapping of those")
+        out[name] = value  # e.g. BEiT's tokenizer_train: {epochs: 4, blr: 2.0e-3}
+    for name in ("steps", "seed", "ckpt_every", "batch_size", "epoch_size", "accum_iter"):
+        least = 0 if name in ("steps", "seed", "ckpt_every") else 1
+        if name in out and not (_is_int(out[name]) and out[name] >= least):
+            raise BenchError(f"{where}: key {key}.{name} must be an integer >= {least}, got "
                              f"{out[name]!r}")
     if "mask_ratio" in out and not (_is_number(out["mask_ratio"]) and 0 < out["mask_ratio"] < 1):
         raise BenchError(f"{where}: key {key}.mask_ratio must be in (0, 1), got "
@@ -313,13 +320,13 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     key = f"tasks.{label}"
     spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
     task = spec.get("task", label)
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise BenchError(f"{where}: key {key + ('.task' if 'task' in spec else '')!r}: unknown "
                          f"task {task!r}; allowed: {', '.join(TASKS)} (or set '{key}.task')")
     _known_keys(spec, TASK_KEYS[task], where, key)
     protocols = PROTOCOLS[task]
     protocol = spec.get("protocol", protocols[0])
-    if protocol not in protocols:
+    if not isinstance(protocol, str) or protocol not in protocols:
         raise BenchError(f"{where}: key {key + '.protocol'!r}: protocol {protocol!r} is not one "
                          f"of {task}'s; allowed: {', '.join(protocols)}")
     if ("data" in spec) == ("generate" in spec):
@@ -334,6 +341,11 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
                    if p.name not in ("root", "year", "overwrite")
                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         _known_keys(generate, allowed, where, f"{key}.generate")
+        params = inspect.signature(fn).parameters
+        for name, value in generate.items():  # the type of each parameter's default
+            kind = _kind_of(params[name].default)
+            if kind and not _is_kind(value, kind):
+                raise BenchError(f"{where}: key {key}.generate.{name} must be {kind}, got {value!r}")
         generate = {name: (tuple(v) if isinstance(v, list) else v) for name, v in generate.items()}
     config = None
     if isinstance(spec.get("config"), dict):  # one config per architecture
@@ -417,6 +429,10 @@ def _construct_unique_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (list, dict, set)):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a list or mapping",
+                key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} is given twice", key_node.start_mark)
@@ -458,8 +474,8 @@ def _string(value: Any, where: str, key: str) -> str:
 
 def _label(value: Any, where: str, section: str) -> str:
     if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
-        raise BenchError(f"{where}: key '{section}.{value}': labels may hold only letters, digits, "
-                         "'_', '.' and '-' (they name cells and folders)")
+        raise BenchError(f"{where}: key {f'{section}.{value}'!r}: labels may hold only letters, "
+                         "digits, '_', '.' and '-' (they name cells and folders)")
     return value
 
 
@@ -476,6 +492,40 @@ def _positive_int(spec: dict, name: str, where: str, key: str) -> int | None:
     if value is not None and not (_is_int(value) and value > 0):
         raise BenchError(f"{where}: key {key}.{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """A YAML scalar, or (``depth`` levels of) lists / mappings of them."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, list):
+        return all(_plain(v, depth - 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth - 1) for k, v in value.items())
+    return False
+
+
+def _kind_of(default: Any) -> str | None:
+    """What a generator parameter takes, judged by its default (None: anything)."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, (tuple, list)) and all(_is_int(v) for v in default):
+        return "a list of integers"
+    return None
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    return {"true or false": lambda: isinstance(value, bool),
+            "an integer": lambda: _is_int(value),
+            "a number": lambda: _is_number(value),
+            "a list of integers": lambda: isinstance(value, list) and all(_is_int(v) for v in value),
+            }[kind]()
 
 
 def _param_default(fn: Callable, name: str):

@@ -143,6 +143,7 @@ def _with(path: str, value):
     (_with("inits.mae.pretrain.stepz", 3), r"unknown key 'inits.mae.pretrain.stepz'; allowed: "
                                            r"method, data, img_size, epoch_size, mask_ratio"),
     (_with("inits.mae.pretrain.mask_ratio", 1.5), r"key inits.mae.pretrain.mask_ratio must be in"),
+    (_with("inits.mae.pretrain.seed", -1), r"key inits.mae.pretrain.seed must be an integer >= 0"),
     (_with("inits.mae.pretrain", None), r"key 'inits.mae': initialisation 'mae' needs weights"),
     (_with("inits.random.checkpoint", "x.pth"), r"key 'inits.random': initialisation 'random' "
                                                 r"takes no weights"),
@@ -162,6 +163,14 @@ def _with(path: str, value):
                                   r"has only 2 blocks; allowed: 0..2"),
     (_with("tasks.fp.k", None), r"key 'tasks.fp.k' is required for protocol 'partial'"),
     (_with("seeds", [0, 0]), r"key 'seeds' lists a seed twice"),
+    (_with("inits.mae.init", ["mae"]), r"key 'inits.mae.init': unknown initialisation \['mae'\]; "
+                                       r"allowed: random, mae"),
+    (_with("inits.random.arch", {"a": 1}), r"key 'inits.random.arch': unknown architecture"),
+    (_with("inits.a\nb", {}), r"key 'inits.a\\nb': labels may hold only letters, digits"),
+    (_with("tasks.coco.generate.image_size", 64), r"key tasks.coco.generate.image_size must be "
+                                                  r"a list of integers, got 64"),
+    (_with("tasks.fp.generate.num_classes", "3"), r"key tasks.fp.generate.num_classes must be an "
+                                                  r"integer, got '3'"),
     (_with("scale", "huge"), r"key 'scale' is 'huge'; allowed: smoke, full"),
     (_with("name", None), r"key 'name' is required"),
 ])
@@ -177,6 +186,13 @@ def test_suite_file_errors(tmp_path):
     path.write_text("name: a\nseeds: [0]\nname: b\n")
     with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML at line 3: key 'name' is "
                                          r"given twice"):
+        load_suite(path)
+    path.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML at line 1: a mapping key must "
+                                         r"be a plain value, not a list or mapping"):
+        load_suite(path)
+    path.write_text("[" * 5000)
+    with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML: nested too deeply"):
         load_suite(path)
     with pytest.raises(BenchError, match=r"suite 'nope': no such file and not a bundled suite "
                                          r"\(bundled: ci, demo, paper\)"):
@@ -302,7 +318,7 @@ def test_ci_suite_end_to_end_then_second_run_does_nothing(tmp_path, capsys):
     for r in rows:
         assert r["metrics"] and all(0.0 <= v <= 100.0 for v in r["metrics"].values())
     names = {p.name for p in summary.tables}
-    for table in ("table5_ade20k", "table6_transfer_cls", "linear_probe"):
+    for table in ("table4_coco", "table5_ade20k", "table6_transfer_cls", "linear_probe"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.tex"} <= names
         assert (out / f"{table}.md").is_file()
     assert any(n.endswith(".png") for n in names)
