@@ -35,17 +35,10 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
                                                                            HealthCheck.function_scoped_fixture])
 
 # (exception type, fragment of its message, file the exception is raised in) of open bugs.
-KNOWN_SUITE_BUGS = {
-    # `init: [a]`, `arch: {a: 1}` in an init, a complex YAML key `? [a]`: `x in dict/set` on an
-    # unhashable value (_init_entry: `init not in INITS`, `arch not in ARCHS`;
-    # _construct_unique_mapping: `key in seen`).
-    "unhashable": (TypeError, "unhashable type", "bench/suite.py"),
-    # deeply nested flow collections: PyYAML recurses per level; load_suite does not catch it.
-    "deep-nesting": (RecursionError, "maximum recursion depth", None),
-}
-# A label holding a line break: _label formats the value with str(), not repr(), so the message has
-# two lines (the CLI prints only the first).
-KNOWN_MULTILINE = ("labels may hold only letters",)
+KNOWN_SUITE_BUGS: dict = {}  # none open: the former ones (unhashable values, deep nesting) have
+# regression tests below (test_former_suite_bugs_give_one_line).
+# Messages allowed to span lines: none (a label with a line break is shown with repr()).
+KNOWN_MULTILINE: tuple = ()
 
 
 def _raised_in(exc: BaseException) -> str:
@@ -224,15 +217,13 @@ KNOWN_SUITE_BUG_INPUTS = [
 
 
 @pytest.mark.parametrize("text,exc", KNOWN_SUITE_BUG_INPUTS)
-@pytest.mark.xfail(strict=True, reason="open bug in bench/suite.py: raw exception instead of a BenchError")
-def test_known_suite_bugs_give_one_line(workdir, text, exc):
+def test_former_suite_bugs_give_one_line(workdir, text, exc):
     path = _write(workdir, "known.yaml", text)
     with pytest.raises(BenchError) as info:
         load_suite(path)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="open bug in bench/suite.py: _label formats the label with str()")
 def test_label_with_line_break_gives_one_line(workdir):
     doc = json.loads(json.dumps(BASE_SUITE))
     doc["inits"]["a\nb"] = {}
