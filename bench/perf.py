@@ -75,22 +75,28 @@ def step_flops(model, imgs) -> float:
     return float(fc.get_total_flops())
 
 
-def time_steps(model, imgs, bf16: bool, iters: int, device, fused: bool = True) -> float:
-    """Seconds per training step (after one warm-up step)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=fused)
+def median_step_time(model, loss_of, bf16: bool, iters: int, device) -> float:
+    """Median seconds of a training step (forward under optional bf16 autocast, backward, fused
+    AdamW), after one warm-up step. ``loss_of(model) -> loss``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     times = []
     for i in range(iters + 1):
         _sync(device)
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _, _ = model(imgs, mask_ratio=0.75)
+            loss = loss_of(model)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
         if i:
             times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]  # median
+    return sorted(times)[len(times) // 2]
+
+
+def time_steps(model, imgs, bf16: bool, iters: int, device) -> float:
+    """Seconds per MAE training step at mask ratio 0.75."""
+    return median_step_time(model, lambda m: m(imgs, mask_ratio=0.75)[0], bf16, iters, device)
 
 
 def perf_pretrain(arch="vit_base_patch16", img_size=224, batch_size=8, decoder_depths=(8, 1), iters=3, threads=None,
@@ -136,20 +142,7 @@ def perf_pretrain(arch="vit_base_patch16", img_size=224, batch_size=8, decoder_d
 # Fine-tuning step (classification) and data loading
 # ---------------------------------------------------------------------------------------------------
 def _cls_step_time(model, imgs, labels, bf16: bool, iters: int, device) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    times = []
-    for i in range(iters + 1):
-        _sync(device)
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(imgs), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return median_step_time(model, lambda m: torch.nn.functional.cross_entropy(m(imgs), labels), bf16, iters, device)
 
 
 def perf_cls(arch="vit_base_patch16", img_size=224, batch_size=8, iters=3, threads=None, baseline=False, device="auto"):

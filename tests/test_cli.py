@@ -89,3 +89,14 @@ def test_pretrain_then_visualize_end_to_end(tmp_path):
     r = bench("visualize", "--checkpoint", tmp_path / "run" / "pretrain.pth", "--out", tmp_path / "fig.png", "--n", "2")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_perf_pretrain_prints_ratios_for_a_tiny_model():
+    r = bench("perf", "pretrain", "--arch", "vit_test_patch8", "--img-size", "32", "--batch-size", "2", "--iters", "1",
+              "--decoder-depths", "1", "--baseline")
+    assert r.returncode == 0, r.stderr
+    assert "matmul peak" in r.stdout and "wall ratio" in r.stdout
+    rows = [l.split() for l in r.stdout.splitlines() if l.strip().startswith("1 ")]
+    assert [row[1] for row in rows] == ["bf16", "fp32"]
+    flop_ratio = float(rows[0][5].rstrip("x"))
+    assert flop_ratio > 1.5  # the encoder sees 25 % of the tokens: the mask-token model does more work
