@@ -171,6 +171,16 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
     set_data_root(cfg, data_root)
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.randomness = dict(seed=int(seed), deterministic=False)
+    # Under torchrun: DDP through mmengine's own launcher; the config's batch is the global batch
+    # (the paper's 16), split evenly over the processes.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.launcher = "pytorch" if world > 1 else "none"
+    if world > 1:
+        total = int(cfg.train_dataloader.batch_size)
+        if total % world:
+            raise BenchError(f"train_dataloader.batch_size {total} (the global batch) is not divisible by "
+                             f"the {world} processes of this torchrun")
+        cfg.train_dataloader.batch_size = total // world
     cfg.resume = bool(resume)
     cfg.load_from = None
     return cfg
@@ -259,7 +269,9 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     work = Path(cfg.work_dir)
     _check_run_record(work, record, resume)
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, work / RUN_RECORD, indent=1, sort_keys=True)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # only rank 0 writes the record and the row
+    if main_process:
+        atomic_write_json(record, work / RUN_RECORD, indent=1, sort_keys=True)
 
     class LastValidation(Hook):
         """Where training started (after any resume) and the metrics of the last validation."""
@@ -297,7 +309,7 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
                    extra={"img_size": crop[0], "crop_size": list(crop), "config": config_name,
                           "work_dir": str(work), "log_dir": str(runner.log_dir),
                           "start_iter": int(last.start_iter or 0)})
-    if results is not None:
+    if results is not None and main_process:
         ResultsStore(results).append(row)
     return row
 
