@@ -270,14 +270,7 @@ def convert_mae(obj, path: Path) -> dict:
     ``decoder_*`` / ``mask_token`` (dropped in adapt_to_model), fine-tuned ones ``fc_norm`` and
     ``head``. Our own ``bench pretrain`` checkpoints are the same layout. mmpretrain / mmselfsup
     MAE checkpoints (``{'state_dict'}`` with ``backbone.layers.N``) are recognised and renamed."""
-    sd, _ = unwrap_state_dict(obj, path)
-    sd = _strip_module(sd)
-    fmt = detect_format(sd)
-    if fmt == "mmpretrain":
-        return convert_mmpretrain(sd, path)
-    if fmt != "timm":
-        raise _unknown(path, sd, "mae", fmt)
-    return sd
+    return _timm_or_mmpretrain(_strip_module(unwrap_state_dict(obj, path)[0]), path, "mae")
 
 
 @register_init("supervised", description="supervised ImageNet ViT: DeiT / timm releases or `bench pretrain --method supervised`",
@@ -296,11 +289,16 @@ def convert_supervised(obj, path: Path) -> dict:
     if "dist_token" in sd or any(k.startswith("head_dist.") for k in sd):
         raise CheckpointError(f"checkpoint {path} is a distilled DeiT (key 'dist_token'/'head_dist'): its encoder uses a "
                               f"second prefix token that our ViT does not have; use a non-distilled DeiT/timm ViT file")
+    return _timm_or_mmpretrain(sd, path, "supervised")
+
+
+def _timm_or_mmpretrain(sd: dict, path: Path, init: str) -> dict:
+    """A state dict already in timm names, or an mmpretrain one renamed to them; else a one-line error."""
     fmt = detect_format(sd)
     if fmt == "mmpretrain":
         return convert_mmpretrain(sd, path)
     if fmt != "timm":
-        raise _unknown(path, sd, "supervised", fmt)
+        raise _unknown(path, sd, init, fmt)
     return sd
 
 

@@ -23,12 +23,8 @@ TEST_BB = "random_vit_test_patch8"  # 32 px, dim 32, depth 2
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: torch's 2 threads spin against other processes (100x slower steps).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.py; 2 shared cores: 2 spinning threads make steps ~100x slower
     yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

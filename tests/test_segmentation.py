@@ -22,13 +22,7 @@ from tasks.segmentation.run import (CONFIGS, RUN_RECORD, add_seg_arguments, hash
 TINY = "random_vit_test_patch8"  # dim 32, depth 2, patch 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one intra-op thread is ~10x faster than two fighting ones here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

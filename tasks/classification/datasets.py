@@ -313,15 +313,22 @@ def _read_places365(root: Path, splits: tuple[str, ...]) -> dict[str, Classifica
         listing = root / PLACES365_LISTS[split]
         entries = _read_list(listing)
         image_dir = _first_existing_dir(root, PLACES365_IMAGE_DIRS[split], f"Places365 {split}")
-        samples = []
-        for lineno, image, label in entries:
-            if label not in index:
-                raise DataError(f"{listing}:{lineno}: label {label} is not a category of "
-                                f"{categories_path.name} (the train label set)")
-            samples.append((image_dir / image.lstrip("/"), index[label]))
-        _check_files_exist(samples, listing, image_dir)
+        samples = _list_samples(entries, index, listing, image_dir,
+                                f"is not a category of {categories_path.name} (the train label set)")
         out[split] = ClassificationSplit(samples, classes, f"places365/{split}")
     return out
+
+
+def _list_samples(entries, index: dict, listing: Path, image_dir: Path, not_in_train: str) -> list:
+    """(path, class index) for the ``(lineno, image, label)`` entries of a Places list file; a label
+    outside the train label set is named with its line, and every listed image must exist."""
+    samples = []
+    for lineno, image, label in entries:
+        if label not in index:
+            raise DataError(f"{listing}:{lineno}: label {label} {not_in_train}")
+        samples.append((image_dir / image.lstrip("/"), index[label]))
+    _check_files_exist(samples, listing, image_dir)
+    return samples
 
 
 def read_places365(root: str | Path, split: str) -> ClassificationSplit:
@@ -360,13 +367,8 @@ def _read_places205(root: Path, splits: tuple[str, ...]) -> dict[str, Classifica
     for split in splits:
         listing = root / PLACES205_LISTS[split]
         entries = train_entries if split == "train" else _read_list(listing)
-        samples = []
-        for lineno, image, label in entries:
-            if label not in index:
-                raise DataError(f"{listing}:{lineno}: label {label} does not occur in "
-                                f"{train_listing.name} (the train label set)")
-            samples.append((image_dir / image.lstrip("/"), index[label]))
-        _check_files_exist(samples, listing, image_dir)
+        samples = _list_samples(entries, index, listing, image_dir,
+                                f"does not occur in {train_listing.name} (the train label set)")
         out[split] = ClassificationSplit(samples, classes, f"places205/{split}")
     return out
 
