@@ -397,23 +397,25 @@ def _device_of(model: nn.Module) -> torch.device:
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16: bool = False,
              num_workers: int = 0) -> dict[str, float]:
     """Top-1 / top-5 accuracy in percent over ``dataset`` of (input, label), counted directly
-    (top-5 is top-min(5, C) when there are fewer than 5 classes). Leaves ``model`` in eval mode."""
+    (top-5 is top-min(5, C) when there are fewer than 5 classes). Leaves ``model`` in eval mode.
+    Under torchrun each rank scores every world-th sample and the counts are summed over ranks,
+    so the result equals a single process on the whole set."""
+    from torch.utils.data import Subset
+    from bench.distributed import gather_accuracy, shard_indices, topk_counts
     device = _device_of(model)
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    n = top1 = top5 = 0
+    loader = DataLoader(Subset(dataset, shard_indices(len(dataset))), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    counts = [0, 0, 0]
     for x, y in loader:
         with autocast(device, bf16):
             logits = model(x.to(device))
-        y = torch.as_tensor(y, device=logits.device)
-        ranked = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-        hits = ranked == y[:, None]
-        top1 += int(hits[:, 0].sum())
-        top5 += int(hits.any(dim=1).sum())
-        n += len(y)
-    if n == 0:
-        raise BenchError("evaluate: the evaluation set is empty")
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+        counts = [a + b for a, b in zip(counts, topk_counts(logits, y))]
+    try:
+        acc = gather_accuracy(counts)
+    except ValueError:
+        raise BenchError("evaluate: the evaluation set is empty") from None
+    return {"top1": acc["top1"], "top5": acc["top5"]}
 
 
 @torch.no_grad()
