@@ -6,7 +6,8 @@
     bench backbones            list registry names (<init>_<arch>)
     bench det | seg | cls      one transfer run (COCO Mask R-CNN | ADE20K UperNet | iNat/Places classification)
     bench table                result tables (CSV, LaTeX, Markdown) + plots from a results store
-    bench perf pretrain        throughput benchmark with FLOP and matmul-peak ratios
+    bench perf pretrain|cls|data   img/s of the MAE step (vs mask-token encoder, FLOPs, matmul peaks),
+                               the fine-tuning step (vs timm), and data loading
 
 Bad input ends with ``error: <one line>`` on stderr and exit status 2; nothing half-written is left.
 """
