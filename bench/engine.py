@@ -66,7 +66,7 @@ class TrainConfig:
     optimizer: str = "adamw"        # adamw | sgd | lars (linear probe)
     momentum: float = 0.9           # sgd / lars
     clip_grad: float | None = None
-    bf16: bool = False
+    bf16: bool | None = None       # bfloat16 autocast; None: on for CUDA, off for CPU
     seed: int = 0
     ckpt_every: int = 0             # optimizer steps between checkpoints (0: only at the end)
     keep_last: int = 2
@@ -309,6 +309,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     check_config(cfg)
     rank, world = world_info()
     device = pick_device(cfg.device)
+    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     np.random.seed((cfg.seed + rank) % 2 ** 32)
@@ -399,7 +400,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
             last_micro = (micro + 1) % cfg.accum_iter == 0
             # DDP: all-reduce gradients only in the backward of the step's last micro-batch
             with model.no_sync() if ddp and not last_micro else contextlib.nullcontext():
-                with autocast(device, cfg.bf16):
+                with autocast(device, use_bf16):
                     loss, logs = loss_fn(model, batch)
                 bad = not bool(torch.isfinite(loss).all())
                 bad_ranks = [rank] if bad else []

@@ -65,7 +65,7 @@ def _check_k_recordable(k) -> None:
 def run_classification(protocol: str, dataset: str, data_root: str | Path, backbone: str,
                        checkpoint: str | Path | None = None, *, k: int | str | None = None, seed: int = 0,
                        out_dir: str | Path, config: str | Path | dict | None = None,
-                       epochs: float | None = None, batch_size: int | None = None, bf16: bool = False,
+                       epochs: float | None = None, batch_size: int | None = None, bf16: bool | None = None,
                        resume: bool = True, results: str | Path | None = None, suite: str = "adhoc",
                        trust_checkpoint: bool = False, progress: bool = True, device: str = "auto") -> dict:
     """Train and evaluate one (protocol, dataset, backbone, k, seed) and return its results row
@@ -100,6 +100,8 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
         if cfg["batch_size"] % 2:
             raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
+    if bf16 is None:
+        bf16 = pick_device(device).type == "cuda"
     rank, world = world_info()  # under torchrun only rank 0 writes files and the results row
     micro_batch = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
 
@@ -203,7 +205,8 @@ def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--out", default=None, help="run folder (default runs/cls/<dataset>-<protocol>-<backbone>...)")
     parser.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
     parser.add_argument("--suite", default="adhoc")
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--bf16", action="store_true", default=None,
+                        help="bfloat16 autocast (default: on for CUDA, off for CPU)")
     parser.add_argument("--no-resume", dest="resume", action="store_false")
     parser.add_argument("--trust-checkpoint", action="store_true")
     parser.add_argument("--device", default="auto")
