@@ -37,6 +37,8 @@ def _add_train_args(p: argparse.ArgumentParser):
     g.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CPU and GPU)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute each ViT block in the backward pass (less memory, ~30%% more compute)")
+    g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the model's forward (default backend inductor; no gain on CPU here)")
     g.add_argument("--workers", type=int, dest="num_workers", help="data loader worker processes")
     g.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (always at the end)")
     g.add_argument("--seed", type=int, default=0)
@@ -46,7 +48,7 @@ def _add_train_args(p: argparse.ArgumentParser):
 
 
 TRAIN_OPTIONS = ("steps", "epochs", "batch_size", "accum_iter", "blr", "lr", "weight_decay", "warmup_epochs", "bf16",
-                 "grad_checkpointing", "num_workers", "ckpt_every", "seed", "max_nonfinite")
+                 "grad_checkpointing", "compile", "num_workers", "ckpt_every", "seed", "max_nonfinite")
 
 
 def _train_kwargs(a) -> dict:

@@ -76,6 +76,7 @@ class TrainConfig:
     desc: str = "train"
     device: str = "auto"
     grad_checkpointing: bool = False  # recompute ViT blocks in backward (activation memory -> compute)
+    compile: str | None = None      # torch.compile backend for the model's forward (e.g. 'inductor'); None: eager
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -316,6 +317,11 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     model.to(device)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(unwrap(model))
+    if cfg.compile:
+        # Compile the forward only: parameter names (and so checkpoints) stay those of the eager model.
+        # Measured: no gain on CPU here; the option is for GPUs.
+        core = unwrap(model)
+        core.forward = torch.compile(core.forward, backend=cfg.compile)
     ddp = world > 1
     if ddp:  # broadcasts rank 0's parameters and buffers; averages gradients over ranks
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -152,3 +152,17 @@ def test_malloc_tuning_is_applied_on_glibc():
     ok = tune_malloc()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert ok
+
+
+def test_compiled_forward_trains_like_eager_and_keeps_checkpoint_names(tmp_path):
+    """--compile wraps only the forward: same losses (eager backend: same kernels), same state-dict keys."""
+    def run(out, backend):
+        torch.manual_seed(0)
+        model = build_mae("vit_test_patch8")
+        cfg = TrainConfig(out_dir=str(out), steps=3, batch_size=4, progress=False, compile=backend)
+        fit(model, pretrain_dataset("embedded", 32, 16), lambda m, x: (m(x, 0.75)[0], {}), cfg)
+        return _losses(out), torch.load(sorted(out.glob("checkpoint-*"))[-1], weights_only=True)["model"]
+    eager_losses, eager_sd = run(tmp_path / "eager", None)
+    comp_losses, comp_sd = run(tmp_path / "compiled", "eager")
+    assert comp_losses == eager_losses
+    assert list(comp_sd) == list(eager_sd)
