@@ -6,8 +6,8 @@
     bench backbones            list registry names (<init>_<arch>)
     bench det | seg | cls      one transfer run (COCO Mask R-CNN | ADE20K UperNet | iNat/Places classification)
     bench table                result tables (CSV, LaTeX, Markdown) + plots from a results store
-    bench perf pretrain|cls|data   img/s of the MAE step (vs mask-token encoder, FLOPs, matmul peaks),
-                               the fine-tuning step (vs timm), and data loading
+    bench perf pretrain|cls|seg|data   img/s of the MAE step (vs mask-token encoder, FLOPs, matmul
+                               peaks), the fine-tuning step (vs timm), UperNet, and data loading
 
 Bad input ends with ``error: <one line>`` on stderr and exit status 2; nothing half-written is left.
 """
@@ -99,6 +99,9 @@ def cmd_perf(a):
     if a.what == "pretrain":
         perf.perf_pretrain(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, decoder_depths=a.decoder_depths,
                            iters=a.iters, threads=a.threads, baseline=a.baseline, device=a.device)
+    elif a.what == "seg":
+        perf.perf_seg(config=a.config, backbone=a.backbone, crop=a.crop, batch_size=a.batch_size, iters=a.iters,
+                      threads=a.threads, baseline=a.baseline)
     elif a.what == "cls":
         perf.perf_cls(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, iters=a.iters, threads=a.threads,
                       baseline=a.baseline, device=a.device)
@@ -194,6 +197,15 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     pc.add_argument("--baseline", action="store_true", help="also time plain fp32")
     pc.add_argument("--device", default="auto")
     pc.set_defaults(func=cmd_perf)
+    ps = psub.add_parser("seg", help="UperNet training step img/s (mmseg model from our config) vs matmul peaks")
+    ps.add_argument("--config", default="paper_vit_base", help="segmentation config name or path")
+    ps.add_argument("--backbone", default="random_vit_base_patch16")
+    ps.add_argument("--crop", type=int, default=512)
+    ps.add_argument("--batch-size", type=int, default=2)
+    ps.add_argument("--iters", type=int, default=2)
+    ps.add_argument("--threads", type=int, default=None)
+    ps.add_argument("--baseline", action="store_true", help="also time plain fp32")
+    ps.set_defaults(func=cmd_perf)
     pd = psub.add_parser("data", help="data loader img/s (JPEG decode + augmentation) with 0..N workers")
     pd.add_argument("--img-size", type=int, default=224)
     pd.add_argument("--batch-size", type=int, default=64)

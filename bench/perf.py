@@ -209,3 +209,57 @@ def perf_data(img_size=224, batch_size=64, workers=(0, 2), n_images=256, decoder
     finally:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def perf_seg(config="paper_vit_base", backbone="random_vit_base_patch16", crop=512, batch_size=2, iters=2,
+             threads=None, baseline=False):
+    """UperNet training step (mmseg model built from our config, SyncBN -> BN for one process):
+    img/s, GFLOP/s and the fraction of the matmul peak, on random images and labels."""
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    from mmseg.utils import register_all_modules
+    from torch.utils.flop_counter import FlopCounterMode
+    import tasks.dense.mm_backbone  # noqa: F401  (registers RegistryViT)
+    import tempfile
+    from tasks.segmentation.run import load_config
+    if threads:
+        torch.set_num_threads(threads)
+    register_all_modules(init_default_scope=True)
+    # the task's own config loading: backbone, head widths and crop follow the arguments
+    m = load_config(config, backbone=backbone, data_root=".", work_dir=tempfile.gettempdir(), crop_size=crop).model
+    m.pop("data_preprocessor", None)
+
+    def no_sync_bn(d):
+        if isinstance(d, dict):
+            if d.get("type") == "SyncBN":
+                d["type"] = "BN"
+            for v in d.values():
+                no_sync_bn(v)
+        elif isinstance(d, list):
+            for v in d:
+                no_sync_bn(v)
+    no_sync_bn(m)
+    torch.manual_seed(0)
+    model = MODELS.build(m).train()
+    dev = torch.device("cpu")
+    x = torch.randn(batch_size, 3, crop, crop)
+    samples = []
+    for _ in range(batch_size):
+        s = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, crop, crop))))
+        s.set_metainfo(dict(img_shape=(crop, crop), pad_shape=(crop, crop), ori_shape=(crop, crop)))
+        samples.append(s)
+
+    def loss_of(mm):
+        return sum(v for k, v in mm.loss(x, samples).items() if "loss" in k)
+    with FlopCounterMode(display=False) as fc:
+        loss_of(model).backward()
+    model.zero_grad(set_to_none=True)
+    flops = fc.get_total_flops()
+    peak32, peak16 = matmul_peak(torch.float32, dev), matmul_peak(torch.bfloat16, dev)
+    print(f"UperNet ({config}) on {backbone} @ {crop}, batch {batch_size}, {torch.get_num_threads()} threads; "
+          f"{flops / batch_size / 1e9:.0f} GFLOP/img (fwd+bwd); matmul peak fp32 {peak32:.0f}, bf16 {peak16:.0f} GFLOP/s")
+    for pname, bf16 in [("bf16", True)] + ([("fp32", False)] if baseline else []):
+        t = median_step_time(model, loss_of, bf16, iters, dev)
+        peak = peak16 if bf16 else peak32
+        print(f"  {pname}: {batch_size / t:.3f} img/s, {flops / t / 1e9:.0f} GFLOP/s ({100 * flops / t / 1e9 / peak:.0f}% of peak)")

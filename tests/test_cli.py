@@ -100,3 +100,11 @@ def test_perf_pretrain_prints_ratios_for_a_tiny_model():
     assert [row[1] for row in rows] == ["bf16", "fp32"]
     flop_ratio = float(rows[0][5].rstrip("x"))
     assert flop_ratio > 1.5  # the encoder sees 25 % of the tokens: the mask-token model does more work
+
+
+def test_perf_seg_times_a_tiny_upernet():
+    r = bench("perf", "seg", "--config", "smoke", "--backbone", "random_vit_test_patch8", "--crop", "64",
+              "--batch-size", "2", "--iters", "1")
+    assert r.returncode == 0, r.stderr
+    line = [l for l in r.stdout.splitlines() if l.strip().startswith("bf16:")]
+    assert line and float(line[0].split()[1]) > 0  # img/s
