@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from backbones.checkpoint import load_checkpoint_file, save_atomic
 from bench.distributed import all_reduce_sum, gather_objects
+from bench.io import atomic_write_text
 from bench.errors import BenchError, CheckpointError, NonFiniteLossError
 
 
@@ -480,11 +481,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
 
 
 def _write_log(path: Path, history: list):
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for h in history:
-            f.write(json.dumps(h) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def _to_device(batch, device):

@@ -56,6 +56,7 @@ from pathlib import Path
 
 from bench.distributed import is_main
 from bench.errors import BenchError
+from bench.io import atomic_write_json
 from bench.results import ResultsStore, default_run_id, make_row
 from bench.suite import InitEntry, Suite, TaskEntry, generator_fn, load_suite, pretrainer_fn
 
@@ -335,11 +336,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _write_cell_file(cell: Cell, work: Path) -> None:
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = work / f".{CELL_FILE}.tmp"
-    tmp.write_text(json.dumps({"name": cell.name, "id": cell.id, "settings": cell_settings(cell)},
-                              indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, work / CELL_FILE)
+    atomic_write_json({"name": cell.name, "id": cell.id, "settings": cell_settings(cell)}, work / CELL_FILE,
+                      indent=1, sort_keys=True)
 
 
 def _log_error(work: Path, exc: BaseException) -> None:
