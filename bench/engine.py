@@ -9,6 +9,9 @@ What ``fit`` guarantees:
   that permutation (``SeededDataset``), so neither worker count nor a restart changes what a step
   sees. A checkpoint stores model, optimizer, step and the RNG states; on CPU a resumed run repeats
   the uninterrupted run's loss sequence bit for bit.
+* **Loader never restarts.** One DataLoader (``RunBatchSampler``) serves the whole run, so worker
+  processes start once and keep prefetching (``prefetch_factor`` 4) across epoch boundaries;
+  pinned memory on CUDA.
 * **No lost work.** Checkpoints are written atomically (temp + rename), the last ``keep_last`` are
   kept, and a corrupt newest checkpoint makes resume fall back to the previous one with a warning.
 * **Numerics guard.** A non-finite loss stops the run (after ``max_nonfinite`` skipped steps) with
@@ -150,6 +153,35 @@ class EpochBatchSampler(Sampler):
         for b in range(self.start, self.batches_per_epoch()):
             lo = b * gb + self.rank * self.bs
             yield [(perm[p], sample_seed(self.seed, self.epoch, p)) for p in range(lo, lo + self.bs)]
+
+
+class RunBatchSampler(Sampler):
+    """The whole run's micro-batches: ``EpochBatchSampler`` epochs back to back, from micro-batch
+    ``start`` (counted from the run's beginning) for ``count`` micro-batches. One DataLoader over it
+    serves the whole run, so its workers start once and keep prefetching across epoch boundaries
+    (a loader per epoch would stall at every epoch start while new workers spawn)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, count: int, rank: int = 0, world: int = 1,
+                 shuffle: bool = True):
+        self.n, self.bs, self.seed, self.start, self.count = n, batch_size, seed, start, count
+        self.rank, self.world, self.shuffle = rank, world, shuffle
+        self.bpe = n // (batch_size * world)
+        if self.bpe == 0:
+            raise ValueError(f"{n} samples are fewer than one global batch of {batch_size * world}")
+
+    def __len__(self):
+        return max(0, self.count)
+
+    def __iter__(self):
+        epoch, first = divmod(self.start, self.bpe)
+        left = self.count
+        while left > 0:
+            for batch in EpochBatchSampler(self.n, self.bs, self.seed, epoch, first, self.rank, self.world, self.shuffle):
+                yield batch
+                left -= 1
+                if left == 0:
+                    return
+            epoch, first = epoch + 1, 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,14 +423,13 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     window_bad, window_logs = False, []
     win_loss, win_n, win_terms = 0.0, 0, {}  # sums over this optimizer step's finite micro-batches
     pin = device.type == "cuda"
-    while step < total:
-        epoch, start = divmod(micro, bpe)
-        sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, start, rank, world)
-        loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
-                            collate_fn=collate_fn, pin_memory=pin,
-                            # its own generator: creating a loader must not draw from the global RNG
-                            # (a resumed run creates one mid-epoch that the uninterrupted run did not)
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    # every remaining micro-batch of the run (a skipped non-finite step still counts as a step)
+    sampler = RunBatchSampler(len(dataset), cfg.batch_size, cfg.seed, micro, total * cfg.accum_iter - micro, rank, world)
+    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate_fn, pin_memory=pin, prefetch_factor=4 if cfg.num_workers else None,
+                        # its own generator: creating a loader must not draw from the global RNG
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    if step < total:
         for batch in loader:
             g_step = step
             for g in opt.param_groups:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.data import pretrain_dataset
-from bench.engine import EpochBatchSampler, TrainConfig, fit, lr_at
+from bench.engine import EpochBatchSampler, RunBatchSampler, TrainConfig, fit, lr_at
 from bench.errors import NonFiniteLossError
 from bench.pretrain import build_mae, pretrain_mae
 
@@ -98,6 +98,16 @@ def test_sampler_shards_global_batches_like_one_process():
     r1 = list(EpochBatchSampler(40, 4, seed=3, epoch=1, rank=1, world=2))
     assert [a + b for a, b in zip(r0, r1)] == one
     assert list(EpochBatchSampler(40, 8, seed=3, epoch=1, start=2)) == one[2:]
+
+
+def test_run_sampler_is_the_epochs_back_to_back_from_any_start():
+    epochs = [b for e in range(4) for b in EpochBatchSampler(40, 4, seed=3, epoch=e, rank=1, world=2)]
+    assert len(epochs) == 20  # 5 global batches per epoch
+    assert list(RunBatchSampler(40, 4, seed=3, start=0, count=20, rank=1, world=2)) == epochs
+    # a resumed run (start mid-epoch 1) sees exactly what the uninterrupted run saw from there
+    assert list(RunBatchSampler(40, 4, seed=3, start=7, count=9, rank=1, world=2)) == epochs[7:16]
+    assert len(RunBatchSampler(40, 4, seed=3, start=7, count=9, rank=1, world=2)) == 9
+    assert list(RunBatchSampler(40, 4, seed=3, start=7, count=0, rank=1, world=2)) == []
 
 
 def test_lr_schedule_warmup_then_cosine():
