@@ -15,7 +15,9 @@ Launch with the standard launchers, never a home-made one:
 ``init_distributed()`` is a no-op for a single process, so the same entry points run unchanged.
 Metric helpers (``all_reduce_sum``, ``gather_objects``, ``shard_indices``, ``topk_counts``,
 ``gather_accuracy``) work with or without a process group: without one they return the local
-values, so one code path gives the single-process numbers.
+values, so one code path gives the single-process numbers. So do the pieces that make a DDP run
+equal one process with the global batch: ``all_gather_nograd`` (MoCo v3's keys of every rank) and
+``convert_sync_batchnorm`` (BatchNorm statistics over the global batch, on CPU/gloo too).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 DEFAULT_PORT = 29500
 
@@ -173,3 +176,94 @@ def gather_accuracy(counts: Sequence[int]) -> dict:
 def barrier():
     if is_distributed():
         dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------
+# Global-batch pieces for training: gathered keys (MoCo v3) and synchronised BatchNorm
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order, without gradient (moco-v3
+    ``concat_all_gather``); ``x.detach()`` without a process group. Shapes must agree over ranks."""
+    if not is_distributed():
+        return x.detach()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: every rank's input feeds every rank's output, so the
+    gradient of an input is the sum of all ranks' output gradients (another all-reduce)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+class _GlooSyncBatchNorm:
+    """BatchNorm whose training-mode statistics are those of the global batch (all ranks), for
+    CPU/gloo runs: ``torch.nn.SyncBatchNorm`` refuses CPU tensors ("expected input tensor to be on
+    GPU"). One differentiable all-reduce of (count, sum, sum of squares) per forward, in float64;
+    running statistics are updated exactly as ``nn.BatchNorm`` does (unbiased variance with the
+    global count). Eval mode, or no process group: plain BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c, dims = x.shape[1], [0, *range(2, x.dim())]
+        xd = x.double()
+        local = torch.cat([xd.new_full((1,), x.numel() // c), xd.sum(dims), (xd * xd).sum(dims)])
+        n, s, ss = _AllReduceSum.apply(local).split([1, c, c])
+        if n.item() <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)} "
+                             f"on each of {dist.get_world_size()} ranks")
+        mean = s / n
+        var = (ss / n - mean * mean).clamp(min=0)  # biased, as BatchNorm normalises with
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xd - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - f).add_(mean.to(self.running_mean.dtype), alpha=f)
+                self.running_var.mul_(1 - f).add_((var * n / (n - 1)).to(self.running_var.dtype), alpha=f)
+        return y.to(x.dtype)
+
+
+class GlooSyncBatchNorm1d(_GlooSyncBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class GlooSyncBatchNorm2d(_GlooSyncBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+_GLOO_SYNC = {nn.BatchNorm1d: GlooSyncBatchNorm1d, nn.BatchNorm2d: GlooSyncBatchNorm2d}
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm over the global batch under DDP, as the official MoCo v3 code does. Without a
+    process group: ``model`` unchanged. NCCL (CUDA): ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+    gloo (CPU): every ``BatchNorm1d`` / ``BatchNorm2d`` becomes ``GlooSyncBatchNorm1d`` / ``2d`` in
+    place (same parameters, buffers and state-dict keys). Returns the model to use."""
+    if not is_distributed():
+        return model
+    if _comm_device().type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for m in model.modules():
+        cls = _GLOO_SYNC.get(type(m))
+        if cls is not None:
+            m.__class__ = cls
+    return model

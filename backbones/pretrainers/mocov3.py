@@ -7,8 +7,13 @@ What is the official algorithm here (moco-v3 ``moco/builder.py``, ``main_moco.py
   ``head`` (Linear without bias + BN + ReLU, last BN without affine), a 2-layer prediction MLP on
   the base branch only (``MoCo_ViT._build_projector_and_predictor_mlps``);
 * two augmented views per image; symmetric contrastive loss
-  ``ctr(q1, k2) + ctr(q2, k1)``, ``ctr(q, k) = CE(normalize(q) @ normalize(k).T / tau, arange) * 2 tau``
-  with the keys of the other samples in the batch as negatives (tau = 0.2 for ViTs);
+  ``ctr(q1, k2) + ctr(q2, k1)``, ``ctr(q, k) = CE(normalize(q) @ normalize(k).T / tau, labels) * 2 tau``
+  with the keys of the other samples of the *global* batch as negatives (tau = 0.2 for ViTs):
+  under DDP the keys are all-gathered without gradient (``concat_all_gather``, here
+  ``bench.distributed.all_gather_nograd``) and rank r's queries have labels ``arange(N) + N r``;
+* SyncBatchNorm in the projector and predictor MLPs (``convert_sync_batchnorm`` of the whole model,
+  momentum encoder included; ``bench.distributed.convert_sync_batchnorm``, which also works on
+  CPU/gloo), so under DDP the BN statistics are the global batch's;
 * the momentum encoder is an EMA of the base encoder (all parameters, projector included) with a
   half-cycle cosine momentum ``m = 1 - (1 - m0) (1 + cos(pi t)) / 2`` from ``m0 = 0.99`` to 1
   (``--moco-m-cos``, ``adjust_moco_momentum`` evaluated per iteration). Here the update runs in
@@ -28,9 +33,9 @@ Paper / official recipe for ViT-S/B (moco-v3 CONFIG.md): AdamW, lr 1.5e-4 x batc
 0.1, batch 4096, 300 epochs, 40 warmup epochs, tau 0.2, m0 0.99 cosine, projector/predictor
 hidden 4096, output 256. What is scaled down for the CPU demo: the MLP widths (``mlp_dim``,
 ``dim``), the batch, the epochs; the blur sigma is scaled with the image size (the official sigma
-is for 224 px). The loss uses the keys of the local batch only (the official code all-gathers keys
-over GPUs and uses SyncBatchNorm in the MLPs; under DDP here each rank contrasts against, and
-normalises over, its own slice).
+is for 224 px). With the gathered keys and synchronised BN, N processes with per-process batch B
+follow the loss trajectory of one process with batch N B (tested with 2 gloo processes in
+``tests/test_distributed_pretrain.py``).
 
 Output: ``<out>/pretrain.pth`` with the base encoder (``head.*`` = projector, dropped on load) for
 ``build_backbone('mocov3_<arch>', checkpoint=...)``.
@@ -48,6 +53,7 @@ import torch.nn.functional as F
 from backbones.vit import VisionTransformer
 from bench.engine import TrainConfig, fit, unwrap
 from bench.determinism import seed_everything
+from bench.distributed import all_gather_nograd, convert_sync_batchnorm, rank_world
 from bench.pretrain import export_backbone
 
 from .common import encoder_config, image_dataset, input_size
@@ -133,10 +139,12 @@ class MoCoV3(nn.Module):
             pm.mul_(m).add_(pb.detach(), alpha=1.0 - m)
 
     def contrastive_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """moco-v3 ``contrastive_loss``: this rank's N queries against the keys of every rank (no
+        gradient through the keys); query i's positive is its own key, at ``N * rank + i``."""
         q = F.normalize(q.float(), dim=1)
-        k = F.normalize(k.float(), dim=1)
+        k = all_gather_nograd(F.normalize(k.float(), dim=1))
         logits = q @ k.T / self.T
-        labels = torch.arange(q.shape[0], device=q.device)
+        labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * rank_world()[0]
         return F.cross_entropy(logits, labels) * (2 * self.T)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -225,6 +233,7 @@ def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", i
     cfg_enc = encoder_config("mocov3", arch, img_size)
     seed_everything(train.get("seed", 0))  # initial weights follow from the seed
     model = MoCoV3(cfg_enc, dim=dim, mlp_dim=mlp_dim, T=temperature, stop_grad_conv1=stop_grad_conv1)
+    model = convert_sync_batchnorm(model)  # under DDP only: BN over the global batch (official moco-v3)
     dataset = image_dataset(data, mocov3_transform(input_size(cfg_enc), crop_min), epoch_size)
     train.setdefault("weight_decay", PAPER["weight_decay"])
     train.setdefault("betas", PAPER["betas"])
