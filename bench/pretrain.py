@@ -2,15 +2,24 @@
 engine. Writes ``<out>/checkpoint-*.pth`` (resumable; the MAE state dict in the official key
 layout under ``'model'``) and ``<out>/pretrain.pth`` (``{'model', 'arch', 'init'}``: what the
 registry loads as a backbone, e.g. ``build_backbone('mae_vit_demo_patch8', checkpoint=...)``).
+
+The mask noise is part of the data (``MaskNoise``): every sample carries its own
+``torch.rand(num_patches)``, drawn under the engine's per-sample seed (seed, epoch, position), so a
+sample's mask is the same whatever the rank, world size, worker count or resume point; N processes
+with batch B follow one process with batch N B.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch.utils.data import Dataset
+
 from backbones.checkpoint import save_atomic
 from backbones.mae import MaskedAutoencoder
 from bench.data import pretrain_dataset
 from bench.determinism import seed_everything
+from bench.distributed import barrier, is_main
 from bench.engine import TrainConfig, fit
 from bench.errors import BenchError
 
@@ -35,6 +44,21 @@ def build_mae(arch: str, img_size: int | None = None, norm_pix_loss: bool = True
     return MaskedAutoencoder.from_arch(arch, **kw)
 
 
+class MaskNoise(Dataset):
+    """Items ``(img, noise)`` with ``noise = torch.rand(num_patches)`` drawn right after the image,
+    inside the item: under ``fit`` (``SeededDataset``) it depends only on (seed, epoch, position).
+    ``MaskedAutoencoder.forward(imgs, mask_ratio, noise)`` keeps the patches with the smallest noise."""
+
+    def __init__(self, dataset: Dataset, num_patches: int):
+        self.dataset, self.num_patches = dataset, num_patches
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i], torch.rand(self.num_patches)
+
+
 def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
                  mask_ratio: float = 0.75, norm_pix_loss: bool = True, epoch_size: int = 1024,
                  resume: bool = True, **train) -> Path:
@@ -43,11 +67,12 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
     seed_everything(train.get("seed", 0))  # initial weights follow from the seed
     model = build_mae(arch, img_size, norm_pix_loss)
     size = model.pos_grid[0] * model.patch_size
-    dataset = pretrain_dataset(data, size, epoch_size)
+    dataset = MaskNoise(pretrain_dataset(data, size, epoch_size), model.pos_grid[0] * model.pos_grid[1])
     cfg = TrainConfig(out_dir=str(out_dir), desc=f"mae {arch}", **train)
 
-    def loss_fn(m, imgs):
-        loss, _, _ = m(imgs, mask_ratio=mask_ratio)
+    def loss_fn(m, batch):
+        imgs, noise = batch
+        loss, _, _ = m(imgs, mask_ratio=mask_ratio, noise=noise)
         return loss, {}
 
     fit(model, dataset, loss_fn, cfg, resume=resume)
@@ -55,8 +80,11 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
 
 
 def export_backbone(model, out_dir, init: str, extra: dict | None = None) -> Path:
-    """``<out>/pretrain.pth``: weights + architecture of a pretrained model, for the registry."""
+    """``<out>/pretrain.pth``: weights + architecture of a pretrained model, for the registry.
+    Under DDP rank 0 writes it and every rank returns once it is on disk."""
     from bench.engine import unwrap
-    m = unwrap(model)
-    return save_atomic({"model": m.state_dict(), "arch": getattr(m, "arch", None), "init": init, **(extra or {})},
-                       Path(out_dir) / "pretrain.pth")
+    m, path = unwrap(model), Path(out_dir) / "pretrain.pth"
+    if is_main():
+        save_atomic({"model": m.state_dict(), "arch": getattr(m, "arch", None), "init": init, **(extra or {})}, path)
+    barrier()
+    return path

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
@@ -24,25 +23,18 @@ if str(REPO) not in sys.path:  # as a torchrun worker script
 
 from bench.data import pretrain_dataset  # noqa: E402
 from bench.engine import TrainConfig, enable_grad_checkpointing, fit  # noqa: E402
-from bench.pretrain import build_mae  # noqa: E402
+from bench.pretrain import MaskNoise, build_mae  # noqa: E402
 
 ARCH = "vit_test_patch8"  # 32 px, 4x4 = 16 patches
 N_SAMPLES, STEPS, BLR = 64, 6, 5e-3
 N_EVAL, N_CLASSES = 103, 10  # 103: the two ranks' shards differ in size
 
 
-class MaskedCrops(Dataset):
-    """Embedded-photo crops with the MAE mask noise drawn per sample (under the engine's per-sample
-    seed), so a sample's mask does not depend on which rank sees it."""
-
-    def __init__(self, n=N_SAMPLES):
-        self.crops = pretrain_dataset("embedded", 32, n)
-
-    def __len__(self):
-        return len(self.crops)
-
-    def __getitem__(self, i):
-        return self.crops[i], torch.rand(16)
+def MaskedCrops(n=N_SAMPLES):
+    """Embedded-photo crops with the MAE mask noise drawn per sample by the product's data pipeline
+    (``bench.pretrain.MaskNoise``, under the engine's per-sample seed), so a sample's mask does not
+    depend on which rank sees it."""
+    return MaskNoise(pretrain_dataset("embedded", 32, n), 16)
 
 
 def mae_loss(m, batch):
