@@ -27,6 +27,13 @@ What ``fit`` guarantees:
   rank's RNG state is checkpointed, so a DDP resume repeats the uninterrupted run too.
 * **Activation checkpointing.** ``grad_checkpointing=True`` recomputes every ViT ``Block`` in the
   backward pass (``torch.utils.checkpoint``, non-reentrant): less activation memory, same numbers.
+* **FSDP.** ``fsdp=True`` under a process group shards with FSDP2 (``fully_shard`` on every ViT
+  ``Block``, then the root) instead of DDP: each rank holds 1/world of the parameters, gradients
+  and AdamW state. Accumulation uses ``set_requires_gradient_sync``; clipping, the fused AdamW,
+  bf16 autocast, activation checkpointing, ``compile`` and ``after_step`` hooks work unchanged.
+  Checkpoints are gathered to rank 0 in the single-process format (load, resume and export as
+  before), and at the end ``fit`` hands back the plain module with the full trained weights on
+  every rank. One process: ignored (noted in the start line).
 """
 from __future__ import annotations
 
@@ -81,6 +88,7 @@ class TrainConfig:
     device: str = "auto"
     grad_checkpointing: bool = False  # recompute ViT blocks in backward (activation memory -> compute)
     compile: str | None = None      # torch.compile backend for the model's forward (e.g. 'inductor'); None: eager
+    fsdp: bool = False              # under a process group: FSDP2 (params, grads, AdamW state sharded) instead of DDP
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -266,6 +274,133 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     return n
 
 
+# ------------------------------------------------------------------------------------------------
+# FSDP2 (``TrainConfig.fsdp``): sharding for the loop, and back to a plain module afterwards
+# ------------------------------------------------------------------------------------------------
+_HOOK_DICT_SUFFIXES = ("_hooks", "_hooks_with_kwargs", "_hooks_always_called")
+
+
+def _hook_dicts(m: torch.nn.Module) -> dict:
+    return {k: v for k, v in vars(m).items() if k.endswith(_HOOK_DICT_SUFFIXES) and isinstance(v, dict)}
+
+
+class FSDPSharding:
+    """``fully_shard`` (FSDP2) every ``backbones.vit.Block`` of ``model`` (encoder, MAE decoder, both
+    MoCo encoders), then ``model`` itself, in place: parameters become ``DTensor`` shards (dim 0 over
+    the ranks), gradients are reduce-scattered and the optimizer only ever sees the local shard.
+    Parameter names do not change. Rank 0's parameters and buffers are broadcast first (as DDP does).
+
+    ``release()`` (a collective) turns the model back into the plain module it was: its original
+    parameter objects hold the full trained values on every rank (all-gathered); the classes are
+    restored and the hooks and attributes added to the modules since sharding are removed; buffers
+    are rank 0's. ``fit`` calls it at the end, so after ``fit`` the caller's model is usable as after
+    a DDP run (``export_backbone``, evaluation of each rank's shard). After an exception inside
+    ``fit`` the model stays sharded."""
+
+    def __init__(self, model: torch.nn.Module):
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        from backbones.vit import Block
+        self.model = model
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t, 0)
+        # what to restore: each module's class, attribute names and hook ids before sharding, and its
+        # parameter objects (emptied while sharded, refilled at release: references to them stay valid)
+        self._before = {m: (type(m), set(vars(m)), {k: set(d) for k, d in _hook_dicts(m).items()})
+                        for m in model.modules()}
+        self._params = {(m, name): p for m in model.modules() for name, p in m._parameters.items() if p is not None}
+        blocks = [m for m in model.modules() if isinstance(m, Block)]
+        for b in blocks:
+            fully_shard(b)
+        fully_shard(model)
+        with torch.no_grad():  # FSDP copied its shard; free the full tensors
+            for p in self._params.values():
+                p.data = p.data.new_empty(0)
+        self.n_blocks = len(blocks)
+        self.modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+    def reshard(self):
+        """Register the sharded parameters everywhere (after a forward without backward the root
+        keeps its gathered ones)."""
+        for m in self.modules:
+            m.reshard()
+
+    def drop_grads(self):
+        """Discard the gradients of a skipped step, including those accumulated unsharded under
+        ``set_requires_gradient_sync(False)`` (``reset_iter_state`` keeps those; measured)."""
+        self.model.reset_iter_state()
+        for m in self.modules:
+            m.unshard()
+        self.model.zero_grad(set_to_none=True)
+        self.reshard()
+
+    def full_state(self, opt: torch.optim.Optimizer, order: list[str]) -> tuple[dict, dict]:
+        """Collective. On rank 0: the model and optimizer state dicts in the unsharded on-disk format
+        of a single process (``state_dict()`` / ``opt.state_dict()``: integer parameter ids); ``{}``
+        on the other ranks."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        self.reshard()
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd = get_model_state_dict(self.model, options=opts)
+        if not opt.state:  # nothing to gather; DCP would first initialise the state with a zero step
+            return model_sd, opt.state_dict()
+        osd = get_optimizer_state_dict(self.model, opt, options=opts)
+        if not osd:
+            return model_sd, osd
+        ids = {name: i for i, name in enumerate(order)}
+        return model_sd, {"state": {ids[n]: v for n, v in osd["state"].items()},
+                          "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+    def load(self, model_sd: dict, opt: torch.optim.Optimizer, opt_sd: dict, order: list[str]):
+        """Every rank: load a full (single-process format) checkpoint into the shards."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        self.reshard()
+        set_model_state_dict(self.model, model_sd, options=StateDictOptions(full_state_dict=True))
+        if not opt_sd["state"]:
+            opt.load_state_dict(opt_sd)
+            return
+        fqn = {"state": {order[i]: v for i, v in opt_sd["state"].items()},
+               "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in opt_sd["param_groups"]]}
+        # strict=False: a trainable parameter that never had a gradient has no AdamW state
+        set_optimizer_state_dict(self.model, opt, fqn, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    @torch.no_grad()
+    def release(self):
+        """Collective: back to the plain module, full parameters on every rank."""
+        from torch.distributed.tensor import DTensor
+        self.reshard()
+        for m in self.model.modules():  # same order on every rank: one all-gather per parameter
+            for name, p in list(m._parameters.items()):
+                if isinstance(p, DTensor):
+                    orig = self._params[(m, name)]
+                    orig.data = p.full_tensor()
+                    m._parameters[name] = orig
+        for m in self.model.modules():
+            cls, attrs, hooks = self._before[m]
+            for k, d in _hook_dicts(m).items():
+                for hid in [h for h in d if h not in hooks.get(k, ())]:
+                    del d[hid]
+            for k in [k for k in vars(m) if k not in attrs]:
+                del m.__dict__[k]
+            m.__class__ = cls
+        for b in self.model.buffers():  # each rank ran its own BatchNorm statistics
+            dist.broadcast(b, 0)
+
+
+def local_state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Bytes of this rank's parameters and optimizer state tensors (the local shard of a ``DTensor``)."""
+    def nbytes(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    out = {"params": sum(nbytes(p) for p in model.parameters()), "optimizer": 0}
+    if opt is not None:
+        out["optimizer"] = sum(nbytes(v) for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    return out
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
@@ -355,9 +490,20 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
         # Measured: no gain on CPU here; the option is for GPUs.
         core = unwrap(model)
         core.forward = torch.compile(core.forward, backend=cfg.compile)
-    ddp = world > 1
-    if ddp:  # broadcasts rank 0's parameters and buffers; averages gradients over ranks
+    ddp = world > 1  # several processes (DDP or FSDP): rank agreement, global logs, per-rank RNG
+    sharding, wrapper = None, ""
+    if ddp and cfg.fsdp:
+        names = {p: n for n, p in model.named_parameters()}
+        sharding = FSDPSharding(model)  # in place: the same module, its parameters now DTensor shards
+        wrapper = f"; FSDP2 ({sharding.n_blocks} blocks sharded)"
+        if groups is not None:  # the caller's groups hold the replaced parameters: map them by name
+            new = dict(model.named_parameters())
+            groups = [{**g, "params": [new[names[p]] for p in g["params"]]} for g in groups]
+    elif ddp:  # broadcasts rank 0's parameters and buffers; averages gradients over ranks
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapper = "; DDP"
+    elif cfg.fsdp:
+        wrapper = "; --fsdp ignored: single process"
     if groups is None:
         groups = param_groups(unwrap(model), cfg.weight_decay)
     for g in groups:
@@ -366,6 +512,9 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     global_batch = cfg.batch_size * cfg.accum_iter * world
     lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
     opt = make_optimizer(groups, cfg, lr)
+    if sharding is not None:  # optimizer parameter ids -> names, for the unsharded checkpoint format
+        names = {p: n for n, p in model.named_parameters()}
+        order = [names[p] for g in opt.param_groups for p in g["params"]]
     bpe = len(dataset) // (cfg.batch_size * world)  # micro-batches per epoch
     if bpe == 0:
         raise BenchError(f"dataset has {len(dataset)} samples, fewer than one global batch of {cfg.batch_size * world}")
@@ -376,8 +525,11 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     step, micro, nonfinite, history = 0, 0, 0, []
     state = load_latest(out) if resume else None
     if state is not None:
-        unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if sharding is not None:
+            sharding.load(state["model"], opt, state["optimizer"], order)
+        else:
+            unwrap(model).load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
         step, micro, nonfinite = state["step"], state["micro"], state.get("nonfinite", 0)
         rngs = state.get("rng_ranks") or [state["rng"]]
         if len(rngs) == world:
@@ -395,14 +547,18 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
         out.mkdir(parents=True, exist_ok=True)
         print(f"[{cfg.desc}] world {world} x batch {cfg.batch_size} x accum {cfg.accum_iter} = global batch "
               f"{global_batch}; lr {lr:.3g} (blr {cfg.blr:g} x {global_batch}/256){' [given]' if cfg.lr is not None else ''}; "
-              f"{total} steps, {steps_per_epoch} per epoch, warmup {warmup}"
+              f"{total} steps, {steps_per_epoch} per epoch, warmup {warmup}{wrapper}"
               + (f"; resumed at step {step} from {state['_path'].name}" if state else ""), flush=True)
 
     def save(tag_step: int):
         rngs = gather_objects(_rng_state()) if ddp else None  # collective: every rank calls save
+        if sharding is not None:  # collective too: gathered to rank 0, the format of a single process
+            model_sd, opt_sd = sharding.full_state(opt, order)
         if rank != 0:
             return
-        ckpt = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step, "micro": micro,
+        if sharding is None:
+            model_sd, opt_sd = unwrap(model).state_dict(), opt.state_dict()
+        ckpt = {"model": model_sd, "optimizer": opt_sd, "step": step, "micro": micro,
                 "nonfinite": nonfinite, "rng": rngs[0] if ddp else _rng_state(), "config": cfg.to_json(),
                 "history": history, **({"rng_ranks": rngs} if ddp else {}),
                 "arch": getattr(unwrap(model), "arch", None),
@@ -436,8 +592,10 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
                 g["lr"] = lr_at(g_step, total, warmup, lr, cfg.min_lr) * g["lr_scale"]
             batch = _to_device(batch, device)
             last_micro = (micro + 1) % cfg.accum_iter == 0
-            # DDP: all-reduce gradients only in the backward of the step's last micro-batch
-            with model.no_sync() if ddp and not last_micro else contextlib.nullcontext():
+            # all-reduce (DDP) / reduce-scatter (FSDP) gradients only in the step's last backward
+            if sharding is not None:
+                model.set_requires_gradient_sync(last_micro)
+            with model.no_sync() if ddp and sharding is None and not last_micro else contextlib.nullcontext():
                 with autocast(device, use_bf16):
                     loss, logs = loss_fn(model, batch)
                 bad = not bool(torch.isfinite(loss).all())
@@ -468,6 +626,8 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
                 logs = {k: v / sums[1] for k, v in zip(keys, sums[2:])}
             if window_bad:
                 opt.zero_grad(set_to_none=True)
+                if sharding is not None:
+                    sharding.drop_grads()
                 nonfinite += 1
                 if nonfinite > cfg.max_nonfinite:
                     save(step)
@@ -480,7 +640,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
                 if rank == 0:
                     warnings.warn(f"step {step}: non-finite loss {window_logs[-1]}, step skipped ({nonfinite}/{cfg.max_nonfinite})")
             else:
-                if cfg.clip_grad:
+                if cfg.clip_grad:  # FSDP: DTensor gradients, the norm is over the whole model (tested)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -505,6 +665,8 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     bar.close()
     if log is not None:
         log.close()
+    if sharding is not None:  # the caller gets its plain module back, trained, on every rank
+        sharding.release()
     if ddp:  # every rank leaves with the final checkpoint on disk
         dist.barrier()
     wall = time.perf_counter() - t0
