@@ -8,6 +8,7 @@ generated COCO / ADE20K / classification sets) is cut from these.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,209 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """Sorted image files under ``root`` (recursive)."""
+    """Sorted image files under ``root``, recursively, as ``Path.rglob`` finds them (symlinked
+    sub-folders are not entered; unreadable sub-folders are passed over) but from ``os.scandir``
+    entry types alone: no file is opened or stat-ed (symlinks aside), which matters at 1 M files."""
     root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files, folders = [], [str(root)]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        folders.append(e.path)
+                    elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
+                        files.append(Path(e.path))
+        except OSError:
+            continue
+    return sorted(files)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding: torchvision's libjpeg-turbo / libpng decoders into uint8 tensors, PIL for everything else
+# --------------------------------------------------------------------------------------------------
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr() of a value, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_rgb(path: str | Path):
+    """An image file as an 8-bit RGB PIL image (palette, grey, 16-bit, CMYK and alpha handled); a
+    file PIL cannot read is a one-line ``DataError`` naming it."""
+    from PIL import Image
+    from bench.errors import DataError
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # scale wide greys to 8 bit
+                a = np.asarray(img, dtype=np.float64)
+                span = max(float(a.max() - a.min()), 1e-12)
+                img = Image.fromarray(((a - a.min()) * (255.0 / span)).astype(np.uint8))
+            if img.mode == "P":
+                img = img.convert("RGBA")
+            if img.mode in ("RGBA", "LA"):  # transparent areas become white, not black
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img.convert("RGBA"))
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL.UnidentifiedImageError is an OSError; some plugins raise SyntaxError on broken files
+        raise DataError(f"{path}: cannot read image ({_short(str(e), 100)})") from None
+
+
+def pil_to_uint8(img):
+    """An RGB PIL image as a (3, H, W) uint8 tensor (channels-last in memory, as torchvision's
+    decoders return it: the layout torch's uint8 antialiased resize is fast on)."""
+    import torch
+    return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _png_is_plain(data) -> bool:
+    """An 8-bit grey / RGB / palette PNG without transparency (``tRNS``) and within PIL's pixel
+    limit: the PNGs torchvision decodes exactly as ``load_rgb`` does. Alpha, 16-bit, low-bit RGB
+    and transparent palettes go through PIL (white background, min-max scaling of wide greys)."""
+    from PIL import Image
+    if len(data) < 33 or bytes(data[12:16]) != b"IHDR":
+        return False
+    width, height = int.from_bytes(bytes(data[16:20]), "big"), int.from_bytes(bytes(data[20:24]), "big")
+    depth, colour = int(data[24]), int(data[25])
+    if depth != 8 or colour not in (0, 2, 3):
+        return False
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        return False  # PIL warns (or refuses a decompression bomb): leave that to it
+    pos = 8
+    while pos + 8 <= len(data):  # chunks before the image data; tRNS must precede IDAT
+        kind = bytes(data[pos + 4:pos + 8])
+        if kind == b"tRNS":
+            return False
+        if kind in (b"IDAT", b"IEND"):
+            return True
+        pos += 12 + int.from_bytes(bytes(data[pos:pos + 4]), "big")
+    return False
+
+
+def _torchvision_decode(data):
+    """(3, H, W) uint8 RGB from JPEG / PNG bytes with torchvision.io, or None where its result could
+    differ from ``load_rgb``'s (CMYK/YCCK JPEGs, PNGs with alpha / 16 bit, anything it rejects)."""
+    import warnings
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    from PIL import Image
+    raw = torch.from_numpy(data)
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not a dependency)
+            warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
+            if data[:3].tobytes() == JPEG_MAGIC:
+                img = decode_jpeg(raw, mode=ImageReadMode.UNCHANGED)
+                if img.shape[0] == 1:  # grey: replicate like PIL's L -> RGB, keep the HWC layout
+                    img = img.permute(1, 2, 0).expand(-1, -1, 3).contiguous().permute(2, 0, 1)
+                elif img.shape[0] != 3:  # CMYK / YCCK: PIL knows Adobe's inverted CMYK
+                    return None
+                limit = Image.MAX_IMAGE_PIXELS
+                return img if not limit or img.shape[1] * img.shape[2] <= limit else None
+            if data[:8].tobytes() == PNG_MAGIC and _png_is_plain(data):
+                return decode_png(raw, mode=ImageReadMode.RGB)
+    except RuntimeError:  # broken or truncated: PIL gives the error message
+        return None
+    return None
+
+
+def decode_rgb(path: str | Path):
+    """An image file as a (3, H, W) uint8 RGB tensor. JPEGs and plain PNGs are decoded by
+    torchvision (``torchvision.io``); every other file -- and any file torchvision refuses -- goes
+    through ``load_rgb``, so palette / alpha / 16-bit / CMYK images and broken files give exactly the
+    PIL path's pixels and its one-line ``DataError``."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (OSError, ValueError):
+        data = None
+    if data is not None and len(data) >= 8:
+        img = _torchvision_decode(data)
+        if img is not None:
+            return img
+    return pil_to_uint8(load_rgb(path))
+
+
+def wants_tensor(transform) -> bool:
+    """Whether ``transform`` takes (3, H, W) uint8 tensors (then readers decode with ``decode_rgb``)."""
+    return bool(getattr(transform, "tensor_input", False))
+
+
+def _v2_equivalent(steps):
+    """(v2 geometric transforms, mean, std) doing on uint8 tensors what the torchvision v1 /
+    timm ``steps`` do on PIL images -- crop / resize / flip, then to-tensor, then normalise -- or
+    None when a step has no exact v2 counterpart (RandAugment, timm's random interpolation, ...)."""
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+    tensor_modes = (T.InterpolationMode.NEAREST, T.InterpolationMode.NEAREST_EXACT,
+                    T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC)
+    geometric, mean, std, to_tensor = [], None, None, False
+    for t in steps:
+        name = type(t).__name__
+        if not to_tensor and type(t) is T.RandomResizedCrop and t.interpolation in tensor_modes:
+            geometric.append(v2.RandomResizedCrop(t.size, scale=t.scale, ratio=t.ratio,
+                                                  interpolation=t.interpolation, antialias=True))
+        elif not to_tensor and type(t) is T.Resize and t.interpolation in tensor_modes:
+            geometric.append(v2.Resize(t.size, interpolation=t.interpolation, max_size=t.max_size, antialias=True))
+        elif not to_tensor and type(t) is T.CenterCrop:
+            geometric.append(v2.CenterCrop(t.size))
+        elif not to_tensor and type(t) is T.RandomHorizontalFlip:
+            geometric.append(v2.RandomHorizontalFlip(t.p))
+        elif not to_tensor and (type(t) is T.ToTensor or name == "MaybeToTensor"):
+            to_tensor = True
+        elif to_tensor and mean is None and type(t) is T.Normalize:
+            mean, std = t.mean, t.std
+        else:
+            return None
+    if not to_tensor:
+        return None
+    return v2.Compose(geometric), mean, std
+
+
+class TensorTransform:
+    """A PIL pipeline (``reference``: torchvision / timm crop, resize, flip, to-tensor, normalise)
+    that also runs on (3, H, W) uint8 tensors with ``torchvision.transforms.v2`` kernels (antialiased
+    uint8 resize, ~2x faster than PIL's here). A PIL image goes through ``reference`` unchanged. The
+    v2 transforms draw the same random numbers from torch's RNG as the v1 ones, so one seed gives the
+    same crop box and flip on either path; pixels differ only by the resize kernels' rounding."""
+
+    tensor_input = True
+
+    def __init__(self, reference, tensor_ops, mean=None, std=None):
+        import torch
+        self.reference, self.tensor_ops = reference, tensor_ops
+        self.transforms = getattr(reference, "transforms", [reference])
+        self.scale = self.shift = None
+        if mean is not None:  # (x / 255 - mean) / std as one multiply-add on the uint8 values
+            std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+            self.scale = 1.0 / (255.0 * std_t)
+            self.shift = -torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+
+    def __call__(self, img):
+        import torch
+        if not isinstance(img, torch.Tensor):
+            return self.reference(img)
+        if img.dtype != torch.uint8 or img.ndim != 3:
+            raise TypeError(f"TensorTransform takes (3, H, W) uint8 image tensors, got {img.dtype} {tuple(img.shape)}")
+        x = self.tensor_ops(img).to(torch.float32, memory_format=torch.contiguous_format)
+        if self.scale is None:
+            return x.div_(255.0)
+        return x.mul_(self.scale).add_(self.shift)
+
+    def __repr__(self):
+        return f"TensorTransform(tensor: {self.tensor_ops}, PIL: {self.reference})"
+
+
+def as_tensor_transform(reference):
+    """``reference`` wrapped in a ``TensorTransform`` when all its steps have v2 counterparts,
+    else ``reference`` itself (readers then hand it PIL images)."""
+    found = _v2_equivalent(getattr(reference, "transforms", [reference]))
+    return reference if found is None else TensorTransform(reference, *found)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,23 +260,31 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def pretrain_transform(img_size: int, scale=(0.2, 1.0)):
-    """MAE's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + flip + normalise."""
+def pretrain_transform(img_size: int, scale=(0.2, 1.0), tensor: bool = True):
+    """MAE's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + flip + normalise.
+    ``tensor=True``: a ``TensorTransform`` (uint8 tensors through v2, PIL images through the v1
+    pipeline); ``tensor=False``: the plain v1 PIL pipeline."""
     from torchvision import transforms as T
-    return T.Compose([
+    reference = T.Compose([
         T.RandomResizedCrop(img_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return as_tensor_transform(reference) if tensor else reference
 
 
 class EmbeddedCrops:
     """The embedded default dataset: random crops of the bundled real photographs. ``length`` is the
-    number of samples per epoch (photos are cycled); each sample is a fresh random crop."""
+    number of samples per epoch (photos are cycled); each sample is a fresh random crop. The photos
+    are kept as uint8 tensors when ``transform`` takes them, else as PIL images."""
 
     def __init__(self, transform, length: int = 1024):
-        from PIL import Image
-        self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
+        if wants_tensor(transform):
+            import torch
+            self.images = [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in embedded_photos()]
+        else:
+            from PIL import Image
+            self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
         self.transform, self.length = transform, length
 
     def __len__(self):
@@ -86,12 +295,15 @@ class EmbeddedCrops:
 
 
 class ImageFolderImages:
-    """Every image under a folder (ImageFolder layout or flat), labels ignored. Files that PIL cannot
-    open are skipped with one warning giving their count; no readable image is an error."""
+    """Every image under a folder (ImageFolder layout or flat), labels ignored.
+
+    Construction only lists the files and decodes the first readable one (ImageNet's 1.28 M files
+    are ready after one directory walk, not after opening every file). A file that cannot be decoded
+    when its turn comes is skipped with a warning naming it, and its samples come from the next
+    readable file; a folder in which no file can be read is a ``DataError`` (at construction)."""
 
     def __init__(self, root: str | Path, transform):
         import warnings
-        from PIL import Image
         from bench.errors import DataError
         root = Path(root)
         if not root.is_dir():
@@ -99,27 +311,46 @@ class ImageFolderImages:
         files = list_images(root)
         if not files:
             raise DataError(f"image folder {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        good, bad = [], []
-        for f in files:
+        self.root, self.files, self.transform = root, files, transform
+        self.bad: set[int] = set()
+        problems = []
+        for i in range(len(files)):
             try:
-                with Image.open(f) as im:
-                    im.verify()
-                good.append(f)
-            except Exception:
-                bad.append(f)
-        if not good:
-            raise DataError(f"image folder {root}: none of its {len(files)} image files can be read (first: {bad[0]})")
-        if bad:
-            warnings.warn(f"image folder {root}: skipping {len(bad)} unreadable image(s), e.g. {bad[0].name}")
-        self.files, self.transform = good, transform
+                self._load(i)
+                break
+            except DataError as e:
+                self.bad.add(i)
+                problems.append(e)
+        else:
+            raise DataError(f"image folder {root}: none of its {len(files)} image files can be read (first: {files[0]})")
+        for e in problems:
+            warnings.warn(self._skip_message(e), stacklevel=2)
+
+    def _load(self, i):
+        return decode_rgb(self.files[i]) if wants_tensor(self.transform) else load_rgb(self.files[i])
+
+    def _skip_message(self, error) -> str:
+        return f"image folder {self.root}: skipping 1 unreadable image ({error}); its samples use the next readable file"
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image
-        with Image.open(self.files[i]) as im:
-            return self.transform(im.convert("RGB"))
+        import warnings
+        from bench.errors import DataError
+        n = len(self.files)
+        for k in range(n):
+            j = (i + k) % n
+            if j in self.bad:
+                continue
+            try:
+                img = self._load(j)
+            except DataError as e:
+                self.bad.add(j)
+                warnings.warn(self._skip_message(e), stacklevel=2)
+                continue
+            return self.transform(img)
+        raise DataError(f"image folder {self.root}: none of its {n} image files can be read (first: {self.files[0]})")
 
 
 def pretrain_dataset(data: str, img_size: int, epoch_size: int = 1024):

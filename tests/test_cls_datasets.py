@@ -214,6 +214,26 @@ def test_image_dataset_returns_label_and_transformed_rgb(sets):
     assert array.shape == (8, 8, 3) and label == split.samples[4][1]
 
 
+def test_image_dataset_decodes_with_torchvision_for_the_tensor_eval_transform(sets, monkeypatch):
+    import torch
+    from bench.data import IMAGENET_STD, TensorTransform
+    from tasks.classification import protocols as P
+    split = read_split("places365", sets["places365"], "val")
+    ev = P.eval_transform(P.load_config("finetune", "vit_base_patch16"), 32)  # 16 px images: resize 36, crop 32
+    assert isinstance(ev, TensorTransform)
+    decoded = []
+    real = cd.decode_rgb
+    monkeypatch.setattr(cd, "decode_rgb", lambda path: decoded.append(path) or real(path))
+    tensors, pils = ImageDataset(split, ev), ImageDataset(split, ev.reference)
+    for index in (0, 3, len(split) - 1):
+        (x, label), (y, label_pil) = tensors[index], pils[index]
+        assert label == label_pil == split.samples[index][1] and x.shape == y.shape == (3, 32, 32)
+        assert decoded[-1] == split.samples[index][0]
+        # torch's and PIL's antialiased bicubic differ by rounding only (measured < 0.05 of 255)
+        assert float(((x - y).abs() * torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255).mean()) < 0.5
+    assert len(decoded) == 3  # the PIL-transform dataset read with load_rgb
+
+
 def test_load_rgb_handles_modes_and_bad_files(tmp_path):
     rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent -> white
     rgba.save(tmp_path / "a.png")

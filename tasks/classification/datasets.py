@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bench.data import IMAGE_EXTENSIONS, embedded_photos
+from bench.data import IMAGE_EXTENSIONS, decode_rgb, embedded_photos, load_rgb, wants_tensor
 from bench.errors import BenchError, DataError
 
 DATASETS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder")
@@ -462,28 +462,11 @@ def read_splits(dataset: str, root: str | Path) -> tuple[ClassificationSplit, Cl
 # Torch dataset
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """An image file as an 8-bit RGB PIL image (palette, grey, 16-bit, CMYK and alpha handled)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # scale wide greys to 8 bit
-                a = np.asarray(img, dtype=np.float64)
-                span = max(float(a.max() - a.min()), 1e-12)
-                img = Image.fromarray(((a - a.min()) * (255.0 / span)).astype(np.uint8))
-            if img.mode == "P":
-                img = img.convert("RGBA")
-            if img.mode in ("RGBA", "LA"):  # transparent areas become white, not black
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img.convert("RGBA"))
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # PIL.UnidentifiedImageError is an OSError; some plugins raise SyntaxError on broken files
-        raise DataError(f"{path}: cannot read image ({_short(str(e), 100)})") from None
-
-
 class ImageDataset(Dataset):
-    """A ``ClassificationSplit`` as a torch Dataset of (transform(RGB PIL image), label)."""
+    """A ``ClassificationSplit`` as a torch Dataset of (transform(image), label). The image is a
+    (3, H, W) uint8 tensor from ``decode_rgb`` (torchvision's decoders) when the transform takes
+    tensors (``bench.data.TensorTransform``: the eval transform), else an RGB PIL image from
+    ``load_rgb`` (timm's training transform: RandAugment works on PIL images)."""
 
     def __init__(self, split: ClassificationSplit, transform=None):
         self.split = split
@@ -495,7 +478,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.split.samples[index]
-        image = load_rgb(path)
+        image = decode_rgb(path) if wants_tensor(self.transform) else load_rgb(path)
         if self.transform is not None:
             image = self.transform(image)
         return image, label

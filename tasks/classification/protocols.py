@@ -379,10 +379,13 @@ def train_transform(cfg: dict, img_size: int):
 
 
 def eval_transform(cfg: dict, img_size: int):
-    """Resize to img_size / crop_pct (bicubic) + centre crop, via timm ``create_transform``."""
+    """Resize to img_size / crop_pct (bicubic) + centre crop, via timm ``create_transform``; wrapped
+    in ``bench.data.TensorTransform`` so readers decode with torchvision and resize uint8 tensors
+    with ``torchvision.transforms.v2`` (same steps and sizes; PIL images still go through timm's)."""
     from timm.data import create_transform
-    return create_transform(img_size, is_training=False, interpolation=cfg["interpolation"],
-                            crop_pct=_crop_pct(cfg, img_size))
+    from bench.data import as_tensor_transform
+    return as_tensor_transform(create_transform(img_size, is_training=False, interpolation=cfg["interpolation"],
+                                                crop_pct=_crop_pct(cfg, img_size)))
 
 
 # --------------------------------------------------------------------------------------------------

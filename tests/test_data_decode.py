@@ -1,0 +1,239 @@
+"""Image decoding and the tensor input pipeline (bench/data.py): torchvision's decoders give the
+PIL path's pixels and errors, the v2 uint8-tensor transforms match the PIL transforms of the same
+seed, and the image folder is listed without opening its files."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bench.data as bd
+from bench.data import (IMAGE_EXTENSIONS, IMAGENET_STD, ImageFolderImages, TensorTransform, decode_rgb,
+                        embedded_photos, list_images, load_rgb, pil_to_uint8, pretrain_transform)
+from bench.errors import DataError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STD255 = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255  # normalised units -> 0..255 pixel units
+
+
+def photo(k: int = 0, h: int = 375, w: int = 500) -> np.ndarray:
+    """An ImageNet-sized (500x375) cut of a bundled photo."""
+    big = [p for p in embedded_photos() if min(p.shape[:2]) >= h and p.shape[1] >= w]
+    return np.ascontiguousarray(big[k % len(big)][:h, :w])
+
+
+def error_of(fn) -> str:
+    with pytest.raises(DataError) as e:
+        fn()
+    return str(e.value)
+
+
+def pixel_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean absolute difference of two normalised images, in 0..255 pixel units."""
+    return float(((x - y).abs() * STD255).mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """One file per kind the readers meet, named by kind."""
+    d = tmp_path_factory.mktemp("kinds")
+    rgb = Image.fromarray(photo(0, 60, 80))
+    rgb.save(d / "rgb.jpg", quality=90)
+    rgb.save(d / "progressive.jpg", quality=90, progressive=True)
+    rgb.convert("L").save(d / "grey.jpg", quality=90)
+    rgb.convert("CMYK").save(d / "cmyk.jpg", quality=90)
+    rgb.save(d / "rgb.png")
+    rgb.convert("L").save(d / "grey.png")
+    rgb.convert("P").save(d / "palette.png")
+    rgb.convert("P").save(d / "palette_transparent.png", transparency=0)
+    rgba = rgb.convert("RGBA")
+    alpha = np.full((60, 80), 255, np.uint8)
+    alpha[:30] = 0  # top half fully transparent
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(d / "rgba.png")
+    rgba.convert("LA").save(d / "grey_alpha.png")
+    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 200)).save(d / "grey16.png")
+    rgb.save(d / "rgb.bmp")
+    for name in ("rgb.jpg", "rgb.png"):
+        data = (d / name).read_bytes()
+        (d / f"truncated_{name}").write_bytes(data[: len(data) // 2])
+    (d / "garbage.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (d / "empty.png").write_bytes(b"")
+    return d
+
+
+# Which decoder reads each kind: torchvision where its pixels are PIL's, PIL for the rest.
+TORCHVISION = ("rgb.jpg", "progressive.jpg", "grey.jpg", "rgb.png", "grey.png", "palette.png")
+PIL_ONLY = ("cmyk.jpg", "palette_transparent.png", "rgba.png", "grey_alpha.png", "grey16.png", "rgb.bmp")
+BROKEN = ("truncated_rgb.jpg", "truncated_rgb.png", "garbage.jpg", "empty.png", "missing.jpg")
+
+
+@pytest.mark.parametrize("name", TORCHVISION + PIL_ONLY)
+def test_decode_rgb_gives_load_rgb_pixels(images, name):
+    path = images / name
+    out = decode_rgb(path)
+    assert out.dtype == torch.uint8 and out.shape == (3, 60, 80)
+    assert torch.equal(out, pil_to_uint8(load_rgb(path)))  # bit-exact, whichever decoder ran
+    used_torchvision = bd._torchvision_decode(np.fromfile(path, dtype=np.uint8)) is not None
+    assert used_torchvision == (name in TORCHVISION)
+    assert out.stride() == (1, 80 * 3, 3)  # channels-last in memory, the fast layout for v2's resize
+
+
+def test_decoder_fallback_keeps_the_special_cases(images):
+    # Alpha over white, 16-bit grey scaled min..max, palette transparency: as load_rgb always did.
+    rgba = decode_rgb(images / "rgba.png")
+    assert (rgba[:, :30] == 255).all() and not (rgba[:, 30:] == 255).all()  # transparent top half is white
+    grey16 = decode_rgb(images / "grey16.png")
+    assert grey16.min() == 0 and grey16.max() == 255
+    assert torch.equal(decode_rgb(images / "grey.jpg")[0], decode_rgb(images / "grey.jpg")[2])
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_files_give_the_pil_paths_one_line_error(images, name):
+    path = images / name
+    message = error_of(lambda: decode_rgb(path))
+    assert message == error_of(lambda: load_rgb(path))
+    assert message.startswith(f"{path}: cannot read image (") and "\n" not in message
+
+
+def test_torchvision_deprecation_warning_is_not_raised(images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decode_rgb(images / "rgb.jpg")
+        decode_rgb(images / "rgb.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tensor transforms vs PIL transforms
+
+
+def test_tensor_pretrain_crop_matches_the_pil_crop_of_the_same_seed():
+    tf = pretrain_transform(224)
+    assert isinstance(tf, TensorTransform) and tf.tensor_input
+    diffs, other_seed = [], []
+    for k in range(3):
+        pil = Image.fromarray(photo(k))
+        t = pil_to_uint8(pil)
+        for seed in range(4):
+            torch.manual_seed(seed)
+            ref = tf(pil)  # PIL input: the v1 PIL pipeline
+            torch.manual_seed(seed)
+            out = tf(t)
+            assert out.shape == ref.shape == (3, 224, 224) and out.dtype == torch.float32 and out.is_contiguous()
+            diffs.append(pixel_diff(out, ref))
+            torch.manual_seed(seed + 1000)
+            other_seed.append(pixel_diff(tf(t), ref))
+    # Measured on the bundled photos: mean 0.02, worst 0.25 of 255 per crop (PIL's and torch's
+    # antialiased bicubic round differently). 1/255 leaves room; a different crop box or flip is far off.
+    assert max(diffs) < 1.0, diffs
+    assert min(other_seed) > 3.0, other_seed
+
+
+def test_tensor_eval_transform_matches_timm_on_pil():
+    from tasks.classification import protocols as P
+    ev = P.eval_transform(P.load_config("finetune", "vit_base_patch16"), 224)
+    assert isinstance(ev, TensorTransform)
+    assert [type(t).__name__ for t in ev.transforms] == ["Resize", "CenterCrop", "MaybeToTensor", "Normalize"]
+    for k in range(3):
+        pil = Image.fromarray(photo(k))
+        ref, out = ev(pil), ev(pil_to_uint8(pil))
+        assert out.shape == ref.shape == (3, 224, 224)
+        assert pixel_diff(out, ref) < 0.5  # measured <= 0.01 of 255
+
+
+def test_steps_without_a_v2_twin_stay_pil():
+    from tasks.classification import protocols as P
+    tf = P.train_transform(P.load_config("finetune", "vit_base_patch16"), 224)  # RandAugment needs PIL
+    assert bd.as_tensor_transform(tf) is tf and not bd.wants_tensor(tf)
+    assert not bd.wants_tensor(pretrain_transform(32, tensor=False))
+
+
+def test_tensor_transform_is_deterministic_under_the_engines_per_sample_seed():
+    from bench.engine import SeededDataset
+    ds = SeededDataset(bd.pretrain_dataset("embedded", 32, 16))
+    assert isinstance(ds.dataset.images[0], torch.Tensor)
+    a, b, c = ds[(3, 12345)], ds[(3, 12345)], ds[(3, 54321)]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(7)
+    before = torch.rand(1)
+    torch.manual_seed(7)
+    ds[(5, 1)]
+    assert torch.equal(torch.rand(1), before)  # the caller's RNG is untouched
+
+
+# --------------------------------------------------------------------------------------------------
+# Image folder: cheap construction, unreadable files at load time
+
+
+def _folder(tmp_path, n=6, bad=()):
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(photo(i, 40, 48)).save(d / ("sub" if i % 2 else "") / f"{i}.jpg")
+    for name in bad:
+        (d / name).write_bytes(b"not an image")
+    return d
+
+
+def test_image_folder_construction_decodes_one_file_only(tmp_path, monkeypatch):
+    d = _folder(tmp_path, n=12)
+    calls = []
+    real = bd.decode_rgb
+    monkeypatch.setattr(bd, "decode_rgb", lambda p: calls.append(p) or real(p))
+    ds = ImageFolderImages(d, pretrain_transform(32))
+    assert len(ds) == 12 and calls == [ds.files[0]]
+    assert ds[5].shape == (3, 32, 32) and calls[-1] == ds.files[5]
+
+
+def test_image_folder_skips_an_unreadable_file_when_it_comes_up(tmp_path):
+    d = _folder(tmp_path, n=4, bad=("zz_bad.jpg",))
+    ds = ImageFolderImages(d, pretrain_transform(32))  # no warning: the bad file is not read yet
+    bad = ds.files.index(d / "zz_bad.jpg")
+    assert bad == len(ds) - 1
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable image \(.*zz_bad\.jpg: cannot read image"):
+        got = ds[bad]
+    torch.manual_seed(0)
+    assert torch.equal(got, ds[0])  # served by the next readable file (wrapping round)
+    assert ds.bad == {bad}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known bad: no second warning
+        ds[bad]
+
+
+def test_image_folder_bad_first_files_warn_at_construction_and_all_bad_is_an_error(tmp_path):
+    d = _folder(tmp_path, n=2, bad=("-bad.jpg",))
+    with pytest.warns(UserWarning, match="skipping 1 unreadable image"):
+        ds = ImageFolderImages(d, pretrain_transform(32, tensor=False))  # the PIL path too
+    assert ds.bad == {0} and ds[0].shape == (3, 32, 32)
+    e = tmp_path / "all_bad"
+    e.mkdir()
+    (e / "a.jpg").write_bytes(b"not a jpeg")
+    (e / "b.png").write_bytes(b"\x89PNG broken")
+    assert error_of(lambda: ImageFolderImages(e, pretrain_transform(32))) == (
+        f"image folder {e}: none of its 2 image files can be read (first: {e / 'a.jpg'})")
+
+
+def test_list_images_finds_what_rglob_found(tmp_path):
+    d = _folder(tmp_path, n=3)
+    (d / "UPPER.JPEG").write_bytes(b"x")
+    (d / "notes.txt").write_text("x")
+    (d / "dir.jpg").mkdir()
+    (d / "dir.jpg" / "inner.png").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.jpg").write_bytes(b"x")
+    os.symlink(outside, d / "linked_dir")  # not entered, as rglob did not
+    os.symlink(outside / "o.jpg", d / "link.jpg")  # a link to a file is a file
+    os.symlink(tmp_path / "nowhere.jpg", d / "dangling.jpg")
+    old = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    assert list_images(d) == old
+    assert {p.name for p in old} == {"0.jpg", "1.jpg", "2.jpg", "UPPER.JPEG", "inner.png", "link.jpg"}
