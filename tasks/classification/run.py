@@ -67,16 +67,19 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
                        out_dir: str | Path, config: str | Path | dict | None = None,
                        epochs: float | None = None, batch_size: int | None = None, bf16: bool | None = None,
                        resume: bool = True, results: str | Path | None = None, suite: str = "adhoc",
-                       trust_checkpoint: bool = False, progress: bool = True, device: str = "auto") -> dict:
+                       trust_checkpoint: bool = False, progress: bool = True, device: str = "auto",
+                       fsdp: bool = False) -> dict:
     """Train and evaluate one (protocol, dataset, backbone, k, seed) and return its results row
     (appended to ``ResultsStore(results)`` when given).
 
     ``config`` overrides the protocol config (dict, YAML path, or a name in ``configs/`` such as
     ``'smoke'``); ``epochs`` and ``batch_size`` (global) override both. Everything the user can get
-    wrong is checked before anything is written.
+    wrong is checked before anything is written. ``fsdp``: under torchrun, train with FSDP2 instead
+    of DDP (``TrainConfig.fsdp``).
     """
     from backbones.registry import parse_name
     from backbones.vit import arch_config
+    from bench.distributed import convert_sync_batchnorm
     from bench.engine import TrainConfig, fit, pick_device, world_info
     from bench.results import ResultsStore, make_row
     from tasks.classification.datasets import ImageDataset, read_splits
@@ -111,6 +114,9 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     model = P.build_classifier(backbone, checkpoint, protocol, num_classes, img_size=cfg["img_size"], k=k,
                                drop_path=cfg["drop_path"], global_pool=cfg["global_pool"],
                                head_init_std=cfg["head_init_std"], trust_checkpoint=trust_checkpoint)
+    # under DDP only: the linear probe's BatchNorm1d normalises over the global batch, as one process
+    # would (also the head trained on cached features, which is model.head)
+    model = convert_sync_batchnorm(model)
     img_size = model.pos_grid[0] * model.patch_size
     workers = min(cfg["num_workers"], os.cpu_count() or 1)
     cache = rec == "linear" and cfg["cache_features"]
@@ -129,7 +135,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]), optimizer=cfg["optimizer"],
         momentum=cfg["momentum"], clip_grad=cfg["clip_grad"], bf16=bf16, seed=seed,
         ckpt_every=cfg["ckpt_every"], num_workers=workers, progress=progress,
-        desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}", device=device)
+        desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}", device=device, fsdp=fsdp)
     val_set = ImageDataset(val_split, P.eval_transform(cfg, img_size))
 
     if cache:
@@ -210,6 +216,8 @@ def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--no-resume", dest="resume", action="store_false")
     parser.add_argument("--trust-checkpoint", action="store_true")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP")
     return parser
 
 
@@ -225,7 +233,8 @@ def cls_main(args: argparse.Namespace) -> int:
                              k=P.parse_k(args.k), seed=args.seed, out_dir=args.out or default_out_dir(args),
                              config=args.config, epochs=args.epochs, batch_size=args.batch_size, bf16=args.bf16,
                              resume=args.resume, results=args.results, suite=args.suite,
-                             trust_checkpoint=args.trust_checkpoint, device=args.device)
+                             trust_checkpoint=args.trust_checkpoint, device=args.device,
+                             fsdp=getattr(args, "fsdp", False))
     m = row["metrics"]
     print(f"{row['task']} {row['protocol']}{'' if row['k'] is None else ' k=' + str(row['k'])} "
           f"{row['init']}_{row['backbone']}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  "
