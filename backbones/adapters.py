@@ -41,6 +41,10 @@ class ViTPyramid(nn.Module):
     def __init__(self, encoder: VisionTransformer, variant: str = "fpn", out_indices: Sequence[int] | None = None,
                  out_channels: int = 256, norm: str = "BN"):
         super().__init__()
+        # layout the encoder's maps are put in before the adapter's convolutions: None keeps the
+        # encoder's (B, D, h, w) views of its (B, N, D) tokens, which are NHWC-strided;
+        # tasks/dense/memory_format.set_memory_format sets it with the conv weights' layout.
+        self.memory_format: torch.memory_format | None = None
         if variant not in ("fpn", "simple"):
             raise ValueError(f"unknown pyramid variant {variant!r} (fpn, simple)")
         self.encoder, self.variant = encoder, variant
@@ -89,6 +93,8 @@ class ViTPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = self.encoder.forward_intermediates(x, self.out_indices)
+        if self.memory_format is not None:
+            feats = [f.contiguous(memory_format=self.memory_format) for f in feats]
         if self.variant == "fpn":
             return tuple(op(f) for op, f in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), feats))
         return tuple(op(feats[0]) for op in self.simple)

@@ -129,6 +129,26 @@ def test_loss_forward_backward_on_cpu(mm, variant):
     assert enc.blocks[0].attn.relative_position_bias_table.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("variant", ["fpn", "vitdet"])
+def test_roi_features_are_read_from_nchw_maps(mm, variant):
+    """mmcv's RoIAlign kernel indexes its input as NCHW whatever its strides; the ViT's maps (and
+    everything computed from them) are NHWC-strided, so without the guard the RoI features are
+    scrambled. ``contiguous_roi_inputs`` (applied by DenseRunner / bench perf) fixes that."""
+    from tasks.dense.memory_format import contiguous_roi_inputs
+    model = build(mm, smoke_model_cfg(variant)).eval()
+    with torch.no_grad():
+        feats = model.extract_feat(torch.randn(2, 3, SIZE, SIZE))[:4]
+    assert all(f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous() for f in feats)
+    rois = torch.tensor([[0, 1.0, 1.0, 30.0, 40.0], [1, 3.0, 2.0, 60.0, 29.0], [1, 20.0, 10.0, 50.0, 63.0]])
+    ext = model.roi_head.bbox_roi_extractor
+    with torch.no_grad():
+        ref = ext(tuple(f.contiguous() for f in feats), rois)
+        assert (ext(feats, rois) - ref).abs().max() > 0.1 * ref.abs().max()  # the bug, unguarded
+        assert contiguous_roi_inputs(model) == 8 and contiguous_roi_inputs(model) == 8  # bbox + mask, 4 levels
+        assert all(len(m._forward_pre_hooks) == 1 for m in ext.roi_layers)  # registered once
+        torch.testing.assert_close(ext(feats, rois), ref, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------------
 # protocol configs: resolution and the values run.py fills in
 # --------------------------------------------------------------------------------------------------
@@ -350,11 +370,24 @@ def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, m
     assert {k: v for k, v in again.items() if math.isfinite(v)} == m
 
 
-def test_vitdet_smoke_run_end_to_end(coco, tmp_path):
+def test_vitdet_smoke_run_end_to_end(coco, tmp_path, monkeypatch):
+    import tasks.dense.memory_format as mf
     from tasks.detection.run import run_detection
 
+    built = []
+    real = mf.prepare_dense_model
+
+    def recording(model, channels_last):  # what DenseRunner does to the model it builds
+        built.append((channels_last, real(model, channels_last)))
+        return built[-1][1]
+    monkeypatch.setattr(mf, "prepare_dense_model", recording)
+    # channels-last forced on CPU (the default there is NCHW): trains and evaluates the same way
     row = run_detection(TINY, None, coco, variant="vitdet", config="smoke", iters=2, seed=1,
-                        work_dir=tmp_path / "wd")
+                        work_dir=tmp_path / "wd", channels_last=True)
+    [(flag, model)] = built
+    assert flag is True
+    assert model.roi_head.mask_head.convs[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(getattr(m, "_bench_nchw_guard", False) for m in model.roi_head.bbox_roi_extractor.roi_layers)
     assert (row["protocol"], row["iterations"], row["seed"]) == ("maskrcnn_vitdet", 2, 1)
     assert row["extra"]["layer_decay"] == 0.7 and row["extra"]["start_iter"] == 0
     assert math.isfinite(row["metrics"]["APbox"]) and math.isfinite(row["metrics"]["APmask"])

@@ -178,6 +178,26 @@ def test_iteration_and_crop_overrides_rescale_the_schedule_and_the_crop():
     assert cfg.model.test_cfg.stride == (170, 170) and cfg.model.backbone.img_size == (256, 256)
 
 
+def test_channels_last_key_flag_and_auto_default(tmp_path):
+    from tasks.dense.memory_format import resolve_channels_last
+    kw = dict(backbone=TINY, data_root="d", work_dir="w")
+    assert load_config("smoke", **kw).channels_last is None  # auto: the configs leave it to the device
+    assert resolve_channels_last(None, "cuda") is True and resolve_channels_last(None, "cpu") is False
+    assert resolve_channels_last(True, "cpu") is True and resolve_channels_last(False, "cuda") is False
+    assert load_config("smoke", channels_last=True, **kw).channels_last is True
+    assert _args(backbone=TINY, data_root="d").channels_last is None
+    import argparse
+    p = argparse.ArgumentParser()
+    add_seg_arguments(p)
+    assert p.parse_args(["--backbone", TINY, "--data-root", "d", "--no-channels-last"]).channels_last is False
+    bad = tmp_path / "bad.py"
+    bad.write_text("_base_ = ['%s']\nchannels_last = 'yes'\n" % (Path(__file__).parents[1] / "tasks/segmentation/configs/smoke.py"))
+    with pytest.raises(BenchError, match="key 'channels_last' must be true, false or null"):
+        load_config(str(bad), **kw)
+    # not part of the protocol: the config hash is the same either way
+    assert hashed_config(load_config("smoke", channels_last=True, **kw)) == hashed_config(load_config("smoke", **kw))
+
+
 # ------------------------------------------------------------------------------------------------
 # metric
 # ------------------------------------------------------------------------------------------------

@@ -162,11 +162,10 @@ def _scale_schedule(cfg, new_iters: int, path: Path) -> None:
             s["milestones"] = [max(int(round(m * f)), 1) for m in s["milestones"]]
 
 
-def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, data_root, work_dir,
-                   seed: int, iters: int | None, batch_size: int | None, ckpt_interval: int | None,
-                   trust_checkpoint: bool, dets_out, world_size: int) -> dict:
-    """Fill ``cfg`` in place for this run; returns facts for the results row."""
-    import torch
+def fill_model(cfg, path: Path, *, backbone: str, checkpoint=None, trust_checkpoint: bool = False,
+               num_classes: int | None = None) -> tuple[str, str]:
+    """The model part of the config for ``backbone``: name / checkpoint, the FPN's input channels
+    (= embed dim), the layer-decay depth and (when given) the number of classes; (init, arch)."""
     from backbones.registry import parse_name
     from backbones.vit import arch_config
 
@@ -183,6 +182,22 @@ def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, da
     if bb.get("variant", "fpn") == "fpn" and cfg.model.get("neck", {}).get("type") == "FPN":
         cfg.model.neck.in_channels = [dim] * 4
     cfg.optim_wrapper.setdefault("paramwise_cfg", {})["num_layers"] = depth
+    if num_classes is not None:
+        for head in ("bbox_head", "mask_head"):
+            if head in cfg.model.get("roi_head", {}):
+                cfg.model.roi_head[head].num_classes = int(num_classes)
+    return init, arch
+
+
+def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, data_root, work_dir,
+                   seed: int, iters: int | None, batch_size: int | None, ckpt_interval: int | None,
+                   trust_checkpoint: bool, dets_out, world_size: int) -> dict:
+    """Fill ``cfg`` in place for this run; returns facts for the results row."""
+    import torch
+
+    classes = tuple(c["name"] for c in data["categories"])
+    init, arch = fill_model(cfg, path, backbone=backbone, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
+                            num_classes=len(classes))
     lr = cfg.get("lr_by_init", {}).get(init, cfg.optim_wrapper.optimizer.lr)
     cfg.optim_wrapper.optimizer.lr = lr
     if cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
@@ -190,17 +205,13 @@ def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, da
                       stacklevel=3)
         cfg.optim_wrapper.type = "OptimWrapper"
 
-    # data: root, classes (file order = CocoDataset's label order), number of classes
-    classes = tuple(c["name"] for c in data["categories"])
+    # data: root, classes (file order = CocoDataset's label order)
     for key, split in (("train_dataloader", "train"), ("test_dataloader", "val")):
         ds = cfg[key].dataset
         if ds.get("type") != "CocoDataset":
             raise BenchError(f"{path}: key '{key}.dataset.type' must be 'CocoDataset'")
         ds.update(data_root=str(data_root), ann_file=SPLITS[split][0], data_prefix=dict(img=SPLITS[split][1] + "/"),
                   metainfo=dict(classes=classes))
-    for head in ("bbox_head", "mask_head"):
-        if head in cfg.model.get("roi_head", {}):
-            cfg.model.roi_head[head].num_classes = len(classes)
     cfg.test_evaluator = dict(type="BenchCocoMetric", ann_file=data["val_ann"],
                               cat_ids=[c["id"] for c in data["categories"]],
                               outfile=None if dets_out is None else str(dets_out))
@@ -297,13 +308,15 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
                   iters: int | None = None, batch_size: int | None = None, ckpt_interval: int | None = None,
                   work_dir: str | os.PathLike, resume: bool = True, results: str | os.PathLike | None = None,
                   suite: str = "adhoc", dets_out: str | os.PathLike | None = None,
-                  trust_checkpoint: bool = False) -> dict | None:
+                  trust_checkpoint: bool = False, channels_last: bool | None = None) -> dict | None:
     """Train Mask R-CNN on ``data_root``/train2017, evaluate on val2017, return the results row
     (and append it to ``results`` when given). Returns None on ranks other than 0 under torchrun.
 
     ``iters`` shortens (or lengthens) the schedule, scaling warm-up and lr steps with it;
     ``batch_size`` is the total over all processes (lr scaled linearly, and without ``iters`` the
-    iterations scaled to keep the epochs); ``ckpt_interval`` in iterations.
+    iterations scaled to keep the epochs); ``ckpt_interval`` in iterations. ``channels_last``
+    (None: the config's key ``channels_last``, whose None means on for CUDA, off on CPU) sets the
+    conv layout (``tasks/dense/memory_format.py``).
     """
     t0 = time.time()
     from backbones.registry import parse_name
@@ -320,6 +333,10 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     variant = cfg_variant
     if variant not in VARIANTS:
         raise BenchError(f"{path}: key 'variant' must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if channels_last is not None:
+        cfg.channels_last = bool(channels_last)
+    from tasks.dense.memory_format import resolve_channels_last
+    resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError before anything is built
     data = check_coco_root(data_root)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     facts = prepare_config(cfg, path, backbone=backbone, checkpoint=checkpoint, data=data, data_root=data_root,
@@ -335,10 +352,10 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     # heavy imports only now (the CLI's --help stays fast)
     from mmdet.utils import register_all_modules
     from mmengine.dist import get_rank
-    from mmengine.runner import Runner
 
     import tasks.dense.mm_backbone  # noqa: F401  RegistryViT, ViTLayerDecayOptimizerConstructor
     import tasks.detection.mmdet_plugins  # noqa: F401  LN2d, LastLevelMaxPool, BenchCocoMetric
+    from tasks.dense.memory_format import DenseRunner
     from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
     from bench.io import atomic_write_json
 
@@ -348,7 +365,7 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     cfg.load_from = None
     created = not work_dir.exists()
     try:  # builds the model: the backbone checkpoint is read here
-        runner = Runner.from_cfg(cfg)
+        runner = DenseRunner.from_cfg(cfg)  # + the conv layout and NCHW inputs for mmcv's RoIAlign
     except BenchError:
         if created:  # a user error (e.g. a checkpoint of another architecture): leave nothing behind
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -403,6 +420,9 @@ def add_det_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--suite", default="adhoc")
     parser.add_argument("--dets-out", default=None, help="write the val detections (COCO results JSON) here")
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow pickled (non weights-only) checkpoints")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last (NHWC) convolutions in the pyramid, FPN and heads (default: the config's "
+                             "channels_last; unset = on for CUDA, off on CPU)")
     return parser
 
 
@@ -411,7 +431,8 @@ def det_main(args: argparse.Namespace) -> int:
     row = run_detection(args.backbone, args.checkpoint, args.data_root, variant=args.variant, config=args.config,
                         seed=args.seed, iters=args.iters, batch_size=args.batch_size, ckpt_interval=args.ckpt_interval,
                         work_dir=work_dir, resume=args.resume, results=args.results, suite=args.suite,
-                        dets_out=args.dets_out, trust_checkpoint=args.trust_checkpoint)
+                        dets_out=args.dets_out, trust_checkpoint=args.trust_checkpoint,
+                        channels_last=args.channels_last)
     if row is not None:
         m = row["metrics"]
         shown = ", ".join(f"{k} {m[k]:.1f}" for k in ("APbox", "APmask", "APbox50", "APbox75") if k in m)
@@ -421,4 +442,4 @@ def det_main(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_det_arguments", "det_main", "run_detection", "check_coco_root", "resolve_config", "load_config",
-           "prepare_config"]
+           "fill_model", "prepare_config"]

@@ -113,8 +113,11 @@ def _apply_iters(cfg, iters: int) -> None:
 
 def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, seed: int = 0,
                 iters: int | None = None, crop_size=None, resume: bool = True,
-                trust_checkpoint: bool = False):
+                trust_checkpoint: bool = False, channels_last: bool | None = None):
     """The mmengine ``Config`` of one run, every override applied and checked; builds nothing.
+
+    ``channels_last`` (None: the config's key ``channels_last``, whose None means on for CUDA, off
+    on CPU) sets the conv layout (``tasks/dense/memory_format.py``).
 
     Raises BenchError for an unknown config / backbone, a config for another architecture, a crop
     that is not a multiple of the patch size, or a non-positive iteration count."""
@@ -122,6 +125,7 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
 
     from backbones.registry import INITS, parse_name
     from backbones.vit import arch_config
+    from tasks.dense.memory_format import resolve_channels_last
 
     _, path = resolve_config(config)
     init, arch = parse_name(backbone)  # BenchError with close names for an unknown backbone
@@ -166,6 +170,9 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
         _apply_crop_size(cfg, crop)
     if iters is not None:
         _apply_iters(cfg, int(iters))
+    if channels_last is not None:
+        cfg.channels_last = bool(channels_last)
+    resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError now
 
     # data, work dir, seed, resume
     set_data_root(cfg, data_root)
@@ -234,7 +241,8 @@ def _check_run_record(work_dir: Path, record: dict, resume: bool) -> None:
 
 def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", seed: int = 0,
                      iters: int | None = None, work_dir, resume: bool = True, results=None,
-                     suite: str = "adhoc", trust_checkpoint: bool = False, crop_size=None) -> dict:
+                     suite: str = "adhoc", trust_checkpoint: bool = False, crop_size=None,
+                     channels_last: bool | None = None) -> dict:
     """Fine-tune ``backbone`` (a registry name, weights from ``checkpoint``) with UperNet on the
     ADE20K folder ``data_root``; return the results row (and append it to the store ``results``,
     a folder or ``.jsonl`` file, when given). See the module docstring.
@@ -242,15 +250,16 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     ``wall_time_s`` is this call's time (after a resume, only the part trained now; ``extra``
     has ``start_iter``). Resuming a finished run trains nothing and evaluates the restored model."""
     from mmengine.hooks import Hook
-    from mmengine.runner import Runner
 
     import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT + ViTLayerDecayOptimizerConstructor
     from backbones.registry import parse_name
     from bench.results import ResultsStore, config_hash, make_row
+    from tasks.dense.memory_format import DenseRunner
     from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
 
     cfg = load_config(config, backbone=backbone, checkpoint=checkpoint, data_root=data_root, work_dir=work_dir,
-                      seed=seed, iters=iters, crop_size=crop_size, resume=resume, trust_checkpoint=trust_checkpoint)
+                      seed=seed, iters=iters, crop_size=crop_size, resume=resume, trust_checkpoint=trust_checkpoint,
+                      channels_last=channels_last)
     for split in ("training", "validation"):  # DataError naming the first file at fault
         summary = validate_ade20k(data_root, split, value_sample=VALUE_SAMPLE)
     set_data_root(cfg, summary.data_root)  # data_root may be the parent of ADEChallengeData2016
@@ -288,7 +297,7 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
 
     enable_mmengine_checkpoints()  # resume reads mmengine's own checkpoints with weights_only=True
     t0 = time.time()
-    runner = Runner.from_cfg(cfg)
+    runner = DenseRunner.from_cfg(cfg)  # mmengine's Runner + the conv layout / RoI guard of tasks.dense
     for handler in runner.logger.handlers:
         if type(handler) is logging.StreamHandler:
             handler.addFilter(_ConsoleFilter())
@@ -332,6 +341,9 @@ def add_seg_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the last checkpoint in --work-dir (default) or start over")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow a backbone checkpoint that needs arbitrary unpickling")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last (NHWC) convolutions in the pyramid and heads (default: the config's "
+                        "channels_last; unset = on for CUDA, off on CPU)")
 
 
 def seg_main(args) -> int:
@@ -339,7 +351,8 @@ def seg_main(args) -> int:
     work_dir = args.work_dir or f"work_dirs/seg_{config_name}_{args.backbone}_seed{args.seed}"
     row = run_segmentation(args.backbone, args.checkpoint, args.data_root, config=args.config, seed=args.seed,
                            iters=args.iters, work_dir=work_dir, resume=args.resume, results=args.results,
-                           suite=args.suite, trust_checkpoint=args.trust_checkpoint, crop_size=args.crop_size)
+                           suite=args.suite, trust_checkpoint=args.trust_checkpoint, crop_size=args.crop_size,
+                           channels_last=args.channels_last)
     m = row["metrics"]
     where = f"appended to {args.results}" if args.results else "not stored (no --results)"
     print(f"ADE20K UperNet {row['init']} {row['backbone']} seed {row['seed']}: mIoU {m['mIoU']:.2f}  aAcc {m['aAcc']:.2f}  "
