@@ -6,8 +6,9 @@
     bench backbones            list registry names (<init>_<arch>)
     bench det | seg | cls      one transfer run (COCO Mask R-CNN | ADE20K UperNet | iNat/Places classification)
     bench table                result tables (CSV, LaTeX, Markdown) + plots from a results store
-    bench perf pretrain|cls|seg|data   img/s of the MAE step (vs mask-token encoder, FLOPs, matmul
-                               peaks), the fine-tuning step (vs timm), UperNet, and data loading
+    bench perf pretrain|cls|seg|det|data   img/s of the MAE step (vs mask-token encoder, FLOPs,
+                               matmul peaks), the fine-tuning step (vs timm), UperNet, Mask R-CNN, and
+                               data loading
 
 Bad input ends with ``error: <one line>`` on stderr and exit status 2; nothing half-written is left.
 """
@@ -39,6 +40,9 @@ def _add_train_args(p: argparse.ArgumentParser):
                    help="recompute each ViT block in the backward pass (less memory, ~30%% more compute)")
     g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model's forward (default backend inductor; no gain on CPU here)")
+    g.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun/Slurm: shard parameters, gradients and AdamW state over the processes "
+                        "(FSDP2) instead of DDP; checkpoints stay unsharded; one process: ignored")
     g.add_argument("--workers", type=int, dest="num_workers", help="data loader worker processes")
     g.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (always at the end)")
     g.add_argument("--seed", type=int, default=0)
@@ -48,7 +52,7 @@ def _add_train_args(p: argparse.ArgumentParser):
 
 
 TRAIN_OPTIONS = ("steps", "epochs", "batch_size", "accum_iter", "blr", "lr", "weight_decay", "warmup_epochs", "bf16",
-                 "grad_checkpointing", "compile", "num_workers", "ckpt_every", "seed", "max_nonfinite")
+                 "grad_checkpointing", "compile", "fsdp", "num_workers", "ckpt_every", "seed", "max_nonfinite")
 
 
 def _train_kwargs(a) -> dict:
@@ -101,12 +105,29 @@ def cmd_perf(a):
                            iters=a.iters, threads=a.threads, baseline=a.baseline, device=a.device)
     elif a.what == "seg":
         perf.perf_seg(config=a.config, backbone=a.backbone, crop=a.crop, batch_size=a.batch_size, iters=a.iters,
-                      threads=a.threads, baseline=a.baseline)
+                      threads=a.threads, baseline=a.baseline, channels_last=_layout(a), repeats=a.repeats)
+    elif a.what == "det":
+        perf.perf_det(config=a.config, variants=a.variant, backbone=a.backbone, img_size=a.img_size,
+                      batch_size=a.batch_size, boxes=a.boxes, iters=a.iters, threads=a.threads, baseline=a.baseline,
+                      channels_last=_layout(a), repeats=a.repeats)
     elif a.what == "cls":
         perf.perf_cls(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, iters=a.iters, threads=a.threads,
                       baseline=a.baseline, device=a.device)
     else:
-        perf.perf_data(img_size=a.img_size, batch_size=a.batch_size, workers=a.workers)
+        perf.perf_data(img_size=a.img_size, batch_size=a.batch_size, workers=a.workers, decoder=a.decoder,
+                       model_img_s=a.model_img_s, repeats=a.repeats)
+
+
+def _add_layout_args(p: argparse.ArgumentParser):
+    p.add_argument("--channels-last", nargs="?", const="on", default=None, choices=["on", "off", "both"],
+                   help="conv layout of the pyramid / neck / heads: on = channels-last (NHWC), off = NCHW, both = "
+                        "time both interleaved (default: the task's, i.e. on for CUDA, off on CPU)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of timing every variant (precision x layout) in turn; medians over all rounds")
+
+
+def _layout(a):
+    return {None: None, "on": True, "off": False, "both": "both"}[a.channels_last]
 
 
 def _delegate(module: str, add: str, main: str, name: str):
@@ -205,11 +226,36 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     ps.add_argument("--iters", type=int, default=2)
     ps.add_argument("--threads", type=int, default=None)
     ps.add_argument("--baseline", action="store_true", help="also time plain fp32")
+    _add_layout_args(ps)
     ps.set_defaults(func=cmd_perf)
+    pt = psub.add_parser("det", help="Mask R-CNN training step img/s (mmdet model from our config) vs matmul peaks",
+                         description="Mask R-CNN training step (forward, backward, AdamW) of the detection task's own "
+                                     "config on random images, boxes, masks and labels: img/s, step time, GFLOP/img "
+                                     "(fwd+bwd), GFLOP/s and % of the matmul peak of the precision.")
+    pt.add_argument("--config", default="vit_b", help="detection config name (smoke, vit_b, vit_l) or .py path (default vit_b)")
+    pt.add_argument("--variant", nargs="+", default=["fpn"], choices=["fpn", "vitdet"],
+                    help="fpn: ViT -> FPN (MAE paper / Li et al. 2021); vitdet: simple feature pyramid; both: fpn vitdet")
+    pt.add_argument("--backbone", default="random_vit_base_patch16")
+    pt.add_argument("--img-size", type=int, default=512,
+                    help="square input in pixels (the protocols' LSJ crop is 1024; default 512 for CPU)")
+    pt.add_argument("--batch-size", type=int, default=1)
+    pt.add_argument("--boxes", type=int, default=8, help="random ground-truth boxes (with masks) per image")
+    pt.add_argument("--iters", type=int, default=2)
+    pt.add_argument("--threads", type=int, default=None)
+    pt.add_argument("--baseline", action="store_true", help="also time plain fp32")
+    _add_layout_args(pt)
+    pt.set_defaults(func=cmd_perf)
     pd = psub.add_parser("data", help="data loader img/s (JPEG decode + augmentation) with 0..N workers")
     pd.add_argument("--img-size", type=int, default=224)
     pd.add_argument("--batch-size", type=int, default=64)
     pd.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    pd.add_argument("--decoder", choices=["pil", "torchvision", "both"], default="both",
+                    help="pil: PIL decode + transforms on PIL images (the previous path); torchvision: torchvision.io "
+                         "decode + transforms.v2 on uint8 tensors (the default path); both (default)")
+    pd.add_argument("--model-img-s", type=float, default=7.5,
+                    help="model img/s the loader must feed, printed as loader/model ratio (default 7.5: bench perf "
+                         "pretrain's MAE ViT-B/16 bf16 step on the 2-core CPU)")
+    pd.add_argument("--repeats", type=int, default=3, help="timed passes over the images per configuration")
     pd.set_defaults(func=cmd_perf)
     return ap
 

@@ -9,6 +9,10 @@ Prints in one run, for each decoder depth:
 
 The MAE speed-up is the paper's point: an encoder that only sees the visible 25 % of patches does
 ~4x less encoder work; the wall ratio should track the FLOP ratio.
+
+``bench perf cls`` times the fine-tuning step (ours vs timm's ViT); ``bench perf seg`` / ``det`` the
+UperNet / Mask R-CNN training step built from the dense tasks' own configs (random images and
+targets), in NCHW and / or channels-last conv layout.
 """
 from __future__ import annotations
 
@@ -78,6 +82,12 @@ def step_flops(model, imgs) -> float:
 def median_step_time(model, loss_of, bf16: bool, iters: int, device) -> float:
     """Median seconds of a training step (forward under optional bf16 autocast, backward, fused
     AdamW), after one warm-up step. ``loss_of(model) -> loss``."""
+    times = step_times(model, loss_of, bf16, iters, device)
+    return sorted(times)[len(times) // 2]
+
+
+def step_times(model, loss_of, bf16: bool, iters: int, device) -> list[float]:
+    """Seconds of each of ``iters`` training steps (as ``median_step_time``) after one warm-up step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     times = []
     for i in range(iters + 1):
@@ -91,7 +101,7 @@ def median_step_time(model, loss_of, bf16: bool, iters: int, device) -> float:
         _sync(device)
         if i:
             times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return times
 
 
 def time_steps(model, imgs, bf16: bool, iters: int, device) -> float:
@@ -179,15 +189,36 @@ def perf_cls(arch="vit_base_patch16", img_size=224, batch_size=8, iters=3, threa
               f"ratio {t_ref / t_ours:.2f}x; {flops / batch_size / 1e9:.1f} GFLOP/img (fwd+bwd)")
 
 
-def perf_data(img_size=224, batch_size=64, workers=(0, 2), n_images=256, decoder="both"):
-    """Loader img/s (JPEG decode + RandomResizedCrop + flip + normalise) for PIL and torchvision's
-    decoder, with 0..N workers, on JPEGs cut from the embedded photos (ImageNet-like 500x375)."""
+# ``bench perf pretrain``'s MAE ViT-B/16 step (224 px, batch 8, bf16) on the 2-core CPU this suite was
+# built on: the rate the loader must at least keep up with there (README, "Speed").
+MODEL_IMG_S_CPU = 7.5
+
+
+def perf_data(img_size=224, batch_size=64, workers=(0, 2), n_images=256, decoder="both", model_img_s=MODEL_IMG_S_CPU,
+              repeats=3):
+    """Loader img/s of MAE's pretraining input pipeline (JPEG decode + RandomResizedCrop bicubic +
+    flip + normalise) on JPEGs cut from the embedded photos (ImageNet-like 500x375), for each decoder
+    and worker count, next to the model's img/s it has to feed.
+
+    ``pil``: PIL decode + torchvision's v1 transforms on PIL images (the previous path);
+    ``torchvision``: ``torchvision.io`` decode + ``transforms.v2`` on uint8 tensors (the default now).
+    One persistent DataLoader per (decoder, workers) as the engine builds it (prefetch 4); a warm-up
+    pass, then ``repeats`` timed passes over the images, the configurations taking turns pass by pass
+    so machine load hits them alike; prints the median and best pass."""
+    import shutil
+    import statistics
     import tempfile
     from pathlib import Path
     import numpy as np
     from PIL import Image
     from torch.utils.data import DataLoader
     from bench.data import ImageFolderImages, embedded_photos, pretrain_transform
+    from bench.errors import BenchError
+    decoders = {"both": ("pil", "torchvision"), "pil": ("pil",), "torchvision": ("torchvision",)}.get(decoder)
+    if decoders is None:
+        raise BenchError(f"unknown decoder {decoder!r}; expected pil, torchvision or both")
+    if n_images < batch_size or repeats < 1 or model_img_s <= 0 or any(w < 0 for w in workers):
+        raise BenchError("need n_images >= batch size, repeats >= 1, model img/s > 0 and workers >= 0")
     tmp = Path(tempfile.mkdtemp(prefix="bench-perf-data-"))
     rng = np.random.default_rng(0)
     photos = [p for p in embedded_photos() if min(p.shape[:2]) >= 375]
@@ -196,30 +227,148 @@ def perf_data(img_size=224, batch_size=64, workers=(0, 2), n_images=256, decoder
         y, x = rng.integers(0, p.shape[0] - 374), rng.integers(0, max(1, p.shape[1] - 499))
         Image.fromarray(np.ascontiguousarray(p[y:y + 375, x:x + 500])).save(tmp / f"{i:05d}.jpg", quality=90)
     try:
-        ds = ImageFolderImages(tmp, pretrain_transform(img_size))
-        print(f"{n_images} JPEGs 500x375 -> RandomResizedCrop {img_size} + flip + normalise, batch {batch_size}; "
-              f"main process uses {torch.get_num_threads()} torch thread(s)")
+        loaders = {}
         for w in workers:
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=w, persistent_workers=w > 0, shuffle=True)
-            for _ in loader:  # warm-up (worker start)
-                break
-            t = time.perf_counter()
-            n = sum(b.shape[0] for b in loader)
-            print(f"  {w} worker(s): {n / (time.perf_counter() - t):.0f} img/s")
+            for d in decoders:
+                ds = ImageFolderImages(tmp, pretrain_transform(img_size, tensor=d == "torchvision"))
+                loaders[d, w] = DataLoader(ds, batch_size=batch_size, num_workers=w, persistent_workers=w > 0,
+                                           prefetch_factor=4 if w else None, shuffle=True)
+        rates = {key: [] for key in loaders}
+        for r in range(repeats + 1):  # pass 0 starts the workers and warms caches: not timed
+            for key, loader in loaders.items():
+                t = time.perf_counter()
+                n = sum(b.shape[0] for b in loader)
+                if r:
+                    rates[key].append(n / (time.perf_counter() - t))
+        print(f"{n_images} JPEGs 500x375 -> RandomResizedCrop {img_size} bicubic + flip + normalise, batch {batch_size}; "
+              f"median (best) of {repeats} passes; main process: {torch.get_num_threads()} torch thread(s), each worker 1")
+        print(f"model: {model_img_s:g} img/s" + (" (bench perf pretrain, MAE ViT-B/16 bf16 step on the 2-core CPU; "
+                                                 "--model-img-s for yours)" if model_img_s == MODEL_IMG_S_CPU else ""))
+        print(f"  {'decoder':<12} {'workers':>7}  {'loader img/s':>17}  {'loader / model':>14}")
+        for (d, w), rs in rates.items():
+            med = statistics.median(rs)
+            print(f"  {d:<12} {w:>7}  {med:>8.0f} ({max(rs):>5.0f})  {med / model_img_s:>13.0f}x")
     finally:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Dense tasks: UperNet (``bench perf seg``) and Mask R-CNN (``bench perf det``) training steps, built
+# from the tasks' own configs, on random images and targets
+# ---------------------------------------------------------------------------------------------------
+def build_dense_model(registry, model_cfg, channels_last: bool):
+    """A dense task's model as one training process gets it: without its data preprocessor (inputs
+    are given as normalised tensors), SyncBN -> BN (``revert_sync_batchnorm``, as mmengine's Runner
+    does off DDP), mmengine's weight init, mmcv's RoI layers fed NCHW maps and the conv layout set
+    (``tasks.dense.memory_format.prepare_dense_model``, as the task runners' ``DenseRunner``)."""
+    import copy
+    import logging
+    from mmengine.logging import MMLogger
+    from mmengine.model import revert_sync_batchnorm
+    from tasks.dense.memory_format import prepare_dense_model
+    cfg = copy.deepcopy(model_cfg)
+    cfg.pop("data_preprocessor", None)
+    torch.manual_seed(0)
+    model = revert_sync_batchnorm(registry.build(cfg))
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return prepare_dense_model(model.train(), channels_last)
+
+
+def _fp32(t):
+    return t.float() if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 and t.device.type == "cpu" else t
+
+
+def mmcv_ops_fp32_on_cpu(model) -> None:
+    """Under CPU bf16 autocast, mmcv's CPU NMS and RoIAlign kernels take fp32 only: the RPN head's
+    outputs (scores and deltas for NMS and its loss) and the RoI extractors' input maps are cast to
+    fp32 (CUDA AMP keeps those in fp32 too). No-op in fp32 and on CUDA."""
+    from mmdet.models.roi_heads.roi_extractors import BaseRoIExtractor
+    for m in model.modules():
+        if isinstance(m, BaseRoIExtractor):
+            m.register_forward_pre_hook(lambda mod, args: (tuple(_fp32(f) for f in args[0]),) + tuple(args[1:]))
+    rpn = getattr(model, "rpn_head", None)
+    if rpn is not None:
+        rpn.register_forward_hook(lambda mod, args, out: tuple([_fp32(t) for t in level] for level in out))
+
+
+def dense_loss(model, inputs, samples):
+    """The summed training loss of an mmengine model (``parse_losses``: every ``loss*`` term)."""
+    return model.parse_losses(model.loss(inputs, samples))[0]
+
+
+def _layouts(channels_last) -> list[bool]:
+    """``channels_last`` None (the tasks' default on this device: CPU), True, False or 'both'."""
+    from tasks.dense.memory_format import resolve_channels_last
+    if channels_last == "both":
+        return [False, True]
+    return [resolve_channels_last(channels_last, "cpu")]
+
+
+def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, repeats, notes=()):
+    """Print FLOPs, matmul peaks and, per precision and conv layout, img/s, step time, GFLOP/s and
+    the fraction of that precision's peak. Layouts (and precisions) are timed interleaved: each of
+    ``repeats`` rounds times every variant once (1 warm-up + ``iters`` steps); the median over all
+    of a variant's timed steps is reported, with their min-max. The matmul peaks are the best of a
+    measurement before and one after the timing (on a shared machine either can be slowed down).
+    Returns one dict per variant."""
+    import statistics
+    from torch.utils.flop_counter import FlopCounterMode
+    from tasks.dense.memory_format import set_memory_format
+    dev = torch.device("cpu")
+    with FlopCounterMode(display=False) as fc:
+        loss_of(model).backward()
+    model.zero_grad(set_to_none=True)
+    flops = fc.get_total_flops()
+    peaks = {"fp32": matmul_peak(torch.float32, dev), "bf16": matmul_peak(torch.bfloat16, dev)}
+    names = {False: "NCHW", True: "channels-last"}
+    variants = [(p, c) for p in ["bf16"] + (["fp32"] if baseline else []) for c in layouts]
+    times = {v: [] for v in variants}
+    for _ in range(repeats):
+        for pname, cl in variants:
+            set_memory_format(model, cl)
+            times[(pname, cl)] += step_times(model, loss_of, pname == "bf16", iters, dev)
+    peaks = {"fp32": max(peaks["fp32"], matmul_peak(torch.float32, dev)),
+             "bf16": max(peaks["bf16"], matmul_peak(torch.bfloat16, dev))}
+    print(f"{title}, batch {batch_size}, {torch.get_num_threads()} threads; {flops / batch_size / 1e9:.4g} GFLOP/img "
+          f"(fwd+bwd); matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; conv layout "
+          f"{' vs '.join(names[c] for c in layouts)}")
+    for n in notes:
+        print(f"  note: {n}")
+    rows = []
+    for pname, cl in variants:
+        ts = sorted(times[(pname, cl)])
+        t = statistics.median(ts)
+        tag = f", {names[cl]}" if len(layouts) > 1 else ""
+        r = dict(prec=pname, channels_last=cl, img_s=batch_size / t, step_s=t, gflop_img=flops / batch_size / 1e9,
+                 gflop_s=flops / t / 1e9, of_peak=flops / t / 1e9 / peaks[pname], steps=len(ts))
+        rows.append(r)
+        print(f"  {pname}{tag}: {r['img_s']:.3f} img/s, {t:.4g} s/step (median of {len(ts)}, {ts[0]:.4g}-{ts[-1]:.4g}), "
+              f"{r['gflop_s']:.0f} GFLOP/s ({100 * r['of_peak']:.0f}% of {pname} peak)")
+        if len(layouts) > 1 and cl == layouts[-1]:
+            base = next(x for x in rows if x["prec"] == pname and x["channels_last"] == layouts[0])
+            print(f"  {pname}: {names[layouts[-1]]} step time / {names[layouts[0]]} = {t / base['step_s']:.3f}")
+    if any(r["of_peak"] > 1 for r in rows):
+        print("  note: over 100 %: the peak is torch.matmul's 2048^3 rate, not the hardware's; oneDNN's fp32 "
+              "convolutions run faster than the BLAS matmul here")
+    set_memory_format(model, layouts[0])
+    return rows
+
+
 def perf_seg(config="paper_vit_base", backbone="random_vit_base_patch16", crop=512, batch_size=2, iters=2,
-             threads=None, baseline=False):
-    """UperNet training step (mmseg model built from our config, SyncBN -> BN for one process):
-    img/s, GFLOP/s and the fraction of the matmul peak, on random images and labels."""
+             threads=None, baseline=False, channels_last=None, repeats=1):
+    """UperNet training step (mmseg model built from the task's own config for one process):
+    img/s, step time, GFLOP/s and the fraction of the matmul peak, on random images and labels.
+    ``channels_last``: None = the task's default here, True / False, or 'both' (timed interleaved)."""
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
     from mmseg.utils import register_all_modules
-    from torch.utils.flop_counter import FlopCounterMode
     import tasks.dense.mm_backbone  # noqa: F401  (registers RegistryViT)
     import tempfile
     from tasks.segmentation.run import load_config
@@ -228,38 +377,86 @@ def perf_seg(config="paper_vit_base", backbone="random_vit_base_patch16", crop=5
     register_all_modules(init_default_scope=True)
     # the task's own config loading: backbone, head widths and crop follow the arguments
     m = load_config(config, backbone=backbone, data_root=".", work_dir=tempfile.gettempdir(), crop_size=crop).model
-    m.pop("data_preprocessor", None)
-
-    def no_sync_bn(d):
-        if isinstance(d, dict):
-            if d.get("type") == "SyncBN":
-                d["type"] = "BN"
-            for v in d.values():
-                no_sync_bn(v)
-        elif isinstance(d, list):
-            for v in d:
-                no_sync_bn(v)
-    no_sync_bn(m)
-    torch.manual_seed(0)
-    model = MODELS.build(m).train()
-    dev = torch.device("cpu")
-    x = torch.randn(batch_size, 3, crop, crop)
+    layouts = _layouts(channels_last)
+    model = build_dense_model(MODELS, m, layouts[0])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, crop, crop, generator=g)
     samples = []
     for _ in range(batch_size):
-        s = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, crop, crop))))
+        s = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, crop, crop), generator=g)))
         s.set_metainfo(dict(img_shape=(crop, crop), pad_shape=(crop, crop), ori_shape=(crop, crop)))
         samples.append(s)
+    return _time_dense(f"UperNet ({config}) on {backbone} @ {crop}", model, lambda mm: dense_loss(mm, x, samples),
+                       batch_size, layouts, baseline, iters, repeats)
 
-    def loss_of(mm):
-        return sum(v for k, v in mm.loss(x, samples).items() if "loss" in k)
-    with FlopCounterMode(display=False) as fc:
-        loss_of(model).backward()
-    model.zero_grad(set_to_none=True)
-    flops = fc.get_total_flops()
-    peak32, peak16 = matmul_peak(torch.float32, dev), matmul_peak(torch.bfloat16, dev)
-    print(f"UperNet ({config}) on {backbone} @ {crop}, batch {batch_size}, {torch.get_num_threads()} threads; "
-          f"{flops / batch_size / 1e9:.0f} GFLOP/img (fwd+bwd); matmul peak fp32 {peak32:.0f}, bf16 {peak16:.0f} GFLOP/s")
-    for pname, bf16 in [("bf16", True)] + ([("fp32", False)] if baseline else []):
-        t = median_step_time(model, loss_of, bf16, iters, dev)
-        peak = peak16 if bf16 else peak32
-        print(f"  {pname}: {batch_size / t:.3f} img/s, {flops / t / 1e9:.0f} GFLOP/s ({100 * flops / t / 1e9 / peak:.0f}% of peak)")
+
+def random_det_samples(batch_size: int, size: int, boxes: int, num_classes: int, seed: int = 0):
+    """``batch_size`` DetDataSamples for ``size`` x ``size`` inputs, each with ``boxes`` random boxes
+    (sides 5-40 % of the image), their masks (the box's inscribed ellipse, BitmapMasks) and labels."""
+    import numpy as np
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    samples = []
+    for _ in range(batch_size):
+        wh = rng.uniform(0.05, 0.4, (boxes, 2)) * size
+        xy = rng.uniform(0, 1, (boxes, 2)) * (size - wh)
+        bb = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        c, r = (bb[:, :2] + bb[:, 2:]) / 2, wh / 2
+        masks = (((xx[None] - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2
+                 + ((yy[None] - c[:, 1, None, None]) / r[:, 1, None, None]) ** 2 <= 1).astype(np.uint8)
+        s = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
+                                        batch_input_shape=(size, size), scale_factor=(1.0, 1.0)))
+        s.gt_instances = InstanceData(bboxes=torch.from_numpy(bb), labels=torch.from_numpy(rng.integers(0, num_classes, boxes)),
+                                      masks=BitmapMasks(masks, size, size))
+        samples.append(s)
+    return samples
+
+
+def perf_det(config="vit_b", variants=("fpn",), backbone="random_vit_base_patch16", img_size=512, batch_size=1,
+             boxes=8, iters=2, threads=None, baseline=False, channels_last=None, repeats=1):
+    """Mask R-CNN training step (mmdet model built from the detection task's own config, variant
+    'fpn' = ViT -> FPN [Li21] / 'vitdet' = simple pyramid, for one process) on random images, boxes,
+    masks and labels: img/s, step time, GFLOP/s and the fraction of the matmul peak.
+    ``img_size``: the square input (the protocols train at 1024; smaller for CPU)."""
+    from mmcv.ops import RoIAlign
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    import tasks.dense.mm_backbone  # noqa: F401  (registers RegistryViT)
+    import tasks.detection.mmdet_plugins  # noqa: F401  (LN2d, LastLevelMaxPool)
+    from backbones.registry import parse_name
+    from backbones.vit import arch_config
+    from bench.errors import BenchError
+    from tasks.detection.run import fill_model, load_config, resolve_config
+    if threads:
+        torch.set_num_threads(threads)
+    register_all_modules(init_default_scope=True)
+    patch = arch_config(parse_name(backbone)[1])["patch_size"]
+    stride = 32 * patch // 16  # the coarsest pyramid level
+    if img_size < 2 * stride or img_size % stride:
+        raise BenchError(f"--img-size {img_size}: must be a multiple of {stride} (the stride-32 level of {backbone}) "
+                         f"and at least {2 * stride}")
+    rows = []
+    for variant in ([variants] if isinstance(variants, str) else variants):
+        path, name = resolve_config(config, variant, parse_name(backbone)[1])
+        cfg = load_config(path)
+        fill_model(cfg, path, backbone=backbone)
+        cfg.model.backbone.img_size = img_size  # position embedding for this input (the config's: 1024)
+        layouts = _layouts(channels_last)
+        model = build_dense_model(MODELS, cfg.model, layouts[0])
+        mmcv_ops_fp32_on_cpu(model)
+        num_classes = int(cfg.model.roi_head.bbox_head.num_classes)
+        x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        samples = random_det_samples(batch_size, img_size, boxes, num_classes)
+        notes = []
+        if any(isinstance(mm, RoIAlign) for mm in model.modules()):
+            notes.append("FLOPs are the aten matmul / conv / attention ops torch.utils.flop_counter sees; mmcv's RoIAlign "
+                         "and NMS are extension calls it does not count (bilinear sampling / box overlaps, no matmul)")
+        torch.manual_seed(0)  # the RPN / RoI samplers draw from torch's generator
+        rows += _time_dense(f"Mask R-CNN ({name}, {cfg.model.backbone.variant} pyramid) on {backbone} @ {img_size}, "
+                            f"{boxes} boxes/img", model, lambda mm: dense_loss(mm, x, samples), batch_size, layouts,
+                            baseline, iters, repeats, notes)
+        del model
+    return rows

@@ -1,9 +1,11 @@
 """Image decoding and the tensor input pipeline (bench/data.py): torchvision's decoders give the
 PIL path's pixels and errors, the v2 uint8-tensor transforms match the PIL transforms of the same
-seed, and the image folder is listed without opening its files."""
+seed, the image folder is listed without opening its files, and ``bench perf data`` reports both
+decoders."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -237,3 +239,22 @@ def test_list_images_finds_what_rglob_found(tmp_path):
     old = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     assert list_images(d) == old
     assert {p.name for p in old} == {"0.jpg", "1.jpg", "2.jpg", "UPPER.JPEG", "inner.png", "link.jpg"}
+
+
+# --------------------------------------------------------------------------------------------------
+# bench perf data
+
+
+def test_perf_data_reports_both_decoders_against_the_model(capsys):
+    from bench.perf import perf_data
+    perf_data(img_size=32, batch_size=4, workers=(0,), n_images=8, repeats=1, model_img_s=2.0)
+    out = capsys.readouterr().out
+    assert "model: 2 img/s" in out
+    rows = re.findall(r"^\s+(pil|torchvision)\s+(\d+)\s+(\d+) \(\s*(\d+)\)\s+(\d+)x$", out, re.M)
+    assert [(r[0], r[1]) for r in rows] == [("pil", "0"), ("torchvision", "0")], out
+    for _, _, median, best, ratio in rows:
+        assert 0 < int(median) <= int(best)
+        assert abs(int(ratio) - int(median) / 2.0) <= 1  # ratio = loader / model img/s (both rounded)
+    from bench.errors import BenchError
+    with pytest.raises(BenchError, match="unknown decoder 'jpeg'"):
+        perf_data(decoder="jpeg")

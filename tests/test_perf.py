@@ -1,0 +1,170 @@
+"""``bench perf det`` end to end on the tiny smoke configs, and the dense models' channels-last
+layout (tasks/dense/memory_format.py): same loss and gradients as NCHW, and really NHWC inside."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "random_vit_test_patch8"
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
+
+NUM = r"([0-9.]+)"
+
+
+def _parse_rows(out: str) -> list[dict]:
+    """Header + timing lines of ``_time_dense`` -> one dict per timed variant."""
+    rows, head = [], None
+    for line in out.splitlines():
+        m = re.search(rf"; {NUM} GFLOP/img \(fwd\+bwd\); matmul peak fp32 {NUM}, bf16 {NUM} GFLOP/s", line)
+        if m:
+            head = dict(title=line.split(",")[0], gflop_img=float(m[1]), peak={"fp32": float(m[2]), "bf16": float(m[3])})
+            continue
+        m = re.match(rf"\s+(bf16|fp32)(?:, (NCHW|channels-last))?: {NUM} img/s, {NUM} s/step \(median of (\d+), "
+                     rf"{NUM}-{NUM}\), {NUM} GFLOP/s \({NUM}% of (bf16|fp32) peak\)", line)
+        if m:
+            rows.append(dict(head, prec=m[1], layout=m[2], img_s=float(m[3]), step_s=float(m[4]), n=int(m[5]),
+                             lo=float(m[6]), hi=float(m[7]), gflop_s=float(m[8]), pct=float(m[9]), peak_of=m[10]))
+    return rows
+
+
+def test_perf_det_runs_both_variants_and_prints_consistent_numbers():
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "perf", "det", "--config", "smoke", "--variant", "fpn", "vitdet",
+                        "--backbone", TINY, "--img-size", "64", "--batch-size", "2", "--iters", "1", "--threads", "1",
+                        "--baseline"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _parse_rows(r.stdout)
+    # 2 variants x (bf16, fp32), in the task's default layout on CPU (one layout: no tag)
+    assert [(x["title"].split("(")[1], x["prec"], x["layout"]) for x in rows] == [
+        ("fpn:smoke", "bf16", None), ("fpn:smoke", "fp32", None),
+        ("vitdet:smoke", "bf16", None), ("vitdet:smoke", "fp32", None)], r.stdout
+    assert r.stdout.count("mmcv's RoIAlign and NMS are extension calls it does not count") == 2
+    for x in rows:
+        assert x["img_s"] > 0 and x["step_s"] > 0 and x["n"] == 1 and x["peak_of"] == x["prec"]
+        assert 0.05 < x["gflop_img"] < 50  # a 64 px Mask R-CNN on a dim-32 ViT: about 1 GFLOP fwd+bwd
+        assert x["img_s"] == pytest.approx(2 / x["step_s"], rel=0.01)  # batch 2
+        assert x["lo"] <= x["step_s"] <= x["hi"]
+        assert x["gflop_s"] == pytest.approx(x["gflop_img"] * x["img_s"], rel=0.05, abs=1)
+        assert x["pct"] == pytest.approx(100 * x["gflop_s"] / x["peak"][x["prec"]], rel=0.05, abs=1)
+        assert x["peak"]["fp32"] > 0 and x["peak"]["bf16"] > 0
+
+
+def test_perf_det_compares_layouts_interleaved_and_refuses_a_bad_size(capsys):
+    from bench.errors import BenchError
+    from bench.perf import perf_det
+    rows = perf_det(config="smoke", variants=("vitdet",), backbone=TINY, img_size=64, batch_size=1, boxes=3, iters=1,
+                    channels_last="both", repeats=2)
+    out = capsys.readouterr().out
+    assert [(x["prec"], x["channels_last"], x["steps"]) for x in rows] == [("bf16", False, 2), ("bf16", True, 2)]
+    parsed = _parse_rows(out)
+    assert [x["layout"] for x in parsed] == ["NCHW", "channels-last"]
+    ratio = float(re.search(rf"bf16: channels-last step time / NCHW = {NUM}", out)[1])
+    assert ratio == pytest.approx(rows[1]["step_s"] / rows[0]["step_s"], abs=2e-3)
+    with pytest.raises(BenchError, match="multiple of 16"):  # stride-32 level of a patch-8 ViT
+        perf_det(config="smoke", backbone=TINY, img_size=72)
+
+
+# --------------------------------------------------------------------------------------------------
+# channels-last = NCHW numerically
+# --------------------------------------------------------------------------------------------------
+def _conv_io_layouts(model, run):
+    """{'NHWC': n, 'NCHW': n} of the outputs of every conv / deconv with a >1x1 output map."""
+    seen = {"NHWC": 0, "NCHW": 0}
+
+    def hook(mod, args, out):
+        if out.shape[-1] > 1 and out.shape[-2] > 1:
+            seen["NHWC" if out.is_contiguous(memory_format=torch.channels_last) else "NCHW"] += 1
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    try:
+        result = run()
+    finally:
+        for h in hs:
+            h.remove()
+    return result, seen
+
+
+def _loss_and_grads(model, loss_of):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)  # RPN / RoI samplers
+    (loss, seen) = _conv_io_layouts(model, lambda: loss_of(model))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads, seen
+
+
+def _assert_same(a, b):
+    """Same loss; every parameter's gradient within 1e-4 of its norm (+1e-6 absolute: the biases
+    of convolutions followed by BN have a gradient that is 0 up to rounding, ~1e-9)."""
+    la, ga, _ = a
+    lb, gb, _ = b
+    assert lb == pytest.approx(la, rel=1e-5)
+    assert ga.keys() == gb.keys() and len(ga) > 20
+    for k in ga:
+        assert (gb[k] - ga[k]).norm() <= 1e-4 * ga[k].norm() + 1e-6, k
+
+
+@pytest.fixture(scope="module")
+def seg_model():
+    import tempfile
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    import tasks.dense.mm_backbone  # noqa: F401
+    from bench.perf import build_dense_model
+    from tasks.segmentation.run import load_config
+    register_all_modules(init_default_scope=True)
+    m = load_config("smoke", backbone=TINY, data_root=".", work_dir=tempfile.gettempdir(), crop_size=64).model
+    m.backbone.drop_path_rate = 0.0  # dropout masks are drawn in memory order: identical only without them
+    m.decode_head.dropout_ratio = m.auxiliary_head.dropout_ratio = 0.0
+    return build_dense_model(MODELS, m, channels_last=False)
+
+
+def test_segmentation_channels_last_equals_nchw(seg_model):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from bench.perf import dense_loss
+    from tasks.dense.memory_format import set_memory_format
+    # batch 4: BN after the PPM's 1x1 pooling normalises over the batch only; over 2 values its
+    # backward amplifies rounding differences ~1000x
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    samples = [SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 64, 64), generator=g)),
+                             metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64))) for _ in range(4)]
+    loss_of = lambda m: dense_loss(m, x, samples)  # noqa: E731
+    nchw = _loss_and_grads(set_memory_format(seg_model, False), loss_of)
+    nhwc = _loss_and_grads(set_memory_format(seg_model, True), loss_of)
+    _assert_same(nchw, nhwc)
+    # the layout really differs: every conv output NCHW in one, NHWC in the other (UperNet's
+    # convs on the 4 levels, PPM, bottlenecks, the adapter's deconvs)
+    assert nchw[2]["NHWC"] == 0 and nchw[2]["NCHW"] >= 10
+    assert nhwc[2]["NCHW"] == 0 and nhwc[2]["NHWC"] == nchw[2]["NCHW"]
+    assert seg_model.backbone.pyramid.fpn2.weight.is_contiguous(memory_format=torch.channels_last)
+    set_memory_format(seg_model, False)
+    assert seg_model.backbone.pyramid.fpn2.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("variant", ["fpn", "vitdet"])
+def test_detection_channels_last_equals_nchw(variant):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    import tasks.dense.mm_backbone  # noqa: F401
+    import tasks.detection.mmdet_plugins  # noqa: F401
+    from bench.perf import build_dense_model, dense_loss, random_det_samples
+    from tasks.dense.memory_format import set_memory_format
+    from tasks.detection.run import fill_model, load_config, resolve_config
+    register_all_modules(init_default_scope=True)
+    path, _ = resolve_config("smoke", variant, "vit_test_patch8")
+    cfg = load_config(path)
+    fill_model(cfg, path, backbone=TINY, num_classes=4)
+    model = build_dense_model(MODELS, cfg.model, channels_last=False)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    samples = random_det_samples(2, 64, 3, 4, seed=1)
+    loss_of = lambda m: dense_loss(m, x, samples)  # noqa: E731
+    nchw = _loss_and_grads(set_memory_format(model, False), loss_of)
+    nhwc = _loss_and_grads(set_memory_format(model, True), loss_of)
+    _assert_same(nchw, nhwc)
+    assert nchw[2]["NHWC"] == 0 and nhwc[2]["NCHW"] == 0 and nhwc[2]["NHWC"] == nchw[2]["NCHW"] >= 10
