@@ -47,6 +47,10 @@ class ViTPyramid(nn.Module):
         self.memory_format: torch.memory_format | None = None
         if variant not in ("fpn", "simple"):
             raise ValueError(f"unknown pyramid variant {variant!r} (fpn, simple)")
+        # The adapters read block outputs before the encoder's final LayerNorm (Li et al. 2021,
+        # ViTDet; mmseg's MAE backbone has final_norm=False), so it is dropped: a parameter without
+        # gradient makes DDP raise in the second iteration of every multi-GPU det/seg run.
+        encoder.norm = nn.Identity()
         self.encoder, self.variant = encoder, variant
         D = encoder.embed_dim
         if variant == "fpn":

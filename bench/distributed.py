@@ -71,6 +71,12 @@ def _first_host(nodelist: str) -> str:
                            f"`scontrol` is not available; set MASTER_ADDR")
 
 
+def launch_world_size(environ=None) -> int:
+    """Processes of this launch (torchrun or Slurm), 1 outside one; needs no process group yet."""
+    env = launch_env(environ)
+    return 1 if env is None else int(env["world_size"])
+
+
 def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int, int]:
     """Initialise the default process group when launched by torchrun / Slurm with more than one
     process (``nccl`` with CUDA, else ``gloo``) and select the GPU ``LOCAL_RANK``. Returns
@@ -257,13 +263,17 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """BatchNorm over the global batch under DDP, as the official MoCo v3 code does. Without a
     process group: ``model`` unchanged. NCCL (CUDA): ``nn.SyncBatchNorm.convert_sync_batchnorm``.
     gloo (CPU): every ``BatchNorm1d`` / ``BatchNorm2d`` becomes ``GlooSyncBatchNorm1d`` / ``2d`` in
-    place (same parameters, buffers and state-dict keys). Returns the model to use."""
+    place (same parameters, buffers and state-dict keys), and so does every ``nn.SyncBatchNorm``
+    (a detection / segmentation config's ``SyncBN``, which DDP refuses on CPU). Returns the model
+    to use."""
     if not is_distributed():
         return model
     if _comm_device().type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for m in model.modules():
         cls = _GLOO_SYNC.get(type(m))
+        if cls is None and isinstance(m, nn.SyncBatchNorm):  # also mmengine's subclass ('SyncBN'), on (N, C, H, W) maps
+            cls = GlooSyncBatchNorm2d
         if cls is not None:
             m.__class__ = cls
     return model

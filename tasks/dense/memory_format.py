@@ -93,7 +93,31 @@ def prepare_dense_model(model: nn.Module, channels_last: bool) -> nn.Module:
 
 class DenseRunner(Runner):
     """``Runner`` whose model gets ``prepare_dense_model`` with the config's ``channels_last``
-    (None: on when mmengine picks CUDA) right after it is built, before the DDP wrapper."""
+    (None: on when mmengine picks CUDA) right after it is built, before the DDP wrapper.
+
+    Several processes (``launcher`` not ``'none'``): the process group comes from
+    ``bench.distributed.init_distributed`` (torchrun or Slurm variables; NCCL with CUDA, gloo
+    without), so mmengine does not create its own. Without CUDA, mmengine's own set-up cannot run:
+    its ``pytorch`` launcher calls ``torch.cuda.set_device``, its DDP wrapper passes
+    ``device_ids=[LOCAL_RANK]``, and ``SyncBN`` layers make DDP refuse a CPU model. Here the wrapper
+    gets ``device_ids=None`` and SyncBN becomes ``bench.distributed``'s gloo SyncBatchNorm, so CPU
+    runs (and the tests) use the same code path as GPU runs."""
+
+    def setup_env(self, env_cfg):
+        if self.distributed:
+            from bench.distributed import init_distributed
+            init_distributed()
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        import torch.distributed as dist
+        if self.distributed and dist.get_backend() == "gloo":
+            from bench.distributed import convert_sync_batchnorm
+            model = convert_sync_batchnorm(model)
+            if model_wrapper_cfg is None:
+                model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=self.cfg.get("find_unused_parameters", False))
+        return super().wrap_model(model_wrapper_cfg, model)
 
     def build_model(self, model):
         from mmengine.device import get_device

@@ -338,7 +338,8 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     from tasks.dense.memory_format import resolve_channels_last
     resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError before anything is built
     data = check_coco_root(data_root)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    from bench.distributed import launch_world_size
+    world_size = launch_world_size()  # torchrun or srun
     facts = prepare_config(cfg, path, backbone=backbone, checkpoint=checkpoint, data=data, data_root=data_root,
                            work_dir=work_dir, seed=seed, iters=iters, batch_size=batch_size,
                            ckpt_interval=ckpt_interval, trust_checkpoint=trust_checkpoint, dets_out=dets_out,

@@ -178,9 +178,11 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
     set_data_root(cfg, data_root)
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.randomness = dict(seed=int(seed), deterministic=False)
-    # Under torchrun: DDP through mmengine's own launcher; the config's batch is the global batch
-    # (the paper's 16), split evenly over the processes.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Under torchrun / srun: DDP through mmengine's Runner (process group from
+    # bench.distributed, see DenseRunner); the config's batch is the global batch (the paper's 16),
+    # split evenly over the processes.
+    from bench.distributed import launch_world_size
+    world = launch_world_size()
     cfg.launcher = "pytorch" if world > 1 else "none"
     if world > 1:
         total = int(cfg.train_dataloader.batch_size)
@@ -245,7 +247,8 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
                      channels_last: bool | None = None) -> dict:
     """Fine-tune ``backbone`` (a registry name, weights from ``checkpoint``) with UperNet on the
     ADE20K folder ``data_root``; return the results row (and append it to the store ``results``,
-    a folder or ``.jsonl`` file, when given). See the module docstring.
+    a folder or ``.jsonl`` file, when given); None on ranks other than 0 under torchrun / srun.
+    See the module docstring.
 
     ``wall_time_s`` is this call's time (after a resume, only the part trained now; ``extra``
     has ``start_iter``). Resuming a finished run trains nothing and evaluates the restored model."""
@@ -278,7 +281,8 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     work = Path(cfg.work_dir)
     _check_run_record(work, record, resume)
     work.mkdir(parents=True, exist_ok=True)
-    main_process = int(os.environ.get("RANK", "0")) == 0  # only rank 0 writes the record and the row
+    from bench.distributed import launch_env
+    main_process = (launch_env() or {"rank": 0})["rank"] == 0  # only rank 0 writes the record and the row
     if main_process:
         atomic_write_json(record, work / RUN_RECORD, indent=1, sort_keys=True)
 
@@ -318,7 +322,9 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
                    extra={"img_size": crop[0], "crop_size": list(crop), "config": config_name,
                           "work_dir": str(work), "log_dir": str(runner.log_dir),
                           "start_iter": int(last.start_iter or 0)})
-    if results is not None and main_process:
+    if not main_process:  # under torchrun / srun: rank 0 alone reports and stores the row
+        return None
+    if results is not None:
         ResultsStore(results).append(row)
     return row
 
@@ -353,6 +359,8 @@ def seg_main(args) -> int:
                            iters=args.iters, work_dir=work_dir, resume=args.resume, results=args.results,
                            suite=args.suite, trust_checkpoint=args.trust_checkpoint, crop_size=args.crop_size,
                            channels_last=args.channels_last)
+    if row is None:  # not rank 0
+        return 0
     m = row["metrics"]
     where = f"appended to {args.results}" if args.results else "not stored (no --results)"
     print(f"ADE20K UperNet {row['init']} {row['backbone']} seed {row['seed']}: mIoU {m['mIoU']:.2f}  aAcc {m['aAcc']:.2f}  "
