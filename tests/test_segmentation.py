@@ -88,6 +88,30 @@ def test_registry_vit_in_a_plain_mmseg_config_trains_on_cpu():
     assert enc.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
+def test_with_cp_recomputes_the_encoder_blocks_and_changes_no_gradient():
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    x = torch.randn(2, 3, 64, 64)
+    samples = []
+    for i in range(2):
+        s = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64)))
+        samples.append(s)
+    grads = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        cfg = tiny_segmentor_cfg()
+        cfg["backbone"].update(with_cp=with_cp, drop_path_rate=0.0)
+        model = build_segmentor(cfg)
+        model.decode_head.dropout.p = model.auxiliary_head.dropout.p = 0.0
+        assert all(getattr(b, "_grad_checkpointing", False) == with_cp for b in model.backbone.encoder.blocks)
+        sum(v for k, v in model.loss(x, samples).items() if "loss" in k).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def _lr_by_param(optim_wrapper, model):
     by_id = {}
     for g in optim_wrapper.optimizer.param_groups:

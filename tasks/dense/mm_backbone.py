@@ -27,17 +27,22 @@ class RegistryViT(BaseModule):
     adds relative position bias, zero-initialised where the checkpoint has none. ``window_size`` and
     ``global_blocks`` give ViTDet's windowed attention; ``img_size`` is the training crop the
     position embedding is resampled to (other input sizes are interpolated on the fly).
+    ``with_cp`` (mmcv's name): activation checkpointing of every encoder block
+    (``bench.engine.enable_grad_checkpointing``), e.g. ViT-L at 1024 px.
     """
 
     def __init__(self, name: str, checkpoint: str | None = None, img_size: int | Sequence[int] = 512,
                  variant: str = "fpn", out_indices: Sequence[int] | None = None, out_channels: int = 256,
                  drop_path_rate: float = 0.1, use_rel_pos: bool = True, window_size: int = 0,
                  global_blocks: Sequence[int] = (), norm: str = "BN", trust_checkpoint: bool = False,
-                 init_cfg=None):
+                 with_cp: bool = False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         encoder = build_backbone(name, checkpoint, trust_checkpoint=trust_checkpoint, img_size=img_size,
                                  drop_path_rate=drop_path_rate, use_rel_pos=use_rel_pos, window_size=window_size,
                                  global_blocks=tuple(global_blocks))
+        if with_cp:  # mmcv's name: recompute every block in backward (activation memory -> compute)
+            from bench.engine import enable_grad_checkpointing
+            enable_grad_checkpointing(encoder)
         self.pyramid = ViTPyramid(encoder, variant, out_indices, out_channels, norm)
         self.num_layers = encoder.depth
 
