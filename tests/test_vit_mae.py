@@ -151,3 +151,22 @@ def test_rel_pos_table_resize_keeps_values_on_same_grid_and_cls_rows():
     r = resize_rel_pos_table(t, (4, 4), (6, 6))
     assert r.shape == (num_relative_distances((6, 6)), 3)
     torch.testing.assert_close(r[-3:], t[-3:])
+
+
+def test_cpu_bf16_attention_runs_in_fp32_and_keeps_bias_and_gradients():
+    import torch.nn.functional as F
+
+    from backbones.vit import attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8).bfloat16().requires_grad_() for _ in range(3))
+    bias = torch.randn(1, 3, 17, 17)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, bias)
+    assert out.dtype == torch.bfloat16
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias).bfloat16()
+    assert torch.equal(out, ref)  # the fp32 kernel, rounded once at the end
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    # fp32 inputs are untouched by the rule: the plain kernel
+    qf, kf, vf = (t.detach().float() for t in (q, k, v))
+    assert torch.equal(attention(qf, kf, vf, bias), F.scaled_dot_product_attention(qf, kf, vf, attn_mask=bias))
