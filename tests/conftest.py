@@ -27,3 +27,23 @@ def _seed():
 def pytest_configure(config):
     # pycocotools 2.0.11 + numpy 2.x: every mask decode warns about __array__(copy=...).
     warnings.filterwarnings("ignore", message=".*__array__ implementation doesn't accept a copy keyword.*")
+
+
+def run_torchrun(script, *args, nproc: int = 2, timeout: float = 300):
+    """``python -m torch.distributed.run --standalone --nproc_per_node N script args...`` with one
+    torch thread per process and no launch variables inherited from this process; asserts it
+    succeeded, showing the error lines of every rank. The 2-process test files are their own worker
+    scripts (gloo on CPU)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(script), *map(str, args)]
+    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if "Error" in line or "error:" in line]
+    assert p.returncode == 0, "\n".join(errors[-20:]) + "\n" + p.stderr[-3000:]
+    return p

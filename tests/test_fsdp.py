@@ -9,8 +9,6 @@ CPU, one thread per process) runs every scenario; the tests compare its outputs 
 single-process runs done here.
 """
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -217,12 +215,8 @@ def worker(out: Path):
 @pytest.fixture(scope="module")
 def fsdp(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).resolve()), str(out)]
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    from conftest import run_torchrun
+    p = run_torchrun(Path(__file__).resolve(), out)
     return out, p.stdout, json.loads((out / "report.json").read_text())
 
 
