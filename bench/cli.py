@@ -269,6 +269,8 @@ def main(argv=None) -> int:
         init_distributed()
     try:
         rc = args.func(args)
+        from bench.distributed import finish_distributed
+        finish_distributed()  # every rank done: leave together (also after det/seg's mmengine group)
         return int(rc or 0)
     except BenchError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -98,6 +98,8 @@ def worker(out: Path, ade: Path, coco: Path):
         report["rows"] = gather_objects((report["seg_row"], report["det_row"]))
     if int(os.environ.get("RANK", "0")) == 0:
         (out / f"report{world}.json").write_text(json.dumps(report))
+    from bench.distributed import finish_distributed
+    finish_distributed()  # as `bench` does at the end of a command
 
 
 # ------------------------------------------------------------------------------------------------
