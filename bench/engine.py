@@ -55,7 +55,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from backbones.checkpoint import load_checkpoint_file, save_atomic
-from bench.distributed import all_reduce_sum, gather_objects
+from bench.distributed import all_reduce_sum, gather_objects, rank_world
 from bench.io import atomic_write_text
 from bench.errors import BenchError, CheckpointError, NonFiniteLossError
 
@@ -247,12 +247,6 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
         return lr * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def world_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def enable_grad_checkpointing(model: torch.nn.Module) -> int:
@@ -476,7 +470,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     """
     out = Path(cfg.out_dir)
     check_config(cfg)
-    rank, world = world_info()
+    rank, world = rank_world()
     device = pick_device(cfg.device)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     torch.manual_seed(cfg.seed + rank)

@@ -6,12 +6,11 @@ The validation sets have an odd number of images, so mmengine's ``DefaultSampler
 shard and ``collect_results`` must drop the padding: a duplicated or lost image would change the
 numbers. Both runs load one fixed set of weights (``load_from``), written by the single process.
 
-This file is also the worker script: ``python tests/test_dense_distributed.py OUT ADE COCO``, run
-plainly (one process) and under ``torch.distributed.run --nproc_per_node 2``.
+This file is also the worker script: ``python tests/test_dense_distributed.py OUT ADE COCO``, launched
+with ``torch.distributed.run --nproc_per_node 1`` and then ``2``.
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -116,13 +115,7 @@ def reports(tmp_path_factory):
     make_coco_dataset(coco, n_train=4, n_val=5, image_size=(64, 64), seed=0)
     from conftest import run_torchrun
     script = Path(__file__).resolve()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    # one process first: it writes the weights both runs load
-    p = subprocess.run([sys.executable, str(script), str(out), str(ade), str(coco)], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    run_torchrun(script, out, ade, coco, nproc=1, timeout=600)  # first: it writes the weights both runs load
     run_torchrun(script, out, ade, coco, timeout=600)
     return [json.loads((out / f"report{w}.json").read_text()) for w in (1, 2)]
 

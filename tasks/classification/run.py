@@ -79,8 +79,8 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     """
     from backbones.registry import parse_name
     from backbones.vit import arch_config
-    from bench.distributed import convert_sync_batchnorm
-    from bench.engine import TrainConfig, fit, pick_device, world_info
+    from bench.distributed import convert_sync_batchnorm, rank_world
+    from bench.engine import TrainConfig, fit, pick_device
     from bench.results import ResultsStore, make_row
     from tasks.classification.datasets import ImageDataset, read_splits
 
@@ -105,7 +105,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
             raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
     if bf16 is None:
         bf16 = pick_device(device).type == "cuda"
-    rank, world = world_info()  # under torchrun only rank 0 writes files and the results row
+    rank, world = rank_world()  # under torchrun only rank 0 writes files and the results row
     micro_batch = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
 
     train_split, val_split = read_splits(dataset, data_root)
