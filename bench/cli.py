@@ -268,10 +268,9 @@ def main(argv=None) -> int:
         from bench.distributed import init_distributed
         init_distributed()
     try:
-        rc = args.func(args)
-        from bench.distributed import finish_distributed
-        finish_distributed()  # every rank done: leave together (also after det/seg's mmengine group)
-        return int(rc or 0)
+        rc = int(args.func(args) or 0)
+        from bench.distributed import exit_distributed
+        return exit_distributed(rc)  # under torchrun: all ranks leave together, no interpreter finalization
     except BenchError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)

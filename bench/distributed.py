@@ -25,6 +25,7 @@ import atexit
 import datetime
 import os
 import subprocess
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -106,15 +107,45 @@ def _destroy():
         dist.destroy_process_group()
 
 
-def finish_distributed():
-    """End of a successful multi-process command: wait for every rank, then tear the process group
-    down while all ranks are alive. Without the barrier a rank that finishes first and exits closes
-    its gloo connections under a peer still tearing down, and that peer can die with SIGABRT
-    ("terminate called without an active exception", seen in 1 of ~5 CPU runs of `bench det` under
-    torchrun): the work is done but torchrun reports a failed launch. No-op for one process."""
-    if is_distributed():
+def leave_process_group() -> bool:
+    """Every rank waits for the others, then the process groups are destroyed while all are alive (a
+    rank exiting first closes its connections under a peer still tearing down). Returns whether a
+    process group existed. For callers that must return afterwards (a submitit job function);
+    commands end with ``exit_distributed``, which also avoids the exit race described there."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if dist.get_world_size() > 1:
         dist.barrier()
-        dist.destroy_process_group()
+    dist.destroy_process_group()
+    return True
+
+
+def exit_distributed(code: int = 0) -> int:
+    """End of a successful command. One process without a process group: returns ``code``. Under
+    torchrun / srun (also with one process, e.g. mmengine's group in ``bench det``): leaves the
+    process group together with the other ranks, runs the ``atexit`` handlers, flushes, and ends the
+    process with ``os._exit(code)``, i.e. *without* interpreter finalization.
+
+    Why: since torch's PyObject rework (2.10+), a C++ thread that drops the last C++ reference to a
+    tensor that has a Python object must take the GIL. gloo's worker threads do exactly that when
+    they destroy a finished collective's work object, a moment *after* the caller's ``wait()`` has
+    returned. If that moment falls into ``Py_FinalizeEx``, CPython makes the thread ``pthread_exit``;
+    the forced unwind meets a ``noexcept`` frame and the whole rank dies with SIGABRT ("terminate
+    called without an active exception") after its work is done, so torchrun reports a failed
+    launch. Core dump of such a rank here (``bench det`` under torchrun, ~1 run in 15):
+    ``ProcessGroupGloo::runLoop -> ~AsyncAllgatherWork -> TensorImpl::decref_pyobject ->
+    gil_scoped_acquire -> take_gil -> PyThread_exit_thread -> std::terminate`` while the main thread
+    was in ``Py_FinalizeEx -> PyGC_Collect``. ``destroy_process_group`` does not stop those threads
+    (gloo's ``shutdown`` is a no-op; the threads are joined only when the last reference to the
+    group dies, which DDP modules and device meshes keep until finalization), and a barrier only
+    narrows the window, so the process skips finalization. Failed commands keep the normal exit
+    (their exit code is non-zero anyway)."""
+    if not leave_process_group():
+        return code
+    atexit._run_exitfuncs()  # logging.shutdown, multiprocessing children, tqdm, ours: all still run
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_distributed() -> bool:

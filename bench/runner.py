@@ -530,7 +530,10 @@ class CellJob:
             from bench.distributed import init_distributed
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             init_distributed()
-        return execute_cell(suite, cell, self.out_dir, pretrain_error=self.pretrain_error)
+        result = execute_cell(suite, cell, self.out_dir, pretrain_error=self.pretrain_error)
+        from bench.distributed import leave_process_group
+        leave_process_group()  # submitit still has to return the result: leave together, keep the process
+        return result
 
     def checkpoint(self, *args, **kwargs):
         import submitit
