@@ -97,8 +97,6 @@ def worker(out: Path, ade: Path, coco: Path):
         report["rows"] = gather_objects((report["seg_row"], report["det_row"]))
     if int(os.environ.get("RANK", "0")) == 0:
         (out / f"report{world}.json").write_text(json.dumps(report))
-    from bench.distributed import finish_distributed
-    finish_distributed()  # as `bench` does at the end of a command
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,4 +145,5 @@ def test_seg_and_det_train_under_torchrun_on_cpu_and_rank_0_alone_writes_the_row
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    from conftest import torchrun_worker_main
+    torchrun_worker_main(worker)

@@ -8,6 +8,7 @@ OUT`` (gloo on CPU, one thread per process). Every scenario runs in that one lau
 compare its outputs with single-process runs done here.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -244,6 +245,52 @@ def test_launch_environment_detection(monkeypatch):
     assert init_distributed() == (0, 1, 0) and not torch.distributed.is_initialized()
 
 
+EXIT_SCRIPT = """
+import atexit, socket, sys, torch, torch.distributed as dist
+from pathlib import Path
+from bench.distributed import exit_distributed
+out = Path(sys.argv[1])
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+if sys.argv[2] == "group":
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.all_reduce(torch.ones(3))
+atexit.register(lambda: (out / "atexit_ran").write_text("1"))
+
+class Finalized:  # collected only by interpreter finalization
+    def __del__(self):
+        (out / "finalized").write_text("1")
+
+keep = Finalized()
+print("unflushed stdout line", end="")
+code = exit_distributed(3)
+print(" returned", code)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("mode", ["group", "none"])
+def test_exit_distributed_skips_interpreter_finalization_only_under_a_process_group(tmp_path, mode):
+    """The end of every command (see ``exit_distributed``'s docstring for the gloo-thread abort it
+    avoids): with a process group the group is left, atexit handlers and buffered output still run,
+    the exit code is kept and finalizers are never reached; without one it is a plain return."""
+    import subprocess
+    (tmp_path / "w.py").write_text(EXIT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, str(tmp_path / "w.py"), str(tmp_path), mode], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert (tmp_path / "atexit_ran").exists()
+    if mode == "group":
+        assert p.stdout == "unflushed stdout line"  # flushed before os._exit, nothing after it ran
+        assert not (tmp_path / "finalized").exists()
+    else:
+        assert p.stdout == "unflushed stdout line returned 3\n"
+        assert (tmp_path / "finalized").exists()
+
+
 def _saved_bytes_and_grads(model, imgs, noise):
     total = [0]
 
@@ -275,4 +322,5 @@ def test_grad_checkpointing_saves_activations_and_changes_no_gradient(tmp_path, 
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    from conftest import torchrun_worker_main
+    torchrun_worker_main(worker)

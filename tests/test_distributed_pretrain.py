@@ -235,4 +235,5 @@ def test_without_a_process_group_nothing_changes(one_thread):
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    from conftest import torchrun_worker_main
+    torchrun_worker_main(worker)

@@ -412,4 +412,5 @@ def test_fsdp_flag_on_the_command_line():
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    from conftest import torchrun_worker_main
+    torchrun_worker_main(worker)
