@@ -143,8 +143,11 @@ def exit_distributed(code: int = 0) -> int:
     if not leave_process_group():
         return code
     atexit._run_exitfuncs()  # logging.shutdown, multiprocessing children, tqdm, ours: all still run
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written anyway
+            pass
     os._exit(code)
 
 
