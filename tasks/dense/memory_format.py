@@ -16,7 +16,8 @@ heads), and a guard for mmcv's RoI ops.
   (B, D, h, w)) and convolutions keep that layout, so before this guard the FPN maps reaching
   RoIAlign were NHWC in every layout and the RoI features were scrambled. The guard makes their
   input NCHW (no copy when it already is).
-* ``DenseRunner``: mmengine's ``Runner`` applying both to the model it builds, before DDP wraps it.
+* ``DenseRunner``: mmengine's ``Runner`` applying both to the model it builds, before DDP wraps it
+  (and resuming by sampler indices, ``tasks.dense.resume``).
 """
 from __future__ import annotations
 
@@ -102,6 +103,16 @@ class DenseRunner(Runner):
     ``device_ids=[LOCAL_RANK]``, and ``SyncBN`` layers make DDP refuse a CPU model. Here the wrapper
     gets ``device_ids=None`` and SyncBN becomes ``bench.distributed``'s gloo SyncBatchNorm, so CPU
     runs (and the tests) use the same code path as GPU runs."""
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        """mmengine's ``from_cfg`` on a copy of ``cfg`` in which a resumed run skips the batches it
+        already trained on by sampler indices instead of loading them (``tasks.dense.resume``)."""
+        import copy
+        from tasks.dense.resume import skip_trained_batches_on_resume
+        cfg = copy.deepcopy(cfg)
+        skip_trained_batches_on_resume(cfg)
+        return super().from_cfg(cfg)
 
     def setup_env(self, env_cfg):
         if self.distributed:
