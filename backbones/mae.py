@@ -153,7 +153,7 @@ class MaskedAutoencoder(VisionTransformer):
         """Load our checkpoint (architecture stored in it) or an official facebookresearch/mae
         pretraining file (``{'model': sd}`` with ``decoder_*`` and ``mask_token``). Architecture
         keywords named as in the official code override what is stored or inferred from shapes."""
-        from .checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
+        from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
         obj = load_checkpoint_file(path, trust=trust)
         sd, _ = unwrap_state_dict(obj, path)
         stored = obj.get("arch") if isinstance(obj, dict) else None  # ours: a dict; MoCo v3's: a name
@@ -167,7 +167,7 @@ class MaskedAutoencoder(VisionTransformer):
 def infer_mae_arch(sd: dict, path="checkpoint") -> dict:
     """Architecture of an official MAE pretraining state dict, from tensor shapes. Head counts are
     not stored in the file: they follow the official presets (decoder: 16 heads)."""
-    from bench.errors import CheckpointError
+    from bench.core.errors import CheckpointError
     missing = [k for k in ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight", "decoder_pred.weight") if k not in sd]
     if missing:
         raise CheckpointError(f"{path}: not an MAE pretraining checkpoint (missing key {missing[0]!r})")

@@ -23,9 +23,9 @@ from typing import Callable
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from bench.errors import BenchError, CheckpointError
+from bench.core.errors import BenchError, CheckpointError
 
-from .checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
+from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
 from .vit import ARCHS, VisionTransformer, arch_config, infer_rel_pos_grid, resize_rel_pos_table
 
 # A converter takes what ``load_checkpoint_file`` returned and the path (for messages) and returns an

@@ -381,7 +381,7 @@ ARCHS: dict[str, dict] = {
 
 def arch_config(arch: str) -> dict:
     if arch not in ARCHS:
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
         raise BenchError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     return dict(ARCHS[arch])
 

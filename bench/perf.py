@@ -111,7 +111,7 @@ def time_steps(model, imgs, bf16: bool, iters: int, device) -> float:
 
 def perf_pretrain(arch="vit_base_patch16", img_size=224, batch_size=8, decoder_depths=(8, 1), iters=3, threads=None,
                   baseline=False, device="auto"):
-    from bench.engine import pick_device
+    from bench.core.engine import pick_device
     dev = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -161,7 +161,7 @@ def perf_cls(arch="vit_base_patch16", img_size=224, batch_size=8, iters=3, threa
     from timm.models.vision_transformer import VisionTransformer as TimmViT
     from torch.utils.flop_counter import FlopCounterMode
     from backbones.vit import arch_config, create_vit
-    from bench.engine import pick_device
+    from bench.core.engine import pick_device
     dev = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -212,8 +212,8 @@ def perf_data(img_size=224, batch_size=64, workers=(0, 2), n_images=256, decoder
     import numpy as np
     from PIL import Image
     from torch.utils.data import DataLoader
-    from bench.data import ImageFolderImages, embedded_photos, pretrain_transform
-    from bench.errors import BenchError
+    from bench.core.data import ImageFolderImages, embedded_photos, pretrain_transform
+    from bench.core.errors import BenchError
     decoders = {"both": ("pil", "torchvision"), "pil": ("pil",), "torchvision": ("torchvision",)}.get(decoder)
     if decoders is None:
         raise BenchError(f"unknown decoder {decoder!r}; expected pil, torchvision or both")
@@ -428,7 +428,7 @@ def perf_det(config="vit_b", variants=("fpn",), backbone="random_vit_base_patch1
     import tasks.detection.mmdet_plugins  # noqa: F401  (LN2d, LastLevelMaxPool)
     from backbones.registry import parse_name
     from backbones.vit import arch_config
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from tasks.detection.run import fill_model, load_config, resolve_config
     if threads:
         torch.set_num_threads(threads)

@@ -3,7 +3,7 @@
 A suite (``bench/suites/*.yaml``, read by ``bench.suite.load_suite``) expands into *cells*:
 
 * one **pretraining cell** ``<init>/pretrain`` per init that says ``pretrain: {...}``. It runs the
-  pretrainer (``bench.pretrain.pretrain_mae`` or ``backbones.pretrainers.PRETRAINERS[method]``) in
+  pretrainer (``backbones.pretrainers.mae.pretrain_mae`` or ``backbones.pretrainers.PRETRAINERS[method]``) in
   ``<out>/work/<init>/pretrain`` and yields ``pretrain.pth``. Pretraining is done once per init and
   shared by all seeds (the seeds vary the transfer runs, as the paper's error bars do);
 * one **transfer cell** per init x task (x k for partial fine-tuning) x seed, named
@@ -12,7 +12,7 @@ A suite (``bench/suites/*.yaml``, read by ``bench.suite.load_suite``) expands in
   (``tasks.detection.run.run_detection``, ``tasks.segmentation.run.run_segmentation``,
   ``tasks.classification.run.run_classification``) with ``<out>/work/<cell name>`` as its work dir,
   and appends the task's row to ``<out>/runs.jsonl``. The cell id is that row's ``run_id``
-  (``bench.results.default_run_id`` of suite, task, protocol, k, init, arch, seed and the init's
+  (``bench.core.results.default_run_id`` of suite, task, protocol, k, init, arch, seed and the init's
   identity extras such as MAE's ``mask_ratio``).
 
 Running a suite again continues where it stopped:
@@ -54,10 +54,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.distributed import is_main
-from bench.errors import BenchError
-from bench.io import atomic_write_json
-from bench.results import ResultsStore, default_run_id, make_row
+from bench.core.distributed import is_main
+from bench.core.errors import BenchError
+from bench.core.io import atomic_write_json
+from bench.core.results import ResultsStore, default_run_id, make_row
 from bench.suite import InitEntry, Suite, TaskEntry, generator_fn, load_suite, pretrainer_fn
 
 DETECTION_VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
@@ -527,11 +527,11 @@ class CellJob:
         suite = load_suite(self.suite_path).with_seeds(self.seeds)
         cell = next(c for c in plan(suite) if c.name == self.cell_name)
         if submitit.JobEnvironment().num_tasks > 1:
-            from bench.distributed import init_distributed
+            from bench.core.distributed import init_distributed
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             init_distributed()
         result = execute_cell(suite, cell, self.out_dir, pretrain_error=self.pretrain_error)
-        from bench.distributed import leave_process_group
+        from bench.core.distributed import leave_process_group
         leave_process_group()  # submitit still has to return the result: leave together, keep the process
         return result
 

@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 import yaml
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 SCALES = ("smoke", "full")
@@ -276,7 +276,7 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
 
 
 def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
-    from bench.engine import TrainConfig
+    from bench.core.engine import TrainConfig
 
     spec = _mapping(spec, where, f"key {key!r}")
     method = spec.get("method", init)
@@ -385,13 +385,13 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
 
 def pretrainer_fn(method: str) -> Callable[..., Path]:
     """The pretraining function of ``method``: ``fn(arch, out_dir, *, data, img_size, epoch_size,
-    resume, **train) -> Path of pretrain.pth``. MAE lives in ``bench.pretrain``; the others in
+    resume, **train) -> Path of pretrain.pth``. MAE lives in ``backbones.pretrainers.mae``; the others in
     ``backbones.pretrainers.PRETRAINERS``."""
     try:
         from backbones.pretrainers import PRETRAINERS
     except ImportError as e:
         if method == "mae":
-            from bench.pretrain import pretrain_mae
+            from backbones.pretrainers.mae import pretrain_mae
             return pretrain_mae
         raise BenchError(f"pretraining method {method!r} is not available in this install "
                          f"(backbones.pretrainers: {e})") from None

@@ -37,9 +37,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from bench.errors import BenchError
-from bench.io import atomic_open, atomic_write_text
-from bench.results import ResultsStore
+from bench.core.errors import BenchError
+from bench.core.io import atomic_open, atomic_write_text
+from bench.core.results import ResultsStore
 
 FIELDS = ("mean", "std", "n", "delta", "published")
 INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.data import IMAGENET_MEAN, IMAGENET_STD
+from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _images(source: str, size: int, n: int, seed: int) -> torch.Tensor:
     from torchvision import transforms as T
-    from bench.data import pretrain_dataset
+    from bench.core.data import pretrain_dataset
     g = torch.Generator().manual_seed(seed)
     if source in ("embedded", "", None):
         from PIL import Image
-        from bench.data import embedded_photos
+        from bench.core.data import embedded_photos
         photos = embedded_photos()
         tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
                         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -62,7 +62,7 @@ def visualize(checkpoint: str, out: str, *, images: str = "embedded", mask_ratio
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from backbones.mae import MaskedAutoencoder
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     for r in mask_ratios:
         if not 0 < r < 1:
@@ -86,7 +86,7 @@ def visualize(checkpoint: str, out: str, *, images: str = "embedded", mask_ratio
                 ax.set_title(cols[j], fontsize=7)
     fig.suptitle(f"MAE reconstructions — {Path(checkpoint).name}", fontsize=9)
     fig.tight_layout()
-    from bench.io import atomic_open
+    from bench.core.io import atomic_open
     out = Path(out)
     with atomic_open(out, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

@@ -52,10 +52,10 @@ def run_torchrun(script, *args, nproc: int = 2, timeout: float = 300):
 def torchrun_worker_main(worker):
     """The ``__main__`` of a test file that ``run_torchrun`` launches: ``worker(*argv as paths)`` on
     this rank, then the end every ``bench`` command has under torchrun
-    (``bench.distributed.exit_distributed``: ranks leave together, no interpreter finalization, in
+    (``bench.core.distributed.exit_distributed``: ranks leave together, no interpreter finalization, in
     which a gloo thread can abort a finished rank)."""
     import sys
     from pathlib import Path
-    from bench.distributed import exit_distributed
+    from bench.core.distributed import exit_distributed
     worker(*map(Path, sys.argv[1:]))
     exit_distributed(0)

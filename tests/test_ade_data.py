@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.errors import BenchError, DataError
+from bench.core.errors import BenchError, DataError
 from tasks.segmentation import ade_data
 from tasks.segmentation.ade_data import (ADE20K_CLASSES, ADE20K_PALETTE, confusion_miou,
                                          make_ade20k_dataset, render_ade20k_sample, sample_rng,

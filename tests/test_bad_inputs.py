@@ -43,7 +43,7 @@ DOC = ROOT / "docs" / "bad_inputs.md"
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     from backbones import build_backbone
-    from backbones.checkpoint import save_atomic
+    from bench.core.checkpoint import save_atomic
     from backbones.mae import MaskedAutoencoder
     from tasks.classification.datasets import make_image_folder
     from tasks.detection.coco_data import make_coco_dataset

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.errors import BenchError, DataError
+from bench.core.errors import BenchError, DataError
 from tasks.classification import datasets as cd
 from tasks.classification import (
     ClassificationSplit,
@@ -216,7 +216,7 @@ def test_image_dataset_returns_label_and_transformed_rgb(sets):
 
 def test_image_dataset_decodes_with_torchvision_for_the_tensor_eval_transform(sets, monkeypatch):
     import torch
-    from bench.data import IMAGENET_STD, TensorTransform
+    from bench.core.data import IMAGENET_STD, TensorTransform
     from tasks.classification import protocols as P
     split = read_split("places365", sets["places365"], "val")
     ev = P.eval_transform(P.load_config("finetune", "vit_base_patch16"), 32)  # 16 px images: resize 36, crop 32

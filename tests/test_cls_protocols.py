@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from backbones.registry import build_backbone
-from bench.engine import TrainConfig, fit
-from bench.errors import BenchError
-from bench.results import ResultsStore
+from bench.core.engine import TrainConfig, fit
+from bench.core.errors import BenchError
+from bench.core.results import ResultsStore
 from tasks.classification import protocols as P
 from tasks.classification.datasets import make_image_folder
 from tasks.classification.run import add_cls_arguments, run_classification

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bench.errors import DataError
+from bench.core.errors import DataError
 from tasks.detection.coco_data import (SHAPE_CATEGORIES, _COLOURS, check_same_categories,
                                        make_coco_dataset, uncompressed_rle_counts, validate_coco)
 

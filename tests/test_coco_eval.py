@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from bench.errors import BenchError, DataError
+from bench.core.errors import BenchError, DataError
 from tasks.detection.coco_data import make_coco_dataset
 from tasks.detection.evaluation import (coco_evaluate, instances_to_coco_results, metric_names,
                                         write_detections_json)

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from backbones import build_backbone
 from backbones.registry import detect_format
-from bench.errors import CheckpointError
+from bench.core.errors import CheckpointError
 
 torch.set_num_threads(1)
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.data as bd
-from bench.data import (IMAGE_EXTENSIONS, IMAGENET_STD, ImageFolderImages, TensorTransform, decode_rgb,
+import bench.core.data as bd
+from bench.core.data import (IMAGE_EXTENSIONS, IMAGENET_STD, ImageFolderImages, TensorTransform, decode_rgb,
                         embedded_photos, list_images, load_rgb, pil_to_uint8, pretrain_transform)
-from bench.errors import DataError
+from bench.core.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STD255 = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255  # normalised units -> 0..255 pixel units
@@ -159,7 +159,7 @@ def test_steps_without_a_v2_twin_stay_pil():
 
 
 def test_tensor_transform_is_deterministic_under_the_engines_per_sample_seed():
-    from bench.engine import SeededDataset
+    from bench.core.engine import SeededDataset
     ds = SeededDataset(bd.pretrain_dataset("embedded", 32, 16))
     assert isinstance(ds.dataset.images[0], torch.Tensor)
     a, b, c = ds[(3, 12345)], ds[(3, 12345)], ds[(3, 54321)]
@@ -255,6 +255,6 @@ def test_perf_data_reports_both_decoders_against_the_model(capsys):
     for _, _, median, best, ratio in rows:
         assert 0 < int(median) <= int(best)
         assert abs(int(ratio) - int(median) / 2.0) <= 1  # ratio = loader / model img/s (both rounded)
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     with pytest.raises(BenchError, match="unknown decoder 'jpeg'"):
         perf_data(decoder="jpeg")

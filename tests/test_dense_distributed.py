@@ -81,7 +81,7 @@ def det_metrics(out: Path, coco: Path, weights: Path) -> dict:
 
 def worker(out: Path, ade: Path, coco: Path):
     import torch
-    from bench.distributed import gather_objects
+    from bench.core.distributed import gather_objects
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     report = {"out": str(out), "seg": seg_metrics(out / f"w{world}", ade, out / "seg_weights.pth"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import BenchError, DataError
+from bench.core.errors import BenchError, DataError
 from tasks.detection.coco_data import make_coco_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -318,7 +318,7 @@ def test_bench_metric_equals_mmdet_cocometric(mm, coco):
 # --------------------------------------------------------------------------------------------------
 def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, monkeypatch):
     import tasks.detection.run as run_mod
-    from bench.results import ResultsStore
+    from bench.core.results import ResultsStore
     from tasks.detection.evaluation import coco_evaluate
 
     wd, results, dets = tmp_path / "wd", tmp_path / "results", tmp_path / "dets.json"

@@ -20,9 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
-from bench.data import pretrain_dataset  # noqa: E402
-from bench.engine import TrainConfig, enable_grad_checkpointing, fit  # noqa: E402
-from bench.pretrain import MaskNoise, build_mae  # noqa: E402
+from bench.core.data import pretrain_dataset  # noqa: E402
+from bench.core.engine import TrainConfig, enable_grad_checkpointing, fit  # noqa: E402
+from backbones.pretrainers.mae import MaskNoise, build_mae  # noqa: E402
+from backbones.vit import Block  # noqa: E402
 
 ARCH = "vit_test_patch8"  # 32 px, 4x4 = 16 patches
 N_SAMPLES, STEPS, BLR = 64, 6, 5e-3
@@ -31,7 +32,7 @@ N_EVAL, N_CLASSES = 103, 10  # 103: the two ranks' shards differ in size
 
 def MaskedCrops(n=N_SAMPLES):
     """Embedded-photo crops with the MAE mask noise drawn per sample by the product's data pipeline
-    (``bench.pretrain.MaskNoise``, under the engine's per-sample seed), so a sample's mask does not
+    (``backbones.pretrainers.mae.MaskNoise``, under the engine's per-sample seed), so a sample's mask does not
     depend on which rank sees it."""
     return MaskNoise(pretrain_dataset("embedded", 32, n), 16)
 
@@ -46,7 +47,7 @@ def run_mae(out, batch_size, accum_iter=1, steps=STEPS, loss_fn=mae_loss, datase
     cfg = TrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, accum_iter=accum_iter, blr=BLR,
                       warmup_steps=2, progress=False, desc="ddp", **kw)
     model = build_mae(ARCH)
-    res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg)
+    res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg, block_type=Block)
     return model, res
 
 
@@ -67,9 +68,9 @@ class Crash(Exception):
 
 
 def worker(out: Path):
-    from bench.distributed import (all_reduce_sum, gather_accuracy, gather_objects, init_distributed,
+    from bench.core.distributed import (all_reduce_sum, gather_accuracy, gather_objects, init_distributed,
                                    shard_indices, topk_counts)
-    from bench.errors import NonFiniteLossError
+    from bench.core.errors import NonFiniteLossError
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     assert world == 2
@@ -216,7 +217,7 @@ def test_resume_under_ddp_repeats_the_uninterrupted_run(ddp):
 
 
 def test_accuracy_gathered_over_ranks_equals_one_process(ddp):
-    from bench.distributed import gather_accuracy, topk_counts
+    from bench.core.distributed import gather_accuracy, topk_counts
     _, _, rep = ddp
     logits, labels = eval_logits()
     # reference computed independently: rank of the true class among the scores
@@ -231,7 +232,7 @@ def test_accuracy_gathered_over_ranks_equals_one_process(ddp):
 
 
 def test_launch_environment_detection(monkeypatch):
-    from bench.distributed import init_distributed, launch_env
+    from bench.core.distributed import init_distributed, launch_env
     assert launch_env({}) is None
     tr = launch_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h0", "MASTER_PORT": "1234",
                      "SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
@@ -248,7 +249,7 @@ def test_launch_environment_detection(monkeypatch):
 EXIT_SCRIPT = """
 import atexit, socket, sys, torch, torch.distributed as dist
 from pathlib import Path
-from bench.distributed import exit_distributed
+from bench.core.distributed import exit_distributed
 out = Path(sys.argv[1])
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
@@ -309,7 +310,7 @@ def test_grad_checkpointing_saves_activations_and_changes_no_gradient(tmp_path, 
     model = build_mae(ARCH)
     imgs, noise = torch.randn(8, 3, 32, 32), torch.rand(8, 16)
     plain_bytes, plain = _saved_bytes_and_grads(model, imgs, noise)
-    assert enable_grad_checkpointing(model) == 2 + 1  # 2 encoder blocks + 1 decoder block
+    assert enable_grad_checkpointing(model, Block) == 2 + 1  # 2 encoder blocks + 1 decoder block
     ckpt_bytes, ckpt = _saved_bytes_and_grads(model, imgs, noise)
     assert plain.keys() == ckpt.keys()
     for n in plain:

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
 from backbones.pretrainers.mocov3 import pretrain_mocov3  # noqa: E402
-from bench.pretrain import build_mae, pretrain_mae  # noqa: E402
+from backbones.pretrainers.mae import build_mae, pretrain_mae  # noqa: E402
 
 ARCH = "vit_test_patch8"  # 32 px, 16 patches, width 32
 B, STEPS = 8, 6  # per-rank batch (the single process gets 2 B); 6 steps cross an epoch (64 / 16 = 4 per epoch)
@@ -71,7 +71,7 @@ def bn_run(mods, rows):
 # The worker (one process of the torchrun launch)
 # ------------------------------------------------------------------------------------------------
 def worker(out: Path):
-    from bench.distributed import convert_sync_batchnorm, gather_objects, init_distributed
+    from bench.core.distributed import convert_sync_batchnorm, gather_objects, init_distributed
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     assert world == 2
@@ -219,9 +219,9 @@ def test_mae_two_ranks_equal_one_process_with_the_global_batch(ddp, single_mae):
 
 
 def test_without_a_process_group_nothing_changes(one_thread):
-    from bench.distributed import all_gather_nograd, convert_sync_batchnorm
-    from bench.engine import SeededDataset
-    from bench.pretrain import MaskNoise
+    from bench.core.distributed import all_gather_nograd, convert_sync_batchnorm
+    from bench.core.engine import SeededDataset
+    from backbones.pretrainers.mae import MaskNoise
     assert not torch.distributed.is_initialized()
     mods = bn_modules()
     assert convert_sync_batchnorm(mods) is mods and [type(m) for m in mods] == [nn.BatchNorm1d, nn.BatchNorm2d]

@@ -20,9 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
-from bench.data import pretrain_dataset  # noqa: E402
-from bench.engine import TrainConfig, fit, local_state_bytes  # noqa: E402
-from bench.pretrain import build_mae  # noqa: E402
+from bench.core.data import pretrain_dataset  # noqa: E402
+from bench.core.engine import TrainConfig, fit, local_state_bytes  # noqa: E402
+from backbones.pretrainers.mae import build_mae  # noqa: E402
+from backbones.vit import Block  # noqa: E402
 
 ARCH = "vit_test_patch8"  # 32 px, 4x4 = 16 patches, 2 encoder blocks + 1 decoder block
 N_SAMPLES, STEPS, BLR = 64, 6, 5e-3
@@ -55,7 +56,7 @@ def run_mae(out, batch_size, accum_iter=1, steps=STEPS, loss_fn=mae_loss, datase
     cfg = TrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, accum_iter=accum_iter, blr=BLR,
                       warmup_steps=2, progress=False, desc="fsdp", **kw)
     model = model or build_mae(ARCH)
-    res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg)
+    res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg, block_type=Block)
     return model, res
 
 
@@ -83,9 +84,9 @@ def worker(out: Path):
     from torch.distributed.tensor import DTensor
 
     from backbones.pretrainers.mocov3 import pretrain_mocov3
-    from bench.distributed import gather_objects, init_distributed
-    from bench.engine import FSDPSharding, make_optimizer
-    from bench.errors import NonFiniteLossError
+    from bench.core.distributed import gather_objects, init_distributed
+    from bench.core.engine import FSDPSharding, make_optimizer
+    from bench.core.errors import NonFiniteLossError
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     assert world == 2
@@ -118,7 +119,7 @@ def worker(out: Path):
     # the clipping norm on DTensor gradients is the norm of the whole model's gradient
     torch.manual_seed(0)
     m = build_mae(ARCH)
-    FSDPSharding(m)
+    FSDPSharding(m, Block)
     imgs, noise = fixed_batch()
     part = slice(8 * rank, 8 * rank + 8)
     m(imgs[part], 0.75, noise[part])[0].backward()
@@ -180,7 +181,7 @@ def worker(out: Path):
     plain = one_step(build_mae(ARCH))
     torch.manual_seed(0)
     m = build_mae(ARCH)
-    FSDPSharding(m)
+    FSDPSharding(m, Block)
     report["bytes"] = gather_objects({"ddp": plain, "fsdp": one_step(m)})
     report["fused_on_dtensors"] = make_optimizer([{"params": list(m.parameters())}], TrainConfig(out_dir=""),
                                                  1e-3).defaults["fused"]

@@ -1,5 +1,5 @@
 """Fuzzing the two readers of user-written files: the suite parser (``bench.suite.load_suite``) and
-the results-store reader (``bench.results.ResultsStore.rows``, behind ``bench table`` and
+the results-store reader (``bench.core.results.ResultsStore.rows``, behind ``bench table`` and
 ``bench run``).
 
 The property, for any input: it loads, or it raises ``BenchError`` with a one-line, non-empty
@@ -27,8 +27,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.errors import BenchError
-from bench.results import ResultsStore
+from bench.core.errors import BenchError
+from bench.core.results import ResultsStore
 from bench.suite import load_suite
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,

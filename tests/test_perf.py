@@ -55,7 +55,7 @@ def test_perf_det_runs_both_variants_and_prints_consistent_numbers():
 
 
 def test_perf_det_compares_layouts_interleaved_and_refuses_a_bad_size(capsys):
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from bench.perf import perf_det
     rows = perf_det(config="smoke", variants=("vitdet",), backbone=TINY, img_size=64, batch_size=1, boxes=3, iters=1,
                     channels_last="both", repeats=2)

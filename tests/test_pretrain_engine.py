@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from bench.data import pretrain_dataset
-from bench.engine import EpochBatchSampler, RunBatchSampler, TrainConfig, fit, lr_at
-from bench.errors import NonFiniteLossError
-from bench.pretrain import build_mae, pretrain_mae
+from bench.core.data import pretrain_dataset
+from bench.core.engine import EpochBatchSampler, RunBatchSampler, TrainConfig, fit, lr_at
+from bench.core.errors import NonFiniteLossError
+from backbones.pretrainers.mae import build_mae, pretrain_mae
 
 
 def _losses(d):
@@ -126,7 +126,7 @@ def test_global_batch_and_lr_printed(tmp_path, capsys):
 
 def test_fused_adamw_matches_the_reference_loop():
     """The engine uses torch's fused AdamW (3x faster on CPU); it must give the same updates."""
-    from bench.engine import make_optimizer, param_groups
+    from bench.core.engine import make_optimizer, param_groups
     torch.manual_seed(0)
     a, b = build_mae("vit_test_patch8"), build_mae("vit_test_patch8")
     b.load_state_dict(a.state_dict())
@@ -156,9 +156,9 @@ def test_fused_adamw_matches_the_reference_loop():
 
 
 def test_malloc_tuning_is_applied_on_glibc():
-    """bench.cpu_tuning keeps multi-MB tensors on the heap (+14% bf16 img/s for the MAE step here)."""
+    """bench.core.cpu_tuning keeps multi-MB tensors on the heap (+14% bf16 img/s for the MAE step here)."""
     import platform
-    from bench.cpu_tuning import tune_malloc
+    from bench.core.cpu_tuning import tune_malloc
     ok = tune_malloc()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert ok

@@ -23,8 +23,8 @@ from backbones.pretrainers.mocov3 import (MoCoV3, mocov3_loss, mocov3_sincos_pos
                                           momentum_at, momentum_hook, pretrain_mocov3)
 from backbones.pretrainers.supervised import EmbeddedLabelled, pretrain_supervised
 from backbones.vit import get_2d_sincos_pos_embed
-from bench.engine import SeededDataset, TrainConfig, fit
-from bench.errors import BenchError, CheckpointError, DataError
+from bench.core.engine import SeededDataset, TrainConfig, fit
+from bench.core.errors import BenchError, CheckpointError, DataError
 
 torch.set_num_threads(1)  # the sandbox's cores are shared: more threads only spin
 

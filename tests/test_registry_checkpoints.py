@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from backbones import build_backbone, list_backbones
-from backbones.checkpoint import load_checkpoint_file, save_atomic
+from bench.core.checkpoint import load_checkpoint_file, save_atomic
 from backbones.mae import MaskedAutoencoder
-from bench.errors import BenchError, CheckpointError
+from bench.core.errors import BenchError, CheckpointError
 
 
 def _mae():

@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
-from bench.errors import BenchError, CheckpointError
-from bench.results import SCHEMA_VERSION, ResultsStore, config_hash, default_run_id, make_row
+from bench.core.errors import BenchError, CheckpointError
+from bench.core.results import SCHEMA_VERSION, ResultsStore, config_hash, default_run_id, make_row
 
 
 def plain_row(run_id="r0", seed=0, status="ok", metrics=None, **changes):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.errors import BenchError
-from bench.results import ResultsStore, default_run_id
+from bench.core.errors import BenchError
+from bench.core.results import ResultsStore, default_run_id
 from bench.runner import add_run_arguments, plan, run_main, run_suite
 from bench.suite import load_suite
 

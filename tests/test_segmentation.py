@@ -13,8 +13,8 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS, init_default_scope
 
 import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT
-from bench.errors import BenchError, DataError
-from bench.results import ResultsStore, config_hash
+from bench.core.errors import BenchError, DataError
+from bench.core.results import ResultsStore, config_hash
 from tasks.segmentation.ade_data import ADE20K_CLASSES, confusion_miou, make_ade20k_dataset
 from tasks.segmentation.run import (CONFIGS, RUN_RECORD, add_seg_arguments, hashed_config, load_config,
                                     run_segmentation, seg_main)

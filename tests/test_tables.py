@@ -7,8 +7,8 @@ import re
 import pandas as pd
 import pytest
 
-from bench.errors import BenchError
-from bench.results import ResultsStore, default_run_id
+from bench.core.errors import BenchError
+from bench.core.results import ResultsStore, default_run_id
 from bench.tables import (DEFAULT_REFERENCE, add_table_arguments, backbone_label, build_tables,
                           load_reference, plot_tables, run_table, table_main, to_latex,
                           to_markdown, write_tables)

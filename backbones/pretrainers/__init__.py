@@ -1,5 +1,5 @@
 """Small-scale pretrainers for the four initialisations the MAE paper transfers (Sec. 5): MAE,
-MoCo v3, BEiT and supervised, all trained on ``bench.engine.fit`` and all exporting
+MoCo v3, BEiT and supervised, all trained on ``bench.core.engine.fit`` and all exporting
 ``<out>/pretrain.pth`` that ``build_backbone(f'{method}_{arch}', checkpoint=...)`` loads.
 
 Every entry of ``PRETRAINERS`` has the signature::
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import BenchError
-from bench.pretrain import pretrain_mae
+from bench.core.errors import BenchError
+from backbones.pretrainers.mae import pretrain_mae
 
 from .beit import pretrain_beit
 from .mocov3 import pretrain_mocov3

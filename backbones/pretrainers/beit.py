@@ -47,14 +47,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.checkpoint import load_checkpoint_file, save_atomic
-from backbones.vit import VisionTransformer
-from bench.engine import TrainConfig, fit, pick_device
-from bench.determinism import seed_everything
-from bench.errors import BenchError, CheckpointError
-from bench.pretrain import export_backbone
+from bench.core.checkpoint import load_checkpoint_file, save_atomic
+from backbones.vit import Block, VisionTransformer
+from bench.core.engine import TrainConfig, fit, pick_device
+from bench.core.determinism import seed_everything
+from bench.core.errors import BenchError, CheckpointError
 
-from .common import encoder_config, image_dataset, input_size
+from .common import encoder_config, export_backbone, image_dataset, input_size
 
 # unilm beit/README.md (ImageNet-1k pretraining of BEiT-base) and run_beit_pretraining.py defaults
 PAPER = dict(epochs=800, batch_size=2048, blr=1.5e-3 * 256 / 2048, warmup_epochs=10, betas=(0.9, 0.98),
@@ -132,7 +131,7 @@ class BeitTransform:
     def __init__(self, img_size: int, masking: BlockMaskingGenerator | None, crop_min: float = 0.08):
         from torchvision import transforms as T
 
-        from bench.data import IMAGENET_MEAN, IMAGENET_STD
+        from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
         self.image = T.Compose([
             T.RandomHorizontalFlip(),
             T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
@@ -246,7 +245,7 @@ def load_tokenizer(path: str | Path, trust: bool = False) -> VQTokenizer:
         tok = VQTokenizer(**obj["config"])
     except TypeError as e:
         raise CheckpointError(f"tokenizer {path}: bad 'config': {e}") from None
-    from backbones.checkpoint import load_state_dict_checked
+    from bench.core.checkpoint import load_state_dict_checked
     load_state_dict_checked(tok, obj["model"], path)
     return tok.eval()
 
@@ -389,7 +388,7 @@ def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"mlm_acc": acc.detach()}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume)
+    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block)
     return export_backbone(model.encoder, out, "beit",
                            extra={"method": dict(vocab_size=tok.vocab_size, mask_ratio=mask_ratio,
                                                  shared_rel_pos=shared_rel_pos)})

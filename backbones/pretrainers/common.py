@@ -2,7 +2,12 @@
 the registry builds for it) and the image datasets (embedded photos or an image folder)."""
 from __future__ import annotations
 
-from bench.errors import BenchError
+from pathlib import Path
+
+from bench.core.checkpoint import save_atomic
+from bench.core.distributed import barrier, is_main
+from bench.core.engine import unwrap
+from bench.core.errors import BenchError
 
 
 def encoder_config(init: str, arch: str, img_size: int | None = None) -> dict:
@@ -30,8 +35,17 @@ def image_dataset(data: str | None, transform, epoch_size: int = 1024):
     """``data='embedded'``: ``epoch_size`` random crops per epoch of the bundled photos; otherwise every
     image under the folder ``data`` (labels ignored). ``transform`` gets a PIL image and may return a
     tuple (two views, image + mask)."""
-    from bench.data import EmbeddedCrops, ImageFolderImages
+    from bench.core.data import EmbeddedCrops, ImageFolderImages
     if data in ("embedded", "", None):
         return EmbeddedCrops(transform, epoch_size)
     return ImageFolderImages(data, transform)
 
+
+def export_backbone(model, out_dir, init: str, extra: dict | None = None) -> Path:
+    """``<out>/pretrain.pth``: weights + architecture of a pretrained model, for the registry.
+    Under DDP rank 0 writes it and every rank returns once it is on disk."""
+    m, path = unwrap(model), Path(out_dir) / "pretrain.pth"
+    if is_main():
+        save_atomic({"model": m.state_dict(), "arch": getattr(m, "arch", None), "init": init, **(extra or {})}, path)
+    barrier()
+    return path

@@ -10,9 +10,9 @@ What is the official algorithm here (moco-v3 ``moco/builder.py``, ``main_moco.py
   ``ctr(q1, k2) + ctr(q2, k1)``, ``ctr(q, k) = CE(normalize(q) @ normalize(k).T / tau, labels) * 2 tau``
   with the keys of the other samples of the *global* batch as negatives (tau = 0.2 for ViTs):
   under DDP the keys are all-gathered without gradient (``concat_all_gather``, here
-  ``bench.distributed.all_gather_nograd``) and rank r's queries have labels ``arange(N) + N r``;
+  ``bench.core.distributed.all_gather_nograd``) and rank r's queries have labels ``arange(N) + N r``;
 * SyncBatchNorm in the projector and predictor MLPs (``convert_sync_batchnorm`` of the whole model,
-  momentum encoder included; ``bench.distributed.convert_sync_batchnorm``, which also works on
+  momentum encoder included; ``bench.core.distributed.convert_sync_batchnorm``, which also works on
   CPU/gloo), so under DDP the BN statistics are the global batch's;
 * the momentum encoder is an EMA of the base encoder (all parameters, projector included) with a
   half-cycle cosine momentum ``m = 1 - (1 - m0) (1 + cos(pi t)) / 2`` from ``m0 = 0.99`` to 1
@@ -50,13 +50,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.vit import VisionTransformer
-from bench.engine import TrainConfig, fit, unwrap
-from bench.determinism import seed_everything
-from bench.distributed import all_gather_nograd, convert_sync_batchnorm, rank_world
-from bench.pretrain import export_backbone
+from backbones.vit import Block, VisionTransformer
+from bench.core.engine import TrainConfig, fit, unwrap
+from bench.core.determinism import seed_everything
+from bench.core.distributed import all_gather_nograd, convert_sync_batchnorm, rank_world
 
-from .common import encoder_config, image_dataset, input_size
+from .common import encoder_config, export_backbone, image_dataset, input_size
 
 # facebookresearch/moco-v3 CONFIG.md (ViT-S / ViT-B, 300 epochs)
 PAPER = dict(optimizer="adamw", blr=1.5e-4, weight_decay=0.1, betas=(0.9, 0.999), batch_size=4096,
@@ -181,7 +180,7 @@ class TwoCropsTransform:
 def mocov3_transform(img_size: int, crop_min: float = 0.08) -> TwoCropsTransform:
     from torchvision import transforms as T
 
-    from bench.data import IMAGENET_MEAN, IMAGENET_STD
+    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
     blur = GaussianBlur((0.1, 2.0), scale=img_size / 224)
 
     def view(blur_p: float, solarize_p: float):
@@ -225,7 +224,7 @@ def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", i
                     **train) -> Path:
     """Pretrain with MoCo v3 on ``fit``; return the path of the exported backbone checkpoint.
     ``train``: ``TrainConfig`` fields (batch_size, epochs/steps, blr, weight_decay, betas, ...)."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     if not 0.0 <= m0 <= 1.0:
         raise BenchError(f"MoCo momentum m0 must be in [0, 1], got {m0}")
     if temperature <= 0:
@@ -239,7 +238,8 @@ def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", i
     train.setdefault("betas", PAPER["betas"])
     cfg = TrainConfig(out_dir=str(out_dir), desc=f"mocov3 {arch}", **train)
 
-    fit(model, dataset, mocov3_loss, cfg, after_step=momentum_hook(model, m0), resume=resume)
+    fit(model, dataset, mocov3_loss, cfg, after_step=momentum_hook(model, m0), resume=resume,
+        block_type=Block)
     return export_backbone(model.base_encoder, out_dir, "mocov3",
                            extra={"method": dict(dim=dim, mlp_dim=mlp_dim, temperature=temperature, m0=m0, stop_grad_conv1=stop_grad_conv1,
                                                  crop_min=crop_min)})

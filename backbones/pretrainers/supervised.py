@@ -4,7 +4,7 @@ comparison, trained here at CPU scale (DeiT recipe, scaled down).
 Data, one of:
 
 * ``data='embedded'`` (default): ``EmbeddedLabelled``, random crops of the 19 real photographs
-  bundled with scikit-image / scikit-learn (``bench.data.embedded_photos``), each crop labelled by
+  bundled with scikit-image / scikit-learn (``bench.core.data.embedded_photos``), each crop labelled by
   the photo it was cut from (19 classes). Chosen over upsampled sklearn digits because the crops
   are natural-image statistics, the same images the other pretrainers see, so the comparison
   differs only in the objective. It is a proxy task: recognising which photo a crop comes from.
@@ -31,13 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backbones.vit import VisionTransformer
-from bench.engine import TrainConfig, fit
-from bench.determinism import seed_everything
-from bench.errors import BenchError, DataError
-from bench.pretrain import export_backbone
+from backbones.vit import Block, VisionTransformer
+from bench.core.engine import TrainConfig, fit
+from bench.core.determinism import seed_everything
+from bench.core.errors import BenchError, DataError
 
-from .common import encoder_config, input_size
+from .common import encoder_config, export_backbone, input_size
 
 # MAE paper appendix A.2 / Table 11 (supervised ViT-B from scratch)
 PAPER = dict(blr=1e-4, weight_decay=0.3, betas=(0.9, 0.95), epochs=300, warmup_epochs=20, batch_size=4096,
@@ -45,7 +44,7 @@ PAPER = dict(blr=1e-4, weight_decay=0.3, betas=(0.9, 0.95), epochs=300, warmup_e
 
 
 def embedded_class_names() -> list[str]:
-    from bench.data import SKIMAGE_COLOR, SKIMAGE_GRAY
+    from bench.core.data import SKIMAGE_COLOR, SKIMAGE_GRAY
     return list(SKIMAGE_COLOR + SKIMAGE_GRAY + ("china", "flower"))  # sklearn load_sample_images order
 
 
@@ -56,7 +55,7 @@ class EmbeddedLabelled:
     def __init__(self, transform, length: int = 1024):
         from PIL import Image
 
-        from bench.data import embedded_photos
+        from bench.core.data import embedded_photos
         self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
         self.classes = embedded_class_names()
         assert len(self.classes) == len(self.images)
@@ -92,7 +91,7 @@ def supervised_transform(img_size: int, crop_min: float = 0.08):
     """DeiT's crop + flip (+ normalise): RandomResizedCrop(crop_min-1, bicubic), horizontal flip."""
     from torchvision import transforms as T
 
-    from bench.data import IMAGENET_MEAN, IMAGENET_STD
+    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
     return T.Compose([
         T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
@@ -138,6 +137,6 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"acc": acc.detach()}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume)
+    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block)
     return export_backbone(model, out_dir, "supervised",
                            extra={"classes": classes, "method": dict(smoothing=smoothing, mixup=mixup, cutmix=cutmix)})

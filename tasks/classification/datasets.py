@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bench.data import IMAGE_EXTENSIONS, decode_rgb, embedded_photos, load_rgb, wants_tensor
-from bench.errors import BenchError, DataError
+from bench.core.data import IMAGE_EXTENSIONS, decode_rgb, embedded_photos, load_rgb, wants_tensor
+from bench.core.errors import BenchError, DataError
 
 DATASETS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder")
 SPLITS = ("train", "val")
@@ -465,7 +465,7 @@ def read_splits(dataset: str, root: str | Path) -> tuple[ClassificationSplit, Cl
 class ImageDataset(Dataset):
     """A ``ClassificationSplit`` as a torch Dataset of (transform(image), label). The image is a
     (3, H, W) uint8 tensor from ``decode_rgb`` (torchvision's decoders) when the transform takes
-    tensors (``bench.data.TensorTransform``: the eval transform), else an RGB PIL image from
+    tensors (``bench.core.data.TensorTransform``: the eval transform), else an RGB PIL image from
     ``load_rgb`` (timm's training transform: RandAugment works on PIL images)."""
 
     def __init__(self, split: ClassificationSplit, transform=None):

@@ -3,7 +3,7 @@
 
 Each protocol is a YAML file in ``configs/`` whose comments give the source of every value;
 ``load_config`` reads one (plus the per-architecture values of the released checkpoints and any
-user overrides). This module turns a config into the pieces ``bench.engine.fit`` needs:
+user overrides). This module turns a config into the pieces ``bench.core.engine.fit`` needs:
 
 * ``build_classifier`` -> a ``VisionTransformer`` whose trainable parameters follow the protocol:
   ``finetune`` all; ``linear`` only ``head = BatchNorm1d(affine=False, eps=1e-6) + Linear`` on the
@@ -31,8 +31,8 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from bench.engine import autocast, param_groups
-from bench.errors import BenchError
+from bench.core.engine import autocast, param_groups
+from bench.core.errors import BenchError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROTOCOLS = ("finetune", "linear", "partial")
@@ -307,7 +307,7 @@ def param_groups_for(protocol: str, model: nn.Module, cfg: dict) -> list[dict]:
 
 
 def make_loss_fn(cfg: dict, num_classes: int):
-    """``loss_fn(model, (images, labels)) -> (loss, {})`` for ``bench.engine.fit``.
+    """``loss_fn(model, (images, labels)) -> (loss, {})`` for ``bench.core.engine.fit``.
 
     With mixup or cutmix on: timm ``Mixup`` (which also applies label smoothing) and
     ``SoftTargetCrossEntropy``; else ``LabelSmoothingCrossEntropy`` when smoothing > 0; else
@@ -380,10 +380,10 @@ def train_transform(cfg: dict, img_size: int):
 
 def eval_transform(cfg: dict, img_size: int):
     """Resize to img_size / crop_pct (bicubic) + centre crop, via timm ``create_transform``; wrapped
-    in ``bench.data.TensorTransform`` so readers decode with torchvision and resize uint8 tensors
+    in ``bench.core.data.TensorTransform`` so readers decode with torchvision and resize uint8 tensors
     with ``torchvision.transforms.v2`` (same steps and sizes; PIL images still go through timm's)."""
     from timm.data import create_transform
-    from bench.data import as_tensor_transform
+    from bench.core.data import as_tensor_transform
     return as_tensor_transform(create_transform(img_size, is_training=False, interpolation=cfg["interpolation"],
                                                 crop_pct=_crop_pct(cfg, img_size)))
 
@@ -404,7 +404,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16:
     Under torchrun each rank scores every world-th sample and the counts are summed over ranks,
     so the result equals a single process on the whole set."""
     from torch.utils.data import Subset
-    from bench.distributed import gather_accuracy, shard_indices, topk_counts
+    from bench.core.distributed import gather_accuracy, shard_indices, topk_counts
     device = _device_of(model)
     model.eval()
     loader = DataLoader(Subset(dataset, shard_indices(len(dataset))), batch_size=batch_size, shuffle=False,

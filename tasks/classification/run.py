@@ -1,5 +1,5 @@
 """One classification transfer run: read the dataset, build the classifier for the protocol, train it
-on ``bench.engine.fit``, evaluate top-1 / top-5 on the validation split and append one results row.
+on ``bench.core.engine.fit``, evaluate top-1 / top-5 on the validation split and append one results row.
 
     from tasks.classification.run import run_classification
     row = run_classification("finetune", "inat2018", "/data/inat2018", "mae_vit_base_patch16",
@@ -26,9 +26,11 @@ from pathlib import Path
 
 from torch.utils.data import TensorDataset
 
-from bench.errors import BenchError
-from bench.determinism import seed_everything
-from bench.io import atomic_write_json
+from backbones.vit import Block
+
+from bench.core.errors import BenchError
+from bench.core.determinism import seed_everything
+from bench.core.io import atomic_write_json
 from tasks.classification import protocols as P
 from tasks.classification.datasets import DATASETS
 
@@ -56,7 +58,7 @@ def _check_out_dir(out_dir: Path, cfg_record: dict, resume: bool) -> None:
 
 
 def _check_k_recordable(k) -> None:
-    from bench.results import FIELDS
+    from bench.core.results import FIELDS
     if k == P.MLP and not isinstance(0.5, FIELDS["k"]):
         raise BenchError("--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
                          "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet")
@@ -79,9 +81,9 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     """
     from backbones.registry import parse_name
     from backbones.vit import arch_config
-    from bench.distributed import convert_sync_batchnorm, rank_world
-    from bench.engine import TrainConfig, fit, pick_device
-    from bench.results import ResultsStore, make_row
+    from bench.core.distributed import convert_sync_batchnorm, rank_world
+    from bench.core.engine import TrainConfig, fit, pick_device
+    from bench.core.results import ResultsStore, make_row
     from tasks.classification.datasets import ImageDataset, read_splits
 
     t_start = time.perf_counter()
@@ -147,7 +149,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
             feats = P.extract_features(model, ImageDataset(train_split, P.eval_transform(cfg, img_size)),
                                        cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
             if rank == 0:
-                from backbones.checkpoint import save_atomic
+                from bench.core.checkpoint import save_atomic
                 save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
         head = model.head
         train_cfg.num_workers = 0
@@ -156,7 +158,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     else:
         train_set = ImageDataset(train_split, P.train_transform(cfg, img_size))
         fitted = fit(model, train_set, P.make_loss_fn(cfg, num_classes), train_cfg,
-                     groups=P.param_groups_for(rec, model, cfg), resume=resume)
+                     groups=P.param_groups_for(rec, model, cfg), resume=resume, block_type=Block)
 
     model.to(pick_device(device))
     metrics = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
@@ -181,8 +183,8 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
 def _load_features(path: Path, n: int):
     if not path.is_file():
         return None
-    from backbones.checkpoint import load_checkpoint_file
-    from bench.errors import CheckpointError
+    from bench.core.checkpoint import load_checkpoint_file
+    from bench.core.errors import CheckpointError
     try:
         obj = load_checkpoint_file(path)
         feats, labels = obj["features"], obj["labels"]

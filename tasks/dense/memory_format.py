@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from mmengine.runner import Runner
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def resolve_channels_last(setting, device) -> bool:
@@ -97,11 +97,11 @@ class DenseRunner(Runner):
     (None: on when mmengine picks CUDA) right after it is built, before the DDP wrapper.
 
     Several processes (``launcher`` not ``'none'``): the process group comes from
-    ``bench.distributed.init_distributed`` (torchrun or Slurm variables; NCCL with CUDA, gloo
+    ``bench.core.distributed.init_distributed`` (torchrun or Slurm variables; NCCL with CUDA, gloo
     without), so mmengine does not create its own. Without CUDA, mmengine's own set-up cannot run:
     its ``pytorch`` launcher calls ``torch.cuda.set_device``, its DDP wrapper passes
     ``device_ids=[LOCAL_RANK]``, and ``SyncBN`` layers make DDP refuse a CPU model. Here the wrapper
-    gets ``device_ids=None`` and SyncBN becomes ``bench.distributed``'s gloo SyncBatchNorm, so CPU
+    gets ``device_ids=None`` and SyncBN becomes ``bench.core.distributed``'s gloo SyncBatchNorm, so CPU
     runs (and the tests) use the same code path as GPU runs."""
 
     @classmethod
@@ -116,14 +116,14 @@ class DenseRunner(Runner):
 
     def setup_env(self, env_cfg):
         if self.distributed:
-            from bench.distributed import init_distributed
+            from bench.core.distributed import init_distributed
             init_distributed()
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
         import torch.distributed as dist
         if self.distributed and dist.get_backend() == "gloo":
-            from bench.distributed import convert_sync_batchnorm
+            from bench.core.distributed import convert_sync_batchnorm
             model = convert_sync_batchnorm(model)
             if model_wrapper_cfg is None:
                 model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,

@@ -28,7 +28,7 @@ class RegistryViT(BaseModule):
     ``global_blocks`` give ViTDet's windowed attention; ``img_size`` is the training crop the
     position embedding is resampled to (other input sizes are interpolated on the fly).
     ``with_cp`` (mmcv's name): activation checkpointing of every encoder block
-    (``bench.engine.enable_grad_checkpointing``), e.g. ViT-L at 1024 px.
+    (``bench.core.engine.enable_grad_checkpointing``), e.g. ViT-L at 1024 px.
     """
 
     def __init__(self, name: str, checkpoint: str | None = None, img_size: int | Sequence[int] = 512,
@@ -41,8 +41,9 @@ class RegistryViT(BaseModule):
                                  drop_path_rate=drop_path_rate, use_rel_pos=use_rel_pos, window_size=window_size,
                                  global_blocks=tuple(global_blocks))
         if with_cp:  # mmcv's name: recompute every block in backward (activation memory -> compute)
-            from bench.engine import enable_grad_checkpointing
-            enable_grad_checkpointing(encoder)
+            from backbones.vit import Block
+            from bench.core.engine import enable_grad_checkpointing
+            enable_grad_checkpointing(encoder, Block)
         self.pyramid = ViTPyramid(encoder, variant, out_indices, out_channels, norm)
         self.num_layers = encoder.depth
 

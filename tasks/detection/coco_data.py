@@ -9,7 +9,7 @@ Data only; metrics live in ``tasks/detection/evaluation.py`` (the detectron2 spl
     root/train2017/000000000001.jpg ...
     root/val2017/000001000001.jpg ...
 
-Backgrounds are random crops of the bundled real photographs (``bench.data.embedded_photos()``);
+Backgrounds are random crops of the bundled real photographs (``bench.core.data.embedded_photos()``);
 on top of them, simple shapes of five categories with non-contiguous COCO ids (``SHAPE_CATEGORIES``)
 are drawn in distinct colours, 12 px to half the image in size, never overlapping. Like real COCO,
 most instances are polygons, the rings (which have a hole) are compressed RLE, and some images hold
@@ -42,9 +42,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bench.data import embedded_photos
-from bench.errors import DataError
-from bench.io import atomic_write_json  # noqa: F401  (public here since the first release)
+from bench.core.data import embedded_photos
+from bench.core.errors import DataError
+from bench.core.io import atomic_write_json  # noqa: F401  (public here since the first release)
 
 # Category ids are non-contiguous on purpose (as in real COCO, whose 80 ids run 1..90): code that
 # confuses a model's label index with a COCO category id fails on this data.

@@ -29,7 +29,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from bench.errors import BenchError, DataError
+from bench.core.errors import BenchError, DataError
 from tasks.detection.coco_data import atomic_write_json, coco_from_dict, load_json, validate_coco
 
 IOU_TYPES = ("bbox", "segm")

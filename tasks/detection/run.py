@@ -46,7 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, DataError, NonFiniteLossError
+from bench.core.errors import BenchError, DataError, NonFiniteLossError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("fpn", "vitdet")
@@ -320,7 +320,7 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     """
     t0 = time.time()
     from backbones.registry import parse_name
-    from bench.results import ResultsStore, config_hash, make_row
+    from bench.core.results import ResultsStore, config_hash, make_row
 
     _, arch = parse_name(backbone)
     if checkpoint is not None and not Path(checkpoint).is_file():
@@ -338,7 +338,7 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     from tasks.dense.memory_format import resolve_channels_last
     resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError before anything is built
     data = check_coco_root(data_root)
-    from bench.distributed import launch_world_size
+    from bench.core.distributed import launch_world_size
     world_size = launch_world_size()  # torchrun or srun
     facts = prepare_config(cfg, path, backbone=backbone, checkpoint=checkpoint, data=data, data_root=data_root,
                            work_dir=work_dir, seed=seed, iters=iters, batch_size=batch_size,
@@ -358,7 +358,7 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     import tasks.detection.mmdet_plugins  # noqa: F401  LN2d, LastLevelMaxPool, BenchCocoMetric
     from tasks.dense.memory_format import DenseRunner
     from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
-    from bench.io import atomic_write_json
+    from bench.core.io import atomic_write_json
 
     register_all_modules(init_default_scope=False)
     enable_mmengine_checkpoints()  # mmengine's resume under torch's weights_only loading

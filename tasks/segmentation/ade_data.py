@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bench.data import embedded_photos
-from bench.errors import BenchError, DataError
+from bench.core.data import embedded_photos
+from bench.core.errors import BenchError, DataError
 
 # The 150 class names in mmsegmentation 1.2.2's order (ADE20KDataset.METAINFO['classes']), which is
 # the order of objectInfo150.csv (Idx 1..150). Kept byte-for-byte as mmseg has them, including the
@@ -184,7 +184,7 @@ def render_ade20k_sample(rng: np.random.Generator, image_size: tuple[int, int] =
     """One generated sample: (HxWx3 uint8 image, HxW uint8 label, shapes drawn).
 
     Background: one or two horizontal bands (top / bottom), each a random crop of a real photo
-    from ``bench.data.embedded_photos()`` tinted 30% towards the band's palette colour. A band of
+    from ``bench.core.data.embedded_photos()`` tinted 30% towards the band's palette colour. A band of
     class ``stuff_classes[j]`` is always cut from the photos whose index is j modulo
     len(stuff_classes), so each stuff class has its own photos and tint; the whole band carries
     that class. Foreground: 1..3 non-overlapping ellipses / rectangles / triangles of classes from

@@ -32,8 +32,8 @@ import os
 import time
 from pathlib import Path
 
-from bench.errors import BenchError, CheckpointError
-from bench.io import atomic_write_json
+from bench.core.errors import BenchError, CheckpointError
+from bench.core.io import atomic_write_json
 from tasks.segmentation.ade_data import validate_ade20k
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -179,9 +179,9 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.randomness = dict(seed=int(seed), deterministic=False)
     # Under torchrun / srun: DDP through mmengine's Runner (process group from
-    # bench.distributed, see DenseRunner); the config's batch is the global batch (the paper's 16),
+    # bench.core.distributed, see DenseRunner); the config's batch is the global batch (the paper's 16),
     # split evenly over the processes.
-    from bench.distributed import launch_world_size
+    from bench.core.distributed import launch_world_size
     world = launch_world_size()
     cfg.launcher = "pytorch" if world > 1 else "none"
     if world > 1:
@@ -256,7 +256,7 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
 
     import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT + ViTLayerDecayOptimizerConstructor
     from backbones.registry import parse_name
-    from bench.results import ResultsStore, config_hash, make_row
+    from bench.core.results import ResultsStore, config_hash, make_row
     from tasks.dense.memory_format import DenseRunner
     from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
 
@@ -281,7 +281,7 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     work = Path(cfg.work_dir)
     _check_run_record(work, record, resume)
     work.mkdir(parents=True, exist_ok=True)
-    from bench.distributed import launch_env
+    from bench.core.distributed import launch_env
     main_process = (launch_env() or {"rank": 0})["rank"] == 0  # only rank 0 writes the record and the row
     if main_process:
         atomic_write_json(record, work / RUN_RECORD, indent=1, sort_keys=True)

@@ -1,4 +1,4 @@
-"""``bench pretrain``: MAE pretraining on the embedded photos or an image folder, on the shared
+"""MAE pretraining on the embedded photos or an image folder, on the shared
 engine. Writes ``<out>/checkpoint-*.pth`` (resumable; the MAE state dict in the official key
 layout under ``'model'``) and ``<out>/pretrain.pth`` (``{'model', 'arch', 'init'}``: what the
 registry loads as a backbone, e.g. ``build_backbone('mae_vit_demo_patch8', checkpoint=...)``).
@@ -15,17 +15,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from backbones.checkpoint import save_atomic
 from backbones.mae import MaskedAutoencoder
-from bench.data import pretrain_dataset
-from bench.determinism import seed_everything
-from bench.distributed import barrier, is_main
-from bench.engine import TrainConfig, fit
-from bench.errors import BenchError
+from backbones.vit import Block
+from bench.core.data import pretrain_dataset
+from bench.core.determinism import seed_everything
+from bench.core.engine import TrainConfig, fit
+from bench.core.errors import BenchError
 
-# Paper recipe (MAE Table 8 / official PRETRAIN.md): AdamW(0.9, 0.95), wd 0.05, blr 1.5e-4,
-# cosine with 40 warmup epochs over 800/1600 epochs, batch 4096, mask 0.75, norm_pix_loss.
-PAPER = dict(blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40, epochs=800, batch_size=4096)
+from .common import export_backbone
 
 
 def check_mask_ratio(r: float):
@@ -75,16 +72,5 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
         loss, _, _ = m(imgs, mask_ratio=mask_ratio, noise=noise)
         return loss, {}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume)
+    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block)
     return export_backbone(model, out_dir, "mae", extra={"mask_ratio": mask_ratio})
-
-
-def export_backbone(model, out_dir, init: str, extra: dict | None = None) -> Path:
-    """``<out>/pretrain.pth``: weights + architecture of a pretrained model, for the registry.
-    Under DDP rank 0 writes it and every rank returns once it is on disk."""
-    from bench.engine import unwrap
-    m, path = unwrap(model), Path(out_dir) / "pretrain.pth"
-    if is_main():
-        save_atomic({"model": m.state_dict(), "arch": getattr(m, "arch", None), "init": init, **(extra or {})}, path)
-    barrier()
-    return path

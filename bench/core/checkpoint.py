@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from bench.errors import CheckpointError
-from bench.io import atomic_open
+from bench.core.errors import CheckpointError
+from bench.core.io import atomic_open
 
 KNOWN_CONTAINERS = ("model", "state_dict", "module", "model_ema")
 

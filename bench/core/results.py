@@ -46,7 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, CheckpointError
+from bench.core.errors import BenchError, CheckpointError
 
 SCHEMA_VERSION = 1
 FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
@@ -142,7 +142,7 @@ def default_run_id(suite: str, task: str, protocol: str, k: int | None, init: st
 def code_version() -> str:
     """``git describe --always --dirty`` of the repository holding this file, else the package
     version as ``maebench <version>``."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo,
                              capture_output=True, text=True, timeout=10)

@@ -16,7 +16,7 @@ def atomic_open(path: str | Path, mode: str = "w", **open_kwargs):
     for parent in (path.parent, *path.parent.parents):
         if parent.exists():
             if not parent.is_dir():
-                from bench.errors import BenchError
+                from bench.core.errors import BenchError
                 raise BenchError(f"cannot write {path}: {parent} is an existing file, not a folder")
             break
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ What ``fit`` guarantees:
   kept, and a corrupt newest checkpoint makes resume fall back to the previous one with a warning.
 * **Numerics guard.** A non-finite loss stops the run (after ``max_nonfinite`` skipped steps) with
   the step, the loss terms and a saved state.
-* **Distributed.** Under ``torchrun`` / Slurm (``bench.distributed.init_distributed``) the model is
+* **Distributed.** Under ``torchrun`` / Slurm (``bench.core.distributed.init_distributed``) the model is
   wrapped in DDP and rank ``r`` reads the r-th slice of every global batch, so the global batch —
   and the loss trajectory — equal a single process with the whole batch (tested to 1e-5 with the
   same per-sample masks). Global batch, lr and epoch length come from ``batch * accum * world``
@@ -54,10 +54,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from backbones.checkpoint import load_checkpoint_file, save_atomic
-from bench.distributed import all_reduce_sum, gather_objects, rank_world
-from bench.io import atomic_write_text
-from bench.errors import BenchError, CheckpointError, NonFiniteLossError
+from bench.core.checkpoint import load_checkpoint_file, save_atomic
+from bench.core.distributed import all_reduce_sum, gather_objects, rank_world
+from bench.core.io import atomic_write_text
+from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 
 
 @dataclass
@@ -249,16 +249,15 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def enable_grad_checkpointing(model: torch.nn.Module) -> int:
-    """Run every ``backbones.vit.Block`` in ``model`` (encoder and MAE decoder blocks) under
-    ``torch.utils.checkpoint`` while gradients are being recorded; returns how many blocks. The
-    state dict is unchanged (only the instances' ``forward`` is replaced)."""
+def enable_grad_checkpointing(model: torch.nn.Module, block_type: type) -> int:
+    """Run every ``block_type`` module in ``model`` (e.g. ``backbones.vit.Block``: encoder and MAE
+    decoder blocks) under ``torch.utils.checkpoint`` while gradients are being recorded; returns how
+    many blocks. The state dict is unchanged (only the instances' ``forward`` is replaced)."""
     from torch.utils.checkpoint import checkpoint
 
-    from backbones.vit import Block
     n = 0
     for m in model.modules():
-        if isinstance(m, Block) and not getattr(m, "_grad_checkpointing", False):
+        if isinstance(m, block_type) and not getattr(m, "_grad_checkpointing", False):
             def forward(*args, _fwd=m.forward, **kw):
                 if torch.is_grad_enabled():
                     return checkpoint(_fwd, *args, use_reentrant=False, **kw)
@@ -279,7 +278,7 @@ def _hook_dicts(m: torch.nn.Module) -> dict:
 
 
 class FSDPSharding:
-    """``fully_shard`` (FSDP2) every ``backbones.vit.Block`` of ``model`` (encoder, MAE decoder, both
+    """``fully_shard`` (FSDP2) every ``block_type`` module (``backbones.vit.Block``) of ``model`` (encoder, MAE decoder, both
     MoCo encoders), then ``model`` itself, in place: parameters become ``DTensor`` shards (dim 0 over
     the ranks), gradients are reduce-scattered and the optimizer only ever sees the local shard.
     Parameter names do not change. Rank 0's parameters and buffers are broadcast first (as DDP does).
@@ -291,10 +290,9 @@ class FSDPSharding:
     a DDP run (``export_backbone``, evaluation of each rank's shard). After an exception inside
     ``fit`` the model stays sharded."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, block_type: type | None = None):
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
-        from backbones.vit import Block
         self.model = model
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
@@ -304,7 +302,7 @@ class FSDPSharding:
         self._before = {m: (type(m), set(vars(m)), {k: set(d) for k, d in _hook_dicts(m).items()})
                         for m in model.modules()}
         self._params = {(m, name): p for m in model.modules() for name, p in m._parameters.items() if p is not None}
-        blocks = [m for m in model.modules() if isinstance(m, Block)]
+        blocks = [m for m in model.modules() if block_type is not None and isinstance(m, block_type)]
         for b in blocks:
             fully_shard(b)
         fully_shard(model)
@@ -459,14 +457,16 @@ LossFn = Callable[[torch.nn.Module, object], tuple]
 
 def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *,
         groups: list[dict] | None = None, after_step: Callable[[int, int], None] | None = None,
-        collate_fn=None, extra_state: dict | None = None, resume: bool = True) -> FitResult:
+        collate_fn=None, extra_state: dict | None = None, resume: bool = True,
+        block_type: type | None = None) -> FitResult:
     """Train ``model`` on ``dataset``. ``loss_fn(model, batch) -> (loss, {name: float})``.
 
     ``groups``: optimizer parameter groups (default: ``param_groups(model, cfg.weight_decay)``),
     each may carry ``lr_scale``. ``after_step(step, total_steps)`` runs after each optimizer step
     (e.g. MoCo's momentum update). ``extra_state``: objects with ``state_dict``/``load_state_dict``
     saved in the checkpoint (e.g. a tokenizer). With ``resume`` the newest checkpoint in
-    ``cfg.out_dir`` is continued.
+    ``cfg.out_dir`` is continued. ``block_type``: the model's repeated block class
+    (``backbones.vit.Block``), the unit of activation checkpointing and FSDP sharding.
     """
     out = Path(cfg.out_dir)
     check_config(cfg)
@@ -478,7 +478,9 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     np.random.seed((cfg.seed + rank) % 2 ** 32)
     model.to(device)
     if cfg.grad_checkpointing:
-        enable_grad_checkpointing(unwrap(model))
+        if block_type is None:
+            raise BenchError("grad_checkpointing needs the model's block type (fit(..., block_type=))")
+        enable_grad_checkpointing(unwrap(model), block_type)
     if cfg.compile:
         # Compile the forward only: parameter names (and so checkpoints) stay those of the eager model.
         # Measured: no gain on CPU here; the option is for GPUs.
@@ -488,7 +490,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     sharding, wrapper = None, ""
     if ddp and cfg.fsdp:
         names = {p: n for n, p in model.named_parameters()}
-        sharding = FSDPSharding(model)  # in place: the same module, its parameters now DTensor shards
+        sharding = FSDPSharding(model, block_type)  # in place: the same module, its parameters now DTensor shards
         wrapper = f"; FSDP2 ({sharding.n_blocks} blocks sharded)"
         if groups is not None:  # the caller's groups hold the replaced parameters: map them by name
             new = dict(model.named_parameters())

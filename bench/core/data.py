@@ -83,7 +83,7 @@ def load_rgb(path: str | Path):
     """An image file as an 8-bit RGB PIL image (palette, grey, 16-bit, CMYK and alpha handled); a
     file PIL cannot read is a one-line ``DataError`` naming it."""
     from PIL import Image
-    from bench.errors import DataError
+    from bench.core.errors import DataError
     try:
         with Image.open(path) as img:
             img.load()
@@ -304,7 +304,7 @@ class ImageFolderImages:
 
     def __init__(self, root: str | Path, transform):
         import warnings
-        from bench.errors import DataError
+        from bench.core.errors import DataError
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist")
@@ -337,7 +337,7 @@ class ImageFolderImages:
 
     def __getitem__(self, i):
         import warnings
-        from bench.errors import DataError
+        from bench.core.errors import DataError
         n = len(self.files)
         for k in range(n):
             j = (i + k) % n
