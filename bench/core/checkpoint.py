@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core.errors import CheckpointError
+from bench.core.errors import CheckpointError, first_line
 from bench.core.io import atomic_open
 
 KNOWN_CONTAINERS = ("model", "state_dict", "module", "model_ema")
@@ -33,27 +33,22 @@ def load_checkpoint_file(path: str | Path, trust: bool = False):
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {_first_line(e)}") from None
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {first_line(e, limit=300)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" not in str(e) and "Weights only load failed" not in str(e):
-            raise CheckpointError(f"checkpoint {path} is corrupt: {_first_line(e)}") from None
+            raise CheckpointError(f"checkpoint {path} is corrupt: {first_line(e, limit=300)}") from None
         if not trust:
             raise CheckpointError(
                 f"checkpoint {path} contains pickled Python objects that need arbitrary code to load; "
                 f"if you trust its source, pass --trust-checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {_first_line(e)}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first_line(e, limit=300)}") from None
     try:  # trusted by the user
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded even with --trust-checkpoint: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:300]
+        raise CheckpointError(f"checkpoint {path} could not be loaded even with --trust-checkpoint: {first_line(e, limit=300)}") from None
 
 
 def unwrap_state_dict(obj, path="checkpoint", containers=KNOWN_CONTAINERS) -> tuple[dict, str]:

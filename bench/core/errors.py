@@ -24,3 +24,13 @@ class NonFiniteLossError(BenchError):
     """Training produced a non-finite loss more times than allowed."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, *, with_type: bool = False, limit: int = 400) -> str:
+    """The first non-empty line of ``str(exc)`` (the type name when it has none), at most ``limit``
+    characters: what a one-line error message quotes from a library's exception."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if with_type or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
