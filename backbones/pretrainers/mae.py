@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
 from backbones.mae import MaskedAutoencoder
@@ -39,6 +40,15 @@ def build_mae(arch: str, img_size: int | None = None, norm_pix_loss: bool = True
             raise BenchError(f"--img-size {img_size} is not divisible by the patch size {p} of {arch}")
         kw["img_size"] = img_size
     return MaskedAutoencoder.from_arch(arch, **kw)
+
+
+def mae_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The weight-decay groups of facebookresearch/mae main_pretrain.py:
+    ``optim_factory.add_weight_decay(model, args.weight_decay)`` (timm 0.3.2) with no skip list, i.e.
+    no decay on 1-D parameters and biases only. Unlike the transfer recipes (``model.no_weight_decay()``),
+    the learned ``cls_token`` and ``mask_token`` (3-D) are decayed; the fixed sin-cos position
+    embeddings are not trained at all."""
+    return param_groups_weight_decay(model, weight_decay)
 
 
 class MaskNoise(Dataset):
@@ -72,5 +82,6 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
         loss, _, _ = m(imgs, mask_ratio=mask_ratio, noise=noise)
         return loss, {}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block)
+    fit(model, dataset, loss_fn, cfg, groups=mae_param_groups(model, cfg.weight_decay), resume=resume,
+        block_type=Block)
     return export_backbone(model, out_dir, "mae", extra={"mask_ratio": mask_ratio})
