@@ -5,9 +5,14 @@
   it loaded with ``weights_only=False``. ``.safetensors`` files are read with safetensors.
 * Saving writes a temp file in the target folder, fsyncs it and renames it over the target, after
   checking there is room: a kill or a full disk never leaves a half-written checkpoint.
+* Checksums: ``save_atomic(..., checksums=FILE)`` records the file's sha256 in ``FILE``
+  (``sha256sum`` format, so ``sha256sum -c FILE`` checks it too) before the rename, and
+  ``load_checkpoint_file(..., sha256=...)`` refuses a file whose bytes changed: ``torch.load`` does not
+  check the zip CRCs, so flipped bytes inside a tensor would otherwise load as wrong weights.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 import shutil
 import zipfile
@@ -21,13 +26,58 @@ from bench.core.io import atomic_open
 KNOWN_CONTAINERS = ("model", "state_dict", "module", "model_ema")
 
 
-def load_checkpoint_file(path: str | Path, trust: bool = False):
-    """The object stored in ``path`` (CPU tensors). Raises CheckpointError, one line, naming the file."""
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save: a zip archive (>= 1.6) or a pickle
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checksums(path: str | Path) -> dict[str, str]:
+    """{file name: sha256} from a ``sha256sum``-format file (empty when it does not exist; lines
+    that are not ``<64 hex>  <name>`` are ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) and name:
+            out[name] = digest
+    return out
+
+
+def write_checksums(path: str | Path, sums: dict[str, str]) -> None:
+    from bench.core.io import atomic_write_text
+    atomic_write_text(path, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+
+
+def _check_format(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC):
+        return
+    kind = "a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a zip archive or a pickle"
+    raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint ({kind}; it starts with {head[:12]!r})")
+
+
+def load_checkpoint_file(path: str | Path, trust: bool = False, sha256: str | None = None):
+    """The object stored in ``path`` (CPU tensors). Raises CheckpointError, one line, naming the file.
+    ``sha256``: the digest recorded at save time; a file whose bytes differ is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 differs from the one recorded when it was saved")
+    if path.suffix != ".safetensors":
+        _check_format(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
@@ -72,6 +122,10 @@ def load_state_dict_checked(model: torch.nn.Module, sd: dict, path="checkpoint",
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
             raise CheckpointError(f"checkpoint {path}: key {k!r} holds a {type(v).__name__}, not a tensor")
+        if k in own and own[k].is_floating_point() and not v.is_floating_point():
+            # load_state_dict would copy_() it: complex drops its imaginary part, ints become floats
+            raise CheckpointError(f"checkpoint {path}: key {k!r} holds {v.dtype} values where the model has "
+                                  f"{own[k].dtype} weights")
         if k in own and tuple(own[k].shape) != tuple(v.shape):
             raise CheckpointError(f"checkpoint {path} is for another architecture: key {k!r} has shape "
                                   f"{tuple(v.shape)} in the file but {tuple(own[k].shape)} in the model")
@@ -98,22 +152,61 @@ def _nbytes(obj) -> int:
     return 0
 
 
+def _ntensors(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return 1
+    if isinstance(obj, dict):
+        return sum(_ntensors(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_ntensors(v) for v in obj)
+    return 0
+
+
+def file_size_bound(obj) -> int:
+    """An upper bound of the bytes ``torch.save(obj)`` writes: the tensor data, plus per tensor its
+    zip records and 64-byte alignment (< 1 KiB), plus 1 MiB for the pickled rest."""
+    return _nbytes(obj) + 1024 * _ntensors(obj) + (1 << 20)
+
+
 def check_disk_space(folder: Path, need_bytes: int):
     free = shutil.disk_usage(folder).free
-    if free < need_bytes * 1.1 + (16 << 20):
+    if free < need_bytes:
         raise CheckpointError(f"not enough disk space in {folder} to write a checkpoint: need about "
-                              f"{need_bytes / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
+                              f"{need_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free")
 
 
-def save_atomic(obj, path: str | Path) -> Path:
-    """``torch.save`` (or safetensors for ``.safetensors``) to a temp file + fsync + rename."""
+class _HashingWriter:
+    """A write-only file that hashes what passes through."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data):
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def save_atomic(obj, path: str | Path, *, checksums: str | Path | None = None) -> Path:
+    """``torch.save`` (or safetensors for ``.safetensors``) to a temp file + fsync + rename.
+    ``checksums``: a ``sha256sum``-format file in which the new file's digest is recorded (before the
+    rename, so every file written this way is listed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_disk_space(path.parent, _nbytes(obj))
-    with atomic_open(path, "wb") as f:
+    check_disk_space(path.parent, file_size_bound(obj))
+    writer = None
+
+    def record():
+        if checksums is not None:
+            write_checksums(checksums, {**read_checksums(checksums), path.name: writer.sha256.hexdigest()})
+
+    with atomic_open(path, "wb", before_replace=record) as f:
+        writer = _HashingWriter(f)
         if path.suffix == ".safetensors":
             from safetensors.torch import save
-            f.write(save({k: v.contiguous() for k, v in obj.items()}))
+            writer.write(save({k: v.contiguous() for k, v in obj.items()}))
         else:
-            torch.save(obj, f)
+            torch.save(obj, writer)
     return path

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -54,10 +55,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bench.core.checkpoint import load_checkpoint_file, save_atomic
+from bench.core.checkpoint import load_checkpoint_file, read_checksums, save_atomic, write_checksums
 from bench.core.distributed import all_reduce_sum, gather_objects, rank_world
-from bench.core.io import atomic_write_text
 from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
+from bench.core.io import atomic_write_text, clean_stale_temps
+from bench.core.run_record import check_run_record, write_run_record
 
 
 @dataclass
@@ -211,15 +213,21 @@ def check_config(cfg: TrainConfig) -> None:
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is an existing file, not a folder")
-    for name in ("batch_size", "accum_iter"):
+    for name in ("batch_size", "accum_iter", "keep_last"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name, flag in (("num_workers", "--workers"), ("ckpt_every", "--ckpt-every"), ("max_nonfinite", "--max-nonfinite")):
+        if getattr(cfg, name) < 0:
+            raise BenchError(f"{flag} must be >= 0, got {getattr(cfg, name)}")
     for name in ("lr", "blr"):
         v = getattr(cfg, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise BenchError(f"--{name} must be a finite number >= 0, got {v}")
-    if cfg.steps < 0 or (cfg.steps == 0 and not cfg.epochs > 0):
-        raise BenchError(f"--steps must be >= 1 or --epochs > 0, got steps {cfg.steps}, epochs {cfg.epochs}")
+    if cfg.steps < 0 or (cfg.steps == 0 and not (cfg.epochs > 0 and math.isfinite(cfg.epochs))):
+        raise BenchError(f"--steps must be >= 1 or --epochs a finite number > 0, got steps {cfg.steps}, "
+                         f"epochs {cfg.epochs}")
+    if not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
+        raise BenchError(f"--warmup-epochs must be a finite number >= 0, got {cfg.warmup_epochs}")
 
 
 def _fusable(groups) -> bool:
@@ -406,8 +414,17 @@ def autocast(device: torch.device, enabled: bool):
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints and the run record
 # ------------------------------------------------------------------------------------------------
+CHECKPOINT_NAME = "checkpoint-{:07d}.pth"    # the only files the engine writes, prunes and resumes from
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{7,})\.pth$")
+CHECKSUMS = "checkpoints.sha256"             # sha256sum format, one line per kept checkpoint
+RUN_RECORD = "train_settings.json"           # what a resumed run must match
+# TrainConfig fields that may change between a run and its resumption: where and how it runs, not what
+NOT_RECORDED = ("out_dir", "progress", "desc", "device", "num_workers", "ckpt_every", "keep_last",
+                "max_nonfinite", "grad_checkpointing", "compile", "fsdp")
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -427,15 +444,24 @@ def _set_rng_state(s: dict):
 
 
 def checkpoint_paths(out_dir: Path) -> list[Path]:
-    """Training checkpoints in ``out_dir``, newest first."""
-    return sorted(Path(out_dir).glob("checkpoint-*.pth"), reverse=True)
+    """The engine's training checkpoints in ``out_dir`` (exactly the names it writes), newest first.
+    Other files (``checkpoint-best.pth``, a user's ``checkpoint-0-mine.pth``) are never touched."""
+    found = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for p in Path(out_dir).iterdir():
+            m = _CHECKPOINT_RE.match(p.name)
+            if m and p.is_file():
+                found.append((int(m[1]), p))
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def load_latest(out_dir: Path) -> dict | None:
-    """The newest readable training checkpoint; corrupt ones are skipped with a warning."""
+    """The newest readable training checkpoint (its sha256 checked against ``CHECKSUMS`` when listed
+    there); corrupt ones are skipped with a warning."""
+    sums = read_checksums(Path(out_dir) / CHECKSUMS)
     for p in checkpoint_paths(out_dir):
         try:
-            state = load_checkpoint_file(p)
+            state = load_checkpoint_file(p, sha256=sums.get(p.name))
             if not isinstance(state, dict) or "step" not in state or "model" not in state:
                 raise CheckpointError(f"checkpoint {p} is not a training checkpoint (no 'step'/'model')")
             state["_path"] = p
@@ -445,228 +471,364 @@ def load_latest(out_dir: Path) -> dict | None:
     return None
 
 
+def prune_checkpoints(out_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` engine checkpoints, and their checksum lines."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    paths = checkpoint_paths(out_dir)
+    for old in paths[keep_last:]:
+        old.unlink(missing_ok=True)
+    sums = read_checksums(Path(out_dir) / CHECKSUMS)
+    kept = {p.name for p in paths[:keep_last]}
+    if set(sums) - kept:
+        write_checksums(Path(out_dir) / CHECKSUMS, {n: d for n, d in sums.items() if n in kept})
+
+
+def model_signature(model: torch.nn.Module) -> str:
+    """``'<class>: <n> tensors, <m> values, #<hash of names, shapes, dtypes>'``: another architecture
+    or method gives another signature."""
+    sd = unwrap(model).state_dict()
+    text = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in sd.items())
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    return f"{type(unwrap(model)).__name__}: {len(sd)} tensors, {sum(v.numel() for v in sd.values())} values, #{digest}"
+
+
+def run_settings(cfg: TrainConfig, model: torch.nn.Module, dataset: Dataset, settings: dict | None = None) -> dict:
+    """What a resumed run must share with the run it continues: the training config (less
+    ``NOT_RECORDED``), the dataset size, the model's signature and the caller's ``settings``."""
+    record = {k: v for k, v in cfg.to_json().items() if k not in NOT_RECORDED}
+    record.update(dataset_size=len(dataset), model=model_signature(model))
+    clash = set(settings or {}) & set(record)
+    if clash:
+        raise ValueError(f"fit(settings=...) keys {sorted(clash)} are TrainConfig fields; they are recorded already")
+    return {**record, **(settings or {})}
+
+
 def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
 # ------------------------------------------------------------------------------------------------
-# The loop
+# The trainer: set-up, resume, step, save
 # ------------------------------------------------------------------------------------------------
 LossFn = Callable[[torch.nn.Module, object], tuple]
+
+
+@dataclass
+class _Window:
+    """What the micro-batches of one optimizer step have produced so far."""
+    bad: bool = False                               # a non-finite loss on some rank: the step is skipped
+    bad_logs: list = field(default_factory=list)
+    loss: float = 0.0                               # sums over the finite micro-batches
+    n: int = 0
+    terms: dict = field(default_factory=dict)
+    last_logs: dict = field(default_factory=dict)   # the last micro-batch's terms as loss_fn returned them
+
+
+class Trainer:
+    """The state of one ``fit`` run: the wrapped model, optimizer, schedule and counters. Every
+    method is called on every rank (several contain collectives); only rank 0 writes files."""
+
+    def __init__(self, model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, groups=None,
+                 block_type: type | None = None, extra_state: dict | None = None):
+        self.cfg, self.dataset, self.extra_state = cfg, dataset, extra_state or {}
+        self.out = Path(cfg.out_dir)
+        self.rank, self.world = rank_world()
+        self.ddp = self.world > 1  # several processes (DDP or FSDP): rank agreement, global logs, per-rank RNG
+        self.device = pick_device(cfg.device)
+        self.bf16 = cfg.bf16 if cfg.bf16 is not None else self.device.type == "cuda"
+        torch.manual_seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+        np.random.seed((cfg.seed + self.rank) % 2 ** 32)
+        model.to(self.device)
+        if cfg.grad_checkpointing:
+            if block_type is None:
+                raise BenchError("grad_checkpointing needs the model's block type (fit(..., block_type=))")
+            enable_grad_checkpointing(unwrap(model), block_type)
+        if cfg.compile:
+            # Compile the forward only: parameter names (and so checkpoints) stay those of the eager model.
+            # Measured: no gain on CPU here; the option is for GPUs.
+            core = unwrap(model)
+            core.forward = torch.compile(core.forward, backend=cfg.compile)
+        self.model, self.sharding, self.wrapper, groups = self._wrap(model, groups, block_type)
+        if groups is None:
+            groups = param_groups(unwrap(self.model), cfg.weight_decay)
+        for g in groups:
+            g.setdefault("lr_scale", 1.0)
+
+        self.global_batch = cfg.batch_size * cfg.accum_iter * self.world
+        self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.global_batch / 256
+        self.opt = make_optimizer(groups, cfg, self.lr)
+        if self.sharding is not None:  # optimizer parameter ids -> names, for the unsharded checkpoint format
+            names = {p: n for n, p in self.model.named_parameters()}
+            self.order = [names[p] for g in self.opt.param_groups for p in g["params"]]
+        self.bpe = micro_batches_per_epoch(len(dataset), cfg.batch_size, self.world)
+        self.steps_per_epoch = max(1, self.bpe // cfg.accum_iter)
+        self.total = cfg.steps or max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+        self.warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
+                       else int(round(cfg.warmup_epochs * self.steps_per_epoch)))
+
+        self.step, self.micro, self.nonfinite, self.history = 0, 0, 0, []
+        self.resumed_from = None
+        self.window, self.last_loss, self.seen = _Window(), float("nan"), 0
+        self.log = self.bar = None
+
+    def _wrap(self, model, groups, block_type):
+        """(model, FSDP sharding or None, start-line note, groups) for this world size."""
+        if self.ddp and self.cfg.fsdp:
+            names = {p: n for n, p in model.named_parameters()}
+            sharding = FSDPSharding(model, block_type)  # in place: the same module, its parameters now DTensor shards
+            if groups is not None:  # the caller's groups hold the replaced parameters: map them by name
+                new = dict(model.named_parameters())
+                groups = [{**g, "params": [new[names[p]] for p in g["params"]]} for g in groups]
+            return model, sharding, f"; FSDP2 ({sharding.n_blocks} blocks sharded)", groups
+        if self.ddp:  # broadcasts rank 0's parameters and buffers; averages gradients over ranks
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), None, "; DDP", groups
+        return model, None, "; --fsdp ignored: single process" if self.cfg.fsdp else "", groups
+
+    # -- resume --------------------------------------------------------------------------------
+    def resume(self):
+        """Continue from the newest readable checkpoint in the output folder, if any: weights,
+        optimizer, counters, every rank's RNG state, ``extra_state`` and the logged history."""
+        state = load_latest(self.out)
+        if state is None:
+            return
+        if self.sharding is not None:
+            self.sharding.load(state["model"], self.opt, state["optimizer"], self.order)
+        else:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        self.step, self.micro, self.nonfinite = state["step"], state["micro"], state.get("nonfinite", 0)
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if len(rngs) != self.world and self.rank == 0:
+            warnings.warn(f"resuming a {len(rngs)}-process run with {self.world} processes: data order is "
+                          f"unchanged, random streams inside the model (e.g. masks) differ")
+        if self.rank < len(rngs):  # another world size: data order is still exact (by position), model RNG is not
+            _set_rng_state(rngs[self.rank])
+        for k, obj in self.extra_state.items():
+            obj.load_state_dict(state["extra"][k])
+        self.history = [h for h in state.get("history", []) if h["step"] <= self.step]
+        self.resumed_from = state["_path"]
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self, record: dict):
+        """Rank 0: the run record, ``log.jsonl`` rewritten to the history we continue from, the start
+        line. Every rank: the progress bar (shown on rank 0) and train mode."""
+        cfg = self.cfg
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(self.out)  # temp files of a killed earlier run
+            write_run_record(self.out / RUN_RECORD, record)
+            print(f"[{cfg.desc}] world {self.world} x batch {cfg.batch_size} x accum {cfg.accum_iter} = global batch "
+                  f"{self.global_batch}; lr {self.lr:.3g} (blr {cfg.blr:g} x {self.global_batch}/256)"
+                  f"{' [given]' if cfg.lr is not None else ''}; {self.total} steps, {self.steps_per_epoch} per epoch, "
+                  f"warmup {self.warmup}{self.wrapper}"
+                  + (f"; resumed at step {self.step} from {self.resumed_from.name}" if self.resumed_from else ""),
+                  flush=True)
+            _write_log(self.out / "log.jsonl", self.history)
+            self.log = open(self.out / "log.jsonl", "a")
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total, initial=self.step, desc=cfg.desc, disable=not cfg.progress or self.rank != 0,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.model.train()
+        self.t0 = time.perf_counter()
+
+    def batches(self, collate_fn=None):
+        """Every remaining micro-batch of the run, on the device (a skipped step still counts). One
+        DataLoader serves them all, so its workers start once."""
+        cfg = self.cfg
+        sampler = RunBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.micro,
+                                  self.total * cfg.accum_iter - self.micro, self.rank, self.world)
+        loader = DataLoader(SeededDataset(self.dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
+                            collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if cfg.num_workers else None,
+                            # its own generator: creating a loader must not draw from the global RNG
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        if self.step >= self.total:
+            return
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except BenchError as e:  # raised in a worker: DataLoader puts its traceback in the message
+                raise type(e)(_worker_message(e)) from None
+            yield _to_device(batch, self.device)
+
+    # -- step ----------------------------------------------------------------------------------
+    def forward_backward(self, loss_fn: LossFn, batch):
+        """One micro-batch: forward, and backward unless the loss is non-finite on some rank.
+        Gradients are all-reduced (DDP) / reduce-scattered (FSDP) only in the step's last backward."""
+        cfg, w = self.cfg, self.window
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.total, self.warmup, self.lr, cfg.min_lr) * g["lr_scale"]
+        last_micro = (self.micro + 1) % cfg.accum_iter == 0
+        if self.sharding is not None:
+            self.model.set_requires_gradient_sync(last_micro)
+        no_sync = self.ddp and self.sharding is None and not last_micro
+        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(self.device, self.bf16):
+                loss, logs = loss_fn(self.model, batch)
+            w.last_logs = logs
+            bad_ranks = [self.rank] if not bool(torch.isfinite(loss).all()) else []
+            if self.ddp:  # agree before backward: a rank that skipped it would hang the others
+                flags = all_reduce_sum([int(r == self.rank and bool(bad_ranks)) for r in range(self.world)])
+                bad_ranks = [r for r, f in enumerate(flags) if f]
+            if bad_ranks:
+                w.bad = True
+                w.bad_logs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
+                                   **({"ranks": bad_ranks} if self.ddp else {})})
+            else:
+                (loss / cfg.accum_iter).backward()
+                w.loss += float(loss.detach())
+                w.n += 1
+                for k, v in logs.items():
+                    w.terms[k] = w.terms.get(k, 0.0) + float(v)
+        self.micro += 1
+        self.seen += _batch_len(batch) * self.world
+
+    def optimizer_step(self):
+        """End of an accumulation window: the optimizer step (clipped), or a skipped step after a
+        non-finite loss; past ``max_nonfinite`` skips the state is saved and the run stops."""
+        cfg, w = self.cfg, self.window
+        self.terms = w.last_logs
+        if w.n:  # the step's mean loss and terms over all its micro-batches on all ranks
+            keys = sorted(w.terms)
+            sums = [w.loss, float(w.n), *(w.terms[k] for k in keys)]
+            if self.ddp:
+                sums = all_reduce_sum(sums)
+            self.last_loss = sums[0] / sums[1]
+            self.terms = {k: v / sums[1] for k, v in zip(keys, sums[2:])}
+        if w.bad:
+            self.opt.zero_grad(set_to_none=True)
+            if self.sharding is not None:
+                self.sharding.drop_grads()
+            self.nonfinite += 1
+            if self.nonfinite > cfg.max_nonfinite:
+                self.save()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.step} ({w.bad_logs[-1]}); state saved in {self.out}; "
+                    f"pass --max-nonfinite N to skip up to N such steps")
+            if self.rank == 0:
+                warnings.warn(f"step {self.step}: non-finite loss {w.bad_logs[-1]}, step skipped "
+                              f"({self.nonfinite}/{cfg.max_nonfinite})")
+        else:
+            if cfg.clip_grad:  # FSDP: DTensor gradients, the norm is over the whole model (tested)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        self.window = _Window()
+        self.step += 1
+
+    def log_step(self):
+        """Append the step to the history, ``log.jsonl`` and the progress bar."""
+        g = self.opt.param_groups[0]
+        rec = {"step": self.step, "epoch": self.micro / self.bpe, "loss": self.last_loss, "lr": g["lr"] / g["lr_scale"],
+               **{k: float(v) for k, v in self.terms.items()}}
+        self.history.append(rec)
+        if self.log is not None:
+            self.log.write(json.dumps(rec) + "\n")
+            self.log.flush()
+        elapsed = time.perf_counter() - self.t0
+        self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{rec['lr']:.2e}",
+                             img_s=f"{self.seen / max(elapsed, 1e-9):.1f}", refresh=False)
+        self.bar.update(1)
+
+    # -- save ----------------------------------------------------------------------------------
+    def save(self):
+        """``checkpoint-<step>.pth`` (atomic, its sha256 recorded), then all but the newest
+        ``keep_last`` pruned. Collective: every rank calls it, rank 0 writes."""
+        rngs = gather_objects(_rng_state()) if self.ddp else None
+        if self.sharding is not None:  # gathered to rank 0, in the format of a single process
+            model_sd, opt_sd = self.sharding.full_state(self.opt, self.order)
+        if self.rank != 0:
+            return
+        if self.sharding is None:
+            model_sd, opt_sd = unwrap(self.model).state_dict(), self.opt.state_dict()
+        ckpt = {"model": model_sd, "optimizer": opt_sd, "step": self.step, "micro": self.micro,
+                "nonfinite": self.nonfinite, "rng": rngs[0] if self.ddp else _rng_state(), "config": self.cfg.to_json(),
+                "history": self.history, **({"rng_ranks": rngs} if self.ddp else {}),
+                "arch": getattr(unwrap(self.model), "arch", None),
+                "extra": {k: obj.state_dict() for k, obj in self.extra_state.items()}}
+        save_atomic(ckpt, self.out / CHECKPOINT_NAME.format(self.step), checksums=self.out / CHECKSUMS)
+        prune_checkpoints(self.out, self.cfg.keep_last)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.log is not None:
+            self.log.close()
+
+    def finish(self) -> FitResult:
+        if self.sharding is not None:  # the caller gets its plain module back, trained, on every rank
+            self.sharding.release()
+        if self.ddp:  # every rank leaves with the final checkpoint on disk
+            dist.barrier()
+        wall = time.perf_counter() - self.t0
+        return FitResult(self.step, self.last_loss, wall, self.seen / max(wall, 1e-9), self.out, self.history)
+
+
+def micro_batches_per_epoch(n: int, batch_size: int, world: int) -> int:
+    """Micro-batches per epoch and rank; a dataset smaller than one global batch is a BenchError."""
+    if n < batch_size * world:
+        raise BenchError(f"dataset has {n} samples, fewer than one global batch of {batch_size * world}")
+    return n // (batch_size * world)
 
 
 def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *,
         groups: list[dict] | None = None, after_step: Callable[[int, int], None] | None = None,
         collate_fn=None, extra_state: dict | None = None, resume: bool = True,
-        block_type: type | None = None) -> FitResult:
+        block_type: type | None = None, settings: dict | None = None) -> FitResult:
     """Train ``model`` on ``dataset``. ``loss_fn(model, batch) -> (loss, {name: float})``.
 
     ``groups``: optimizer parameter groups (default: ``param_groups(model, cfg.weight_decay)``),
     each may carry ``lr_scale``. ``after_step(step, total_steps)`` runs after each optimizer step
     (e.g. MoCo's momentum update). ``extra_state``: objects with ``state_dict``/``load_state_dict``
     saved in the checkpoint (e.g. a tokenizer). With ``resume`` the newest checkpoint in
-    ``cfg.out_dir`` is continued. ``block_type``: the model's repeated block class
-    (``backbones.vit.Block``), the unit of activation checkpointing and FSDP sharding.
+    ``cfg.out_dir`` is continued, and refused (one line) when the run there was started with other
+    settings: ``settings`` (JSON values, e.g. ``{"method": "mae", "mask_ratio": 0.75}``) are recorded
+    with the training config and the model's signature. ``block_type``: the model's repeated block
+    class (``backbones.vit.Block``), the unit of activation checkpointing and FSDP sharding.
     """
-    out = Path(cfg.out_dir)
     check_config(cfg)
-    rank, world = rank_world()
-    device = pick_device(cfg.device)
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
-    np.random.seed((cfg.seed + rank) % 2 ** 32)
-    model.to(device)
-    if cfg.grad_checkpointing:
-        if block_type is None:
-            raise BenchError("grad_checkpointing needs the model's block type (fit(..., block_type=))")
-        enable_grad_checkpointing(unwrap(model), block_type)
-    if cfg.compile:
-        # Compile the forward only: parameter names (and so checkpoints) stay those of the eager model.
-        # Measured: no gain on CPU here; the option is for GPUs.
-        core = unwrap(model)
-        core.forward = torch.compile(core.forward, backend=cfg.compile)
-    ddp = world > 1  # several processes (DDP or FSDP): rank agreement, global logs, per-rank RNG
-    sharding, wrapper = None, ""
-    if ddp and cfg.fsdp:
-        names = {p: n for n, p in model.named_parameters()}
-        sharding = FSDPSharding(model, block_type)  # in place: the same module, its parameters now DTensor shards
-        wrapper = f"; FSDP2 ({sharding.n_blocks} blocks sharded)"
-        if groups is not None:  # the caller's groups hold the replaced parameters: map them by name
-            new = dict(model.named_parameters())
-            groups = [{**g, "params": [new[names[p]] for p in g["params"]]} for g in groups]
-    elif ddp:  # broadcasts rank 0's parameters and buffers; averages gradients over ranks
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        wrapper = "; DDP"
-    elif cfg.fsdp:
-        wrapper = "; --fsdp ignored: single process"
-    if groups is None:
-        groups = param_groups(unwrap(model), cfg.weight_decay)
-    for g in groups:
-        g.setdefault("lr_scale", 1.0)
+    record = run_settings(cfg, model, dataset, settings)
+    if resume and checkpoint_paths(Path(cfg.out_dir)):  # before anything is loaded or written
+        check_run_record(Path(cfg.out_dir) / RUN_RECORD, record,
+                         hint="use the same settings, another output folder, or --no-resume")
+    micro_batches_per_epoch(len(dataset), cfg.batch_size, rank_world()[1])
 
-    global_batch = cfg.batch_size * cfg.accum_iter * world
-    lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
-    opt = make_optimizer(groups, cfg, lr)
-    if sharding is not None:  # optimizer parameter ids -> names, for the unsharded checkpoint format
-        names = {p: n for n, p in model.named_parameters()}
-        order = [names[p] for g in opt.param_groups for p in g["params"]]
-    bpe = len(dataset) // (cfg.batch_size * world)  # micro-batches per epoch
-    if bpe == 0:
-        raise BenchError(f"dataset has {len(dataset)} samples, fewer than one global batch of {cfg.batch_size * world}")
-    steps_per_epoch = max(1, bpe // cfg.accum_iter)
-    total = cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_epochs * steps_per_epoch))
-
-    step, micro, nonfinite, history = 0, 0, 0, []
-    state = load_latest(out) if resume else None
-    if state is not None:
-        if sharding is not None:
-            sharding.load(state["model"], opt, state["optimizer"], order)
-        else:
-            unwrap(model).load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        step, micro, nonfinite = state["step"], state["micro"], state.get("nonfinite", 0)
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        if len(rngs) == world:
-            _set_rng_state(rngs[rank])
-        else:  # another world size: data order is still exact (by position), model RNG is not
-            if rank == 0:
-                warnings.warn(f"resuming a {len(rngs)}-process run with {world} processes: data order is "
-                              f"unchanged, random streams inside the model (e.g. masks) differ")
-            if rank < len(rngs):
-                _set_rng_state(rngs[rank])
-        for k, obj in (extra_state or {}).items():
-            obj.load_state_dict(state["extra"][k])
-        history = [h for h in state.get("history", []) if h["step"] <= step]
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"[{cfg.desc}] world {world} x batch {cfg.batch_size} x accum {cfg.accum_iter} = global batch "
-              f"{global_batch}; lr {lr:.3g} (blr {cfg.blr:g} x {global_batch}/256){' [given]' if cfg.lr is not None else ''}; "
-              f"{total} steps, {steps_per_epoch} per epoch, warmup {warmup}{wrapper}"
-              + (f"; resumed at step {step} from {state['_path'].name}" if state else ""), flush=True)
-
-    def save(tag_step: int):
-        rngs = gather_objects(_rng_state()) if ddp else None  # collective: every rank calls save
-        if sharding is not None:  # collective too: gathered to rank 0, the format of a single process
-            model_sd, opt_sd = sharding.full_state(opt, order)
-        if rank != 0:
-            return
-        if sharding is None:
-            model_sd, opt_sd = unwrap(model).state_dict(), opt.state_dict()
-        ckpt = {"model": model_sd, "optimizer": opt_sd, "step": step, "micro": micro,
-                "nonfinite": nonfinite, "rng": rngs[0] if ddp else _rng_state(), "config": cfg.to_json(),
-                "history": history, **({"rng_ranks": rngs} if ddp else {}),
-                "arch": getattr(unwrap(model), "arch", None),
-                "extra": {k: obj.state_dict() for k, obj in (extra_state or {}).items()}}
-        save_atomic(ckpt, out / f"checkpoint-{tag_step:07d}.pth")
-        for old in checkpoint_paths(out)[cfg.keep_last:]:
-            old.unlink(missing_ok=True)
-
-    log = None
-    if rank == 0:  # the log always matches the checkpoint we continue from
-        _write_log(out / "log.jsonl", history)
-        log = open(out / "log.jsonl", "a")
-    from tqdm import tqdm
-    bar = tqdm(total=total, initial=step, desc=cfg.desc, disable=not cfg.progress or rank != 0,
-               dynamic_ncols=True, mininterval=0.5)
-    model.train()
-    t0, seen, last_loss = time.perf_counter(), 0, float("nan")
-    window_bad, window_logs = False, []
-    win_loss, win_n, win_terms = 0.0, 0, {}  # sums over this optimizer step's finite micro-batches
-    pin = device.type == "cuda"
-    # every remaining micro-batch of the run (a skipped non-finite step still counts as a step)
-    sampler = RunBatchSampler(len(dataset), cfg.batch_size, cfg.seed, micro, total * cfg.accum_iter - micro, rank, world)
-    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_fn, pin_memory=pin, prefetch_factor=4 if cfg.num_workers else None,
-                        # its own generator: creating a loader must not draw from the global RNG
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    if step < total:
-        for batch in loader:
-            g_step = step
-            for g in opt.param_groups:
-                g["lr"] = lr_at(g_step, total, warmup, lr, cfg.min_lr) * g["lr_scale"]
-            batch = _to_device(batch, device)
-            last_micro = (micro + 1) % cfg.accum_iter == 0
-            # all-reduce (DDP) / reduce-scatter (FSDP) gradients only in the step's last backward
-            if sharding is not None:
-                model.set_requires_gradient_sync(last_micro)
-            with model.no_sync() if ddp and sharding is None and not last_micro else contextlib.nullcontext():
-                with autocast(device, use_bf16):
-                    loss, logs = loss_fn(model, batch)
-                bad = not bool(torch.isfinite(loss).all())
-                bad_ranks = [rank] if bad else []
-                if ddp:  # agree before backward: a rank that skipped it would hang the others
-                    flags = all_reduce_sum([int(r == rank and bad) for r in range(world)])
-                    bad_ranks = [r for r, f in enumerate(flags) if f]
-                if bad_ranks:
-                    window_bad = True
-                    window_logs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
-                                        **({"ranks": bad_ranks} if ddp else {})})
-                else:
-                    (loss / cfg.accum_iter).backward()
-                    win_loss += float(loss.detach())
-                    win_n += 1
-                    for k, v in logs.items():
-                        win_terms[k] = win_terms.get(k, 0.0) + float(v)
-            micro += 1
-            seen += _batch_len(batch) * world
-            if micro % cfg.accum_iter:
-                continue
-            if win_n:  # the step's mean loss and terms over all its micro-batches on all ranks
-                keys = sorted(win_terms)
-                sums = [win_loss, float(win_n), *(win_terms[k] for k in keys)]
-                if ddp:
-                    sums = all_reduce_sum(sums)
-                last_loss = sums[0] / sums[1]
-                logs = {k: v / sums[1] for k, v in zip(keys, sums[2:])}
-            if window_bad:
-                opt.zero_grad(set_to_none=True)
-                if sharding is not None:
-                    sharding.drop_grads()
-                nonfinite += 1
-                if nonfinite > cfg.max_nonfinite:
-                    save(step)
-                    bar.close()
-                    if log is not None:
-                        log.close()
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} ({window_logs[-1]}); state saved in {out}; "
-                        f"pass --max-nonfinite N to skip up to N such steps")
-                if rank == 0:
-                    warnings.warn(f"step {step}: non-finite loss {window_logs[-1]}, step skipped ({nonfinite}/{cfg.max_nonfinite})")
-            else:
-                if cfg.clip_grad:  # FSDP: DTensor gradients, the norm is over the whole model (tested)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            window_bad, window_logs = False, []
-            win_loss, win_n, win_terms = 0.0, 0, {}
-            step += 1
+    trainer = Trainer(model, dataset, cfg, groups=groups, block_type=block_type, extra_state=extra_state)
+    if resume:
+        trainer.resume()
+    trainer.start(record)
+    try:
+        for batch in trainer.batches(collate_fn):
+            trainer.forward_backward(loss_fn, batch)
+            if trainer.micro % cfg.accum_iter:
+                continue  # accumulating gradients
+            trainer.optimizer_step()
             if after_step is not None:
-                after_step(step, total)
-            rec = {"step": step, "epoch": micro / bpe, "loss": last_loss, "lr": opt.param_groups[0]["lr"] / opt.param_groups[0]["lr_scale"],
-                   **{k: float(v) for k, v in logs.items()}}
-            history.append(rec)
-            if log is not None:
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{rec['lr']:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.1f}", refresh=False)
-            bar.update(1)
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total:
-                save(step)
-            if step >= total:
+                after_step(trainer.step, trainer.total)
+            trainer.log_step()
+            if trainer.step == trainer.total or (cfg.ckpt_every and trainer.step % cfg.ckpt_every == 0):
+                trainer.save()
+            if trainer.step >= trainer.total:
                 break
-    bar.close()
-    if log is not None:
-        log.close()
-    if sharding is not None:  # the caller gets its plain module back, trained, on every rank
-        sharding.release()
-    if ddp:  # every rank leaves with the final checkpoint on disk
-        dist.barrier()
-    wall = time.perf_counter() - t0
-    return FitResult(step, last_loss, wall, seen / max(wall, 1e-9), out, history)
+    finally:
+        trainer.close()
+    return trainer.finish()
+
+
+def _worker_message(e: Exception) -> str:
+    """The original one-line message of an exception re-raised by a DataLoader from a worker
+    (``'Caught DataError in DataLoader worker process 0.\\nOriginal Traceback ...\\n<type>: <message>'``)."""
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        prefix, sep, message = lines[-1].partition(": ")
+        return message if sep and prefix.split(".")[-1] == type(e).__name__ else lines[-1]
+    return str(e)
 
 
 def _write_log(path: Path, history: list):
