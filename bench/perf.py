@@ -460,3 +460,92 @@ def perf_det(config="vit_b", variants=("fpn",), backbone="random_vit_base_patch1
                             baseline, iters, repeats, notes)
         del model
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: bench perf {pretrain,cls,seg,det,data}
+# --------------------------------------------------------------------------------------------------
+
+def add_perf_arguments(parser):
+    """Options of ``bench perf`` (one subcommand per measurement)."""
+    sub = parser.add_subparsers(dest="what", required=True)
+
+    def command(name, help_, *, arch=None, img_size=None, batch_size, iters, **description):
+        p = sub.add_parser(name, help=help_, **description)
+        if arch:
+            p.add_argument("--arch", default=arch)
+        if img_size:
+            p.add_argument("--img-size", type=int, default=img_size)
+        p.add_argument("--batch-size", type=int, default=batch_size)
+        if iters:
+            p.add_argument("--iters", type=int, default=iters, help="timed steps per configuration (after 1 warm-up)")
+            p.add_argument("--threads", type=int, default=None)
+            p.add_argument("--baseline", action="store_true", help="also time plain fp32")
+        return p
+
+    def layout(p):
+        p.add_argument("--channels-last", nargs="?", const="on", default=None, choices=["on", "off", "both"],
+                       help="conv layout of the pyramid / neck / heads: on = channels-last (NHWC), off = NCHW, "
+                            "both = time both interleaved (default: the task's, i.e. on for CUDA, off on CPU)")
+        p.add_argument("--repeats", type=int, default=1,
+                       help="rounds of timing every variant (precision x layout) in turn; medians over all rounds")
+
+    p = command("pretrain", "MAE step img/s, vs encoder-with-mask-tokens, vs FLOPs and matmul peaks",
+                arch="vit_base_patch16", img_size=224, batch_size=8, iters=3)
+    p.add_argument("--decoder-depths", type=int, nargs="+", default=[8, 1])
+    p.add_argument("--device", default="auto")
+    p = command("cls", "fine-tuning step img/s, ours vs timm's ViT, vs matmul peaks",
+                arch="vit_base_patch16", img_size=224, batch_size=8, iters=3)
+    p.add_argument("--device", default="auto")
+    p = command("seg", "UperNet training step img/s (mmseg model from our config) vs matmul peaks",
+                batch_size=2, iters=2)
+    p.add_argument("--config", default="paper_vit_base", help="segmentation config name or path")
+    p.add_argument("--backbone", default="random_vit_base_patch16")
+    p.add_argument("--crop", type=int, default=512)
+    layout(p)
+    p = command("det", "Mask R-CNN training step img/s (mmdet model from our config) vs matmul peaks",
+                batch_size=1, iters=2,
+                description="Mask R-CNN training step (forward, backward, AdamW) of the detection task's own config "
+                            "on random images, boxes, masks and labels: img/s, step time, GFLOP/img (fwd+bwd), "
+                            "GFLOP/s and % of the matmul peak of the precision.")
+    p.add_argument("--config", default="vit_b", help="detection config name (smoke, vit_b, vit_l) or .py path")
+    p.add_argument("--variant", nargs="+", default=["fpn"], choices=["fpn", "vitdet"],
+                   help="fpn: ViT -> FPN (MAE paper / Li et al. 2021); vitdet: simple feature pyramid; both: fpn vitdet")
+    p.add_argument("--backbone", default="random_vit_base_patch16")
+    p.add_argument("--img-size", type=int, default=512,
+                   help="square input in pixels (the protocols' LSJ crop is 1024; default 512 for CPU)")
+    p.add_argument("--boxes", type=int, default=8, help="random ground-truth boxes (with masks) per image")
+    layout(p)
+    p = command("data", "data loader img/s (JPEG decode + augmentation) with 0..N workers",
+                img_size=224, batch_size=64, iters=0)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--decoder", choices=["pil", "torchvision", "both"], default="both",
+                   help="pil: PIL decode + transforms on PIL images; torchvision: torchvision.io decode + "
+                        "transforms.v2 on uint8 tensors (the default path); both (default)")
+    p.add_argument("--model-img-s", type=float, default=7.5,
+                   help="model img/s the loader must feed, printed as loader/model ratio (default 7.5: bench perf "
+                        "pretrain's MAE ViT-B/16 bf16 step on the 2-core CPU)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per configuration")
+    return parser
+
+
+def perf_main(a) -> int:
+    """Run the ``bench perf`` measurement ``a.what`` with the parsed options."""
+    layout = {None: None, "on": True, "off": False, "both": "both"}[getattr(a, "channels_last", None)]
+    if a.what == "pretrain":
+        perf_pretrain(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, decoder_depths=a.decoder_depths,
+                      iters=a.iters, threads=a.threads, baseline=a.baseline, device=a.device)
+    elif a.what == "cls":
+        perf_cls(arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, iters=a.iters, threads=a.threads,
+                 baseline=a.baseline, device=a.device)
+    elif a.what == "seg":
+        perf_seg(config=a.config, backbone=a.backbone, crop=a.crop, batch_size=a.batch_size, iters=a.iters,
+                 threads=a.threads, baseline=a.baseline, channels_last=layout, repeats=a.repeats)
+    elif a.what == "det":
+        perf_det(config=a.config, variants=a.variant, backbone=a.backbone, img_size=a.img_size,
+                 batch_size=a.batch_size, boxes=a.boxes, iters=a.iters, threads=a.threads, baseline=a.baseline,
+                 channels_last=layout, repeats=a.repeats)
+    else:
+        perf_data(img_size=a.img_size, batch_size=a.batch_size, workers=a.workers, decoder=a.decoder,
+                  model_img_s=a.model_img_s, repeats=a.repeats)
+    return 0

@@ -7,10 +7,9 @@ A suite (``bench/suites/*.yaml``, read by ``bench.suite.load_suite``) expands in
   ``<out>/work/<init>/pretrain`` and yields ``pretrain.pth``. Pretraining is done once per init and
   shared by all seeds (the seeds vary the transfer runs, as the paper's error bars do);
 * one **transfer cell** per init x task (x k for partial fine-tuning) x seed, named
-  ``<init>/<task>/seed<s>`` (``<init>/<task>/k<k>/seed<s>``). It builds
-  ``build_backbone(f'{init}_{arch}', checkpoint)`` inside the task function
-  (``tasks.detection.run.run_detection``, ``tasks.segmentation.run.run_segmentation``,
-  ``tasks.classification.run.run_classification``) with ``<out>/work/<cell name>`` as its work dir,
+  ``<init>/<task>/seed<s>`` (``<init>/<task>/k<k>/seed<s>``). It calls the task's declared
+  ``run`` (``tasks.registry``; e.g. ``tasks.detection.run.run_detection``), which builds
+  ``build_backbone(f'{init}_{arch}', checkpoint)``, with ``<out>/work/<cell name>`` as its work dir,
   and appends the task's row to ``<out>/runs.jsonl``. The cell id is that row's ``run_id``
   (``bench.core.results.default_run_id`` of suite, task, protocol, k, init, arch, seed and the init's
   identity extras such as MAE's ``mask_ratio``).
@@ -55,12 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core.distributed import is_main
-from bench.core.errors import BenchError
-from bench.core.io import atomic_write_json
+from bench.core.errors import BenchError, first_line
 from bench.core.results import ResultsStore, default_run_id, make_row
-from bench.suite import InitEntry, Suite, TaskEntry, generator_fn, load_suite, pretrainer_fn
+from bench.core.run_record import read_run_record, settings_diff, write_run_record
+from bench.suite import InitEntry, Suite, TaskEntry, load_suite, pretrainer_fn
+from tasks.spec import TransferRun
 
-DETECTION_VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
 CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 CELL_FILE = "cell.json"
 ERROR_LOG = "error.log"
@@ -194,20 +193,14 @@ def _jsonable(obj):
 
 
 def _recorded_settings(work: Path) -> dict | None:
-    path = work / CELL_FILE
-    if not path.is_file():
+    """The settings in ``cell.json`` (None when the cell never started)."""
+    record = read_run_record(work / CELL_FILE)
+    if record is None:
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise BenchError(f"{path}: unreadable cell file; delete the folder {work} to start that "
-                         "cell again") from None
-
-
-def _settings_diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys
-                     if old.get(k) != new.get(k))
+    if not isinstance(record.get("settings"), dict):
+        raise BenchError(f"{work / CELL_FILE}: cell file without 'settings'; delete the folder "
+                         f"{work} to start that cell again")
+    return record["settings"]
 
 
 def cell_status(cell: Cell, out_dir: Path, done_ids: set[str]) -> str:
@@ -247,7 +240,7 @@ def dataset_root(task: TaskEntry, out_dir: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
             print(f"generating {task.task} data in {final} ({task.generate})", flush=True)
-            made = Path(generator_fn(task.task)(tmp / "d", **task.generate))
+            made = task.spec.generate(tmp / "d", **task.generate)
             (tmp / "d" / ".generated.json").write_text(json.dumps(
                 {"task": task.task, "generate": _jsonable(task.generate),
                  "root": str(made.relative_to(tmp / "d"))}), encoding="utf-8")
@@ -276,32 +269,12 @@ def run_pretrain_cell(cell: Cell, out_dir: Path) -> Path:
 def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path | None) -> dict:
     """Run the task of ``cell`` (resuming from its work dir) and return its row (not yet stored)."""
     t, init = cell.task, cell.init
-    work = out_dir / cell.work_dir
-    data_root = dataset_root(t, out_dir)
-    common = dict(seed=cell.seed, resume=True, results=None, suite=suite.name)
-    if t.family == "detection":
-        from tasks.detection.run import run_detection
-        return run_detection(init.backbone, checkpoint, data_root,
-                             variant=DETECTION_VARIANTS[t.protocol], work_dir=work,
-                             trust_checkpoint=init.trust_checkpoint,
-                             **_given(config=t.config_for(init.arch), iters=t.iters), **common)
-    if t.family == "segmentation":
-        from tasks.segmentation.run import run_segmentation
-        return run_segmentation(init.backbone, checkpoint, data_root, work_dir=work,
-                                trust_checkpoint=init.trust_checkpoint,
-                                **_given(config=t.config_for(init.arch), iters=t.iters), **common)
-    from tasks.classification.run import run_classification
-    return run_classification(t.protocol, t.task, data_root, init.backbone, checkpoint,
-                              k=cell.k, out_dir=work, bf16=t.bf16,
-                              trust_checkpoint=init.trust_checkpoint, progress=sys.stderr.isatty(),
-                              **_given(config=t.config_for(init.arch), epochs=t.epochs,
-                                       batch_size=t.batch_size),
-                              **common)
-
-
-def _given(**kwargs) -> dict:
-    """Only the options the suite sets; the task's own defaults apply to the rest."""
-    return {k: v for k, v in kwargs.items() if v is not None}
+    return t.spec.run(TransferRun(
+        task=t.task, protocol=t.protocol, backbone=init.backbone, checkpoint=checkpoint,
+        data_root=dataset_root(t, out_dir), work_dir=out_dir / cell.work_dir, seed=cell.seed,
+        suite=suite.name, k=cell.k, config=t.config_for(init.arch), iters=t.iters, epochs=t.epochs,
+        batch_size=t.batch_size, bf16=t.bf16, trust_checkpoint=init.trust_checkpoint,
+        progress=sys.stderr.isatty()))
 
 
 def _finish_row(row: dict, suite: Suite, cell: Cell) -> dict:
@@ -329,15 +302,9 @@ def _failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str,
                     extra={**cell.init.extra, "cell": cell.name}, run_id=cell.id)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return line if len(line) <= 400 else line[:397] + "..."
-
-
 def _write_cell_file(cell: Cell, work: Path) -> None:
-    atomic_write_json({"name": cell.name, "id": cell.id, "settings": cell_settings(cell)}, work / CELL_FILE,
-                      indent=1, sort_keys=True)
+    write_run_record(work / CELL_FILE, {"name": cell.name, "id": cell.id,
+                                        "settings": cell_settings(cell)})
 
 
 def _log_error(work: Path, exc: BaseException) -> None:
@@ -360,7 +327,7 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
         work = out_dir / cell.work_dir
         old = _recorded_settings(work)
         if old is not None and old != cell_settings(cell):
-            change = _settings_diff(old, cell_settings(cell))
+            change = ", ".join(settings_diff(old, cell_settings(cell)))
             if cell.kind == "transfer" and status == "done":
                 print(f"note: {cell.name} is done with other settings ({change}); kept. Delete "
                       f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
@@ -443,7 +410,7 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
         store.append(row)
         return True, ", ".join(f"{k} {v:.2f}" for k, v in row["metrics"].items())
     except Exception as exc:  # a failed cell is recorded; the others still run
-        error = _one_line(exc)
+        error = first_line(exc, with_type=True)
         _log_error(work, exc)
         if cell.kind == "transfer" and is_main():
             store.append(_failed_row(suite, cell, checkpoint, error, time.perf_counter() - start))
@@ -556,7 +523,7 @@ def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, exec
             try:
                 ok, text = job.results()[0]  # rank 0's answer
             except Exception as exc:  # the job died outside execute_cell (node failure, OOM kill)
-                ok, text = False, f"job {job.job_id}: {_one_line(exc)}"
+                ok, text = False, f"job {job.job_id}: {first_line(exc, with_type=True)}"
                 if cell.kind == "transfer":
                     ResultsStore(out_dir).append(_failed_row(
                         suite, cell, cell_checkpoint(cell, out_dir), text, 0.0))
@@ -599,7 +566,7 @@ def slurm_executor(spec: str, out_dir: Path):
         executor = submitit.AutoExecutor(folder=out_dir / "slurm" / "%j", cluster="slurm")
     except Exception as e:  # no sbatch here
         raise BenchError(f"option --slurm: cannot submit Slurm jobs from this machine "
-                         f"({_one_line(e)}); use --local") from None
+                         f"({first_line(e, with_type=True)}); use --local") from None
     executor.update_parameters(slurm_max_num_timeout=20, **params)
     return executor
 
@@ -686,7 +653,7 @@ def main(argv=None) -> int:
     try:
         return run_main(args)
     except BenchError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return e.exit_code
 
 

@@ -18,14 +18,13 @@ A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete exam
         pretrain: {method: mae, mask_ratio: 0.5, steps: 300}
     tasks:                       # <label>: a transfer task; the label names the cells
       coco:
-        task: coco               #   coco | ade20k | inat2017 | inat2018 | inat2019 | places205 |
-                                 #   places365 | folder  (default: the label)
-        protocol: maskrcnn_fpn   #   coco: maskrcnn_fpn | maskrcnn_vitdet; ade20k: upernet;
-                                 #   classification: finetune | linear | partial
+        task: coco               #   a task of tasks/registry.py (default: the label)
+        protocol: maskrcnn_fpn   #   one of the task's protocols (default: its first)
         generate: {n_train: 16, n_val: 8, image_size: [64, 64]}  # make the small generated set
         # data: /datasets/coco   #   ... or read a dataset on disk (exactly one of the two)
         config: smoke            #   the task's config name or file, or {<arch>: config, ...}
-        iters: 100               #   coco / ade20k: training iterations
+        iters: 100               #   the task's own keys (TaskSpec.suite_keys): coco and ade20k
+                                 #   take iters; classification epochs, batch_size, k, bf16
       folder_partial:
         task: folder
         protocol: partial
@@ -50,7 +49,6 @@ Whether files exist is checked by ``bench run`` (``bench.runner.check_inputs``, 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -60,15 +58,11 @@ from typing import Any, Callable
 import yaml
 
 from bench.core.errors import BenchError
+from tasks.registry import TASKS, runnable_tasks
+from tasks.spec import TaskSpec
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 SCALES = ("smoke", "full")
-DETECTION_TASKS = ("coco",)
-SEGMENTATION_TASKS = ("ade20k",)
-CLASSIFICATION_TASKS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder")
-TASKS = DETECTION_TASKS + SEGMENTATION_TASKS + CLASSIFICATION_TASKS
-PROTOCOLS = {"coco": ("maskrcnn_fpn", "maskrcnn_vitdet"), "ade20k": ("upernet",),
-             **{t: ("finetune", "linear", "partial") for t in CLASSIFICATION_TASKS}}
 PRETRAIN_METHODS = ("mae", "mocov3", "beit", "supervised")
 
 SUITE_KEYS = ("name", "description", "scale", "arch", "seeds", "inits", "tasks")
@@ -77,10 +71,8 @@ INIT_KEYS = ("init", "arch", "checkpoint", "pretrain", "trust_checkpoint", "extr
 PRETRAIN_COMMON_KEYS = ("method", "data", "img_size", "epoch_size")
 # TrainConfig fields a suite may not set: the runner owns them.
 PRETRAIN_RESERVED = ("out_dir", "desc", "progress", "resume")
+# Keys of every task entry; each task adds its own (TaskSpec.suite_keys: iters, epochs, ...).
 TASK_COMMON_KEYS = ("task", "protocol", "data", "generate", "config")
-TASK_KEYS = {**{t: TASK_COMMON_KEYS + ("iters",) for t in DETECTION_TASKS + SEGMENTATION_TASKS},
-             **{t: TASK_COMMON_KEYS + ("epochs", "batch_size", "k", "bf16")
-                for t in CLASSIFICATION_TASKS}}
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -121,12 +113,9 @@ class TaskEntry:
         return self.config.get(arch) if isinstance(self.config, dict) else self.config
 
     @property
-    def family(self) -> str:
-        if self.task in DETECTION_TASKS:
-            return "detection"
-        if self.task in SEGMENTATION_TASKS:
-            return "segmentation"
-        return "classification"
+    def spec(self) -> TaskSpec:
+        """The task's declaration (``tasks.registry``)."""
+        return TASKS[self.task]
 
 
 @dataclass(frozen=True)
@@ -320,11 +309,13 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     key = f"tasks.{label}"
     spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
     task = spec.get("task", label)
-    if not isinstance(task, str) or task not in TASKS:
+    runnable = runnable_tasks()
+    if not isinstance(task, str) or task not in runnable:
         raise BenchError(f"{where}: key {key + ('.task' if 'task' in spec else '')!r}: unknown "
-                         f"task {task!r}; allowed: {', '.join(TASKS)} (or set '{key}.task')")
-    _known_keys(spec, TASK_KEYS[task], where, key)
-    protocols = PROTOCOLS[task]
+                         f"task {task!r}; allowed: {', '.join(runnable)} (or set '{key}.task')")
+    declared = TASKS[task]
+    _known_keys(spec, TASK_COMMON_KEYS + declared.suite_keys, where, key)
+    protocols = declared.protocols
     protocol = spec.get("protocol", protocols[0])
     if not isinstance(protocol, str) or protocol not in protocols:
         raise BenchError(f"{where}: key {key + '.protocol'!r}: protocol {protocol!r} is not one "
@@ -336,12 +327,8 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     generate = None
     if "generate" in spec:
         generate = _mapping(spec["generate"], where, f"key {key + '.generate'!r}")
-        fn = generator_fn(task)
-        allowed = [p.name for p in inspect.signature(fn).parameters.values()
-                   if p.name not in ("root", "year", "overwrite")
-                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        _known_keys(generate, allowed, where, f"{key}.generate")
-        params = inspect.signature(fn).parameters
+        params = declared.generator_options()
+        _known_keys(generate, list(params), where, f"{key}.generate")
         for name, value in generate.items():  # the type of each parameter's default
             kind = _kind_of(params[name].default)
             if kind and not _is_kind(value, kind):
@@ -380,41 +367,14 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
 
 
 # --------------------------------------------------------------------------------------------------
-# The functions a suite names: pretrainers and dataset generators
+# The pretrainers a suite names
 # --------------------------------------------------------------------------------------------------
 
 def pretrainer_fn(method: str) -> Callable[..., Path]:
-    """The pretraining function of ``method``: ``fn(arch, out_dir, *, data, img_size, epoch_size,
-    resume, **train) -> Path of pretrain.pth``. MAE lives in ``backbones.pretrainers.mae``; the others in
-    ``backbones.pretrainers.PRETRAINERS``."""
-    try:
-        from backbones.pretrainers import PRETRAINERS
-    except ImportError as e:
-        if method == "mae":
-            from backbones.pretrainers.mae import pretrain_mae
-            return pretrain_mae
-        raise BenchError(f"pretraining method {method!r} is not available in this install "
-                         f"(backbones.pretrainers: {e})") from None
+    """The pretraining function of ``method`` (``backbones.pretrainers.PRETRAINERS``):
+    ``fn(arch, out_dir, *, data, img_size, epoch_size, resume, **train) -> Path of pretrain.pth``."""
+    from backbones.pretrainers import PRETRAINERS
     return PRETRAINERS[method]
-
-
-
-
-def generator_fn(task: str) -> Callable[..., Path]:
-    """The small-dataset generator of ``task``; called as ``fn(root, **generate)``. Returns the
-    dataset root the task reads (ADE20K: ``root/ADEChallengeData2016``)."""
-    if task == "coco":
-        from tasks.detection.coco_data import make_coco_dataset
-        return make_coco_dataset
-    if task == "ade20k":
-        from tasks.segmentation.ade_data import make_ade20k_dataset
-        return make_ade20k_dataset
-    from tasks.classification import datasets
-    if task.startswith("inat"):
-        return functools.partial(datasets.make_inat_dataset, year=int(task[len("inat"):]))
-    return {"places205": datasets.make_places205_dataset,
-            "places365": datasets.make_places365_dataset,
-            "folder": datasets.make_image_folder}[task]
 
 
 # --------------------------------------------------------------------------------------------------

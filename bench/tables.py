@@ -1,6 +1,8 @@
 """Paper-style tables and plots from the results store (``bench table``).
 
-``build_tables`` turns finished runs into the layouts of He et al. 2021 (MAE), Section 5:
+``build_tables`` turns finished runs into the layouts of He et al. 2021 (MAE), Section 5. Which
+table a row goes into, its metrics and its column come from its task's declaration
+(``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``):
 
 =====================  ==========================================================  ==========
 table                  rows kept                                                   metric(s)
@@ -20,9 +22,12 @@ partial table) and ``field`` one of ``mean`` and ``std`` (ddof=1, NaN when n=1) 
 ``delta`` (mean minus the 'supervised' mean of the same cell column, NaN without a supervised row)
 and ``published`` (the paper's number for that cell, from results/reference/mae_paper.csv).
 
-Only rows with status 'ok' count, and a run_id that was recorded twice counts once (the last row).
-Runs of one init with several ``extra['mask_ratio']`` values are shown as separate rows
-(``mae mask=0.75``) rather than averaged together.
+A row's input size is ``extra['img_size']`` (the task's own ``img_size`` when absent). At the
+task's own size (COCO 1024, ADE20K 512, classification 224) it is the paper's plain column
+(``ViT-B``) and gets the paper's number; another size is a column of its own (``ViT-H448``,
+``ViT-demo/8@64``). Only rows with status 'ok' count, and a run_id that was recorded twice counts
+once (the last row). Runs of one init with several ``extra['mask_ratio']`` values are shown as
+separate rows (``mae mask=0.75``) rather than averaged together.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,23 +45,17 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.io import atomic_open, atomic_write_text
 from bench.core.results import ResultsStore
+from tasks.registry import TABLES, TASKS
+from tasks.spec import PAPER_COLUMN_IMG_SIZE, Table, TaskSpec
 
 FIELDS = ("mean", "std", "n", "delta", "published")
 INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
 BASELINE_INIT = "supervised"
-DEFAULT_IMG_SIZE = 224
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "mae_paper.csv"
 REFERENCE_COLUMNS = ("task", "protocol", "k", "metric", "init", "backbone", "img_size", "value",
                      "source")
 FORMATS = ("csv", "tex", "md")
-
-TASK_NAMES = {"imagenet": "ImageNet", "coco": "COCO", "ade20k": "ADE20K",
-              "inat2017": "iNat 2017", "inat2018": "iNat 2018", "inat2019": "iNat 2019",
-              "places205": "Places205", "places365": "Places365", "folder": "folder"}
-TASK_ORDER = tuple(TASK_NAMES)
-TRANSFER_CLS_TASKS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder")
-MAIN_METRICS = {"coco": ("APbox", "APmask"), "ade20k": ("mIoU",)}  # classification: top1
 
 # timm arch -> the paper's column name (patch sizes as in the paper: B/16, L/16, H/14).
 PAPER_BACKBONES = {"vit_base_patch16": "ViT-B", "vit_large_patch16": "ViT-L",
@@ -64,15 +63,6 @@ PAPER_BACKBONES = {"vit_base_patch16": "ViT-B", "vit_large_patch16": "ViT-L",
 SIZE_LETTERS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H",
                 "giant": "g"}
 SIZE_RANK = {"Ti": 1, "S": 2, "B": 3, "L": 4, "H": 5, "g": 6}
-
-TITLES = {
-    "table3_imagenet": "ImageNet-1K end-to-end fine-tuning, top-1 (cf. MAE Table 3)",
-    "table4_coco": "COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4)",
-    "table5_ade20k": "ADE20K UperNet, mIoU (cf. MAE Table 5)",
-    "table6_transfer_cls": "Classification transfer, fine-tuned top-1 (cf. MAE Table 6)",
-    "linear_probe": "Linear probing, top-1 (cf. MAE Table 12)",
-    "partial_finetune": "Partial fine-tuning, top-1 vs. number of tuned blocks k (cf. MAE Fig. 9)",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,21 +77,22 @@ def _img_size(value: Any) -> int | None:
 
 def backbone_label(backbone: str, img_size: int | None = None) -> str:
     """'vit_base_patch16' -> 'ViT-B', ('vit_huge_patch14', 448) -> 'ViT-H448',
-    'vit_base_patch8' -> 'ViT-B/8', 'vit_demo_patch8' -> 'ViT-demo/8'; other names unchanged."""
+    'vit_base_patch8' -> 'ViT-B/8', ('vit_demo_patch8', 64) -> 'ViT-demo/8@64'; other names
+    unchanged. ``img_size``: the input size when it is not the task's own (None: the task's)."""
     img_size = _img_size(img_size)
     if backbone in PAPER_BACKBONES:
         label = PAPER_BACKBONES[backbone]
     else:
         m = re.fullmatch(r"vit_([a-z0-9]+)_patch(\d+)", backbone)
         label = f"ViT-{SIZE_LETTERS.get(m.group(1), m.group(1))}/{m.group(2)}" if m else backbone
-    if img_size is not None and img_size != DEFAULT_IMG_SIZE:
+    if img_size is not None:
         label += str(img_size) if backbone in PAPER_BACKBONES else f"@{img_size}"
     return label
 
 
 def _backbone_sort_key(backbone: str, img_size: int | None) -> tuple:
     """Small/demo arches first, then B, L, H (by patch size), each at growing input size."""
-    img = _img_size(img_size) or DEFAULT_IMG_SIZE
+    img = _img_size(img_size) or 0
     m = re.fullmatch(r"vit_([a-z0-9]+)_patch(\d+)", backbone)
     if m is None:
         return (0, backbone, 0, img)
@@ -116,7 +107,25 @@ def _init_sort_key(init: str) -> tuple:
 
 
 def _task_sort_key(task: str) -> tuple:
-    return (TASK_ORDER.index(task), task) if task in TASK_ORDER else (len(TASK_ORDER), task)
+    order = list(TASKS)
+    return (order.index(task), task) if task in TASKS else (len(order), task)
+
+
+def _title(task: str) -> str:
+    return TASKS[task].title if task in TASKS else task
+
+
+def _main_metrics(task: str) -> tuple[str, ...]:
+    return TASKS[task].metrics if task in TASKS else ("top1",)
+
+
+def _resolution(task: str, img_size: Any) -> int | None:
+    """The input size as tables key it: None at the task's own size (``TaskSpec.resolution``)."""
+    spec: TaskSpec | None = TASKS.get(task)
+    if spec is not None:
+        return spec.resolution(img_size)
+    img = _img_size(img_size)
+    return None if img in (None, PAPER_COLUMN_IMG_SIZE) else img
 
 
 def _num(x: Any) -> float:
@@ -159,8 +168,15 @@ def load_reference(path: str | os.PathLike = DEFAULT_REFERENCE) -> pd.DataFrame:
                                  f"got {text!r}") from None
     out["value"] = out["value"].astype(float)
     out["k"] = [float(t) if t.strip() else math.nan for t in out["k"]]
-    out["img_size"] = [int(float(t)) if t.strip() else DEFAULT_IMG_SIZE for t in out["img_size"]]
+    out["img_size"] = [int(float(t)) if t.strip() else PAPER_COLUMN_IMG_SIZE
+                       for t in out["img_size"]]
     return out
+
+
+def _reference_key(task, protocol, metric, init, backbone, resolution, k) -> tuple:
+    """Where a published number sits; results rows and reference rows build the same key."""
+    k = None if math.isnan(_num(k)) else float(k)
+    return (task, protocol, metric, init, backbone, resolution, k)
 
 
 def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, float]:
@@ -168,8 +184,11 @@ def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, float]:
         return {}
     out = {}
     for r in reference.itertuples(index=False):
-        k = None if math.isnan(_num(r.k)) else float(r.k)
-        out[(r.task, r.protocol, r.metric, r.init, r.backbone, int(r.img_size), k)] = float(r.value)
+        spec = TASKS.get(r.task)
+        resolution = (spec.reference_resolution(r.img_size) if spec is not None
+                      else _resolution(r.task, r.img_size))
+        key = _reference_key(r.task, r.protocol, r.metric, r.init, r.backbone, resolution, r.k)
+        out[key] = float(r.value)
     return out
 
 
@@ -179,7 +198,8 @@ def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, float]:
 
 def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
     """Rows with status 'ok', one per run_id (the last), with helper columns ``img_size``,
-    ``mask_ratio``, ``col`` (backbone label) and ``init_label``."""
+    ``resolution`` (None at the task's own input size), ``mask_ratio``, ``col`` (backbone label)
+    and ``init_label``."""
     if df is None or df.empty or "status" not in df.columns:
         return pd.DataFrame()
     ok = df[df["status"] == "ok"].drop_duplicates("run_id", keep="last").copy()
@@ -189,8 +209,10 @@ def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
     # object dtype keeps None as None (a float column would turn it into NaN)
     ok["img_size"] = pd.Series([_img_size(v) for v in ok.get("extra.img_size", missing)],
                                index=ok.index, dtype=object)
+    ok["resolution"] = pd.Series([_resolution(t, s) for t, s in zip(ok["task"], ok["img_size"])],
+                                 index=ok.index, dtype=object)
     ok["mask_ratio"] = [_num(v) for v in ok.get("extra.mask_ratio", missing)]
-    ok["col"] = [backbone_label(b, s) for b, s in zip(ok["backbone"], ok["img_size"])]
+    ok["col"] = [backbone_label(b, s) for b, s in zip(ok["backbone"], ok["resolution"])]
     ok["k"] = pd.Series([None if math.isnan(_num(k)) else (int(k) if float(k).is_integer() else float(k)) for k in ok["k"]],
                         index=ok.index, dtype=object)
     # An init pre-trained at several mask ratios is several rows, not one averaged cell.
@@ -201,67 +223,64 @@ def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
-def _cells(runs: pd.DataFrame, metrics: tuple[str, ...],
-           group_of: Callable[[Any, str], tuple[tuple, str]],
-           column_of: Callable[[Any], tuple[tuple, str]]) -> pd.DataFrame:
-    """Long frame: one row per (init_label, group, column, run) with the metric value and the
-    keys that locate a published number."""
+def _cells(runs: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """Long frame: one row per (init_label, group, column, run, metric) with the metric value,
+    the sort keys of its group and column, and the key that locates its published number."""
+    protocols = sorted(runs["protocol"].unique())
     records = []
     for r in runs.to_dict("records"):
-        for metric in metrics:
+        backbone_key = _backbone_sort_key(r["backbone"], r["resolution"])
+        metrics = _main_metrics(r["task"])
+        for i, metric in enumerate(metrics if table.layout == "metrics" else metrics[:1]):
             value = _num(r.get(metric))
             if math.isnan(value):
                 continue
-            group_key, group = group_of(r, metric)
-            column_key, column = column_of(r)
-            k = _num(r["k"])
+            if table.layout == "metrics":  # Tables 3-5: a group per metric (and protocol)
+                group_key = (i, r["protocol"])
+                group = metric if len(protocols) < 2 else f"{metric} ({r['protocol']})"
+            elif table.layout == "tasks":  # Table 6, linear probing: a group per task
+                group_key, group = _task_sort_key(r["task"]), _title(r["task"])
+            else:  # partial fine-tuning: a group per task and backbone, a column per k
+                group_key = (_task_sort_key(r["task"]), backbone_key)
+                group = f"{_title(r['task'])} {r['col']}"
+            if table.layout == "k":
+                column_key, column = r["k"], "k=mlp" if r["k"] == 0.5 else f"k={r['k']}"
+            else:
+                column_key, column = backbone_key, r["col"]
             records.append({
                 "init": r["init_label"], "group": group, "group_key": group_key,
                 "column": column, "column_key": column_key, "value": value,
-                "ref_key": (r["task"], r["protocol"], metric, r["init"], r["backbone"],
-                            _img_size(r["img_size"]) or DEFAULT_IMG_SIZE,
-                            None if math.isnan(k) else k),
+                "ref_key": _reference_key(r["task"], r["protocol"], metric, r["init"],
+                                          r["backbone"], r["resolution"], r["k"]),
             })
     return pd.DataFrame.from_records(records)
 
 
 def _aggregate(cells: pd.DataFrame, published: dict[tuple, float], title: str) -> pd.DataFrame:
     """Wide table: index init, columns (group, column, field)."""
-    group_keys: dict[str, Any] = {}
-    for key, group in zip(cells["group_key"], cells["group"]):
-        group_keys.setdefault(group, key)
-    groups = sorted(group_keys, key=lambda g: (group_keys[g], g))
-    col_order = {}
-    for g in groups:
-        sub = cells[cells["group"] == g]
-        column_keys: dict[str, Any] = {}
-        for key, column in zip(sub["column_key"], sub["column"]):
-            column_keys.setdefault(column, key)
-        col_order[g] = sorted(column_keys, key=lambda c: (column_keys[c], c))
-    inits = sorted(cells["init"].unique(), key=_init_sort_key)
+    stats = cells.groupby(["init", "group", "column"]).agg(
+        mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
+        ref_key=("ref_key", "first"))  # std: ddof=1, NaN for one run
+    stats["published"] = [published.get(key, math.nan) for key in stats["ref_key"]]
+    cell = stats.index.droplevel("init")
+    if BASELINE_INIT in stats.index.get_level_values("init"):
+        baseline = stats.loc[BASELINE_INIT, "mean"]
+        stats["delta"] = stats["mean"].to_numpy() - baseline.reindex(cell).to_numpy()
+    else:
+        stats["delta"] = math.nan
+    table = stats[list(FIELDS)].astype(float).unstack(["group", "column"])
+    table = table.reorder_levels([1, 2, 0], axis=1)  # (field, group, column) -> (group, column, field)
 
-    data: dict[tuple, dict[str, float]] = {}
-    for (init, group, column), g in cells.groupby(["init", "group", "column"], sort=False):
-        values = g["value"].to_numpy(dtype=float)
-        n = len(values)
-        data.setdefault((group, column, "mean"), {})[init] = float(values.mean())
-        data.setdefault((group, column, "std"), {})[init] = \
-            float(values.std(ddof=1)) if n > 1 else math.nan
-        data.setdefault((group, column, "n"), {})[init] = float(n)
-        data.setdefault((group, column, "published"), {})[init] = \
-            published.get(g["ref_key"].iloc[0], math.nan)
-    columns = pd.MultiIndex.from_tuples(
-        [(g, c, f) for g in groups for c in col_order[g] for f in FIELDS],
-        names=["group", "column", "field"])
-    table = pd.DataFrame(index=pd.Index(inits, name="init"), columns=columns, dtype=float)
-    for key, by_init in data.items():
-        for init, value in by_init.items():
-            table.loc[init, key] = value
-    for g in groups:
-        for c in col_order[g]:
-            base = table.loc[BASELINE_INIT, (g, c, "mean")] if BASELINE_INIT in table.index \
-                else math.nan
-            table[(g, c, "delta")] = table[(g, c, "mean")] - base
+    first = cells.groupby(["group", "column"]).agg(group_key=("group_key", "first"),
+                                                   column_key=("column_key", "first"))
+    group_keys = first.groupby(level="group")["group_key"].first()
+    groups = sorted(group_keys.index, key=lambda g: (group_keys[g], g))
+    order = [(g, c, f) for g in groups
+             for c in sorted(first.loc[g].index, key=lambda c: (first.loc[(g, c), "column_key"], c))
+             for f in FIELDS]
+    table = table.reindex(index=sorted(table.index, key=_init_sort_key),
+                          columns=pd.MultiIndex.from_tuples(order,
+                                                            names=["group", "column", "field"]))
     table.attrs["title"] = title
     return table
 
@@ -274,50 +293,16 @@ def build_tables(df: pd.DataFrame,
     if runs.empty:
         return {}
     published = _reference_lookup(reference)
-
-    def by_backbone(r):
-        return _backbone_sort_key(r["backbone"], r["img_size"]), r["col"]
-
-    def by_metric(metrics, protocols):
-        def group_of(r, metric):
-            name = metric if len(protocols) < 2 else f"{metric} ({r['protocol']})"
-            return (metrics.index(metric), r["protocol"]), name
-        return group_of
-
-    def by_task(r, metric):
-        return _task_sort_key(r["task"]), TASK_NAMES.get(r["task"], r["task"])
-
-    def by_task_and_backbone(r, metric):
-        key = (_task_sort_key(r["task"]), _backbone_sort_key(r["backbone"], r["img_size"]))
-        return key, f"{TASK_NAMES.get(r['task'], r['task'])} {r['col']}"
-
-    specs = []
-    sel = runs[(runs["task"] == "imagenet") & (runs["protocol"] == "finetune")]
-    specs.append(("table3_imagenet", sel, ("top1",), by_metric(("top1",), ("finetune",)),
-                  by_backbone))
-    sel = runs[(runs["task"] == "coco")
-               & runs["protocol"].isin(["maskrcnn_fpn", "maskrcnn_vitdet"])]
-    coco_metrics = MAIN_METRICS["coco"]
-    specs.append(("table4_coco", sel, coco_metrics,
-                  by_metric(coco_metrics, sorted(sel["protocol"].unique())), by_backbone))
-    sel = runs[(runs["task"] == "ade20k") & (runs["protocol"] == "upernet")]
-    specs.append(("table5_ade20k", sel, ("mIoU",), by_metric(("mIoU",), ("upernet",)),
-                  by_backbone))
-    sel = runs[runs["task"].isin(TRANSFER_CLS_TASKS) & (runs["protocol"] == "finetune")]
-    specs.append(("table6_transfer_cls", sel, ("top1",), by_task, by_backbone))
-    sel = runs[runs["protocol"] == "linear"]
-    specs.append(("linear_probe", sel, ("top1",), by_task, by_backbone))
-    sel = runs[runs["protocol"] == "partial"]
-    specs.append(("partial_finetune", sel, ("top1",), by_task_and_backbone,
-                  lambda r: (r["k"], "k=mlp" if r["k"] == 0.5 else f"k={r['k']}")))
-
+    table_of = [TASKS[t].tables.get(p) if t in TASKS else None
+                for t, p in zip(runs["task"], runs["protocol"])]
     tables = {}
-    for name, sel, metrics, group_of, column_of in specs:
+    for table in TABLES:
+        sel = runs[[t is table for t in table_of]]
         if sel.empty:
             continue
-        cells = _cells(sel, metrics, group_of, column_of)
+        cells = _cells(sel, table)
         if not cells.empty:
-            tables[name] = _aggregate(cells, published, TITLES[name])
+            tables[table.name] = _aggregate(cells, published, table.title)
     return tables
 
 
@@ -487,10 +472,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_")
 
 
-def _main_metrics(task: str) -> tuple[str, ...]:
-    return MAIN_METRICS.get(task, ("top1",))
-
-
 def _stats(values: pd.Series) -> tuple[float, float]:
     values = values.dropna().astype(float)
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -534,7 +515,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
                 ax.bar(x, means, width, yerr=stds, capsize=3, label=c.col)
             ax.set_xticks(np.arange(len(inits)), inits, rotation=30, ha="right")
             ax.set_ylabel(metric)
-            ax.set_title(f"{TASK_NAMES.get(task, task)} {protocol}: {metric}")
+            ax.set_title(f"{_title(task)} {protocol}: {metric}")
             ax.legend(fontsize=7)
         written.append(_save_figure(fig, out_dir / f"bars_{_slug(task)}_{_slug(protocol)}.png"))
 
@@ -554,7 +535,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
             ax.set_xticks(sorted(sel["k"].unique()))
             ax.set_xlabel("# fine-tuned blocks k (0 = linear probe)")
             ax.set_ylabel("top1")
-            ax.set_title(f"Partial fine-tuning, {TASK_NAMES.get(task, task)} {col}")
+            ax.set_title(f"Partial fine-tuning, {_title(task)} {col}")
             ax.legend(fontsize=7)
             written.append(_save_figure(fig, out_dir / f"partial_{_slug(task)}_{_slug(col)}.png"))
 
@@ -579,7 +560,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
                         label=f"{init} {col} {protocol}")
         ax.set_xlabel("masking ratio (%)")
         ax.set_ylabel(metric)
-        ax.set_title(f"Masking ratio, {TASK_NAMES.get(task, task)}")
+        ax.set_title(f"Masking ratio, {_title(task)}")
         ax.legend(fontsize=7)
         written.append(_save_figure(fig, out_dir / f"mask_ratio_{_slug(task)}.png"))
     return written

@@ -52,9 +52,6 @@ SCHEMA_VERSION = 1
 FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 STORE_FILENAME = "runs.jsonl"
 
-TASKS = ("coco", "ade20k", "inat2017", "inat2018", "inat2019", "places205", "places365",
-         "folder", "imagenet")
-PROTOCOLS = ("maskrcnn_fpn", "maskrcnn_vitdet", "upernet", "finetune", "linear", "partial")
 STATUSES = ("ok", "failed")
 
 # Row field -> the types it may hold (checked in order; bool is never an int here).
