@@ -29,7 +29,7 @@ def evaluate(cfg, weights: Path, loop: str) -> dict:
     import copy
 
     import torch
-    from tasks.dense.memory_format import DenseRunner
+    from tasks.dense.mm_runner import DenseRunner
     world = os.environ.get("WORLD_SIZE", "1")
     if not weights.exists():
         train = copy.deepcopy(cfg)

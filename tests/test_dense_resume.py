@@ -100,7 +100,7 @@ def test_resumed_run_trains_on_the_same_images_without_loading_the_trained_ones(
                         f"custom_hooks = [dict(type='RecordImages', tag={tag!r}){extra}]\n")
         return path
 
-    run = dict(crop_size=64, iters=6)
+    run = dict(crop_size=64, iters=6, trust_config=True)
     run_segmentation(TINY, None, root, config=config("whole"), work_dir=tmp_path / "whole", **run)
     with pytest.raises(Preempted):
         run_segmentation(TINY, None, root, config=config("first", ", dict(type='PreemptAfter', at=3)"),

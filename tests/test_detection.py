@@ -218,7 +218,7 @@ def test_user_errors_are_one_line_and_write_nothing(coco, tmp_path):
     bad_cfg = tmp_path / "bad.py"
     bad_cfg.write_text("_base_ = ['/work/main/tasks/detection/configs/smoke_vitdet.py']\n")
     with pytest.raises(BenchError, match="key 'variant' is 'vitdet' but --variant is 'fpn'"):
-        run_detection(TINY, None, coco, variant="fpn", config=str(bad_cfg), work_dir=wd)
+        run_detection(TINY, None, coco, variant="fpn", config=str(bad_cfg), work_dir=wd, trust_config=True)
     with pytest.raises(BenchError, match="checkpoint file not found"):
         run_detection("mae_vit_test_patch8", tmp_path / "none.pth", coco, config="smoke", work_dir=wd)
     junk = tmp_path / "junk.pth"
@@ -317,6 +317,7 @@ def test_bench_metric_equals_mmdet_cocometric(mm, coco):
 # end to end: train (interrupted, resumed), evaluate, detections file, results row
 # --------------------------------------------------------------------------------------------------
 def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, monkeypatch):
+    import tasks.dense.mm_runner as mm_runner
     import tasks.detection.run as run_mod
     from bench.core.results import ResultsStore
     from tasks.detection.evaluation import coco_evaluate
@@ -324,29 +325,23 @@ def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, m
     wd, results, dets = tmp_path / "wd", tmp_path / "results", tmp_path / "dets.json"
     kw = dict(variant="fpn", config="smoke", iters=4, ckpt_interval=2, work_dir=wd, results=results, dets_out=dets)
 
-    real_hook = run_mod._watch_hook
-
-    def interrupting_hook():  # the process "dies" during iteration 3 (after the iteration-2 checkpoint)
-        hook = real_hook()
-        inner = hook.after_train_iter
-
-        def after_train_iter(runner, batch_idx, data_batch=None, outputs=None):
-            inner(runner, batch_idx, data_batch, outputs)
+    class Interrupted(mm_runner.RunWatch):  # the process "dies" during iteration 3 (after the iteration-2 checkpoint)
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            super().after_train_iter(runner, batch_idx, data_batch, outputs)
             if runner.iter + 1 == 3:
                 raise KeyboardInterrupt
-        hook.after_train_iter = after_train_iter
-        return hook
 
-    monkeypatch.setattr(run_mod, "_watch_hook", interrupting_hook)
-    with pytest.raises(KeyboardInterrupt):
-        run_mod.run_detection(TINY, None, coco, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(mm_runner, "RunWatch", Interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_mod.run_detection(TINY, None, coco, **kw)
     assert (wd / "iter_2.pth").is_file() and not (wd / "iter_4.pth").exists()
     assert (wd / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
     assert not dets.exists() and not results.exists()  # nothing written for a run that did not finish
-    monkeypatch.setattr(run_mod, "_watch_hook", real_hook)
 
     # another backbone must not resume these checkpoints
-    with pytest.raises(BenchError, match="holds checkpoints of another run"):
+    with pytest.raises(BenchError, match=r"bench_dense_run.json: this folder holds a run with other settings "
+                                         r"\(backbone 'random_vit_test_patch8' -> 'random_vit_demo_patch8'"):
         run_mod.run_detection("random_vit_demo_patch8", None, coco, **kw)
 
     row = run_mod.run_detection(TINY, None, coco, **kw)

@@ -16,14 +16,12 @@ heads), and a guard for mmcv's RoI ops.
   (B, D, h, w)) and convolutions keep that layout, so before this guard the FPN maps reaching
   RoIAlign were NHWC in every layout and the RoI features were scrambled. The guard makes their
   input NCHW (no copy when it already is).
-* ``DenseRunner``: mmengine's ``Runner`` applying both to the model it builds, before DDP wraps it
-  (and resuming by sampler indices, ``tasks.dense.resume``).
+``tasks.dense.mm_runner.DenseRunner`` applies both to the model it builds, before DDP wraps it.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from mmengine.runner import Runner
 
 from bench.core.errors import BenchError
 
@@ -90,47 +88,3 @@ def prepare_dense_model(model: nn.Module, channels_last: bool) -> nn.Module:
     """``set_memory_format`` + ``contiguous_roi_inputs``."""
     contiguous_roi_inputs(model)
     return set_memory_format(model, channels_last)
-
-
-class DenseRunner(Runner):
-    """``Runner`` whose model gets ``prepare_dense_model`` with the config's ``channels_last``
-    (None: on when mmengine picks CUDA) right after it is built, before the DDP wrapper.
-
-    Several processes (``launcher`` not ``'none'``): the process group comes from
-    ``bench.core.distributed.init_distributed`` (torchrun or Slurm variables; NCCL with CUDA, gloo
-    without), so mmengine does not create its own. Without CUDA, mmengine's own set-up cannot run:
-    its ``pytorch`` launcher calls ``torch.cuda.set_device``, its DDP wrapper passes
-    ``device_ids=[LOCAL_RANK]``, and ``SyncBN`` layers make DDP refuse a CPU model. Here the wrapper
-    gets ``device_ids=None`` and SyncBN becomes ``bench.core.distributed``'s gloo SyncBatchNorm, so CPU
-    runs (and the tests) use the same code path as GPU runs."""
-
-    @classmethod
-    def from_cfg(cls, cfg):
-        """mmengine's ``from_cfg`` on a copy of ``cfg`` in which a resumed run skips the batches it
-        already trained on by sampler indices instead of loading them (``tasks.dense.resume``)."""
-        import copy
-        from tasks.dense.resume import skip_trained_batches_on_resume
-        cfg = copy.deepcopy(cfg)
-        skip_trained_batches_on_resume(cfg)
-        return super().from_cfg(cfg)
-
-    def setup_env(self, env_cfg):
-        if self.distributed:
-            from bench.core.distributed import init_distributed
-            init_distributed()
-        super().setup_env(env_cfg)
-
-    def wrap_model(self, model_wrapper_cfg, model):
-        import torch.distributed as dist
-        if self.distributed and dist.get_backend() == "gloo":
-            from bench.core.distributed import convert_sync_batchnorm
-            model = convert_sync_batchnorm(model)
-            if model_wrapper_cfg is None:
-                model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
-                                         find_unused_parameters=self.cfg.get("find_unused_parameters", False))
-        return super().wrap_model(model_wrapper_cfg, model)
-
-    def build_model(self, model):
-        from mmengine.device import get_device
-        model = super().build_model(model)
-        return prepare_dense_model(model, resolve_channels_last(self.cfg.get("channels_last"), get_device()))

@@ -21,32 +21,29 @@ an mmengine ``.py`` config. What a run does:
 2. fills the config: backbone and checkpoint, data root, classes (from the annotation file), work
    dir, seed, batch size, and a shorter schedule when ``iters`` is given (warm-up, lr steps and
    checkpoint interval scaled with it);
-3. trains with mmengine's ``IterBasedTrainLoop``; checkpoints go to ``work_dir`` and, with
-   ``resume`` (the default), an interrupted run continues from the newest one (a work dir that
-   holds another backbone / variant / schedule is refused);
+3. trains with mmengine's ``IterBasedTrainLoop`` through the shared dense runner
+   (``tasks/dense/runner.py``: run record and resume guard, newest readable checkpoint, atomic
+   saves, non-finite stop, mmengine's output in the work dir's log file);
 4. runs the model on val2017 in mmengine's test loop and scores it with OUR ``coco_evaluate``
    (pycocotools ``COCOeval``; the tests check mmdet's ``CocoMetric`` gives the same numbers);
 5. optionally writes the COCO-format detections (``dets_out``), and appends one row to the
    results store (``results``): APbox, APmask, APbox50, ... in percent.
 
 Under ``torchrun`` the Runner trains with DDP (launcher ``pytorch``) and ``total_batch_size`` is
-split over the processes; rank 0 evaluates and writes.
+split over the processes; rank 0 evaluates and writes. A config file outside
+``tasks/detection/configs`` is read only with ``trust_config`` (mmengine runs it as Python).
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import math
 import os
-import shutil
-import time
-import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
-from bench.core.errors import BenchError, DataError, NonFiniteLossError
+from bench.core.errors import BenchError, DataError
+from tasks.dense.runner import (RUN_RECORD, add_dense_arguments, amp_fallback, apply_cfg_options, dense_row,
+                                hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("fpn", "vitdet")
@@ -60,7 +57,6 @@ AUTO_CONFIG_OF_ARCH = {"vit_base_patch16": "vit_b", "vit_large_patch16": "vit_l"
                        "vit_test_patch8": "smoke", "vit_demo_patch8": "smoke"}
 SPLITS = {"train": ("annotations/instances_train2017.json", "train2017"),
           "val": ("annotations/instances_val2017.json", "val2017")}
-RUN_META = "bench_det_run.json"  # in work_dir: what the checkpoints there belong to (checked on resume)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,22 +82,12 @@ def resolve_config(config: str | os.PathLike | None, variant: str | None, arch: 
     return path, str(path)
 
 
-def load_config(path: Path):
-    """``mmengine.Config.fromfile`` with one-line errors naming the file."""
-    from mmengine.config import Config
-    try:
-        cfg = Config.fromfile(str(path))
-    except Exception as e:  # syntax errors, missing _base_, ... : one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BenchError(f"{path}: cannot read config ({type(e).__name__}: {msg})") from None
-    for key in ("model", "train_dataloader", "test_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
-        if key not in cfg:
-            raise BenchError(f"{path}: config has no key '{key}'")
-    if cfg.model.get("backbone", {}).get("type") != "RegistryViT":
-        raise BenchError(f"{path}: key 'model.backbone.type' must be 'RegistryViT' "
-                         f"(got {cfg.model.get('backbone', {}).get('type')!r})")
-    if cfg.train_cfg.get("type") != "IterBasedTrainLoop":
-        raise BenchError(f"{path}: key 'train_cfg.type' must be 'IterBasedTrainLoop'")
+def load_config(path: Path, *, trust_config: bool = False):
+    """The config file ``path`` (a shipped one, or any with ``trust_config``), checked; one-line
+    errors naming the file."""
+    cfg = read_config(path, shipped_dir=CONFIG_DIR, trust_config=trust_config,
+                      required=("model", "train_dataloader", "test_dataloader", "train_cfg", "optim_wrapper",
+                                "param_scheduler"))
     return cfg
 
 
@@ -144,24 +130,6 @@ def check_coco_root(data_root: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Filling the config
 # --------------------------------------------------------------------------------------------------
-def _scale_schedule(cfg, new_iters: int, path: Path) -> None:
-    """Scale the iteration schedule (loop length, scheduler begin/end/milestones) to ``new_iters``."""
-    old = int(cfg.train_cfg.max_iters)
-    cfg.train_cfg.max_iters = new_iters
-    cfg.train_cfg.val_interval = new_iters + 1  # no validation during training
-    if new_iters == old:
-        return
-    f = new_iters / old
-    for i, s in enumerate(cfg.param_scheduler):
-        if s.get("by_epoch", True):
-            raise BenchError(f"{path}: key 'param_scheduler[{i}].by_epoch' must be False (iteration schedule)")
-        for k in ("begin", "end"):
-            if k in s:
-                s[k] = new_iters if s[k] == old else max(int(round(s[k] * f)), 1 if k == "end" else 0)
-        if "milestones" in s:
-            s["milestones"] = [max(int(round(m * f)), 1) for m in s["milestones"]]
-
-
 def fill_model(cfg, path: Path, *, backbone: str, checkpoint=None, trust_checkpoint: bool = False,
                num_classes: int | None = None) -> tuple[str, str]:
     """The model part of the config for ``backbone``: name / checkpoint, the FPN's input channels
@@ -191,8 +159,8 @@ def fill_model(cfg, path: Path, *, backbone: str, checkpoint=None, trust_checkpo
 
 def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, data_root, work_dir,
                    seed: int, iters: int | None, batch_size: int | None, ckpt_interval: int | None,
-                   trust_checkpoint: bool, dets_out, world_size: int) -> dict:
-    """Fill ``cfg`` in place for this run; returns facts for the results row."""
+                   trust_checkpoint: bool, dets_out, world_size: int, cfg_options: dict | None = None) -> dict:
+    """Fill ``cfg`` in place for this run (``cfg_options`` last); returns facts for the results row."""
     import torch
 
     classes = tuple(c["name"] for c in data["categories"])
@@ -200,10 +168,7 @@ def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, da
                             num_classes=len(classes))
     lr = cfg.get("lr_by_init", {}).get(init, cfg.optim_wrapper.optimizer.lr)
     cfg.optim_wrapper.optimizer.lr = lr
-    if cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
-        warnings.warn(f"{path}: no CUDA device, training in fp32 (OptimWrapper) instead of AmpOptimWrapper",
-                      stacklevel=3)
-        cfg.optim_wrapper.type = "OptimWrapper"
+    fp32_fallback = amp_fallback(cfg, torch.cuda.is_available())
 
     # data: root, classes (file order = CocoDataset's label order)
     for key, split in (("train_dataloader", "train"), ("test_dataloader", "val")):
@@ -217,98 +182,27 @@ def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, da
                               outfile=None if dets_out is None else str(dets_out))
     cfg.pop("val_dataloader", None), cfg.pop("val_cfg", None), cfg.pop("val_evaluator", None)
 
-    # batch: total_batch_size images per iteration over all processes; lr is for that batch
-    base_batch = int(cfg.get("total_batch_size", cfg.train_dataloader.batch_size * world_size))
-    total = int(batch_size or base_batch)
-    if total < 1 or total % world_size:
-        raise BenchError(f"--batch-size {total}: must be a positive multiple of the {world_size} processes")
-    cfg.train_dataloader.batch_size = total // world_size
-    cfg.auto_scale_lr = dict(enable=total != base_batch, base_batch_size=base_batch)
-    if iters is None and total != base_batch:  # keep the number of epochs
-        iters = max(1, int(round(cfg.train_cfg.max_iters * base_batch / total)))
-    if iters is not None and iters < 1:
-        raise BenchError(f"--iters {iters}: must be >= 1")
-    _scale_schedule(cfg, int(iters or cfg.train_cfg.max_iters), path)
-    max_iters = int(cfg.train_cfg.max_iters)
-    ck = cfg.default_hooks.checkpoint
-    if ckpt_interval is not None:
-        if ckpt_interval < 1:
-            raise BenchError(f"--ckpt-interval {ckpt_interval}: must be >= 1")
-        ck.interval = ckpt_interval
-    ck.interval = min(int(ck.interval), max_iters)
-    ck.update(by_epoch=False, save_last=True)
-
+    # total_batch_size images per iteration over all processes (lr is for that batch), schedule
+    batch = set_batch_and_schedule(cfg, path, iters=iters, batch_size=batch_size, ckpt_interval=ckpt_interval,
+                                   world_size=world_size)
     cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=int(seed), deterministic=False)
     cfg.launcher = "pytorch" if world_size > 1 else "none"
-    cfg.experiment_name = f"det_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
-    return dict(init=init, arch=arch, lr=float(lr), total_batch_size=total, base_batch_size=base_batch,
-                max_iters=max_iters, classes=classes)
-
-
-def _hashable(cfg) -> dict:
-    """What defines the protocol (for config_hash): model without the checkpoint path, pipelines,
-    optimiser, schedule, batch. Paths, work dir and seed are left out."""
-    d = cfg.to_dict()
-    model = copy.deepcopy(d["model"])
-    model["backbone"].pop("checkpoint", None)
-    model["backbone"].pop("trust_checkpoint", None)
-    return {"model": model,
-            "train_pipeline": d["train_dataloader"]["dataset"].get("pipeline"),
-            "test_pipeline": d["test_dataloader"]["dataset"].get("pipeline"),
-            "optim_wrapper": d["optim_wrapper"], "param_scheduler": d["param_scheduler"],
-            "train_cfg": d["train_cfg"], "batch_size": d["train_dataloader"]["batch_size"],
-            "auto_scale_lr": d.get("auto_scale_lr")}
-
-
-def _check_work_dir(work_dir: Path, meta: dict, resume: bool) -> None:
-    """Refuse to resume from checkpoints of another run (backbone / variant / config / schedule)."""
-    f = work_dir / RUN_META
-    if not resume or not f.is_file():
-        return
-    has_ckpt = (work_dir / "last_checkpoint").is_file()
-    try:
-        old = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return
-    for key in ("backbone", "variant", "config_hash", "max_iters", "total_batch_size"):
-        if has_ckpt and old.get(key) != meta.get(key):
-            raise BenchError(f"{work_dir}: holds checkpoints of another run ({RUN_META} key '{key}' is "
-                             f"{old.get(key)!r}, this run has {meta.get(key)!r}); use another --work-dir or --no-resume")
+    options = apply_cfg_options(cfg, cfg_options, path)
+    return dict(init=init, arch=arch, lr=float(cfg.optim_wrapper.optimizer.lr), classes=classes,
+                fp32_fallback=fp32_fallback, cfg_options=options, **batch)
 
 
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
-def _watch_hook():
-    from mmengine.hooks import Hook
-
-    class RunWatch(Hook):
-        """Records the iteration training starts at (after resume) and stops on a non-finite loss."""
-        priority = "VERY_LOW"
-
-        def __init__(self):
-            self.start_iter = None
-
-        def before_train(self, runner):
-            self.start_iter = int(runner.iter)
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            loss = (outputs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items())
-                raise NonFiniteLossError(f"{runner.work_dir}: non-finite loss at iteration {runner.iter + 1} ({terms}); "
-                                         f"the last checkpoint there is intact")
-
-    return RunWatch()
-
-
 def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root: str | os.PathLike, *,
                   variant: str | None = None, config: str | os.PathLike | None = "auto", seed: int = 0,
                   iters: int | None = None, batch_size: int | None = None, ckpt_interval: int | None = None,
                   work_dir: str | os.PathLike, resume: bool = True, results: str | os.PathLike | None = None,
                   suite: str = "adhoc", dets_out: str | os.PathLike | None = None,
-                  trust_checkpoint: bool = False, channels_last: bool | None = None) -> dict | None:
+                  trust_checkpoint: bool = False, channels_last: bool | None = None,
+                  trust_config: bool = False, cfg_options: dict | None = None) -> dict | None:
     """Train Mask R-CNN on ``data_root``/train2017, evaluate on val2017, return the results row
     (and append it to ``results`` when given). Returns None on ranks other than 0 under torchrun.
 
@@ -316,17 +210,19 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     ``batch_size`` is the total over all processes (lr scaled linearly, and without ``iters`` the
     iterations scaled to keep the epochs); ``ckpt_interval`` in iterations. ``channels_last``
     (None: the config's key ``channels_last``, whose None means on for CUDA, off on CPU) sets the
-    conv layout (``tasks/dense/memory_format.py``).
+    conv layout (``tasks/dense/memory_format.py``). ``trust_config``: read a config file from
+    outside the package. ``cfg_options``: ``{'a.b': value}`` applied last (``--cfg-options``).
     """
-    t0 = time.time()
     from backbones.registry import parse_name
-    from bench.core.results import ResultsStore, config_hash, make_row
+    from bench.core.distributed import launch_world_size
+    from bench.core.results import ResultsStore, config_hash
+    from tasks.dense.memory_format import resolve_channels_last
 
     _, arch = parse_name(backbone)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise BenchError(f"{checkpoint}: checkpoint file not found (key 'checkpoint')")
     path, config_name = resolve_config(config, variant, arch)
-    cfg = load_config(path)
+    cfg = load_config(path, trust_config=trust_config)
     cfg_variant = cfg.get("variant", "fpn")
     if variant is not None and cfg_variant != variant:
         raise BenchError(f"{path}: key 'variant' is {cfg_variant!r} but --variant is {variant!r}")
@@ -335,65 +231,43 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
         raise BenchError(f"{path}: key 'variant' must be one of {', '.join(VARIANTS)}, got {variant!r}")
     if channels_last is not None:
         cfg.channels_last = bool(channels_last)
-    from tasks.dense.memory_format import resolve_channels_last
     resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError before anything is built
     data = check_coco_root(data_root)
-    from bench.core.distributed import launch_world_size
     world_size = launch_world_size()  # torchrun or srun
     facts = prepare_config(cfg, path, backbone=backbone, checkpoint=checkpoint, data=data, data_root=data_root,
                            work_dir=work_dir, seed=seed, iters=iters, batch_size=batch_size,
                            ckpt_interval=ckpt_interval, trust_checkpoint=trust_checkpoint, dets_out=dets_out,
-                           world_size=world_size)
-    hashable = _hashable(cfg)
-    meta = dict(backbone=backbone, variant=variant, config=config_name, config_hash=config_hash(hashable),
-                max_iters=facts["max_iters"], total_batch_size=facts["total_batch_size"])
-    work_dir = Path(work_dir)
-    _check_work_dir(work_dir, meta, resume)
+                           world_size=world_size, cfg_options=cfg_options)
+    hashed = hashed_config(cfg)
+    record = dict(backbone=backbone, checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()),
+                  seed=int(seed), variant=variant, iterations=facts["max_iters"], batch_size=facts["total_batch_size"],
+                  cfg_options=facts["cfg_options"], config_hash=config_hash(hashed))
 
-    # heavy imports only now (the CLI's --help stays fast)
-    from mmdet.utils import register_all_modules
-    from mmengine.dist import get_rank
+    def register():
+        from mmdet.utils import register_all_modules
 
-    import tasks.dense.mm_backbone  # noqa: F401  RegistryViT, ViTLayerDecayOptimizerConstructor
-    import tasks.detection.mmdet_plugins  # noqa: F401  LN2d, LastLevelMaxPool, BenchCocoMetric
-    from tasks.dense.memory_format import DenseRunner
-    from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
-    from bench.core.io import atomic_write_json
+        import tasks.dense.mm_backbone  # noqa: F401  RegistryViT, ViTLayerDecayOptimizerConstructor
+        import tasks.detection.mmdet_plugins  # noqa: F401  LN2d, LastLevelMaxPool, BenchCocoMetric
+        register_all_modules(init_default_scope=False)
 
-    register_all_modules(init_default_scope=False)
-    enable_mmengine_checkpoints()  # mmengine's resume under torch's weights_only loading
-    cfg.resume = bool(resume)
-    cfg.load_from = None
-    created = not work_dir.exists()
-    try:  # builds the model: the backbone checkpoint is read here
-        runner = DenseRunner.from_cfg(cfg)  # + the conv layout and NCHW inputs for mmcv's RoIAlign
-    except BenchError:
-        if created:  # a user error (e.g. a checkpoint of another architecture): leave nothing behind
-            shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    if get_rank() == 0:
-        atomic_write_json(meta, work_dir / RUN_META, indent=1)
-    watch = _watch_hook()
-    runner.register_hook(watch)
-    runner.train()
-    final_iter = int(runner.iter)
-    # the test loop directly: runner.test() would load_or_resume() the newest checkpoint again
-    metrics_raw = runner.test_loop.run()
-    if get_rank() != 0:
+    # the test loop directly: runner.test() would look for a checkpoint to load again
+    runner, raw, wall = run_dense(cfg, name="det", record=record, resume=resume, register=register,
+                                  evaluate=lambda runner: runner.test_loop.run())
+    if launch_rank() != 0:
         return None
-    metrics = {k.split("/", 1)[-1]: float(v) for k, v in metrics_raw.items() if k.startswith("bench/")}
+    metrics = {k.split("/", 1)[-1]: float(v) for k, v in raw.items() if k.startswith("bench/")}
     nan = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    wall = time.time() - t0
-    row = make_row(
-        task="coco", protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=facts["init"],
-        backbone=facts["arch"], seed=int(seed), metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
-        suite=suite, checkpoint=checkpoint, config=hashable, iterations=final_iter, wall_time_s=wall,
-        extra=dict(backbone_name=backbone, variant=variant, config=config_name, img_size=int(cfg.model.backbone.img_size),
-                   lr=facts["lr"], layer_decay=float(cfg.optim_wrapper.get("paramwise_cfg", {}).get("layer_decay_rate", 1.0)),
-                   drop_path=float(cfg.model.backbone.get("drop_path_rate", 0.0)),
-                   batch_size=facts["total_batch_size"], world_size=world_size, start_iter=watch.start_iter,
+    row = dense_row(
+        task="coco", protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=facts["init"], arch=facts["arch"],
+        backbone=backbone, seed=seed, metrics={k: v for k, v in metrics.items() if math.isfinite(v)}, suite=suite,
+        checkpoint=checkpoint, hashed=hashed, iterations=runner.iter, wall_time_s=wall, config_name=config_name,
+        work_dir=work_dir, start_iter=runner.run_watch.start_iter, batch_size=facts["total_batch_size"],
+        world_size=world_size, cfg_options=facts["cfg_options"],
+        extra=dict(variant=variant, img_size=int(cfg.model.backbone.img_size), lr=facts["lr"],
+                   layer_decay=float(cfg.optim_wrapper.get("paramwise_cfg", {}).get("layer_decay_rate", 1.0)),
+                   drop_path=float(cfg.model.backbone.get("drop_path_rate", 0.0)), fp32_fallback=facts["fp32_fallback"],
                    num_train_images=data["num_train"], num_val_images=data["num_val"],
-                   num_categories=len(facts["classes"]), nan_metrics=nan, work_dir=str(work_dir),
+                   num_categories=len(facts["classes"]), nan_metrics=nan, log_file=runner.log_file,
                    dets_out=None if dets_out is None else str(dets_out)))
     if results is not None:
         ResultsStore(results).append(row)
@@ -410,20 +284,10 @@ def add_det_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--variant", choices=VARIANTS, default=None,
                         help="fpn: MAE paper / Li et al. 2021 (default); vitdet: ViTDet simple pyramid")
     parser.add_argument("--config", default="auto",
-                        help="auto (by architecture), smoke, vit_b, vit_l, or an mmengine .py config")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations (schedule scaled to it)")
+                        help="auto (by architecture), smoke, vit_b, vit_l, or an mmengine .py config (with --trust-config)")
     parser.add_argument("--batch-size", type=int, default=None, help="total batch (default: the config's, 64)")
-    parser.add_argument("--ckpt-interval", type=int, default=None, help="iterations between checkpoints")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", default=None, help="checkpoints and logs (default: work_dirs/det/<backbone>_<variant>_s<seed>)")
-    parser.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if work-dir has checkpoints")
-    parser.add_argument("--results", default=None, help="results store (directory or .jsonl) to append the row to")
-    parser.add_argument("--suite", default="adhoc")
     parser.add_argument("--dets-out", default=None, help="write the val detections (COCO results JSON) here")
-    parser.add_argument("--trust-checkpoint", action="store_true", help="allow pickled (non weights-only) checkpoints")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels-last (NHWC) convolutions in the pyramid, FPN and heads (default: the config's "
-                             "channels_last; unset = on for CUDA, off on CPU)")
+    add_dense_arguments(parser, default_out="work_dirs/det/<backbone>_<variant>_s<seed>")
     return parser
 
 
@@ -433,7 +297,8 @@ def det_main(args: argparse.Namespace) -> int:
                         seed=args.seed, iters=args.iters, batch_size=args.batch_size, ckpt_interval=args.ckpt_interval,
                         work_dir=work_dir, resume=args.resume, results=args.results, suite=args.suite,
                         dets_out=args.dets_out, trust_checkpoint=args.trust_checkpoint,
-                        channels_last=args.channels_last)
+                        channels_last=args.channels_last, trust_config=args.trust_config,
+                        cfg_options=args.cfg_options)
     if row is not None:
         m = row["metrics"]
         shown = ", ".join(f"{k} {m[k]:.1f}" for k in ("APbox", "APmask", "APbox50", "APbox75") if k in m)
@@ -443,4 +308,4 @@ def det_main(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_det_arguments", "det_main", "run_detection", "check_coco_root", "resolve_config", "load_config",
-           "fill_model", "prepare_config"]
+           "fill_model", "prepare_config", "RUN_RECORD"]
