@@ -51,6 +51,10 @@ class ViTPyramid(nn.Module):
         # ViTDet; mmseg's MAE backbone has final_norm=False), so it is dropped: a parameter without
         # gradient makes DDP raise in the second iteration of every multi-GPU det/seg run.
         encoder.norm = nn.Identity()
+        # With windowed blocks the cls token is dropped after embedding (ViTDet): frozen, for the same
+        # reason (it would get no gradient).
+        if any(b.window_size for b in encoder.blocks):
+            encoder.cls_token.requires_grad_(False)
         self.encoder, self.variant = encoder, variant
         D = encoder.embed_dim
         if variant == "fpn":

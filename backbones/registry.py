@@ -28,6 +28,8 @@ from bench.core.errors import BenchError, CheckpointError
 from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
 from .vit import ARCHS, VisionTransformer, arch_config, infer_rel_pos_grid, resize_rel_pos_table
 
+REL_POS_KEYS = ("relative_position_bias_table", "rel_pos_h", "rel_pos_w")
+
 # A converter takes what ``load_checkpoint_file`` returned and the path (for messages) and returns an
 # encoder state dict in our (timm) key names.
 Converter = Callable[[object, Path], dict]
@@ -96,11 +98,35 @@ def build_backbone(name: str, checkpoint: str | Path | None = None, *, trust_che
                              f"or pretrain one with `bench pretrain`)")
         return model
     path = Path(checkpoint)
-    sd = spec.converter(load_checkpoint_file(path, trust=trust_checkpoint), path)
+    sd = spec.converter(read_checkpoint(path, trust=trust_checkpoint), path)
     sd = adapt_to_model(sd, model, path)
-    allowed = [k for k in model.state_dict() if k.startswith(("head.", "fc_norm.")) or k.endswith("relative_position_bias_table")]
+    allowed = [k for k in model.state_dict() if k.startswith(("head.", "fc_norm.")) or k.endswith(REL_POS_KEYS)]
     load_state_dict_checked(model, sd, path, allow_missing=tuple(allowed))
     return model
+
+
+def read_checkpoint(path: Path, trust: bool = False):
+    """``load_checkpoint_file``, plus detectron2's ``.pkl`` files (its model zoo: a pickled
+    ``{'model': {name: ndarray}}``), which are plain pickles: read only with ``trust`` (as
+    detectron2's ``Checkpointer`` reads them, ``encoding='latin1'``), arrays made tensors."""
+    if path.suffix != ".pkl":
+        return load_checkpoint_file(path, trust=trust)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not trust:
+        raise CheckpointError(f"checkpoint {path} is a pickle (.pkl): loading it runs arbitrary code from the file; "
+                              f"if you trust its source, pass --trust-checkpoint")
+    import pickle
+
+    import numpy as np
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except Exception as e:  # a pickle can fail in any way
+        raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e).__name__}: {e}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = dict(obj, model={k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in obj["model"].items()})
+    return obj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,6 +179,19 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
             blk = int(k.split(".")[1])
             new = model.blocks[blk].attn.rel_pos_grid
             sd[k] = resize_rel_pos_table(sd[k], old, new)
+    # decomposed (ViTDet) tables: linear interpolation, as detectron2's get_rel_pos does at run time
+    for k in [k for k in own if k.endswith(("rel_pos_h", "rel_pos_w"))]:
+        if k in sd and sd[k].shape != own[k].shape:
+            t = sd[k]
+            if t.ndim != 2 or t.shape[1] != own[k].shape[1]:
+                raise CheckpointError(f"checkpoint {path}: key {k!r} has shape {tuple(t.shape)}, the model needs "
+                                      f"(L, {own[k].shape[1]}) (another head size?)")
+            sd[k] = torch.nn.functional.interpolate(t.float().T[None], size=own[k].shape[0], mode="linear")[0].T.to(t.dtype)
+    has_decomposed = any(k.endswith("rel_pos_h") for k in sd)
+    if has_decomposed and not any(k.endswith("rel_pos_h") for k in own):
+        raise CheckpointError(f"checkpoint {path} has decomposed relative position tables (e.g. "
+                              f"{next(k for k in sd if k.endswith('rel_pos_h'))!r}) but the model was built without "
+                              f"them; build it with use_rel_pos='decomposed' (the vitdet_<arch> backbones)")
     return sd
 
 
@@ -178,16 +217,21 @@ KNOWN_FORMATS = (
     "timm/DeiT/MAE {'model': sd} or bare sd with patch_embed.proj + blocks.N.attn.qkv (mae_, supervised_); "
     "MoCo v3 {'state_dict': sd} with module.base_encoder.* (mocov3_); "
     "BEiT {'model': sd} with blocks.N.attn.q_bias/v_bias, gamma_1/2, (rel_pos_bias.)relative_position_bias_table (beit_); "
-    "mmpretrain/mmselfsup {'state_dict': sd} with backbone.patch_embed.projection + backbone.layers.N (mae_, supervised_)")
+    "mmpretrain/mmselfsup {'state_dict': sd} with backbone.patch_embed.projection + backbone.layers.N (mae_, supervised_); "
+    "detectron2 ViTDet detector {'model': sd} with backbone.net.* (.pkl needs --trust-checkpoint) (vitdet_)")
+
+D2_PREFIXES = ("backbone.net.", "backbone.pyramid.encoder.")  # detectron2's ViTDet / our detectron2 plugin
 
 MOCO_PREFIXES = ("module.base_encoder.", "base_encoder.")  # DDP-saved (official) / single-process
 
 
 def detect_format(sd: dict) -> str | None:
-    """'mocov3', 'mmpretrain', 'beit', 'timm' or None for a state dict."""
+    """'mocov3', 'detectron2', 'mmpretrain', 'beit', 'timm' or None for a state dict."""
     keys = list(sd)
     if any(k.startswith(MOCO_PREFIXES) for k in keys):
         return "mocov3"
+    if any(k in sd for k in (p + "patch_embed.proj.weight" for p in D2_PREFIXES)):
+        return "detectron2"
     if any(k in sd for k in ("backbone.patch_embed.projection.weight", "patch_embed.projection.weight")):
         return "mmpretrain"
     if any(k.endswith(("attn.q_bias", "gamma_1", "relative_position_index")) or k.startswith("rel_pos_bias.")
@@ -208,7 +252,8 @@ def _strip_module(sd: dict) -> dict:
 def _unknown(path: Path, sd: dict, init: str, fmt: str | None = None) -> CheckpointError:
     hint = ""
     if fmt is not None:
-        use = {"mocov3": "mocov3", "beit": "beit", "mmpretrain": "mae or supervised", "timm": "mae or supervised"}[fmt]
+        use = {"mocov3": "mocov3", "beit": "beit", "mmpretrain": "mae or supervised", "timm": "mae or supervised",
+               "detectron2": "vitdet"}[fmt]
         hint = f"; it looks like a {fmt} checkpoint: use the {use}_<arch> backbone"
     return CheckpointError(f"checkpoint {path} is not a {init} checkpoint{hint}; first keys {list(sd)[:10]}; "
                            f"known formats: {KNOWN_FORMATS}")
@@ -401,4 +446,44 @@ def _zero_pos_embed_if_absent(sd: dict) -> dict:
         side = infer_rel_pos_grid(table.shape[0])[0] if table is not None else 1
         w = sd["patch_embed.proj.weight"]
         sd["pos_embed"] = torch.zeros(1, side * side + 1, w.shape[0], dtype=w.dtype)
+    return sd
+
+
+@register_init("vitdet", description="ViTDet backbones of detectors trained with detectron2 (Li et al. 2022): "
+                                     "decomposed relative position, the backbone.net.* weights",
+               official_files="detectron2 ViTDet model zoo model_final_*.pkl (needs --trust-checkpoint), "
+                              "DetectionCheckpointer model_*.pth",
+               use_rel_pos="decomposed")
+def convert_vitdet(obj, path: Path) -> dict:
+    """A detectron2 detector checkpoint (``{'model': sd}``; ``.pkl`` of its model zoo or a
+    ``DetectionCheckpointer`` ``.pth``) with a ViTDet backbone: ``backbone.net.*`` (detectron2's
+    ``ViT`` inside ``SimpleFeaturePyramid``) or ``backbone.pyramid.encoder.*`` (our detectron2
+    plugin). detectron2's ViT uses timm's block names (``patch_embed.proj``, ``blocks.N.{norm1,
+    attn.qkv, attn.proj, attn.rel_pos_h, attn.rel_pos_w, norm2, mlp.fc1, mlp.fc2}``, ``pos_embed``),
+    so the prefix is stripped; the pyramid, neck and heads are dropped. ViTDet has no cls token
+    (its ``pos_embed`` keeps the pretraining cls slot when ``pretrain_use_cls_token``) and no final
+    norm: a zero ``cls_token``, a zero cls slot when ``pos_embed`` has none, and a default
+    LayerNorm are supplied; the dense adapters drop the cls token and the final norm, so the
+    features are detectron2's."""
+    sd, _ = unwrap_state_dict(obj, path)
+    sd = _strip_module(sd)
+    if detect_format(sd) != "detectron2":
+        raise _unknown(path, sd, "vitdet", detect_format(sd))
+    prefix = next(p for p in D2_PREFIXES if p + "patch_embed.proj.weight" in sd)
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    bad = [k for k in sd if ".residual." in k]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: key 'backbone.net.{bad[0]}' is a ViTDet residual block "
+                              f"(residual_block_indexes), which our ViT does not have")
+    w = sd["patch_embed.proj.weight"]
+    dim = w.shape[0]
+    sd.setdefault("cls_token", torch.zeros(1, 1, dim, dtype=w.dtype))
+    pe = sd.get("pos_embed")
+    if pe is not None:
+        n = pe.shape[1]
+        side = int(round(n ** 0.5))
+        if side * side == n:  # pretrain_use_cls_token=False: no cls slot
+            sd["pos_embed"] = torch.cat([torch.zeros(1, 1, dim, dtype=pe.dtype), pe], dim=1)
+    sd.setdefault("norm.weight", torch.ones(dim, dtype=w.dtype))
+    sd.setdefault("norm.bias", torch.zeros(dim, dtype=w.dtype))
     return sd

@@ -10,6 +10,9 @@ protocols of the MAE paper need:
 * BEiT relative position bias (``attn.relative_position_bias_table``, the BEiT layout with 3 extra
   entries for the cls token), resized bicubically for other grids, zero-initialised when a
   checkpoint has none (as the MAE paper does for every initialisation in detection/segmentation);
+* or ViTDet's decomposed relative position (``use_rel_pos='decomposed'``: ``attn.rel_pos_h`` /
+  ``attn.rel_pos_w`` of shape (2*size-1, head_dim), detectron2's ``Attention(use_rel_pos=True)``,
+  linearly interpolated to other sizes as detectron2's ``get_rel_pos`` does, zero-initialised);
 * layer scale (timm's ``LayerScale``: ``ls1.gamma`` / ``ls2.gamma``);
 * ViTDet windowed attention in chosen blocks, for dense inputs;
 * absolute position embeddings interpolated on the fly to any input size (timm's
@@ -107,6 +110,38 @@ def infer_rel_pos_grid(table_len: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Decomposed relative position (ViTDet / MViTv2; detectron2 modeling/backbone/utils.py)
+# --------------------------------------------------------------------------------------------------
+REL_POS_TYPES = ("beit", "decomposed")
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """(q_size, k_size, C) embeddings of the relative positions, the (L, C) table linearly
+    interpolated to 2*max(q, k)-1 rows if needed: detectron2's ``get_rel_pos``."""
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist,
+                                mode="linear").reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative_coords.long()]
+
+
+def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                            grid: Sequence[int]) -> torch.Tensor:
+    """(B, heads, N, N) additive attention bias of detectron2's ``add_decomposed_rel_pos`` for the
+    (unscaled) queries ``q`` (B, heads, N, head_dim) on an (h, w) grid, keys on the same grid."""
+    h, w = grid
+    Rh, Rw = get_rel_pos(h, h, rel_pos_h), get_rel_pos(w, w, rel_pos_w)
+    B, nh, N, d = q.shape
+    r_q = q.reshape(B, nh, h, w, d)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh.to(q.dtype))
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw.to(q.dtype))
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, N, N)
+
+
+# --------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
@@ -125,21 +160,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
 
 class Attention(nn.Module):
-    """timm-named multi-head self-attention (``qkv``, ``proj``) with optional BEiT relative position
-    bias for a ``rel_pos_grid`` (parameter ``relative_position_bias_table``)."""
+    """timm-named multi-head self-attention (``qkv``, ``proj``) with optional relative position for
+    a ``rel_pos_grid``: BEiT's bias table (``relative_position_bias_table``) or, with
+    ``rel_pos_type='decomposed'``, ViTDet's ``rel_pos_h`` / ``rel_pos_w`` (zero-initialised, as
+    detectron2's ``rel_pos_zero_init=True``)."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, rel_pos_grid: Sequence[int] | None = None):
+                 proj_drop: float = 0.0, rel_pos_grid: Sequence[int] | None = None, rel_pos_type: str = "beit"):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} not divisible by num_heads {num_heads}"
+        assert rel_pos_type in REL_POS_TYPES, rel_pos_type
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_grid = tuple(rel_pos_grid) if rel_pos_grid else None
-        if self.rel_pos_grid:
+        self.rel_pos_type = rel_pos_type
+        if self.rel_pos_grid and rel_pos_type == "beit":
             self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distances(self.rel_pos_grid), num_heads))
+        elif self.rel_pos_grid:
+            head_dim = dim // num_heads
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * self.rel_pos_grid[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * self.rel_pos_grid[1] - 1, head_dim))
         self._index_cache: dict = {}
 
     def rel_pos_bias(self, grid: Sequence[int], with_cls: bool) -> torch.Tensor:
@@ -159,8 +202,13 @@ class Attention(nn.Module):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         bias = None
-        if self.rel_pos_grid is not None and grid is not None:
+        if self.rel_pos_grid is not None and grid is not None and self.rel_pos_type == "beit":
             bias = self.rel_pos_bias(grid, with_cls).unsqueeze(0)
+        elif self.rel_pos_grid is not None and grid is not None:
+            p = 1 if with_cls else 0  # the cls token gets no relative position (zero bias)
+            bias = decomposed_rel_pos_bias(q[:, :, p:], self.rel_pos_h, self.rel_pos_w, grid)
+            if p:
+                bias = F.pad(bias, (p, 0, p, 0))
         x = attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
@@ -194,12 +242,12 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  init_values: float | None = None, drop_path: float = 0.0, norm_layer=LayerNorm,
-                 rel_pos_grid: Sequence[int] | None = None, window_size: int = 0):
+                 rel_pos_grid: Sequence[int] | None = None, window_size: int = 0, rel_pos_type: str = "beit"):
         super().__init__()
         self.window_size = window_size
         self.norm1 = norm_layer(dim)
         attn_grid = (window_size, window_size) if (window_size and rel_pos_grid) else rel_pos_grid
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_grid=attn_grid)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_grid=attn_grid, rel_pos_type=rel_pos_type)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
@@ -228,8 +276,9 @@ class VisionTransformer(nn.Module):
     position embedding with a cls slot, LayerNorm eps 1e-6).
 
     ``global_pool='token'`` classifies from the cls token after ``norm``; ``'avg'`` averages the
-    patch tokens and applies ``fc_norm`` (MAE fine-tuning). ``use_rel_pos`` adds a BEiT relative
-    position bias per block; ``init_values`` adds layer scale; ``window_size`` + ``global_blocks``
+    patch tokens and applies ``fc_norm`` (MAE fine-tuning). ``use_rel_pos`` adds a relative position
+    per block: ``True`` or ``'beit'`` BEiT's bias table, ``'decomposed'`` ViTDet's ``rel_pos_h`` /
+    ``rel_pos_w``; ``init_values`` adds layer scale; ``window_size`` + ``global_blocks``
     make every block not listed in ``global_blocks`` attend within windows on dense inputs.
     """
 
@@ -237,10 +286,16 @@ class VisionTransformer(nn.Module):
                  num_classes: int = 0, global_pool: str = "token", embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  init_values: float | None = None, drop_path_rate: float = 0.0, use_abs_pos: bool = True,
-                 use_rel_pos: bool = False, window_size: int = 0, global_blocks: Sequence[int] = (),
+                 use_rel_pos: bool | str = False, window_size: int = 0, global_blocks: Sequence[int] = (),
                  fc_norm: bool | None = None, sincos_pos_embed: bool = False, norm_layer=LayerNorm):
         super().__init__()
         assert global_pool in ("token", "avg", ""), global_pool
+        if use_rel_pos is True:
+            use_rel_pos = "beit"
+        if use_rel_pos and use_rel_pos not in REL_POS_TYPES:
+            raise ValueError(f"use_rel_pos {use_rel_pos!r}: choose from False, True (= 'beit'), {', '.join(REL_POS_TYPES)}")
+        self.rel_pos_type = use_rel_pos or None
+        rel_pos_type = use_rel_pos or "beit"
         self.global_pool = global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1
@@ -255,7 +310,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, dpr[i], norm_layer,
                   rel_pos_grid=self.pos_grid if use_rel_pos else None,
-                  window_size=0 if i in global_blocks else window_size)
+                  window_size=0 if i in global_blocks else window_size, rel_pos_type=rel_pos_type)
             for i in range(depth)])
         use_fc_norm = (global_pool == "avg") if fc_norm is None else fc_norm
         self.norm = nn.Identity() if use_fc_norm else norm_layer(embed_dim)
@@ -285,7 +340,7 @@ class VisionTransformer(nn.Module):
     # -- timm conventions used by timm.optim (weight decay / layer decay) -------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "mask_token", "relative_position_bias_table"}
+        return {"pos_embed", "cls_token", "mask_token", "relative_position_bias_table", "rel_pos_h", "rel_pos_w"}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -332,14 +387,19 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int],
+                              with_cls: bool | None = None) -> list[torch.Tensor]:
         """Feature maps (B, D, gh, gw) after the given blocks (0-based), for dense heads.
 
         If any block uses windowed attention the cls token is dropped after embedding (ViTDet);
         otherwise it goes through the blocks and is dropped from the outputs (BEiT/MAE UperNet).
+        ``with_cls=False`` drops it in every case (detectron2's ViT never has one in its blocks).
         """
         x, grid = self.embed(x)
-        with_cls = not any(b.window_size for b in self.blocks)
+        if with_cls is None:
+            with_cls = not any(b.window_size for b in self.blocks)
+        elif with_cls and any(b.window_size for b in self.blocks):
+            raise ValueError("windowed attention runs without the cls token (with_cls=False)")
         if not with_cls:
             x = x[:, 1:]
         wanted = {i % self.depth for i in indices}

@@ -345,3 +345,55 @@ def test_pickled_objects_need_trust(tmp_path):
     with pytest.raises(CheckpointError, match=r"pickled Python objects.*--trust-checkpoint"):
         build_backbone("supervised_vit_test_patch8", checkpoint=path)
     assert_same_features(src, build_backbone("supervised_vit_test_patch8", checkpoint=path, trust_checkpoint=True))
+
+
+# --- detectron2 ViTDet trained layout (vitdet_ init) --------------------------------------------------
+def _vitdet_detector_state(seed=0, cls_slot=True):
+    """A detectron2 ViTDet Mask R-CNN state dict: our decomposed-rel-pos ViT's weights under
+    ``backbone.net.`` (no cls token, no final norm: detectron2's ViT has neither), plus pyramid /
+    head keys that must be dropped. Returns (state dict, the encoder it came from)."""
+    from backbones.vit import VisionTransformer
+    enc = randomize(VisionTransformer(**TEST_ARCH, use_rel_pos="decomposed", window_size=2, global_blocks=(1,)), seed)
+    sd = {f"backbone.net.{k}": v.clone() for k, v in enc.state_dict().items() if not k.startswith(("cls_token", "norm."))}
+    if not cls_slot:
+        sd["backbone.net.pos_embed"] = sd["backbone.net.pos_embed"][:, 1:]
+    sd["backbone.simfp_2.0.weight"] = torch.randn(32, 16, 2, 2)
+    sd["roi_heads.box_predictor.cls_score.weight"] = torch.randn(81, 1024)
+    sd["pixel_mean"] = torch.zeros(3, 1, 1)
+    return sd, enc
+
+
+@pytest.mark.parametrize("cls_slot", [True, False])
+def test_vitdet_detector_checkpoint_loads_through_the_registry(tmp_path, cls_slot):
+    sd, enc = _vitdet_detector_state(cls_slot=cls_slot)
+    torch.save({"model": sd, "iteration": 184374}, tmp_path / "model_final.pth")  # DetectionCheckpointer layout
+    assert detect_format(sd) == "detectron2"
+    ours = build_backbone("vitdet_vit_test_patch8", tmp_path / "model_final.pth", window_size=2, global_blocks=(1,)).eval()
+    for k, v in enc.state_dict().items():
+        if k.startswith(("blocks.", "patch_embed.")) or (k == "pos_embed" and cls_slot):
+            torch.testing.assert_close(ours.state_dict()[k], v, msg=k)
+    x = torch.randn(2, 3, 32, 32)
+    enc.eval()
+    if cls_slot:  # ViTDet drops the cls token after embedding: the cls slot and token do not matter
+        torch.testing.assert_close(ours.forward_intermediates(x, [0, 1]), enc.forward_intermediates(x, [0, 1]))
+    with pytest.raises(CheckpointError, match="use the vitdet_<arch> backbone"):
+        build_backbone("mae_vit_test_patch8", tmp_path / "model_final.pth")
+
+
+def test_vitdet_pkl_needs_trust_and_rel_pos_tables_are_resized(tmp_path):
+    import pickle
+    sd, enc = _vitdet_detector_state()
+    f = tmp_path / "model_final_61ccd1.pkl"  # detectron2 model zoo: pickled numpy arrays
+    with open(f, "wb") as fh:
+        pickle.dump({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "Detectron2 Model Zoo"}, fh)
+    with pytest.raises(CheckpointError, match="pickle.*--trust-checkpoint"):
+        build_backbone("vitdet_vit_test_patch8", f, window_size=2, global_blocks=(1,))
+    ours = build_backbone("vitdet_vit_test_patch8", f, trust_checkpoint=True, window_size=2, global_blocks=(1,))
+    torch.testing.assert_close(ours.blocks[1].attn.rel_pos_h, enc.blocks[1].attn.rel_pos_h)
+    # at 64 px the global block's tables need 2*8-1 rows: linear interpolation, as detectron2's get_rel_pos
+    big = build_backbone("vitdet_vit_test_patch8", f, trust_checkpoint=True, img_size=64, window_size=2, global_blocks=(1,))
+    ref = torch.nn.functional.interpolate(enc.blocks[1].attn.rel_pos_h.T[None], size=15, mode="linear")[0].T
+    torch.testing.assert_close(big.blocks[1].attn.rel_pos_h, ref)
+    torch.testing.assert_close(big.blocks[0].attn.rel_pos_h, enc.blocks[0].attn.rel_pos_h)  # window tables keep size
+    with pytest.raises(CheckpointError, match="built without them"):
+        build_backbone("vitdet_vit_test_patch8", f, trust_checkpoint=True, use_rel_pos=True)

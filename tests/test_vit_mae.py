@@ -170,3 +170,57 @@ def test_cpu_bf16_attention_runs_in_fp32_and_keeps_bias_and_gradients():
     # fp32 inputs are untouched by the rule: the plain kernel
     qf, kf, vf = (t.detach().float() for t in (q, k, v))
     assert torch.equal(attention(qf, kf, vf, bias), F.scaled_dot_product_attention(qf, kf, vf, attn_mask=bias))
+
+
+# --- ViTDet's decomposed relative position (use_rel_pos='decomposed') ---------------------------------
+def _decomposed_reference(attn_mod, x, grid):
+    """Attention with decomposed relative position written out per query/key pair from the MViTv2 /
+    ViTDet definition: logit(i, j) = q_i.k_j * scale + q_i.Rh[hi - hj] + q_i.Rw[wi - wj], with
+    R[d] the table row (size - 1) + d (same grid for queries and keys)."""
+    B, N, C = x.shape
+    nh = attn_mod.num_heads
+    q, k, v = attn_mod.qkv(x).reshape(B, N, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
+    h, w = grid
+    logits = (q @ k.transpose(-2, -1)) * (C // nh) ** -0.5
+    extra = torch.zeros_like(logits)
+    for i in range(N):
+        for j in range(N):
+            hi, wi, hj, wj = i // w, i % w, j // w, j % w
+            rh = attn_mod.rel_pos_h[(h - 1) + hi - hj]
+            rw = attn_mod.rel_pos_w[(w - 1) + wi - wj]
+            extra[:, :, i, j] = (q[:, :, i] * rh).sum(-1) + (q[:, :, i] * rw).sum(-1)
+    out = (logits + extra).softmax(-1) @ v
+    return attn_mod.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+def test_decomposed_rel_pos_equals_its_definition_and_learns():
+    from backbones.vit import Attention
+    torch.manual_seed(0)
+    attn = Attention(16, 2, rel_pos_grid=(3, 4), rel_pos_type="decomposed")
+    assert attn.rel_pos_h.shape == (5, 8) and attn.rel_pos_w.shape == (7, 8)  # (2*size-1, head_dim)
+    assert not attn.rel_pos_h.any() and not attn.rel_pos_w.any()  # zero-initialised, as detectron2
+    with torch.no_grad():
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+    x = torch.randn(2, 12, 16)
+    out = attn(x, (3, 4), with_cls=False)
+    torch.testing.assert_close(out, _decomposed_reference(attn, x, (3, 4)), atol=1e-5, rtol=0)
+    out.square().sum().backward()
+    assert attn.rel_pos_h.grad.abs().sum() > 0 and attn.rel_pos_w.grad.abs().sum() > 0
+
+
+def test_decomposed_rel_pos_keys_zero_init_and_other_options_unchanged():
+    plain = VisionTransformer(**CFG).eval()
+    dec = VisionTransformer(**CFG, use_rel_pos="decomposed").eval()
+    beit = VisionTransformer(**CFG, use_rel_pos=True)
+    extra = set(dec.state_dict()) - set(plain.state_dict())
+    assert extra == {f"blocks.{i}.attn.rel_pos_{a}" for i in range(3) for a in "hw"}
+    assert dec.blocks[0].attn.rel_pos_h.shape == (2 * 4 - 1, 64 // 4)
+    assert set(beit.state_dict()) - set(plain.state_dict()) == {f"blocks.{i}.attn.relative_position_bias_table" for i in range(3)}
+    dec.load_state_dict(plain.state_dict(), strict=False)  # zero tables: the plain ViT's function
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dec.forward_features(x), plain.forward_features(x), atol=1e-5, rtol=0)
+    windowed = VisionTransformer(**CFG, use_rel_pos="decomposed", window_size=2, global_blocks=(2,))
+    assert windowed.blocks[0].attn.rel_pos_h.shape == (3, 16) and windowed.blocks[2].attn.rel_pos_h.shape == (7, 16)
+    with pytest.raises(ValueError, match="use_rel_pos 'shaw'"):
+        VisionTransformer(**CFG, use_rel_pos="shaw")

@@ -14,7 +14,8 @@ model = dict(
         variant='simple',  # [d2] SimpleFeaturePyramid: last block -> scales 4, 2, 1, 1/2,
         out_channels=256,  # each followed by 1x1 conv + LN, 3x3 conv + LN to 256 channels
         drop_path_rate=0.1,  # [d2] dp = 0.1 (ViT-B)
-        use_rel_pos=True,  # [d2] use_rel_pos=True (zero-init when the checkpoint has none)
+        use_rel_pos='decomposed',  # [d2] use_rel_pos=True: decomposed rel_pos_h / rel_pos_w (MViTv2),
+                                   # zero-init when the checkpoint has none
         window_size=14,  # [d2] window_size=14
         global_blocks=(2, 5, 8, 11)),  # [d2] window_block_indexes = all but 2, 5, 8, 11
     # p6 = max-pool(kernel 1, stride 2) of the stride-32 map ([d2] top_block=LastLevelMaxPool());
@@ -23,6 +24,8 @@ model = dict(
     roi_head=dict(
         bbox_head=dict(norm_cfg=norm_cfg),  # [d2] box_head.conv_norm = "LN", 4conv1fc kept
         mask_head=dict(norm_cfg=norm_cfg)))  # [d2] mask_head.conv_norm = "LN"
-# [d2]: AdamW lr 1e-4, wd 0.1, layer decay 0.7 over 12 blocks (get_vit_lr_decay_rate).
+# [d2]: AdamW lr 1e-4, wd 0.1, layer decay 0.7 over 12 blocks (get_vit_lr_decay_rate). [d2] exempts only
+# norms and pos_embed from weight decay; ViTLayerDecayOptimizerConstructor (tasks/dense/mm_backbone.py)
+# also exempts biases, the cls token and relative position tables (not matched here; see docs/detectron2.md).
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.7), optimizer=dict(lr=1e-4))
 lr_by_init = dict(_delete_=True)  # ViTDet reports MAE initialisation only; one lr for every init
