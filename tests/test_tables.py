@@ -10,8 +10,8 @@ import pytest
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, default_run_id
 from bench.tables import (DEFAULT_REFERENCE, add_table_arguments, backbone_label, build_tables,
-                          load_reference, plot_tables, run_table, table_main, to_latex,
-                          to_markdown, write_tables)
+                          load_reference, plot_tables, run_table, table_main, table_to_long,
+                          to_latex, to_markdown, write_tables)
 
 # Hand-made COCO results: APbox per seed.
 APBOX = {
@@ -237,3 +237,105 @@ def test_reference_csv_is_well_formed_and_bad_values_are_refused(tmp_path):
     bad.write_text("\n".join(text) + "\n")
     with pytest.raises(BenchError, match=r"bad\.csv line 2: column 'value'"):
         load_reference(bad)
+
+
+# Rows as `bench det` / `bench seg` record them: bench.core.results.make_row with the extras of
+# tasks/detection/run.py and tasks/segmentation/run.py (via tasks.dense.runner.dense_row), where
+# extra['img_size'] is the real training input: 1024 for the paper's COCO recipe, 512 for ADE20K.
+def dense_row(task, protocol, init, arch, seed, metrics, extra):
+    from bench.core.results import make_row
+    return make_row(task=task, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
+                    suite="paper", checkpoint=None, config={"model": arch}, iterations=100,
+                    wall_time_s=12.5,
+                    extra=dict(backbone_name=f"{init}_{arch}", config="paper", work_dir="/w",
+                               start_iter=0, batch_size=16, world_size=8, cfg_options={}, **extra))
+
+
+def det_row(init, arch, seed, apbox, img_size=1024, variant="fpn"):
+    return dense_row("coco", f"maskrcnn_{variant}", init, arch, seed,
+                     {"APbox": apbox, "APmask": apbox - 4.0, "APbox50": apbox + 20.0},
+                     dict(variant=variant, img_size=img_size, lr=1e-4, layer_decay=0.7, drop_path=0.1,
+                          fp32_fallback=False, num_train_images=118287, num_val_images=5000,
+                          num_categories=80, nan_metrics=[], log_file="/w/log", dets_out=None))
+
+
+def seg_row(init, arch, seed, miou, crop=512):
+    return dense_row("ade20k", "upernet", init, arch, seed, {"mIoU": miou, "aAcc": 80.0, "mAcc": 60.0},
+                     {"img_size": crop, "crop_size": [crop, crop], "log_dir": "/w/logs",
+                      "log_file": "/w/log", "fp32_fallback": False})
+
+
+def test_real_resolution_dense_rows_get_the_papers_numbers(tmp_path):
+    store = ResultsStore(tmp_path / "runs.jsonl")
+    store.append(det_row("mae", "vit_base_patch16", 0, 50.0))
+    store.append(det_row("mae", "vit_base_patch16", 1, 50.6))
+    store.append(det_row("supervised", "vit_base_patch16", 0, 47.5))
+    store.append(det_row("mae", "vit_large_patch16", 0, 53.0))
+    store.append(det_row("mae", "vit_base_patch16", 0, 30.0, img_size=224))  # not the paper's input
+    store.append(seg_row("mae", "vit_base_patch16", 0, 47.9))
+    store.append(seg_row("beit", "vit_large_patch16", 0, 53.0))
+    store.append(seg_row("mae", "vit_demo_patch8", 0, 20.0, crop=64))  # the demo's smoke crop
+    tables = build_tables(store.dataframe(), load_reference())
+
+    coco = tables["table4_coco"]
+    # He et al. 2021, Table 4: MAE ViT-B 50.3 / 44.9, ViT-L 53.3 / 47.2; supervised ViT-B 47.9
+    assert coco.loc["mae", ("APbox", "ViT-B", "published")] == 50.3
+    assert coco.loc["mae", ("APmask", "ViT-B", "published")] == 44.9
+    assert coco.loc["mae", ("APbox", "ViT-L", "published")] == 53.3
+    assert coco.loc["supervised", ("APbox", "ViT-B", "published")] == 47.9
+    assert coco.loc["mae", ("APbox", "ViT-B", "mean")] == pytest.approx(50.3)
+    assert coco.loc["mae", ("APbox", "ViT-B", "n")] == 2
+    # a 224-px COCO run is a column of its own, without the 1024-px paper's number
+    assert coco.loc["mae", ("APbox", "ViT-B224", "mean")] == 30.0
+    assert math.isnan(coco.loc["mae", ("APbox", "ViT-B224", "published")])
+    assert list(dict.fromkeys(coco.columns.get_level_values("column"))) == ["ViT-B", "ViT-B224", "ViT-L"]
+
+    ade = tables["table5_ade20k"]
+    # Table 5: MAE ViT-B 48.1, BEiT ViT-L 53.3
+    assert ade.loc["mae", ("mIoU", "ViT-B", "published")] == 48.1
+    assert ade.loc["beit", ("mIoU", "ViT-L", "published")] == 53.3
+    assert ade.loc["mae", ("mIoU", "ViT-demo/8@64", "mean")] == 20.0
+    assert math.isnan(ade.loc["mae", ("mIoU", "ViT-demo/8@64", "published")])
+
+    out = tmp_path / "tables"
+    run_table(store.path, out, formats=("md",), plots=False)
+    md = (out / "table4_coco.md").read_text()
+    assert "| APbox ViT-B (paper) |" in md and "| 50.3 |" in md
+    assert "| 48.1 |" in (out / "table5_ade20k.md").read_text()
+
+
+def test_classification_rows_at_their_recorded_input_size_get_the_papers_numbers(tmp_path):
+    store = ResultsStore(tmp_path / "runs.jsonl")
+    for img_size, top1 in ((224, 79.0), (448, 83.0)):  # run_classification records extra.img_size
+        store.append(row("mae", "vit_huge_patch14", 0, {"top1": top1, "top5": 95.0}, "inat2017",
+                         "finetune", extra={"img_size": img_size, "epochs": 100}))
+    t6 = build_tables(store.dataframe(), load_reference())["table6_transfer_cls"]
+    assert t6.loc["mae", ("iNat 2017", "ViT-H", "published")] == 79.3
+    assert t6.loc["mae", ("iNat 2017", "ViT-H448", "published")] == 83.4
+
+
+def test_every_published_number_finds_its_cell(tmp_path):
+    """One result row per reference entry, at the input size the paper used: every published
+    number lands beside a mean, in the table its task declares."""
+    from tasks.registry import TASKS
+    ref = load_reference()
+    # Table 7's '<protocol>@<target>' rows are for reading: no run records such a protocol
+    runnable = [p in TASKS[t].tables for t, p in zip(ref["task"], ref["protocol"])]
+    assert ref[[not r for r in runnable]]["protocol"].str.contains("@").all()
+    ref = ref[runnable]
+    rows = {}
+    for r in ref.itertuples(index=False):
+        spec = TASKS[r.task]
+        img_size = spec.img_size if r.img_size == 224 else r.img_size
+        k = None if math.isnan(r.k) else (int(r.k) if float(r.k).is_integer() else r.k)
+        key = (r.task, r.protocol, r.init, r.backbone, img_size, k)
+        rows.setdefault(key, {})[r.metric] = r.value
+    store = ResultsStore(tmp_path / "runs.jsonl")
+    for i, ((task, protocol, init, backbone, img_size, k), metrics) in enumerate(rows.items()):
+        store.append(row(init, backbone, 0, metrics, task, protocol, k=k,
+                         extra={"img_size": img_size}, run_id=f"r{i}"))
+    tables = build_tables(store.dataframe(), ref)
+    cells = pd.concat([table_to_long(t) for t in tables.values()])
+    assert len(cells) == len(ref)
+    assert (cells["published"] == cells["mean"]).all(), cells[cells["published"] != cells["mean"]]
+
