@@ -4,7 +4,7 @@
     bench pretrain             pretrain a ViT here (MAE, MoCo v3, BEiT, supervised)
     bench visualize            MAE reconstructions like the paper's Fig. 2/4
     bench backbones            list registry names (<init>_<arch>)
-    bench det | seg | cls      one transfer run (COCO Mask R-CNN | ADE20K UperNet | iNat/Places classification)
+    bench det | seg | cls      one transfer run of a task (declared in tasks/<family>/task.py)
     bench table                result tables (CSV, LaTeX, Markdown) + plots from a results store
     bench perf pretrain|cls|seg|det|data   img/s of the MAE step (vs mask-token encoder, FLOPs,
                                matmul peaks), the fine-tuning step (vs timm), UperNet, Mask R-CNN, and

@@ -1,19 +1,10 @@
 """Paper-style tables and plots from the results store (``bench table``).
 
-``build_tables`` turns finished runs into the layouts of He et al. 2021 (MAE), Section 5. Which
-table a row goes into, its metrics and its column come from its task's declaration
-(``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``):
-
-=====================  ==========================================================  ==========
-table                  rows kept                                                   metric(s)
-=====================  ==========================================================  ==========
-table3_imagenet        task imagenet, protocol finetune                            top1
-table4_coco            task coco, protocol maskrcnn_fpn / maskrcnn_vitdet          APbox, APmask
-table5_ade20k          task ade20k, protocol upernet                               mIoU
-table6_transfer_cls    other classification tasks (iNat, Places, folder), finetune top1
-linear_probe           protocol linear (one column group per task)                 top1
-partial_finetune       protocol partial (columns are k, the number of tuned blocks) top1
-=====================  ==========================================================  ==========
+``build_tables`` turns finished runs into the layouts of He et al. 2021 (MAE), Section 5: Tables 3
+(ImageNet), 4 (COCO), 5 (ADE20K), 6 (classification transfer), linear probing (Table 12) and partial
+fine-tuning (Fig. 9). Which table a row goes into, its metrics and its column come from its task's
+declaration (``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``; the list
+is in docs/adding_a_task.md).
 
 Each table is a DataFrame: one row per initialisation (random, supervised, mocov3, beit, mae, then
 others alphabetically) and MultiIndex columns ``(group, column, field)``. ``group`` is the metric

@@ -7,6 +7,8 @@ from tasks.spec import Command, Table, TaskSpec, TransferRun
 VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
 
 TABLE4 = Table("table4_coco", "COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4)")
+DET = Command("det", "COCO detection + instance segmentation (Mask R-CNN)",
+              "tasks.detection.run:add_det_arguments", "tasks.detection.run:det_main")
 
 
 def run_coco(r: TransferRun) -> dict:
@@ -31,8 +33,7 @@ COCO = TaskSpec(
     generator="tasks.detection.coco_data:make_coco_dataset",
     reader=read_coco,
     suite_keys=("iters",),
-    command=Command("det", "COCO detection + instance segmentation (Mask R-CNN)",
-                    "tasks.detection.run:add_det_arguments", "tasks.detection.run:det_main"),
+    command=DET,
 )
 
 TASKS = (COCO,)

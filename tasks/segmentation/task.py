@@ -4,6 +4,8 @@ from __future__ import annotations
 from tasks.spec import Command, Table, TaskSpec, TransferRun
 
 TABLE5 = Table("table5_ade20k", "ADE20K UperNet, mIoU (cf. MAE Table 5)")
+SEG = Command("seg", "ADE20K semantic segmentation (UperNet)",
+              "tasks.segmentation.run:add_seg_arguments", "tasks.segmentation.run:seg_main")
 
 
 def run_ade20k(r: TransferRun) -> dict:
@@ -28,8 +30,7 @@ ADE20K = TaskSpec(
     generator="tasks.segmentation.ade_data:make_ade20k_dataset",
     reader=read_ade20k,
     suite_keys=("iters",),
-    command=Command("seg", "ADE20K semantic segmentation (UperNet)",
-                    "tasks.segmentation.run:add_seg_arguments", "tasks.segmentation.run:seg_main"),
+    command=SEG,
 )
 
 TASKS = (ADE20K,)
