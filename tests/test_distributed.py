@@ -21,34 +21,12 @@ if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
 from bench.core.data import pretrain_dataset  # noqa: E402
-from bench.core.engine import TrainConfig, enable_grad_checkpointing, fit  # noqa: E402
-from backbones.pretrainers.mae import MaskNoise, build_mae  # noqa: E402
+from bench.core.engine import enable_grad_checkpointing  # noqa: E402
+from backbones.pretrainers.mae import build_mae  # noqa: E402
 from backbones.vit import Block  # noqa: E402
+from dist_helpers import ARCH, BLR, N_SAMPLES, STEPS, Crash, logged, mae_loss, rel, run_mae  # noqa: E402
 
-ARCH = "vit_test_patch8"  # 32 px, 4x4 = 16 patches
-N_SAMPLES, STEPS, BLR = 64, 6, 5e-3
 N_EVAL, N_CLASSES = 103, 10  # 103: the two ranks' shards differ in size
-
-
-def MaskedCrops(n=N_SAMPLES):
-    """Embedded-photo crops with the MAE mask noise drawn per sample by the product's data pipeline
-    (``backbones.pretrainers.mae.MaskNoise``, under the engine's per-sample seed), so a sample's mask does not
-    depend on which rank sees it."""
-    return MaskNoise(pretrain_dataset("embedded", 32, n), 16)
-
-
-def mae_loss(m, batch):
-    imgs, noise = batch
-    return m(imgs, 0.75, noise)[0], {"pix_mean": imgs.mean().detach()}
-
-
-def run_mae(out, batch_size, accum_iter=1, steps=STEPS, loss_fn=mae_loss, dataset=None, **kw):
-    torch.manual_seed(0)
-    cfg = TrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, accum_iter=accum_iter, blr=BLR,
-                      warmup_steps=2, progress=False, desc="ddp", **kw)
-    model = build_mae(ARCH)
-    res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg, block_type=Block)
-    return model, res
 
 
 def eval_logits():
@@ -56,17 +34,9 @@ def eval_logits():
     return torch.randn(N_EVAL, N_CLASSES, generator=g), torch.randint(0, N_CLASSES, (N_EVAL,), generator=g)
 
 
-def logged(out):
-    return [json.loads(line) for line in open(Path(out) / "log.jsonl")]
-
-
 # ------------------------------------------------------------------------------------------------
 # The worker (one process of the torchrun launch)
 # ------------------------------------------------------------------------------------------------
-class Crash(Exception):
-    pass
-
-
 def worker(out: Path):
     from bench.core.distributed import (all_reduce_sum, gather_accuracy, gather_objects, init_distributed,
                                    shard_indices, topk_counts)
@@ -150,10 +120,6 @@ def single(tmp_path_factory, one_thread):
     return out, model
 
 
-def _close(a, b, rel=1e-5):
-    return abs(a - b) <= rel * max(abs(a), abs(b))
-
-
 def test_two_ranks_follow_the_single_process_loss_trajectory(ddp, single):
     out, _, _ = ddp
     ref = logged(single[0])
@@ -163,8 +129,8 @@ def test_two_ranks_follow_the_single_process_loss_trajectory(ddp, single):
         got = logged(out / run)
         assert [h["step"] for h in got] == list(range(1, STEPS + 1))
         for h, r in zip(got, ref):
-            assert _close(h["loss"], r["loss"]), (run, h, r)
-            assert _close(h["pix_mean"], r["pix_mean"]), (run, h, r)  # logged terms: global mean too
+            assert rel(h["loss"], r["loss"]) <= 1e-5, (run, h, r)
+            assert rel(h["pix_mean"], r["pix_mean"]) <= 1e-5, (run, h, r)  # logged terms: global mean too
             assert h["lr"] == r["lr"] and h["epoch"] == r["epoch"]
     assert ref[-1]["loss"] < ref[0]["loss"] - 0.02  # it is training, not a flat line
     # the DDP runs' final models are the single process's: same loss and predictions on a batch
@@ -178,7 +144,7 @@ def test_two_ranks_follow_the_single_process_loss_trajectory(ddp, single):
         model.load_state_dict(torch.load(out / run / f"checkpoint-{STEPS:07d}.pth", weights_only=False)["model"])
         with torch.no_grad():
             loss, pred, _ = model(imgs, 0.75, noise)
-        assert _close(float(loss), float(ref_loss)), run
+        assert rel(float(loss), float(ref_loss)) <= 1e-5, run
         torch.testing.assert_close(pred, ref_pred, rtol=1e-4, atol=1e-5, msg=run)
 
 

@@ -7,7 +7,6 @@ As in ``tests/test_distributed.py`` this file is also the torchrun worker: one l
 OUT``, gloo, one thread per process) runs every scenario with the real ``pretrain_mocov3`` and
 ``pretrain_mae``; the tests compare its outputs with single-process runs done here.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,8 @@ if str(REPO) not in sys.path:  # as a torchrun worker script
 
 from backbones.pretrainers.mocov3 import pretrain_mocov3  # noqa: E402
 from backbones.pretrainers.mae import build_mae, pretrain_mae  # noqa: E402
+from dist_helpers import logged, without_zero_gradient  # noqa: E402
+from dist_helpers import rel as rel_diff  # noqa: E402
 
 ARCH = "vit_test_patch8"  # 32 px, 16 patches, width 32
 B, STEPS = 8, 6  # per-rank batch (the single process gets 2 B); 6 steps cross an epoch (64 / 16 = 4 per epoch)
@@ -98,16 +99,8 @@ def ddp(tmp_path_factory):
     return out
 
 
-def logged(out):
-    return [json.loads(line) for line in open(Path(out) / "log.jsonl")]
-
-
 def final_state(out):
     return torch.load(Path(out) / f"checkpoint-{STEPS:07d}.pth", weights_only=False)["model"]
-
-
-def rel_diff(a, b):
-    return abs(a - b) / max(abs(a), abs(b))
 
 
 def assert_same_trajectory(got, ref, rel=1e-5):
@@ -115,21 +108,6 @@ def assert_same_trajectory(got, ref, rel=1e-5):
     for h, r in zip(got, ref):
         assert rel_diff(h["loss"], r["loss"]) <= rel, (h, r)
         assert h["lr"] == r["lr"] and h["epoch"] == r["epoch"]
-
-
-def without_zero_gradient(state, drop=()):
-    """The state without the parameters whose gradient is zero in exact arithmetic: float rounding
-    noise, which Adam normalises into lr-sized steps, is all that moves them, in each run
-    differently, and they change no training-mode output. These are the attention key biases
-    (softmax is shift-invariant) and the ``drop`` entries."""
-    out = {}
-    for k, v in state.items():
-        if k.endswith("attn.qkv.bias"):
-            d = v.shape[0] // 3
-            v = torch.cat([v[:d], v[2 * d:]])
-        if k not in drop:
-            out[k] = v
-    return out
 
 
 def assert_same_states(got, ref):

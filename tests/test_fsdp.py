@@ -14,50 +14,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
 from bench.core.data import pretrain_dataset  # noqa: E402
-from bench.core.engine import TrainConfig, fit, local_state_bytes  # noqa: E402
+from bench.core.engine import TrainConfig, local_state_bytes  # noqa: E402
 from backbones.pretrainers.mae import build_mae  # noqa: E402
 from backbones.vit import Block  # noqa: E402
+from dist_helpers import (ARCH, N_SAMPLES, STEPS, Crash, ckpt, logged, mae_loss, rel, run_mae,  # noqa: E402
+                          without_zero_gradient as without_key_bias)
 
-ARCH = "vit_test_patch8"  # 32 px, 4x4 = 16 patches, 2 encoder blocks + 1 decoder block
-N_SAMPLES, STEPS, BLR = 64, 6, 5e-3
 CLIP = 0.05  # below the gradient norm of every step here (~0.3-1.2), so clipping always acts
 SGD_CLIP = dict(optimizer="sgd", lr=0.1, clip_grad=CLIP)  # with SGD clipping changes the trajectory a lot
 MOCO = dict(epoch_size=32, dim=8, mlp_dim=16, steps=3, lr=1e-3, warmup_steps=1, progress=False, resume=False)
-
-
-class MaskedCrops(Dataset):
-    """Embedded-photo crops with the MAE mask noise drawn per sample (under the engine's per-sample
-    seed), so a sample's mask does not depend on which rank sees it."""
-
-    def __init__(self, n=N_SAMPLES):
-        self.crops = pretrain_dataset("embedded", 32, n)
-
-    def __len__(self):
-        return len(self.crops)
-
-    def __getitem__(self, i):
-        return self.crops[i], torch.rand(16)
-
-
-def mae_loss(m, batch):
-    imgs, noise = batch
-    return m(imgs, 0.75, noise)[0], {"pix_mean": imgs.mean().detach()}
-
-
-def run_mae(out, batch_size, accum_iter=1, steps=STEPS, loss_fn=mae_loss, dataset=None, model=None, **kw):
-    torch.manual_seed(0)
-    cfg = TrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, accum_iter=accum_iter, blr=BLR,
-                      warmup_steps=2, progress=False, desc="fsdp", **kw)
-    model = model or build_mae(ARCH)
-    res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg, block_type=Block)
-    return model, res
 
 
 def fixed_batch(n=16):
@@ -65,21 +36,9 @@ def fixed_batch(n=16):
     return torch.randn(n, 3, 32, 32, generator=g), torch.rand(n, 16, generator=g)
 
 
-def logged(out):
-    return [json.loads(line) for line in open(Path(out) / "log.jsonl")]
-
-
-def ckpt(out, step=STEPS):
-    return torch.load(Path(out) / f"checkpoint-{step:07d}.pth", weights_only=False)
-
-
 # ------------------------------------------------------------------------------------------------
 # The worker (one process of the torchrun launch)
 # ------------------------------------------------------------------------------------------------
-class Crash(Exception):
-    pass
-
-
 def worker(out: Path):
     from torch.distributed.tensor import DTensor
 
@@ -228,23 +187,6 @@ def single(tmp_path_factory, one_thread):
     runs = {name: run_mae(out / name, 16, **kw) for name, kw in
             (("plain", {}), ("clip", SGD_CLIP), ("sgd", {**SGD_CLIP, "clip_grad": None}), ("fsdp_flag", {"fsdp": True}))}
     return out, runs
-
-
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b))
-
-
-def without_key_bias(state):
-    """The attention key bias gets a zero gradient in exact arithmetic (softmax is shift-invariant):
-    only float rounding noise, amplified by Adam into lr-sized steps, moves it, differently in each
-    run, and it changes no output. Everything else is compared."""
-    out = {}
-    for k, v in state.items():
-        if k.endswith("attn.qkv.bias"):
-            d = v.shape[0] // 3
-            v = torch.cat([v[:d], v[2 * d:]])
-        out[k] = v
-    return out
 
 
 def test_fsdp_follows_one_process_with_the_global_batch(fsdp, single):

@@ -654,7 +654,7 @@ class Trainer:
             except StopIteration:
                 return
             except BenchError as e:  # raised in a worker: DataLoader puts its traceback in the message
-                raise type(e)(_worker_message(e)) from None
+                raise worker_error(e) from None
             yield _to_device(batch, self.device)
 
     # -- step ----------------------------------------------------------------------------------
@@ -821,14 +821,14 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     return trainer.finish()
 
 
-def _worker_message(e: Exception) -> str:
-    """The original one-line message of an exception re-raised by a DataLoader from a worker
+def worker_error(e: BenchError) -> BenchError:
+    """``e`` with its original one-line message when a DataLoader re-raised it from a worker
     (``'Caught DataError in DataLoader worker process 0.\\nOriginal Traceback ...\\n<type>: <message>'``)."""
     lines = str(e).strip().splitlines()
     if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
         prefix, sep, message = lines[-1].partition(": ")
-        return message if sep and prefix.split(".")[-1] == type(e).__name__ else lines[-1]
-    return str(e)
+        return type(e)(message if sep and prefix.split(".")[-1] == type(e).__name__ else lines[-1])
+    return e
 
 
 def _write_log(path: Path, history: list):

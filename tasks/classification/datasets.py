@@ -399,7 +399,19 @@ def _images_under(directory: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
+def _check_not_linked_inside(folder: Path, root: Path) -> None:
+    """A symlinked split or class folder may point anywhere but into the dataset itself: a class
+    folder linked to the root would put the validation images into training."""
+    if not folder.is_symlink():
+        return
+    target, real_root = Path(os.path.realpath(folder)), Path(os.path.realpath(root))
+    if target == real_root or real_root in target.parents:
+        raise DataError(f"{folder}: is a symlink into the dataset itself ({target}); the same images would "
+                        f"be read twice (e.g. in train and val)")
+
+
 def _read_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, ClassificationSplit]:
+    _check_not_linked_inside(root / "train", root)
     classes = _class_dirs(root / "train")
     if not classes:
         raise DataError(f"{root / 'train'}: no class folders")
@@ -407,11 +419,13 @@ def _read_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, Classif
     out = {}
     for split in splits:
         split_dir = root / split
+        _check_not_linked_inside(split_dir, root)
         samples = []
         for name in _class_dirs(split_dir):
             if name not in index:
                 raise DataError(f"{split_dir / name}: class {_short(name)} is not a train class "
                                 f"(no folder {root / 'train' / name})")
+            _check_not_linked_inside(split_dir / name, root)
             images = _images_under(split_dir / name)
             if split == "train" and not images:
                 raise DataError(f"{split_dir / name}: class folder has no images")
@@ -437,14 +451,31 @@ def _read(dataset: str, root: str | Path, splits: tuple[str, ...]) -> dict[str, 
         _check_split(split)
     root = Path(root)
     if dataset in ("inat2017", "inat2018", "inat2019"):
-        return _read_inat(root, int(dataset[4:]), splits)
-    if dataset == "places365":
-        return _read_places365(root, splits)
-    if dataset == "places205":
-        return _read_places205(root, splits)
-    if dataset == "folder":
-        return _read_image_folder(root, splits)
-    raise BenchError(f"unknown dataset {_short(dataset)}; expected one of {', '.join(DATASETS)}")
+        out = _read_inat(root, int(dataset[4:]), splits)
+    elif dataset == "places365":
+        out = _read_places365(root, splits)
+    elif dataset == "places205":
+        out = _read_places205(root, splits)
+    elif dataset == "folder":
+        out = _read_image_folder(root, splits)
+    else:
+        raise BenchError(f"unknown dataset {_short(dataset)}; expected one of {', '.join(DATASETS)}")
+    classes = next(iter(out.values())).classes
+    if len(classes) < 2:
+        raise DataError(f"{root}: {dataset} has {len(classes)} class ({_short(classes)}); classification needs "
+                        f"at least 2 (with one, every prediction is right)")
+    if len(out) == 2:
+        _check_disjoint(out["train"], out["val"], root)
+    return out
+
+
+def _check_disjoint(train: ClassificationSplit, val: ClassificationSplit, root: Path) -> None:
+    """No image file may be listed in both train and val (the score would include trained images)."""
+    seen = {os.path.normpath(p) for p, _ in train.samples}
+    both = [p for p, _ in val.samples if os.path.normpath(p) in seen]
+    if both:
+        raise DataError(f"{root}: {len(both)} image(s) are in both train and val, first: "
+                        f"{_short(os.path.relpath(both[0], root), 200)}")
 
 
 def read_split(dataset: str, root: str | Path, split: str) -> ClassificationSplit:

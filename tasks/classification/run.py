@@ -18,7 +18,6 @@ different config in an existing ``out_dir`` is refused rather than silently mixe
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -28,9 +27,10 @@ from torch.utils.data import TensorDataset
 
 from backbones.vit import Block
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, NonFiniteLossError
 from bench.core.determinism import seed_everything
 from bench.core.io import atomic_write_json
+from bench.core.run_record import check_run_record, write_run_record
 from tasks.classification import protocols as P
 from tasks.classification.datasets import DATASETS
 
@@ -42,19 +42,14 @@ def _per_process_batch(global_batch: int, accum_iter: int, world: int) -> int:
     return global_batch // (accum_iter * world)
 
 
-def _check_out_dir(out_dir: Path, cfg_record: dict, resume: bool) -> None:
-    """Refuse to continue a run in ``out_dir`` that was started with another config."""
-    path = out_dir / "config.json"
-    if not resume or not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # unreadable: it is rewritten below
-    if old != cfg_record:
-        changed = sorted(k for k in set(old) | set(cfg_record) if old.get(k) != cfg_record.get(k))
-        raise BenchError(f"{path}: this out dir holds a run with a different config (key "
-                         f"{changed[0]!r} differs); use another --out or resume=False")
+def check_finite(model, out_dir: Path) -> None:
+    """Refuse to evaluate a model with NaN / inf weights or buffers (a diverged run, or non-finite
+    pretrained weights that training did not touch): its top-1 would be recorded as a result."""
+    import torch
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteLossError(f"{out_dir}: the trained model has non-finite values in {name!r}; "
+                                     f"no result is recorded")
 
 
 def _check_k_recordable(k) -> None:
@@ -82,7 +77,7 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     from backbones.registry import parse_name
     from backbones.vit import arch_config
     from bench.core.distributed import convert_sync_batchnorm, rank_world
-    from bench.core.engine import TrainConfig, fit, pick_device
+    from bench.core.engine import TrainConfig, check_config, fit, micro_batches_per_epoch, pick_device, worker_error
     from bench.core.results import ResultsStore, make_row
     from tasks.classification.datasets import ImageDataset, read_splits
 
@@ -126,11 +121,6 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
                   "num_classes": num_classes, "img_size": img_size}
 
     out = Path(out_dir)
-    _check_out_dir(out, cfg_record, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        atomic_write_json(cfg_record, out / "config.json", indent=1, sort_keys=True, default=str)
-
     train_cfg = TrainConfig(
         out_dir=str(out), batch_size=micro_batch, epochs=cfg["epochs"], accum_iter=cfg["accum_iter"],
         blr=cfg["blr"], lr=cfg["lr"], min_lr=cfg["min_lr"], warmup_epochs=cfg["warmup_epochs"],
@@ -138,6 +128,14 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         momentum=cfg["momentum"], clip_grad=cfg["clip_grad"], bf16=bf16, seed=seed,
         ckpt_every=cfg["ckpt_every"], num_workers=workers, progress=progress,
         desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}", device=device, fsdp=fsdp)
+    # everything the engine would refuse is refused before the first file is written
+    check_config(train_cfg)
+    micro_batches_per_epoch(len(train_split), micro_batch, world)
+    check_run_record(out / "config.json", cfg_record, resume=resume, hint="use another --out or --no-resume")
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        write_run_record(out / "config.json", cfg_record)
+
     val_set = ImageDataset(val_split, P.eval_transform(cfg, img_size))
 
     if cache:
@@ -146,8 +144,11 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         feats_path = out / "features-train.pth"
         feats = _load_features(feats_path, len(train_split))
         if feats is None:
-            feats = P.extract_features(model, ImageDataset(train_split, P.eval_transform(cfg, img_size)),
-                                       cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+            try:
+                feats = P.extract_features(model, ImageDataset(train_split, P.eval_transform(cfg, img_size)),
+                                           cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+            except BenchError as e:  # a bad image, read in a loader worker
+                raise worker_error(e) from None
             if rank == 0:
                 from bench.core.checkpoint import save_atomic
                 save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
@@ -161,7 +162,11 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
                      groups=P.param_groups_for(rec, model, cfg), resume=resume, block_type=Block)
 
     model.to(pick_device(device))
-    metrics = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+    check_finite(model, out)
+    try:
+        metrics = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+    except BenchError as e:  # a bad image, read in a loader worker
+        raise worker_error(e) from None
     wall = time.perf_counter() - t_start
     lr = cfg["lr"] if cfg["lr"] is not None else cfg["blr"] * cfg["batch_size"] / 256
     extra = {"img_size": img_size, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": lr,
