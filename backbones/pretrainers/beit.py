@@ -126,17 +126,20 @@ def masking_for(grid, mask_ratio: float = 0.4, min_block: int | None = None) -> 
 
 class BeitTransform:
     """unilm ``DataAugmentationForBEiT`` (one resolution for both the ViT and our tokenizer): flip,
-    RandomResizedCrop(0.08-1, bicubic), normalise; plus the blockwise mask (bool, N)."""
+    RandomResizedCrop(0.08-1, bicubic), normalise; plus the blockwise mask (bool, N). Takes uint8
+    tensors (``transforms.v2`` twins of the same steps) or PIL images (the v1 pipeline)."""
+
+    tensor_input = True
 
     def __init__(self, img_size: int, masking: BlockMaskingGenerator | None, crop_min: float = 0.08):
         from torchvision import transforms as T
 
-        from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
-        self.image = T.Compose([
+        from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
+        self.image = as_tensor_transform(T.Compose([
             T.RandomHorizontalFlip(),
             T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
         self.masking = masking
 
     def __call__(self, img):

@@ -32,12 +32,15 @@ def input_size(cfg: dict) -> int:
 
 
 def image_dataset(data: str | None, transform, epoch_size: int = 1024):
-    """``data='embedded'``: ``epoch_size`` random crops per epoch of the bundled photos; otherwise every
-    image under the folder ``data`` (labels ignored). ``transform`` gets a PIL image and may return a
-    tuple (two views, image + mask)."""
-    from bench.core.data import EmbeddedCrops, ImageFolderImages
+    """``data='embedded'``: ``epoch_size`` random crops per epoch of the bundled photos; ``'digits'``:
+    the unlabelled pretraining split of the sklearn digits (``bench.core.data.Digits``); otherwise
+    every image under the folder ``data`` (labels ignored). ``transform`` gets a uint8 tensor when it
+    says so (``tensor_input``), else a PIL image, and may return a tuple (two views, image + mask)."""
+    from bench.core.data import Digits, EmbeddedCrops, ImageFolderImages
     if data in ("embedded", "", None):
         return EmbeddedCrops(transform, epoch_size)
+    if data == "digits":
+        return Digits("pretrain", transform)
     return ImageFolderImages(data, transform)
 
 

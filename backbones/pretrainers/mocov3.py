@@ -159,33 +159,49 @@ class MoCoV3(nn.Module):
 # Augmentation (main_moco.py, BYOL recipe with --crop-min)
 # --------------------------------------------------------------------------------------------------
 class GaussianBlur:
-    """moco-v3 ``moco/loader.py``: PIL Gaussian blur with sigma uniform in ``sigma`` (x ``scale``)."""
+    """moco-v3 ``moco/loader.py``: Gaussian blur with sigma uniform in ``sigma`` (x ``scale``), drawn
+    from Python's ``random`` as there. PIL images: ``ImageFilter.GaussianBlur(radius=sigma)`` (the
+    official call); uint8 tensors: torchvision's ``gaussian_blur`` with a kernel of +-3 sigma."""
 
     def __init__(self, sigma=(0.1, 2.0), scale: float = 1.0):
         self.sigma, self.scale = sigma, scale
 
     def __call__(self, img):
+        s = random.uniform(*self.sigma) * self.scale
+        if isinstance(img, torch.Tensor):
+            from torchvision.transforms.v2 import functional as TF
+            k = 2 * math.ceil(3 * s) + 1
+            return TF.gaussian_blur(img, [k, k], [s, s])
         from PIL import ImageFilter
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma) * self.scale))
+        return img.filter(ImageFilter.GaussianBlur(radius=s))
 
 
 class TwoCropsTransform:
+    """Two views of one image; takes uint8 tensors when both views do (``bench.core.data.wants_tensor``)."""
+
     def __init__(self, t1, t2):
+        from bench.core.data import wants_tensor
         self.t1, self.t2 = t1, t2
+        self.tensor_input = wants_tensor(t1) and wants_tensor(t2)
 
     def __call__(self, img):
         return self.t1(img), self.t2(img)
 
 
 def mocov3_transform(img_size: int, crop_min: float = 0.08) -> TwoCropsTransform:
+    """The BYOL views of ``main_moco.py``. Each view is a ``TensorTransform``: uint8 tensors go through
+    the ``transforms.v2`` twins of the steps (crop and colour ops on the uint8 tensor; same random
+    draws, in the same order, as the v1 steps), PIL images through the official v1 pipeline."""
     from torchvision import transforms as T
+    from torchvision.transforms import v2
 
-    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
+    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorTransform
     blur = GaussianBlur((0.1, 2.0), scale=img_size / 224)
+    bicubic = T.InterpolationMode.BICUBIC
 
     def view(blur_p: float, solarize_p: float):
-        return T.Compose([
-            T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        reference = T.Compose([
+            T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=bicubic),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
             T.RandomApply([blur], p=blur_p),
@@ -193,6 +209,14 @@ def mocov3_transform(img_size: int, crop_min: float = 0.08) -> TwoCropsTransform
             T.RandomHorizontalFlip(),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        tensor_ops = v2.Compose([
+            v2.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=bicubic, antialias=True),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([blur], p=blur_p),
+            v2.RandomSolarize(128, p=solarize_p),
+            v2.RandomHorizontalFlip()])
+        return TensorTransform(reference, tensor_ops, IMAGENET_MEAN, IMAGENET_STD)
 
     return TwoCropsTransform(view(1.0, 0.0), view(0.1, 0.2))
 

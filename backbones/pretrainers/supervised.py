@@ -8,6 +8,8 @@ Data, one of:
   the photo it was cut from (19 classes). Chosen over upsampled sklearn digits because the crops
   are natural-image statistics, the same images the other pretrainers see, so the comparison
   differs only in the objective. It is a proxy task: recognising which photo a crop comes from.
+* ``data='digits'``: the pretraining split of scikit-learn's handwritten digits with their labels
+  (``bench.core.data.Digits``; the labelled and eval splits are disjoint from it).
 * a folder: ``root/<class>/*.jpg`` (``torchvision.datasets.ImageFolder`` layout; ``root/train``
   is used when it exists), classes = sorted sub-folders.
 
@@ -50,13 +52,16 @@ def embedded_class_names() -> list[str]:
 
 class EmbeddedLabelled:
     """``length`` random crops per epoch of the bundled photos; crop ``i`` comes from photo
-    ``i % 19`` and has that label (so every epoch is class-balanced)."""
+    ``i % 19`` and has that label (so every epoch is class-balanced). The photos are kept as uint8
+    tensors when ``transform`` takes them (``bench.core.data.wants_tensor``), else as PIL images."""
 
     def __init__(self, transform, length: int = 1024):
-        from PIL import Image
-
-        from bench.core.data import embedded_photos
-        self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
+        from bench.core.data import embedded_photos, wants_tensor
+        if wants_tensor(transform):
+            self.images = [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in embedded_photos()]
+        else:
+            from PIL import Image
+            self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
         self.classes = embedded_class_names()
         assert len(self.classes) == len(self.images)
         self.transform, self.length = transform, length
@@ -71,15 +76,20 @@ class EmbeddedLabelled:
 
 def image_folder(root: str | Path, transform):
     """``torchvision.datasets.ImageFolder`` on ``root/train`` if present, else ``root``, with
-    one-line DataErrors."""
+    one-line DataErrors. Files are decoded to uint8 tensors (``decode_rgb``) when ``transform``
+    takes them, else by ImageFolder's PIL loader."""
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import default_loader
+
+    from bench.core.data import decode_rgb, wants_tensor
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     if (root / "train").is_dir():
         root = root / "train"
     try:
-        ds = ImageFolder(str(root), transform=transform)
+        ds = ImageFolder(str(root), transform=transform,
+                         loader=decode_rgb if wants_tensor(transform) else default_loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"image folder {root}: {str(e).splitlines()[0]} (expected {root}/<class>/<image>)") from None
     if len(ds.classes) < 2:
@@ -88,15 +98,17 @@ def image_folder(root: str | Path, transform):
 
 
 def supervised_transform(img_size: int, crop_min: float = 0.08):
-    """DeiT's crop + flip (+ normalise): RandomResizedCrop(crop_min-1, bicubic), horizontal flip."""
+    """DeiT's crop + flip (+ normalise): RandomResizedCrop(crop_min-1, bicubic), horizontal flip.
+    A ``TensorTransform``: uint8 tensors go through the ``transforms.v2`` twins (the same crop box
+    and flip for the same seed), PIL images through this v1 pipeline."""
     from torchvision import transforms as T
 
-    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD
-    return T.Compose([
+    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
+    return as_tensor_transform(T.Compose([
         T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
 
 
 def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
@@ -107,7 +119,13 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
     ``num_classes`` defaults to the dataset's; given, it must match."""
     cfg_enc = encoder_config("supervised", arch, img_size)
     tf = supervised_transform(input_size(cfg_enc), crop_min)
-    dataset = EmbeddedLabelled(tf, epoch_size) if data in ("embedded", "", None) else image_folder(data, tf)
+    if data in ("embedded", "", None):
+        dataset = EmbeddedLabelled(tf, epoch_size)
+    elif data == "digits":  # the pretraining split with its labels (the labelled/eval splits stay unseen)
+        from bench.core.data import Digits
+        dataset = Digits("pretrain", tf, labels=True)
+    else:
+        dataset = image_folder(data, tf)
     classes = list(dataset.classes)
     if num_classes is not None and num_classes != len(classes):
         raise BenchError(f"--num-classes {num_classes} but the dataset {data} has {len(classes)} classes")

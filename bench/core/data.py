@@ -2,7 +2,8 @@
 image folders on disk.
 
 The embedded set needs no download: scikit-image's wheel ships a handful of real photographs and
-scikit-learn ships two sample photos. Everything in the demo (pretraining crops, backgrounds of the
+scikit-learn ships two sample photos, and scikit-learn's 1,797 handwritten digits (``Digits``) give
+a small real dataset with labels, split into unlabelled pretraining images and disjoint labelled sets. Everything in the demo (pretraining crops, backgrounds of the
 generated COCO / ADE20K / classification sets) is cut from these.
 """
 from __future__ import annotations
@@ -353,9 +354,80 @@ class ImageFolderImages:
         raise DataError(f"image folder {self.root}: none of its {n} image files can be read (first: {self.files[0]})")
 
 
+# --------------------------------------------------------------------------------------------------
+# scikit-learn's handwritten digits: unlabelled pretraining images and disjoint labelled splits
+# --------------------------------------------------------------------------------------------------
+DIGITS_SIZE = 64              # the 8x8 scans are upscaled once to this many pixels (bicubic)
+DIGITS_PER_CLASS = {"labelled": 10, "eval": 80}   # per digit; every other image is "pretrain"
+DIGITS_SPLITS = ("pretrain", "labelled", "eval")
+
+
+@functools.lru_cache(maxsize=1)
+def _digits():
+    """(images (1797, 3, S, S) uint8, labels (1797,) int64, split name per image). The split is fixed
+    (numpy seed 0, per class): 10 labelled and 80 eval images per digit, the remaining 897 for
+    pretraining; the three sets are disjoint."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) * (255.0 / 16.0))[:, None]  # values 0..16 -> 0..255
+    x = F.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bicubic", align_corners=False)
+    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    split = np.full(len(labels), "pretrain", dtype=object)
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(d.target == c))
+        n_lab = DIGITS_PER_CLASS["labelled"]
+        split[idx[:n_lab]] = "labelled"
+        split[idx[n_lab:n_lab + DIGITS_PER_CLASS["eval"]]] = "eval"
+    return x, labels, split
+
+
+def digits_split(split: str):
+    """(images (N, 3, 64, 64) uint8, labels (N,), indices into ``load_digits()``) of one split."""
+    from bench.core.errors import BenchError
+    if split not in DIGITS_SPLITS:
+        raise BenchError(f"unknown digits split {split!r}; known: {', '.join(DIGITS_SPLITS)}")
+    x, y, names = _digits()
+    idx = np.flatnonzero(names == split)
+    return x[idx], y[idx], idx
+
+
+class Digits:
+    """One split of scikit-learn's 1,797 real handwritten digits (``sklearn.datasets.load_digits``,
+    8x8 scans upscaled to 64 px, grey replicated to 3 channels), one epoch = each image once.
+    ``labels=False``: items are ``transform(image)`` (self-supervised pretraining never sees a
+    label); ``labels=True``: ``(transform(image), digit)``. Images are uint8 tensors when
+    ``transform`` takes them, else PIL images."""
+
+    classes = [str(c) for c in range(10)]
+
+    def __init__(self, split: str, transform, labels: bool = False):
+        x, y, self.indices = digits_split(split)
+        if wants_tensor(transform):
+            self.images = list(x)
+        else:
+            from PIL import Image
+            self.images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in x]
+        self.targets = y.tolist()
+        self.split, self.transform, self.labels = split, transform, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.transform(self.images[i])
+        return (img, self.targets[i]) if self.labels else img
+
+
 def pretrain_dataset(data: str, img_size: int, epoch_size: int = 1024):
-    """``data='embedded'`` (default photos, ``epoch_size`` crops per epoch) or an image folder."""
+    """``data='embedded'`` (default photos, ``epoch_size`` crops per epoch), ``'digits'`` (the
+    unlabelled pretraining split of the sklearn digits, one epoch = each image once) or an image folder."""
     tf = pretrain_transform(img_size)
     if data in ("embedded", "", None):
         return EmbeddedCrops(tf, epoch_size)
+    if data == "digits":
+        return Digits("pretrain", tf)
     return ImageFolderImages(data, tf)
