@@ -6,6 +6,7 @@ differs: their data checks, named configs and variants, metrics and row extras. 
 * **config reading**: the trust gate (a config outside the package is Python that runs when read:
   refused without ``trust_config``), one-line read errors, the structural checks both need, and
   ``--cfg-options`` (mmengine's ``DictAction`` pairs, applied after our edits and recorded);
+* **lr**: the config's ``lr_by_init`` entry for the backbone's initialisation;
 * **schedule**: one rule for scaling an iteration schedule to ``--iters`` (warm-up, milestones and
   intervals keep their fraction of training), the total batch over the processes (lr scaled
   linearly by mmengine's ``auto_scale_lr``), the checkpoint interval;
@@ -183,6 +184,14 @@ def set_batch_and_schedule(cfg, where, *, iters: int | None, batch_size: int | N
     return dict(total_batch_size=total, base_batch_size=base, max_iters=int(cfg["train_cfg"]["max_iters"]))
 
 
+def set_lr_for_init(cfg, init: str) -> float:
+    """``optim_wrapper.optimizer.lr`` = the config's ``lr_by_init[init]`` when it lists the backbone's
+    initialisation (else its own lr); returns the lr (for the batch the config is written for)."""
+    opt = cfg["optim_wrapper"]["optimizer"]
+    opt["lr"] = float((cfg.get("lr_by_init") or {}).get(init, opt["lr"]))
+    return opt["lr"]
+
+
 def amp_fallback(cfg, cuda: bool) -> bool:
     """Without CUDA, mmengine's ``AmpOptimWrapper`` cannot run: train in fp32 with a plain
     ``OptimWrapper`` (its AMP-only arguments dropped). Returns whether it changed ``cfg``."""
@@ -270,11 +279,6 @@ def run_dense(cfg, *, name: str, record: dict, resume: bool, register: Callable[
     dir this call created."""
     work = Path(cfg.work_dir)
     check_record(work, record, resume)
-    register()
-    from bench.core.run_record import write_run_record
-    from tasks.dense.mm_runner import DenseRunner, RunWatch, enable_mmengine_checkpoints
-
-    enable_mmengine_checkpoints()  # mmengine's own checkpoints under torch's weights_only loading
     cfg.resume, cfg.load_from = bool(resume), None
     cfg.experiment_name = f"{name}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"  # the logger's name
     main = launch_rank() == 0
@@ -289,6 +293,10 @@ def run_dense(cfg, *, name: str, record: dict, resume: bool, register: Callable[
         warnings.simplefilter("default")
         runner = None
         try:
+            register()  # mmseg / mmdet: their import-time warnings are caught too
+            from bench.core.run_record import write_run_record
+            from tasks.dense.mm_runner import DenseRunner, RunWatch, enable_mmengine_checkpoints
+            enable_mmengine_checkpoints()  # mmengine's own checkpoints under torch's weights_only loading
             try:
                 runner = DenseRunner.from_cfg(cfg)
             except BenchError:
@@ -358,5 +366,5 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
 
 
 __all__ = ["RUN_RECORD", "HASHED_KEYS", "check_config_trust", "read_config", "check_structure", "apply_cfg_options",
-           "hashed_config", "scale_schedule", "set_batch_and_schedule", "amp_fallback", "launch_rank",
+           "hashed_config", "scale_schedule", "set_batch_and_schedule", "set_lr_for_init", "amp_fallback", "launch_rank",
            "resume_candidates", "clear_checkpoints", "check_record", "run_dense", "dense_row", "add_dense_arguments"]

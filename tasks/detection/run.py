@@ -43,7 +43,8 @@ from typing import Any
 
 from bench.core.errors import BenchError, DataError
 from tasks.dense.runner import (RUN_RECORD, add_dense_arguments, amp_fallback, apply_cfg_options, dense_row,
-                                hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule)
+                                hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule,
+                                set_lr_for_init)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("fpn", "vitdet")
@@ -166,8 +167,7 @@ def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, da
     classes = tuple(c["name"] for c in data["categories"])
     init, arch = fill_model(cfg, path, backbone=backbone, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
                             num_classes=len(classes))
-    lr = cfg.get("lr_by_init", {}).get(init, cfg.optim_wrapper.optimizer.lr)
-    cfg.optim_wrapper.optimizer.lr = lr
+    set_lr_for_init(cfg, init)
     fp32_fallback = amp_fallback(cfg, torch.cuda.is_available())
 
     # data: root, classes (file order = CocoDataset's label order)

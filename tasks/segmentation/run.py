@@ -33,7 +33,8 @@ from pathlib import Path
 
 from bench.core.errors import BenchError, CheckpointError
 from tasks.dense.runner import (RUN_RECORD, add_dense_arguments, amp_fallback, apply_cfg_options, dense_row,
-                                hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule)
+                                hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule,
+                                set_lr_for_init)
 from tasks.segmentation.ade_data import validate_ade20k
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -141,6 +142,7 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
         cfg.model.auxiliary_head.in_channels = channels
     if crop_size is not None:
         _apply_crop_size(cfg, crop)
+    set_lr_for_init(cfg, init)
     if channels_last is not None:
         cfg.channels_last = bool(channels_last)
     resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError now
