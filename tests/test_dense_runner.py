@@ -126,6 +126,97 @@ def test_untrusted_config_is_refused_before_it_runs(tmp_path, task):
 
 
 # ------------------------------------------------------------------------------------------------
+# run_dense on a toy mmengine model (seconds): resume fallback, atomic saves, a full disk
+# ------------------------------------------------------------------------------------------------
+def _toy_registry():
+    import torch.nn as nn
+    from mmengine.model import BaseModel
+    from mmengine.registry import DATASETS, MODELS
+
+    @MODELS.register_module(name="BenchToyModel", force=True)
+    class ToyModel(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 1)
+
+        def forward(self, inputs, labels, mode="tensor"):
+            out = self.linear(inputs).squeeze(1)
+            return {"loss": ((out - labels) ** 2).mean()} if mode == "loss" else out
+
+    @DATASETS.register_module(name="BenchToyData", force=True)
+    class ToyData(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"inputs": torch.randn(4, generator=g), "labels": torch.tensor(float(i % 2))}
+
+
+def toy_run(work, *, resume=True, iters=4):
+    from mmengine.config import Config
+    from tasks.dense.runner import run_dense
+    cfg = Config(dict(
+        model=dict(type="BenchToyModel"), work_dir=str(work),
+        train_dataloader=dict(dataset=dict(type="BenchToyData"), sampler=dict(type="InfiniteSampler", shuffle=True),
+                              batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters),
+        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-2)),
+        param_scheduler=[dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=iters)],
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2, max_keep_ckpts=2),
+                           logger=dict(type="LoggerHook", interval=1)),
+        log_processor=dict(by_epoch=False), randomness=dict(seed=0)))
+    runner, _, _ = run_dense(cfg, name="toy", record={"iterations": iters}, resume=resume, register=_toy_registry,
+                             evaluate=lambda runner: {})
+    return runner.run_watch.start_iter
+
+
+def test_toy_resume_takes_the_newest_readable_checkpoint_of_its_own_folder(tmp_path, capfd):
+    work = tmp_path / "work"
+    assert toy_run(work) == 0
+    assert (work / "last_checkpoint").read_text() == "iter_4.pth" and not list(work.glob(".*.tmp"))
+    data = (work / "iter_4.pth").read_bytes()
+    (work / "iter_4.pth").write_bytes(data[: len(data) // 2])  # truncated (a kill mid-copy, a full disk)
+    capfd.readouterr()
+    assert toy_run(work) == 2
+    out = capfd.readouterr()
+    assert f"{work / 'iter_4.pth'}: unreadable checkpoint, falling back to the one before (" in out.out
+    assert len(out.out.strip().splitlines()) == 2 and not out.err  # the log file's name, the fallback
+    (work / "last_checkpoint").write_text(str(tmp_path / "elsewhere" / "iter_9.pth"))
+    assert toy_run(work) == 4
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy)
+    (copy / "iter_4.pth").unlink()
+    (copy / "last_checkpoint").write_text(str(work / "iter_2.pth"))  # absolute, into the original
+    shutil.rmtree(work)
+    assert toy_run(copy) == 2
+    assert toy_run(copy, resume=False) == 0
+
+
+def test_a_failed_checkpoint_write_is_one_error_and_leaves_the_earlier_ones(tmp_path, monkeypatch):
+    from mmengine.fileio.backends.local_backend import LocalBackend
+    work = tmp_path / "work"
+    put = LocalBackend.put
+
+    def full_disk(self, obj, filepath):
+        if "iter_4" in str(filepath):
+            Path(filepath).write_bytes(obj[: len(obj) // 3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return put(self, obj, filepath)
+
+    monkeypatch.setattr(LocalBackend, "put", full_disk)
+    with pytest.raises(CheckpointError) as e:  # a BenchError: the suite runner records a failed row
+        toy_run(work)
+    assert str(e.value) == (f"{work / 'iter_4.pth'}: cannot write checkpoint (OSError: [Errno 28] No space left on "
+                            f"device); the earlier checkpoints in {work} are intact")
+    assert sorted(p.name for p in work.iterdir() if p.suffix in (".pth", ".tmp")) == ["iter_2.pth"]
+    assert (work / "last_checkpoint").read_text() == "iter_2.pth"
+    monkeypatch.setattr(LocalBackend, "put", put)
+    assert toy_run(work) == 2
+
+
+
+# ------------------------------------------------------------------------------------------------
 # runs (mmseg)
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -141,7 +232,7 @@ def seg(ade, work, **kw):
     return run_segmentation(TINY, None, ade, crop_size=64, work_dir=work, **{"iters": 4, "ckpt_interval": 2, **kw})
 
 
-def test_resume_falls_back_to_the_newest_readable_checkpoint_of_its_own_folder(ade, tmp_path, capfd):
+def test_segmentation_resumes_from_the_newest_readable_checkpoint(ade, tmp_path, capfd):
     work = tmp_path / "work"
     row = seg(ade, work)
     assert row["extra"]["start_iter"] == 0 and row["iterations"] == 4
@@ -164,45 +255,6 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint_of_its_own_folder(a
     (work / "last_checkpoint").write_text("iter_6.pth")
     assert seg(ade, work)["extra"]["start_iter"] == 4
 
-    # last_checkpoint naming nothing: the newest readable file
-    (work / "iter_6.pth").unlink()
-    (work / "last_checkpoint").write_text(str(tmp_path / "elsewhere" / "iter_9.pth"))
-    assert seg(ade, work)["extra"]["start_iter"] == 4
-
-    # a copied folder whose last_checkpoint holds the original's absolute path (as mmengine writes
-    # it): resumes from its own iter_2.pth, even with the original gone
-    copy = tmp_path / "copy"
-    shutil.copytree(work, copy)
-    (copy / "iter_4.pth").unlink()
-    (copy / "last_checkpoint").write_text(str(work / "iter_2.pth"))
-    shutil.rmtree(work)
-    row = seg(ade, copy)
-    assert row["extra"]["start_iter"] == 2 and Path(row["extra"]["work_dir"]) == copy.resolve()
-
-    # --no-resume: the folder's checkpoints go, training starts over
-    assert seg(ade, copy, resume=False)["extra"]["start_iter"] == 0
-
-
-def test_a_failed_checkpoint_write_is_one_error_and_leaves_the_earlier_ones(ade, tmp_path, monkeypatch):
-    from mmengine.fileio.backends.local_backend import LocalBackend
-    work = tmp_path / "work"
-    put = LocalBackend.put
-
-    def full_disk(self, obj, filepath):
-        if "iter_4" in str(filepath):
-            Path(filepath).write_bytes(obj[: len(obj) // 3])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return put(self, obj, filepath)
-
-    monkeypatch.setattr(LocalBackend, "put", full_disk)
-    with pytest.raises(CheckpointError) as e:
-        seg(ade, work)
-    assert str(e.value) == (f"{work / 'iter_4.pth'}: cannot write checkpoint (OSError: [Errno 28] No space left on "
-                            f"device); the earlier checkpoints in {work} are intact")
-    assert sorted(p.name for p in work.iterdir() if p.suffix in (".pth", ".tmp")) == ["iter_2.pth"]
-    assert (work / "last_checkpoint").read_text() == "iter_2.pth"
-    monkeypatch.setattr(LocalBackend, "put", put)
-    assert seg(ade, work)["extra"]["start_iter"] == 2
 
 
 def test_non_finite_loss_stops_segmentation_before_the_checkpoint(ade, tmp_path):

@@ -147,7 +147,7 @@ class DenseRunner(Runner):
         self._has_loaded = True  # searched once: a fresh run stays fresh when val()/test() come later
         for path in resume_candidates(self.work_dir):
             try:
-                ckpt = _load_checkpoint(str(path), map_location="cpu")
+                ckpt = _load_checkpoint(str(path), map_location="cpu", logger="current")
                 if not (isinstance(ckpt, dict) and "state_dict" in ckpt and "iter" in ckpt.get("meta", {})):
                     raise CheckpointError("not an mmengine training checkpoint (no 'state_dict' / 'meta.iter')")
             except Exception as e:  # truncated zip, refused pickle, empty file, ...
