@@ -356,3 +356,18 @@ def test_digits_pretraining_data_has_no_labels_and_only_the_pretrain_split():
     from bench.core.errors import BenchError
     with pytest.raises(BenchError, match="unknown digits split"):
         bd.digits_split("test")
+
+
+def test_digits_folder_is_readable_by_the_folder_classification_reader(tmp_path):
+    from tasks.classification.datasets import read_image_folder
+    root = bd.write_digits_folder(tmp_path / "digits")
+    x, y, idx = bd.digits_split("labelled")
+    files = sorted((root / "train").rglob("*.png"))
+    assert len(files) == 100 and len(list((root / "val").rglob("*.png"))) == 800
+    first = files[0]
+    i = int(first.stem)
+    assert np.array_equal(np.asarray(Image.open(first)), x[list(idx).index(i)].permute(1, 2, 0).numpy())
+    assert first.parent.name == str(int(y[list(idx).index(i)]))
+    val = read_image_folder(root, "val")
+    assert len(val.samples) == 800 and val.classes == [str(c) for c in range(10)]
+    assert [lab for _, lab in val.samples].count(3) == 80

@@ -422,6 +422,25 @@ class Digits:
         return (img, self.targets[i]) if self.labels else img
 
 
+def write_digits_folder(root: str | Path, train: str = "labelled", val: str = "eval") -> Path:
+    """The labelled digits as an image folder for the classification tasks (``root/{train,val}/<digit>/
+    <index>.png``, 64 px RGB): ``train`` = the 100 labelled images, ``val`` = the 800 eval images,
+    both disjoint from the pretraining split. Written atomically per file; existing files are kept."""
+    from PIL import Image
+    from bench.core.io import atomic_open
+    root = Path(root)
+    for folder, split in (("train", train), ("val", val)):
+        x, y, idx = digits_split(split)
+        for img, label, i in zip(x, y.tolist(), idx.tolist()):
+            path = root / folder / str(label) / f"{i:04d}.png"
+            if path.is_file():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "wb") as f:
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(f, format="PNG")
+    return root
+
+
 def pretrain_dataset(data: str, img_size: int, epoch_size: int = 1024):
     """``data='embedded'`` (default photos, ``epoch_size`` crops per epoch), ``'digits'`` (the
     unlabelled pretraining split of the sklearn digits, one epoch = each image once) or an image folder."""
