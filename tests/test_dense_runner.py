@@ -135,13 +135,13 @@ def _toy_registry():
 
     @MODELS.register_module(name="BenchToyModel", force=True)
     class ToyModel(BaseModel):
-        def __init__(self):
+        def __init__(self, loss_weight=1.0):
             super().__init__()
-            self.linear = nn.Linear(4, 1)
+            self.linear, self.loss_weight = nn.Linear(4, 1), loss_weight
 
         def forward(self, inputs, labels, mode="tensor"):
             out = self.linear(inputs).squeeze(1)
-            return {"loss": ((out - labels) ** 2).mean()} if mode == "loss" else out
+            return {"loss": self.loss_weight * ((out - labels) ** 2).mean()} if mode == "loss" else out
 
     @DATASETS.register_module(name="BenchToyData", force=True)
     class ToyData(torch.utils.data.Dataset):
@@ -153,17 +153,18 @@ def _toy_registry():
             return {"inputs": torch.randn(4, generator=g), "labels": torch.tensor(float(i % 2))}
 
 
-def toy_run(work, *, resume=True, iters=4):
+def toy_run(work, *, resume=True, iters=4, loss_weight=1.0, interval=2):
     from mmengine.config import Config
     from tasks.dense.runner import run_dense
     cfg = Config(dict(
-        model=dict(type="BenchToyModel"), work_dir=str(work),
+        model=dict(type="BenchToyModel", loss_weight=loss_weight), work_dir=str(work),
         train_dataloader=dict(dataset=dict(type="BenchToyData"), sampler=dict(type="InfiniteSampler", shuffle=True),
                               batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters),
         optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-2)),
         param_scheduler=[dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=iters)],
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2, max_keep_ckpts=2),
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval,
+                                           max_keep_ckpts=2),
                            logger=dict(type="LoggerHook", interval=1)),
         log_processor=dict(by_epoch=False), randomness=dict(seed=0)))
     runner, _, _ = run_dense(cfg, name="toy", record={"iterations": iters}, resume=resume, register=_toy_registry,
@@ -191,6 +192,12 @@ def test_toy_resume_takes_the_newest_readable_checkpoint_of_its_own_folder(tmp_p
     shutil.rmtree(work)
     assert toy_run(copy) == 2
     assert toy_run(copy, resume=False) == 0
+
+
+def test_toy_non_finite_loss_stops_before_that_iterations_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"work: non-finite loss at iteration 1 \(loss=inf\); the last"):
+        toy_run(tmp_path / "work", loss_weight=1e39, interval=1)  # float32 overflow
+    assert not list((tmp_path / "work").glob("iter_*.pth"))
 
 
 def test_a_failed_checkpoint_write_is_one_error_and_leaves_the_earlier_ones(tmp_path, monkeypatch):
@@ -248,13 +255,12 @@ def test_segmentation_resumes_from_the_newest_readable_checkpoint(ade, tmp_path,
     assert row["extra"]["start_iter"] == 2 and row["iterations"] == 4
     err = capfd.readouterr()
     assert f"{work / 'iter_4.pth'}: unreadable checkpoint, falling back to the one before" in err.out + err.err
-    assert (work / "iter_4.pth").stat().st_size == len(data)  # written again, whole
+    assert torch.load(work / "iter_4.pth", weights_only=False)["meta"]["iter"] == 4  # written again, whole
 
     # a checkpoint torch refuses to unpickle (weights_only), named by last_checkpoint: skipped
     torch.save({"meta": {"iter": 6}, "state_dict": {}, "x": argparse.Namespace()}, work / "iter_6.pth")
     (work / "last_checkpoint").write_text("iter_6.pth")
     assert seg(ade, work)["extra"]["start_iter"] == 4
-
 
 
 def test_non_finite_loss_stops_segmentation_before_the_checkpoint(ade, tmp_path):
