@@ -12,8 +12,12 @@ What ``fit`` guarantees:
 * **Loader never restarts.** One DataLoader (``RunBatchSampler``) serves the whole run, so worker
   processes start once and keep prefetching (``prefetch_factor`` 4) across epoch boundaries;
   pinned memory on CUDA.
-* **No lost work.** Checkpoints are written atomically (temp + rename), the last ``keep_last`` are
-  kept, and a corrupt newest checkpoint makes resume fall back to the previous one with a warning.
+* **No lost work.** Checkpoints (``checkpoint-<step>.pth``) are written atomically (temp + rename)
+  with their sha256 in ``checkpoints.sha256``; the last ``keep_last`` are kept (no other file is
+  ever deleted), and a corrupt newest checkpoint (unreadable, or bytes that differ from the recorded
+  digest) makes resume fall back to the previous one with a warning.
+* **One run per folder.** ``train_settings.json`` records the training config, dataset size, model
+  signature and the caller's ``settings``; resuming with others is refused in one line.
 * **Numerics guard.** A non-finite loss stops the run (after ``max_nonfinite`` skipped steps) with
   the step, the loss terms and a saved state.
 * **Distributed.** Under ``torchrun`` / Slurm (``bench.core.distributed.init_distributed``) the model is
