@@ -136,7 +136,16 @@ def _scale_schedule(cfg, iters: int) -> None:
     cfg.train.max_iter = int(iters)
     sched = cfg.lr_multiplier.get("scheduler", cfg.lr_multiplier)
     if "milestones" in sched:
-        sched.milestones = [max(1, int(round(m * iters / old))) for m in sched.milestones]
+        # fvcore wants 0 < m1 < m2 < ... < num_updates: scaled, then kept apart by one iteration
+        n = len(sched.milestones)
+        if iters < n + 1:
+            raise BenchError(f"--iters {iters}: the step schedule (lr_multiplier) has {n} milestones and needs at "
+                             f"least {n + 1} iterations")
+        ms, prev = [], 0
+        for i, m in enumerate(sched.milestones):
+            prev = min(max(prev + 1, int(round(m * iters / old))), iters - (n - i))
+            ms.append(prev)
+        sched.milestones = ms
     if "num_updates" in sched:
         sched.num_updates = int(iters)
 
@@ -194,6 +203,7 @@ def newest_readable_checkpoint(checkpointer, work_dir: Path) -> int | None:
             state = checkpointer.load(str(f))
         except Exception as e:  # a truncated / corrupt file: try the previous one
             logger.warning("skipping unreadable checkpoint %s (%s)", f, first_line(e))
+            checkpointer._parsed_url_during_load = None  # DetectionCheckpointer.load leaves it set on failure
             continue
         return int(state.get("iteration", -1))
     return None
