@@ -345,7 +345,7 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
                         "their fraction of training")
     p.add_argument("--ckpt-interval", type=int, default=None, help="iterations between checkpoints (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", "--work-dir", dest="work_dir", default=None,
+    p.add_argument("--out", "--work-dir", dest="work_dir", default=None, metavar="DIR",
                    help=f"the run's folder: checkpoints, run record, log file (default {default_out})")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue the run in --out from its newest readable checkpoint (default; a truncated "
