@@ -287,8 +287,10 @@ def test_linear_run_appends_a_complete_row_and_resumes(digits, tmp_path):
     assert again["iterations"] == row["iterations"] and again["metrics"] == row["metrics"]
     assert len(ResultsStore(store).rows()) == 2
     # another config in that out dir is refused before anything runs
-    with pytest.raises(BenchError, match=r"config\.json: .*key 'epochs' differs"):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "lin").iterdir())
+    with pytest.raises(BenchError, match=r"config\.json: this folder holds a run with other settings \(epochs 10.0 -> 4.0\)"):
         run_classification("linear", "folder", digits, "mae_vit_test_patch8", ckpt, **dict(kw, epochs=4))
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "lin").iterdir()) == before
 
 
 def test_bad_inputs_are_one_line_errors_before_any_output(digits, tmp_path):
