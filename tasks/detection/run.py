@@ -246,8 +246,8 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     def register():
         from mmdet.utils import register_all_modules
 
-        import tasks.dense.mm_backbone  # noqa: F401  RegistryViT, ViTLayerDecayOptimizerConstructor
-        import tasks.detection.mmdet_plugins  # noqa: F401  LN2d, LastLevelMaxPool, BenchCocoMetric
+        import tasks.dense.mm_backbone  # noqa: F401 (registers RegistryViT, ViTLayerDecayOptimizerConstructor)
+        import tasks.detection.mmdet_plugins  # noqa: F401 (registers LN2d, LastLevelMaxPool, BenchCocoMetric)
         register_all_modules(init_default_scope=False)
 
     # the test loop directly: runner.test() would look for a checkpoint to load again
