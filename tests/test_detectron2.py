@@ -110,7 +110,7 @@ def test_encoder_blocks_equal_detectron2_vit_on_mae_weights(tmp_path, window_blo
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         mine = ours.forward_intermediates(x, [0, 1], with_cls=False)
-    for a, b in zip(mine, _d2_block_outputs(theirs, x)):
+    for a, b in zip(mine, _d2_block_outputs(theirs, x), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
@@ -137,7 +137,7 @@ def test_encoder_with_decomposed_rel_pos_equals_detectron2_vit_and_loads_its_che
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         mine = ours.forward_intermediates(x, [0, 1])
-    for a, b in zip(mine, _d2_block_outputs(theirs, x)):
+    for a, b in zip(mine, _d2_block_outputs(theirs, x), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
@@ -396,3 +396,20 @@ def test_bad_inputs_of_run_detectron2(tmp_path):
     with pytest.raises(BenchError, match=r"key 'model.backbone' must be L\(RegistryBackbone\)"):
         run_detectron2("random_vit_test_patch8", None, root, config=bad, work_dir=work, trust_config=True)
     assert not work.exists()
+
+
+@needs_d2
+@pytest.mark.parametrize("variant", ["vitdet", "fpn"])
+def test_smoke_configs_train_one_step_and_perf_counts_flops(variant):
+    """Both protocols' CPU smoke configs build, fit their backbone's strides (p1..p5 for patch 8) and
+    take a training step with gradients reaching the encoder; perf_step reports FLOPs and img/s."""
+    from tasks.detection.detectron2.perf import build_step, perf_step
+    model, loss_of, title = build_step("smoke", variant, "random_vit_test_patch8", img_size=64, batch_size=2, boxes=3)
+    assert "smoke" in title
+    loss = loss_of(model)
+    assert torch.isfinite(loss)
+    loss.backward()
+    bb = model.backbone.bottom_up if variant == "fpn" else model.backbone
+    assert bb.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    r = perf_step("smoke", variant, "random_vit_test_patch8", img_size=64, batch_size=1, boxes=3, iters=1)
+    assert r["img_s"] > 0 and r["gflop_img"] > 0.01

@@ -61,8 +61,8 @@ class RegistryBackbone(Backbone):
         self.num_layers = depth
         strides = self.pyramid.strides
         self._out_features = [f"p{int(math.log2(s))}" for s in strides]
-        self._out_feature_strides = dict(zip(self._out_features, strides))
-        self._out_feature_channels = dict(zip(self._out_features, self.pyramid.channels))
+        self._out_feature_strides = dict(zip(self._out_features, strides, strict=True))
+        self._out_feature_channels = dict(zip(self._out_features, self.pyramid.channels, strict=True))
         self.top_block = (variant == "simple") if top_block is None else bool(top_block)
         if self.top_block:  # detectron2's LastLevelMaxPool: max_pool2d(kernel 1, stride 2) of the last map
             top = f"p{int(math.log2(strides[-1])) + 1}"
@@ -92,7 +92,16 @@ class RegistryBackbone(Backbone):
         feats = list(self.pyramid(x))
         if self.top_block:
             feats.append(F.max_pool2d(feats[-1], kernel_size=1, stride=2, padding=0))
-        return dict(zip(self._out_features, feats))
+        return dict(zip(self._out_features, feats, strict=True))
+
+
+def last_level_max_pool(in_feature: str = "p5"):
+    """detectron2's ``LastLevelMaxPool`` (FPN ``top_block``) reading ``in_feature``: its own is fixed
+    to ``p5``, the stride-32 map of a patch-16 ViT; a patch-8 one has it as ``p4``."""
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+    top = LastLevelMaxPool()
+    top.in_feature = in_feature
+    return top
 
 
 @BACKBONE_REGISTRY.register()
@@ -135,6 +144,6 @@ def check_feature_strides(model) -> None:
         want = strides_of(names, f"roi_heads.{kind}_in_features")
         scales = [float(1.0 / s) for s in want]
         got = [float(lvl.spatial_scale) for lvl in pooler.level_poolers]
-        if any(not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, scales)) or len(got) != len(scales):
+        if len(got) != len(scales) or any(not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, scales, strict=True)):
             raise BenchError(f"model.roi_heads.{kind}_pooler.scales {[round(g, 6) for g in got]} != 1/stride "
                              f"{[round(s, 6) for s in scales]} of the backbone features {list(names)}")

@@ -6,6 +6,8 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 import detectron2.data.transforms as T
 
+from tasks.detection.detectron2.backbone import last_level_max_pool
+
 from .mask_rcnn_vit_fpn_b_100ep import dataloader, lr_multiplier, model, optimizer, train
 
 image_size = 64
@@ -17,6 +19,7 @@ model.backbone.bottom_up.update(name="random_vit_test_patch8", img_size=image_si
 model.backbone.in_features = features[:4]
 model.backbone.out_channels = channels
 model.backbone.norm = "BN"
+model.backbone.top_block = L(last_level_max_pool)(in_feature="p4")  # p5 = max-pool of the stride-16 map
 model.proposal_generator.in_features = features
 model.proposal_generator.head.in_channels = channels
 model.proposal_generator.anchor_generator.strides = [2, 4, 8, 16, 32]
