@@ -46,16 +46,20 @@ def d2_source(tmp_path_factory):
 
 
 def test_missing_detectron2_is_one_line_with_the_install_command(monkeypatch):
-    from tasks.detection.detectron2.install import require_detectron2
+    """Importing the engine without detectron2: one line with the install command."""
+    import importlib
+    for name in [n for n in sys.modules if n == "detectron2" or n.startswith(("detectron2.", "tasks.detection.detectron2"))]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "detectron2", None)
     with pytest.raises(BenchError, match=r"detectron2 is not installed.*bash scripts/setup.sh") as e:
-        require_detectron2()
+        importlib.import_module("tasks.detection.detectron2")
     assert "\n" not in str(e.value)
 
 
 @needs_d2
 def test_detectron2_without_compiled_ops_is_one_line(monkeypatch):
     from tasks.detection.detectron2.install import require_detectron2
+    require_detectron2()  # this build has its ops
     monkeypatch.setitem(sys.modules, "detectron2._C", None)
     with pytest.raises(BenchError, match=r"built without its compiled ops.*reinstall.*setup.sh"):
         require_detectron2()
