@@ -317,3 +317,19 @@ def test_mae_through_the_pretrainer_table(tmp_path):
     path = PRETRAINERS["mae"](ARCH, tmp_path, epoch_size=256, batch_size=32, steps=25, lr=2e-3, warmup_steps=2, **QUIET)
     assert_decreases(losses(tmp_path), margin=0.05)
     assert_loads_as_encoder("mae", path)
+
+
+@pytest.mark.parametrize("method,first,second", [
+    ("mae", dict(mask_ratio=0.75), dict(mask_ratio=0.5)),
+    ("mocov3", dict(temperature=0.2), dict(temperature=0.5)),
+])
+def test_resume_with_another_method_option_is_refused(tmp_path, method, first, second):
+    # The method's own options are part of the run's recorded settings: continuing a run with
+    # another mask ratio (or MoCo temperature) would mix two runs in one set of checkpoints.
+    small = dict(steps=2, batch_size=4, epoch_size=8, ckpt_every=1, progress=False,
+                 dim=16, mlp_dim=32) if method == "mocov3" else dict(steps=2, batch_size=4, epoch_size=8,
+                                                                      ckpt_every=1, progress=False)
+    pretrain(method, ARCH, tmp_path, demo_defaults=False, img_size=32, **small, **first)
+    with pytest.raises(BenchError, match=next(iter(second))):
+        pretrain(method, ARCH, tmp_path, demo_defaults=False, img_size=32, **small, **second)
+    pretrain(method, ARCH, tmp_path, demo_defaults=False, img_size=32, **small, **first)  # same: resumes

@@ -343,7 +343,9 @@ def train_tokenizer(arch: str, out_dir: str | Path, *, data: str = "embedded", i
     def loss_fn(m, imgs):
         return m(imgs)
 
-    fit(tok, dataset, loss_fn, cfg, resume=resume)
+    fit(tok, dataset, loss_fn, cfg, resume=resume,
+        settings={"method": "beit-tokenizer", "arch": arch, "data": data, "vocab_size": vocab_size,
+                  "hidden": hidden, "code_dim": code_dim})
     return save_tokenizer(tok.cpu(), Path(out_dir) / "tokenizer.pth")
 
 
@@ -391,7 +393,10 @@ def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"mlm_acc": acc.detach()}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block)
+    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block,
+        settings={"method": "beit", "arch": arch, "data": data, "mask_ratio": mask_ratio,
+                  "min_block": min_block, "shared_rel_pos": shared_rel_pos, "vocab_size": tok.vocab_size,
+                  "tokenizer": None if tokenizer is None else str(tokenizer)})
     return export_backbone(model.encoder, out, "beit",
                            extra={"method": dict(vocab_size=tok.vocab_size, mask_ratio=mask_ratio,
                                                  shared_rel_pos=shared_rel_pos)})

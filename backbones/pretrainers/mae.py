@@ -83,5 +83,6 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
         return loss, {}
 
     fit(model, dataset, loss_fn, cfg, groups=mae_param_groups(model, cfg.weight_decay), resume=resume,
-        block_type=Block)
+        block_type=Block, settings={"method": "mae", "arch": arch, "data": data, "img_size": size,
+                                    "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss})
     return export_backbone(model, out_dir, "mae", extra={"mask_ratio": mask_ratio})

@@ -263,6 +263,9 @@ def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", i
     cfg = TrainConfig(out_dir=str(out_dir), desc=f"mocov3 {arch}", **train)
 
     fit(model, dataset, mocov3_loss, cfg, after_step=momentum_hook(model, m0), resume=resume,
+        settings={"method": "mocov3", "arch": arch, "data": data, "dim": dim, "mlp_dim": mlp_dim,
+                  "temperature": temperature, "m0": m0, "stop_grad_conv1": stop_grad_conv1,
+                  "crop_min": crop_min},
         block_type=Block)
     return export_backbone(model.base_encoder, out_dir, "mocov3",
                            extra={"method": dict(dim=dim, mlp_dim=mlp_dim, temperature=temperature, m0=m0, stop_grad_conv1=stop_grad_conv1,

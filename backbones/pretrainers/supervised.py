@@ -155,6 +155,9 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"acc": acc.detach()}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block)
+    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block,
+        settings={"method": "supervised", "arch": arch, "data": data, "classes": classes,
+                  "smoothing": smoothing, "mixup": mixup, "cutmix": cutmix, "crop_min": crop_min,
+                  "drop_path_rate": drop_path_rate})
     return export_backbone(model, out_dir, "supervised",
                            extra={"classes": classes, "method": dict(smoothing=smoothing, mixup=mixup, cutmix=cutmix)})
