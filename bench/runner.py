@@ -308,10 +308,13 @@ def _write_cell_file(cell: Cell, work: Path) -> None:
 
 
 def _log_error(work: Path, exc: BaseException) -> None:
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / ERROR_LOG, "a", encoding="utf-8") as f:
-        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        with open(work / ERROR_LOG, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError as e:  # a full disk must cost the traceback, not the failed row or the other cells
+        print(f"note: could not write {work / ERROR_LOG} ({first_line(e)})", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
