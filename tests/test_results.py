@@ -15,13 +15,13 @@ from bench.core.results import SCHEMA_VERSION, ResultsStore, config_hash, defaul
 def plain_row(run_id="r0", seed=0, status="ok", metrics=None, **changes):
     """A valid row built by hand (no make_row: no git / torch calls in child processes)."""
     row = {
-        "schema": 1, "run_id": run_id, "suite": "test", "task": "coco",
+        "schema": SCHEMA_VERSION, "run_id": run_id, "suite": "test", "task": "coco",
         "protocol": "maskrcnn_fpn", "k": None, "init": "mae", "backbone": "vit_base_patch16",
         "checkpoint_sha256": None, "seed": seed,
         "metrics": {"APbox": 50.0, "APmask": 44.0} if metrics is None else metrics,
         "status": status, "error": None if status == "ok" else "boom", "iterations": 10,
         "wall_time_s": 1.5, "config_hash": "abc", "code_version": "test", "device": "cpu",
-        "date": "2024-01-01T00:00:00+00:00", "extra": {},
+        "date": "2024-01-01T00:00:00+00:00", "extra": {}, "deviations": [],
     }
     row.update(changes)
     return row
@@ -96,7 +96,7 @@ def test_newer_schema_is_refused(tmp_path):
         f.write(json.dumps(plain_row("b", schema=SCHEMA_VERSION + 1)) + "\n")
     with pytest.raises(BenchError) as e:
         store.rows()
-    assert f"results store {store.path} was written by a newer version (schema 2 > 1" \
+    assert f"results store {store.path} was written by a newer version (schema 3 > 2" \
         in str(e.value)
 
 
@@ -169,7 +169,7 @@ def test_make_row_hashes_checkpoint_like_hashlib(tmp_path):
                    seed=3, metrics={"APbox": 50.3}, checkpoint=ckpt,
                    config={"lr": 1e-4, "epochs": 2}, extra={"img_size": 448})
     assert row["checkpoint_sha256"] == hashlib.sha256(payload).hexdigest()
-    assert row["schema"] == 1 and row["suite"] == "adhoc" and row["status"] == "ok"
+    assert row["schema"] == 2 and row["deviations"] == [] and row["suite"] == "adhoc" and row["status"] == "ok"
     assert row["config_hash"] == config_hash({"epochs": 2, "lr": 1e-4})  # key order irrelevant
     assert len(row["config_hash"]) == 12 and row["config_hash"] != config_hash({"lr": 2e-4})
     assert row["code_version"] and row["device"]
@@ -189,3 +189,44 @@ def test_make_row_hashes_checkpoint_like_hashlib(tmp_path):
     with pytest.raises(CheckpointError, match="missing.pth: checkpoint file not found"):
         make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
                  seed=0, metrics={}, checkpoint=tmp_path / "missing.pth")
+
+
+def test_schema_1_rows_read_with_no_deviations(tmp_path):
+    store = ResultsStore(tmp_path)
+    old = plain_row("old", schema=1)
+    del old["deviations"]
+    store.path.write_text(json.dumps(old) + "\n")
+    store.append(plain_row("new", deviations=["smoke scale", "epochs 10 < paper 90"]))
+    rows = store.rows()
+    assert [r["deviations"] for r in rows] == [[], ["smoke scale", "epochs 10 < paper 90"]]
+    assert [r["schema"] for r in rows] == [2, 2]
+    df = store.dataframe()
+    assert list(df["deviations"]) == [[], ["smoke scale", "epochs 10 < paper 90"]]
+    with pytest.raises(BenchError, match="row key 'schema' is 1, this version writes 2"):
+        store.append(plain_row("x", schema=1))  # a schema-1 row has no 'deviations' key
+    store.append(old)  # an old-form row is written in the current form
+    assert store.rows()[-1] == {**old, "schema": 2, "deviations": []}
+
+
+@pytest.mark.parametrize("value, message", [
+    ("smoke scale", "'deviations' must be list"),
+    (["ok", ""], "'deviations' entry 1 must be a non-empty string"),
+    ([3], "'deviations' entry 0 must be a non-empty string"),
+    (["x" * 201], "'deviations' entry 0 is longer than 200 characters"),
+    ([f"d{i}" for i in range(65)], "'deviations' has 65 entries, at most 64"),
+])
+def test_bad_deviations_are_refused(tmp_path, value, message):
+    store = ResultsStore(tmp_path)
+    with pytest.raises(BenchError, match=message):
+        store.append(plain_row(deviations=value))
+    assert not store.path.exists()
+
+
+def test_make_row_deviations():
+    row = make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
+                   seed=0, metrics={"APbox": 1.0}, deviations=["smoke scale", "generated data",
+                                                            "smoke scale"])
+    assert row["deviations"] == ["smoke scale", "generated data"]
+    with pytest.raises(BenchError, match="list of phrases, not one string"):
+        make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
+                 seed=0, metrics={}, deviations="smoke scale")

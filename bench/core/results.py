@@ -25,12 +25,18 @@ with a ``schema`` newer than ``SCHEMA_VERSION`` is refused: an older reader must
 Row fields (exactly these names; other modules rely on them)::
 
     schema, run_id, suite, task, protocol, k, init, backbone, checkpoint_sha256, seed, metrics,
-    status, error, iterations, wall_time_s, config_hash, code_version, device, date, extra
+    status, error, iterations, wall_time_s, config_hash, code_version, device, date, extra,
+    deviations
 
 ``metrics`` maps a metric name to a float on the percent scale (0-100): APbox, APmask, APbox50,
 ... for COCO; mIoU, aAcc for ADE20K; top1, top5 for classification. ``extra`` holds anything
 else JSON-able; ``extra['img_size']`` (e.g. 448) and ``extra['mask_ratio']`` are read by the
-tables and plots.
+tables and plots; ``extra['per_example']`` names the run's ``per_example.npz`` (relative to the
+store's folder, or absolute), which the tables bootstrap over.
+
+``deviations`` lists each way the run departs from the paper's protocol, as short phrases
+("smoke scale", "generated data", "epochs 10 < paper 90"); the tables print a mark and a footnote
+for each. Schema 2 added it: a schema-1 row (written before) reads as ``deviations=[]``.
 """
 from __future__ import annotations
 
@@ -48,7 +54,10 @@ from typing import Any
 
 from bench.core.errors import BenchError, CheckpointError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: before 'deviations'; read as deviations=[]
+MAX_DEVIATIONS = 64
+MAX_DEVIATION_CHARS = 200
 FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 STORE_FILENAME = "runs.jsonl"
 
@@ -76,6 +85,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "date": (str,),
     "extra": (dict,),
+    "deviations": (list,),
 }
 # Fields that must be non-empty strings.
 NON_EMPTY = ("run_id", "suite", "task", "protocol", "init", "backbone")
@@ -182,9 +192,12 @@ def make_row(*, task: str, protocol: str, init: str, backbone: str, seed: int,
              checkpoint: str | os.PathLike | None = None, config: Any = None,
              iterations: int = 0, wall_time_s: float = 0.0, status: str = "ok",
              error: str | None = None, extra: dict | None = None,
-             run_id: str | None = None) -> dict:
+             run_id: str | None = None, deviations: Any = ()) -> dict:
     """A complete results row. Fills code_version, device, date, checkpoint_sha256 (sha256 of
-    the file at ``checkpoint``), config_hash and, unless given, run_id."""
+    the file at ``checkpoint``), config_hash and, unless given, run_id. ``deviations``: the ways
+    this run departs from the paper's protocol (duplicates dropped, order kept)."""
+    if isinstance(deviations, str):
+        raise BenchError("make_row: row key 'deviations' must be a list of phrases, not one string")
     extra = dict(extra or {})
     row = {
         "schema": SCHEMA_VERSION,
@@ -207,6 +220,7 @@ def make_row(*, task: str, protocol: str, init: str, backbone: str, seed: int,
         "device": device_name(),
         "date": utc_now(),
         "extra": extra,
+        "deviations": list(dict.fromkeys(deviations)),
     }
     validate_row(row, where="make_row")
     return row
@@ -231,6 +245,16 @@ def validate_row(row: Any, where: str) -> None:
             names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
             raise BenchError(f"{where}: row key {key!r} must be {names}, "
                              f"got {type(value).__name__} {value!r:.60}")
+    for i, phrase in enumerate(row["deviations"]):
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise BenchError(f"{where}: row key 'deviations' entry {i} must be a non-empty string, "
+                             f"got {phrase!r:.60}")
+        if len(phrase) > MAX_DEVIATION_CHARS:
+            raise BenchError(f"{where}: row key 'deviations' entry {i} is longer than "
+                             f"{MAX_DEVIATION_CHARS} characters")
+    if len(row["deviations"]) > MAX_DEVIATIONS:
+        raise BenchError(f"{where}: row key 'deviations' has {len(row['deviations'])} entries, "
+                         f"at most {MAX_DEVIATIONS}")
     if row["schema"] != SCHEMA_VERSION:
         raise BenchError(f"{where}: row key 'schema' is {row['schema']}, this version writes "
                          f"{SCHEMA_VERSION}")
@@ -262,6 +286,15 @@ def validate_row(row: Any, where: str) -> None:
         raise BenchError(f"{where}: row key 'extra' is not JSON-serialisable: {e}") from None
 
 
+def upgrade_row(row: Any) -> Any:
+    """A row of an older readable schema in the current form (schema 1: ``deviations=[]``);
+    anything else unchanged, for ``validate_row`` to judge."""
+    if isinstance(row, dict) and row.get("schema") == 1 and not isinstance(row["schema"], bool) \
+            and "deviations" not in row:
+        return {**row, "schema": SCHEMA_VERSION, "deviations": []}
+    return row
+
+
 # ----------------------------------------------------------------------------------------------
 # The store
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +316,8 @@ class ResultsStore:
 
     def append(self, row: dict) -> None:
         """Validate ``row`` and append it as one line: one os.write under an exclusive flock,
-        then fsync."""
+        then fsync. A schema-1 row is written in the current form (``deviations=[]``)."""
+        row = upgrade_row(row)
         validate_row(row, where=f"results store {self.path}")
         line = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,6 +394,7 @@ class ResultsStore:
                     and not isinstance(row["schema"], bool) and row["schema"] > SCHEMA_VERSION:
                 raise BenchError(f"results store {self.path} was written by a newer version "
                                  f"(schema {row['schema']} > {SCHEMA_VERSION}, line {number})")
+            row = upgrade_row(row)
             validate_row(row, where=where)
             out.append(row)
         return out
