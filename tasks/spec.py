@@ -77,7 +77,13 @@ class TransferRun:
     batch_size: int | None = None
     bf16: bool = False
     trust_checkpoint: bool = False
+    trust_config: bool = False     # read a config file from outside the package (runs its Python)
     progress: bool = False
+    # A search's point: hyperparameter -> value (names of the task's ``TaskSpec.search_keys``)
+    overrides: dict = field(default_factory=dict)
+    # None: the normal run on the reported split. 'heldout': train on the training split minus a
+    # held-out part carved from it, and report metrics on that part (``TaskSpec.heldout``).
+    select: str | None = None
 
     def given(self, *names: str) -> dict:
         """The options among ``names`` that the suite sets."""
@@ -100,6 +106,8 @@ class TaskSpec:
     generator_args: dict = field(default_factory=dict)  # fixed arguments, e.g. {'year': 2017}
     reader: Callable[[Path], Any] | None = None  # reads (and checks) a dataset root
     suite_keys: tuple[str, ...] = ()        # what a suite's task entry may set beyond the common keys
+    search_keys: tuple[str, ...] = ()       # hyperparameters a suite's search: may vary (overrides)
+    heldout: bool = False                   # its run takes select='heldout'
     command: Command | None = None
 
     def __post_init__(self):

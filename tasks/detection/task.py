@@ -15,7 +15,8 @@ def run_coco(r: TransferRun) -> dict:
     from tasks.detection.run import run_detection
     return run_detection(r.backbone, r.checkpoint, r.data_root, variant=VARIANTS[r.protocol],
                          work_dir=r.work_dir, seed=r.seed, resume=True, results=None, suite=r.suite,
-                         trust_checkpoint=r.trust_checkpoint, **r.given("config", "iters"))
+                         trust_checkpoint=r.trust_checkpoint, trust_config=r.trust_config,
+                         **r.given("config", "iters"))
 
 
 def read_coco(root):

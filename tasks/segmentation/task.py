@@ -8,11 +8,28 @@ SEG = Command("seg", "ADE20K semantic segmentation (UperNet)",
               "tasks.segmentation.run:add_seg_arguments", "tasks.segmentation.run:seg_main")
 
 
+# A search's hyperparameters -> the mmengine config keys they set (after the config's own values)
+SEARCH_CFG = {"lr": "optim_wrapper.optimizer.lr",
+              "weight_decay": "optim_wrapper.optimizer.weight_decay",
+              "layer_decay": "optim_wrapper.paramwise_cfg.layer_decay_rate",
+              "drop_path": "model.backbone.drop_path_rate"}
+
+
 def run_ade20k(r: TransferRun) -> dict:
+    from bench.core.errors import BenchError
     from tasks.segmentation.run import run_segmentation
+    if r.select is not None:
+        raise BenchError(f"ade20k: select={r.select!r} (a held-out split of the training set) is "
+                         "not implemented; search with select_on: val")
+    options = r.given("config", "iters")
+    overrides = dict(r.overrides)
+    if "iters" in overrides:
+        options["iters"] = int(overrides.pop("iters"))
+    cfg_options = {SEARCH_CFG[name]: value for name, value in overrides.items()}
     return run_segmentation(r.backbone, r.checkpoint, r.data_root, work_dir=r.work_dir, seed=r.seed,
                             resume=True, results=None, suite=r.suite,
-                            trust_checkpoint=r.trust_checkpoint, **r.given("config", "iters"))
+                            trust_checkpoint=r.trust_checkpoint, trust_config=r.trust_config,
+                            cfg_options=cfg_options or None, **options)
 
 
 def read_ade20k(root):
@@ -30,6 +47,7 @@ ADE20K = TaskSpec(
     generator="tasks.segmentation.ade_data:make_ade20k_dataset",
     reader=read_ade20k,
     suite_keys=("iters",),
+    search_keys=(*SEARCH_CFG, "iters"),
     command=SEG,
 )
 
