@@ -48,8 +48,11 @@ def test_protocol_configs_hold_the_published_values():
     assert ft["auto_augment"] == "rand-m9-mstd0.5-inc1" and ft["global_pool"] == "avg"
     lp = P.load_config("linear", "vit_base_patch16")       # Table 10 / main_linprobe.py
     assert (lp["optimizer"], lp["blr"], lp["weight_decay"], lp["batch_size"], lp["epochs"], lp["warmup_epochs"]) == ("lars", 0.1, 0.0, 16384, 90, 10)
-    assert lp["global_pool"] == "token" and lp["cache_features"] is True and lp["mixup"] == 0
-    assert P.load_config("linear", "vit_huge_patch14")["epochs"] == 50
+    # the paper's probe trains on augmented images (no cached features), 90 epochs for every size (Table 10)
+    assert lp["global_pool"] == "token" and lp["cache_features"] is False and lp["mixup"] == 0
+    assert (lp["auto_augment"], lp["crop_scale"], lp["hflip"], lp["reprob"]) == (None, [0.08, 1.0], 0.5, 0.0)
+    assert P.load_config("linear", "vit_huge_patch14")["epochs"] == 90
+    assert P.load_config("partial", "vit_large_patch16", k=0)["cache_features"] is False
     # partial: Table 9 recipe, k = 0 is linear probing (Fig. 9 caption)
     assert P.load_config("partial", "vit_base_patch16", k=2)["layer_decay"] == 0.65
     assert P.load_config("partial", "vit_base_patch16", k=0)["optimizer"] == "lars"
@@ -266,7 +269,8 @@ def test_linear_run_appends_a_complete_row_and_resumes(digits, tmp_path):
     torch.manual_seed(0)
     torch.save({"model": build_backbone(TEST_BB).state_dict()}, ckpt)
     store = tmp_path / "results"
-    kw = dict(out_dir=tmp_path / "lin", config="smoke", epochs=10, seed=1, results=store, suite="test", progress=False)
+    kw = dict(out_dir=tmp_path / "lin", config="smoke", epochs=10, seed=1, results=store, suite="test", progress=False,
+              overrides={"cache_features": True})
     row = run_classification("linear", "folder", digits, "mae_vit_test_patch8", ckpt, **kw)
     rows = ResultsStore(store).rows()
     assert rows == [row]
@@ -281,6 +285,9 @@ def test_linear_run_appends_a_complete_row_and_resumes(digits, tmp_path):
     assert (ex["img_size"], ex["epochs"], ex["batch_size"], ex["n_train"], ex["n_val"], ex["cache_features"]) == \
         (32, 10.0, 32, 600, 200, True)
     assert ex["lr"] == 6.4 and ex["trainable_params"] == 32 * 10 + 10
+    # smoke.yaml's lr 6.4 at batch 32 is base lr 6.4 * 256 / 32 = 51.2 (paper 0.1)
+    assert row["deviations"] == ["cached features (no augmentation)", "epochs 10 < paper 90", "batch 32 < paper 16384",
+                                 "base lr 51.2 != paper 0.1", "warmup_epochs 1 != paper 10"]
     assert (tmp_path / "lin" / "features-train.pth").is_file()
     # same out dir: resumes the finished run (no new steps) and measures the same model
     again = run_classification("linear", "folder", digits, "mae_vit_test_patch8", ckpt, **kw)

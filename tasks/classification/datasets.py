@@ -18,6 +18,8 @@ Readers (each returns a ``ClassificationSplit``; nothing needs re-packing):
   ``data/vision/torralba/deeplearning/images256/`` (as ``imagesPlaces205_resize.tar`` unpacks) or
   ``images256/``. Class names come from the folders of the train list (``/a/abbey``).
 - Image folders: ``root/{train,val}/<class>/*.jpg`` (classes = sorted train sub-folders).
+- ``digits``: an image folder holding scikit-learn's real handwritten digits (``make_digits_dataset``:
+  the 100 labelled / 800 eval images of ``bench.core.data.Digits``, disjoint from its pretraining split).
 
 The label space of every split is the train one: validation labels outside it are an error.
 
@@ -39,12 +41,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 from bench.core.data import IMAGE_EXTENSIONS, decode_rgb, embedded_photos, load_rgb, wants_tensor
 from bench.core.errors import BenchError, DataError
 
-DATASETS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder")
+DATASETS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder", "digits")
 SPLITS = ("train", "val")
 INAT_YEARS = (2017, 2018, 2019)
 
@@ -410,7 +411,7 @@ def _check_not_linked_inside(folder: Path, root: Path) -> None:
                         f"be read twice (e.g. in train and val)")
 
 
-def _read_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, ClassificationSplit]:
+def _read_image_folder(root: Path, splits: tuple[str, ...], name: str = "folder") -> dict[str, ClassificationSplit]:
     _check_not_linked_inside(root / "train", root)
     classes = _class_dirs(root / "train")
     if not classes:
@@ -432,7 +433,7 @@ def _read_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, Classif
             samples.extend((p, index[name]) for p in images)
         if not samples:
             raise DataError(f"{split_dir}: no images")
-        out[split] = ClassificationSplit(samples, classes, f"folder/{split}")
+        out[split] = ClassificationSplit(samples, classes, f"{name}/{split}")
     return out
 
 
@@ -456,8 +457,8 @@ def _read(dataset: str, root: str | Path, splits: tuple[str, ...]) -> dict[str, 
         out = _read_places365(root, splits)
     elif dataset == "places205":
         out = _read_places205(root, splits)
-    elif dataset == "folder":
-        out = _read_image_folder(root, splits)
+    elif dataset in ("folder", "digits"):
+        out = _read_image_folder(root, splits, dataset)
     else:
         raise BenchError(f"unknown dataset {_short(dataset)}; expected one of {', '.join(DATASETS)}")
     classes = next(iter(out.values())).classes
@@ -478,6 +479,37 @@ def _check_disjoint(train: ClassificationSplit, val: ClassificationSplit, root: 
                         f"{_short(os.path.relpath(both[0], root), 200)}")
 
 
+# The held-out part of a training split, for hyperparameter selection that never looks at val: a fixed
+# seed (not the run's), so every grid point, initialisation and seed sees the same carve.
+HELDOUT_FRACTION = 0.1
+HELDOUT_SEED = 0
+
+
+def heldout_split(split: ClassificationSplit, fraction: float = HELDOUT_FRACTION,
+                  seed: int = HELDOUT_SEED) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """(rest, held out) of a training ``split``, stratified by class: ``round(fraction * n)`` images of
+    each class with n >= 2 images (at least 1, never all of them) are held out, drawn with
+    ``numpy.random.default_rng(seed)`` over the reader's (sorted) order. Both keep the split's classes."""
+    if not 0 < fraction < 1:
+        raise BenchError(f"held-out fraction must be between 0 and 1, got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(split.samples):
+        by_class.setdefault(label, []).append(i)
+    rng = np.random.default_rng(seed)
+    held: set[int] = set()
+    for label in sorted(by_class):
+        indices = by_class[label]
+        n = len(indices)
+        m = min(n - 1, max(1, round(fraction * n))) if n >= 2 else 0
+        held.update(int(i) for i in rng.permutation(indices)[:m])
+    if not held:
+        raise DataError(f"{split.name}: no class has 2 or more images, so nothing can be held out for selection")
+    rest = [s for i, s in enumerate(split.samples) if i not in held]
+    out = [s for i, s in enumerate(split.samples) if i in held]
+    return (ClassificationSplit(rest, split.classes, f"{split.name}-minus-heldout"),
+            ClassificationSplit(out, split.classes, f"{split.name}-heldout"))
+
+
 def read_split(dataset: str, root: str | Path, split: str) -> ClassificationSplit:
     """One split of ``dataset`` (one of ``DATASETS``) stored at ``root`` in its real format."""
     return _read(dataset, root, (split,))[split]
@@ -493,8 +525,9 @@ def read_splits(dataset: str, root: str | Path) -> tuple[ClassificationSplit, Cl
 # Torch dataset
 
 
-class ImageDataset(Dataset):
-    """A ``ClassificationSplit`` as a torch Dataset of (transform(image), label). The image is a
+class ImageDataset:
+    """A ``ClassificationSplit`` as a map-style torch dataset (``__len__`` / ``__getitem__``; no torch
+    base class, so the task registry imports this module without torch) of (transform(image), label). The image is a
     (3, H, W) uint8 tensor from ``decode_rgb`` (torchvision's decoders) when the transform takes
     tensors (``bench.core.data.TensorTransform``: the eval transform), else an RGB PIL image from
     ``load_rgb`` (timm's training transform: RandAugment works on PIL images)."""
@@ -730,12 +763,23 @@ def make_image_folder(root: str | Path, n_train_per_class: int = 40, n_val_per_c
     return Path(root)
 
 
+def make_digits_dataset(root: str | Path) -> Path:
+    """Write ``root/{train,val}/<digit>/<index>.png``: scikit-learn's real handwritten digits at 64 px,
+    train = the 100 labelled images, val = the 800 eval images of ``bench.core.data.Digits``, both
+    disjoint from its pretraining split (``bench pretrain --data digits``)."""
+    from bench.core.data import write_digits_folder
+    with _new_folder(root) as tmp:
+        write_digits_folder(tmp)
+    return Path(root)
+
+
 GENERATORS = {"inat2017": lambda root, **kw: make_inat_dataset(root, 2017, **kw),
               "inat2018": lambda root, **kw: make_inat_dataset(root, 2018, **kw),
               "inat2019": lambda root, **kw: make_inat_dataset(root, 2019, **kw),
               "places205": make_places205_dataset,
               "places365": make_places365_dataset,
-              "folder": make_image_folder}
+              "folder": make_image_folder,
+              "digits": make_digits_dataset}
 
 
 def make_dataset(dataset: str, root: str | Path, **kwargs) -> Path:

@@ -22,205 +22,32 @@ user overrides). This module turns a config into the pieces ``bench.core.engine.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from bench.core.engine import autocast, param_groups
 from bench.core.errors import BenchError
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PROTOCOLS = ("finetune", "linear", "partial")
-MLP = "mlp"  # k for "only the MLP sub-block of the last block" (Sec. 4.3: 79.1%)
-
-# Every key a protocol config may hold, with the types its value may take (None: may be null).
-KEYS: dict[str, tuple] = {
-    "protocol": (str,), "img_size": (int, None), "global_pool": (str,), "drop_path": (float,),
-    "head_init_std": (float,), "optimizer": (str,), "betas": (list,), "momentum": (float,),
-    "blr": (float,), "lr": (float, None), "min_lr": (float,), "weight_decay": (float,),
-    "layer_decay": (float, None), "batch_size": (int,), "accum_iter": (int,), "epochs": (float,),
-    "warmup_epochs": (float,), "clip_grad": (float, None), "smoothing": (float,), "mixup": (float,),
-    "cutmix": (float,), "mixup_prob": (float,), "mixup_switch_prob": (float,), "mixup_mode": (str,),
-    "auto_augment": (str, None), "color_jitter": (float, None), "reprob": (float,), "remode": (str,),
-    "recount": (int,), "crop_scale": (list,), "hflip": (float,), "interpolation": (str,),
-    "crop_pct": (float, None), "cache_features": (bool,), "eval_batch_size": (int,), "num_workers": (int,),
-    "ckpt_every": (int,), "sweep": (list,),
-}
-FILE_ONLY_KEYS = ("inherit", "per_arch")
-
-
-# --------------------------------------------------------------------------------------------------
-# Configs
-# --------------------------------------------------------------------------------------------------
-def recipe(protocol: str, k: int | str | None = None) -> str:
-    """The config a run trains with: partial fine-tuning of 0 blocks is linear probing (Fig. 9)."""
-    return "linear" if protocol == "partial" and k == 0 else protocol
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise BenchError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
-        raise BenchError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BenchError(f"{path}: top level must be a mapping of keys to values")
-    return data
-
-
-def _check_value(key: str, value: Any, where: str) -> Any:
-    if key not in KEYS:
-        raise BenchError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
-    types = KEYS[key]
-    if value is None:
-        if None in types:
-            return None
-        raise BenchError(f"{where}: key {key!r} must not be null")
-    if float in types and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    def is_a(t) -> bool:  # bool is an int to Python, never here
-        return t is not None and (t is bool if isinstance(value, bool) else isinstance(value, t))
-
-    if not any(is_a(t) for t in types):
-        names = " or ".join("null" if t is None else t.__name__ for t in types)
-        raise BenchError(f"{where}: key {key!r} must be {names}, got {value!r:.60}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise BenchError(f"{where}: key {key!r} must be finite, got {value}")
-    return value
-
-
-def _load_file(path: Path, seen: tuple = ()) -> dict:
-    """A config file with its ``inherit`` chain resolved (child keys replace parent keys)."""
-    if path in seen:
-        raise BenchError(f"{path}: key 'inherit' forms a cycle")
-    data = _read_yaml(path)
-    base = {}
-    if "inherit" in data:
-        parent = data.pop("inherit")
-        if not isinstance(parent, str):
-            raise BenchError(f"{path}: key 'inherit' must be a file name")
-        base = _load_file(path.parent / parent, seen + (path,))
-    per_arch = data.pop("per_arch", base.pop("per_arch", {}))
-    if not isinstance(per_arch, dict) or not all(isinstance(v, dict) for v in per_arch.values()):
-        raise BenchError(f"{path}: key 'per_arch' must map architecture names to mappings")
-    for key, value in data.items():
-        base[key] = _check_value(key, value, str(path))
-    per_arch = {arch: {key: _check_value(key, value, f"{path} per_arch.{arch}") for key, value in values.items()}
-                for arch, values in per_arch.items()}
-    base["per_arch"] = per_arch
-    return base
-
-
-def protocol_config_path(protocol: str, k: int | str | None = None) -> Path:
-    check_protocol(protocol)
-    return CONFIG_DIR / f"{recipe(protocol, k)}.yaml"
-
-
-def load_config(protocol: str, arch: str | None = None, k: int | str | None = None,
-                overrides: str | Path | dict | None = None) -> dict:
-    """The flat config of a run: ``configs/<recipe>.yaml`` (with ``inherit``), then its
-    ``per_arch[arch]`` values, then ``overrides`` (a dict, a YAML path, or the name of a file in
-    ``configs/`` such as ``'smoke'``; its optional ``per_protocol: {linear: {...}}`` applies to runs
-    with that recipe). Unknown keys and wrong types are a one-line BenchError."""
-    path = protocol_config_path(protocol, k)
-    cfg = _load_file(path)
-    per_arch = cfg.pop("per_arch")
-    cfg.update(per_arch.get(arch, {}))
-    if overrides is not None:
-        if isinstance(overrides, dict):
-            where, data = "config overrides", dict(overrides)
-        else:
-            opath = Path(overrides)
-            if not opath.exists() and not opath.suffix and (CONFIG_DIR / f"{opath}.yaml").is_file():
-                opath = CONFIG_DIR / f"{opath}.yaml"
-            where, data = str(opath), _read_yaml(opath)
-        for key in FILE_ONLY_KEYS:
-            if key in data:
-                raise BenchError(f"{where}: key {key!r} is only allowed in the protocol files of {CONFIG_DIR}")
-        per_protocol = data.pop("per_protocol", {})
-        if not isinstance(per_protocol, dict) or not all(
-                name in PROTOCOLS and isinstance(v, dict) for name, v in per_protocol.items()):
-            raise BenchError(f"{where}: key 'per_protocol' must map {', '.join(PROTOCOLS)} to mappings")
-        for key, value in list(data.items()) + list(per_protocol.get(cfg["protocol"], {}).items()):
-            if key == "protocol" and value != cfg["protocol"]:
-                raise BenchError(f"{where}: key 'protocol' is {value!r} but the run's protocol is {cfg['protocol']!r}")
-            cfg[key] = _check_value(key, value, where)
-    missing = [key for key in KEYS if key not in cfg and key != "sweep"]
-    if missing:
-        raise BenchError(f"{path}: missing key {missing[0]!r}")
-    _check_semantics(cfg, path)
-    return cfg
-
-
-def _check_semantics(cfg: dict, where) -> None:
-    if cfg["global_pool"] not in ("avg", "token"):
-        raise BenchError(f"{where}: key 'global_pool' must be 'avg' or 'token', got {cfg['global_pool']!r}")
-    if cfg["optimizer"] not in ("adamw", "sgd", "lars"):
-        raise BenchError(f"{where}: key 'optimizer' must be adamw, sgd or lars, got {cfg['optimizer']!r}")
-    for key in ("batch_size", "accum_iter", "eval_batch_size"):
-        if cfg[key] < 1:
-            raise BenchError(f"{where}: key {key!r} must be >= 1, got {cfg[key]}")
-    if cfg["epochs"] <= 0:
-        raise BenchError(f"{where}: key 'epochs' must be > 0, got {cfg['epochs']}")
-    for key in ("betas", "crop_scale"):
-        if len(cfg[key]) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cfg[key]):
-            raise BenchError(f"{where}: key {key!r} must be two numbers, got {cfg[key]!r}")
-
-
-def partial_sweep(depth: int, cfg: dict | None = None) -> list:
-    """The k of Figure 9 that fit a ``depth``-block ViT (always ending with ``depth``, full
-    fine-tuning), e.g. ViT-B: [0, 'mlp', 1, 2, 4, 6, 12]."""
-    sweep = (cfg or load_config("partial", k=1)).get("sweep") or []
-    ks = [k for k in sweep if k == MLP or (isinstance(k, int) and k <= depth)]
-    return ks if depth in ks else ks + [depth]
-
-
-# --------------------------------------------------------------------------------------------------
-# Arguments
-# --------------------------------------------------------------------------------------------------
-def check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise BenchError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-
-
-def parse_k(value) -> int | str | None:
-    """``--k`` as given on the command line: a block count, ``mlp`` (or ``0.5``) or None."""
-    if value is None or value == MLP:
-        return value
-    text = str(value).strip().lower()
-    if text in (MLP, "0.5"):
-        return MLP
-    if text.isascii() and text.isdigit():
-        return int(text)
-    raise BenchError(f"--k must be a number of blocks (0, 1, 2, ...) or 'mlp', got {value!r}")
-
-
-def check_k(protocol: str, k, depth: int) -> int | str | None:
-    """Validate ``k`` against the protocol and the backbone depth; returns the parsed k."""
-    check_protocol(protocol)
-    k = parse_k(k)
-    if protocol != "partial":
-        if k is not None:
-            raise BenchError(f"--k only applies to protocol 'partial' (got k={k!r} with protocol {protocol!r})")
-        return None
-    if k is None:
-        raise BenchError(f"protocol 'partial' needs --k: a number of blocks 0..{depth} or 'mlp'")
-    if k != MLP and k > depth:
-        raise BenchError(f"--k {k} is larger than the depth {depth} of the backbone (k must be 0..{depth} or 'mlp')")
-    return k
+from tasks.classification.config import (  # noqa: F401  (re-exported: the protocol API in one place)
+    CONFIG_DIR,
+    FILE_ONLY_KEYS,
+    KEYS,
+    MLP,
+    PROTOCOLS,
+    _check_semantics,
+    _check_value,
+    _load_file,
+    _read_yaml,
+    check_k,
+    check_protocol,
+    load_config,
+    parse_k,
+    partial_sweep,
+    protocol_config_path,
+    recipe,
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,27 +225,46 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16: bool = False,
-             num_workers: int = 0) -> dict[str, float]:
+             num_workers: int = 0, per_example: bool = False):
     """Top-1 / top-5 accuracy in percent over ``dataset`` of (input, label), counted directly
     (top-5 is top-min(5, C) when there are fewer than 5 classes). Leaves ``model`` in eval mode.
     Under torchrun each rank scores every world-th sample and the counts are summed over ranks,
-    so the result equals a single process on the whole set."""
+    so the result equals a single process on the whole set.
+
+    ``per_example=True`` returns ``(metrics, correct, correct5)``: two (N,) bool numpy arrays, the
+    top-1 / top-5 hit of every sample in dataset order (gathered from all ranks); the metrics are
+    ``100 * hits / N`` of exactly these arrays."""
+    import numpy as np
     from torch.utils.data import Subset
-    from bench.core.distributed import gather_accuracy, shard_indices, topk_counts
+
+    from bench.core.distributed import gather_accuracy, gather_objects, shard_indices
     device = _device_of(model)
     model.eval()
-    loader = DataLoader(Subset(dataset, shard_indices(len(dataset))), batch_size=batch_size, shuffle=False,
+    indices = shard_indices(len(dataset))
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers)
-    counts = [0, 0, 0]
+    hits1, hits5 = [], []
     for x, y in loader:
         with autocast(device, bf16):
             logits = model(x.to(device))
-        counts = [a + b for a, b in zip(counts, topk_counts(logits, y))]
+        labels = torch.as_tensor(y, device=logits.device)
+        ranked = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        hits = ranked == labels[:, None]
+        hits1.append(hits[:, 0].cpu())
+        hits5.append(hits.any(dim=1).cpu())
+    c1 = torch.cat(hits1).numpy() if hits1 else np.zeros(0, dtype=bool)
+    c5 = torch.cat(hits5).numpy() if hits5 else np.zeros(0, dtype=bool)
     try:
-        acc = gather_accuracy(counts)
+        acc = gather_accuracy([int(c1.sum()), int(c5.sum()), len(c1)])
     except ValueError:
         raise BenchError("evaluate: the evaluation set is empty") from None
-    return {"top1": acc["top1"], "top5": acc["top5"]}
+    metrics = {"top1": acc["top1"], "top5": acc["top5"]}
+    if not per_example:
+        return metrics
+    correct, correct5 = np.zeros(len(dataset), dtype=bool), np.zeros(len(dataset), dtype=bool)
+    for idx, a, b in gather_objects((list(indices), c1, c5)):
+        correct[idx], correct5[idx] = a, b
+    return metrics, correct, correct5
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ Command line (wired by ``bench.cli``): ``bench cls --protocol {finetune,linear,p
 [--config FILE] [--epochs N] [--seed S] [--out DIR] [--results FILE]``.
 
 ``out_dir`` holds ``config.json`` (the resolved config), the engine's resumable checkpoints and
-``log.jsonl``, ``features-train.pth`` for a cached linear probe, and ``result.json`` (the row).
+``log.jsonl``, ``features-train.pth`` for a cached linear probe, ``per_example.npz`` (``ids``: image
+paths relative to the data root; ``correct`` / ``correct5``: top-1 / top-5 hit per image, in the
+evaluated split's order) and ``result.json`` (the row).
 Re-running with the same ``out_dir`` continues from the newest checkpoint (``resume=True``); a
 different config in an existing ``out_dir`` is refused rather than silently mixed.
 """
@@ -23,16 +25,13 @@ import os
 import time
 from pathlib import Path
 
-from torch.utils.data import TensorDataset
-
-from backbones.vit import Block
-
 from bench.core.errors import BenchError, NonFiniteLossError
-from bench.core.determinism import seed_everything
-from bench.core.io import atomic_write_json
+from bench.core.io import atomic_open, atomic_write_json
 from bench.core.run_record import check_run_record, write_run_record
-from tasks.classification import protocols as P
+from tasks.classification import config as C
 from tasks.classification.datasets import DATASETS
+
+SELECT = (None, "heldout")
 
 
 def _per_process_batch(global_batch: int, accum_iter: int, world: int) -> int:
@@ -54,7 +53,7 @@ def check_finite(model, out_dir: Path) -> None:
 
 def _check_k_recordable(k) -> None:
     from bench.core.results import FIELDS
-    if k == P.MLP and not isinstance(0.5, FIELDS["k"]):
+    if k == C.MLP and not isinstance(0.5, FIELDS["k"]):
         raise BenchError("--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
                          "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet")
 
@@ -62,7 +61,8 @@ def _check_k_recordable(k) -> None:
 def run_classification(protocol: str, dataset: str, data_root: str | Path, backbone: str,
                        checkpoint: str | Path | None = None, *, k: int | str | None = None, seed: int = 0,
                        out_dir: str | Path, config: str | Path | dict | None = None,
-                       epochs: float | None = None, batch_size: int | None = None, bf16: bool | None = None,
+                       epochs: float | None = None, batch_size: int | None = None,
+                       overrides: dict | None = None, select: str | None = None, bf16: bool | None = None,
                        resume: bool = True, results: str | Path | None = None, suite: str = "adhoc",
                        trust_checkpoint: bool = False, progress: bool = True, device: str = "auto",
                        fsdp: bool = False) -> dict:
@@ -70,16 +70,30 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     (appended to ``ResultsStore(results)`` when given).
 
     ``config`` overrides the protocol config (dict, YAML path, or a name in ``configs/`` such as
-    ``'smoke'``); ``epochs`` and ``batch_size`` (global) override both. Everything the user can get
-    wrong is checked before anything is written. ``fsdp``: under torchrun, train with FSDP2 instead
-    of DDP (``TrainConfig.fsdp``).
+    ``'smoke'``); ``epochs`` and ``batch_size`` (global) override both, and ``overrides`` (a search
+    point, e.g. ``{'lr': 0.01, 'weight_decay': 0.05, 'drop_path': 0.1, 'epochs': 20}``: any protocol
+    config key) overrides everything. Everything the user can get wrong is checked before anything
+    is written. ``fsdp``: under torchrun, train with FSDP2 instead of DDP (``TrainConfig.fsdp``).
+
+    ``select='heldout'`` (hyperparameter selection): train on the training split minus a fixed,
+    class-stratified 10 % (``datasets.heldout_split``; the same for every seed, init and grid point)
+    and report metrics on that held-out part; the validation split is never read. The row records
+    ``extra['select']`` and ``extra['heldout_size']``.
+
+    The row's ``deviations`` list each way the resolved config departs from the protocol file's
+    paper values (``config.paper_deviations``: cached features, fewer epochs, smaller batch, ...).
     """
+    from torch.utils.data import TensorDataset
+
+    from backbones.vit import Block
+    from bench.core.determinism import seed_everything
+    from tasks.classification import protocols as P
     from backbones.registry import parse_name
     from backbones.vit import arch_config
     from bench.core.distributed import convert_sync_batchnorm, rank_world
     from bench.core.engine import TrainConfig, check_config, fit, micro_batches_per_epoch, pick_device, worker_error
     from bench.core.results import ResultsStore, make_row
-    from tasks.classification.datasets import ImageDataset, read_splits
+    from tasks.classification.datasets import ImageDataset, heldout_split, read_splits
 
     t_start = time.perf_counter()
     P.check_protocol(protocol)
@@ -97,6 +111,9 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     if batch_size is not None:
         cfg["batch_size"] = P._check_value("batch_size", batch_size, "--batch-size")
     P._check_semantics(cfg, "config")
+    C.apply_overrides(cfg, overrides)
+    if select not in SELECT:
+        raise BenchError(f"select must be None or 'heldout', got {select!r:.60}")
     if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
         if cfg["batch_size"] % 2:
             raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
@@ -106,6 +123,8 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     micro_batch = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
 
     train_split, val_split = read_splits(dataset, data_root)
+    if select == "heldout":
+        train_split, val_split = heldout_split(train_split)
     num_classes = train_split.num_classes
     seed_everything(seed)  # the new head's (and a random init's) weights follow from the seed
     model = P.build_classifier(backbone, checkpoint, protocol, num_classes, img_size=cfg["img_size"], k=k,
@@ -119,6 +138,8 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     cache = rec == "linear" and cfg["cache_features"]
     cfg_record = {**cfg, "recipe": rec, "k": k, "backbone": backbone, "dataset": dataset,
                   "num_classes": num_classes, "img_size": img_size}
+    if select is not None:  # a selection run and the reported run never share a folder
+        cfg_record["select"] = select
 
     out = Path(out_dir)
     train_cfg = TrainConfig(
@@ -164,9 +185,14 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     model.to(pick_device(device))
     check_finite(model, out)
     try:
-        metrics = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+        metrics, correct, correct5 = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16,
+                                                num_workers=workers, per_example=True)
     except BenchError as e:  # a bad image, read in a loader worker
         raise worker_error(e) from None
+    per_example = out / "per_example.npz"
+    if rank == 0:
+        ids = [os.path.relpath(path, data_root) for path, _ in val_split.samples]
+        write_per_example(per_example, ids, correct, correct5)
     wall = time.perf_counter() - t_start
     lr = cfg["lr"] if cfg["lr"] is not None else cfg["blr"] * cfg["batch_size"] / 256
     extra = {"img_size": img_size, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": lr,
@@ -174,15 +200,27 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
              "global_pool": cfg["global_pool"], "cache_features": cache, "bf16": bf16,
              "final_loss": fitted.final_loss if math.isfinite(fitted.final_loss) else None,
              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-             "out_dir": str(out)}
+             "out_dir": str(out), "select": select, "per_example": str(per_example.resolve())}
+    if select == "heldout":
+        extra["heldout_size"] = len(val_split)
     row = make_row(task=dataset, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
                    suite=suite, k=0.5 if k == P.MLP else k, checkpoint=checkpoint, config=cfg_record,
-                   iterations=fitted.steps, wall_time_s=wall, extra=extra)
+                   iterations=fitted.steps, wall_time_s=wall, extra=extra,
+                   deviations=C.paper_deviations(cfg, protocol, arch, k))
     if rank == 0:
         atomic_write_json(row, out / "result.json", indent=1, sort_keys=True, default=str)
         if results is not None:
             ResultsStore(results).append(row)
     return row
+
+
+def write_per_example(path: Path, ids, correct, correct5) -> Path:
+    """``per_example.npz`` (atomically): ``ids`` (N,) str, ``correct`` / ``correct5`` (N,) bool."""
+    import numpy as np
+    with atomic_open(path, "wb") as f:
+        np.savez(f, ids=np.asarray(ids, dtype=str), correct=np.asarray(correct, dtype=bool),
+                 correct5=np.asarray(correct5, dtype=bool))
+    return path
 
 
 def _load_features(path: Path, n: int):
@@ -203,7 +241,7 @@ def _load_features(path: Path, n: int):
 # --------------------------------------------------------------------------------------------------
 def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``bench cls``."""
-    parser.add_argument("--protocol", required=True, choices=P.PROTOCOLS)
+    parser.add_argument("--protocol", required=True, choices=C.PROTOCOLS)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-root", required=True, help="dataset folder in its official layout")
     parser.add_argument("--backbone", required=True, help="<init>_<arch>, e.g. mae_vit_base_patch16")
@@ -237,7 +275,7 @@ def cls_main(args: argparse.Namespace) -> int:
     """Run ``bench cls`` from parsed arguments; prints the result line and returns exit status 0
     (errors are ``BenchError`` for the CLI to print)."""
     row = run_classification(args.protocol, args.dataset, args.data_root, args.backbone, args.checkpoint,
-                             k=P.parse_k(args.k), seed=args.seed, out_dir=args.out or default_out_dir(args),
+                             k=C.parse_k(args.k), seed=args.seed, out_dir=args.out or default_out_dir(args),
                              config=args.config, epochs=args.epochs, batch_size=args.batch_size, bf16=args.bf16,
                              resume=args.resume, results=args.results, suite=args.suite,
                              trust_checkpoint=args.trust_checkpoint, device=args.device,

@@ -4,7 +4,7 @@ numbers here (Table 3; no reader or generator, so suites cannot run it)."""
 from __future__ import annotations
 
 from tasks.classification.datasets import DATASETS
-from tasks.classification.protocols import PROTOCOLS
+from tasks.classification.config import PROTOCOLS
 from tasks.spec import Command, Table, TaskSpec, TransferRun
 
 TABLE3 = Table("table3_imagenet", "ImageNet-1K end-to-end fine-tuning, top-1 (cf. MAE Table 3)")
@@ -15,9 +15,13 @@ PARTIAL = Table("partial_finetune",
                 "Partial fine-tuning, top-1 vs. number of tuned blocks k (cf. MAE Fig. 9)", layout="k")
 
 TITLES = {"inat2017": "iNat 2017", "inat2018": "iNat 2018", "inat2019": "iNat 2019",
-          "places205": "Places205", "places365": "Places365"}
+          "places205": "Places205", "places365": "Places365", "digits": "Digits"}
 GENERATORS = {"places205": "make_places205_dataset", "places365": "make_places365_dataset",
-              "folder": "make_image_folder"}
+              "folder": "make_image_folder", "digits": "make_digits_dataset"}
+# What a suite's search may vary: protocol-config keys, passed to run_classification(overrides=...)
+SEARCH_KEYS = ("lr", "blr", "weight_decay", "drop_path", "layer_decay", "epochs", "warmup_epochs")
+# Input size of a task's own protocol: the paper's 224 px, except the sklearn digits (64 px images).
+IMG_SIZE = {"digits": 64}
 CLS = Command("cls", "iNat / Places / folder classification: fine-tune, linear probe, partial",
               "tasks.classification.run:add_cls_arguments", "tasks.classification.run:cls_main")
 
@@ -27,7 +31,7 @@ def run_cls(r: TransferRun) -> dict:
     return run_classification(r.protocol, r.task, r.data_root, r.backbone, r.checkpoint, k=r.k,
                               out_dir=r.work_dir, bf16=r.bf16, trust_checkpoint=r.trust_checkpoint,
                               progress=r.progress, seed=r.seed, resume=True,
-                              results=None, suite=r.suite,
+                              results=None, suite=r.suite, select=r.select, overrides=r.overrides,
                               **r.given("config", "epochs", "batch_size"))
 
 
@@ -45,10 +49,11 @@ def declare(dataset: str) -> TaskSpec:
         generator, fixed = GENERATORS[dataset], {}
     return TaskSpec(
         name=dataset, family="classification", title=TITLES.get(dataset, dataset),
-        protocols=PROTOCOLS, img_size=224, metrics=("top1", "top5"),
+        protocols=PROTOCOLS, img_size=IMG_SIZE.get(dataset, 224), metrics=("top1", "top5"),
         tables={"finetune": TABLE6, "linear": LINEAR, "partial": PARTIAL},
         run=run_cls, generator=f"tasks.classification.datasets:{generator}", generator_args=fixed,
-        reader=reader(dataset), suite_keys=("epochs", "batch_size", "k", "bf16"), command=CLS)
+        reader=reader(dataset), suite_keys=("epochs", "batch_size", "k", "bf16"),
+        search_keys=SEARCH_KEYS, heldout=True, command=CLS)
 
 
 IMAGENET = TaskSpec(name="imagenet", family="classification", title="ImageNet", protocols=PROTOCOLS,
