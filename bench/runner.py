@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import fnmatch
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -61,6 +63,9 @@ from bench.suite import InitEntry, Suite, TaskEntry, load_suite, pretrainer_fn
 from tasks.spec import TransferRun
 
 CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
+# Config files inside the package are trusted; a .py config from elsewhere runs code when read.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "tasks"
+PRETRAIN_DATA = ("embedded", "digits", "")  # bench.core.data.pretrain_dataset's built-in sources
 CELL_FILE = "cell.json"
 ERROR_LOG = "error.log"
 SMOKE_NOTE = ("These are smoke-scale numbers: tiny models trained for minutes on small generated "
@@ -82,6 +87,12 @@ class Cell:
     seed: int = 0
     k: int | None = None            # protocol 'partial'
     needs: str | None = None        # name of the pretraining cell whose pretrain.pth it uses
+    # A search (``search:`` in the suite): 'candidate' cells train one grid point each and report
+    # on the selection split; the 'final' cell (named and identified like a plain cell) runs the
+    # best point on the reported split. ``point``: the candidate's (name, value) pairs.
+    role: str | None = None
+    point: tuple = ()
+    candidates: tuple = ()          # final: its candidate Cells
 
     @property
     def work_dir(self) -> Path:
@@ -122,14 +133,25 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
     for init in suite.inits:
         needs = pretrain_cells[init.label].name if init.label in pretrain_cells else None
         for task in suite.tasks:
+            grid = suite.grid(init, task)
             for k in task.k or (None,):
                 for seed in suite.seeds:
                     part = f"/k{k}" if k is not None else ""
-                    transfer.append(Cell(
-                        name=f"{init.label}/{task.label}{part}/seed{seed}", kind="transfer",
-                        init=init, task=task, seed=seed, k=k, needs=needs,
-                        id=default_run_id(suite.name, task.task, task.protocol, k, init.init,
-                                          init.arch, seed, init.extra)))
+                    cell = Cell(name=f"{init.label}/{task.label}{part}/seed{seed}",
+                                kind="transfer", init=init, task=task, seed=seed, k=k,
+                                needs=needs,
+                                id=default_run_id(suite.name, task.task, task.protocol, k,
+                                                  init.init, init.arch, seed, init.extra))
+                    if grid:
+                        candidates = [dataclasses.replace(
+                            cell, role="candidate", point=point,
+                            name=f"{init.label}/{task.label}{part}/search/seed{seed}/"
+                                 f"{point_name(point)}",
+                            id=_candidate_id(cell.id, point)) for point in grid_points(grid)]
+                        transfer += candidates
+                        cell = dataclasses.replace(cell, role="final",
+                                                   candidates=tuple(candidates))
+                    transfer.append(cell)
     _check_unique_ids(suite, transfer)
     everything = list(pretrain_cells.values()) + transfer
     for option, patterns in (("--only", only), ("--skip", skip)):
@@ -144,10 +166,30 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in skip)
 
-    transfer = [c for c in transfer if wanted(c.name)]
+    # a kept final cell keeps its search's candidates (no-ops when done)
+    keep = {name for c in transfer if wanted(c.name)
+            for name in (c.name, *(k.name for k in c.candidates))}
+    transfer = [c for c in transfer if c.name in keep]
     needed = {c.needs for c in transfer}
     pre = [c for c in pretrain_cells.values() if c.name in needed or wanted(c.name)]
     return pre + transfer
+
+
+def grid_points(grid: dict) -> list[tuple]:
+    """The points of a grid ``{name: values}`` as tuples of (name, value) pairs, in the order the
+    suite lists them (the last name varies fastest)."""
+    names = list(grid)
+    return [tuple(zip(names, values)) for values in itertools.product(*grid.values())]
+
+
+def point_name(point: tuple) -> str:
+    """``(('lr', 0.001), ('weight_decay', 0.05))`` -> ``lr=0.001_weight_decay=0.05`` (a folder)."""
+    return "_".join(f"{name}={value}" for name, value in point)
+
+
+def _candidate_id(run_id: str, point: tuple) -> str:
+    text = json.dumps([run_id, "search", [list(p) for p in point]], separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _patterns(value) -> list[str]:
@@ -181,11 +223,27 @@ def cell_settings(cell: Cell) -> dict:
     t = cell.task
     weights = ({"pretrained by": cell.needs, **init.pretrain} if cell.needs else
                str(init.checkpoint) if init.checkpoint else None)
-    return _jsonable({"backbone": init.backbone, "weights": weights, "extra": init.extra,
-                      "task": t.task, "protocol": t.protocol, "k": cell.k, "seed": cell.seed,
-                      "data": str(t.data) if t.data else None, "generate": t.generate,
-                      "config": t.config_for(init.arch), "iters": t.iters, "epochs": t.epochs,
-                      "batch_size": t.batch_size, "bf16": t.bf16})
+    settings = {"backbone": init.backbone, "weights": weights, "extra": init.extra,
+                "task": t.task, "protocol": t.protocol, "k": cell.k, "seed": cell.seed,
+                "data": str(t.data) if t.data else None, "generate": t.generate,
+                "config": t.config_for(init.arch), "iters": t.iters, "epochs": t.epochs,
+                "batch_size": t.batch_size, "bf16": t.bf16}
+    if cell.role == "candidate":
+        settings.update(overrides=dict(cell.point), select=_candidate_select(t))
+    elif cell.role == "final":
+        settings.update(search={"grid": _search_grid(cell), "select_on": t.select_on})
+    return _jsonable(settings)
+
+
+def _candidate_select(task: TaskEntry) -> str | None:
+    """What a candidate reports on: the held-out part of the training set, or the val split."""
+    return "heldout" if task.select_on == "heldout" else None
+
+
+def _search_grid(cell: Cell) -> dict:
+    """The grid of a final cell, rebuilt from its candidates' points (name -> list of values)."""
+    return {name: list(values) for name, values in cell.init.search.get(
+        cell.task.label, cell.task.search).items()}
 
 
 def _jsonable(obj):
@@ -266,15 +324,67 @@ def run_pretrain_cell(cell: Cell, out_dir: Path) -> Path:
                                       progress=sys.stderr.isatty(), **kwargs))
 
 
-def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path | None) -> dict:
-    """Run the task of ``cell`` (resuming from its work dir) and return its row (not yet stored)."""
+def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path | None,
+                      overrides: dict | None = None) -> dict:
+    """Run the task of ``cell`` (resuming from its work dir) and return its row (not yet stored).
+    A search candidate runs its grid point on the selection split; ``overrides``: the point a
+    final cell chose."""
     t, init = cell.task, cell.init
+    if cell.role == "candidate":
+        overrides, select = dict(cell.point), _candidate_select(t)
+    else:
+        overrides, select = dict(overrides or {}), None
     return t.spec.run(TransferRun(
         task=t.task, protocol=t.protocol, backbone=init.backbone, checkpoint=checkpoint,
         data_root=dataset_root(t, out_dir), work_dir=out_dir / cell.work_dir, seed=cell.seed,
         suite=suite.name, k=cell.k, config=t.config_for(init.arch), iters=t.iters, epochs=t.epochs,
         batch_size=t.batch_size, bf16=t.bf16, trust_checkpoint=init.trust_checkpoint,
-        progress=sys.stderr.isatty()))
+        trust_config=t.trust_config, progress=sys.stderr.isatty(), overrides=overrides,
+        select=select))
+
+
+def select_point(cell: Cell, out_dir: Path) -> tuple[dict, dict | None, dict]:
+    """The best grid point of a final cell's search, by the task's headline metric
+    (``TaskSpec.metrics[0]``, higher is better; the first listed point wins a tie) over its
+    candidates' ok rows. Returns (chosen overrides, the best candidate's row, the row's
+    ``extra['search']``). Raises when a candidate has no row yet, or none succeeded."""
+    metric = cell.task.spec.metrics[0]
+    latest: dict[str, dict] = {}
+    for row in ResultsStore(out_dir).rows():
+        if row["status"] == "ok" or row["run_id"] not in latest:
+            latest[row["run_id"]] = row  # an ok row wins over a failed try of the same cell
+    points = {c.id: c for c in cell.candidates}
+    missing = [c.name for cid, c in points.items() if cid not in latest]
+    if missing:
+        raise RuntimeError(f"search candidates not run yet: {', '.join(missing)}")
+    scores, failed = [], []
+    for cid, c in points.items():
+        row = latest[cid]
+        if row["status"] == "ok" and metric in row["metrics"]:
+            scores.append((row["metrics"][metric], c, row))
+        else:
+            failed.append(point_name(c.point))
+    if not scores:
+        raise RuntimeError(f"every search candidate of {cell.name} failed")
+    best = max(scores, key=lambda s: s[0])  # max keeps the first of equal scores
+    chosen = dict(best[1].point)
+    search = {"grid": _search_grid(cell), "chosen": chosen, "select_on": cell.task.select_on,
+              "metric": metric,
+              "scores": [{"overrides": dict(c.point), metric: v} for v, c, _ in scores],
+              "failed": failed}
+    return chosen, best[2], search
+
+
+def suite_deviations(suite: Suite, cell: Cell) -> list[str]:
+    """How the suite makes a cell depart from the paper's protocol (the task adds its own)."""
+    out = []
+    if suite.scale == "smoke":
+        out.append("smoke scale")
+    if cell.task.generate is not None:
+        out.append("generated data")
+    if cell.role == "final" and cell.task.select_on == "val":
+        out.append("selected on val")
+    return out
 
 
 def _finish_row(row: dict, suite: Suite, cell: Cell) -> dict:
@@ -287,8 +397,19 @@ def _finish_row(row: dict, suite: Suite, cell: Cell) -> dict:
             raise RuntimeError(f"the task returned a row with {key}={row.get(key)!r}, expected "
                                f"{value!r} for cell {cell.name}")
     row = dict(row, run_id=cell.id, suite=suite.name)
-    row["extra"] = {**row.get("extra", {}), **cell.init.extra, "cell": cell.name}
+    row["extra"] = {**row.get("extra", {}), **cell.init.extra, "cell": cell.name,
+                    **_search_extra(cell)}
+    row["deviations"] = list(dict.fromkeys([*row.get("deviations", []),
+                                            *suite_deviations(suite, cell)]))
     return row
+
+
+def _search_extra(cell: Cell) -> dict:
+    """What a search cell's row says about it (a final cell's 'search' is added when chosen).
+    Tables leave out rows with ``extra['search_role'] == 'candidate'``."""
+    if cell.role == "candidate":
+        return {"search_role": "candidate", "overrides": dict(cell.point)}
+    return {}
 
 
 def _failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str,
@@ -299,7 +420,8 @@ def _failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str,
                     suite=suite.name,
                     checkpoint=checkpoint if checkpoint is not None and checkpoint.is_file() else None,
                     config=cell_settings(cell), wall_time_s=wall, status="failed", error=error,
-                    extra={**cell.init.extra, "cell": cell.name}, run_id=cell.id)
+                    extra={**cell.init.extra, "cell": cell.name, **_search_extra(cell)},
+                    run_id=cell.id, deviations=suite_deviations(suite, cell))
 
 
 def _write_cell_file(cell: Cell, work: Path) -> None:
@@ -321,10 +443,18 @@ def _log_error(work: Path, exc: BaseException) -> None:
 # Running a suite
 # --------------------------------------------------------------------------------------------------
 
-def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> None:
-    """Everything a run needs from disk, checked before the first cell starts: checkpoints, data
-    folders, config files, and that no unfinished cell would resume with other settings."""
+def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> list[str]:
+    """Everything a run needs from disk, checked before the first cell starts. Returns every
+    problem at once (missing or empty checkpoints, data folders and config files; config files
+    that would run as Python without trust), one line each, naming the suite key. Raises at once
+    when an unfinished cell would resume with other settings."""
     where = str(suite.path)
+    problems: list[str] = []
+
+    def problem(text: str) -> None:
+        if text not in problems:
+            problems.append(text)
+
     for cell in cells:
         status = cell_status(cell, out_dir, done_ids)
         work = out_dir / cell.work_dir
@@ -343,20 +473,51 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
         if status == "done":
             continue
         init, task = cell.init, cell.task
-        if init.checkpoint is not None and not init.checkpoint.is_file():
-            raise BenchError(f"{where}: key 'inits.{init.label}.checkpoint': file "
-                             f"{init.checkpoint} not found")
+        if init.checkpoint is not None and cell.needs is None:
+            if not init.checkpoint.is_file():
+                problem(f"key 'inits.{init.label}.checkpoint': file {init.checkpoint} not found")
+            elif init.checkpoint.stat().st_size == 0:
+                problem(f"key 'inits.{init.label}.checkpoint': file {init.checkpoint} is empty")
         if cell.kind == "pretrain":
             data = init.pretrain.get("data", "embedded")
-            if data not in ("embedded", "") and not Path(data).is_dir():
-                raise BenchError(f"{where}: key 'inits.{init.label}.pretrain.data': folder "
-                                 f"{data} not found (or use 'embedded')")
+            if data not in PRETRAIN_DATA:
+                if not Path(data).is_dir():
+                    problem(f"key 'inits.{init.label}.pretrain.data': folder {data} not found "
+                            f"(or use one of {', '.join(PRETRAIN_DATA)})")
+                elif _is_empty_dir(Path(data)):
+                    problem(f"key 'inits.{init.label}.pretrain.data': folder {data} is empty")
             continue
-        if task.data is not None and not task.data.exists():
-            raise BenchError(f"{where}: key 'tasks.{task.label}.data': {task.data} not found")
+        if task.data is not None:
+            if not task.data.exists():
+                problem(f"key 'tasks.{task.label}.data': {task.data} not found")
+            elif _is_empty_dir(task.data):
+                problem(f"key 'tasks.{task.label}.data': folder {task.data} is empty")
         config = task.config_for(init.arch)
-        if config and Path(config).suffix in CONFIG_FILE_SUFFIXES and not Path(config).is_file():
-            raise BenchError(f"{where}: key 'tasks.{task.label}.config': file {config} not found")
+        if config and Path(config).suffix in CONFIG_FILE_SUFFIXES:
+            path = Path(config)
+            if not path.is_file():
+                problem(f"key 'tasks.{task.label}.config': file {config} not found")
+            elif path.stat().st_size == 0:
+                problem(f"key 'tasks.{task.label}.config': file {config} is empty")
+            elif (path.suffix == ".py" and not task.trust_config
+                  and not path.resolve().is_relative_to(SHIPPED_CONFIGS)):
+                problem(f"key 'tasks.{task.label}.config': {config} is outside the package and is "
+                        f"run as Python when read; set 'tasks.{task.label}.trust_config: true' "
+                        "(or pass --trust-config) if you trust it")
+    return problems
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
+
+
+def refuse(suite: Suite, problems: list[str]) -> None:
+    """One line for the problems ``check_inputs`` found (nothing when there are none)."""
+    if len(problems) == 1:
+        raise BenchError(f"{suite.path}: {problems[0]}")
+    if problems:
+        raise BenchError(f"{suite.path}: {len(problems)} problems with the suite's inputs: "
+                         + "; ".join(problems))
 
 
 @contextlib.contextmanager
@@ -406,10 +567,22 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
             _write_cell_file(cell, work)
         if cell.kind == "pretrain":
             return True, f"-> {run_pretrain_cell(cell, out_dir)}"
-        row = run_transfer_cell(suite, cell, out_dir, checkpoint)
+        search = None
+        if cell.role == "final":
+            chosen, best, search = select_point(cell, out_dir)
+            if cell.task.select_on == "val":  # the best candidate ran on val already: its row
+                row = {k: v for k, v in best.items() if k not in ("run_id", "suite")}
+                row["extra"] = {k: v for k, v in best["extra"].items()
+                                if k not in ("search_role", "overrides", "cell")}
+            else:
+                row = run_transfer_cell(suite, cell, out_dir, checkpoint, overrides=chosen)
+        else:
+            row = run_transfer_cell(suite, cell, out_dir, checkpoint)
         if not is_main():  # under torch.distributed rank 0 records the row
             return True, "done (rank > 0)"
         row = _finish_row(row, suite, cell)
+        if search is not None:
+            row["extra"]["search"] = search
         store.append(row)
         return True, ", ".join(f"{k} {v:.2f}" for k, v in row["metrics"].items())
     except Exception as exc:  # a failed cell is recorded; the others still run
@@ -430,10 +603,14 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
     out_dir = Path(out_dir)
     cells = plan(suite, only=only, skip=skip)
     done_ids = ResultsStore(out_dir).done_ids()
-    check_inputs(suite, cells, out_dir, done_ids)
-    if dry_run:
-        print(format_plan(cells, out_dir, done_ids))
+    problems = check_inputs(suite, cells, out_dir, done_ids)
+    if dry_run:  # the plan, then every problem at once
+        print(format_plan(suite, cells, out_dir, done_ids))
+        for text in problems:
+            print(f"problem: {text}", file=sys.stderr)
+        refuse(suite, problems)
         return RunSummary(cells, [], [], {}, [])
+    refuse(suite, problems)
 
     summary = RunSummary(cells, [], [], {}, [])
     with _out_dir_lock(out_dir):
@@ -488,13 +665,16 @@ class CellJob:
     torch.distributed; only rank 0 writes the row."""
 
     def __init__(self, suite_path: Path, seeds: tuple[int, ...], out_dir: Path, cell_name: str,
-                 pretrain_error: str | None = None):
+                 pretrain_error: str | None = None, trust_config: bool = False):
         self.suite_path, self.seeds, self.out_dir = Path(suite_path), tuple(seeds), Path(out_dir)
         self.cell_name, self.pretrain_error = cell_name, pretrain_error
+        self.trust_config = trust_config
 
     def __call__(self) -> tuple[bool, str]:
         import submitit
         suite = load_suite(self.suite_path).with_seeds(self.seeds)
+        if self.trust_config:
+            suite = suite.with_trust_config()
         cell = next(c for c in plan(suite) if c.name == self.cell_name)
         if submitit.JobEnvironment().num_tasks > 1:
             from bench.core.distributed import init_distributed
@@ -512,14 +692,19 @@ class CellJob:
 
 def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, executor,
                        summary: RunSummary) -> None:
-    """Submit the pretraining cells, wait for them, then submit the transfer cells and wait."""
-    for kind in ("pretrain", "transfer"):
-        batch = [(n, c) for n, c in todo if c.kind == kind]
+    """Submit the pretraining cells and wait for them, then the search candidates, then the other
+    transfer cells (a search's final cell needs its candidates' rows)."""
+    def phase(cell: Cell) -> int:
+        return 0 if cell.kind == "pretrain" else 1 if cell.role == "candidate" else 2
+
+    for number in (0, 1, 2):
+        batch = [(n, c) for n, c in todo if phase(c) == number]
         jobs = []
         for number, cell in batch:
             executor.update_parameters(name=f"{suite.name}:{cell.name}")
             job = executor.submit(CellJob(suite.path, suite.seeds, out_dir, cell.name,
-                                          summary.failed.get(cell.needs)))
+                                          summary.failed.get(cell.needs),
+                                          trust_config=all(t.trust_config for t in suite.tasks)))
             print(f"[{number}/{total}] {cell.name}: submitted as job {job.job_id}", flush=True)
             jobs.append((number, cell, job, time.perf_counter()))
         for number, cell, job, start in jobs:
@@ -590,20 +775,61 @@ def write_suite_tables(suite: Suite, out_dir: Path) -> list[Path]:
     return written
 
 
-def format_plan(cells: list[Cell], out_dir: Path, done_ids: set[str]) -> str:
-    """The plan as a text table: cell, kind, backbone, weights, status, id."""
-    rows = [("cell", "kind", "backbone", "weights", "status", "id")]
+def format_plan(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> str:
+    """The plan as a text table (cell, kind, backbone, weights, status, id, config, schedule),
+    then the search grids and a rough cost: the training schedule the cells to run add up to."""
+    rows = [("cell", "kind", "backbone", "weights", "status", "id", "config", "schedule")]
+    cost: dict[str, float] = {}  # unit -> total over the cells still to run
     for c in cells:
         weights = (f"<- {c.needs}" if c.needs else str(c.init.checkpoint) if c.init.checkpoint
                    else "random" if c.kind == "transfer" else c.init.pretrain["method"])
-        rows.append((c.name, c.kind, c.init.backbone, weights, cell_status(c, out_dir, done_ids),
-                     c.id))
+        status = cell_status(c, out_dir, done_ids)
+        config, amount, unit = _schedule(c)
+        schedule = f"{amount:g} {unit}" if amount is not None else f"config's {unit}"
+        if c.role == "final" and c.task.select_on == "val":
+            schedule = "best candidate's row"
+        elif c.role is not None:
+            schedule += f", {point_name(c.point)}" if c.point else ", best point"
+        if status != "done" and amount is not None and schedule != "best candidate's row":
+            cost[unit] = cost.get(unit, 0) + amount
+        rows.append((c.name, c.kind if c.role is None else f"{c.kind}:{c.role}", c.init.backbone,
+                     weights, status, c.id, config, schedule))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for c in cells:
+        if c.role == "final":
+            grid = _search_grid(c)
+            lines.append(f"search {c.name}: {' x '.join(f'{n} {v}' for n, v in grid.items())} = "
+                         f"{len(c.candidates)} candidate runs, selected on {c.task.select_on} by "
+                         f"{c.task.spec.metrics[0]}" + (", then the best point on the reported "
+                                                        "split" if c.task.select_on == "heldout"
+                                                        else ""))
     todo = sum(cell_status(c, out_dir, done_ids) != "done" for c in cells)
     lines.append(f"{len(cells)} cells, {todo} to run; work dirs under {out_dir / 'work'}")
+    if cost:
+        lines.append("cost estimate (the suite's schedules of the cells to run, summed; cells on "
+                     "their config's schedule are not counted): "
+                     + ", ".join(f"{v:g} {unit}" for unit, v in sorted(cost.items())))
     return "\n".join(lines)
+
+
+def _schedule(cell: Cell) -> tuple[str, float | None, str]:
+    """(config, amount, unit) of a cell's training: the pretraining's steps or epochs, a dense
+    task's iterations, a classification task's epochs; amount None: the config's own."""
+    if cell.kind == "pretrain":
+        p = cell.init.pretrain
+        if "steps" in p:
+            return p["method"], float(p["steps"]), "pretraining steps"
+        return p["method"], (float(p["epochs"]) if "epochs" in p else None), "pretraining epochs"
+    t = cell.task
+    config = str(t.config_for(cell.init.arch) or "default")
+    point = dict(cell.point)
+    if "iters" in t.spec.suite_keys:
+        iters = point.get("iters", t.iters)
+        return config, (float(iters) if iters is not None else None), f"{t.task} iterations"
+    epochs = point.get("epochs", t.epochs)
+    return config, (float(epochs) if epochs is not None else None), f"{t.task} epochs"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -626,6 +852,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                         help="transfer seeds instead of the suite's")
     parser.add_argument("--no-tables", action="store_true", help="do not write tables at the end")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="read .py config files from outside the package (they run as Python "
+                             "when read); the same as 'trust_config: true' in every task")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true",
                        help="run the cells here, one after the other (the default)")
@@ -642,6 +871,8 @@ def run_main(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     if args.seeds is not None:
         suite = suite.with_seeds(args.seeds)
+    if getattr(args, "trust_config", False):
+        suite = suite.with_trust_config()
     out = Path(args.out) if args.out else Path("results") / suite.name
     executor = slurm_executor(args.slurm, out) if args.slurm and not args.dry_run else None
     summary = run_suite(suite, out, dry_run=args.dry_run, only=args.only, skip=args.skip,

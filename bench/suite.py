@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +67,22 @@ SCALES = ("smoke", "full")
 PRETRAIN_METHODS = ("mae", "mocov3", "beit", "supervised")
 
 SUITE_KEYS = ("name", "description", "scale", "arch", "seeds", "inits", "tasks")
-INIT_KEYS = ("init", "arch", "checkpoint", "pretrain", "trust_checkpoint", "extra")
+INIT_KEYS = ("init", "arch", "checkpoint", "pretrain", "trust_checkpoint", "extra", "search")
 # Keys every pretraining method takes besides the engine's TrainConfig fields.
 PRETRAIN_COMMON_KEYS = ("method", "data", "img_size", "epoch_size")
 # TrainConfig fields a suite may not set: the runner owns them.
 PRETRAIN_RESERVED = ("out_dir", "desc", "progress", "resume")
 # Keys of every task entry; each task adds its own (TaskSpec.suite_keys: iters, epochs, ...).
-TASK_COMMON_KEYS = ("task", "protocol", "data", "generate", "config")
+TASK_COMMON_KEYS = ("task", "protocol", "data", "generate", "config", "trust_config", "search",
+                    "select_on")
+SELECT_ON = ("heldout", "val")
+# Bounds on what a small file may ask for: a YAML alias bomb, or a typo such as seeds: [0..1e6],
+# must end in one line, not in hours of cells or gigabytes of error message.
+MAX_YAML_VALUES = 20_000    # scalars, lists and mappings after expanding aliases
+MAX_SEEDS = 64
+MAX_ENTRIES = 256           # inits, tasks
+MAX_GRID = 64               # points of one search grid
+MAX_QUOTE = 80              # characters of a value quoted in a message
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -87,6 +97,7 @@ class InitEntry:
     pretrain: dict | None = None            # {'method': ..., **kwargs of the pretrainer}
     trust_checkpoint: bool = False
     extra: dict = field(default_factory=dict)  # goes into every row's 'extra' (and run id)
+    search: dict = field(default_factory=dict)  # task label -> grid, replacing the task's grid
 
     @property
     def backbone(self) -> str:
@@ -108,6 +119,9 @@ class TaskEntry:
     batch_size: int | None = None
     k: tuple[int, ...] = ()                 # protocol 'partial'
     bf16: bool = False
+    trust_config: bool = False              # read a config file from outside the package
+    search: dict | None = None              # hyperparameter -> tuple of values (a grid)
+    select_on: str = "heldout"              # where the search selects: SELECT_ON
 
     def config_for(self, arch: str) -> str | None:
         return self.config.get(arch) if isinstance(self.config, dict) else self.config
@@ -127,6 +141,15 @@ class Suite:
     inits: tuple[InitEntry, ...]
     tasks: tuple[TaskEntry, ...]
     description: str = ""
+
+    def grid(self, init: InitEntry, task: TaskEntry) -> dict | None:
+        """The search grid of ``task`` for ``init`` (the init's own, else the task's), or None."""
+        return init.search.get(task.label, task.search)
+
+    def with_trust_config(self) -> "Suite":
+        """The same suite with every task's config trusted (``bench run --trust-config``)."""
+        return dataclasses.replace(self, tasks=tuple(dataclasses.replace(t, trust_config=True)
+                                                     for t in self.tasks))
 
     def with_seeds(self, seeds) -> "Suite":
         """The same suite with other transfer seeds (``bench run --seeds``)."""
@@ -149,7 +172,7 @@ def resolve_suite_path(name_or_path: str | Path) -> Path:
     bundled = SUITES_DIR / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    raise BenchError(f"suite {str(name_or_path)!r}: no such file and not a bundled suite "
+    raise BenchError(f"suite {_quote(str(name_or_path))}: no such file and not a bundled suite "
                      f"(bundled: {', '.join(bundled_suites())})")
 
 
@@ -172,12 +195,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
     _known_keys(doc, SUITE_KEYS, where, "")
     for key in ("name", "seeds", "inits", "tasks"):
         if key not in doc:
-            raise BenchError(f"{where}: key {key!r} is required")
+            raise BenchError(f"{where}: key {_quote(key)} is required")
 
     name = _string(doc["name"], where, "name")
+    if not LABEL_RE.fullmatch(name):
+        raise BenchError(f"{where}: key 'name' is {_quote(name)}: a suite name may hold only "
+                         "letters, digits, '_', '.' and '-' (it names the folder results/<name>)")
     scale = doc.get("scale", "smoke")
     if not isinstance(scale, str) or scale not in SCALES:
-        raise BenchError(f"{where}: key 'scale' is {scale!r}; allowed: {', '.join(SCALES)}")
+        raise BenchError(f"{where}: key 'scale' is {_quote(scale)}; allowed: {', '.join(SCALES)}")
     seeds = _seeds(doc["seeds"], where, "key 'seeds'")
     default_arch = _string(doc["arch"], where, "arch") if "arch" in doc else None
 
@@ -189,18 +215,23 @@ def load_suite(name_or_path: str | Path) -> Suite:
     tasks_doc = _mapping(doc["tasks"], where, "key 'tasks'")
     if not tasks_doc:
         raise BenchError(f"{where}: key 'tasks' is empty; give at least one task")
+    for section, entries in (("inits", inits_doc), ("tasks", tasks_doc)):
+        if len(entries) > MAX_ENTRIES:
+            raise BenchError(f"{where}: key {section!r} has {len(entries)} entries; at most "
+                             f"{MAX_ENTRIES}")
     tasks = tuple(_task_entry(label, spec, where) for label, spec in tasks_doc.items())
+    inits = tuple(_init_search(i, inits_doc[i.label], tasks, where) for i in inits)
     for t in tasks:
         for i in inits:
             if isinstance(t.config, dict) and i.arch not in t.config:
                 raise BenchError(f"{where}: key 'tasks.{t.label}.config' has no entry for "
-                                 f"{i.arch} (init {i.label!r}); given: {', '.join(t.config)}")
+                                 f"{i.arch} (init {_quote(i.label)}); given: {', '.join(t.config)}")
             # k must be a block count of every init's ViT
             depth = _arch_depth(i.arch)
             bad = [k for k in t.k if k > depth]
             if bad:
                 raise BenchError(f"{where}: key 'tasks.{t.label}.k' has {bad[0]} but init "
-                                 f"{i.label!r} ({i.arch}) has only {depth} blocks; "
+                                 f"{_quote(i.label)} ({i.arch}) has only {depth} blocks; "
                                  f"allowed: 0..{depth}")
     description = doc.get("description", "")
     if not isinstance(description, str):
@@ -215,12 +246,12 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
 
     label = _label(label, where, "inits")
     key = f"inits.{label}"
-    spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
+    spec = {} if spec is None else _mapping(spec, where, f"key {_quote(key)}")
     _known_keys(spec, INIT_KEYS, where, key)
     init = spec.get("init", label)
     if not isinstance(init, str) or init not in INITS:
         raise BenchError(f"{where}: key {key + ('.init' if 'init' in spec else '')!r}: unknown "
-                         f"initialisation {init!r}; allowed: {', '.join(INITS)} (or set "
+                         f"initialisation {_quote(init)}; allowed: {', '.join(INITS)} (or set "
                          f"'{key}.init' to one of them)")
     arch = spec.get("arch", default_arch)
     if arch is None:
@@ -228,10 +259,10 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
                          f"top-level 'arch'; allowed: {', '.join(ARCHS)}")
     if not isinstance(arch, str) or arch not in ARCHS:
         at = f"{key}.arch" if "arch" in spec else "arch"
-        raise BenchError(f"{where}: key {at!r}: unknown architecture {arch!r}; allowed: "
+        raise BenchError(f"{where}: key {_quote(at)}: unknown architecture {_quote(arch)}; allowed: "
                          f"{', '.join(ARCHS)}")
     if "checkpoint" in spec and "pretrain" in spec:
-        raise BenchError(f"{where}: key {key!r} has both 'checkpoint' and 'pretrain'; give one")
+        raise BenchError(f"{where}: key {_quote(key)} has both 'checkpoint' and 'pretrain'; give one")
     checkpoint = None
     if "checkpoint" in spec:
         checkpoint = Path(_string(spec["checkpoint"], where, f"{key}.checkpoint")).expanduser()
@@ -239,11 +270,11 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
     if "pretrain" in spec:
         pretrain = _pretrain_spec(spec["pretrain"], init, where, f"{key}.pretrain")
     if checkpoint is None and pretrain is None and INITS[init].needs_checkpoint:
-        raise BenchError(f"{where}: key {key!r}: initialisation {init!r} needs weights; add "
+        raise BenchError(f"{where}: key {_quote(key)}: initialisation {_quote(init)} needs weights; add "
                          f"'checkpoint: PATH' or 'pretrain: {{method: ...}}' (allowed methods: "
                          f"{', '.join(PRETRAIN_METHODS)})")
     if INITS[init].converter is None and (checkpoint is not None or pretrain is not None):
-        raise BenchError(f"{where}: key {key!r}: initialisation {init!r} takes no weights; "
+        raise BenchError(f"{where}: key {_quote(key)}: initialisation {_quote(init)} takes no weights; "
                          f"remove 'checkpoint'/'pretrain' or set '{key}.init'")
     trust = spec.get("trust_checkpoint", False)
     if not isinstance(trust, bool):
@@ -267,11 +298,11 @@ def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> 
 def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
     from bench.core.engine import TrainConfig
 
-    spec = _mapping(spec, where, f"key {key!r}")
+    spec = _mapping(spec, where, f"key {_quote(key)}")
     method = spec.get("method", init)
     if not isinstance(method, str) or method not in PRETRAIN_METHODS:
         raise BenchError(f"{where}: key {key + '.method'!r}: unknown pretraining method "
-                         f"{method!r}; allowed: {', '.join(PRETRAIN_METHODS)}")
+                         f"{_quote(method)}; allowed: {', '.join(PRETRAIN_METHODS)}")
     fn = pretrainer_fn(method)
     own = [p.name for p in inspect.signature(fn).parameters.values()
            if p.kind == p.KEYWORD_ONLY and p.name not in PRETRAIN_RESERVED]
@@ -289,39 +320,39 @@ def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
             value = tuple(float(v) for v in value)
         elif name == "data":
             value = _string(value, where, f"{key}.data")
-        elif not _plain(value, depth=2):
-            raise BenchError(f"{where}: key {key}.{name} must be a number, string, boolean, or a "
-                             "list or mapping of those")
+        elif not _plain(value, depth=2) or not _finite(value):
+            raise BenchError(f"{where}: key {key}.{name} must be a finite number, string, boolean, "
+                             "or a list or mapping of those")
         out[name] = value  # e.g. BEiT's tokenizer_train: {epochs: 4, blr: 2.0e-3}
     for name in ("steps", "seed", "ckpt_every", "batch_size", "epoch_size", "accum_iter"):
         least = 0 if name in ("steps", "seed", "ckpt_every") else 1
         if name in out and not (_is_int(out[name]) and out[name] >= least):
             raise BenchError(f"{where}: key {key}.{name} must be an integer >= {least}, got "
-                             f"{out[name]!r}")
+                             f"{_quote(out[name])}")
     if "mask_ratio" in out and not (_is_number(out["mask_ratio"]) and 0 < out["mask_ratio"] < 1):
         raise BenchError(f"{where}: key {key}.mask_ratio must be in (0, 1), got "
-                         f"{out['mask_ratio']!r}")
+                         f"{_quote(out['mask_ratio'])}")
     return out
 
 
 def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     label = _label(label, where, "tasks")
     key = f"tasks.{label}"
-    spec = {} if spec is None else _mapping(spec, where, f"key {key!r}")
+    spec = {} if spec is None else _mapping(spec, where, f"key {_quote(key)}")
     task = spec.get("task", label)
     runnable = runnable_tasks()
     if not isinstance(task, str) or task not in runnable:
         raise BenchError(f"{where}: key {key + ('.task' if 'task' in spec else '')!r}: unknown "
-                         f"task {task!r}; allowed: {', '.join(runnable)} (or set '{key}.task')")
+                         f"task {_quote(task)}; allowed: {', '.join(runnable)} (or set '{key}.task')")
     declared = TASKS[task]
     _known_keys(spec, TASK_COMMON_KEYS + declared.suite_keys, where, key)
     protocols = declared.protocols
     protocol = spec.get("protocol", protocols[0])
     if not isinstance(protocol, str) or protocol not in protocols:
-        raise BenchError(f"{where}: key {key + '.protocol'!r}: protocol {protocol!r} is not one "
+        raise BenchError(f"{where}: key {key + '.protocol'!r}: protocol {_quote(protocol)} is not one "
                          f"of {task}'s; allowed: {', '.join(protocols)}")
     if ("data" in spec) == ("generate" in spec):
-        raise BenchError(f"{where}: key {key!r} needs exactly one of 'data' (a dataset on disk) "
+        raise BenchError(f"{where}: key {_quote(key)} needs exactly one of 'data' (a dataset on disk) "
                          "and 'generate' (make the small generated set)")
     data = Path(_string(spec["data"], where, f"{key}.data")).expanduser() if "data" in spec else None
     generate = None
@@ -331,8 +362,8 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
         _known_keys(generate, list(params), where, f"{key}.generate")
         for name, value in generate.items():  # the type of each parameter's default
             kind = _kind_of(params[name].default)
-            if kind and not _is_kind(value, kind):
-                raise BenchError(f"{where}: key {key}.generate.{name} must be {kind}, got {value!r}")
+            if (kind and not _is_kind(value, kind)) or not _finite(value):
+                raise BenchError(f"{where}: key {key}.generate.{name} must be {kind}, got {_quote(value)}")
         generate = {name: (tuple(v) if isinstance(v, list) else v) for name, v in generate.items()}
     config = None
     if isinstance(spec.get("config"), dict):  # one config per architecture
@@ -344,11 +375,21 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     iters = _positive_int(spec, "iters", where, key)
     batch_size = _positive_int(spec, "batch_size", where, key)
     epochs = spec.get("epochs")
-    if epochs is not None and not (_is_number(epochs) and epochs > 0):
-        raise BenchError(f"{where}: key {key}.epochs must be a positive number, got {epochs!r}")
+    if epochs is not None and not (_is_number(epochs) and 0 < epochs < math.inf):
+        raise BenchError(f"{where}: key {key}.epochs must be a positive number, got {_quote(epochs)}")
     bf16 = spec.get("bf16", False)
     if not isinstance(bf16, bool):
         raise BenchError(f"{where}: key {key}.bf16 must be true or false")
+    trust_config = spec.get("trust_config", False)
+    if not isinstance(trust_config, bool):
+        raise BenchError(f"{where}: key {key}.trust_config must be true or false")
+    select_on = spec.get("select_on", "heldout")
+    if not isinstance(select_on, str) or select_on not in SELECT_ON:
+        raise BenchError(f"{where}: key {key}.select_on is {_quote(select_on)}; allowed: "
+                         f"{', '.join(SELECT_ON)}")
+    search = None
+    if "search" in spec:
+        search = _grid(spec["search"], declared, select_on, where, f"{key}.search")
     k: tuple[int, ...] = ()
     if protocol == "partial":
         raw = spec.get("k")
@@ -356,14 +397,59 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
             raise BenchError(f"{where}: key {key + '.k'!r} is required for protocol 'partial': a "
                              "list of numbers of fine-tuned blocks, e.g. [0, 1, 2, 4]")
         if len(set(raw)) != len(raw):
-            raise BenchError(f"{where}: key {key}.k lists a value twice: {raw}")
+            raise BenchError(f"{where}: key {key}.k lists a value twice: {_quote(raw)}")
         k = tuple(raw)
     elif "k" in spec:
         raise BenchError(f"{where}: key {key + '.k'!r} is only for protocol 'partial' "
-                         f"(this task's protocol is {protocol!r})")
+                         f"(this task's protocol is {_quote(protocol)})")
     return TaskEntry(label=label, task=task, protocol=protocol, data=data, generate=generate,
                      config=config, iters=iters, epochs=None if epochs is None else float(epochs),
-                     batch_size=batch_size, k=k, bf16=bf16)
+                     batch_size=batch_size, k=k, bf16=bf16, trust_config=trust_config,
+                     search=search, select_on=select_on)
+
+
+def _init_search(init: InitEntry, spec: Any, tasks: tuple[TaskEntry, ...], where: str) -> InitEntry:
+    """``inits.<label>.search: {<task label>: grid}``: this init's own grid for those tasks."""
+    if not isinstance(spec, dict) or "search" not in spec:
+        return init
+    key = f"inits.{init.label}.search"
+    grids = _mapping(spec["search"], where, f"key {key!r}")
+    by_label = {t.label: t for t in tasks}
+    _known_keys(grids, list(by_label), where, key)
+    search = {label: _grid(grid, by_label[label].spec, by_label[label].select_on, where,
+                           f"{key}.{label}") for label, grid in grids.items()}
+    return dataclasses.replace(init, search=search)
+
+
+def _grid(value: Any, declared: TaskSpec, select_on: str, where: str, key: str) -> dict:
+    """A search grid ``{hyperparameter: [values]}``, checked against what the task can vary."""
+    grid = _mapping(value, where, f"key {key!r}")
+    if not declared.search_keys:
+        raise BenchError(f"{where}: key {key!r}: task {declared.name!r} has no hyperparameters "
+                         "to search")
+    if not grid:
+        raise BenchError(f"{where}: key {key!r} is empty; give e.g. "
+                         f"{{{declared.search_keys[0]}: [a, b]}}")
+    _known_keys(grid, declared.search_keys, where, key)
+    if select_on == "heldout" and not declared.heldout:
+        raise BenchError(f"{where}: key {key!r}: selecting on a held-out part of the training set "
+                         f"is not implemented for task {declared.name!r}; set 'select_on: val' "
+                         "(the rows then say 'selected on val')")
+    out, points = {}, 1
+    for name, values in grid.items():
+        if not (isinstance(values, list) and values
+                and all(isinstance(v, (str, bool)) or (_is_number(v) and math.isfinite(v))
+                        for v in values)):
+            raise BenchError(f"{where}: key {key}.{name} must be a non-empty list of finite "
+                             f"numbers (or strings), got {_quote(values)}")
+        if len(set(map(repr, values))) != len(values):
+            raise BenchError(f"{where}: key {key}.{name} lists a value twice: {_quote(values)}")
+        points *= len(values)
+        if points > MAX_GRID:
+            raise BenchError(f"{where}: key {key!r} has more than {MAX_GRID} points; search "
+                             "fewer values")
+        out[name] = tuple(values)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,7 +468,76 @@ def pretrainer_fn(method: str) -> Callable[..., Path]:
 # --------------------------------------------------------------------------------------------------
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently),
+    and a document that expands (through aliases) to more than ``MAX_YAML_VALUES`` values or
+    refers to itself: aliases share one node, but every walk over the result expands them."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {})
+        return node
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Number of values ``node`` stands for once aliases are expanded; raises past the bound.
+    ``sizes``: node id -> size (None while being counted: a node inside itself)."""
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a value that "
+                                              "contains it", node.start_mark)
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(n, sizes) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    if size > MAX_YAML_VALUES:
+        raise yaml.composer.ComposerError(
+            None, None, f"the document expands to more than {MAX_YAML_VALUES} values "
+            "(through aliases?)", node.start_mark)
+    sizes[id(node)] = size
+    return size
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, cut to ``MAX_QUOTE`` characters: messages quote user values, and a value
+    may be huge. Containers are not repr'd whole first (an alias bomb would expand here)."""
+    if isinstance(value, (list, tuple, dict, set)):
+        text, _ = _short_repr(value, MAX_QUOTE + 1)
+    else:
+        text = repr(value) if not isinstance(value, str) or len(value) <= 4 * MAX_QUOTE \
+            else repr(value[:MAX_QUOTE + 1])
+    return text if len(text) <= MAX_QUOTE else text[:MAX_QUOTE - 3] + "..."
+
+
+def _short_repr(value: Any, budget: int) -> tuple[str, int]:
+    """repr of ``value`` up to about ``budget`` characters; returns (text, budget left)."""
+    if isinstance(value, (list, tuple, set)):
+        items = list(value) if not isinstance(value, set) else sorted(value, key=repr)
+        opened, closed = ("[", "]") if isinstance(value, list) else ("(", ")")
+        parts = []
+        for item in items:
+            if budget <= 0:
+                parts.append("...")
+                break
+            text, budget = _short_repr(item, budget)
+            parts.append(text)
+            budget -= 2
+        return opened + ", ".join(parts) + closed, budget
+    if isinstance(value, dict):
+        parts = []
+        for k, v in value.items():
+            if budget <= 0:
+                parts.append("...")
+                break
+            kt, budget = _short_repr(k, budget)
+            vt, budget = _short_repr(v, budget)
+            parts.append(f"{kt}: {vt}")
+            budget -= 2
+        return "{" + ", ".join(parts) + "}", budget
+    text = _quote(value) if not isinstance(value, (list, tuple, dict, set)) else "..."
+    return text, budget - len(text)
 
 
 def _construct_unique_mapping(loader, node, deep=False):
@@ -395,7 +550,7 @@ def _construct_unique_mapping(loader, node, deep=False):
                 key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice", key_node.start_mark)
+                None, None, f"key {_quote(key)} is given twice", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
@@ -423,35 +578,49 @@ def _known_keys(spec: dict, allowed, where: str, prefix: str) -> None:
     for name in spec:
         if name not in allowed:
             at = f"{prefix}.{name}" if prefix else str(name)
-            raise BenchError(f"{where}: unknown key {at!r}; allowed: {', '.join(allowed)}")
+            raise BenchError(f"{where}: unknown key {_quote(at)}; allowed: {', '.join(allowed)}")
 
 
 def _string(value: Any, where: str, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise BenchError(f"{where}: key {key!r} must be a non-empty string, got {value!r}")
+        raise BenchError(f"{where}: key {_quote(key)} must be a non-empty string, got {_quote(value)}")
     return value
 
 
 def _label(value: Any, where: str, section: str) -> str:
     if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
-        raise BenchError(f"{where}: key {f'{section}.{value}'!r}: labels may hold only letters, "
+        raise BenchError(f"{where}: key {_quote(f'{section}.{value}')}: labels may hold only letters, "
                          "digits, '_', '.' and '-' (they name cells and folders)")
     return value
 
 
 def _seeds(value: Any, where: str, what: str) -> tuple[int, ...]:
+    if isinstance(value, list) and len(value) > MAX_SEEDS:
+        raise BenchError(f"{where}: {what} has {len(value)} seeds; at most {MAX_SEEDS}")
     if not (isinstance(value, list) and value and all(_is_int(s) and s >= 0 for s in value)):
-        raise BenchError(f"{where}: {what} must be a non-empty list of integers >= 0, got {value!r}")
+        raise BenchError(f"{where}: {what} must be a non-empty list of integers >= 0, got {_quote(value)}")
     if len(set(value)) != len(value):
-        raise BenchError(f"{where}: {what} lists a seed twice: {value}")
+        raise BenchError(f"{where}: {what} lists a seed twice: {_quote(value)}")
     return tuple(value)
 
 
 def _positive_int(spec: dict, name: str, where: str, key: str) -> int | None:
     value = spec.get(name)
     if value is not None and not (_is_int(value) and value > 0):
-        raise BenchError(f"{where}: key {key}.{name} must be a positive integer, got {value!r}")
+        raise BenchError(f"{where}: key {key}.{name} must be a positive integer, got {_quote(value)}")
     return value
+
+
+def _finite(value: Any) -> bool:
+    """No inf / nan anywhere in a (checked, shallow) plain value: '.inf' epochs or steps would
+    stop the cell late or never."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def _plain(value: Any, depth: int) -> bool:

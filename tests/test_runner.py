@@ -103,14 +103,19 @@ def test_cli_dry_run_prints_plan_and_seeds_override(tmp_path, capsys):
     args = parser.parse_args([str(path), "--out", str(tmp_path / "out"), "--dry-run",
                               "--only", "random/*", "--skip", "*/fp/*", "--seeds", "3"])
     with pytest.raises(BenchError, match=r"key 'tasks.ade20k.data': /datasets/ade not found"):
-        run_main(args)  # inputs are checked even for a dry run
+        run_main(args)  # inputs are checked even for a dry run, after the plan is printed
+    captured = capsys.readouterr()
+    assert "random/ade20k/seed3" in captured.out
+    assert captured.err.strip() == "problem: key 'tasks.ade20k.data': /datasets/ade not found"
     MATRIX2 = {**MATRIX, "tasks": {"coco": MATRIX["tasks"]["coco"], "fp": MATRIX["tasks"]["fp"]}}
     args.suite = str(write_suite(tmp_path, MATRIX2, "suite2.yaml"))
     assert run_main(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["cell", "kind", "backbone", "weights", "status", "id"]
+    assert out[0].split() == ["cell", "kind", "backbone", "weights", "status", "id", "config",
+                              "schedule"]
     assert out[2].split()[:5] == ["random/coco/seed3", "transfer", "random_vit_test_patch8",
                                   "random", "todo"]
+    assert out[2].split()[6:] == ["default", "config's", "coco", "iterations"]
     assert out[-1].startswith("1 cells, 1 to run")
     assert not (tmp_path / "out" / "runs.jsonl").exists()
 
@@ -155,7 +160,7 @@ def _with(path: str, value):
                                               r"is not one of coco's; allowed: maskrcnn_fpn, "
                                               r"maskrcnn_vitdet"),
     (_with("tasks.coco.epochs", 3), r"unknown key 'tasks.coco.epochs'; allowed: task, protocol, "
-                                    r"data, generate, config, iters"),
+                                    r"data, generate, config, trust_config, search, select_on, iters"),
     (_with("tasks.coco.generate.n_images", 3), r"unknown key 'tasks.coco.generate.n_images'; "
                                                r"allowed: n_train, n_val, image_size, seed"),
     (_with("tasks.ade20k.generate", {}), r"key 'tasks.ade20k' needs exactly one of 'data'"),
@@ -195,7 +200,7 @@ def test_suite_file_errors(tmp_path):
     with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML: nested too deeply"):
         load_suite(path)
     with pytest.raises(BenchError, match=r"suite 'nope': no such file and not a bundled suite "
-                                         r"\(bundled: ci, demo, paper\)"):
+                                         r"\(bundled: ci, demo, .*paper"):
         load_suite("nope")
     doc = {**MATRIX, "inits": {"mae": MATRIX["inits"]["mae"],
                                "mae_again": {"init": "mae", "pretrain": {"mask_ratio": 0.6}}}}
