@@ -4,21 +4,33 @@
 (ImageNet), 4 (COCO), 5 (ADE20K), 6 (classification transfer), linear probing (Table 12) and partial
 fine-tuning (Fig. 9). Which table a row goes into, its metrics and its column come from its task's
 declaration (``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``; the list
-is in docs/adding_a_task.md).
+is in docs/adding_a_task.md). docs/tables.md describes the output for readers.
 
 Each table is a DataFrame: one row per initialisation (random, supervised, mocov3, beit, mae, then
 others alphabetically) and MultiIndex columns ``(group, column, field)``. ``group`` is the metric
 (or the dataset), ``column`` the backbone (ViT-B, ViT-L, ViT-H, ViT-H448, ...; ``k=<k>`` in the
 partial table) and ``field`` one of ``mean`` and ``std`` (ddof=1, NaN when n=1) over seeds, ``n``,
-``delta`` (mean minus the 'supervised' mean of the same cell column, NaN without a supervised row)
-and ``published`` (the paper's number for that cell, from results/reference/mae_paper.csv).
+``lo``/``hi`` (the 95 % interval), ``delta`` (mean minus the 'supervised' mean of the same cell
+column, NaN without a supervised row) and ``published`` (the paper's number for that cell, from
+results/reference/mae_paper.csv). ``table.attrs`` holds the text around the numbers: per cell the
+interval method, the significance mark ('best' or 'tie') and footnote marks; per table the notes.
+
+**Statistics.** One run: a percentile bootstrap over evaluation images of the per-example arrays
+the task wrote (``extra['per_example']``, an ``.npz`` relative to the store's folder or absolute):
+top1/top5 from ``correct``/``correct5``, mIoU from per-image ``intersect``/``union``. Several
+seeds: a t-interval over the seed values. 'Best' (bold) only when the top init beats the runner-up:
+a paired bootstrap over the same evaluation images (the same resampled ids for both) for single
+runs, a t-test over seeds (paired when the seeds match, Welch otherwise) for several; otherwise the
+two are marked as a tie. The bootstrap draws a fixed number of resamples from a fixed seed, so the
+tables are reproducible.
 
 A row's input size is ``extra['img_size']`` (the task's own ``img_size`` when absent). At the
 task's own size (COCO 1024, ADE20K 512, classification 224) it is the paper's plain column
 (``ViT-B``) and gets the paper's number; another size is a column of its own (``ViT-H448``,
-``ViT-demo/8@64``). Only rows with status 'ok' count, and a run_id that was recorded twice counts
-once (the last row). Runs of one init with several ``extra['mask_ratio']`` values are shown as
-separate rows (``mae mask=0.75``) rather than averaged together.
+``ViT-demo/8@64``). Only rows with status 'ok' count, a run_id that was recorded twice counts
+once (the last row), and rows of a hyperparameter search's candidates
+(``extra['search_role'] == 'candidate'``) are left out. Runs of one init with several
+``extra['mask_ratio']`` values are shown as separate rows (``mae mask=0.75``).
 """
 from __future__ import annotations
 
@@ -39,14 +51,24 @@ from bench.core.results import ResultsStore
 from tasks.registry import TABLES, TASKS
 from tasks.spec import PAPER_COLUMN_IMG_SIZE, Table, TaskSpec
 
-FIELDS = ("mean", "std", "n", "delta", "published")
+FIELDS = ("mean", "std", "n", "lo", "hi", "delta", "published")
 INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
 BASELINE_INIT = "supervised"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "mae_paper.csv"
+DEFAULT_PREV_BEST = REPO_ROOT / "results" / "reference" / "mae_paper_prev_best.csv"
 REFERENCE_COLUMNS = ("task", "protocol", "k", "metric", "init", "backbone", "img_size", "value",
                      "source")
 FORMATS = ("csv", "tex", "md")
+DIGITS = 1  # shown digits, as in the paper
+
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+# Metric -> the per-example arrays it is computed from (see ``metric_from_counts``).
+PER_EXAMPLE_METRICS = {"top1": ("correct",), "top5": ("correct5",), "mIoU": ("intersect", "union")}
+# A per-example file whose full-data metric differs from the row's by more than this is not used.
+PER_EXAMPLE_TOLERANCE = 0.05
 
 # timm arch -> the paper's column name (patch sizes as in the paper: B/16, L/16, H/14).
 PAPER_BACKBONES = {"vit_base_patch16": "ViT-B", "vit_large_patch16": "ViT-L",
@@ -60,9 +82,13 @@ SIZE_RANK = {"Ti": 1, "S": 2, "B": 3, "L": 4, "H": 5, "g": 6}
 # Names and ordering
 # ----------------------------------------------------------------------------------------------
 
-def _img_size(value: Any) -> int | None:
+def _img_size(value: Any, where: str = "a results row") -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or value <= 0:
+        raise BenchError(f"{where}: row key 'extra' entry 'img_size' must be a whole number of "
+                         f"pixels, got {value!r:.40}")
     return int(value)
 
 
@@ -134,7 +160,8 @@ def _num(x: Any) -> float:
 # ----------------------------------------------------------------------------------------------
 
 def load_reference(path: str | os.PathLike = DEFAULT_REFERENCE) -> pd.DataFrame:
-    """The published-numbers CSV (see results/reference/README.md) as a DataFrame."""
+    """The published-numbers CSV (see results/reference/README.md) as a DataFrame; the optional
+    ``note`` column ('' when absent) is printed as a footnote beside the number."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"{path}: reference CSV not found (option --reference)")
@@ -146,6 +173,7 @@ def load_reference(path: str | os.PathLike = DEFAULT_REFERENCE) -> pd.DataFrame:
         if column not in ref.columns:
             raise BenchError(f"{path}: reference CSV lacks column {column!r}")
     out = ref[list(REFERENCE_COLUMNS)].copy()
+    out["note"] = ref["note"].str.strip() if "note" in ref.columns else ""
     for i, row in out.iterrows():
         line = i + 2  # header is line 1
         for column in ("value", "k", "img_size"):
@@ -170,35 +198,239 @@ def _reference_key(task, protocol, metric, init, backbone, resolution, k) -> tup
     return (task, protocol, metric, init, backbone, resolution, k)
 
 
-def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, float]:
+def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, tuple[float, str]]:
+    """Reference key -> (published value, note)."""
     if reference is None or reference.empty:
         return {}
     out = {}
-    for r in reference.itertuples(index=False):
+    notes = reference["note"] if "note" in reference.columns else [""] * len(reference)
+    for r, note in zip(reference.itertuples(index=False), notes):
         spec = TASKS.get(r.task)
         resolution = (spec.reference_resolution(r.img_size) if spec is not None
                       else _resolution(r.task, r.img_size))
         key = _reference_key(r.task, r.protocol, r.metric, r.init, r.backbone, resolution, r.k)
-        out[key] = float(r.value)
+        out[key] = (float(r.value), str(note or ""))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics: intervals and the significance of 'best'
+# ----------------------------------------------------------------------------------------------
+
+NOT_PER_IMAGE = ("a single run of a metric that is not a mean over images (COCO AP): no "
+                 "per-image bootstrap; several seeds give a t-interval")
+
+
+class PerExampleError(Exception):
+    """A per-example file that cannot be used for a metric (the message says why)."""
+
+
+def load_per_example(path: str | os.PathLike, metric: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(ids, arrays) of ``metric`` from a task's ``per_example.npz``: ids (N,) as str and the
+    arrays ``PER_EXAMPLE_METRICS[metric]`` names, each with N rows. PerExampleError if unusable."""
+    needed = PER_EXAMPLE_METRICS.get(metric)
+    if needed is None:
+        raise PerExampleError(NOT_PER_IMAGE)
+    path = Path(path)
+    if not path.is_file():
+        raise PerExampleError(f"per-example file {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in ("ids", *needed) if name in data}
+    except (OSError, ValueError, EOFError) as e:
+        raise PerExampleError(f"per-example file {path} unreadable ({str(e).splitlines()[0]})") from None
+    missing = [name for name in ("ids", *needed) if name not in arrays]
+    if missing:
+        raise PerExampleError(f"per-example file {path} lacks {', '.join(missing)}")
+    ids = arrays.pop("ids").astype(str)
+    if ids.ndim != 1 or len(ids) == 0 or len(np.unique(ids)) != len(ids):
+        raise PerExampleError(f"per-example file {path}: 'ids' must be unique, one per image")
+    for name, a in arrays.items():
+        if a.shape[:1] != ids.shape or (metric == "mIoU" and a.ndim != 2):
+            raise PerExampleError(f"per-example file {path}: {name!r} has shape {a.shape}, "
+                                  f"ids {ids.shape}")
+    if metric == "mIoU" and arrays["intersect"].shape != arrays["union"].shape:
+        raise PerExampleError(f"per-example file {path}: 'intersect' and 'union' differ in shape")
+    return ids, arrays
+
+
+def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(samples, n) indices drawn with replacement; a fixed seed makes every table reproducible."""
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
+def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """How often each of n items is drawn in each resample: (samples, n)."""
+    samples = indices.shape[0]
+    flat = (indices + n * np.arange(samples)[:, None]).ravel()
+    return np.bincount(flat, minlength=samples * n).reshape(samples, n).astype(np.float64)
+
+
+def metric_from_counts(metric: str, arrays: dict[str, np.ndarray], counts: np.ndarray) -> np.ndarray:
+    """The metric (percent) of each resample, given how often each image is drawn (S, N).
+    top1/top5: mean of per-image correctness. mIoU: mean over the classes present in the
+    resample (union > 0) of summed intersection over summed union, as mmseg computes it."""
+    if metric in ("top1", "top5"):
+        correct = arrays[PER_EXAMPLE_METRICS[metric][0]].astype(np.float64)
+        return counts @ correct / counts.sum(axis=1) * 100.0
+    inter = counts @ arrays["intersect"].astype(np.float64)  # (S, C)
+    union = counts @ arrays["union"].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, np.nan)
+    return np.nanmean(iou, axis=1) * 100.0
+
+
+def _resampled(metric: str, arrays: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    n = len(next(iter(arrays.values())))
+    out = []
+    for chunk in np.array_split(indices, max(1, indices.size // 5_000_000 + 1)):  # bounded memory
+        out.append(metric_from_counts(metric, arrays, _counts(chunk, n)))
+    return np.concatenate(out)
+
+
+def full_metric(metric: str, arrays: dict[str, np.ndarray]) -> float:
+    n = len(next(iter(arrays.values())))
+    return float(metric_from_counts(metric, arrays, np.ones((1, n)))[0])
+
+
+def bootstrap_interval(metric: str, arrays: dict[str, np.ndarray],
+                       samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                       confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` over evaluation images."""
+    n = len(next(iter(arrays.values())))
+    stats = _resampled(metric, arrays, bootstrap_indices(n, samples, seed))
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def paired_bootstrap(metric: str, a: tuple[np.ndarray, dict], b: tuple[np.ndarray, dict],
+                     samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                     confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of metric(a) - metric(b) over the SAME resampled evaluation images.
+    ``a`` and ``b`` are (ids, arrays); b is aligned to a's id order. PerExampleError when the two
+    were not evaluated on the same ids."""
+    ids_a, arrays_a = a
+    ids_b, arrays_b = b
+    if len(ids_a) != len(ids_b) or set(ids_a.tolist()) != set(ids_b.tolist()):
+        raise PerExampleError(f"evaluated on different images ({len(ids_a)} vs. {len(ids_b)} ids, "
+                              f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} not shared)")
+    order = np.argsort(ids_b)[np.searchsorted(ids_b[np.argsort(ids_b)], ids_a)]
+    arrays_b = {name: x[order] for name, x in arrays_b.items()}
+    indices = bootstrap_indices(len(ids_a), samples, seed)
+    diff = _resampled(metric, arrays_a, indices) - _resampled(metric, arrays_b, indices)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(diff, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Student-t interval of the mean of seed values (n >= 2)."""
+    from scipy import stats
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, str]:
+    """Two-sided p-value that the seed means of a and b differ: a paired t-test when both have
+    the same seeds, Welch's t-test otherwise. Returns (p, the test's name)."""
+    from scipy import stats
+    if set(a) == set(b):
+        seeds = sorted(a)
+        x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
+        if np.allclose(x - y, (x - y)[0]):  # constant difference: t undefined, the order is exact
+            return (0.0 if x[0] != y[0] else 1.0), "paired t-test over seeds"
+        return float(stats.ttest_rel(x, y).pvalue), "paired t-test over seeds"
+    x, y = np.array(list(a.values())), np.array(list(b.values()))
+    return float(stats.ttest_ind(x, y, equal_var=False).pvalue), "Welch t-test over seeds"
+
+
+class _Cell:
+    """One table cell: the runs of one init in one (group, column)."""
+
+    def __init__(self, records: list[dict], metric: str, samples: int):
+        self.metric = metric
+        self.values = {r["seed"]: r["value"] for r in records}
+        values = np.array([r["value"] for r in records], dtype=np.float64)
+        self.n = len(values)
+        self.mean = float(values.mean())
+        self.std = float(values.std(ddof=1)) if self.n > 1 else math.nan
+        self.lo = self.hi = math.nan
+        self.method = ""  # how the interval was made
+        self.why_none = ""  # why there is no interval
+        self.data: tuple[np.ndarray, dict] | None = None
+        if self.n > 1:
+            self.lo, self.hi = t_interval(values)
+            self.method = "seeds"
+            return
+        path = records[0]["per_example"]
+        try:
+            if path is None:
+                if metric not in PER_EXAMPLE_METRICS:
+                    raise PerExampleError(NOT_PER_IMAGE)
+                raise PerExampleError("the run recorded no per-example file (extra.per_example)")
+            ids, arrays = load_per_example(path, metric)
+            full = full_metric(metric, arrays)
+            if abs(full - self.mean) > PER_EXAMPLE_TOLERANCE:
+                raise PerExampleError(f"per-example file {path} gives {metric} {full:.2f}, the "
+                                      f"row {self.mean:.2f}")
+        except PerExampleError as e:
+            self.why_none = str(e)
+            return
+        self.data = (ids, arrays)
+        self.lo, self.hi = bootstrap_interval(metric, arrays, samples)
+        self.method = "images"
+
+
+def _compare(top: _Cell, runner: _Cell, samples: int) -> tuple[str, str]:
+    """('best' | 'tie' | 'untested', how it was decided) for the top cell against the runner-up."""
+    alpha = 1 - CONFIDENCE
+    if top.n == 1 and runner.n == 1:
+        if top.data is None or runner.data is None:
+            return "untested", "no per-example results for a paired bootstrap"
+        try:
+            lo, _ = paired_bootstrap(top.metric, top.data, runner.data, samples)
+        except PerExampleError as e:
+            return "untested", f"not compared: {e}"
+        return ("best" if lo > 0 else "tie"), "paired bootstrap over the same images"
+    if top.n > 1 and runner.n > 1:
+        p, name = seed_test(top.values, runner.values)
+        return ("best" if p < alpha and top.mean > runner.mean else "tie"), name
+    return "untested", "one run against several seeds: not compared"
 
 
 # ----------------------------------------------------------------------------------------------
 # Aggregation
 # ----------------------------------------------------------------------------------------------
 
+def _extra(r: dict) -> dict:
+    extra = r.get("extra")
+    return extra if isinstance(extra, dict) else {}
+
+
+def _deviations(r: dict) -> tuple[str, ...]:
+    value = r.get("deviations")
+    return tuple(value) if isinstance(value, (list, tuple)) else ()
+
+
 def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with status 'ok', one per run_id (the last), with helper columns ``img_size``,
-    ``resolution`` (None at the task's own input size), ``mask_ratio``, ``col`` (backbone label)
-    and ``init_label``."""
+    """Rows with status 'ok', one per run_id (the last), without search candidates, with helper
+    columns ``img_size``, ``resolution`` (None at the task's own input size), ``mask_ratio``,
+    ``col`` (backbone label) and ``init_label``."""
     if df is None or df.empty or "status" not in df.columns:
         return pd.DataFrame()
     ok = df[df["status"] == "ok"].drop_duplicates("run_id", keep="last").copy()
+    if "extra" in ok.columns:
+        ok = ok[[_extra({"extra": e}).get("search_role") != "candidate" for e in ok["extra"]]]
     if ok.empty:
         return ok
     missing = pd.Series(None, index=ok.index, dtype=object)
     # object dtype keeps None as None (a float column would turn it into NaN)
-    ok["img_size"] = pd.Series([_img_size(v) for v in ok.get("extra.img_size", missing)],
+    ok["img_size"] = pd.Series([_img_size(v, f"results row {rid}") for v, rid
+                                in zip(ok.get("extra.img_size", missing), ok["run_id"])],
                                index=ok.index, dtype=object)
     ok["resolution"] = pd.Series([_resolution(t, s) for t, s in zip(ok["task"], ok["img_size"])],
                                  index=ok.index, dtype=object)
@@ -214,9 +446,39 @@ def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
-def _cells(runs: pd.DataFrame, table: Table) -> pd.DataFrame:
+def _per_example_path(r: dict, base_dir: Path | None) -> str | None:
+    value = _extra(r).get("per_example")
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    return str(path if path.is_absolute() else (base_dir or Path.cwd()) / path)
+
+
+def _search_note(search: Any) -> str:
+    """A footnote describing the hyperparameter search a final row came from."""
+    if not isinstance(search, dict):
+        return "hyperparameters chosen by a search"
+    parts = []
+    size = search.get("grid_size")
+    if size is None and isinstance(search.get("grid"), (list, dict)):
+        grid = search["grid"]
+        size = (len(grid) if isinstance(grid, list)
+                else math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values()))
+    if size is not None:
+        parts.append(f"grid of {size}")
+    chosen = search.get("chosen")
+    if isinstance(chosen, dict) and chosen:
+        parts.append("chosen " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    split = search.get("selected_on") or search.get("select")
+    if split:
+        parts.append(f"selected on {split}")
+    return "hyperparameters chosen by a search" + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _cells(runs: pd.DataFrame, table: Table, base_dir: Path | None = None) -> pd.DataFrame:
     """Long frame: one row per (init_label, group, column, run, metric) with the metric value,
-    the sort keys of its group and column, and the key that locates its published number."""
+    the sort keys of its group and column, the key that locates its published number and what
+    the statistics and footnotes need (seed, per-example file, deviations, search)."""
     protocols = sorted(runs["protocol"].unique())
     records = []
     for r in runs.to_dict("records"):
@@ -238,25 +500,58 @@ def _cells(runs: pd.DataFrame, table: Table) -> pd.DataFrame:
                 column_key, column = r["k"], "k=mlp" if r["k"] == 0.5 else f"k={r['k']}"
             else:
                 column_key, column = backbone_key, r["col"]
+            search = _extra(r).get("search")
             records.append({
                 "init": r["init_label"], "group": group, "group_key": group_key,
-                "column": column, "column_key": column_key, "value": value,
+                "column": column, "column_key": column_key, "value": value, "metric": metric,
+                "task": r["task"], "protocol": r["protocol"], "seed": int(r["seed"]),
+                "per_example": _per_example_path(r, base_dir),
+                "deviations": _deviations(r),
+                "search": None if search is None else _search_note(search),
                 "ref_key": _reference_key(r["task"], r["protocol"], metric, r["init"],
                                           r["backbone"], r["resolution"], r["k"]),
             })
     return pd.DataFrame.from_records(records)
 
 
-def _aggregate(cells: pd.DataFrame, published: dict[tuple, float], title: str) -> pd.DataFrame:
-    """Wide table: index init, columns (group, column, field)."""
-    stats = cells.groupby(["init", "group", "column"]).agg(
-        mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
-        ref_key=("ref_key", "first"))  # std: ddof=1, NaN for one run
-    stats["published"] = [published.get(key, math.nan) for key in stats["ref_key"]]
-    cell = stats.index.droplevel("init")
+class _Notes:
+    """Footnotes of one table: each distinct text gets a letter, in order of first use."""
+
+    def __init__(self):
+        self.marks: dict[str, str] = {}
+
+    def mark(self, text: str) -> str:
+        if text not in self.marks:
+            i = len(self.marks)
+            letters = ""
+            while True:
+                letters = chr(ord("a") + i % 26) + letters
+                i = i // 26 - 1
+                if i < 0:
+                    break
+            self.marks[text] = letters
+        return self.marks[text]
+
+
+def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], title: str,
+               samples: int = BOOTSTRAP_SAMPLES, paper_columns: dict | None = None,
+               prev_best: dict | None = None) -> pd.DataFrame:
+    """Wide table: index init, columns (group, column, field); text in ``attrs``."""
+    stat_cells: dict[tuple, _Cell] = {}
+    records = []
+    for (init, group, column), g in cells.groupby(["init", "group", "column"], sort=False):
+        rs = g.to_dict("records")
+        cell = _Cell(rs, rs[0]["metric"], samples)
+        stat_cells[(init, group, column)] = cell
+        value, note = published.get(rs[0]["ref_key"], (math.nan, ""))
+        records.append({"init": init, "group": group, "column": column, "mean": cell.mean,
+                        "std": cell.std, "n": cell.n, "lo": cell.lo, "hi": cell.hi,
+                        "published": value})
+    stats = pd.DataFrame.from_records(records).set_index(["init", "group", "column"]).sort_index()
+    cell_index = stats.index.droplevel("init")
     if BASELINE_INIT in stats.index.get_level_values("init"):
         baseline = stats.loc[BASELINE_INIT, "mean"]
-        stats["delta"] = stats["mean"].to_numpy() - baseline.reindex(cell).to_numpy()
+        stats["delta"] = stats["mean"].to_numpy() - baseline.reindex(cell_index).to_numpy()
     else:
         stats["delta"] = math.nan
     table = stats[list(FIELDS)].astype(float).unstack(["group", "column"])
@@ -272,46 +567,157 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, float], title: str) -
     table = table.reindex(index=sorted(table.index, key=_init_sort_key),
                           columns=pd.MultiIndex.from_tuples(order,
                                                             names=["group", "column", "field"]))
-    table.attrs["title"] = title
+
+    # Significance: the top init of each (group, column) against the runner-up.
+    notes = _Notes()
+    info: dict[tuple, dict] = {key: {"mark": "", "marks": [], "interval": "", "pub_marks": []}
+                               for key in stat_cells}
+    tests = []
+    for group, column in dict.fromkeys((g, c) for g, c, _ in order):
+        ranked = sorted(((cell.mean, init) for (init, g, c), cell in stat_cells.items()
+                         if (g, c) == (group, column)), reverse=True)
+        if len(ranked) < 2:
+            continue
+        top, runner = ranked[0][1], ranked[1][1]
+        verdict, how = _compare(stat_cells[(top, group, column)],
+                                stat_cells[(runner, group, column)], samples)
+        tests.append((group, column, verdict, how))
+        if verdict == "best":
+            info[(top, group, column)]["mark"] = "best"
+        elif verdict == "tie":
+            for init in (top, runner):
+                info[(init, group, column)]["mark"] = "tie"
+        else:
+            info[(top, group, column)]["marks"].append(notes.mark(
+                f"highest mean, not tested against the runner-up ({runner}): {how}"))
+
+    # Intervals, deviations, searches and the reference notes as footnotes.
+    common = set.intersection(*(set(d) for d in cells["deviations"])) if len(cells) else set()
+    for (init, group, column), cell in stat_cells.items():
+        g = cells[(cells["init"] == init) & (cells["group"] == group) & (cells["column"] == column)]
+        i = info[(init, group, column)]
+        if cell.method == "images":
+            i["interval"] = f"bootstrap over {len(cell.data[0])} images"
+        elif cell.method == "seeds":
+            i["interval"] = f"t-interval over {cell.n} seeds"
+        else:
+            i["interval"] = ""
+            i["marks"].append(notes.mark(f"no interval: {cell.why_none}"))
+        for phrase in dict.fromkeys(p for d in g["deviations"] for p in d):
+            if phrase not in common:
+                i["marks"].append(notes.mark(f"deviation from the paper's protocol: {phrase}"))
+        for text in dict.fromkeys(t for t in g["search"] if t):
+            i["marks"].append(notes.mark(text))
+        value, note = published.get(g["ref_key"].iloc[0], (math.nan, ""))
+        if not math.isnan(value) and note:
+            i["pub_marks"].append(notes.mark(f"paper: {note}"))
+        i["marks"] = list(dict.fromkeys(i["marks"]))
+
+    table_notes = []
+    if common:
+        table_notes.append("Every run here departs from the paper's protocol: "
+                           + "; ".join(sorted(common)) + ". Compare with the paper's numbers "
+                           "only as a sanity check.")
+    shown = {c for g, c, _ in order if table[(g, c, "published")].notna().any()}
+    without = [c for c in dict.fromkeys(c for _, c, _ in order) if c not in shown]
+    if without:
+        known = sorted(set((paper_columns or {}).get(title, ())))
+        table_notes.append(
+            f"The paper has no number for {', '.join(without)}"
+            + (f" (its columns here: {', '.join(known)})" if known else "")
+            + ", so no paper column is shown for it.")
+    if prev_best:
+        table_notes.append("Prev best (paper, Table 6: best earlier result, any method, model and "
+                           "input size): " + "; ".join(
+                               f"{group} {value:.{DIGITS}f}"
+                               + (f" ({notes.mark('prev best: ' + note)})" if note else "")
+                               for group, (value, note) in prev_best.items()) + ".")
+    table.attrs.update(title=title, info=info, notes=table_notes,
+                       footnotes=dict(notes.marks), tests=tests)
     return table
 
 
-def build_tables(df: pd.DataFrame,
-                 reference: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def build_tables(df: pd.DataFrame, reference: pd.DataFrame | None = None,
+                 base_dir: str | os.PathLike | None = None, prev_best: pd.DataFrame | None = None,
+                 samples: int = BOOTSTRAP_SAMPLES) -> dict[str, pd.DataFrame]:
     """The paper's table layouts from a results DataFrame (``ResultsStore.dataframe()``);
-    tables without data are left out."""
+    tables without data are left out. ``base_dir``: where relative ``extra['per_example']``
+    paths start (the results store's folder; default the working directory). ``prev_best``:
+    Table 6's 'prev best' numbers (results/reference/mae_paper_prev_best.csv)."""
     runs = finished_runs(df)
     if runs.empty:
         return {}
     published = _reference_lookup(reference)
+    base = None if base_dir is None else Path(base_dir)
     table_of = [TASKS[t].tables.get(p) if t in TASKS else None
                 for t, p in zip(runs["task"], runs["protocol"])]
+    paper_columns: dict[str, list[str]] = {}
+    if reference is not None:
+        for r in reference.itertuples(index=False):
+            spec = TASKS.get(r.task)
+            if spec is None or spec.tables.get(r.protocol) is None or not r.backbone:
+                continue
+            paper_columns.setdefault(spec.tables[r.protocol].title, []).append(
+                backbone_label(r.backbone, spec.reference_resolution(r.img_size)))
+    best_before = {}
+    if prev_best is not None:
+        for r in prev_best.itertuples(index=False):
+            best_before[(r.task, r.protocol, r.metric)] = (float(r.value), str(getattr(r, "note", "")))
     tables = {}
     for table in TABLES:
         sel = runs[[t is table for t in table_of]]
         if sel.empty:
             continue
-        cells = _cells(sel, table)
-        if not cells.empty:
-            tables[table.name] = _aggregate(cells, published, table.title)
+        cells = _cells(sel, table, base)
+        if cells.empty:
+            continue
+        before = {}
+        if table.layout == "tasks":
+            for (task, protocol, metric, group), _ in cells.groupby(
+                    ["task", "protocol", "metric", "group"], sort=False):
+                if (task, protocol, metric) in best_before:
+                    before[group] = best_before[(task, protocol, metric)]
+        tables[table.name] = _aggregate(cells, published, table.title, samples, paper_columns,
+                                        before)
     return tables
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing: CSV (long, numeric), LaTeX (booktabs), Markdown
+# Writing: CSV (long: shown digits and raw values), LaTeX (booktabs), Markdown
 # ----------------------------------------------------------------------------------------------
 
-def table_to_long(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (init, group, column) with numeric mean/std/n/delta/published columns."""
+def _info(table: pd.DataFrame, init: str, group: str, column: str) -> dict:
+    return table.attrs.get("info", {}).get((init, group, column),
+                                           {"mark": "", "marks": [], "interval": "", "pub_marks": []})
+
+
+def table_to_long(table: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
+    """One row per (init, group, column): the numbers as shown (rounded to ``digits``), the
+    interval method, the significance mark and footnotes, then the raw values (``*_raw``)."""
+    footnotes = {mark: text for text, mark in table.attrs.get("footnotes", {}).items()}
     records = []
     for init in table.index:
         for group, column in _cell_columns(table):
             cell = {f: table.loc[init, (group, column, f)] for f in FIELDS}
             if math.isnan(cell["mean"]):
                 continue
-            records.append({"init": init, "group": group, "column": column, **cell})
-    long = pd.DataFrame.from_records(records, columns=["init", "group", "column", *FIELDS])
+            i = _info(table, init, group, column)
+            records.append({
+                "init": init, "group": group, "column": column,
+                "mean": round(cell["mean"], digits), "ci_low": round(cell["lo"], digits),
+                "ci_high": round(cell["hi"], digits), "n": int(cell["n"]),
+                "delta": round(cell["delta"], digits), "published": cell["published"],
+                "interval": i["interval"], "mark": i["mark"],
+                "notes": " | ".join(footnotes[m] for m in i["marks"] + i["pub_marks"]),
+                "mean_raw": cell["mean"], "std_raw": cell["std"], "ci_low_raw": cell["lo"],
+                "ci_high_raw": cell["hi"], "delta_raw": cell["delta"]})
+    columns = ["init", "group", "column", "mean", "ci_low", "ci_high", "n", "delta", "published",
+               "interval", "mark", "notes", "mean_raw", "std_raw", "ci_low_raw", "ci_high_raw",
+               "delta_raw"]
+    long = pd.DataFrame.from_records(records, columns=columns)
     long["n"] = long["n"].astype(int)
+    for c in ("mean", "ci_low", "ci_high", "delta"):  # -0.0 from rounding a tiny negative
+        long[c] = long[c] + 0.0
     return long
 
 
@@ -327,49 +733,73 @@ def _has_published(table: pd.DataFrame, group: str, column: str) -> bool:
     return bool(table[(group, column, "published")].notna().any())
 
 
-def _best(table: pd.DataFrame, group: str, column: str) -> float:
-    means = table[(group, column, "mean")].dropna()
-    return float(means.max()) if len(means) else math.nan
-
-
-def _fmt(x: float, digits: int) -> str:
-    return f"{x:.{digits}f}"
+def _fmt(x: float, digits: int, style: str = "md") -> str:
+    """A number as shown: a real minus sign (U+2212 in Markdown, math minus in LaTeX)."""
+    text = f"{x:.{digits}f}"
+    if text.startswith("-") and float(text) == 0:
+        text = text[1:]
+    if text.startswith("-"):
+        return ("$-$" if style == "tex" else "\u2212") + text[1:]
+    return text
 
 
 def latex_escape(text: str) -> str:
     """Escape LaTeX specials in plain text: 'vit_base_patch16' -> 'vit\\_base\\_patch16'."""
     table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
              "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-             "^": r"\textasciicircum{}"}
+             "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+             "\u2212": "$-$", "\u2248": r"$\approx$", "\u2020": r"\dag{}", "\u2021": r"\ddag{}",
+             "\u0394": r"$\Delta$", "\u00b1": r"$\pm$"}
     return "".join(table.get(ch, ch) for ch in str(text))
+
+
+def _sup(marks: list[str], style: str) -> str:
+    if not marks:
+        return ""
+    text = ",".join(marks)
+    return rf"\textsuperscript{{{text}}}" if style == "tex" else f"<sup>{text}</sup>"
 
 
 def _cell_text(table, init, group, column, digits, style) -> str:
     mean = table.loc[init, (group, column, "mean")]
     if math.isnan(mean):
         return ""
-    std = table.loc[init, (group, column, "std")]
+    lo, hi = table.loc[init, (group, column, "lo")], table.loc[init, (group, column, "hi")]
     n = int(table.loc[init, (group, column, "n")])
-    delta = table.loc[init, (group, column, "delta")]
-    best = mean == _best(table, group, column)
-    show_delta = init != BASELINE_INIT and not math.isnan(delta)
-    if style == "tex":
-        text = rf"\textbf{{{_fmt(mean, digits)}}}" if best else _fmt(mean, digits)
-        text += r" $\pm$ " + ("--" if math.isnan(std) else _fmt(std, digits))
-        note = f"n={n}" + (rf", $\Delta${delta:+.{digits}f}" if show_delta else "")
-        return text + r" {\scriptsize(" + note + ")}"
-    text = f"**{_fmt(mean, digits)}**" if best else _fmt(mean, digits)
-    text += " ± " + ("–" if math.isnan(std) else _fmt(std, digits))
-    note = f"n={n}" + (f", Δ {delta:+.{digits}f}" if show_delta else "")
-    return f"{text} ({note})"
+    i = _info(table, init, group, column)
+    value = _fmt(mean, digits, style)
+    if i["mark"] == "best":
+        value = rf"\textbf{{{value}}}" if style == "tex" else f"**{value}**"
+    text = value
+    if not math.isnan(lo):
+        text += f" [{_fmt(lo, digits, style)}, {_fmt(hi, digits, style)}]"
+    if n > 1:
+        text += f" n={n}"
+    if i["mark"] == "tie":
+        text += r" $\approx$" if style == "tex" else " \u2248"
+    return text + _sup(i["marks"], style)
 
 
-def _published_text(table, init, group, column, digits) -> str:
+def _published_text(table, init, group, column, digits, style="md") -> str:
     value = table.loc[init, (group, column, "published")]
-    return "" if math.isnan(value) else _fmt(value, digits)
+    if math.isnan(value):
+        return ""
+    return _fmt(value, digits, style) + _sup(_info(table, init, group, column)["pub_marks"], style)
 
 
-def to_markdown(table: pd.DataFrame, digits: int = 1) -> str:
+LEGEND = ("Cells: mean [95 % interval]; one run: percentile bootstrap over evaluation images "
+          f"({BOOTSTRAP_SAMPLES} resamples); n=N: t-interval over N seeds. Bold: better than "
+          "the runner-up (paired bootstrap over the same images, or a t-test over seeds, 5 % "
+          "level); \u2248: top two not distinguishable.")
+
+
+def _footnote_lines(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(mark, text) of every footnote, then ('', text) of every table note."""
+    out = [(mark, text) for text, mark in table.attrs.get("footnotes", {}).items()]
+    return out + [("", text) for text in table.attrs.get("notes", [])]
+
+
+def to_markdown(table: pd.DataFrame, digits: int = DIGITS) -> str:
     cells = _cell_columns(table)
     header, align = ["init"], [":---"]
     for group, column in cells:
@@ -379,8 +809,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 1) -> str:
         if _has_published(table, group, column):
             header.append(f"{label} (paper)")
             align.append("---:")
-    lines = [f"**{table.attrs.get('title', '')}** (mean ± std over seeds, n runs, "
-             f"Δ vs. {BASELINE_INIT}; best mean in bold)", "",
+    lines = [f"**{table.attrs.get('title', '')}**", "", LEGEND, "",
              "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for init in table.index:
         row = [init.replace("|", "\\|")]
@@ -388,19 +817,28 @@ def to_markdown(table: pd.DataFrame, digits: int = 1) -> str:
             row.append(_cell_text(table, init, group, column, digits, "md"))
             if _has_published(table, group, column):
                 row.append(_published_text(table, init, group, column, digits))
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    notes = _footnote_lines(table)
+    if notes:
+        lines.append("")
+        lines += [(f"<sup>{mark}</sup> " if mark else "") + text.replace("|", "\\|") + "  "
+                  for mark, text in notes]
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, digits: int = 1) -> str:
+def to_latex(table: pd.DataFrame, digits: int = DIGITS) -> str:
+    """A complete ``table`` float (booktabs): caption, label, tabular and footnotes."""
     cells = _cell_columns(table)
     spans = {}  # group -> number of tabular columns
     for group, column in cells:
         spans[group] = spans.get(group, 0) + 1 + _has_published(table, group, column)
     ncols = 1 + sum(spans.values())
-    lines = [f"% {latex_escape(table.attrs.get('title', ''))}",
-             f"% mean $\\pm$ std over seeds (n runs, $\\Delta$ vs. {BASELINE_INIT}); "
-             "best mean per column in bold; 'paper' = He et al. 2021",
+    title = table.attrs.get("title", "")
+    label = re.sub(r"[^A-Za-z0-9]+", "-", title.split(",")[0]).strip("-").lower() or "table"
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{latex_escape(title)}. {latex_escape(LEGEND)} "
+             r"'paper': He et al.\ 2021.}",
+             rf"\label{{tab:{label}}}",
              r"\begin{tabular}{l" + "c" * (ncols - 1) + "}", r"\toprule"]
     row, rules, start = [""], [], 2
     for group, span in spans.items():
@@ -421,15 +859,22 @@ def to_latex(table: pd.DataFrame, digits: int = 1) -> str:
         for group, column in cells:
             row.append(_cell_text(table, init, group, column, digits, "tex"))
             if _has_published(table, group, column):
-                row.append(_published_text(table, init, group, column, digits))
+                row.append(_published_text(table, init, group, column, digits, "tex"))
         lines.append(" & ".join(row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    notes = _footnote_lines(table)
+    if notes:
+        lines += [r"\par\smallskip\footnotesize\raggedright"]
+        lines += [(rf"\textsuperscript{{{mark}}}" if mark else "") + latex_escape(text) + r"\par"
+                  for mark, text in notes]
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike,
                  formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write every table as ``<out_dir>/<name>.<fmt>`` (each file atomically); return the paths."""
+    """Write every table as ``<out_dir>/<name>.<fmt>`` (each file atomically, with the mode a
+    plain ``open`` gives under the user's umask); return the paths."""
     for fmt in formats:
         if fmt not in FORMATS:
             raise BenchError(f"table format {fmt!r} (option --formats) is not one of {FORMATS}")
@@ -463,25 +908,71 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_")
 
 
-def _stats(values: pd.Series) -> tuple[float, float]:
-    values = values.dropna().astype(float)
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return float(values.mean()), std
+def _interval(sel: pd.DataFrame, metric: str, base_dir: Path | None,
+              samples: int) -> tuple[float, float, float]:
+    """(mean, lo, hi) of the runs in ``sel`` as the tables compute it (lo/hi NaN without one)."""
+    sel = sel[sel[metric].notna()]
+    if sel.empty:
+        return math.nan, math.nan, math.nan
+    records = [{"seed": int(r["seed"]), "value": float(r[metric]),
+                "per_example": _per_example_path(r, base_dir)} for r in sel.to_dict("records")]
+    cell = _Cell(records, metric, samples)
+    return cell.mean, cell.lo, cell.hi
 
 
-def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+def _errorbars(ax, x, stats, **kwargs) -> None:
+    """Interval bars where an interval exists; none (not a zero-height cap) elsewhere."""
+    x = np.asarray(x, dtype=float)
+    mean, lo, hi = (np.array([s[i] for s in stats], dtype=float) for i in range(3))
+    ok = ~np.isnan(lo)
+    if ok.any():
+        ax.errorbar(x[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], capsize=3,
+                    **kwargs)
+
+
+def _unit(metric: str) -> str:
+    return f"{metric} (%)"
+
+
+def _chance(sel: pd.DataFrame) -> float | None:
+    """100 / number of classes for classification rows that record ``extra['num_classes']``."""
+    sizes = {_extra(r).get("num_classes") for r in sel.to_dict("records")} - {None}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        if isinstance(size, int) and not isinstance(size, bool) and size > 1:
+            return 100.0 / size
+    return None
+
+
+def _deviation_note(fig, sel: pd.DataFrame) -> None:
+    phrases = list(dict.fromkeys(p for r in sel.to_dict("records") for p in _deviations(r)))
+    if not phrases:
+        return
+    text = "Not the paper's protocol: " + "; ".join(phrases)
+    if len(text) > 160:
+        text = text[:157] + "..."
+    fig.text(0.01, -0.02, text, fontsize=7, ha="left", va="top", color="0.3")
+
+
+def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
+                base_dir: str | os.PathLike | None = None,
+                samples: int = BOOTSTRAP_SAMPLES) -> list[Path]:
     """PNG plots from finished runs: grouped bars per (task, protocol), partial fine-tuning curves
     (top1 vs. k, one line per init, like MAE Fig. 9) and mask-ratio curves when runs carry
-    several ``extra['mask_ratio']`` values. Plots without data are skipped."""
+    several ``extra['mask_ratio']`` values. Error bars are the tables' 95 % intervals (none where
+    a cell has none); a dashed line marks chance where rows record ``extra['num_classes']``; a
+    note under the plot lists the deviations from the paper's protocol. Plots without data are
+    skipped."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     runs = finished_runs(df)
     out_dir = Path(out_dir)
+    base = None if base_dir is None else Path(base_dir)
     written: list[Path] = []
     if runs.empty:
         return written
 
-    # Grouped bars: init on x, one bar per backbone, error bar = std over seeds.
+    # Grouped bars: init on x, one bar per backbone.
     bars = runs[runs["protocol"] != "partial"]
     for (task, protocol), sel in sorted(bars.groupby(["task", "protocol"]),
                                         key=lambda kv: (_task_sort_key(kv[0][0]), kv[0][1])):
@@ -493,21 +984,23 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
                       key=lambda r: _backbone_sort_key(r.backbone, r.img_size))
         fig = Figure(figsize=(1.2 + 0.9 * len(inits) * len(metrics) + 0.3 * len(cols), 3.6))
         width = 0.8 / len(cols)
+        chance = _chance(sel)
         for i, metric in enumerate(metrics):
             ax = fig.add_subplot(1, len(metrics), i + 1)
             for j, c in enumerate(cols):
-                means, stds = [], []
-                for init in inits:
-                    cell = sel[(sel["init_label"] == init) & (sel["col"] == c.col)][metric]
-                    mean, std = _stats(cell) if cell.notna().any() else (math.nan, 0.0)
-                    means.append(mean)
-                    stds.append(std)
+                stats = [_interval(sel[(sel["init_label"] == init) & (sel["col"] == c.col)],
+                                   metric, base, samples) for init in inits]
                 x = np.arange(len(inits)) + (j - (len(cols) - 1) / 2) * width
-                ax.bar(x, means, width, yerr=stds, capsize=3, label=c.col)
+                ax.bar(x, [s[0] for s in stats], width, label=c.col)
+                _errorbars(ax, x, stats, fmt="none", ecolor="black", elinewidth=1)
+            if chance is not None:
+                ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
             ax.set_xticks(np.arange(len(inits)), inits, rotation=30, ha="right")
-            ax.set_ylabel(metric)
+            ax.set_ylabel(_unit(metric))
             ax.set_title(f"{_title(task)} {protocol}: {metric}")
             ax.legend(fontsize=7)
+        fig.suptitle("error bars: 95 % interval", fontsize=7, y=0.02, x=0.99, ha="right")
+        _deviation_note(fig, sel)
         written.append(_save_figure(fig, out_dir / f"bars_{_slug(task)}_{_slug(protocol)}.png"))
 
     # Partial fine-tuning: top1 vs. k, one line per init.
@@ -518,16 +1011,20 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
             fig = Figure(figsize=(5, 3.6))
             ax = fig.add_subplot(1, 1, 1)
             for init in sorted(sel["init_label"].unique(), key=_init_sort_key):
-                points = sorted(sel[sel["init_label"] == init].groupby("k")["top1"])
-                ks = [k for k, _ in points]
-                stats = [_stats(v) for _, v in points]
-                ax.errorbar(ks, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
-                            capsize=3, label=init)
+                mine = sel[sel["init_label"] == init]
+                ks = sorted(mine["k"].unique())
+                stats = [_interval(mine[mine["k"] == k], "top1", base, samples) for k in ks]
+                line = ax.plot(ks, [s[0] for s in stats], marker="o", label=init)[0]
+                _errorbars(ax, ks, stats, fmt="none", ecolor=line.get_color())
+            chance = _chance(sel)
+            if chance is not None:
+                ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
             ax.set_xticks(sorted(sel["k"].unique()))
             ax.set_xlabel("# fine-tuned blocks k (0 = linear probe)")
-            ax.set_ylabel("top1")
+            ax.set_ylabel(_unit("top1"))
             ax.set_title(f"Partial fine-tuning, {_title(task)} {col}")
             ax.legend(fontsize=7)
+            _deviation_note(fig, sel)
             written.append(_save_figure(fig, out_dir / f"partial_{_slug(task)}_{_slug(col)}.png"))
 
     # Mask ratio: metric vs. extra['mask_ratio'], one line per (protocol, backbone, init).
@@ -544,15 +1041,20 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
         fig = Figure(figsize=(5, 3.6))
         ax = fig.add_subplot(1, 1, 1)
         for (protocol, col, init), g in lines:
-            points = sorted(g.groupby("mask_ratio")[metric])
-            stats = [_stats(v) for _, v in points]
-            ax.errorbar([100 * r for r, _ in points], [m for m, _ in stats],
-                        yerr=[s for _, s in stats], marker="o", capsize=3,
-                        label=f"{init} {col} {protocol}")
+            ratios = sorted(g["mask_ratio"].unique())
+            stats = [_interval(g[g["mask_ratio"] == r], metric, base, samples) for r in ratios]
+            x = [100 * r for r in ratios]
+            line = ax.plot(x, [s[0] for s in stats], marker="o",
+                           label=f"{init} {col} {protocol}")[0]
+            _errorbars(ax, x, stats, fmt="none", ecolor=line.get_color())
+        chance = _chance(sel)
+        if chance is not None:
+            ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
         ax.set_xlabel("masking ratio (%)")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(_unit(metric))
         ax.set_title(f"Masking ratio, {_title(task)}")
         ax.legend(fontsize=7)
+        _deviation_note(fig, sel)
         written.append(_save_figure(fig, out_dir / f"mask_ratio_{_slug(task)}.png"))
     return written
 
@@ -561,15 +1063,36 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
 # Top level and CLI hooks
 # ----------------------------------------------------------------------------------------------
 
+def check_rows(store: ResultsStore) -> None:
+    """One-line BenchError naming the store and line for a row whose extras the tables read
+    cannot be read (``img_size`` that is no whole number, a non-numeric ``mask_ratio``, a
+    ``per_example`` that is not a path)."""
+    for number, r in store.numbered_rows():
+        where = f"results store {store.path} line {number}"
+        extra = r["extra"]
+        _img_size(extra.get("img_size"), where)
+        ratio = extra.get("mask_ratio")
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                                  or not 0 <= ratio <= 1):
+            raise BenchError(f"{where}: row key 'extra' entry 'mask_ratio' must be a number in "
+                             f"[0, 1], got {ratio!r:.40}")
+        for key in ("per_example", "search_role"):
+            if extra.get(key) is not None and not isinstance(extra[key], str):
+                raise BenchError(f"{where}: row key 'extra' entry {key!r} must be a string, "
+                                 f"got {extra[key]!r:.40}")
+
+
 def run_table(results_path: str | os.PathLike, out_dir: str | os.PathLike,
               suite: str | None = None, task: str | None = None,
               reference_csv: str | os.PathLike | None = DEFAULT_REFERENCE,
               formats: tuple[str, ...] = FORMATS, plots: bool = True) -> list[Path]:
     """Tables (and plots) for the runs in ``results_path`` matching ``suite``/``task``; returns
-    the written paths. ``reference_csv=None`` leaves the published column empty."""
+    the written paths. ``reference_csv=None`` leaves the published column empty. Relative
+    ``extra['per_example']`` paths are read from the store's folder."""
     store = ResultsStore(results_path)
-    if not store.path.is_file():
+    if not os.path.lexists(store.path):
         raise BenchError(f"{store.path}: results file not found (option --results)")
+    check_rows(store)  # also refuses a folder or FIFO in the store's place, in one line
     filters = {key: value for key, value in (("suite", suite), ("task", task)) if value}
     described = ", ".join(f"{k}={v!r}" for k, v in filters.items()) or "no filters"
     df = store.dataframe(**filters)
@@ -584,14 +1107,18 @@ def run_table(results_path: str | os.PathLike, out_dir: str | os.PathLike,
                       stacklevel=2)
         reference_csv = None
     reference = load_reference(reference_csv) if reference_csv is not None else None
-    tables = build_tables(df, reference)
+    prev_best = None
+    if reference_csv is not None and DEFAULT_PREV_BEST.is_file():
+        prev_best = load_reference(DEFAULT_PREV_BEST)
+    base_dir = store.path.parent
+    tables = build_tables(df, reference, base_dir=base_dir, prev_best=prev_best)
     if not tables:
         raise BenchError(f"{store.path}: runs matching {described} fit none of the tables "
                          f"(tasks {sorted(df['task'].unique())}, protocols "
                          f"{sorted(df['protocol'].unique())})")
     written = write_tables(tables, out_dir, formats)
     if plots:
-        written += plot_tables(df, out_dir)
+        written += plot_tables(df, out_dir, base_dir=base_dir)
     return written
 
 

@@ -28,13 +28,13 @@ def row(init, backbone, seed, metrics, task="coco", protocol="maskrcnn_fpn", k=N
         status="ok", suite="paper", extra=None, run_id=None):
     extra = extra or {}
     return {
-        "schema": 1,
+        "schema": 2,
         "run_id": run_id or default_run_id(suite, task, protocol, k, init, backbone, seed, extra),
         "suite": suite, "task": task, "protocol": protocol, "k": k, "init": init,
         "backbone": backbone, "checkpoint_sha256": None, "seed": seed, "metrics": metrics,
         "status": status, "error": None if status == "ok" else "diverged", "iterations": 100,
         "wall_time_s": 10.0, "config_hash": "c0ffee", "code_version": "test", "device": "cpu",
-        "date": "2024-01-01T00:00:00+00:00", "extra": extra,
+        "date": "2024-01-01T00:00:00+00:00", "extra": extra, "deviations": [],
     }
 
 
@@ -135,10 +135,12 @@ def _latex_columns(line: str) -> int:
     return total
 
 
-def test_latex_is_balanced_escaped_and_bolds_the_best(store):
+def test_latex_is_balanced_escaped_and_bolds_only_the_tested_best(store):
     t = build_tables(store.dataframe(), load_reference())["table4_coco"]
     tex = to_latex(t)
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
+    assert r"\caption{COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4). Cells: mean [95 \% interval]" in tex
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
     spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
     body = tex[tex.index(r"\toprule") + 8:tex.index(r"\bottomrule")]
@@ -151,12 +153,22 @@ def test_latex_is_balanced_escaped_and_bolds_the_best(store):
     # names are escaped: no bare _ or % outside math
     assert r"my\_vit\_base\_patch16\%" in tex
     assert re.search(r"(?<!\\)_", tex.replace(r"\_", "")) is None
-    # best mean per column in bold: mae 50.5 (ViT-B) and 54.0 (ViT-L), once per column
+    # ViT-L: mae 53, 54, 55 against supervised's one run (49.0): one run against seeds, untested.
+    # ViT-B: mae 50, 51 against beit's one run: untested too. Nothing is bold.
+    assert tex.count(r"\textbf") == 0
     mae = next(ln for ln in rows if ln.startswith("mae &"))
-    assert r"\textbf{50.5}" in mae and r"\textbf{54.0}" in mae
-    assert tex.count(r"\textbf") == 4  # APbox and APmask, ViT-B and ViT-L
-    assert r"\textbf" not in next(ln for ln in rows if ln.startswith("supervised &"))
-    assert "$\\pm$ --" in next(ln for ln in rows if ln.startswith("beit &"))  # n=1
+    assert "50.5 [44.1, 56.9] n=2" in mae  # t(0.975, 1) * 0.7071 / sqrt(2) = 6.353
+    assert "not tested against the runner-up" in tex
+    assert "$\\pm$ --" not in tex  # no empty spread for single runs
+    beit = next(ln for ln in rows if ln.startswith("beit &"))
+    assert beit.startswith(r"beit & 49.0\textsuperscript{")  # no interval, a footnote says why
+
+
+def test_latex_minus_signs_and_markdown_minus():
+    from bench.tables import _fmt
+    assert _fmt(-0.7, 1, "tex") == "$-$0.7" and _fmt(-0.7, 1) == "\u22120.7"
+    assert _fmt(-0.04, 1) == "0.0"  # no negative zero
+    assert _fmt(2.25, 1) == "2.2" and _fmt(2.35, 1) == "2.4"
 
 
 def test_markdown_table_has_header_separator_and_even_rows(store):
@@ -167,24 +179,38 @@ def test_markdown_table_has_header_separator_and_even_rows(store):
     assert len(counts) == 1
     assert lines[0].startswith("| init | APbox ViT-B | APbox ViT-B (paper) |")
     mae = next(ln for ln in lines if ln.startswith("| mae |"))
-    assert "**50.5** ± 0.7 (n=2, Δ +2.3) | 50.3 |" in mae
+    assert re.search(r"\| 50\.5 \[44\.1, 56\.9\] n=2<sup>[a-z]</sup> \| 50\.3<sup>[a-z]</sup> \|", mae)
+    assert "± –" not in md and "Δ" not in md
+    assert "paper: Table 4: 'All entries are based on our implementation'" in md  # the note column
 
 
-def test_write_tables_csv_is_numeric_and_atomic(store, tmp_path):
+def test_write_tables_csv_is_rounded_with_raw_values_and_atomic(store, tmp_path):
+    import os
     tables = build_tables(store.dataframe(), load_reference())
     out = tmp_path / "out"
-    paths = write_tables(tables, out)
+    old = os.umask(0o027)
+    try:
+        paths = write_tables(tables, out)
+    finally:
+        os.umask(old)
     assert sorted(p.name for p in paths) == sorted(
         f"{name}.{fmt}" for name in tables for fmt in ("csv", "tex", "md"))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert {p.stat().st_mode & 0o777 for p in paths} == {0o640}  # the umask, not mkstemp's 0600
     csv = pd.read_csv(out / "table4_coco.csv")
-    assert list(csv.columns) == ["init", "group", "column", "mean", "std", "n", "delta",
-                                 "published"]
+    assert list(csv.columns) == ["init", "group", "column", "mean", "ci_low", "ci_high", "n",
+                                 "delta", "published", "interval", "mark", "notes", "mean_raw",
+                                 "std_raw", "ci_low_raw", "ci_high_raw", "delta_raw"]
     cell = csv[(csv["init"] == "supervised") & (csv["group"] == "APbox")
                & (csv["column"] == "ViT-B")].iloc[0]
-    assert cell["mean"] == pytest.approx(144.5 / 3, abs=1e-12)
-    assert cell["std"] == pytest.approx(1.2583057)
+    assert cell["mean_raw"] == pytest.approx(144.5 / 3, abs=1e-12)
+    assert cell["mean"] == 48.2
+    assert cell["std_raw"] == pytest.approx(1.2583057)
     assert cell["n"] == 3 and cell["published"] == 47.9 and cell["delta"] == 0.0
+    assert cell["interval"] == "t-interval over 3 seeds"
+    text = (out / "table4_coco.csv").read_text()
+    shown = [line.split(",")[3:6] for line in text.splitlines()[1:]]
+    assert all(len(v.split(".")[-1]) <= 1 for vs in shown for v in vs)  # shown digits only
     with pytest.raises(BenchError, match="'pdf'"):
         write_tables(tables, out, formats=("pdf",))
 
@@ -300,8 +326,8 @@ def test_real_resolution_dense_rows_get_the_papers_numbers(tmp_path):
     out = tmp_path / "tables"
     run_table(store.path, out, formats=("md",), plots=False)
     md = (out / "table4_coco.md").read_text()
-    assert "| APbox ViT-B (paper) |" in md and "| 50.3 |" in md
-    assert "| 48.1 |" in (out / "table5_ade20k.md").read_text()
+    assert "| APbox ViT-B (paper) |" in md and re.search(r"\| 50\.3(<sup>[a-z,]+</sup>)? \|", md)
+    assert re.search(r"\| 48\.1(<sup>[a-z,]+</sup>)? \|", (out / "table5_ade20k.md").read_text())
 
 
 def test_classification_rows_at_their_recorded_input_size_get_the_papers_numbers(tmp_path):

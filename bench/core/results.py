@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import subprocess
 import warnings
 from pathlib import Path
@@ -319,11 +320,14 @@ class ResultsStore:
         then fsync. A schema-1 row is written in the current form (``deviations=[]``)."""
         row = upgrade_row(row)
         validate_row(row, where=f"results store {self.path}")
+        self._check_regular(missing_ok=True)
         line = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BenchError(f"results store {self.path} is not a regular file")
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 self._trim_torn_tail(fd)
@@ -363,13 +367,36 @@ class ResultsStore:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def rows(self) -> list[dict]:
-        """All rows, in file order ([] when the file does not exist yet)."""
+    def _check_regular(self, missing_ok: bool) -> bool:
+        """False when the file does not exist (and ``missing_ok``); BenchError when the path is
+        a folder, a FIFO, a device or a socket: opening a FIFO would block forever."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if missing_ok:
+                return False
+            raise BenchError(f"{self.path}: results file not found") from None
+        except OSError as e:
+            raise BenchError(f"results store {self.path}: cannot read ({e.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+            raise BenchError(f"results store {self.path} is {kind}, not a regular file")
+        return True
+
+    def numbered_rows(self) -> list[tuple[int, dict]]:
+        """(line number, row) for every row, in file order ([] when the file does not exist)."""
+        if not self._check_regular(missing_ok=True):
+            return []
+        try:  # O_NONBLOCK: a FIFO swapped in after the check must not hang the reader
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise BenchError(f"results store {self.path}: cannot open ({e.strerror})") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BenchError(f"results store {self.path} is not a regular file")
             fcntl.flock(fd, fcntl.LOCK_SH)
             with os.fdopen(os.dup(fd), "rb") as f:
                 data = f.read()
@@ -380,7 +407,7 @@ class ResultsStore:
         if tail.strip():
             warnings.warn(f"results store {self.path}: ignoring incomplete last line "
                           f"{len(lines) + 1} (no trailing newline; a write was cut short)",
-                          stacklevel=2)
+                          stacklevel=3)
         out = []
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():
@@ -396,8 +423,12 @@ class ResultsStore:
                                  f"(schema {row['schema']} > {SCHEMA_VERSION}, line {number})")
             row = upgrade_row(row)
             validate_row(row, where=where)
-            out.append(row)
+            out.append((number, row))
         return out
+
+    def rows(self) -> list[dict]:
+        """All rows, in file order ([] when the file does not exist yet)."""
+        return [row for _, row in self.numbered_rows()]
 
     def done_ids(self) -> set[str]:
         """run_ids that have at least one row with status 'ok'."""
