@@ -11,13 +11,23 @@ import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS, init_default_scope
+from PIL import Image
 
 import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT
 from bench.core.errors import BenchError, DataError
 from bench.core.results import ResultsStore, config_hash
 from tasks.segmentation.ade_data import ADE20K_CLASSES, confusion_miou, make_ade20k_dataset
-from tasks.segmentation.run import (CONFIGS, RUN_RECORD, add_seg_arguments, hashed_config, load_config,
-                                    run_segmentation, seg_main)
+from tasks.segmentation.per_image import miou_percent
+from tasks.segmentation.run import (
+    CONFIGS,
+    PER_EXAMPLE,
+    RUN_RECORD,
+    add_seg_arguments,
+    hashed_config,
+    load_config,
+    run_segmentation,
+    seg_main,
+)
 
 TINY = "random_vit_test_patch8"  # dim 32, depth 2, patch 8
 
@@ -274,6 +284,24 @@ def test_smoke_run_trains_evaluates_and_appends_a_row(ade_root, tmp_path):
     assert row["config_hash"] == config_hash(hashed_config(cfg))
     assert row["wall_time_s"] > 0
     assert ResultsStore(store).rows() == [row]
+    assert row["deviations"] == ["smoke config (tiny head, 64 px)", "iterations 30 < paper 160000",
+                                 "batch 4 < paper 16", "crop 64 != paper 512", "training images 16 != ADE20K 20210",
+                                 "validation images 4 != ADE20K 2000", "fp32 instead of AMP"]
+
+    # per_example.npz: IoUMetric's per-image areas; summed, they give the row's mIoU exactly
+    assert row["extra"]["per_example"] == str((work / PER_EXAMPLE).resolve())
+    pe = np.load(row["extra"]["per_example"])
+    val = ade_root / "ADEChallengeData2016" / "annotations" / "validation"
+    labels = {p.stem: np.array(Image.open(p)) for p in sorted(val.glob("*.png"))}
+    assert sorted(pe["ids"].tolist()) == sorted(labels)
+    assert pe["intersect"].dtype == pe["union"].dtype == np.int64 and pe["intersect"].shape == pe["union"].shape == (4, 150)
+    assert miou_percent(pe["intersect"], pe["union"]) == m["mIoU"]
+    for i, name in enumerate(pe["ids"].tolist()):
+        # per image, sum over classes of intersect + union = pred + label = 2 x labelled pixels (0 is ignored)
+        assert int(pe["intersect"][i].sum() + pe["union"][i].sum()) == 2 * int((labels[name] != 0).sum())
+        assert (pe["intersect"][i] <= pe["union"][i]).all()
+        present = np.unique(labels[name][labels[name] != 0]) - 1  # reduce_zero_label: value v is class v - 1
+        assert set(np.flatnonzero(pe["union"][i])) >= set(present.tolist())
 
 
 class Preempted(Exception):

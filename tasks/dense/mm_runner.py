@@ -131,8 +131,15 @@ class DenseRunner(Runner):
         return super().wrap_model(model_wrapper_cfg, model)
 
     def build_model(self, model):
+        """mmengine's model in the run's memory format, with ``RegistryViT``'s strides and channels
+        checked against the heads (``tasks.dense.mm_backbone.check_model``: one-line error)."""
+        import sys
+
         from mmengine.device import get_device
         model = super().build_model(model)
+        plugin = sys.modules.get("tasks.dense.mm_backbone")  # a RegistryViT exists only once it is imported
+        if plugin is not None:
+            plugin.check_model(model)
         layout = memory_format.resolve_channels_last(self.cfg.get("channels_last"), get_device())
         return memory_format.prepare_dense_model(model, layout)
 
@@ -143,6 +150,7 @@ class DenseRunner(Runner):
         if self._has_loaded or not (self._resume and self._load_from is None):
             return super().load_or_resume()
         from mmengine.runner.checkpoint import _load_checkpoint
+
         from tasks.dense.runner import resume_candidates
         self._has_loaded = True  # searched once: a fresh run stays fresh when val()/test() come later
         for path in resume_candidates(self.work_dir):

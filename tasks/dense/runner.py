@@ -321,15 +321,38 @@ def run_dense(cfg, *, name: str, record: dict, resume: bool, register: Callable[
 # --------------------------------------------------------------------------------------------------
 # The results row
 # --------------------------------------------------------------------------------------------------
+def paper_deviations(facts: dict, paper: dict, *, ordered=("iterations", "batch")) -> list[str]:
+    """The row's ``deviations`` from comparing a run's ``facts`` with the ``paper``'s values of the
+    same keys (a key missing from ``facts`` or None is not compared): ``"iterations 30 < paper
+    160000"`` for the ``ordered`` keys, ``"crop 64 != paper 512"`` for the others."""
+    out = []
+    for key, want in paper.items():
+        got = facts.get(key)
+        if got is None or got == want:
+            continue
+        op = ("<" if got < want else ">") if key in ordered else "!="
+        out.append(f"{key} {_fmt(got)} {op} paper {_fmt(want)}")
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (tuple, list)) and len(set(v)) == 1:
+        v = v[0]  # a square crop: one number
+    if isinstance(v, (tuple, list)):
+        return "x".join(str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def dense_row(*, task: str, protocol: str, init: str, arch: str, backbone: str, seed: int, metrics: dict,
               suite: str, checkpoint, hashed: dict, iterations: int, wall_time_s: float, config_name: str,
               work_dir, start_iter: int, batch_size: int, world_size: int, cfg_options: dict,
-              extra: dict | None = None) -> dict:
-    """The results row of a dense run; ``extra``: the family's own fields."""
+              extra: dict | None = None, deviations=()) -> dict:
+    """The results row of a dense run; ``extra``: the family's own fields; ``deviations``: how the
+    run departs from the paper's protocol (e.g. ``paper_deviations``)."""
     from bench.core.results import make_row
     return make_row(task=task, protocol=protocol, init=init, backbone=arch, seed=int(seed), metrics=metrics,
                     suite=suite, checkpoint=checkpoint, config=hashed, iterations=int(iterations),
-                    wall_time_s=wall_time_s,
+                    wall_time_s=wall_time_s, deviations=list(deviations),
                     extra=dict(backbone_name=backbone, config=config_name, work_dir=str(work_dir),
                                start_iter=int(start_iter or 0), batch_size=int(batch_size),
                                world_size=int(world_size), cfg_options=cfg_options, **(extra or {})))
@@ -367,4 +390,5 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
 
 __all__ = ["RUN_RECORD", "HASHED_KEYS", "check_config_trust", "read_config", "check_structure", "apply_cfg_options",
            "hashed_config", "scale_schedule", "set_batch_and_schedule", "set_lr_for_init", "amp_fallback", "launch_rank",
-           "resume_candidates", "clear_checkpoints", "check_record", "run_dense", "dense_row", "add_dense_arguments"]
+           "resume_candidates", "clear_checkpoints", "check_record", "run_dense", "paper_deviations", "dense_row",
+           "add_dense_arguments"]

@@ -32,9 +32,20 @@ import os
 from pathlib import Path
 
 from bench.core.errors import BenchError, CheckpointError
-from tasks.dense.runner import (RUN_RECORD, add_dense_arguments, amp_fallback, apply_cfg_options, dense_row,
-                                hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule,
-                                set_lr_for_init)
+from tasks.dense.runner import (
+    RUN_RECORD,
+    add_dense_arguments,
+    amp_fallback,
+    apply_cfg_options,
+    dense_row,
+    hashed_config,
+    launch_rank,
+    paper_deviations,
+    read_config,
+    run_dense,
+    set_batch_and_schedule,
+    set_lr_for_init,
+)
 from tasks.segmentation.ade_data import validate_ade20k
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -45,6 +56,11 @@ CONFIGS = {
 }
 # Labels read per split to check their values (all of them are header-checked).
 VALUE_SAMPLE = 50
+# The paper's protocol (Table 5; paper_vit_base.py has the sources) and ADE20K's split sizes, for the
+# rows' deviations.
+PAPER = {"iterations": 160000, "batch": 16, "crop": (512, 512)}
+ADE20K_IMAGES = {"training": 20210, "validation": 2000}
+PER_EXAMPLE = "per_example.npz"  # in the work dir: per-image intersect / union (tasks/segmentation/per_image.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,8 +230,9 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
                       seed=seed, iters=iters, crop_size=crop_size, resume=resume, trust_checkpoint=trust_checkpoint,
                       channels_last=channels_last, ckpt_interval=ckpt_interval, trust_config=trust_config,
                       cfg_options=cfg_options)
-    for split in ("training", "validation"):  # DataError naming the first file at fault
-        summary = validate_ade20k(data_root, split, value_sample=VALUE_SAMPLE)
+    summaries = {split: validate_ade20k(data_root, split, value_sample=VALUE_SAMPLE)  # DataError naming the
+                 for split in ("training", "validation")}                          # first file at fault
+    summary = summaries["validation"]
     set_data_root(cfg, summary.data_root)  # data_root may be the parent of ADEChallengeData2016
     init, arch = parse_name(backbone)
     _, config_name = resolve_config(config)
@@ -228,10 +245,16 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
               "iterations": iterations, "batch_size": batch, "crop_size": list(crop),
               "cfg_options": cfg.cfg_options, "config_hash": config_hash(hashed)}
 
+    # per-image areas for per_example.npz: IoUMetric with its areas kept, the same metrics (after the
+    # config hash, which names the protocol's metric)
+    if cfg.val_evaluator.get("type") == "IoUMetric":
+        cfg.val_evaluator.type = "PerImageIoUMetric"
+
     def register():
         from mmseg.utils import register_all_modules
 
         import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT + ViTLayerDecayOptimizerConstructor
+        import tasks.segmentation.per_image  # noqa: F401  registers PerImageIoUMetric
         register_all_modules(init_default_scope=False)
 
     last = _last_validation_hook()
@@ -249,16 +272,42 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     metrics = {k: round(float(metrics[k]), 2) for k in ("mIoU", "aAcc", "mAcc") if k in metrics}
     if not all(math.isfinite(v) for v in metrics.values()):
         raise BenchError(f"work dir {cfg.work_dir}: validation gave non-finite metrics {metrics}")
+    extra = {"img_size": crop[0], "crop_size": list(crop), "log_dir": str(runner.log_dir),
+             "log_file": runner.log_file, "fp32_fallback": fp32_fallback}
+    per_image = getattr(runner.val_evaluator.metrics[0], "per_image", None)
+    if per_image:
+        from tasks.segmentation.per_image import write_per_example
+        extra["per_example"] = str(write_per_example(Path(cfg.work_dir) / PER_EXAMPLE, per_image))
+    deviations = segmentation_deviations(config_name=config_name, iterations=int(runner.iter), batch_size=batch,
+                                         crop=crop, amp=cfg.optim_wrapper.get("type") == "AmpOptimWrapper",
+                                         cfg_options=cfg.cfg_options,
+                                         num_images={k: v.num_images for k, v in summaries.items()})
     row = dense_row(task="ade20k", protocol="upernet", init=init, arch=arch, backbone=backbone, seed=seed,
                     metrics=metrics, suite=suite, checkpoint=cfg.model.backbone.checkpoint, hashed=hashed,
                     iterations=runner.iter, wall_time_s=wall, config_name=config_name, work_dir=cfg.work_dir,
                     start_iter=runner.run_watch.start_iter, batch_size=batch, world_size=launch_world_size(),
-                    cfg_options=cfg.cfg_options,
-                    extra={"img_size": crop[0], "crop_size": list(crop), "log_dir": str(runner.log_dir),
-                           "log_file": runner.log_file, "fp32_fallback": fp32_fallback})
+                    cfg_options=cfg.cfg_options, extra=extra, deviations=deviations)
     if results is not None:
         ResultsStore(results).append(row)
     return row
+
+
+def segmentation_deviations(*, config_name: str, iterations: int, batch_size: int, crop, amp: bool,
+                            cfg_options: dict | None = None, num_images: dict | None = None) -> list[str]:
+    """How an ADE20K run departs from the paper's protocol (the row's ``deviations``)."""
+    out = []
+    if config_name == "smoke":
+        out.append("smoke config (tiny head, 64 px)")
+    elif config_name not in CONFIGS:
+        out.append(f"config {config_name}")
+    out += paper_deviations({"iterations": iterations, "batch": batch_size, "crop": tuple(crop)}, PAPER)
+    for split, n in (num_images or {}).items():
+        if n != ADE20K_IMAGES[split]:
+            out.append(f"{split} images {n} != ADE20K {ADE20K_IMAGES[split]}")
+    if not amp:
+        out.append("fp32 instead of AMP")  # the paper's configs train with mixed precision
+    out += [f"cfg-options {k}={v}" for k, v in (cfg_options or {}).items()]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,5 +341,5 @@ def seg_main(args) -> int:
     return 0
 
 
-__all__ = ["CONFIGS", "RUN_RECORD", "add_seg_arguments", "seg_main", "run_segmentation", "resolve_config",
-           "load_config", "hashed_config", "set_data_root"]
+__all__ = ["CONFIGS", "RUN_RECORD", "PAPER", "PER_EXAMPLE", "add_seg_arguments", "seg_main", "run_segmentation",
+           "resolve_config", "load_config", "hashed_config", "set_data_root", "segmentation_deviations"]

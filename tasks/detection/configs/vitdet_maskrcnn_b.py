@@ -24,8 +24,8 @@ model = dict(
     roi_head=dict(
         bbox_head=dict(norm_cfg=norm_cfg),  # [d2] box_head.conv_norm = "LN", 4conv1fc kept
         mask_head=dict(norm_cfg=norm_cfg)))  # [d2] mask_head.conv_norm = "LN"
-# [d2]: AdamW lr 1e-4, wd 0.1, layer decay 0.7 over 12 blocks (get_vit_lr_decay_rate). [d2] exempts only
-# norms and pos_embed from weight decay; ViTLayerDecayOptimizerConstructor (tasks/dense/mm_backbone.py)
-# also exempts biases, the cls token and relative position tables (not matched here; see docs/detectron2.md).
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.7), optimizer=dict(lr=1e-4))
+# [d2]: AdamW lr 1e-4, wd 0.1, layer decay 0.7 over 12 blocks (get_vit_lr_decay_rate); weight decay off
+# for norm layers and pos_embed only (weight_decay_norm=0.0, overrides={"pos_embed": {"weight_decay": 0.0}}):
+# no_decay='vitdet' (tasks/dense/mm_backbone.py no_decay_names; biases and rel_pos_h/w decay, as in [d2]).
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.7, no_decay='vitdet'), optimizer=dict(lr=1e-4))
 lr_by_init = dict(_delete_=True)  # ViTDet reports MAE initialisation only; one lr for every init
