@@ -371,3 +371,27 @@ def test_digits_folder_is_readable_by_the_folder_classification_reader(tmp_path)
     val = read_image_folder(root, "val")
     assert len(val.samples) == 800 and val.classes == [str(c) for c in range(10)]
     assert [lab for _, lab in val.samples].count(3) == 80
+
+
+def test_jpeg_corrupt_or_cut_mid_file_is_an_error_naming_it(tmp_path, capfd):
+    """libjpeg "recovers" damaged entropy data (grey blocks from there on) and only prints "Corrupt
+    JPEG data" on stderr without the file name; both decode paths must refuse such a file."""
+    from bench.core.errors import DataError
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.jpg"
+    Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(good, quality=90)
+    data = good.read_bytes()
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2:len(data) // 2 + 40] = b"\xab" * 40  # mid-file, inside the scan data
+    (tmp_path / "corrupt.jpg").write_bytes(bytes(corrupt))
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    for fn in (decode_rgb, load_rgb):
+        with pytest.raises(DataError, match=r"corrupt\.jpg: corrupt JPEG \(Corrupt JPEG data: \d+ extraneous bytes"):
+            fn(tmp_path / "corrupt.jpg")
+        with pytest.raises(DataError, match=r"cut\.jpg: cannot read image \('image file is truncated"):
+            fn(tmp_path / "cut.jpg")
+    # the intact file decodes as before: torchvision's pixels, and PIL's in load_rgb
+    from torchvision.io import decode_jpeg
+    assert torch.equal(decode_rgb(good), decode_jpeg(torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())))
+    assert np.array_equal(np.asarray(load_rgb(good)), np.asarray(Image.open(good).convert("RGB")))
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # libjpeg's bare message did not leak

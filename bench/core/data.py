@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +84,13 @@ def _short(value, limit: int = 60) -> str:
 
 def load_rgb(path: str | Path):
     """An image file as an 8-bit RGB PIL image (palette, grey, 16-bit, CMYK and alpha handled); a
-    file PIL cannot read is a one-line ``DataError`` naming it."""
+    file PIL cannot read, and a JPEG whose data libjpeg reports corrupt (``check_jpeg``), is a
+    one-line ``DataError`` naming it."""
+    check_jpeg(path)
+    return _load_rgb_pil(path)
+
+
+def _load_rgb_pil(path: str | Path):
     from PIL import Image
     from bench.core.errors import DataError
     try:
@@ -134,12 +142,86 @@ def _png_is_plain(data) -> bool:
     return False
 
 
-def _torchvision_decode(data):
-    """(3, H, W) uint8 RGB from JPEG / PNG bytes with torchvision.io, or None where its result could
-    differ from ``load_rgb``'s (CMYK/YCCK JPEGs, PNGs with alpha / 16 bit, anything it rejects)."""
+# libjpeg's warnings for damaged entropy-coded data: it goes on and returns an image (grey or shifted
+# blocks from the damage on), printing the message on stderr without the file's name. Pillow drops
+# these warnings altogether.
+LIBJPEG_CORRUPT = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                   "Unsupported marker type", "Inconsistent progression sequence", "Huffman table 0x")
+_stderr_lock = threading.Lock()
+_stderr_file: dict[int, object] = {}  # pid -> a temp file that receives fd 2 during one decode
+
+
+def _with_c_stderr(fn):
+    """``(fn(), what C code wrote to stderr meanwhile)``: fd 2 is pointed at a temp file for the call
+    (one file per process, reused), so libjpeg's messages can be read and tied to the file decoded."""
+    import sys
+    with _stderr_lock:
+        f = _stderr_file.get(os.getpid())
+        if f is None:
+            f = _stderr_file[os.getpid()] = tempfile.TemporaryFile()
+        f.seek(0)
+        f.truncate()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            out = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        return out, f.read().decode("utf-8", "replace")
+
+
+def _corrupt_message(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith(LIBJPEG_CORRUPT):
+            return line.strip()
+    return None
+
+
+def _decode_jpeg_checked(raw, mode, path):
+    """torchvision's ``decode_jpeg``, with libjpeg's corrupt-data warnings raised as a ``DataError``
+    naming ``path`` (any other C-level stderr output is passed on)."""
+    import sys
+    from torchvision.io import decode_jpeg
+    from bench.core.errors import DataError
+    img, text = _with_c_stderr(lambda: decode_jpeg(raw, mode=mode))
+    message = _corrupt_message(text)
+    if message is not None:
+        raise DataError(f"{path or 'JPEG data'}: corrupt JPEG ({message})")
+    if text:
+        sys.stderr.write(text)
+    return img
+
+
+def check_jpeg(path: str | Path) -> None:
+    """Raise a one-line ``DataError`` naming ``path`` when it is a JPEG whose data libjpeg reports
+    corrupt or cut short; other files (and unreadable ones: the caller reports those) pass."""
     import warnings
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    from torchvision.io import ImageReadMode
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (OSError, ValueError):
+        return
+    if data[:3].tobytes() != JPEG_MAGIC:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
+        try:
+            _decode_jpeg_checked(torch.from_numpy(data), ImageReadMode.UNCHANGED, path)
+        except RuntimeError:  # truncated or not decodable: PIL's error message names it
+            return
+
+
+def _torchvision_decode(data, path=None):
+    """(3, H, W) uint8 RGB from JPEG / PNG bytes with torchvision.io, or None where its result could
+    differ from ``load_rgb``'s (CMYK/YCCK JPEGs, PNGs with alpha / 16 bit, anything it rejects). A
+    JPEG whose data libjpeg reports corrupt is a ``DataError`` naming ``path``."""
+    import warnings
+    import torch
+    from torchvision.io import ImageReadMode, decode_png
     from PIL import Image
     raw = torch.from_numpy(data)
     try:
@@ -147,7 +229,7 @@ def _torchvision_decode(data):
             # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not a dependency)
             warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
             if data[:3].tobytes() == JPEG_MAGIC:
-                img = decode_jpeg(raw, mode=ImageReadMode.UNCHANGED)
+                img = _decode_jpeg_checked(raw, ImageReadMode.UNCHANGED, path)
                 if img.shape[0] == 1:  # grey: replicate like PIL's L -> RGB, keep the HWC layout
                     img = img.permute(1, 2, 0).expand(-1, -1, 3).contiguous().permute(2, 0, 1)
                 elif img.shape[0] != 3:  # CMYK / YCCK: PIL knows Adobe's inverted CMYK
@@ -171,9 +253,11 @@ def decode_rgb(path: str | Path):
     except (OSError, ValueError):
         data = None
     if data is not None and len(data) >= 8:
-        img = _torchvision_decode(data)
+        img = _torchvision_decode(data, path)
         if img is not None:
             return img
+        if data[:3].tobytes() == JPEG_MAGIC:  # already checked by torchvision's libjpeg above
+            return pil_to_uint8(_load_rgb_pil(path))
     return pil_to_uint8(load_rgb(path))
 
 
