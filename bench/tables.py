@@ -606,7 +606,7 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
         for phrase in dict.fromkeys(p for d in g["deviations"] for p in d):
             if phrase not in common:
                 i["marks"].append(notes.mark(f"deviation from the paper's protocol: {phrase}"))
-        for text in dict.fromkeys(t for t in g["search"] if t):
+        for text in dict.fromkeys(t for t in g["search"] if isinstance(t, str) and t):
             i["marks"].append(notes.mark(text))
         value, note = published.get(g["ref_key"].iloc[0], (math.nan, ""))
         if not math.isnan(value) and note:
@@ -630,7 +630,7 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
         table_notes.append("Prev best (paper, Table 6: best earlier result, any method, model and "
                            "input size): " + "; ".join(
                                f"{group} {value:.{DIGITS}f}"
-                               + (f" ({notes.mark('prev best: ' + note)})" if note else "")
+                               + (f" (note {notes.mark('prev best: ' + note)})" if note else "")
                                for group, (value, note) in prev_best.items()) + ".")
     table.attrs.update(title=title, info=info, notes=table_notes,
                        footnotes=dict(notes.marks), tests=tests)
