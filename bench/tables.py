@@ -281,11 +281,17 @@ def metric_from_counts(metric: str, arrays: dict[str, np.ndarray], counts: np.nd
     return np.nanmean(iou, axis=1) * 100.0
 
 
-def _resampled(metric: str, arrays: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+def _resampled(metric: str, arrays: dict[str, np.ndarray], samples: int, seed: int) -> np.ndarray:
+    """The metric on ``samples`` resamples of the images. Index rows are drawn in chunks from
+    one generator (the rows of ``bootstrap_indices(n, samples, seed)``), so memory stays bounded
+    for 50k images and the same seed gives the same resamples for every init (pairing)."""
     n = len(next(iter(arrays.values())))
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, 5_000_000 // n)
     out = []
-    for chunk in np.array_split(indices, max(1, indices.size // 5_000_000 + 1)):  # bounded memory
-        out.append(metric_from_counts(metric, arrays, _counts(chunk, n)))
+    for start in range(0, samples, per_chunk):
+        indices = rng.integers(0, n, size=(min(per_chunk, samples - start), n))
+        out.append(metric_from_counts(metric, arrays, _counts(indices, n)))
     return np.concatenate(out)
 
 
@@ -298,8 +304,7 @@ def bootstrap_interval(metric: str, arrays: dict[str, np.ndarray],
                        samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
                        confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric`` over evaluation images."""
-    n = len(next(iter(arrays.values())))
-    stats = _resampled(metric, arrays, bootstrap_indices(n, samples, seed))
+    stats = _resampled(metric, arrays, samples, seed)
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(stats, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -318,8 +323,7 @@ def paired_bootstrap(metric: str, a: tuple[np.ndarray, dict], b: tuple[np.ndarra
                               f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} not shared)")
     order = np.argsort(ids_b)[np.searchsorted(ids_b[np.argsort(ids_b)], ids_a)]
     arrays_b = {name: x[order] for name, x in arrays_b.items()}
-    indices = bootstrap_indices(len(ids_a), samples, seed)
-    diff = _resampled(metric, arrays_a, indices) - _resampled(metric, arrays_b, indices)
+    diff = _resampled(metric, arrays_a, samples, seed) - _resampled(metric, arrays_b, samples, seed)
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(diff, [tail, 100 - tail])
     return float(lo), float(hi)

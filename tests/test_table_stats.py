@@ -294,3 +294,12 @@ def test_schema_1_rows_make_tables_without_deviation_notes(tmp_path):
     long = table_to_long(tables["table6_transfer_cls"])
     assert list(long["mean"]) == [50.0]
     assert "departs from the paper's protocol" not in to_markdown(tables["table6_transfer_cls"])
+
+
+def test_chunked_resamples_are_the_rows_of_one_index_matrix():
+    from bench.tables import _resampled
+    rng = np.random.default_rng(7)
+    n = 1_000_003 // 100  # 10000 images: 500 rows per chunk, so two chunks for 1000 resamples
+    correct = rng.random(n) < 0.6
+    idx = bootstrap_indices(n, samples=1000, seed=0)
+    assert _resampled("top1", {"correct": correct}, 1000, 0) == pytest.approx(correct[idx].mean(1) * 100)

@@ -9,9 +9,20 @@ import pytest
 
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, default_run_id
-from bench.tables import (DEFAULT_REFERENCE, add_table_arguments, backbone_label, build_tables,
-                          load_reference, plot_tables, run_table, table_main, table_to_long,
-                          to_latex, to_markdown, write_tables)
+from bench.tables import (
+    DEFAULT_REFERENCE,
+    add_table_arguments,
+    backbone_label,
+    build_tables,
+    load_reference,
+    plot_tables,
+    run_table,
+    table_main,
+    table_to_long,
+    to_latex,
+    to_markdown,
+    write_tables,
+)
 
 # Hand-made COCO results: APbox per seed.
 APBOX = {
