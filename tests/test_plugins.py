@@ -239,6 +239,7 @@ def test_vitdet_no_decay_matches_detectron2s_optimizer_params():
     from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
     from detectron2.solver.build import get_default_optimizer_params
 
+    import tasks.detection.mmdet_plugins  # noqa: F401  registers LN2d and LastLevelMaxPool
     cfg = Config.fromfile(str(REPO / "tasks/detection/configs/smoke_vitdet.py"))
     assert cfg.optim_wrapper.paramwise_cfg.no_decay == "vitdet"  # from vitdet_maskrcnn_b.py
     cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay = 1e-4, 0.1
