@@ -12,6 +12,7 @@
 
 Bad input ends with ``error: <one line>`` on stderr and exit status 2; nothing half-written is left.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,26 +34,60 @@ def _add_train_args(p: argparse.ArgumentParser):
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
     g.add_argument("--blr", type=float, help="base lr; lr = blr x global batch / 256")
     g.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's paper value)")
+    g.add_argument(
+        "--warmup-epochs",
+        type=float,
+        help="linear lr warmup in epochs (default: 10%% of the schedule; with --steps, 10%% of the steps)",
+    )
     g.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CPU and GPU)")
-    g.add_argument("--grad-checkpointing", action="store_true", default=None,
-                   help="recompute each ViT block in the backward pass (less memory, ~30%% more compute)")
-    g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="torch.compile the model's forward (default backend inductor; no gain on CPU here)")
-    g.add_argument("--fsdp", action="store_true", default=None,
-                   help="under torchrun/Slurm: shard parameters, gradients and AdamW state over the processes "
-                        "(FSDP2) instead of DDP; checkpoints stay unsharded; one process: ignored")
+    g.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute each ViT block in the backward pass (less memory, ~30%% more compute)",
+    )
+    g.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile the model's forward (default backend inductor; no gain on CPU here)",
+    )
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        default=None,
+        help="under torchrun/Slurm: shard parameters, gradients and AdamW state over the processes "
+        "(FSDP2) instead of DDP; checkpoints stay unsharded; one process: ignored",
+    )
     g.add_argument("--workers", type=int, dest="num_workers", help="data loader worker processes")
     g.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (always at the end)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping")
     g.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-TRAIN_OPTIONS = ("steps", "epochs", "batch_size", "accum_iter", "blr", "lr", "weight_decay", "warmup_epochs", "bf16",
-                 "grad_checkpointing", "compile", "fsdp", "num_workers", "ckpt_every", "seed", "max_nonfinite")
+TRAIN_OPTIONS = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "accum_iter",
+    "blr",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "bf16",
+    "grad_checkpointing",
+    "compile",
+    "fsdp",
+    "num_workers",
+    "ckpt_every",
+    "seed",
+    "max_nonfinite",
+)
 
 
 def _train_kwargs(a) -> dict:
@@ -66,21 +101,71 @@ def _train_kwargs(a) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 def add_pretrain_arguments(p: argparse.ArgumentParser):
-    p.description = ("Pretrain on the embedded photos (default, no download) or an image folder; resumes from "
-                     "--out. Writes <out>/pretrain.pth for the registry.")
-    p.add_argument("--method", default="mae", choices=["mae", "mocov3", "beit", "supervised"])
+    p.description = (
+        "Pretrain on the embedded photos (default, no download) or an image folder; resumes from "
+        "--out. Writes <out>/pretrain.pth for the registry."
+    )
+    p.add_argument(
+        "--method",
+        default="mae",
+        choices=["mae", "mocov3", "beit", "supervised"],
+        help="pretraining method (default mae)",
+    )
     p.add_argument("--arch", default=DEFAULT_ARCH, help=f"ViT size (default {DEFAULT_ARCH}; see `bench backbones`)")
-    p.add_argument("--data", default="embedded", help="'embedded' (bundled real photos) or an image folder")
+    p.add_argument(
+        "--data",
+        default="embedded",
+        help="'embedded' (bundled real photos, default), 'digits' (the 897-image pretraining split of "
+        "scikit-learn's handwritten digits) or an image folder",
+    )
     p.add_argument("--epoch-size", type=int, default=1024, help="crops per epoch of the embedded data")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the arch's)")
-    p.add_argument("--mask-ratio", type=float, default=None, help="MAE (default 0.75) / BEiT (0.4): fraction of patches masked")
-    p.add_argument("--no-norm-pix-loss", action="store_true", help="MAE: raw-pixel target instead of per-patch normalised")
+    p.add_argument(
+        "--mask-ratio", type=float, default=None, help="MAE (default 0.75) / BEiT (0.4): fraction of patches masked"
+    )
+    p.add_argument(
+        "--no-norm-pix-loss", action="store_true", help="MAE: raw-pixel target instead of per-patch normalised"
+    )
     _add_train_args(p)
+    _add_launcher_arg(p)
+
+
+LAUNCHERS = ("none", "pytorch", "slurm")
+
+
+def _add_launcher_arg(p: argparse.ArgumentParser):
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="how the processes were started: 'pytorch' (torchrun) or 'slurm' (srun) join one process "
+        "group and fail if that launcher's variables are missing; 'none' runs one process "
+        "alone; default: detect torchrun/Slurm from the environment",
+    )
+
+
+def join_launcher(launcher: str | None) -> None:
+    """Join the process group of ``launcher`` (None: whatever torchrun / Slurm set, if anything)."""
+    from bench.core.distributed import init_distributed, launch_env
+
+    if launcher == "none":
+        return
+    if launcher is not None:
+        env = launch_env()
+        wanted = {"pytorch": "torchrun", "slurm": "slurm"}[launcher]
+        if env is None or env["source"] != wanted:
+            need = "RANK and WORLD_SIZE (set by torchrun)" if launcher == "pytorch" else "SLURM_PROCID (set by srun)"
+            raise BenchError(
+                f"--launcher {launcher}: {need} not in the environment; start the command "
+                f"under {'torchrun' if launcher == 'pytorch' else 'srun'} or use --launcher none"
+            )
+    init_distributed()
 
 
 def cmd_pretrain(a):
     from backbones.pretrainers import pretrain
     from backbones.pretrainers.mae import check_mask_ratio
+
     kw = _train_kwargs(a)
     if a.mask_ratio is not None:
         check_mask_ratio(a.mask_ratio)
@@ -88,87 +173,197 @@ def cmd_pretrain(a):
             kw["mask_ratio"] = a.mask_ratio
     if a.method == "mae":
         kw["norm_pix_loss"] = not a.no_norm_pix_loss
-    path = pretrain(a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size,
-                    resume=not a.no_resume, **kw)
+    path = pretrain(
+        a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size, resume=not a.no_resume, **kw
+    )
     print(f"backbone checkpoint: {path}\n  use it as: --backbone {a.method}_{a.arch} --checkpoint {path}")
 
 
 def add_visualize_arguments(p: argparse.ArgumentParser):
+    p.description = (
+        "MAE reconstructions of an MAE checkpoint: the paper's Fig. 2 layout (masked | reconstruction | "
+        "original, one row per image) or, with --mask-ratios, Fig. 4's mask-ratio sweep. The caption "
+        "states the un-normalisation and whether the images are the checkpoint's training images."
+    )
     p.add_argument("--checkpoint", required=True, help="our MAE checkpoint or an official mae_visualize_vit_*.pth")
-    p.add_argument("--out", default="mae_reconstructions.png")
-    p.add_argument("--images", default="embedded", help="'embedded' or an image folder")
-    p.add_argument("--mask-ratios", type=float, nargs="+", default=[0.75, 0.85, 0.95])
-    p.add_argument("--n", type=int, default=4, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out",
+        default="mae_reconstructions.png",
+        help="PNG file to write ('.png' added when the name has no extension)",
+    )
+    p.add_argument(
+        "--images",
+        default="embedded",
+        help="'embedded' (bundled photos, default), 'digits' (the "
+        "held-out eval split of the sklearn digits) or an image folder",
+    )
+    p.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches removed (Fig. 2; default 0.75)")
+    p.add_argument(
+        "--mask-ratios",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="Fig. 4 instead: one column group per ratio, e.g. 0.75 0.85 0.95",
+    )
+    p.add_argument("--n", type=int, default=4, help="number of images (rows; default 4)")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the random masks (default 0)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling")
 
 
 def cmd_visualize(a):
     from bench.visualize import visualize
-    out = visualize(a.checkpoint, a.out, images=a.images, mask_ratios=a.mask_ratios, n=a.n, seed=a.seed,
-                    trust=a.trust_checkpoint)
+
+    out = visualize(
+        a.checkpoint,
+        a.out,
+        images=a.images,
+        mask_ratio=a.mask_ratio,
+        mask_ratios=a.mask_ratios,
+        n=a.n,
+        seed=a.seed,
+        trust=a.trust_checkpoint,
+    )
     print(f"wrote {out}")
 
 
 def add_backbones_arguments(p: argparse.ArgumentParser):
-    p.add_argument("--init", default=None)
+    p.description = (
+        "The registry's backbone names (<init>_<arch>) with each architecture's width, depth, heads, "
+        "patch and input size, and the official checkpoint file of that init and size where one exists."
+    )
+    p.add_argument("--init", default=None, help="only this initialisation (mae, supervised, mocov3, beit, random, ...)")
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    """'a_{b,c}.pth' -> ['a_b.pth', 'a_c.pth'] (one brace group, as the registry writes them)."""
+    head, sep, rest = pattern.partition("{")
+    if not sep or "}" not in rest:
+        return [pattern]
+    body, _, tail = rest.partition("}")
+    return [head + alt + tail for alt in body.split(",")]
+
+
+def official_file(official_files: str, arch: str) -> str:
+    """The official file among an init's ``official_files`` for ``arch`` (matched on its size
+    name: base, large, ...; MoCo v3 writes vit-b / vit-s), or '' when none is named for it."""
+    size = arch.split("_")[1]  # vit_base_patch16 -> base
+    tokens = (f"_{size}_", f"_{size}.", f"_{size}-", f"{size}_patch", f"vit-{size[0]}-")
+    import re
+
+    for item in re.split(r",\s*(?![^{]*\})", official_files):  # commas outside {...}
+        for name in _expand_braces(item.strip().split(" (")[0]):
+            if any(t in name for t in tokens):
+                return name
+    return ""
 
 
 def cmd_backbones(a):
     from backbones.registry import INITS
     from backbones.vit import ARCHS
+
+    if a.init and a.init not in INITS:
+        raise BenchError(f"--init {a.init!r}: unknown initialisation; known: {', '.join(INITS)}")
     for name, spec in INITS.items():
         if a.init and name != a.init:
             continue
-        print(f"{name}: {spec.description}" + (f"  [official files: {spec.official_files}]" if spec.official_files else ""))
-        for arch in ARCHS:
-            print(f"    {name}_{arch}")
+        print(f"{name}: {spec.description}")
+        print(
+            f"    {'backbone':34s} {'width':>5s} {'depth':>5s} {'heads':>5s} {'patch':>5s} {'input':>5s}  official file"
+        )
+        for arch, cfg in ARCHS.items():
+            cfg = {**cfg, **spec.per_arch.get(arch, {})}  # e.g. MoCo v3's ViT-S has 12 heads
+            official = official_file(spec.official_files, arch) if spec.official_files else ""
+            print(
+                f"    {name + '_' + arch:34s} {cfg['embed_dim']:5d} {cfg['depth']:5d} {cfg['num_heads']:5d} "
+                f"{cfg['patch_size']:5d} {cfg.get('img_size', 224):5d}  {official or '-'}"
+            )
+        if spec.official_files:
+            print(f"    (official files: {spec.official_files})")
 
 
 def commands() -> dict[str, tuple]:
     """``bench`` subcommands: name -> (help, add_arguments, main). Functions given as "module:name"
     are imported only when their command runs; det / seg / cls are the tasks' (``tasks.registry``)."""
     from tasks.registry import COMMANDS
+
     return {
-        "run": ("run a suite: initialisations x tasks x seeds (resumable), then tables",
-                "bench.runner:add_run_arguments", "bench.runner:run_main"),
+        "run": (
+            "run a suite: initialisations x tasks x seeds (resumable), then tables",
+            "bench.runner:add_run_arguments",
+            "bench.runner:run_main",
+        ),
         "pretrain": ("pretrain a ViT here (MAE, MoCo v3, BEiT, supervised)", add_pretrain_arguments, cmd_pretrain),
-        "visualize": ("MAE reconstructions (original | masked | reconstruction | + visible)",
-                      add_visualize_arguments, cmd_visualize),
+        "visualize": (
+            "MAE reconstructions (original | masked | reconstruction | + visible)",
+            add_visualize_arguments,
+            cmd_visualize,
+        ),
         "backbones": ("list backbone names (<init>_<arch>)", add_backbones_arguments, cmd_backbones),
         **{c.name: (c.help, c.add_arguments, c.main) for c in COMMANDS},
-        "table": ("result tables (CSV/LaTeX/Markdown) + plots from a results store",
-                  "bench.tables:add_table_arguments", "bench.tables:table_main"),
+        "table": (
+            "result tables (CSV/LaTeX/Markdown) + plots from a results store",
+            "bench.tables:add_table_arguments",
+            "bench.tables:table_main",
+        ),
         "perf": ("throughput benchmarks", "bench.perf:add_perf_arguments", "bench.perf:perf_main"),
     }
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
     from tasks.spec import resolve
-    ap = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    ap = argparse.ArgumentParser(
+        prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    ap.subcommand_parsers = {}
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (help_, add, main) in commands().items():
         p = sub.add_parser(name, help=help_, description=help_)
+        ap.subcommand_parsers[name] = p
         if name != chosen:  # import a command's module (mmdet, mmseg, torch, ...) only when it runs
             p.add_argument("args", nargs=argparse.REMAINDER)
             continue
         resolve(add)(p)
+        if name == "cls" and not any(a.dest == "launcher" for a in p._actions):
+            _add_launcher_arg(p)
         p.set_defaults(func=resolve(main))
     return ap
 
 
-def main(argv=None) -> int:
-    args = build_parser(argv).parse_args(argv)
-    from bench.core.cpu_tuning import tune_malloc
-    tune_malloc()  # keep multi-MB tensors on the heap between training steps (+14% bf16 img/s here)
-    if args.cmd in ("pretrain", "cls"):  # under torchrun / srun: join the DDP process group (no-op alone)
-        from bench.core.distributed import init_distributed
-        init_distributed()
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
     try:
+        return dist_version("maebench")
+    except PackageNotFoundError:  # run from a checkout that was not pip-installed
+        return "unknown (not installed)"
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is reported with the subcommand's usage, not bench's."""
+    ap = build_parser(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        ap.subcommand_parsers.get(args.cmd, ap).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from bench.core.cpu_tuning import tune_malloc
+
+    tune_malloc()  # keep multi-MB tensors on the heap between training steps (+14% bf16 img/s here)
+    try:
+        if args.cmd in ("pretrain", "cls"):  # under torchrun / srun: join the DDP process group (no-op alone)
+            join_launcher(getattr(args, "launcher", None))
         rc = int(args.func(args) or 0)
         from bench.core.distributed import exit_distributed
+
         return exit_distributed(rc)  # under torchrun: all ranks leave together, no interpreter finalization
     except BenchError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)

@@ -12,12 +12,13 @@ ckpt_every, device, ...). ``pretrain(method, ...)`` starts from ``DEMO_DEFAULTS[
 demo scale, the same data budget (epochs x ``epoch_size`` images) for every method. Paper values
 are in each module's ``PAPER`` dict and docstring.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.core.errors import BenchError
 from backbones.pretrainers.mae import pretrain_mae
+from bench.core.errors import BenchError
 
 from .beit import pretrain_beit
 from .mocov3 import pretrain_mocov3
@@ -43,8 +44,14 @@ DEMO_DEFAULTS: dict[str, dict] = {
     "mocov3": dict(_SCHEDULE, blr=1.5e-3, temperature=0.2, m0=0.99, dim=64, mlp_dim=256),
     # paper (unilm beit README): lr 1.5e-3 at batch 2048 (blr 1.9e-4), 800 epochs, 10 warmup, clip 3.0,
     # 8192 DALL-E codes, 75/196 patches masked, layer scale 0.1, drop path 0.1
-    "beit": dict(_SCHEDULE, blr=1.5e-3, clip_grad=3.0, vocab_size=256, mask_ratio=0.4,
-                 tokenizer_train=dict(epochs=10, warmup_epochs=1, blr=2e-3)),
+    "beit": dict(
+        _SCHEDULE,
+        blr=1.5e-3,
+        clip_grad=3.0,
+        vocab_size=256,
+        mask_ratio=0.4,
+        tokenizer_train=dict(epochs=10, warmup_epochs=1, blr=2e-3),
+    ),
     # paper (MAE A.2 / Table 11, from scratch): blr 1e-4, wd 0.3, batch 4096, 300 epochs, 20 warmup,
     # smoothing 0.1, mixup 0.8, cutmix 1.0, drop path 0.1
     "supervised": dict(_SCHEDULE, blr=1.5e-3, smoothing=0.1),
@@ -56,9 +63,27 @@ def pretrain(method: str, arch: str, out_dir: str | Path, *, demo_defaults: bool
     if method not in PRETRAINERS:
         raise BenchError(f"unknown pretraining method {method!r}; known: {', '.join(PRETRAINERS)}")
     opts = dict(DEMO_DEFAULTS[method]) if demo_defaults else {}
+    if demo_defaults and kwargs.get("steps") is not None and not {"warmup_epochs", "warmup_steps"} & kwargs.keys():
+        # A schedule given in steps keeps the defaults' warmup fraction (3 of 30 epochs), so a
+        # short run still reaches its peak lr; the default warmup alone is 3 x the epoch's steps.
+        opts.pop("warmup_epochs", None)
+        opts["warmup_steps"] = warmup_steps_for(kwargs["steps"], _SCHEDULE)
     opts.update(kwargs)
     return PRETRAINERS[method](arch, out_dir, **opts)
 
 
-__all__ = ["PRETRAINERS", "DEMO_DEFAULTS", "pretrain", "pretrain_mae", "pretrain_mocov3", "pretrain_beit",
-           "pretrain_supervised"]
+def warmup_steps_for(steps: int, schedule: dict = _SCHEDULE) -> int:
+    """Warmup steps of a ``steps``-step run at ``schedule``'s warmup fraction (10 % for the demo)."""
+    return int(round(steps * schedule["warmup_epochs"] / schedule["epochs"]))
+
+
+__all__ = [
+    "PRETRAINERS",
+    "DEMO_DEFAULTS",
+    "pretrain",
+    "warmup_steps_for",
+    "pretrain_mae",
+    "pretrain_mocov3",
+    "pretrain_beit",
+    "pretrain_supervised",
+]
