@@ -948,14 +948,15 @@ def _chance(sel: pd.DataFrame) -> float | None:
     return None
 
 
-def _deviation_note(fig, sel: pd.DataFrame) -> None:
+def _footer(ax, sel: pd.DataFrame, below: float) -> None:
+    """Under the plot: what the error bars are and the deviations from the paper's protocol."""
+    lines = ["error bars: 95 % interval (none: no interval for that cell)"]
     phrases = list(dict.fromkeys(p for r in sel.to_dict("records") for p in _deviations(r)))
-    if not phrases:
-        return
-    text = "Not the paper's protocol: " + "; ".join(phrases)
-    if len(text) > 160:
-        text = text[:157] + "..."
-    fig.text(0.01, -0.02, text, fontsize=7, ha="left", va="top", color="0.3")
+    if phrases:
+        text = "Not the paper's protocol: " + "; ".join(phrases)
+        lines.append(text if len(text) <= 110 else text[:107] + "...")
+    ax.annotate("\n".join(lines), xy=(0, 0), xycoords="axes fraction", xytext=(0, -below),
+                textcoords="offset points", fontsize=7, ha="left", va="top", color="0.3")
 
 
 def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
@@ -986,7 +987,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
         inits = sorted(sel["init_label"].unique(), key=_init_sort_key)
         cols = sorted(sel[["backbone", "img_size", "col"]].drop_duplicates("col").itertuples(),
                       key=lambda r: _backbone_sort_key(r.backbone, r.img_size))
-        fig = Figure(figsize=(1.2 + 0.9 * len(inits) * len(metrics) + 0.3 * len(cols), 3.6))
+        fig = Figure(figsize=(2.0 + (0.9 * len(inits) + 0.3 * len(cols)) * len(metrics), 3.8))
         width = 0.8 / len(cols)
         chance = _chance(sel)
         for i, metric in enumerate(metrics):
@@ -1001,10 +1002,11 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
                 ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
             ax.set_xticks(np.arange(len(inits)), inits, rotation=30, ha="right")
             ax.set_ylabel(_unit(metric))
-            ax.set_title(f"{_title(task)} {protocol}: {metric}")
+            ax.set_title(metric, fontsize=10)
             ax.legend(fontsize=7)
-        fig.suptitle("error bars: 95 % interval", fontsize=7, y=0.02, x=0.99, ha="right")
-        _deviation_note(fig, sel)
+        fig.suptitle(f"{_title(task)}, {protocol}")
+        fig.subplots_adjust(wspace=0.35)
+        _footer(fig.axes[0], sel, below=55)
         written.append(_save_figure(fig, out_dir / f"bars_{_slug(task)}_{_slug(protocol)}.png"))
 
     # Partial fine-tuning: top1 vs. k, one line per init.
@@ -1028,7 +1030,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
             ax.set_ylabel(_unit("top1"))
             ax.set_title(f"Partial fine-tuning, {_title(task)} {col}")
             ax.legend(fontsize=7)
-            _deviation_note(fig, sel)
+            _footer(ax, sel, below=35)
             written.append(_save_figure(fig, out_dir / f"partial_{_slug(task)}_{_slug(col)}.png"))
 
     # Mask ratio: metric vs. extra['mask_ratio'], one line per (protocol, backbone, init).
@@ -1058,7 +1060,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
         ax.set_ylabel(_unit(metric))
         ax.set_title(f"Masking ratio, {_title(task)}")
         ax.legend(fontsize=7)
-        _deviation_note(fig, sel)
+        _footer(ax, sel, below=35)
         written.append(_save_figure(fig, out_dir / f"mask_ratio_{_slug(task)}.png"))
     return written
 
