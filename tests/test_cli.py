@@ -312,3 +312,32 @@ def test_pretrain_short_steps_reach_the_peak_lr(tmp_path):
     assert lrs[2] == pytest.approx(peak, rel=1e-6)
     assert lrs[0] == pytest.approx(peak / 3, rel=1e-6)
     assert max(lrs) == pytest.approx(peak, rel=1e-6)
+
+
+def test_progress_eta_uses_each_kinds_mean():
+    from bench.progress import Eta, format_duration
+
+    now = [0.0]
+    eta = Eta(["pretrain", "pretrain", "transfer", "transfer", "transfer"], clock=lambda: now[0])
+    assert eta.plan_line() is None  # nothing known yet
+    now[0] = 100.0
+    # one pretraining cell of 100 s: the other pretraining cell and (no transfer known) 3 transfer cells at 100 s
+    assert eta.finished("pretrain", 100.0) == "progress: 1/5 cells, 1 min 40 s so far, about 6 min 40 s left"
+    now[0] = 160.0
+    eta.finished("pretrain", 60.0)
+    now[0] = 170.0
+    # transfer cells now at their own mean (10 s): 2 left = 20 s
+    assert eta.finished("transfer", 10.0) == "progress: 3/5 cells, 2 min 50 s so far, about 20 s left"
+    eta.finished("transfer", 10.0)
+    assert eta.finished("transfer", 10.0).endswith("so far")  # done: no estimate
+    assert [format_duration(s) for s in (0, 59.4, 61, 3599, 3725)] == [
+        "0 s",
+        "59 s",
+        "1 min 01 s",
+        "59 min 59 s",
+        "1 h 02 min",
+    ]
+    assert (
+        Eta(["a", "b", "b"], expected={"a": 30, "b": 15}).plan_line()
+        == "progress: 3 cells to run, about 1 min 00 s expected"
+    )
