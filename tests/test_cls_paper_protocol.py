@@ -137,7 +137,7 @@ def test_digits_task_generates_the_labelled_and_eval_digits(tmp_path):
     from tasks.registry import get_task
     spec = get_task("digits")
     assert spec.img_size == 64 and spec.runnable and spec.heldout and "lr" in spec.search_keys
-    assert spec.generator_options() == {}
+    assert set(spec.generator_options()) == {"n_train_per_class", "n_val_per_class", "num_classes", "image_size"}
     root = spec.generate(tmp_path / "digits")
     train, val = spec.reader(root)
     assert (len(train), len(val), train.num_classes) == (10 * DIGITS_PER_CLASS["labelled"], 10 * DIGITS_PER_CLASS["eval"], 10)
@@ -154,3 +154,9 @@ def test_digits_task_generates_the_labelled_and_eval_digits(tmp_path):
     first = int(idx[0])
     path = next(p for p, _ in train.samples if int(Path(p).stem) == first)
     assert np.array_equal(np.asarray(Image.open(path)), x[0].permute(1, 2, 0).numpy())
+    # the options take a subset of the same images, like the other generators' options
+    small = spec.reader(spec.generate(tmp_path / "small", n_train_per_class=3, n_val_per_class=2, num_classes=4,
+                                      image_size=16))
+    assert [len(s) for s in small] == [12, 8] and small[0].classes == ["0", "1", "2", "3"]
+    assert set(index(small[0])) <= set(index(train)) and set(index(small[1])) <= set(index(val))
+    assert Image.open(small[0].samples[0][0]).size == (16, 16)

@@ -75,26 +75,19 @@ class EmbeddedLabelled:
 
 
 def image_folder(root: str | Path, transform):
-    """``torchvision.datasets.ImageFolder`` on ``root/train`` if present, else ``root``, with
-    one-line DataErrors. Files are decoded to uint8 tensors (``decode_rgb``) when ``transform``
-    takes them, else by ImageFolder's PIL loader."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import default_loader
-
-    from bench.core.data import decode_rgb, wants_tensor
+    """The ImageFolder layout ``root/<class>/<image>`` (``root/train`` if present) as a labelled
+    dataset (``bench.core.data.read_class_folders`` + ``LabelledImages``: the readers of every task),
+    with one-line DataErrors."""
+    from bench.core.data import LabelledImages, read_class_folders
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     if (root / "train").is_dir():
         root = root / "train"
-    try:
-        ds = ImageFolder(str(root), transform=transform,
-                         loader=decode_rgb if wants_tensor(transform) else default_loader)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"image folder {root}: {str(e).splitlines()[0]} (expected {root}/<class>/<image>)") from None
-    if len(ds.classes) < 2:
-        raise DataError(f"image folder {root} has {len(ds.classes)} class folder(s); supervised pretraining needs at least 2")
-    return ds
+    classes, samples = read_class_folders(root)
+    if len(classes) < 2:
+        raise DataError(f"image folder {root} has {len(classes)} class folder(s); supervised pretraining needs at least 2")
+    return LabelledImages(samples, classes, transform)
 
 
 def supervised_transform(img_size: int, crop_min: float = 0.08):

@@ -50,16 +50,19 @@ def embedded_photos() -> tuple[np.ndarray, ...]:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
-def list_images(root: str | Path) -> list[Path]:
+def list_images(root: str | Path, skip_hidden: bool = False) -> list[Path]:
     """Sorted image files under ``root``, recursively, as ``Path.rglob`` finds them (symlinked
     sub-folders are not entered; unreadable sub-folders are passed over) but from ``os.scandir``
-    entry types alone: no file is opened or stat-ed (symlinks aside), which matters at 1 M files."""
+    entry types alone: no file is opened or stat-ed (symlinks aside), which matters at 1 M files.
+    ``skip_hidden``: leave out files and folders whose name starts with '.' (``._x.jpg`` and the like)."""
     root = Path(root)
     files, folders = [], [str(root)]
     while folders:
         try:
             with os.scandir(folders.pop()) as entries:
                 for e in entries:
+                    if skip_hidden and e.name.startswith("."):
+                        continue
                     if e.is_dir(follow_symlinks=False):
                         folders.append(e.path)
                     elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
@@ -67,6 +70,65 @@ def list_images(root: str | Path) -> list[Path]:
         except OSError:
             continue
     return sorted(files)
+
+
+def class_folders(directory: str | Path) -> list[str]:
+    """The sorted names of the sub-folders of ``directory`` (ImageFolder classes), hidden ones left
+    out; a missing or unlistable folder is a one-line ``DataError``."""
+    from bench.core.errors import DataError
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: folder not found")
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"{directory}: cannot list ({e.strerror})") from None
+
+
+def read_class_folders(root: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """``(classes, [(image path, class index)])`` of an ImageFolder layout ``root/<class>/**/<image>``
+    (torchvision's ``ImageFolder``: classes are the sorted sub-folders, images any depth below them,
+    hidden names left out). With ``classes`` given (a train split's), a folder outside them is an error.
+    A class folder without images is a one-line ``DataError``."""
+    from bench.core.errors import DataError
+    root = Path(root)
+    names = class_folders(root)
+    if classes is None:
+        classes = names
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for name in names:
+        if name not in index:
+            raise DataError(f"{root / name}: class {_short(name)} is not a train class")
+        images = list_images(root / name, skip_hidden=True)
+        if not images:
+            raise DataError(f"{root / name}: class folder has no images")
+        samples.extend((p, index[name]) for p in images)
+    return classes, samples
+
+
+class LabelledImages:
+    """``(transform(image), label)`` for a list of ``(image path, label)``: a map-style dataset. Images
+    are decoded to (3, H, W) uint8 tensors by ``decode_rgb`` when the transform takes tensors
+    (``TensorTransform``), else to RGB PIL images by ``load_rgb``; a bad file is a ``DataError`` naming it."""
+
+    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform=None):
+        self.samples, self.classes, self.transform = samples, classes, transform
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = decode_rgb(path) if wants_tensor(self.transform) else load_rgb(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
 
 
 # --------------------------------------------------------------------------------------------------

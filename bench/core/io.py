@@ -88,3 +88,23 @@ def atomic_write_json(obj, path: str | Path, **dump_kwargs) -> Path:
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, **dump_kwargs)
     return Path(path)
+
+
+def load_json(path: str | Path, what: str = "file"):
+    """``json.load`` of ``path`` with one-line ``DataError``s naming it: ``<path>: <what> not found``,
+    ``<path>: not valid JSON (<reason> at line L column C)``, ``<path>: cannot read (<reason>)``."""
+    from bench.core.errors import DataError
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.reason})") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep, or an int over Python's digit limit
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None

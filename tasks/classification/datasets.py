@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.core.data import IMAGE_EXTENSIONS, decode_rgb, embedded_photos, load_rgb, wants_tensor
+from bench.core.data import LabelledImages, class_folders, embedded_photos, list_images
+from bench.core.data import load_rgb  # noqa: F401  (re-exported by tasks.classification)
 from bench.core.errors import BenchError, DataError
+from bench.core.io import load_json
 
 DATASETS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder", "digits")
 SPLITS = ("train", "val")
@@ -171,23 +173,6 @@ def _first_existing_dir(root: Path, candidates: tuple[str, ...], what: str) -> P
 # iNaturalist 2017 / 2018 / 2019
 
 
-def _load_json(path: Path):
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} "
-                        f"(char {e.pos}): {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: invalid JSON: not UTF-8 text (byte {e.start})") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer over Python's digit limit
-        raise DataError(f"{path}: invalid JSON: {_short(str(e), 100)}") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-
-
 def _field(record, key: str, kind: type, path: Path, where: str):
     if not isinstance(record, dict):
         raise DataError(f"{path}: {where} must be a JSON object, got {_short(record)}")
@@ -202,7 +187,7 @@ def _field(record, key: str, kind: type, path: Path, where: str):
 
 def _inat_records(path: Path) -> tuple[dict[int, str], list[tuple[str, int]]]:
     """Validated contents of one iNat JSON: {category id: name} and [(file_name, category id)]."""
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: top level must be a JSON object, got {_short(data)}")
     for key in ("images", "annotations", "categories"):
@@ -384,22 +369,6 @@ def read_places205(root: str | Path, split: str) -> ClassificationSplit:
 # Image folders
 
 
-def _class_dirs(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        raise DataError(f"{directory}: folder not found")
-    try:
-        with os.scandir(directory) as entries:
-            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    except OSError as e:
-        raise DataError(f"{directory}: cannot list ({e.strerror})") from None
-
-
-def _images_under(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
-
-
 def _check_not_linked_inside(folder: Path, root: Path) -> None:
     """A symlinked split or class folder may point anywhere but into the dataset itself: a class
     folder linked to the root would put the validation images into training."""
@@ -413,7 +382,7 @@ def _check_not_linked_inside(folder: Path, root: Path) -> None:
 
 def _read_image_folder(root: Path, splits: tuple[str, ...], name: str = "folder") -> dict[str, ClassificationSplit]:
     _check_not_linked_inside(root / "train", root)
-    classes = _class_dirs(root / "train")
+    classes = class_folders(root / "train")
     if not classes:
         raise DataError(f"{root / 'train'}: no class folders")
     index = {name: i for i, name in enumerate(classes)}
@@ -422,12 +391,12 @@ def _read_image_folder(root: Path, splits: tuple[str, ...], name: str = "folder"
         split_dir = root / split
         _check_not_linked_inside(split_dir, root)
         samples = []
-        for name in _class_dirs(split_dir):
+        for name in class_folders(split_dir):
             if name not in index:
                 raise DataError(f"{split_dir / name}: class {_short(name)} is not a train class "
                                 f"(no folder {root / 'train' / name})")
             _check_not_linked_inside(split_dir / name, root)
-            images = _images_under(split_dir / name)
+            images = list_images(split_dir / name, skip_hidden=True)
             if split == "train" and not images:
                 raise DataError(f"{split_dir / name}: class folder has no images")
             samples.extend((p, index[name]) for p in images)
@@ -525,27 +494,15 @@ def read_splits(dataset: str, root: str | Path) -> tuple[ClassificationSplit, Cl
 # Torch dataset
 
 
-class ImageDataset:
-    """A ``ClassificationSplit`` as a map-style torch dataset (``__len__`` / ``__getitem__``; no torch
-    base class, so the task registry imports this module without torch) of (transform(image), label). The image is a
-    (3, H, W) uint8 tensor from ``decode_rgb`` (torchvision's decoders) when the transform takes
-    tensors (``bench.core.data.TensorTransform``: the eval transform), else an RGB PIL image from
-    ``load_rgb`` (timm's training transform: RandAugment works on PIL images)."""
+class ImageDataset(LabelledImages):
+    """A ``ClassificationSplit`` as a map-style dataset of (transform(image), label)
+    (``bench.core.data.LabelledImages``: uint8 tensors from torchvision's decoders for a tensor
+    transform such as the eval one, RGB PIL images for timm's training transform, whose RandAugment
+    works on PIL images)."""
 
     def __init__(self, split: ClassificationSplit, transform=None):
+        super().__init__(split.samples, split.classes, transform)
         self.split = split
-        self.transform = transform
-        self.classes = split.classes
-
-    def __len__(self) -> int:
-        return len(self.split.samples)
-
-    def __getitem__(self, index: int):
-        path, label = self.split.samples[index]
-        image = decode_rgb(path) if wants_tensor(self.transform) else load_rgb(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
 
 
 # --------------------------------------------------------------------------------------------------
@@ -763,13 +720,38 @@ def make_image_folder(root: str | Path, n_train_per_class: int = 40, n_val_per_c
     return Path(root)
 
 
-def make_digits_dataset(root: str | Path) -> Path:
-    """Write ``root/{train,val}/<digit>/<index>.png``: scikit-learn's real handwritten digits at 64 px,
-    train = the 100 labelled images, val = the 800 eval images of ``bench.core.data.Digits``, both
-    disjoint from its pretraining split (``bench pretrain --data digits``)."""
-    from bench.core.data import write_digits_folder
+def make_digits_dataset(root: str | Path, n_train_per_class: int | None = None, n_val_per_class: int | None = None,
+                        num_classes: int = 10, image_size: int | None = None) -> Path:
+    """Write ``root/{train,val}/<digit>/<index>.png``: scikit-learn's real handwritten digits, train =
+    the labelled images, val = the eval images of ``bench.core.data.Digits`` (10 and 80 per digit, 64 px),
+    both disjoint from its pretraining split (``bench pretrain --data digits``). The options take the
+    first ``n`` images of each of the first ``num_classes`` digits, or resize them (bicubic), as the
+    other generators' options do; left at None they keep the whole split at 64 px."""
+    from bench.core.data import DIGITS_PER_CLASS, write_digits_folder
+    keep = {"train": n_train_per_class, "val": n_val_per_class}
+    for split, n, most in (("train", n_train_per_class, DIGITS_PER_CLASS["labelled"]),
+                           ("val", n_val_per_class, DIGITS_PER_CLASS["eval"])):
+        if n is not None and not 1 <= n <= most:
+            raise BenchError(f"digits: {split} has {most} images per digit; n_{split}_per_class must be 1..{most}, got {n}")
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise BenchError(f"digits: num_classes must be 2..{MAX_CLASSES}, got {num_classes}")
+    if image_size is not None and image_size < 8:
+        raise BenchError(f"image_size must be at least 8, got {image_size}")
     with _new_folder(root) as tmp:
         write_digits_folder(tmp)
+        for split in SPLITS:
+            for label in range(MAX_CLASSES):
+                folder = tmp / split / str(label)
+                files = sorted(folder.iterdir())
+                for k, path in enumerate(files):
+                    if label >= num_classes or (keep[split] is not None and k >= keep[split]):
+                        path.unlink()
+                    elif image_size is not None:
+                        with Image.open(path) as img:
+                            small = img.resize((image_size, image_size), Image.BICUBIC)
+                        small.save(path, format="PNG")
+                if label >= num_classes:
+                    folder.rmdir()
     return Path(root)
 
 

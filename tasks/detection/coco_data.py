@@ -44,7 +44,7 @@ from pycocotools.coco import COCO
 
 from bench.core.data import embedded_photos
 from bench.core.errors import DataError
-from bench.core.io import atomic_write_json  # noqa: F401  (public here since the first release)
+from bench.core.io import atomic_write_json, load_json  # noqa: F401  (both public here for evaluation.py)
 
 # Category ids are non-contiguous on purpose (as in real COCO, whose 80 ids run 1..90): code that
 # confuses a model's label index with a COCO category id fails on this data.
@@ -294,23 +294,6 @@ def uncompressed_rle_counts(mask: np.ndarray) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 # validator
 # --------------------------------------------------------------------------------------------------
-
-def load_json(path: str | Path, what: str = "file") -> object:
-    """``json.load`` with one-line ``DataError``s for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") \
-            from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.reason})") from None
-    except (RecursionError, ValueError) as e:  # nesting too deep, or an int over Python's digit limit
-        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
-
 
 def _check_id(value, ann_file, where: str, key: str = "id"):
     """COCO ids are integers (strings tolerated); anything else is named."""
