@@ -66,7 +66,12 @@ def _add_train_args(p: argparse.ArgumentParser):
     g.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (always at the end)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping")
-    g.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
+    g.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the newest readable checkpoint in --out (default); --no-resume starts over",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -174,7 +179,7 @@ def cmd_pretrain(a):
     if a.method == "mae":
         kw["norm_pix_loss"] = not a.no_norm_pix_loss
     path = pretrain(
-        a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size, resume=not a.no_resume, **kw
+        a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size, resume=a.resume, **kw
     )
     print(f"backbone checkpoint: {path}\n  use it as: --backbone {a.method}_{a.arch} --checkpoint {path}")
 

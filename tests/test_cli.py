@@ -341,3 +341,11 @@ def test_progress_eta_uses_each_kinds_mean():
         Eta(["a", "b", "b"], expected={"a": 30, "b": 15}).plan_line()
         == "progress: 3 cells to run, about 1 min 00 s expected"
     )
+
+
+def test_pretrain_resume_flag_pair(tmp_path):
+    from bench.cli import build_parser
+
+    for flags, want in (([], True), (["--resume"], True), (["--no-resume"], False)):
+        a = build_parser(["pretrain"]).parse_args(["pretrain", "--out", str(tmp_path), *flags])
+        assert a.resume is want
