@@ -310,13 +310,21 @@ def _layouts(channels_last) -> list[bool]:
     return [resolve_channels_last(channels_last, "cpu")]
 
 
-def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, repeats, notes=()):
+def dense_peaks(before: dict | None = None) -> dict:
+    """The fp32 and bf16 matmul peaks of this CPU (GFLOP/s), each the best of ``before`` and now."""
+    dev = torch.device("cpu")
+    now = {"fp32": matmul_peak(torch.float32, dev), "bf16": matmul_peak(torch.bfloat16, dev)}
+    return {k: max(v, (before or {}).get(k, 0.0)) for k, v in now.items()}
+
+
+def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, repeats, notes=(), peaks=None):
     """Print FLOPs, matmul peaks and, per precision and conv layout, img/s, step time, GFLOP/s and
     the fraction of that precision's peak. Layouts (and precisions) are timed interleaved: each of
     ``repeats`` rounds times every variant once (1 warm-up + ``iters`` steps); the median over all
     of a variant's timed steps is reported, with their min-max. The matmul peaks are the best of a
     measurement before and one after the timing (on a shared machine either can be slowed down).
-    Returns one dict per variant."""
+    ``peaks``: the matmul peaks measured by the caller (``dense_peaks``; several models timed in one
+    run share them) instead of measuring them here. Returns one dict per variant."""
     import statistics
     from torch.utils.flop_counter import FlopCounterMode
     from tasks.dense.memory_format import set_memory_format
@@ -325,7 +333,8 @@ def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, rep
         loss_of(model).backward()
     model.zero_grad(set_to_none=True)
     flops = fc.get_total_flops()
-    peaks = {"fp32": matmul_peak(torch.float32, dev), "bf16": matmul_peak(torch.bfloat16, dev)}
+    shared = peaks is not None
+    peaks = dict(peaks) if shared else dense_peaks()
     names = {False: "NCHW", True: "channels-last"}
     variants = [(p, c) for p in ["bf16"] + (["fp32"] if baseline else []) for c in layouts]
     times = {v: [] for v in variants}
@@ -333,8 +342,8 @@ def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, rep
         for pname, cl in variants:
             set_memory_format(model, cl)
             times[(pname, cl)] += step_times(model, loss_of, pname == "bf16", iters, dev)
-    peaks = {"fp32": max(peaks["fp32"], matmul_peak(torch.float32, dev)),
-             "bf16": max(peaks["bf16"], matmul_peak(torch.bfloat16, dev))}
+    if not shared:
+        peaks = dense_peaks(peaks)
     print(f"{title}, batch {batch_size}, {torch.get_num_threads()} threads; {flops / batch_size / 1e9:.4g} GFLOP/img "
           f"(fwd+bwd); matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; conv layout "
           f"{' vs '.join(names[c] for c in layouts)}")
@@ -361,7 +370,7 @@ def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, rep
 
 
 def perf_seg(config="paper_vit_base", backbone="random_vit_base_patch16", crop=512, batch_size=2, iters=2,
-             threads=None, baseline=False, channels_last=None, repeats=1):
+             threads=None, baseline=False, channels_last=None, repeats=1, trust_config=False):
     """UperNet training step (mmseg model built from the task's own config for one process):
     img/s, step time, GFLOP/s and the fraction of the matmul peak, on random images and labels.
     ``channels_last``: None = the task's default here, True / False, or 'both' (timed interleaved)."""
@@ -376,7 +385,8 @@ def perf_seg(config="paper_vit_base", backbone="random_vit_base_patch16", crop=5
         torch.set_num_threads(threads)
     register_all_modules(init_default_scope=True)
     # the task's own config loading: backbone, head widths and crop follow the arguments
-    m = load_config(config, backbone=backbone, data_root=".", work_dir=tempfile.gettempdir(), crop_size=crop).model
+    m = load_config(config, backbone=backbone, data_root=".", work_dir=tempfile.gettempdir(), crop_size=crop,
+                    trust_config=trust_config).model
     layouts = _layouts(channels_last)
     model = build_dense_model(MODELS, m, layouts[0])
     g = torch.Generator().manual_seed(0)
@@ -415,51 +425,92 @@ def random_det_samples(batch_size: int, size: int, boxes: int, num_classes: int,
     return samples
 
 
+DET_ENGINES = ("mmdet", "detectron2", "both")
+
+
 def perf_det(config="vit_b", variants=("fpn",), backbone="random_vit_base_patch16", img_size=512, batch_size=1,
-             boxes=8, iters=2, threads=None, baseline=False, channels_last=None, repeats=1):
-    """Mask R-CNN training step (mmdet model built from the detection task's own config, variant
-    'fpn' = ViT -> FPN [Li21] / 'vitdet' = simple pyramid, for one process) on random images, boxes,
-    masks and labels: img/s, step time, GFLOP/s and the fraction of the matmul peak.
-    ``img_size``: the square input (the protocols train at 1024; smaller for CPU)."""
-    from mmcv.ops import RoIAlign
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    import tasks.dense.mm_backbone  # noqa: F401  (registers RegistryViT)
-    import tasks.detection.mmdet_plugins  # noqa: F401  (LN2d, LastLevelMaxPool)
+             boxes=8, iters=2, threads=None, baseline=False, channels_last=None, repeats=1, engine="both",
+             trust_config=False):
+    """Mask R-CNN training step (variant 'fpn' = ViT -> FPN [Li21] / 'vitdet' = simple pyramid, for
+    one process) on random images, boxes, masks and labels: img/s, step time, GFLOP/s and the
+    fraction of the matmul peak. ``engine``: 'mmdet' (the model of the detection task's mmengine
+    config), 'detectron2' (``tasks.detection.detectron2.perf.build_step``: the model of its
+    LazyConfig of the same name) or 'both', timed one after the other in this process with the same
+    helper. ``img_size``: the square input (the protocols train at 1024; smaller for CPU)."""
     from backbones.registry import parse_name
     from backbones.vit import arch_config
     from bench.core.errors import BenchError
-    from tasks.detection.run import fill_model, load_config, resolve_config
+    if engine not in DET_ENGINES:
+        raise BenchError(f"--engine {engine!r}: choose from {', '.join(DET_ENGINES)}")
+    if engine == "both" and str(config) not in ("smoke", "vit_b", "vit_l"):
+        raise BenchError(f"--config {config}: a config file belongs to one engine (an mmengine config or a "
+                         f"detectron2 LazyConfig); pass --engine mmdet or --engine detectron2")
     if threads:
         torch.set_num_threads(threads)
-    register_all_modules(init_default_scope=True)
     patch = arch_config(parse_name(backbone)[1])["patch_size"]
     stride = 32 * patch // 16  # the coarsest pyramid level
     if img_size < 2 * stride or img_size % stride:
         raise BenchError(f"--img-size {img_size}: must be a multiple of {stride} (the stride-32 level of {backbone}) "
                          f"and at least {2 * stride}")
+    engines = ("mmdet", "detectron2") if engine == "both" else (engine,)
+    if "detectron2" in engines:
+        from tasks.detection.detectron2.install import require_detectron2
+        require_detectron2()  # before timing anything: one line that says how to install it
     rows = []
+    peaks = dense_peaks()  # once for every model of this run (a bf16 peak takes minutes on a loaded CPU)
     for variant in ([variants] if isinstance(variants, str) else variants):
-        path, name = resolve_config(config, variant, parse_name(backbone)[1])
-        cfg = load_config(path)
-        fill_model(cfg, path, backbone=backbone)
-        cfg.model.backbone.img_size = img_size  # position embedding for this input (the config's: 1024)
-        layouts = _layouts(channels_last)
-        model = build_dense_model(MODELS, cfg.model, layouts[0])
-        mmcv_ops_fp32_on_cpu(model)
-        num_classes = int(cfg.model.roi_head.bbox_head.num_classes)
-        x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-        samples = random_det_samples(batch_size, img_size, boxes, num_classes)
-        notes = []
-        if any(isinstance(mm, RoIAlign) for mm in model.modules()):
-            notes.append("FLOPs are the aten matmul / conv / attention ops torch.utils.flop_counter sees; mmcv's RoIAlign "
-                         "and NMS are extension calls it does not count (bilinear sampling / box overlaps, no matmul)")
-        torch.manual_seed(0)  # the RPN / RoI samplers draw from torch's generator
-        rows += _time_dense(f"Mask R-CNN ({name}, {cfg.model.backbone.variant} pyramid) on {backbone} @ {img_size}, "
-                            f"{boxes} boxes/img", model, lambda mm: dense_loss(mm, x, samples), batch_size, layouts,
-                            baseline, iters, repeats, notes)
-        del model
+        for eng in engines:
+            run = _perf_det_mmdet if eng == "mmdet" else _perf_det_detectron2
+            for r in run(config, variant, backbone, img_size, batch_size, boxes, iters, baseline, channels_last,
+                         repeats, trust_config, peaks):
+                rows.append(dict(r, engine=eng, variant=variant))
+    if len(engines) > 1:
+        print("same config, same run:")
+        for r in rows:
+            print(f"  {r['variant']} {r['prec']} {r['engine']:>10}: {r['img_s']:.3f} img/s, {r['gflop_img']:.4g} GFLOP/img, "
+                  f"{100 * r['of_peak']:.0f}% of peak")
     return rows
+
+
+def _perf_det_mmdet(config, variant, backbone, img_size, batch_size, boxes, iters, baseline, channels_last, repeats,
+                    trust_config, peaks):
+    from mmcv.ops import RoIAlign
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import tasks.dense.mm_backbone  # noqa: F401  (registers RegistryViT)
+    import tasks.detection.mmdet_plugins  # noqa: F401  (LN2d, LastLevelMaxPool)
+    from backbones.registry import parse_name
+    from tasks.detection.run import fill_model, load_config, resolve_config
+    register_all_modules(init_default_scope=True)
+    path, name = resolve_config(config, variant, parse_name(backbone)[1])
+    cfg = load_config(path, trust_config=trust_config)
+    fill_model(cfg, path, backbone=backbone)
+    cfg.model.backbone.img_size = img_size  # position embedding for this input (the config's: 1024)
+    layouts = _layouts(channels_last)
+    model = build_dense_model(MODELS, cfg.model, layouts[0])
+    mmcv_ops_fp32_on_cpu(model)
+    num_classes = int(cfg.model.roi_head.bbox_head.num_classes)
+    x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    samples = random_det_samples(batch_size, img_size, boxes, num_classes)
+    notes = []
+    if any(isinstance(mm, RoIAlign) for mm in model.modules()):
+        notes.append("FLOPs are the aten matmul / conv / attention ops torch.utils.flop_counter sees; mmcv's RoIAlign "
+                     "and NMS are extension calls it does not count (bilinear sampling / box overlaps, no matmul)")
+    torch.manual_seed(0)  # the RPN / RoI samplers draw from torch's generator
+    return _time_dense(f"mmdet Mask R-CNN ({name}, {cfg.model.backbone.variant} pyramid) on {backbone} @ {img_size}, "
+                       f"{boxes} boxes/img", model, lambda mm: dense_loss(mm, x, samples), batch_size, layouts,
+                       baseline, iters, repeats, notes, peaks)
+
+
+def _perf_det_detectron2(config, variant, backbone, img_size, batch_size, boxes, iters, baseline, channels_last,
+                         repeats, trust_config, peaks):
+    from tasks.detection.detectron2.perf import build_step
+    model, loss_of, title = build_step(config, variant, backbone, img_size, batch_size, boxes,
+                                       trust_config=trust_config)
+    notes = ["FLOPs as for mmdet: torchvision's RoIAlign and NMS (detectron2's ROIAlign, batched_nms) are not counted"]
+    torch.manual_seed(0)  # the RPN / RoI samplers draw from torch's generator
+    return _time_dense(title, model, loss_of, batch_size, _layouts(channels_last), baseline, iters, repeats, notes, peaks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,13 +553,20 @@ def add_perf_arguments(parser):
     p.add_argument("--config", default="paper_vit_base", help="segmentation config name or path")
     p.add_argument("--backbone", default="random_vit_base_patch16")
     p.add_argument("--crop", type=int, default=512)
+    p.add_argument("--trust-config", action="store_true",
+                   help="allow a --config file from outside the package (mmengine runs it as Python when reading it)")
     layout(p)
-    p = command("det", "Mask R-CNN training step img/s (mmdet model from our config) vs matmul peaks",
+    p = command("det", "Mask R-CNN training step img/s (mmdet and detectron2 models from our configs) vs matmul peaks",
                 batch_size=1, iters=2,
                 description="Mask R-CNN training step (forward, backward, AdamW) of the detection task's own config "
                             "on random images, boxes, masks and labels: img/s, step time, GFLOP/img (fwd+bwd), "
-                            "GFLOP/s and % of the matmul peak of the precision.")
-    p.add_argument("--config", default="vit_b", help="detection config name (smoke, vit_b, vit_l) or .py path")
+                            "GFLOP/s and % of the matmul peak of the precision, per engine.")
+    p.add_argument("--engine", choices=DET_ENGINES, default="both",
+                   help="mmdet, detectron2, or both (default: both, timed in one run, same config name)")
+    p.add_argument("--config", default="vit_b",
+                   help="detection config name (smoke, vit_b, vit_l), or a config file of one engine (with --engine)")
+    p.add_argument("--trust-config", action="store_true",
+                   help="allow a --config file from outside the package (it runs as Python when read)")
     p.add_argument("--variant", nargs="+", default=["fpn"], choices=["fpn", "vitdet"],
                    help="fpn: ViT -> FPN (MAE paper / Li et al. 2021); vitdet: simple feature pyramid; both: fpn vitdet")
     p.add_argument("--backbone", default="random_vit_base_patch16")
@@ -540,11 +598,12 @@ def perf_main(a) -> int:
                  baseline=a.baseline, device=a.device)
     elif a.what == "seg":
         perf_seg(config=a.config, backbone=a.backbone, crop=a.crop, batch_size=a.batch_size, iters=a.iters,
-                 threads=a.threads, baseline=a.baseline, channels_last=layout, repeats=a.repeats)
+                 threads=a.threads, baseline=a.baseline, channels_last=layout, repeats=a.repeats,
+                 trust_config=a.trust_config)
     elif a.what == "det":
         perf_det(config=a.config, variants=a.variant, backbone=a.backbone, img_size=a.img_size,
                  batch_size=a.batch_size, boxes=a.boxes, iters=a.iters, threads=a.threads, baseline=a.baseline,
-                 channels_last=layout, repeats=a.repeats)
+                 channels_last=layout, repeats=a.repeats, engine=a.engine, trust_config=a.trust_config)
     else:
         perf_data(img_size=a.img_size, batch_size=a.batch_size, workers=a.workers, decoder=a.decoder,
                   model_img_s=a.model_img_s, repeats=a.repeats)

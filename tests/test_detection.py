@@ -125,8 +125,12 @@ def test_loss_forward_backward_on_cpu(mm, variant):
     enc = model.backbone.encoder
     for p in (enc.patch_embed.proj.weight, enc.blocks[0].attn.qkv.weight, enc.blocks[-1].mlp.fc2.weight):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-    # zero-initialised relative position bias (no checkpoint has one) gets a gradient too
-    assert enc.blocks[0].attn.relative_position_bias_table.grad.abs().sum() > 0
+    # zero-initialised relative position (no checkpoint has one) gets a gradient too: BEiT's table for
+    # the FPN protocol, ViTDet's decomposed rel_pos_h / rel_pos_w for ViTDet
+    attn = enc.blocks[0].attn
+    tables = [attn.relative_position_bias_table] if variant == "fpn" else [attn.rel_pos_h, attn.rel_pos_w]
+    for t in tables:
+        assert t.grad is not None and t.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("variant", ["fpn", "vitdet"])
@@ -187,6 +191,7 @@ def test_protocol_configs_resolve_and_fill(coco):
     cfg, facts = filled("vitdet", "vit_b", "mae_vit_base_patch16", "vit_base_patch16", iters=1000, batch_size=16)
     bb = cfg.model.backbone
     assert (cfg.protocol, bb.variant, bb.window_size, tuple(bb.global_blocks)) == ("maskrcnn_vitdet", "simple", 14, (2, 5, 8, 11))
+    assert bb.use_rel_pos == "decomposed"  # ViTDet's rel_pos_h / rel_pos_w, as detectron2's ViT
     assert cfg.model.neck == {"type": "LastLevelMaxPool"} and cfg.model.roi_head.bbox_head.norm_cfg.type == "LN2d"
     assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7 and facts["lr"] == 1e-4
     # a shorter schedule keeps its shape; a smaller batch scales lr linearly (mmengine auto_scale_lr)

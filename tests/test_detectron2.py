@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 import tarfile
 from functools import partial
@@ -417,3 +418,53 @@ def test_smoke_configs_train_one_step_and_perf_counts_flops(variant):
     assert bb.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     r = perf_step("smoke", variant, "random_vit_test_patch8", img_size=64, batch_size=1, boxes=3, iters=1)
     assert r["img_s"] > 0 and r["gflop_img"] > 0.01
+
+
+@needs_d2
+def test_bench_det_engine_detectron2_trains_evaluates_writes_the_mmdet_row_schema_and_resumes(tmp_path, capsys):
+    """``bench det --engine detectron2``: a smoke train + eval, a results row with exactly the keys of
+    the mmdet engine's row (``extra.engine`` names the engine), per-example box matches whose APbox
+    is the row's, and a rerun that resumes from the newest readable checkpoint without training."""
+    from bench.cli import main
+    from bench.core.results import ResultsStore
+    from tasks.detection.coco_data import make_coco_dataset
+    from tasks.detection.evaluation import box_ap
+
+    root = make_coco_dataset(tmp_path / "coco", n_train=4, n_val=3, image_size=(64, 64), seed=0)
+    common = ["det", "--backbone", "random_vit_test_patch8", "--data-root", str(root), "--config", "smoke"]
+    d2_dir, mm_dir = tmp_path / "d2", tmp_path / "mm"
+    d2 = common + ["--engine", "detectron2", "--iters", "3", "--ckpt-interval", "1", "--out", str(d2_dir),
+                   "--results", str(tmp_path / "d2.jsonl")]
+    assert main(d2) == 0
+    assert "(detectron2)" in capsys.readouterr().out
+    assert main(common + ["--iters", "2", "--out", str(mm_dir), "--results", str(tmp_path / "mm.jsonl")]) == 0
+    [row] = ResultsStore(tmp_path / "d2.jsonl").rows()
+    [mm_row] = ResultsStore(tmp_path / "mm.jsonl").rows()
+    assert set(row) == set(mm_row) and set(row["extra"]) == set(mm_row["extra"])
+    assert row["extra"]["engine"] == "detectron2" and mm_row["extra"]["engine"] == "mmdet"
+    assert (row["task"], row["protocol"], row["init"], row["backbone"]) == ("coco", "maskrcnn_fpn", "random", "vit_test_patch8")
+    assert row["iterations"] == 3 and row["extra"]["start_iter"] == 0 and row["extra"]["config"] == "d2:fpn:smoke"
+    m = row["metrics"]
+    assert {"APbox", "APbox50", "APmask", "ARbox100"} <= set(m) and all(math.isfinite(v) and 0 <= v <= 100 for v in m.values())
+    assert row["deviations"] == ["smoke config (tiny pyramid and heads)", "iterations 3 < paper 184375",
+                                 "batch 2 < paper 64", "img_size 64 != paper 1024"]
+    assert mm_row["deviations"] == ["smoke config (tiny pyramid and heads)", "iterations 2 < paper 184375",
+                                    "batch 2 < paper 64", "img_size 64 != paper 1024"]
+    for r in (row, mm_row):  # the per-example matches reproduce each row's APbox
+        arrays = np.load(r["extra"]["per_example"])
+        assert list(arrays["ids"]) == sorted(arrays["ids"], key=int) and len(arrays["ids"]) == 3
+        assert box_ap(arrays) == pytest.approx(r["metrics"]["APbox"], abs=1e-9)
+
+    # a truncated newest checkpoint is skipped; the rerun loads iteration 2 (the last) and trains nothing
+    final = d2_dir / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:100])
+    before = {p.name: p.stat().st_mtime_ns for p in d2_dir.glob("model_0*.pth")}
+    assert main(d2) == 0
+    again = ResultsStore(tmp_path / "d2.jsonl").rows()[-1]
+    assert again["extra"]["start_iter"] == 3 and again["metrics"]["APbox"] == pytest.approx(m["APbox"], abs=1e-9)
+    assert {p.name: p.stat().st_mtime_ns for p in d2_dir.glob("model_0*.pth")} == before
+    assert sorted(before) == ["model_0000000.pth", "model_0000001.pth", "model_0000002.pth"]
+
+    # an mmdet-only option is refused in one line
+    assert main(d2 + ["--channels-last"]) == 2
+    assert "--channels-last" in capsys.readouterr().err

@@ -36,14 +36,23 @@ def _parse_rows(out: str) -> list[dict]:
 def test_perf_det_runs_both_variants_and_prints_consistent_numbers():
     r = subprocess.run([sys.executable, "-m", "bench.cli", "perf", "det", "--config", "smoke", "--variant", "fpn", "vitdet",
                         "--backbone", TINY, "--img-size", "64", "--batch-size", "2", "--iters", "1", "--threads", "1",
-                        "--baseline"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                        "--baseline", "--engine", "both"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _parse_rows(r.stdout)
-    # 2 variants x (bf16, fp32), in the task's default layout on CPU (one layout: no tag)
-    assert [(x["title"].split("(")[1], x["prec"], x["layout"]) for x in rows] == [
-        ("fpn:smoke", "bf16", None), ("fpn:smoke", "fp32", None),
-        ("vitdet:smoke", "bf16", None), ("vitdet:smoke", "fp32", None)], r.stdout
+    # 2 variants x 2 engines x (bf16, fp32), in the task's default layout on CPU (one layout: no tag)
+    assert [(x["title"].split()[0], re.search(r"\((?:d2:)?(\w+:smoke)", x["title"])[1], x["prec"], x["layout"])
+            for x in rows] == [
+        (engine, f"{variant}:smoke", prec, None) for variant in ("fpn", "vitdet") for engine in ("mmdet", "detectron2")
+        for prec in ("bf16", "fp32")], r.stdout
     assert r.stdout.count("mmcv's RoIAlign and NMS are extension calls it does not count") == 2
+    assert r.stdout.count("torchvision's RoIAlign and NMS (detectron2's ROIAlign, batched_nms) are not counted") == 2
+    # one set of matmul peaks for the whole run; the closing table repeats each engine's bf16 / fp32 numbers
+    assert len({(x["peak"]["fp32"], x["peak"]["bf16"]) for x in rows}) == 1
+    table = re.findall(rf"  (fpn|vitdet) (bf16|fp32) +(mmdet|detectron2): {NUM} img/s, {NUM} GFLOP/img", r.stdout)
+    assert [(v, p, e) for v, p, e, _, _ in table] == [(v, p, e) for v in ("fpn", "vitdet") for e in ("mmdet", "detectron2")
+                                                      for p in ("bf16", "fp32")]
+    for (_, _, _, img_s, gflop), x in zip(table, rows):
+        assert float(img_s) == pytest.approx(x["img_s"], abs=1e-3) and float(gflop) == pytest.approx(x["gflop_img"], rel=1e-3)
     for x in rows:
         assert x["img_s"] > 0 and x["step_s"] > 0 and x["n"] == 1 and x["peak_of"] == x["prec"]
         assert 0.05 < x["gflop_img"] < 50  # a 64 px Mask R-CNN on a dim-32 ViT: about 1 GFLOP fwd+bwd
@@ -58,7 +67,7 @@ def test_perf_det_compares_layouts_interleaved_and_refuses_a_bad_size(capsys):
     from bench.core.errors import BenchError
     from bench.perf import perf_det
     rows = perf_det(config="smoke", variants=("vitdet",), backbone=TINY, img_size=64, batch_size=1, boxes=3, iters=1,
-                    channels_last="both", repeats=2)
+                    channels_last="both", repeats=2, engine="mmdet")
     out = capsys.readouterr().out
     assert [(x["prec"], x["channels_last"], x["steps"]) for x in rows] == [("bf16", False, 2), ("bf16", True, 2)]
     parsed = _parse_rows(out)

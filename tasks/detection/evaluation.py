@@ -14,6 +14,19 @@ ARbox_s, ARbox_m, ARbox_l`` for "bbox" and the same with ``mask`` for "segm", in
 ``COCOeval.stats``, times 100. A stat that COCOeval reports as -1 (no ground truth in that area
 range) is ``nan``. As in detectron2 and mmdet, mask AP is computed without the detections' ``bbox``
 so that small / medium / large use the mask area.
+
+Per-example results (``per_example.npz`` in a detection run's folder, ``per_image_box_matches``):
+COCOeval's per-image box matching for area range 'all' and 100 detections per image, so that a
+resample of the val images gives its APbox without running the model again (``box_ap``; on all
+images it equals ``coco_evaluate``'s APbox, tests/test_detection.py). Arrays:
+
+* ``ids`` (N,) str: the val image ids, in COCOeval's (sorted) order;
+* ``category_ids`` (K,) int64: the COCO category ids; ``iou_thresholds`` (T,) float64: 0.50:0.05:0.95;
+* ``gt_count`` (N, K) int64: ground-truth boxes per image and category that count (not crowd, not ignored);
+* ``det_image`` (M,) int64, ``det_category`` (M,) int64: each detection's row in ``ids`` / ``category_ids``
+  (the top 100 of each image and category, as COCOeval keeps them);
+* ``det_score`` (M,) float64; ``det_tp`` (M, T) bool: matched to a counted ground truth at threshold t;
+  ``det_ignore`` (M, T) bool: matched to a crowd / ignored one (neither true nor false positive).
 """
 from __future__ import annotations
 
@@ -27,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from bench.core.errors import BenchError, DataError
 from tasks.detection.coco_data import atomic_write_json, coco_from_dict, load_json, validate_coco
@@ -209,3 +222,93 @@ def _plain(obj):
 
 __all__ = ["IOU_TYPES", "coco_evaluate", "instances_to_coco_results", "metric_names",
            "write_detections_json"]
+
+
+def per_image_box_matches(gt, detections) -> dict[str, np.ndarray]:
+    """The per-image box matching of COCOeval (area 'all', 100 detections): the arrays of a
+    detection run's ``per_example.npz`` (module docstring)."""
+    coco_gt = _load_gt(gt)
+    dets, source = _load_detections(detections)
+    _check_detections(dets, coco_gt, ("bbox",), source)
+    img_ids, cat_ids = sorted(coco_gt.getImgIds()), sorted(coco_gt.getCatIds())
+    out = dict(ids=np.array([str(i) for i in img_ids]), category_ids=np.array(cat_ids, dtype=np.int64))
+    gt_count = np.zeros((len(img_ids), len(cat_ids)), dtype=np.int64)
+    rows: dict[str, list] = {k: [] for k in ("det_image", "det_category", "det_score", "det_tp", "det_ignore")}
+    coco_eval = None
+    if dets:  # COCO.loadRes cannot take an empty list
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_eval = COCOeval(coco_gt, coco_gt.loadRes([_result(d, "bbox") for d in dets]), "bbox")
+            coco_eval.evaluate()
+    thresholds = (Params(iouType="bbox") if coco_eval is None else coco_eval.params).iouThrs
+    out["iou_thresholds"] = np.asarray(thresholds, dtype=np.float64)
+    if coco_eval is None:  # no detections: only the ground-truth counts
+        for i, img in enumerate(img_ids):
+            for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[img], iscrowd=False)):
+                gt_count[i, cat_ids.index(a["category_id"])] += not a.get("ignore", 0)
+    else:
+        n_img, n_area = len(coco_eval.params.imgIds), len(coco_eval.params.areaRng)
+        all_area = coco_eval.params.areaRngLbl.index("all")
+        t = len(coco_eval.params.iouThrs)
+        for k in range(len(cat_ids)):
+            for i in range(n_img):
+                e = coco_eval.evalImgs[k * n_area * n_img + all_area * n_img + i]
+                if e is None:
+                    continue
+                gt_count[i, k] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+                n = len(e["dtScores"])
+                rows["det_image"] += [i] * n
+                rows["det_category"] += [k] * n
+                rows["det_score"] += list(e["dtScores"])
+                rows["det_tp"] += list((np.asarray(e["dtMatches"]) > 0).T.reshape(n, t))
+                rows["det_ignore"] += list(np.asarray(e["dtIgnore"], dtype=bool).T.reshape(n, t))
+    t = len(out["iou_thresholds"])
+    out.update(gt_count=gt_count, det_image=np.array(rows["det_image"], dtype=np.int64),
+               det_category=np.array(rows["det_category"], dtype=np.int64),
+               det_score=np.array(rows["det_score"], dtype=np.float64),
+               det_tp=np.array(rows["det_tp"], dtype=bool).reshape(-1, t),
+               det_ignore=np.array(rows["det_ignore"], dtype=bool).reshape(-1, t))
+    out["det_tp"] &= ~out["det_ignore"]
+    return out
+
+
+def box_ap(arrays: Mapping[str, np.ndarray], images: Sequence[int] | np.ndarray | None = None) -> float:
+    """APbox in percent (COCOeval.accumulate's rule: 101-point interpolated precision, averaged
+    over IoU thresholds and the categories with ground truth) of the images ``images`` (row indices
+    into ``arrays['ids']``, repeats allowed: a bootstrap resample; None: all) of a per-example file."""
+    n = len(arrays["ids"])
+    images = np.arange(n) if images is None else np.asarray(images, dtype=np.int64)
+    counts = np.bincount(images, minlength=n)  # how often each image is drawn
+    rec_thrs = np.linspace(0.0, 1.00, 101)
+    gt = (arrays["gt_count"] * counts[:, None]).sum(0)
+    cat, img = arrays["det_category"], arrays["det_image"]
+    precisions = []
+    for k in range(len(arrays["category_ids"])):
+        if gt[k] == 0:
+            continue  # COCOeval: -1, left out of the mean
+        sel = np.flatnonzero((cat == k) & (counts[img] > 0))
+        sel = np.repeat(sel, counts[img[sel]])
+        # COCOeval concatenates images in id order and sorts stably by score
+        sel = sel[np.lexsort((img[sel], -arrays["det_score"][sel]))]
+        tp, ig = arrays["det_tp"][sel], arrays["det_ignore"][sel]
+        tps = np.cumsum(tp & ~ig, 0, dtype=np.float64)
+        fps = np.cumsum(~tp & ~ig, 0, dtype=np.float64)
+        for t in range(tps.shape[1]):
+            rc = tps[:, t] / gt[k]
+            pr = tps[:, t] / (fps[:, t] + tps[:, t] + np.spacing(1))
+            pr = np.maximum.accumulate(pr[::-1])[::-1] if len(pr) else pr
+            q = np.zeros(len(rec_thrs))
+            idx = np.searchsorted(rc, rec_thrs, side="left")
+            ok = idx < len(pr)
+            q[ok] = pr[idx[ok]]
+            precisions.append(q)
+    return float(np.mean(precisions) * 100) if precisions else math.nan
+
+
+def write_per_example(path: str | Path, gt, detections) -> Path:
+    """``per_example.npz`` (``per_image_box_matches``) at ``path``, atomically."""
+    from bench.core.io import atomic_open
+
+    arrays = per_image_box_matches(gt, detections)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)

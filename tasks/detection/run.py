@@ -1,5 +1,8 @@
 """COCO object detection + instance segmentation transfer (He et al. 2021, Table 4): Mask R-CNN
-on a registry ViT, trained and evaluated with mmdet 3.3 on mmengine's ``Runner``.
+on a registry ViT, trained and evaluated with mmdet 3.3 on mmengine's ``Runner`` (the default
+engine) or with detectron2 (``engine='detectron2'``, ``tasks/detection/detectron2``; why mmdet is
+the default: docs/detectron2.md). Both engines write the same results row (``detection_row``), with
+``extra['engine']`` naming the engine and the same task-level ``deviations``.
 
     from tasks.detection.run import run_detection
     row = run_detection("mae_vit_base_patch16", "mae_pretrain_vit_base.pth", "data/coco",
@@ -49,6 +52,11 @@ from tasks.dense.runner import (RUN_RECORD, add_dense_arguments, amp_fallback, a
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("fpn", "vitdet")
 PROTOCOL_OF_VARIANT = {"fpn": "maskrcnn_fpn", "vitdet": "maskrcnn_vitdet"}
+ENGINES = ("mmdet", "detectron2")
+DEFAULT_ENGINE = "mmdet"  # why: docs/detectron2.md, "Which engine is the default"
+# The paper's schedule (ViTDet / Li et al. 2021: 100 epochs of LSJ at batch 64, 1024 px crops), for
+# the rows' deviations; tasks/detection/configs/coco_lsj_100e.py has the sources.
+PAPER_ITERATIONS, PAPER_BATCH, PAPER_IMG_SIZE = 184375, 64, 1024
 NAMED_CONFIGS = {
     "fpn": {"smoke": "smoke_fpn.py", "vit_b": "maskrcnn_vit_fpn_b.py", "vit_l": "maskrcnn_vit_fpn_l.py"},
     "vitdet": {"smoke": "smoke_vitdet.py", "vit_b": "vitdet_maskrcnn_b.py", "vit_l": "vitdet_maskrcnn_l.py"},
@@ -194,6 +202,49 @@ def prepare_config(cfg, path: Path, *, backbone: str, checkpoint, data: dict, da
 
 
 # --------------------------------------------------------------------------------------------------
+# The results row, one for both engines
+# --------------------------------------------------------------------------------------------------
+def detection_deviations(*, config_name: str, iterations: int, batch_size: int, img_size: int) -> list[str]:
+    """How a detection run departs from the paper's protocol (the row's ``deviations``), the same
+    phrases for both engines."""
+    out = []
+    if config_name.rsplit(":", 1)[-1] == "smoke":
+        out.append("smoke config (tiny pyramid and heads)")
+    elif config_name.rsplit(":", 1)[-1] not in ("vit_b", "vit_l"):
+        out.append(f"config {config_name}")
+    if iterations != PAPER_ITERATIONS:
+        out.append(f"iterations {iterations} {'<' if iterations < PAPER_ITERATIONS else '>'} paper {PAPER_ITERATIONS}")
+    if batch_size != PAPER_BATCH:
+        out.append(f"batch {batch_size} {'<' if batch_size < PAPER_BATCH else '>'} paper {PAPER_BATCH}")
+    if img_size != PAPER_IMG_SIZE:
+        out.append(f"img_size {img_size} != paper {PAPER_IMG_SIZE}")
+    return out
+
+
+def detection_row(*, engine: str, variant: str, protocol: str, init: str, arch: str, backbone: str, seed: int,
+                  metrics: dict, nan_metrics: list, suite: str, checkpoint, hashed: dict, iterations: int,
+                  wall_time_s: float, config_name: str, work_dir, start_iter: int, batch_size: int, world_size: int,
+                  cfg_options: dict, img_size: int, lr: float, layer_decay: float, drop_path: float,
+                  fp32_fallback: bool, data: dict, log_file, dets_out, per_example=None) -> dict:
+    """The results row of a COCO run of either engine: the same keys, ``extra['engine']`` naming it."""
+    row = dense_row(
+        task="coco", protocol=protocol, init=init, arch=arch, backbone=backbone, seed=seed, metrics=metrics,
+        suite=suite, checkpoint=checkpoint, hashed=hashed, iterations=iterations, wall_time_s=wall_time_s,
+        config_name=config_name, work_dir=work_dir, start_iter=start_iter, batch_size=batch_size,
+        world_size=world_size, cfg_options=cfg_options,
+        extra=dict(engine=engine, variant=variant, img_size=int(img_size), lr=float(lr), layer_decay=float(layer_decay),
+                   drop_path=float(drop_path), fp32_fallback=bool(fp32_fallback),
+                   num_train_images=data["num_train"], num_val_images=data["num_val"],
+                   num_categories=len(data["categories"]), nan_metrics=list(nan_metrics),
+                   log_file=None if log_file is None else str(log_file),
+                   dets_out=None if dets_out is None else str(dets_out),
+                   per_example=None if per_example is None else str(Path(per_example).resolve())))
+    row["deviations"] = list(dict.fromkeys(row.get("deviations", []) + detection_deviations(
+        config_name=config_name, iterations=int(iterations), batch_size=int(batch_size), img_size=int(img_size))))
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
 def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root: str | os.PathLike, *,
@@ -202,9 +253,13 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
                   work_dir: str | os.PathLike, resume: bool = True, results: str | os.PathLike | None = None,
                   suite: str = "adhoc", dets_out: str | os.PathLike | None = None,
                   trust_checkpoint: bool = False, channels_last: bool | None = None,
-                  trust_config: bool = False, cfg_options: dict | None = None) -> dict | None:
+                  trust_config: bool = False, cfg_options: dict | None = None,
+                  engine: str = DEFAULT_ENGINE) -> dict | None:
     """Train Mask R-CNN on ``data_root``/train2017, evaluate on val2017, return the results row
     (and append it to ``results`` when given). Returns None on ranks other than 0 under torchrun.
+
+    ``engine``: 'mmdet' (default) or 'detectron2' (``run_detectron2``; ``config`` is then one of
+    its names or a LazyConfig, ``cfg_options`` become its ``key=value`` overrides).
 
     ``iters`` shortens (or lengthens) the schedule, scaling warm-up and lr steps with it;
     ``batch_size`` is the total over all processes (lr scaled linearly, and without ``iters`` the
@@ -218,6 +273,14 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
     from bench.core.results import ResultsStore, config_hash
     from tasks.dense.memory_format import resolve_channels_last
 
+    if engine not in ENGINES:
+        raise BenchError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+    if engine == "detectron2":
+        return _run_detectron2_engine(backbone, checkpoint, data_root, variant=variant, config=config, seed=seed,
+                                      iters=iters, batch_size=batch_size, ckpt_interval=ckpt_interval,
+                                      work_dir=work_dir, resume=resume, results=results, suite=suite,
+                                      dets_out=dets_out, trust_checkpoint=trust_checkpoint,
+                                      channels_last=channels_last, trust_config=trust_config, cfg_options=cfg_options)
     _, arch = parse_name(backbone)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise BenchError(f"{checkpoint}: checkpoint file not found (key 'checkpoint')")
@@ -255,20 +318,61 @@ def run_detection(backbone: str, checkpoint: str | os.PathLike | None, data_root
                                   evaluate=lambda runner: runner.test_loop.run())
     if launch_rank() != 0:
         return None
+    from tasks.detection.evaluation import write_per_example
+
     metrics = {k.split("/", 1)[-1]: float(v) for k, v in raw.items() if k.startswith("bench/")}
     nan = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    row = dense_row(
-        task="coco", protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=facts["init"], arch=facts["arch"],
-        backbone=backbone, seed=seed, metrics={k: v for k, v in metrics.items() if math.isfinite(v)}, suite=suite,
-        checkpoint=checkpoint, hashed=hashed, iterations=runner.iter, wall_time_s=wall, config_name=config_name,
-        work_dir=work_dir, start_iter=runner.run_watch.start_iter, batch_size=facts["total_batch_size"],
-        world_size=world_size, cfg_options=facts["cfg_options"],
-        extra=dict(variant=variant, img_size=int(cfg.model.backbone.img_size), lr=facts["lr"],
-                   layer_decay=float(cfg.optim_wrapper.get("paramwise_cfg", {}).get("layer_decay_rate", 1.0)),
-                   drop_path=float(cfg.model.backbone.get("drop_path_rate", 0.0)), fp32_fallback=facts["fp32_fallback"],
-                   num_train_images=data["num_train"], num_val_images=data["num_val"],
-                   num_categories=len(facts["classes"]), nan_metrics=nan, log_file=runner.log_file,
-                   dets_out=None if dets_out is None else str(dets_out)))
+    per_example = write_per_example(Path(work_dir) / "per_example.npz", data["val_ann"],
+                                    runner.test_loop.evaluator.metrics[0].detections)
+    row = detection_row(
+        engine="mmdet", variant=variant, protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=facts["init"],
+        arch=facts["arch"], backbone=backbone, seed=seed, metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
+        nan_metrics=nan, suite=suite, checkpoint=checkpoint, hashed=hashed, iterations=runner.iter, wall_time_s=wall,
+        config_name=config_name, work_dir=work_dir, start_iter=runner.run_watch.start_iter,
+        batch_size=facts["total_batch_size"], world_size=world_size, cfg_options=facts["cfg_options"],
+        img_size=int(cfg.model.backbone.img_size), lr=facts["lr"],
+        layer_decay=float(cfg.optim_wrapper.get("paramwise_cfg", {}).get("layer_decay_rate", 1.0)),
+        drop_path=float(cfg.model.backbone.get("drop_path_rate", 0.0)), fp32_fallback=facts["fp32_fallback"],
+        data=data, log_file=runner.log_file, dets_out=dets_out, per_example=per_example)
+    if results is not None:
+        ResultsStore(results).append(row)
+    return row
+
+
+def _run_detectron2_engine(backbone, checkpoint, data_root, *, variant, config, seed, iters, batch_size,
+                           ckpt_interval, work_dir, resume, results, suite, dets_out, trust_checkpoint,
+                           channels_last, trust_config, cfg_options) -> dict | None:
+    """``run_detection(engine='detectron2')``: ``run_detectron2`` and the same row as mmdet's."""
+    import shutil
+
+    from bench.core.results import ResultsStore
+
+    if channels_last is not None:
+        raise BenchError("--channels-last / --no-channels-last: an mmdet engine option (detectron2 keeps its "
+                         "own memory format); drop it or use --engine mmdet")
+    from tasks.detection.detectron2.install import require_detectron2
+    require_detectron2()  # one line that says how to install it
+    from tasks.detection.detectron2.run import run_detectron2
+
+    overrides = [f"{k}={v!r}" for k, v in (cfg_options or {}).items()]
+    out = run_detectron2(backbone, checkpoint, data_root, variant=variant or "fpn", config=config, seed=seed,
+                         iters=iters, batch_size=batch_size, ckpt_interval=ckpt_interval, work_dir=work_dir,
+                         resume=resume, trust_checkpoint=trust_checkpoint, trust_config=trust_config,
+                         overrides=overrides)
+    if out is None:  # not rank 0
+        return None
+    x = out["extra"]
+    if dets_out is not None:
+        shutil.copyfile(x["dets_out"], dets_out)
+    row = detection_row(
+        engine="detectron2", variant=x["variant"], protocol=out["protocol"], init=out["init"], arch=out["arch"],
+        backbone=backbone, seed=seed, metrics=out["metrics"], nan_metrics=x["nan_metrics"], suite=suite,
+        checkpoint=checkpoint, hashed=out["config"], iterations=out["iterations"], wall_time_s=out["wall_time_s"],
+        config_name=x["config"], work_dir=work_dir, start_iter=x["start_iter"], batch_size=x["batch_size"],
+        world_size=x["world_size"], cfg_options=dict(cfg_options or {}), img_size=x["img_size"], lr=x["lr"],
+        layer_decay=x["layer_decay"], drop_path=x["drop_path"], fp32_fallback=x["fp32_fallback"],
+        data=out["data"], log_file=x["log_file"], dets_out=dets_out if dets_out is not None else x["dets_out"],
+        per_example=x.get("per_example"))
     if results is not None:
         ResultsStore(results).append(row)
     return row
@@ -287,25 +391,32 @@ def add_det_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="auto (by architecture), smoke, vit_b, vit_l, or an mmengine .py config (with --trust-config)")
     parser.add_argument("--batch-size", type=int, default=None, help="total batch (default: the config's, 64)")
     parser.add_argument("--dets-out", default=None, help="write the val detections (COCO results JSON) here")
+    parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                        help="mmdet (default: the shared dense runner, all options) or detectron2 (the ViTDet / "
+                             "Li et al. code base; --config takes its names or a LazyConfig, --cfg-options its "
+                             "overrides); both write the same row with extra.engine")
     add_dense_arguments(parser, default_out="work_dirs/det/<backbone>_<variant>_s<seed>")
     return parser
 
 
 def det_main(args: argparse.Namespace) -> int:
-    work_dir = args.work_dir or f"work_dirs/det/{args.backbone}_{args.variant or 'fpn'}_s{args.seed}"
+    engine = getattr(args, "engine", DEFAULT_ENGINE)
+    tag = "" if engine == DEFAULT_ENGINE else f"_{engine}"
+    work_dir = args.work_dir or f"work_dirs/det/{args.backbone}_{args.variant or 'fpn'}{tag}_s{args.seed}"
     row = run_detection(args.backbone, args.checkpoint, args.data_root, variant=args.variant, config=args.config,
                         seed=args.seed, iters=args.iters, batch_size=args.batch_size, ckpt_interval=args.ckpt_interval,
                         work_dir=work_dir, resume=args.resume, results=args.results, suite=args.suite,
                         dets_out=args.dets_out, trust_checkpoint=args.trust_checkpoint,
                         channels_last=args.channels_last, trust_config=args.trust_config,
-                        cfg_options=args.cfg_options)
+                        cfg_options=args.cfg_options, engine=engine)
     if row is not None:
         m = row["metrics"]
         shown = ", ".join(f"{k} {m[k]:.1f}" for k in ("APbox", "APmask", "APbox50", "APbox75") if k in m)
-        print(f"coco {row['protocol']} {row['backbone']} seed {row['seed']}: {shown} "
+        print(f"coco {row['protocol']} ({row['extra']['engine']}) {row['backbone']} seed {row['seed']}: {shown} "
               f"({row['iterations']} iterations, {row['wall_time_s']:.0f} s)")
     return 0
 
 
-__all__ = ["add_det_arguments", "det_main", "run_detection", "check_coco_root", "resolve_config", "load_config",
+__all__ = ["ENGINES", "DEFAULT_ENGINE", "detection_deviations", "detection_row", "add_det_arguments", "det_main",
+           "run_detection", "check_coco_root", "resolve_config", "load_config",
            "fill_model", "prepare_config", "RUN_RECORD"]

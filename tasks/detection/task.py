@@ -12,11 +12,13 @@ DET = Command("det", "COCO detection + instance segmentation (Mask R-CNN)",
 
 
 def run_coco(r: TransferRun) -> dict:
-    from tasks.detection.run import run_detection
+    from tasks.detection.run import DEFAULT_ENGINE, run_detection
+    # suite key 'engine: mmdet|detectron2' (TransferRun.engine; None: the default engine)
+    engine = getattr(r, "engine", None) or DEFAULT_ENGINE
     return run_detection(r.backbone, r.checkpoint, r.data_root, variant=VARIANTS[r.protocol],
                          work_dir=r.work_dir, seed=r.seed, resume=True, results=None, suite=r.suite,
                          trust_checkpoint=r.trust_checkpoint, trust_config=r.trust_config,
-                         **r.given("config", "iters"))
+                         engine=engine, **r.given("config", "iters"))
 
 
 def read_coco(root):
@@ -33,7 +35,7 @@ COCO = TaskSpec(
     run=run_coco,
     generator="tasks.detection.coco_data:make_coco_dataset",
     reader=read_coco,
-    suite_keys=("iters",),
+    suite_keys=("iters", "engine"),  # engine: mmdet (default) | detectron2
     command=DET,
 )
 

@@ -40,9 +40,10 @@ def random_batch(batch_size: int, size: int, boxes: int, num_classes: int, seed:
 
 
 def build_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch16", img_size=512, batch_size=1,
-               boxes=8, num_classes=80):
+               boxes=8, num_classes=80, trust_config=False):
     """(model in train mode, ``loss_of(model) -> summed loss``, title) for one training step of the
-    named config (``smoke``, ``vit_b``, ``vit_l`` or a LazyConfig file) at ``img_size``."""
+    named config (``smoke``, ``vit_b``, ``vit_l`` or a LazyConfig file, read only with
+    ``trust_config``) at ``img_size``."""
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
@@ -57,7 +58,7 @@ def build_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch
         raise BenchError(f"--img-size {img_size}: must be a multiple of {stride} (the stride-32 level of {backbone}) "
                          f"and at least {2 * stride}")
     path, name = resolve_config(config, variant, arch)
-    cfg = load_lazy_config(path)
+    cfg = load_lazy_config(path, trust_config)
     node, _ = registry_backbone_node(cfg, path)
     node.update(name=backbone, checkpoint=None, img_size=img_size, square_pad=img_size)
     cfg.model.roi_heads.num_classes = num_classes

@@ -214,13 +214,20 @@ def newest_readable_checkpoint(checkpointer, work_dir: Path) -> int | None:
 # --------------------------------------------------------------------------------------------------
 def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitdet", config="auto", seed: int = 0,
                    iters: int | None = None, batch_size: int | None = None, work_dir, resume: bool = True,
-                   trust_checkpoint: bool = False, trust_config: bool = False, overrides: Sequence[str] = ()) -> dict | None:
+                   trust_checkpoint: bool = False, trust_config: bool = False, overrides: Sequence[str] = (),
+                   ckpt_interval: int | None = None) -> dict | None:
     """Train Mask R-CNN with detectron2 on ``data_root``/train2017 and evaluate on val2017.
 
     Returns (rank 0; None on other ranks) ``{'metrics': {APbox, APbox50, ..., APmask, ...} (percent,
     finite values), 'protocol', 'init', 'arch', 'iterations', 'wall_time_s', 'config' (for
-    config_hash), 'extra': {...}}`` — what ``make_row`` takes for a results row. ``overrides``:
-    detectron2's ``key=value`` config overrides (``LazyConfig.apply_overrides``), applied after loading.
+    config_hash), 'data' (``check_coco_root``), 'extra': {...}}``, what ``tasks.detection.run.detection_row``
+    turns into the results row. ``overrides``: detectron2's ``key=value`` config overrides
+    (``LazyConfig.apply_overrides``), applied after loading. ``ckpt_interval``: iterations between
+    checkpoints (default: the config's ``train.checkpointer.period``).
+
+    Under torchrun / srun the default process group comes from ``bench.core.distributed.init_distributed``
+    (detectron2's ``comm`` works on it) plus detectron2's per-machine group, as its ``launch`` makes;
+    the model is wrapped by ``create_ddp_model`` as detectron2's trainers do.
     """
     t0 = time.time()
     from backbones.registry import parse_name
@@ -233,6 +240,8 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
         raise BenchError(f"--iters {iters}: must be >= 1")
     if batch_size is not None and batch_size < 1:
         raise BenchError(f"--batch-size {batch_size}: must be >= 1")
+    if ckpt_interval is not None and ckpt_interval < 1:
+        raise BenchError(f"--ckpt-interval {ckpt_interval}: must be >= 1")
     path, config_name = resolve_config(config, variant, arch)
     data = check_coco_root(data_root)
 
@@ -246,8 +255,9 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
 
     from bench.core.run_record import check_run_record, write_run_record
     from tasks.detection.detectron2.backbone import check_feature_strides
-    from tasks.detection.evaluation import coco_evaluate
+    from tasks.detection.evaluation import coco_evaluate, write_per_example
 
+    _join_process_group()
     cfg = load_lazy_config(path, trust_config)
     if overrides:
         from detectron2.config import LazyConfig
@@ -279,10 +289,12 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     cfg.dataloader.train.total_batch_size = total
     _scale_schedule(cfg, int(iters or cfg.train.max_iter))
     max_iter = int(cfg.train.max_iter)
-    cfg.train.checkpointer.period = min(int(cfg.train.checkpointer.period), max_iter)
+    cfg.train.checkpointer.period = min(int(ckpt_interval or cfg.train.checkpointer.period), max_iter)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.train.device = device
     amp = bool(cfg.train.amp.enabled) and device == "cuda"
+    if device == "cpu":
+        cfg.train.ddp.pop("device_ids", None)  # DDP of a CPU module takes no device ids
 
     key = uuid.uuid4().hex[:8]
     names = {s: f"bench_d2_{s}_{key}" for s in SPLITS}
@@ -321,11 +333,16 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    ddp_model = create_ddp_model(model, **cfg.train.ddp)
+    ddp_kwargs = dict(cfg.train.ddp)
+    if device == "cpu":
+        ddp_kwargs["device_ids"] = None
+    ddp_model = create_ddp_model(model, **ddp_kwargs)
     trainer = (AMPTrainer if amp else SimpleTrainer)(ddp_model, train_loader, optimizer)
     work_dir.mkdir(parents=True, exist_ok=True)
+    log_file = work_dir / "log.txt"
     if comm.is_main_process():
         write_run_record(work_dir / RUN_RECORD, record)
+        _log_to(log_file)
     checkpointer = _atomic_checkpointer(model, work_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
@@ -358,14 +375,54 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     for k, v in ours.items():  # the AR numbers COCOEvaluator does not report
         metrics.setdefault(k, v)
     nan = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    per_example = work_dir / "per_example.npz"
+    write_per_example(per_example, data["val_ann"], dets)
+    bb_node = node
+    lff = cfg.optimizer.params.get("lr_factor_func")
+    layer_decay = float(lff.keywords.get("lr_decay_rate", 1.0)) if isinstance(lff, functools.partial) else 1.0
     return dict(
         metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
         protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=init, arch=arch,
-        iterations=max_iter, wall_time_s=time.time() - t0, config=hashable,
+        iterations=max_iter, wall_time_s=time.time() - t0, config=hashable, data=data,
         extra=dict(engine="detectron2", backbone_name=backbone, variant=variant, config=config_name, lr=lr,
                    batch_size=total, world_size=world, start_iter=start_iter, amp=amp, mask_format=mask_format,
+                   img_size=int(bb_node.get("img_size", 1024)), layer_decay=layer_decay,
+                   drop_path=float(bb_node.get("drop_path_rate", 0.0)),
+                   fp32_fallback=bool(cfg.train.amp.enabled) and not amp, log_file=str(log_file),
                    num_train_images=data["num_train"], num_val_images=data["num_val"], num_categories=num_classes,
-                   nan_metrics=nan, work_dir=str(work_dir), dets_out=str(dets_file)))
+                   nan_metrics=nan, work_dir=str(work_dir), dets_out=str(dets_file), per_example=str(per_example)))
+
+
+def _join_process_group() -> None:
+    """Under torchrun / srun: the default process group and detectron2's per-machine group (what
+    ``detectron2.engine.launch`` sets up; ``comm.get_local_rank`` needs it)."""
+    import os
+
+    from detectron2.utils import comm
+
+    from bench.core.distributed import init_distributed
+
+    _, world, _ = init_distributed()
+    if world <= 1 or comm._LOCAL_PROCESS_GROUP is not None:
+        return
+    # torchrun: LOCAL_WORLD_SIZE; srun: SLURM_NTASKS_PER_NODE ("2" or "2(x3)")
+    raw = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    per_machine = int(raw) if raw.isdigit() else world
+    if per_machine < 1 or world % per_machine:
+        raise BenchError(f"{world} processes do not split into machines of {per_machine} (LOCAL_WORLD_SIZE / "
+                         f"SLURM_NTASKS_PER_NODE)")
+    comm.create_local_process_group(per_machine)
+
+
+def _log_to(log_file: Path) -> None:
+    """detectron2's training log (losses, timing, evaluation) to ``log_file``."""
+    target = str(Path(log_file).resolve())
+    lg = logging.getLogger("detectron2")
+    lg.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in lg.handlers):
+        h = logging.FileHandler(target)
+        h.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
+        lg.addHandler(h)
 
 
 def _pop_path(d: dict, keys: list[str]) -> None:
