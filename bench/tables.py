@@ -66,7 +66,13 @@ BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 # Metric -> the per-example arrays it is computed from (see ``metric_from_counts``).
-PER_EXAMPLE_METRICS = {"top1": ("correct",), "top5": ("correct5",), "mIoU": ("intersect", "union")}
+PER_EXAMPLE_METRICS = {
+    "top1": ("correct",), "top5": ("correct5",), "mIoU": ("intersect", "union"),
+    # COCOeval's per-image box matching (tasks/detection/evaluation.py, per_image_box_matches)
+    "APbox": ("category_ids", "iou_thresholds", "gt_count", "det_image", "det_category",
+              "det_score", "det_tp", "det_ignore"),
+}
+PER_IMAGE_ROWS = {"correct", "correct5", "intersect", "union", "gt_count"}  # arrays with N rows
 # A per-example file whose full-data metric differs from the row's by more than this is not used.
 PER_EXAMPLE_TOLERANCE = 0.05
 
@@ -217,8 +223,8 @@ def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, tuple[float
 # Statistics: intervals and the significance of 'best'
 # ----------------------------------------------------------------------------------------------
 
-NOT_PER_IMAGE = ("a single run of a metric that is not a mean over images (COCO AP): no "
-                 "per-image bootstrap; several seeds give a t-interval")
+NOT_PER_IMAGE = ("a single run of a metric without per-image arrays (COCO APmask): no "
+                 "bootstrap over images; several seeds give a t-interval")
 
 
 class PerExampleError(Exception):
@@ -246,11 +252,16 @@ def load_per_example(path: str | os.PathLike, metric: str) -> tuple[np.ndarray, 
     if ids.ndim != 1 or len(ids) == 0 or len(np.unique(ids)) != len(ids):
         raise PerExampleError(f"per-example file {path}: 'ids' must be unique, one per image")
     for name, a in arrays.items():
-        if a.shape[:1] != ids.shape or (metric == "mIoU" and a.ndim != 2):
+        if name in PER_IMAGE_ROWS and (a.shape[:1] != ids.shape
+                                       or (name in ("intersect", "union") and a.ndim != 2)):
             raise PerExampleError(f"per-example file {path}: {name!r} has shape {a.shape}, "
                                   f"ids {ids.shape}")
     if metric == "mIoU" and arrays["intersect"].shape != arrays["union"].shape:
         raise PerExampleError(f"per-example file {path}: 'intersect' and 'union' differ in shape")
+    if metric == "APbox" and (arrays["det_image"].size and arrays["det_image"].max() >= len(ids)):
+        raise PerExampleError(f"per-example file {path}: 'det_image' points past the {len(ids)} ids")
+    if metric == "APbox":
+        arrays["ids"] = ids  # box_ap reads the image count from it
     return ids, arrays
 
 
@@ -281,21 +292,33 @@ def metric_from_counts(metric: str, arrays: dict[str, np.ndarray], counts: np.nd
     return np.nanmean(iou, axis=1) * 100.0
 
 
-def _resampled(metric: str, arrays: dict[str, np.ndarray], samples: int, seed: int) -> np.ndarray:
+def _resampled(metric: str, arrays: dict[str, np.ndarray], samples: int, seed: int,
+               order: np.ndarray | None = None) -> np.ndarray:
     """The metric on ``samples`` resamples of the images. Index rows are drawn in chunks from
     one generator (the rows of ``bootstrap_indices(n, samples, seed)``), so memory stays bounded
-    for 50k images and the same seed gives the same resamples for every init (pairing)."""
-    n = len(next(iter(arrays.values())))
+    for 50k images and the same seed gives the same resamples for every init (pairing).
+    ``order[i]``: the row in ``arrays`` of the i-th image of the index space (pairing two runs
+    whose files list the same ids in another order)."""
+    n = len(arrays["gt_count"] if metric == "APbox" else next(iter(arrays.values())))
     rng = np.random.default_rng(seed)
     per_chunk = max(1, 5_000_000 // n)
     out = []
     for start in range(0, samples, per_chunk):
         indices = rng.integers(0, n, size=(min(per_chunk, samples - start), n))
-        out.append(metric_from_counts(metric, arrays, _counts(indices, n)))
+        if order is not None:
+            indices = order[indices]
+        if metric == "APbox":  # COCOeval's accumulate on each resample
+            from tasks.detection.evaluation import box_ap
+            out.append(np.array([box_ap(arrays, row) for row in indices]))
+        else:
+            out.append(metric_from_counts(metric, arrays, _counts(indices, n)))
     return np.concatenate(out)
 
 
 def full_metric(metric: str, arrays: dict[str, np.ndarray]) -> float:
+    if metric == "APbox":
+        from tasks.detection.evaluation import box_ap
+        return box_ap(arrays)
     n = len(next(iter(arrays.values())))
     return float(metric_from_counts(metric, arrays, np.ones((1, n)))[0])
 
@@ -321,9 +344,9 @@ def paired_bootstrap(metric: str, a: tuple[np.ndarray, dict], b: tuple[np.ndarra
     if len(ids_a) != len(ids_b) or set(ids_a.tolist()) != set(ids_b.tolist()):
         raise PerExampleError(f"evaluated on different images ({len(ids_a)} vs. {len(ids_b)} ids, "
                               f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} not shared)")
-    order = np.argsort(ids_b)[np.searchsorted(ids_b[np.argsort(ids_b)], ids_a)]
-    arrays_b = {name: x[order] for name, x in arrays_b.items()}
-    diff = _resampled(metric, arrays_a, samples, seed) - _resampled(metric, arrays_b, samples, seed)
+    order = np.argsort(ids_b)[np.searchsorted(ids_b[np.argsort(ids_b)], ids_a)]  # ids_b[order] == ids_a
+    diff = (_resampled(metric, arrays_a, samples, seed)
+            - _resampled(metric, arrays_b, samples, seed, order))
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(diff, [tail, 100 - tail])
     return float(lo), float(hi)

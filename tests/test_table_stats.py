@@ -230,7 +230,8 @@ def test_demo_store_tables_mark_best_ties_and_footnotes(demo_store, tmp_path):
     assert "\u2248" in to_markdown(only_two) and r"$\approx$" in to_latex(only_two)
 
     coco = (out / "table4_coco.md").read_text()
-    assert "no interval: a single run of a metric that is not a mean over images (COCO AP)" in coco
+    assert "no interval: the run recorded no per-example file (extra.per_example)" in coco  # APbox
+    assert "no interval: a single run of a metric without per-image arrays (COCO APmask)" in coco
 
     long = pd.read_csv(out / "table6_transfer_cls.csv")
     mae_row = long[long["init"] == "mae"].iloc[0]
@@ -303,3 +304,42 @@ def test_chunked_resamples_are_the_rows_of_one_index_matrix():
     correct = rng.random(n) < 0.6
     idx = bootstrap_indices(n, samples=1000, seed=0)
     assert _resampled("top1", {"correct": correct}, 1000, 0) == pytest.approx(correct[idx].mean(1) * 100)
+
+
+def _coco(seed, n_images=30, quality=0.8):
+    """A small COCO set and detections that find each box with probability ``quality``."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": i + 1, "file_name": f"{i + 1}.jpg", "height": 100, "width": 100}
+              for i in range(n_images)]
+    anns, dets = [], []
+    for img in images:
+        for _ in range(2):
+            x, y = rng.uniform(0, 60, 2)
+            box = [float(x), float(y), 30.0, 30.0]
+            cat = int(rng.integers(1, 3))
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": cat,
+                         "bbox": box, "area": 900.0, "iscrowd": 0})
+            if rng.random() < quality:
+                dets.append({"image_id": img["id"], "category_id": cat, "score": float(rng.random()),
+                             "bbox": [box[0] + float(rng.normal(0, 2)), box[1], 30.0, 30.0]})
+            else:  # a false positive
+                dets.append({"image_id": img["id"], "category_id": cat, "score": float(rng.random()),
+                             "bbox": [float(x) + 40, float(y), 20.0, 20.0]})
+    gt = {"images": images, "annotations": anns,
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    return gt, dets
+
+
+def test_detection_apbox_bootstraps_over_images_from_cocoeval_matches(tmp_path):
+    pytest.importorskip("pycocotools")
+    from tasks.detection.evaluation import coco_evaluate, write_per_example
+    gt, good = _coco(0, quality=0.95)
+    _, bad = _coco(0, quality=0.5)  # the same images, worse detections
+    cells = {}
+    for name, dets in (("good", good), ("bad", bad)):
+        apbox = coco_evaluate(gt, dets, ("bbox",))["APbox"]  # pycocotools: the independent reference
+        path = write_per_example(tmp_path / f"{name}.npz", gt, dets)
+        cells[name] = _Cell([{"seed": 0, "value": apbox, "per_example": str(path)}], "APbox", 200)
+        assert full_metric("APbox", cells[name].data[1]) == pytest.approx(apbox, abs=1e-9)
+        assert cells[name].method == "images" and cells[name].lo < apbox < cells[name].hi
+    assert _compare(cells["good"], cells["bad"], 200)[0] == "best"
