@@ -100,8 +100,9 @@ def load_json(path: str | Path, what: str = "file"):
     try:
         with open(path, "rb") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except json.JSONDecodeError as e:  # "Unterminated string starting at" already ends in "at"
+        raise DataError(f"{path}: not valid JSON ({e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno})") \
+            from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.reason})") from None
     except (RecursionError, ValueError) as e:  # nesting too deep, or an int over Python's digit limit
