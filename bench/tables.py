@@ -482,23 +482,30 @@ def _per_example_path(r: dict, base_dir: Path | None) -> str | None:
 
 
 def _search_note(search: Any) -> str:
-    """A footnote describing the hyperparameter search a final row came from."""
+    """A footnote describing the hyperparameter search a final row came from (bench/runner.py's
+    ``extra['search']``: grid, chosen, select_on, metric, failed)."""
     if not isinstance(search, dict):
         return "hyperparameters chosen by a search"
     parts = []
+    grid = search.get("grid")
     size = search.get("grid_size")
-    if size is None and isinstance(search.get("grid"), (list, dict)):
-        grid = search["grid"]
-        size = (len(grid) if isinstance(grid, list)
-                else math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values()))
-    if size is not None:
+    if size is None and isinstance(grid, list):
+        size = len(grid)
+    if size is None and isinstance(grid, dict) and grid:
+        size = math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values())
+        parts.append(f"grid of {size} over {' x '.join(str(k) for k in grid)}")
+    elif size is not None:
         parts.append(f"grid of {size}")
     chosen = search.get("chosen")
     if isinstance(chosen, dict) and chosen:
         parts.append("chosen " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
-    split = search.get("selected_on") or search.get("select")
+    split = search.get("select_on") or search.get("selected_on") or search.get("select")
     if split:
-        parts.append(f"selected on {split}")
+        metric = search.get("metric")
+        parts.append(f"selected on {split}" + (f" by {metric}" if isinstance(metric, str) else ""))
+    failed = search.get("failed")
+    if isinstance(failed, list) and failed:
+        parts.append(f"{len(failed)} candidate(s) failed")
     return "hyperparameters chosen by a search" + (f" ({'; '.join(parts)})" if parts else "")
 
 

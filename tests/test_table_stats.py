@@ -186,7 +186,9 @@ def demo_store(tmp_path):
         extra = {"per_example": f"runs/{init}.npz", "num_classes": 10}
         devs = common + (["epochs 10 < paper 90"] if init == "mae" else [])
         if init == "mae":
-            extra["search"] = {"grid": [1, 2, 3, 4], "chosen": {"lr": 0.001}, "selected_on": "heldout"}
+            extra["search"] = {"grid": {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 0.05]},
+                               "chosen": {"lr": 0.001, "weight_decay": 0.05}, "select_on": "heldout",
+                               "metric": "top1", "failed": ["lr=0.01,weight_decay=0.0"]}
         store.append(row(init, 0, {"top1": float(correct.mean() * 100)}, extra=extra, deviations=devs,
                          backbone="vit_demo_patch8"))
     for lr in (0.1, 0.01):  # the search's candidates: never shown
@@ -213,7 +215,8 @@ def test_demo_store_tables_mark_best_ties_and_footnotes(demo_store, tmp_path):
     mae = next(line for line in md.splitlines() if line.startswith("| mae |"))
     assert re.match(r"\| mae \| \*\*\d+\.\d\*\* \[\d+\.\d, \d+\.\d\]<sup>[a-z],[a-z]</sup> \|", mae)
     assert "99.0" not in md  # candidates left out
-    assert "hyperparameters chosen by a search (grid of 4; chosen lr=0.001; selected on heldout)" in md
+    assert ("hyperparameters chosen by a search (grid of 4 over lr x weight_decay; chosen lr=0.001, "
+            "weight_decay=0.05; selected on heldout by top1; 1 candidate(s) failed)") in md
     assert "deviation from the paper's protocol: epochs 10 < paper 90" in md
     assert "Every run here departs from the paper's protocol: generated data; smoke scale." in md
     assert ("The paper has no number for ViT-demo/8 (its columns here: ViT-B, ViT-H, ViT-H448, "
