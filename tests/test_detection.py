@@ -391,3 +391,46 @@ def test_vitdet_smoke_run_end_to_end(coco, tmp_path, monkeypatch):
     assert (row["protocol"], row["iterations"], row["seed"]) == ("maskrcnn_vitdet", 2, 1)
     assert row["extra"]["layer_decay"] == 0.7 and row["extra"]["start_iter"] == 0
     assert math.isfinite(row["metrics"]["APbox"]) and math.isfinite(row["metrics"]["APmask"])
+
+
+# --------------------------------------------------------------------------------------------------
+# per_example.npz: per-image box matches that reproduce COCOeval's APbox, also on a resample
+# --------------------------------------------------------------------------------------------------
+def test_per_image_box_matches_give_cocoeval_apbox_of_any_resample(tmp_path):
+    """box_ap of the per-image matches equals pycocotools on all images, and on a bootstrap resample
+    equals pycocotools run on a ground truth where the drawn images really are repeated (new ids),
+    crowd boxes included."""
+    from tasks.detection.evaluation import box_ap, coco_evaluate, per_image_box_matches
+
+    root = make_coco_dataset(tmp_path / "coco", n_train=1, n_val=6, image_size=(SIZE, SIZE), seed=3)
+    gt = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    gt["annotations"][0]["iscrowd"] = 1  # a crowd box: matches to it are neither TP nor FP
+    rng = np.random.default_rng(0)
+    dets = []
+    for a in gt["annotations"]:  # perturbed true boxes, some with the wrong class, plus random boxes
+        for _ in range(2):
+            x, y, w, h = a["bbox"]
+            box = [x + rng.normal(0, 2), y + rng.normal(0, 2), w * rng.uniform(0.7, 1.3), h * rng.uniform(0.7, 1.3)]
+            cat = a["category_id"] if rng.random() < 0.8 else gt["categories"][rng.integers(len(gt["categories"]))]["id"]
+            dets.append(dict(image_id=a["image_id"], category_id=cat, bbox=box, score=float(rng.random())))
+    for img in gt["images"]:
+        for _ in range(5):
+            dets.append(dict(image_id=img["id"], category_id=gt["categories"][rng.integers(5)]["id"],
+                             bbox=list(rng.uniform(0, SIZE / 2, 4)), score=float(rng.random())))
+    arrays = per_image_box_matches(gt, dets)
+    assert box_ap(arrays) == pytest.approx(coco_evaluate(gt, dets, ("bbox",))["APbox"], abs=1e-9)
+    assert arrays["gt_count"].sum() == sum(not a.get("iscrowd", 0) for a in gt["annotations"])
+    assert arrays["det_tp"].shape == (len(dets), 10) and arrays["det_ignore"].any()
+
+    draw = rng.integers(0, len(arrays["ids"]), len(arrays["ids"]))  # with repeats
+    images, anns, rdets = [], [], []
+    for new_id, i in enumerate(draw, start=1000):
+        old = int(arrays["ids"][i])
+        images.append(dict(next(im for im in gt["images"] if im["id"] == old), id=new_id))
+        anns += [dict(a, id=len(anns) + len(rdets) + 10_000 + k, image_id=new_id)
+                 for k, a in enumerate(a for a in gt["annotations"] if a["image_id"] == old)]
+        rdets += [dict(d, image_id=new_id) for d in dets if d["image_id"] == old]
+    for k, a in enumerate(anns):
+        a["id"] = k + 1
+    resampled = dict(gt, images=images, annotations=anns)
+    assert box_ap(arrays, draw) == pytest.approx(coco_evaluate(resampled, rdets, ("bbox",))["APbox"], abs=1e-9)
