@@ -375,6 +375,9 @@ def seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, str]:
     return float(stats.ttest_ind(x, y, equal_var=False).pvalue), "Welch t-test over seeds"
 
 
+_INTERVALS: dict[tuple, tuple[float, float]] = {}  # (file, mtime, size, metric, B) -> interval
+
+
 class _Cell:
     """One table cell: the runs of one init in one (group, column)."""
 
@@ -408,7 +411,11 @@ class _Cell:
             self.why_none = str(e)
             return
         self.data = (ids, arrays)
-        self.lo, self.hi = bootstrap_interval(metric, arrays, samples)
+        st = os.stat(path)
+        key = (str(path), st.st_mtime_ns, st.st_size, metric, samples)
+        if key not in _INTERVALS:  # tables and plots ask for the same cells
+            _INTERVALS[key] = bootstrap_interval(metric, arrays, samples)
+        self.lo, self.hi = _INTERVALS[key]
         self.method = "images"
 
 
