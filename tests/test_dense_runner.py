@@ -18,8 +18,8 @@ import torch
 
 from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.results import ResultsStore, config_hash
-from tasks.dense.runner import (RUN_RECORD, check_config_trust, check_record, resume_candidates, scale_schedule,
-                                set_batch_and_schedule)
+from tasks.dense.runner import (RUN_RECORD, check_config_trust, check_record, dense_row, paper_deviations,
+                                resume_candidates, scale_schedule, set_batch_and_schedule)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "random_vit_test_patch8"
@@ -52,6 +52,20 @@ def test_schedule_keeps_its_shape_and_batch_scales_iterations():
     cfg["param_scheduler"][0]["by_epoch"] = True
     with pytest.raises(BenchError, match=r"c.py: key 'param_scheduler\[0\].by_epoch' must be False"):
         scale_schedule(cfg, 10, "c.py")
+
+
+def test_paper_deviations_name_each_value_against_the_papers_and_reach_the_row():
+    paper = {"iterations": 160000, "batch": 16, "crop": (512, 512), "lr": 1e-4}
+    facts = {"iterations": 30, "batch": 32, "crop": (64, 64), "lr": 1e-4, "unrelated": 1}
+    assert paper_deviations(facts, paper) == ["iterations 30 < paper 160000", "batch 32 > paper 16",
+                                              "crop 64 != paper 512"]
+    assert paper_deviations({"crop": (64, 96), "lr": 2e-4}, paper) == ["crop 64x96 != paper 512", "lr 0.0002 != paper 0.0001"]
+    assert paper_deviations(dict(paper), paper) == [] and paper_deviations({}, paper) == []
+    row = dense_row(task="ade20k", protocol="upernet", init="random", arch="vit_test_patch8", backbone=TINY, seed=0,
+                    metrics={"mIoU": 1.0}, suite="t", checkpoint=None, hashed={}, iterations=30, wall_time_s=1.0,
+                    config_name="smoke", work_dir="w", start_iter=0, batch_size=4, world_size=1, cfg_options={},
+                    deviations=paper_deviations(facts, paper))
+    assert row["deviations"] == ["iterations 30 < paper 160000", "batch 32 > paper 16", "crop 64 != paper 512"]
 
 
 def test_resume_candidates_use_the_folders_own_files(tmp_path):
