@@ -468,3 +468,16 @@ def test_bench_det_engine_detectron2_trains_evaluates_writes_the_mmdet_row_schem
     # an mmdet-only option is refused in one line
     assert main(d2 + ["--channels-last"]) == 2
     assert "--channels-last" in capsys.readouterr().err
+
+
+def test_bench_det_engine_detectron2_without_detectron2_is_one_line(tmp_path, monkeypatch, capsys):
+    """From the command line: exit 2, one line with the install command, no run folder."""
+    from bench.cli import main
+    from tasks.detection.coco_data import make_coco_dataset
+    root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
+    monkeypatch.setitem(sys.modules, "detectron2", None)
+    rc = main(["det", "--engine", "detectron2", "--backbone", "random_vit_test_patch8", "--data-root", str(root),
+               "--config", "smoke", "--out", str(tmp_path / "work")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: detectron2 is not installed")
+    assert "bash scripts/setup.sh" in err[0] and not (tmp_path / "work").exists()
