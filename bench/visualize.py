@@ -166,7 +166,7 @@ def visualize(
     return _save(
         rows,
         cols,
-        f"MAE reconstructions — {Path(checkpoint).name}",
+        f"MAE reconstructions — {'/'.join(Path(checkpoint).parts[-3:])}",
         caption(model, phrase, _trained_on(checkpoint, images)),
         figure_path(out),
     )
