@@ -512,12 +512,15 @@ def _is_empty_dir(path: Path) -> bool:
 
 
 def refuse(suite: Suite, problems: list[str]) -> None:
-    """One line for the problems ``check_inputs`` found (nothing when there are none)."""
+    """Stop on the problems ``check_inputs`` found: one is the error line; several are printed
+    one a line ('problem: ...', stderr) before the error line that counts them."""
     if len(problems) == 1:
         raise BenchError(f"{suite.path}: {problems[0]}")
     if problems:
-        raise BenchError(f"{suite.path}: {len(problems)} problems with the suite's inputs: "
-                         + "; ".join(problems))
+        for text in problems:
+            print(f"problem: {text}", file=sys.stderr)
+        raise BenchError(f"{suite.path}: {len(problems)} problems with the suite's inputs "
+                         f"(listed above); the first: {problems[0]}")
 
 
 @contextlib.contextmanager
@@ -606,8 +609,6 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
     problems = check_inputs(suite, cells, out_dir, done_ids)
     if dry_run:  # the plan, then every problem at once
         print(format_plan(suite, cells, out_dir, done_ids))
-        for text in problems:
-            print(f"problem: {text}", file=sys.stderr)
         refuse(suite, problems)
         return RunSummary(cells, [], [], {}, [])
     refuse(suite, problems)
