@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -299,7 +300,8 @@ def test_cli_run_is_quiet_logs_everything_and_records_cfg_options(ade, tmp_path)
     [log] = work.glob("*/*.log")
     text = log.read_text()
     assert str(log) in lines[0]
-    assert "System environment:" in text and "Config:" in text and "Iter(train) [2/2]" in text
+    assert "System environment:" in text and "Config:" in text
+    assert re.search(r"Iter\(train\) \[\d/2\]", text)  # mmengine's training log lines went to the file
     assert "lr=0.002" in text and "dropout_ratio=0.2" in text  # the options reached the config mmengine ran
 
     [row] = ResultsStore(store).rows()
