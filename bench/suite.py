@@ -41,6 +41,11 @@ take part in the run id) and ``trust_checkpoint: true`` for official files that 
 unpickling. Relative paths (``checkpoint``, ``data``, config files) are relative to the directory
 the command runs in.
 
+A task may also carry ``trust_config: true`` (read a ``.py`` config from outside the package),
+``search: {lr: [..], weight_decay: [..]}`` (a grid; an init may replace it per task with
+``inits.<label>.search: {<task label>: {...}}``) and ``select_on: heldout | val``; see
+``docs/suites.md`` for the search and the limits (aliases, list lengths, finite numbers).
+
 ``load_suite`` checks everything before anything runs: an unknown key, init, task, protocol or a
 value of the wrong type is a ``BenchError`` naming the file, the key and the allowed values.
 Whether files exist is checked by ``bench run`` (``bench.runner.check_inputs``, also with
