@@ -159,9 +159,31 @@ class MaskedAutoencoder(VisionTransformer):
         stored = obj.get("arch") if isinstance(obj, dict) else None  # ours: a dict; MoCo v3's: a name
         cfg = dict(stored) if isinstance(stored, dict) and "decoder_embed_dim" in stored else infer_mae_arch(sd, path)
         cfg.update(arch)
-        model = cls(**cfg)
+        _check_stored_arch(cfg, sd, path)
+        try:
+            model = cls(**cfg)
+        except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError, OverflowError,
+                IndexError, KeyError) as e:
+            from bench.core.errors import CheckpointError, first_line
+            raise CheckpointError(f"{path}: its MAE architecture {cfg} cannot be built: {first_line(e)}") from None
         load_state_dict_checked(model, sd, path)
         return model
+
+
+def _check_stored_arch(cfg: dict, sd: dict, path) -> None:
+    """The architecture stored next to the weights must be positive integers whose grid is the
+    file's ``pos_embed`` (a junk ``img_size`` would otherwise build a model of any size)."""
+    from bench.core.errors import CheckpointError
+    for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+              "decoder_num_heads", "in_chans"):
+        v = cfg.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if "depth" in k else 1)):
+            raise CheckpointError(f"checkpoint {path}: stored 'arch' key {k!r} must be a positive integer, got {v!r}")
+    pe = sd.get("pos_embed")
+    img, p = cfg.get("img_size"), cfg.get("patch_size")
+    if isinstance(pe, torch.Tensor) and pe.ndim == 3 and img and p and (img // p) ** 2 + 1 != pe.shape[1]:
+        raise CheckpointError(f"checkpoint {path}: stored 'arch' img_size {img} / patch_size {p} does not match "
+                              f"'pos_embed' with {pe.shape[1] - 1} patch positions")
 
 
 def infer_mae_arch(sd: dict, path="checkpoint") -> dict:
@@ -171,11 +193,28 @@ def infer_mae_arch(sd: dict, path="checkpoint") -> dict:
     missing = [k for k in ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight", "decoder_pred.weight") if k not in sd]
     if missing:
         raise CheckpointError(f"{path}: not an MAE pretraining checkpoint (missing key {missing[0]!r})")
-    D, C, p, _ = sd["patch_embed.proj.weight"].shape
-    n = sd["pos_embed"].shape[1] - 1
-    side = int(round(n ** 0.5))
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    ddepth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")), default=-1)
+    for k in ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight"):
+        if not isinstance(sd[k], torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: key {k!r} holds a {type(sd[k]).__name__}, not a tensor")
+    w, pe = sd["patch_embed.proj.weight"], sd["pos_embed"]
+    if w.ndim != 4 or w.shape[2] != w.shape[3] or w.shape[2] < 1:
+        raise CheckpointError(f"checkpoint {path}: key 'patch_embed.proj.weight' has shape {tuple(w.shape)}, "
+                              f"expected (embed_dim, channels, patch, patch)")
+    D, C, p, _ = w.shape
+    n = pe.shape[1] - 1 if pe.ndim == 3 and pe.shape[0] == 1 and pe.shape[2] == D else -1
+    side = int(round(n ** 0.5)) if n > 0 else 0
+    if side < 1 or side * side != n:
+        raise CheckpointError(f"checkpoint {path}: key 'pos_embed' has shape {tuple(pe.shape)}, expected "
+                              f"(1, 1 + h*w, {D}) with a square h x w grid")
+    if sd["decoder_embed.weight"].ndim != 2:
+        raise CheckpointError(f"checkpoint {path}: key 'decoder_embed.weight' has shape "
+                              f"{tuple(sd['decoder_embed.weight'].shape)}, expected (decoder_dim, {D})")
+    depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()),
+                    default=-1)
+    ddepth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")
+                      and k.split(".")[1].isdigit()), default=-1)
+    if depth < 1:
+        raise CheckpointError(f"{path}: not an MAE pretraining checkpoint (no encoder block 'blocks.0.*')")
     Dd = sd["decoder_embed.weight"].shape[0]
     heads = {a["embed_dim"]: a["num_heads"] for a in ARCHS.values() if a["patch_size"] == p}
     return dict(img_size=side * p, patch_size=p, in_chans=C, embed_dim=D, depth=depth,

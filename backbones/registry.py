@@ -145,6 +145,9 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
     to the model's grid, resize relative position tables to each block's grid, map a fine-tuned
     ``fc_norm`` onto ``norm`` (or back) as the model's pooling needs."""
     sd = {k: v for k, v in sd.items() if not k.startswith(NON_ENCODER_PREFIXES)}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: key {k!r} holds a {type(v).__name__}, not a tensor")
     own = model.state_dict()
     missing_enc = [k for k in ENCODER_MARKERS if k not in sd]
     if missing_enc:
@@ -162,18 +165,24 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
     if "pos_embed" in sd:
         if model.pos_embed is None:
             sd.pop("pos_embed")
-        elif sd["pos_embed"].shape != model.pos_embed.shape:
+        elif sd["pos_embed"].shape != model.pos_embed.shape and not (
+                sd["pos_embed"].ndim == 3 and sd["pos_embed"].shape[2] != model.pos_embed.shape[2]):
+            # (another width is left to load_state_dict_checked, which names the first mismatched key)
             pe = sd["pos_embed"]
+            check_pos_embed_shape(pe, model.pos_embed.shape[-1], path)
             n_old = pe.shape[1] - 1
             side = int(round(n_old ** 0.5))
-            if side * side != n_old:
-                raise CheckpointError(f"checkpoint {path}: pos_embed with {n_old} patch positions is not a square grid")
             sd["pos_embed"] = resample_abs_pos_embed(pe, list(model.pos_grid), old_size=[side, side], num_prefix_tokens=1)
     # relative position bias tables
     for k in [k for k in own if k.endswith("relative_position_bias_table")]:
         if k in sd:
+            t = sd[k]
+            if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[1] != own[k].shape[1]:
+                raise CheckpointError(f"checkpoint {path}: key {k!r} has shape {_shape(t)}, the model needs "
+                                      f"(L, {own[k].shape[1]}) (L = (2h-1)(2w-1)+3 for an h x w grid; another "
+                                      f"number of heads?)")
             try:
-                old = infer_rel_pos_grid(sd[k].shape[0])
+                old = infer_rel_pos_grid(t.shape[0])
             except ValueError as e:
                 raise CheckpointError(f"checkpoint {path}: key {k!r}: {e}") from None
             blk = int(k.split(".")[1])
@@ -193,6 +202,21 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
                               f"{next(k for k in sd if k.endswith('rel_pos_h'))!r}) but the model was built without "
                               f"them; build it with use_rel_pos='decomposed' (the vitdet_<arch> backbones)")
     return sd
+
+
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else f"(a {type(t).__name__}, not a tensor)"
+
+
+def check_pos_embed_shape(pe, dim: int, path) -> None:
+    """A ``pos_embed`` to be resampled must be (1, 1 + h*w, dim) with a square h x w grid."""
+    if not isinstance(pe, torch.Tensor) or pe.ndim != 3 or pe.shape[0] != 1 or pe.shape[2] != dim or pe.shape[1] < 2:
+        raise CheckpointError(f"checkpoint {path}: key 'pos_embed' has shape {_shape(pe)}, the model needs "
+                              f"(1, 1 + h*w, {dim}) (a cls slot and a square grid of patch positions)")
+    n = pe.shape[1] - 1
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise CheckpointError(f"checkpoint {path}: pos_embed with {n} patch positions is not a square grid")
 
 
 def _timm_layout(obj, path: Path) -> dict:
@@ -285,9 +309,9 @@ def convert_mmpretrain(sd: dict, path: Path) -> dict:
     for k, v in sd.items():
         new = None
         if k.startswith("layers."):
-            i, rest = k[len("layers."):].split(".", 1)
+            i, _, rest = k[len("layers."):].partition(".")
             for old, ours in _MM_BLOCK:
-                if rest.startswith(old):
+                if i.isdigit() and rest.startswith(old):
                     new = f"blocks.{i}.{ours}{rest[len(old):]}"
                     break
         elif k == "mask_token":  # mmpretrain's BEiT/SimMIM backbones; not part of the encoder

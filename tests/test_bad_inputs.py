@@ -470,7 +470,7 @@ CASES = [
          _ade([]), SEG_LEFT),
     Case("seg-unknown-backbone", _swap(SEG, random_vit_test_patch8="random_vit_tset_patch8"),
          "unknown backbone 'random_vit_tset_patch8' (names are <init>_<arch>, inits: random, mae, supervised, "
-         "mocov3, beit); did you mean random_vit_test_patch8", _ade([]), SEG_LEFT),
+         "mocov3, beit, vitdet); did you mean random_vit_test_patch8", _ade([]), SEG_LEFT),
     Case("seg-unknown-config", SEG + ("--config", "nope"),
          "config 'nope': not one of smoke, paper_vit_base, paper_vit_large nor an existing .py config file",
          _ade([]), SEG_LEFT),

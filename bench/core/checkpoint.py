@@ -93,8 +93,11 @@ def load_checkpoint_file(path: str | Path, trust: bool = False, sha256: str | No
             raise CheckpointError(
                 f"checkpoint {path} contains pickled Python objects that need arbitrary code to load; "
                 f"if you trust its source, pass --trust-checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first_line(e, limit=300)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError,
+            AttributeError, OverflowError, MemoryError, RecursionError) as e:
+        # a flipped byte in the pickle stream: the weights-only unpickler fails in any of these ways
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {type(e).__name__}: "
+                              f"{first_line(e, limit=300)}") from None
     try:  # trusted by the user
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:

@@ -391,7 +391,8 @@ def validate_ade20k(root: str | Path, split: str = "training", check_values: boo
     Always (headers only, cheap): images/<split> and annotations/<split> exist, every .jpg has a
     .png of the same name and vice versa, every label is single-channel 8-bit (PIL mode 'L', or
     'P', whose indices mmseg reads as labels) and has its image's size. With ``check_values``,
-    the pixels of the labels are read and any value > 150 is an error; ``value_sample=n`` reads
+    the labels and images are decoded in full (a file cut or corrupt mid-way is an error) and any
+    label value > 150 is an error; ``value_sample=n`` reads
     only n labels evenly spaced over the sorted list (for a quick look at the 20k real images).
     Raises DataError naming the first file at fault; returns an ``ADE20KSplitSummary``.
     """
@@ -415,9 +416,14 @@ def validate_ade20k(root: str | Path, split: str = "training", check_values: boo
         if value_sample is not None and value_sample < len(pairs):
             picks = np.linspace(0, len(pairs) - 1, num=max(int(value_sample), 0)).round()
             checked = [pairs[int(i)] for i in picks]
-    for _image_path, label_path in checked:
-        with _open(label_path) as label:
-            values = np.asarray(label)
+    for image_path, label_path in checked:
+        for path in (image_path, label_path):  # decode the whole file: a JPEG/PNG cut or corrupt mid-file
+            with _open(path) as im:
+                try:
+                    im.load()
+                    values = np.asarray(im)
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise DataError(f"{path}: cannot decode image ({e})") from None
         file_counts = np.bincount(values.ravel(), minlength=256)
         bad = np.flatnonzero(file_counts[NUM_CLASSES + 1:])
         if bad.size:
