@@ -38,7 +38,7 @@ def test_get_task_names_the_allowed_tasks():
     with pytest.raises(BenchError) as e:
         get_task("lvis")
     assert str(e.value) == ("unknown task 'lvis'; allowed: coco, ade20k, imagenet, inat2017, inat2018, "
-                            "inat2019, places205, places365, folder")
+                            "inat2019, places205, places365, folder, digits")
 
 
 def test_declarations_match_the_code_they_name():
@@ -82,7 +82,7 @@ def test_suites_accept_each_tasks_own_keys_only(tmp_path):
     doc["tasks"] = {"ade20k": {"generate": {}, "epochs": 1}}
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(BenchError, match=r"unknown key 'tasks.ade20k.epochs'; allowed: task, protocol, data, "
-                                         r"generate, config, iters$"):
+                                         r"generate, config, trust_config, search, select_on, iters$"):
         load_suite(path)
 
 
