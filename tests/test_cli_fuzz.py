@@ -274,7 +274,7 @@ SLOW = {"seg", "det"}
 OPEN = {("det", "--cfg-options"), ("seg", "--cfg-options"), ("cls", "--out"), ("cls", "--results"),
         ("table", "--out"), ("perf", "--iters"), ("perf", "--arch"), ("perf", "--device"),
         ("perf", "--decoder-depths"), ("perf", "--img-size"), ("perf", "--threads"), ("perf", "--batch-size"),
-        ("pretrain", "--steps")}
+        ("pretrain", "--steps"), ("pretrain", "--out"), ("cls", "--device")}
 
 
 @st.composite
