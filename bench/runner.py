@@ -134,6 +134,9 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
         needs = pretrain_cells[init.label].name if init.label in pretrain_cells else None
         for task in suite.tasks:
             grid = suite.grid(init, task)
+            identity = dict(init.extra)  # what makes the run id; a task with engines: which one
+            if task.spec.engines:
+                identity["engine"] = task.engine or task.spec.engines[0]
             for k in task.k or (None,):
                 for seed in suite.seeds:
                     part = f"/k{k}" if k is not None else ""
@@ -141,7 +144,7 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
                                 kind="transfer", init=init, task=task, seed=seed, k=k,
                                 needs=needs,
                                 id=default_run_id(suite.name, task.task, task.protocol, k,
-                                                  init.init, init.arch, seed, init.extra))
+                                                  init.init, init.arch, seed, identity))
                     if grid:
                         candidates = [dataclasses.replace(
                             cell, role="candidate", point=point,
@@ -340,7 +343,7 @@ def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path 
         suite=suite.name, k=cell.k, config=t.config_for(init.arch), iters=t.iters, epochs=t.epochs,
         batch_size=t.batch_size, bf16=t.bf16, trust_checkpoint=init.trust_checkpoint,
         trust_config=t.trust_config, progress=sys.stderr.isatty(), overrides=overrides,
-        select=select))
+        select=select, engine=t.engine))
 
 
 def select_point(cell: Cell, out_dir: Path) -> tuple[dict, dict | None, dict]:

@@ -127,6 +127,7 @@ class TaskEntry:
     trust_config: bool = False              # read a config file from outside the package
     search: dict | None = None              # hyperparameter -> tuple of values (a grid)
     select_on: str = "heldout"              # where the search selects: SELECT_ON
+    engine: str | None = None               # TaskSpec.engines (COCO: mmdet | detectron2); None: default
 
     def config_for(self, arch: str) -> str | None:
         return self.config.get(arch) if isinstance(self.config, dict) else self.config
@@ -392,6 +393,10 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     if not isinstance(select_on, str) or select_on not in SELECT_ON:
         raise BenchError(f"{where}: key {key}.select_on is {_quote(select_on)}; allowed: "
                          f"{', '.join(SELECT_ON)}")
+    engine = spec.get("engine")
+    if engine is not None and (not isinstance(engine, str) or engine not in declared.engines):
+        raise BenchError(f"{where}: key {key}.engine is {_quote(engine)}; allowed: "
+                         f"{', '.join(declared.engines) or 'none (this task has one engine)'}")
     search = None
     if "search" in spec:
         search = _grid(spec["search"], declared, select_on, where, f"{key}.search")
@@ -410,7 +415,7 @@ def _task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
     return TaskEntry(label=label, task=task, protocol=protocol, data=data, generate=generate,
                      config=config, iters=iters, epochs=None if epochs is None else float(epochs),
                      batch_size=batch_size, k=k, bf16=bf16, trust_config=trust_config,
-                     search=search, select_on=select_on)
+                     search=search, select_on=select_on, engine=engine)
 
 
 def _init_search(init: InitEntry, spec: Any, tasks: tuple[TaskEntry, ...], where: str) -> InitEntry:

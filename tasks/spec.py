@@ -84,6 +84,7 @@ class TransferRun:
     # None: the normal run on the reported split. 'heldout': train on the training split minus a
     # held-out part carved from it, and report metrics on that part (``TaskSpec.heldout``).
     select: str | None = None
+    engine: str | None = None          # one of TaskSpec.engines; None: the task's default
 
     def given(self, *names: str) -> dict:
         """The options among ``names`` that the suite sets."""
@@ -106,6 +107,7 @@ class TaskSpec:
     generator_args: dict = field(default_factory=dict)  # fixed arguments, e.g. {'year': 2017}
     reader: Callable[[Path], Any] | None = None  # reads (and checks) a dataset root
     suite_keys: tuple[str, ...] = ()        # what a suite's task entry may set beyond the common keys
+    engines: tuple[str, ...] = ()           # suite key 'engine': the training engines (first = default)
     search_keys: tuple[str, ...] = ()       # hyperparameters a suite's search: may vary (overrides)
     heldout: bool = False                   # its run takes select='heldout'
     command: Command | None = None

@@ -92,3 +92,30 @@ def test_registry_and_help_do_not_import_mm_libraries():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_suite_picks_the_detection_engine_per_task(tmp_path, monkeypatch):
+    import bench.runner as runner
+    import tasks.detection.run as det_run
+
+    doc = {"name": "t", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}},
+           "tasks": {"d2": {"task": "coco", "engine": "detectron2", "generate": {"n_train": 2, "n_val": 1}},
+                     "mm": {"task": "coco", "generate": {"n_train": 2, "n_val": 1}}}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    suite = load_suite(path)
+    assert [t.engine for t in suite.tasks] == ["detectron2", None]
+    seen = []
+    monkeypatch.setattr(det_run, "run_detection", lambda *a, **kw: seen.append(kw["engine"]) or {})
+    for cell in runner.plan(suite):
+        runner.run_transfer_cell(suite, cell, tmp_path / "out", None)
+    assert seen == ["detectron2", "mmdet"]  # the declaration's first engine is the default
+
+    doc["tasks"]["d2"]["engine"] = "caffe"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(BenchError, match=r"key tasks.d2.engine is 'caffe'; allowed: mmdet, detectron2$"):
+        load_suite(path)
+    doc["tasks"] = {"ade20k": {"generate": {}, "engine": "detectron2"}}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(BenchError, match=r"unknown key 'tasks.ade20k.engine'"):
+        load_suite(path)

@@ -91,7 +91,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
 # Fields that must be non-empty strings.
 NON_EMPTY = ("run_id", "suite", "task", "protocol", "init", "backbone")
 # Extra keys that change what a run measures, so they take part in the default run_id.
-IDENTITY_EXTRA_KEYS = ("img_size", "mask_ratio")
+IDENTITY_EXTRA_KEYS = ("img_size", "mask_ratio", "engine")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,9 +134,10 @@ def default_run_id(suite: str, task: str, protocol: str, k: int | None, init: st
                    backbone: str, seed: int, extra: dict | None = None) -> str:
     """Stable id of a run: sha256 of (suite, task, protocol, k, init, backbone, seed), 16 hex.
 
-    ``extra['img_size']`` and ``extra['mask_ratio']`` join the key only when present, so a
-    ViT-H run at 448 and one at 224, or two mask ratios, do not share an id (and one is not
-    skipped as "done" because of the other). Rows without them hash the plain 7-tuple.
+    ``extra['img_size']``, ``extra['mask_ratio']`` and ``extra['engine']`` (COCO: mmdet or
+    detectron2) join the key only when present, so a ViT-H run at 448 and one at 224, two mask
+    ratios, or two detection engines do not share an id (and one is not skipped as "done" because
+    of the other). Rows without them hash the plain 7-tuple.
     """
     key: list[Any] = [suite, task, protocol, k, init, backbone, seed]
     for name in IDENTITY_EXTRA_KEYS:

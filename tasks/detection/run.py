@@ -48,12 +48,12 @@ from bench.core.errors import BenchError, DataError
 from tasks.dense.runner import (RUN_RECORD, add_dense_arguments, amp_fallback, apply_cfg_options, dense_row,
                                 hashed_config, launch_rank, read_config, run_dense, set_batch_and_schedule,
                                 set_lr_for_init)
+from tasks.detection.task import ENGINES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("fpn", "vitdet")
 PROTOCOL_OF_VARIANT = {"fpn": "maskrcnn_fpn", "vitdet": "maskrcnn_vitdet"}
-ENGINES = ("mmdet", "detectron2")
-DEFAULT_ENGINE = "mmdet"  # why: docs/detectron2.md, "Which engine is the default"
+DEFAULT_ENGINE = ENGINES[0]
 # The paper's schedule (ViTDet / Li et al. 2021: 100 epochs of LSJ at batch 64, 1024 px crops), for
 # the rows' deviations; tasks/detection/configs/coco_lsj_100e.py has the sources.
 PAPER_ITERATIONS, PAPER_BATCH, PAPER_IMG_SIZE = 184375, 64, 1024

@@ -5,6 +5,8 @@ from tasks.spec import Command, Table, TaskSpec, TransferRun
 
 # protocol -> the ViT pyramid of tasks.detection.run: the paper's FPN adapter (Li et al. 2021) or ViTDet's
 VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
+# training engines; the first is the default (why mmdet: docs/detectron2.md, "Which engine is the default")
+ENGINES = ("mmdet", "detectron2")
 
 TABLE4 = Table("table4_coco", "COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4)")
 DET = Command("det", "COCO detection + instance segmentation (Mask R-CNN)",
@@ -12,9 +14,8 @@ DET = Command("det", "COCO detection + instance segmentation (Mask R-CNN)",
 
 
 def run_coco(r: TransferRun) -> dict:
-    from tasks.detection.run import DEFAULT_ENGINE, run_detection
-    # suite key 'engine: mmdet|detectron2' (TransferRun.engine; None: the default engine)
-    engine = getattr(r, "engine", None) or DEFAULT_ENGINE
+    from tasks.detection.run import run_detection
+    engine = r.engine or ENGINES[0]
     return run_detection(r.backbone, r.checkpoint, r.data_root, variant=VARIANTS[r.protocol],
                          work_dir=r.work_dir, seed=r.seed, resume=True, results=None, suite=r.suite,
                          trust_checkpoint=r.trust_checkpoint, trust_config=r.trust_config,
@@ -35,7 +36,8 @@ COCO = TaskSpec(
     run=run_coco,
     generator="tasks.detection.coco_data:make_coco_dataset",
     reader=read_coco,
-    suite_keys=("iters", "engine"),  # engine: mmdet (default) | detectron2
+    suite_keys=("iters", "engine"),
+    engines=ENGINES,
     command=DET,
 )
 
