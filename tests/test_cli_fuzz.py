@@ -274,7 +274,8 @@ SLOW = {"seg", "det"}
 OPEN = {("det", "--cfg-options"), ("seg", "--cfg-options"), ("cls", "--out"), ("cls", "--results"),
         ("table", "--out"), ("perf", "--iters"), ("perf", "--arch"), ("perf", "--device"),
         ("perf", "--decoder-depths"), ("perf", "--img-size"), ("perf", "--threads"), ("perf", "--batch-size"),
-        ("pretrain", "--steps"), ("pretrain", "--out"), ("cls", "--device")}
+        ("pretrain", "--steps"), ("pretrain", "--out"), ("cls", "--device"),
+        ("det", "--dets-out")}
 
 
 @st.composite
