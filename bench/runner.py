@@ -58,6 +58,7 @@ from pathlib import Path
 from bench.core.distributed import is_main
 from bench.core.errors import BenchError, first_line
 from bench.core.results import ResultsStore, default_run_id, make_row
+from bench.progress import Eta
 from bench.core.run_record import read_run_record, settings_diff, write_run_record
 from bench.suite import InitEntry, Suite, TaskEntry, load_suite, pretrainer_fn
 from tasks.spec import TransferRun
@@ -68,9 +69,10 @@ SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "tasks"
 PRETRAIN_DATA = ("embedded", "digits", "")  # bench.core.data.pretrain_dataset's built-in sources
 CELL_FILE = "cell.json"
 ERROR_LOG = "error.log"
-SMOKE_NOTE = ("These are smoke-scale numbers: tiny models trained for minutes on small generated "
-              "datasets. They show that every step runs end to end; they are NOT comparable to the "
-              "paper's numbers (the 'paper' columns, He et al. 2021 at full scale).")
+SMOKE_NOTE = ("These are smoke-scale numbers: a tiny ViT pretrained for minutes on CPU and transferred "
+              "to small sets (scikit-learn's digits, or generated data). They are NOT comparable to the "
+              "paper's full-scale numbers (He et al. 2021); a table shows the paper's numbers only for "
+              "its own datasets and models.")
 FULL_NOTE = ("Full-scale suite: compare with the 'paper' columns only if the datasets, schedules "
              "and checkpoints match the paper's (see the suite file).")
 
@@ -384,7 +386,7 @@ def suite_deviations(suite: Suite, cell: Cell) -> list[str]:
     if suite.scale == "smoke":
         out.append("smoke scale")
     if cell.task.generate is not None:
-        out.append("generated data")
+        out.append(cell.task.spec.generated)
     if cell.role == "final" and cell.task.select_on == "val":
         out.append("selected on val")
     return out
@@ -627,6 +629,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
             else:
                 todo.append((number, cell))
         if executor is None:
+            eta = Eta([_eta_kind(c) for _, c in todo])
             for number, cell in todo:
                 head = f"[{number}/{len(cells)}] {cell.name}"
                 state = "resuming" if cell_status(cell, out_dir, done_ids) == "resume" else "starting"
@@ -636,6 +639,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
                                         pretrain_error=summary.failed.get(cell.needs))
                 _report(summary, head, cell, out_dir, ok, text, time.perf_counter() - start,
                         time.process_time() - cpu)
+                print(eta.finished(_eta_kind(cell), time.perf_counter() - start), flush=True)
         else:
             _run_with_executor(suite, todo, len(cells), out_dir, executor, summary)
         if tables:
@@ -644,6 +648,13 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
           f"{len(summary.failed)} failed" + (f" ({', '.join(summary.failed)})" if summary.failed
                                              else ""), flush=True)
     return summary
+
+
+def _eta_kind(cell: Cell) -> str:
+    """Cells that cost about the same: a pretraining method, or a task and protocol."""
+    if cell.kind == "pretrain":
+        return f"pretrain:{cell.init.pretrain['method']}"
+    return f"{cell.task.task}:{cell.task.protocol}"
 
 
 def _report(summary: RunSummary, head: str, cell: Cell, out_dir: Path, ok: bool, text: str,

@@ -105,6 +105,7 @@ class TaskSpec:
     run: Callable[[TransferRun], dict] | None = None
     generator: str | None = None            # "module:function"(root, **generate) -> dataset root
     generator_args: dict = field(default_factory=dict)  # fixed arguments, e.g. {'year': 2017}
+    generated: str = "generated data"       # the rows' deviation when a suite uses the generator
     reader: Callable[[Path], Any] | None = None  # reads (and checks) a dataset root
     suite_keys: tuple[str, ...] = ()        # what a suite's task entry may set beyond the common keys
     engines: tuple[str, ...] = ()           # suite key 'engine': the training engines (first = default)

@@ -252,6 +252,10 @@ def test_failed_cells_are_recorded_and_the_others_still_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[2/5] mae/pretrain" not in printed and "[1/5] mae/pretrain: FAILED" in printed
     assert "suite fail: 1 cells ran, 0 were done, 4 failed" in printed
+    # an overall progress line after every cell, failed ones too; no estimate once all are done
+    progress = [line for line in printed.splitlines() if line.startswith("progress: ")]
+    assert [line.split(",")[0] for line in progress] == [f"progress: {i}/5 cells" for i in range(1, 6)]
+    assert "left" in progress[1] and "left" not in progress[-1]
     assert (out / "linear_probe.md").is_file()  # tables from the cell that finished
 
     # Editing the suite: a finished cell with other settings is kept (with a note); an unfinished

@@ -22,6 +22,8 @@ GENERATORS = {"places205": "make_places205_dataset", "places365": "make_places36
 SEARCH_KEYS = ("lr", "blr", "weight_decay", "drop_path", "layer_decay", "epochs", "warmup_epochs")
 # Input size of a task's own protocol: the paper's 224 px, except the sklearn digits (64 px images).
 IMG_SIZE = {"digits": 64}
+# The deviation a generated set means: drawn images, except the digits, which are real scans.
+GENERATED = {"digits": "scikit-learn digits (real 8x8 scans upscaled to 64 px), not the paper's data"}
 CLS = Command("cls", "iNat / Places / folder classification: fine-tune, linear probe, partial",
               "tasks.classification.run:add_cls_arguments", "tasks.classification.run:cls_main")
 
@@ -53,7 +55,8 @@ def declare(dataset: str) -> TaskSpec:
         tables={"finetune": TABLE6, "linear": LINEAR, "partial": PARTIAL},
         run=run_cls, generator=f"tasks.classification.datasets:{generator}", generator_args=fixed,
         reader=reader(dataset), suite_keys=("epochs", "batch_size", "k", "bf16"),
-        search_keys=SEARCH_KEYS, heldout=True, command=CLS)
+        search_keys=SEARCH_KEYS, heldout=True, command=CLS,
+        generated=GENERATED.get(dataset, "generated data"))
 
 
 IMAGENET = TaskSpec(name="imagenet", family="classification", title="ImageNet", protocols=PROTOCOLS,
