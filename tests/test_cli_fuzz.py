@@ -275,7 +275,7 @@ OPEN = {("det", "--cfg-options"), ("seg", "--cfg-options"), ("cls", "--out"), ("
         ("table", "--out"), ("perf", "--iters"), ("perf", "--arch"), ("perf", "--device"),
         ("perf", "--decoder-depths"), ("perf", "--img-size"), ("perf", "--threads"), ("perf", "--batch-size"),
         ("pretrain", "--steps"), ("pretrain", "--out"), ("cls", "--device"),
-        ("det", "--dets-out")}
+        ("det", "--dets-out"), ("det", "--work-dir")}
 
 
 @st.composite
