@@ -524,13 +524,13 @@ def add_perf_arguments(parser):
     def command(name, help_, *, arch=None, img_size=None, batch_size, iters, **description):
         p = sub.add_parser(name, help=help_, **description)
         if arch:
-            p.add_argument("--arch", default=arch)
+            p.add_argument("--arch", default=arch, help="ViT architecture (bench backbones lists them)")
         if img_size:
-            p.add_argument("--img-size", type=int, default=img_size)
-        p.add_argument("--batch-size", type=int, default=batch_size)
+            p.add_argument("--img-size", type=int, default=img_size, help="input size in pixels")
+        p.add_argument("--batch-size", type=int, default=batch_size, help="images per timed step")
         if iters:
             p.add_argument("--iters", type=int, default=iters, help="timed steps per configuration (after 1 warm-up)")
-            p.add_argument("--threads", type=int, default=None)
+            p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
             p.add_argument("--baseline", action="store_true", help="also time plain fp32")
         return p
 
@@ -543,16 +543,17 @@ def add_perf_arguments(parser):
 
     p = command("pretrain", "MAE step img/s, vs encoder-with-mask-tokens, vs FLOPs and matmul peaks",
                 arch="vit_base_patch16", img_size=224, batch_size=8, iters=3)
-    p.add_argument("--decoder-depths", type=int, nargs="+", default=[8, 1])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--decoder-depths", type=int, nargs="+", default=[8, 1],
+                   help="MAE decoder depths to time (the paper's 8, and 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     p = command("cls", "fine-tuning step img/s, ours vs timm's ViT, vs matmul peaks",
                 arch="vit_base_patch16", img_size=224, batch_size=8, iters=3)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     p = command("seg", "UperNet training step img/s (mmseg model from our config) vs matmul peaks",
                 batch_size=2, iters=2)
     p.add_argument("--config", default="paper_vit_base", help="segmentation config name or path")
-    p.add_argument("--backbone", default="random_vit_base_patch16")
-    p.add_argument("--crop", type=int, default=512)
+    p.add_argument("--backbone", default="random_vit_base_patch16", help="registry name of the backbone")
+    p.add_argument("--crop", type=int, default=512, help="crop size in pixels (the paper's 512)")
     p.add_argument("--trust-config", action="store_true",
                    help="allow a --config file from outside the package (mmengine runs it as Python when reading it)")
     layout(p)
@@ -569,14 +570,14 @@ def add_perf_arguments(parser):
                    help="allow a --config file from outside the package (it runs as Python when read)")
     p.add_argument("--variant", nargs="+", default=["fpn"], choices=["fpn", "vitdet"],
                    help="fpn: ViT -> FPN (MAE paper / Li et al. 2021); vitdet: simple feature pyramid; both: fpn vitdet")
-    p.add_argument("--backbone", default="random_vit_base_patch16")
+    p.add_argument("--backbone", default="random_vit_base_patch16", help="registry name of the backbone")
     p.add_argument("--img-size", type=int, default=512,
                    help="square input in pixels (the protocols' LSJ crop is 1024; default 512 for CPU)")
     p.add_argument("--boxes", type=int, default=8, help="random ground-truth boxes (with masks) per image")
     layout(p)
     p = command("data", "data loader img/s (JPEG decode + augmentation) with 0..N workers",
                 img_size=224, batch_size=64, iters=0)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts to time")
     p.add_argument("--decoder", choices=["pil", "torchvision", "both"], default="both",
                    help="pil: PIL decode + transforms on PIL images; torchvision: torchvision.io decode + "
                         "transforms.v2 on uint8 tensors (the default path); both (default)")

@@ -241,8 +241,10 @@ def _load_features(path: Path, n: int):
 # --------------------------------------------------------------------------------------------------
 def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``bench cls``."""
-    parser.add_argument("--protocol", required=True, choices=C.PROTOCOLS)
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--protocol", required=True, choices=C.PROTOCOLS,
+                        help="finetune (Table 6), linear (linear probe), partial (the last k blocks, Fig. 9)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="which dataset's on-disk format --data-root holds")
     parser.add_argument("--data-root", required=True, help="dataset folder in its official layout")
     parser.add_argument("--backbone", required=True, help="<init>_<arch>, e.g. mae_vit_base_patch16")
     parser.add_argument("--checkpoint", default=None, help="pretrained weights (not for random_*)")
@@ -250,17 +252,20 @@ def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="partial: number of last blocks to tune (0 = linear probe, depth = full), or 'mlp'")
     parser.add_argument("--config", default=None,
                         help="YAML overriding the protocol config, or a name in tasks/classification/configs (smoke)")
-    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: the protocol's)")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the run (head init, data order)")
     parser.add_argument("--out", default=None, help="run folder (default runs/cls/<dataset>-<protocol>-<backbone>...)")
     parser.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
-    parser.add_argument("--suite", default="adhoc")
+    parser.add_argument("--suite", default="adhoc", help="suite name recorded in the results row")
     parser.add_argument("--bf16", action="store_true", default=None,
                         help="bfloat16 autocast (default: on for CUDA, off for CPU)")
-    parser.add_argument("--no-resume", dest="resume", action="store_false")
-    parser.add_argument("--trust-checkpoint", action="store_true")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue from the newest readable checkpoint in --out (default); --no-resume "
+                             "starts over")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow a checkpoint that needs arbitrary unpickling (only for files you trust)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--fsdp", action="store_true",
                         help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP")
     return parser

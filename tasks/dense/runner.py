@@ -367,7 +367,7 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
                    help="training iterations (default: the config's); warm-up, lr steps and intervals keep "
                         "their fraction of training")
     p.add_argument("--ckpt-interval", type=int, default=None, help="iterations between checkpoints (default: the config's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run (weights of new layers, data order)")
     p.add_argument("--out", "--work-dir", dest="work_dir", default=None, metavar="DIR",
                    help=f"the run's folder: checkpoints, run record, log file (default {default_out})")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
