@@ -172,6 +172,12 @@ def cmd_pretrain(a):
     from backbones.pretrainers.mae import check_mask_ratio
 
     kw = _train_kwargs(a)
+    if not str(a.out).strip():
+        raise BenchError("--out must name a folder, got ''")
+    for name in ("steps", "epoch_size", "img_size"):  # 0 steps would silently fall back to the epochs
+        value = getattr(a, name, None)
+        if value is not None and value < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if a.mask_ratio is not None:
         check_mask_ratio(a.mask_ratio)
         if a.method in ("mae", "beit"):

@@ -29,6 +29,7 @@ What is generated:
 ``FUZZ_EXAMPLES`` (environment, default 25 per test) scales the run; CI uses the default. The number
 of cases run is printed at the end (``-s``) and written to ``$FUZZ_REPORT`` if set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,12 @@ from bench.core.errors import BenchError
 ROOT = Path(__file__).resolve().parents[1]
 N = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 CASE_SECONDS = int(os.environ.get("FUZZ_CASE_SECONDS", "60"))
-SETTINGS = settings(max_examples=N, deadline=None, derandomize=os.environ.get("FUZZ_RANDOM") is None,
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=N,
+    deadline=None,
+    derandomize=os.environ.get("FUZZ_RANDOM") is None,
+    suppress_health_check=list(HealthCheck),
+)
 COUNTS: dict[str, int] = {}
 FAILURES: list[str] = []
 
@@ -69,6 +74,7 @@ class Hang(Exception):
 def time_limit(seconds: int):
     def fire(signum, frame):
         raise Hang(f"case still running after {seconds} s")
+
     old = signal.signal(signal.SIGALRM, fire)
     signal.alarm(seconds)
     try:
@@ -115,6 +121,7 @@ def run_cli(argv: list[str], cwd: Path) -> tuple[int | None, str, str]:
 def collecting(fn):
     """With FUZZ_COLLECT=1 (exploration runs), a failed property is recorded and the run goes on, so
     that one run lists every distinct failure; otherwise it fails the test."""
+
     def wrapped(*a, **k):
         try:
             return fn(*a, **k)
@@ -122,6 +129,7 @@ def collecting(fn):
             if not os.environ.get("FUZZ_COLLECT"):
                 raise
             FAILURES.append(str(e)[:3000])
+
     return wrapped
 
 
@@ -195,8 +203,15 @@ def fx(tmp_path_factory):
     data = (base / "mae.pth").read_bytes()
     (base / "truncated.pth").write_bytes(data[: len(data) // 2])
     (base / "adir").mkdir()
-    return {"base": base, "mae": base / "mae.pth", "beit": base / "beit.pth", "folder": base / "folder",
-            "coco": base / "coco", "ade": base / "ade", "suite": ROOT / "bench" / "suites" / "ci.yaml"}
+    return {
+        "base": base,
+        "mae": base / "mae.pth",
+        "beit": base / "beit.pth",
+        "folder": base / "folder",
+        "coco": base / "coco",
+        "ade": base / "ade",
+        "suite": ROOT / "bench" / "suites" / "ci.yaml",
+    }
 
 
 def _fresh(fx, name: str) -> Path:
@@ -215,55 +230,189 @@ HUGE = ["99999999999999999999", "1e308"]
 PATHS = ["{base}/nope/x.pth", "{base}/adir", "{base}/text.txt", "{base}/empty.pth", "{base}/truncated.pth", ""]
 
 # command -> (base argv, outputs a valid run may write, {option: hostile values})
-PRE = ["pretrain", "--arch", "vit_test_patch8", "--out", "run", "--steps", "1", "--batch-size", "2",
-       "--epoch-size", "4", "--no-progress"]
-CLS = ["cls", "--protocol", "linear", "--dataset", "folder", "--data-root", "{folder}", "--backbone",
-       "random_vit_test_patch8", "--config", "smoke", "--epochs", "1", "--batch-size", "2", "--out", "run",
-       "--results", "res"]
+PRE = [
+    "pretrain",
+    "--arch",
+    "vit_test_patch8",
+    "--out",
+    "run",
+    "--steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--epoch-size",
+    "4",
+    "--no-progress",
+]
+CLS = [
+    "cls",
+    "--protocol",
+    "linear",
+    "--dataset",
+    "folder",
+    "--data-root",
+    "{folder}",
+    "--backbone",
+    "random_vit_test_patch8",
+    "--config",
+    "smoke",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--out",
+    "run",
+    "--results",
+    "res",
+]
 VIS = ["visualize", "--checkpoint", "{mae}", "--out", "fig.png", "--n", "1"]
-SEG = ["seg", "--backbone", "random_vit_test_patch8", "--data-root", "{ade}", "--config", "smoke", "--iters", "1",
-       "--work-dir", "work", "--results", "res"]
-DET = ["det", "--backbone", "random_vit_test_patch8", "--data-root", "{coco}", "--config", "smoke", "--iters", "1",
-       "--work-dir", "work", "--results", "res"]
+SEG = [
+    "seg",
+    "--backbone",
+    "random_vit_test_patch8",
+    "--data-root",
+    "{ade}",
+    "--config",
+    "smoke",
+    "--iters",
+    "1",
+    "--work-dir",
+    "work",
+    "--results",
+    "res",
+]
+DET = [
+    "det",
+    "--backbone",
+    "random_vit_test_patch8",
+    "--data-root",
+    "{coco}",
+    "--config",
+    "smoke",
+    "--iters",
+    "1",
+    "--work-dir",
+    "work",
+    "--results",
+    "res",
+]
 PERF = ["perf", "pretrain", "--arch", "vit_test_patch8", "--batch-size", "2", "--iters", "1", "--threads", "1"]
 TABLE = ["table", "--results", "{base}/nope", "--out", "tables"]
 RUN = ["run", "{suite}", "--dry-run", "--out", "out"]
 
 OPTIONS = {
-    "pretrain": (PRE, ("run",), {
-        "--steps": NUMBERS, "--epochs": NUMBERS, "--batch-size": NUMBERS + HUGE, "--accum-iter": NUMBERS + HUGE,
-        "--blr": NUMBERS + HUGE, "--lr": NUMBERS + HUGE, "--weight-decay": NUMBERS + HUGE,
-        "--warmup-epochs": NUMBERS + HUGE, "--workers": NUMBERS + HUGE, "--ckpt-every": NUMBERS + HUGE,
-        "--seed": NUMBERS + HUGE, "--max-nonfinite": NUMBERS + HUGE, "--img-size": NUMBERS + HUGE,
-        "--epoch-size": NUMBERS, "--mask-ratio": NUMBERS + HUGE, "--arch": ["", "vit_nope", "../x"],
-        "--method": ["", "dino"], "--data": PATHS, "--out": ["{base}/text.txt", "", "/dev/null"]}),
-    "cls": (CLS, ("run", "res"), {
-        "--epochs": NUMBERS, "--batch-size": NUMBERS + HUGE, "--seed": NUMBERS + HUGE, "--k": NUMBERS + HUGE,
-        "--data-root": PATHS, "--checkpoint": PATHS, "--config": PATHS + ["nope"], "--backbone": ["", "mae_", "x_y"],
-        "--results": ["{base}/text.txt", "{base}/adir", ""], "--out": ["{base}/text.txt", ""],
-        "--device": ["", "cuda:9", "tpu"]}),
-    "visualize": (VIS, ("fig.png",), {
-        "--n": NUMBERS, "--seed": NUMBERS + HUGE, "--mask-ratios": NUMBERS + HUGE, "--checkpoint": PATHS,
-        "--images": PATHS, "--out": ["{base}/adir", "", "nodir/fig.png", "fig.txt"]}),
-    "seg": (SEG, ("work", "res"), {
-        "--iters": NUMBERS, "--crop-size": NUMBERS + HUGE, "--ckpt-interval": NUMBERS + HUGE,
-        "--checkpoint": PATHS, "--data-root": PATHS, "--config": PATHS + ["nope"],
-        "--cfg-options": ["a", "=1", "model=1", "train_cfg.max_iters=abc"], "--results": ["{base}/text.txt", ""],
-        "--work-dir": ["{base}/text.txt", ""]}),
-    "det": (DET, ("work", "res"), {
-        "--iters": NUMBERS, "--batch-size": NUMBERS + HUGE, "--ckpt-interval": NUMBERS + HUGE,
-        "--checkpoint": PATHS, "--data-root": PATHS, "--config": PATHS + ["nope"],
-        "--cfg-options": ["a", "=1", "model=1"], "--dets-out": ["{base}/adir", ""],
-        "--work-dir": ["{base}/text.txt", ""]}),
-    "perf": (PERF, (), {
-        "--iters": NUMBERS, "--batch-size": NUMBERS, "--img-size": NUMBERS + HUGE, "--threads": NUMBERS + HUGE,
-        "--arch": ["", "vit_nope"], "--decoder-depths": NUMBERS, "--device": ["", "cuda:9", "tpu"]}),
-    "table": (TABLE, ("tables",), {
-        "--results": PATHS, "--out": ["{base}/text.txt", ""], "--formats": ["", ",", "pdf", "csv,,md"],
-        "--reference": PATHS}),
-    "run": (RUN, ("out",), {
-        "--seeds": NUMBERS + HUGE, "--only": ["", "[", "**"], "--skip": ["", "["],
-        "--out": ["{base}/text.txt", ""]}),
+    "pretrain": (
+        PRE,
+        ("run",),
+        {
+            "--steps": NUMBERS,
+            "--epochs": NUMBERS,
+            "--batch-size": NUMBERS + HUGE,
+            "--accum-iter": NUMBERS + HUGE,
+            "--blr": NUMBERS + HUGE,
+            "--lr": NUMBERS + HUGE,
+            "--weight-decay": NUMBERS + HUGE,
+            "--warmup-epochs": NUMBERS + HUGE,
+            "--workers": NUMBERS + HUGE,
+            "--ckpt-every": NUMBERS + HUGE,
+            "--seed": NUMBERS + HUGE,
+            "--max-nonfinite": NUMBERS + HUGE,
+            "--img-size": NUMBERS + HUGE,
+            "--epoch-size": NUMBERS,
+            "--mask-ratio": NUMBERS + HUGE,
+            "--arch": ["", "vit_nope", "../x"],
+            "--method": ["", "dino"],
+            "--data": PATHS,
+            "--out": ["{base}/text.txt", "", "/dev/null"],
+        },
+    ),
+    "cls": (
+        CLS,
+        ("run", "res"),
+        {
+            "--epochs": NUMBERS,
+            "--batch-size": NUMBERS + HUGE,
+            "--seed": NUMBERS + HUGE,
+            "--k": NUMBERS + HUGE,
+            "--data-root": PATHS,
+            "--checkpoint": PATHS,
+            "--config": PATHS + ["nope"],
+            "--backbone": ["", "mae_", "x_y"],
+            "--results": ["{base}/text.txt", "{base}/adir", ""],
+            "--out": ["{base}/text.txt", ""],
+            "--device": ["", "cuda:9", "tpu"],
+        },
+    ),
+    "visualize": (
+        VIS,
+        ("fig.png",),
+        {
+            "--n": NUMBERS,
+            "--seed": NUMBERS + HUGE,
+            "--mask-ratios": NUMBERS + HUGE,
+            "--checkpoint": PATHS,
+            "--images": PATHS,
+            "--out": ["{base}/adir", "", "nodir/fig.png", "fig.txt"],
+        },
+    ),
+    "seg": (
+        SEG,
+        ("work", "res"),
+        {
+            "--iters": NUMBERS,
+            "--crop-size": NUMBERS + HUGE,
+            "--ckpt-interval": NUMBERS + HUGE,
+            "--checkpoint": PATHS,
+            "--data-root": PATHS,
+            "--config": PATHS + ["nope"],
+            "--cfg-options": ["a", "=1", "model=1", "train_cfg.max_iters=abc"],
+            "--results": ["{base}/text.txt", ""],
+            "--work-dir": ["{base}/text.txt", ""],
+        },
+    ),
+    "det": (
+        DET,
+        ("work", "res"),
+        {
+            "--iters": NUMBERS,
+            "--batch-size": NUMBERS + HUGE,
+            "--ckpt-interval": NUMBERS + HUGE,
+            "--checkpoint": PATHS,
+            "--data-root": PATHS,
+            "--config": PATHS + ["nope"],
+            "--cfg-options": ["a", "=1", "model=1"],
+            "--dets-out": ["{base}/adir", ""],
+            "--work-dir": ["{base}/text.txt", ""],
+        },
+    ),
+    "perf": (
+        PERF,
+        (),
+        {
+            "--iters": NUMBERS,
+            "--batch-size": NUMBERS,
+            "--img-size": NUMBERS + HUGE,
+            "--threads": NUMBERS + HUGE,
+            "--arch": ["", "vit_nope"],
+            "--decoder-depths": NUMBERS,
+            "--device": ["", "cuda:9", "tpu"],
+        },
+    ),
+    "table": (
+        TABLE,
+        ("tables",),
+        {
+            "--results": PATHS,
+            "--out": ["{base}/text.txt", ""],
+            "--formats": ["", ",", "pdf", "csv,,md"],
+            "--reference": PATHS,
+        },
+    ),
+    "run": (
+        RUN,
+        ("out",),
+        {"--seeds": NUMBERS + HUGE, "--only": ["", "[", "**"], "--skip": ["", "["], "--out": ["{base}/text.txt", ""]},
+    ),
 }
 # Options whose drawn value may be valid and then runs (seed -1, lr 0, ...): still bounded by the
 # base invocation (1 step / 1 iteration / 1 epoch on tiny data). det/seg/cls runs are the slow
@@ -271,11 +420,23 @@ OPTIONS = {
 SLOW = {"seg", "det"}
 # Open failures found by this fuzzer in files other helpers own (see docs/bad_inputs.md, "Fuzzing the
 # CLI"): drawn only in exploration runs (FUZZ_COLLECT=1) until fixed, so CI stays green and bounded.
-OPEN = {("det", "--cfg-options"), ("seg", "--cfg-options"), ("cls", "--out"), ("cls", "--results"),
-        ("table", "--out"), ("perf", "--iters"), ("perf", "--arch"), ("perf", "--device"),
-        ("perf", "--decoder-depths"), ("perf", "--img-size"), ("perf", "--threads"), ("perf", "--batch-size"),
-        ("pretrain", "--steps"), ("pretrain", "--out"), ("cls", "--device"),
-        ("det", "--dets-out"), ("det", "--work-dir")}
+OPEN = {
+    ("det", "--cfg-options"),
+    ("seg", "--cfg-options"),
+    ("cls", "--out"),
+    ("cls", "--results"),
+    ("table", "--out"),
+    ("perf", "--iters"),
+    ("perf", "--arch"),
+    ("perf", "--device"),
+    ("perf", "--decoder-depths"),
+    ("perf", "--img-size"),
+    ("perf", "--threads"),
+    ("perf", "--batch-size"),
+    ("cls", "--device"),
+    ("det", "--dets-out"),
+    ("det", "--work-dir"),
+}
 
 
 @st.composite
@@ -313,15 +474,44 @@ def test_option_fuzz(case, fx):
 # --------------------------------------------------------------------------------------------------
 def _pe_shapes(pe):
     D = pe.shape[-1]
-    return [pe[0, 0], pe[:, :1], pe[:, :0], pe[None], pe[..., : D // 2], pe[:, :-1], pe.repeat(2, 1, 1),
-            pe.long(), pe.to(torch.complex64), pe.bool(), torch.zeros(0), torch.tensor(1.0), pe.half()]
+    return [
+        pe[0, 0],
+        pe[:, :1],
+        pe[:, :0],
+        pe[None],
+        pe[..., : D // 2],
+        pe[:, :-1],
+        pe.repeat(2, 1, 1),
+        pe.long(),
+        pe.to(torch.complex64),
+        pe.bool(),
+        torch.zeros(0),
+        torch.tensor(1.0),
+        pe.half(),
+    ]
 
 
 @st.composite
 def ckpt_case(draw):
     kind = draw(st.sampled_from(["mae", "beit"]))
-    mutation = draw(st.sampled_from(["pos_embed", "drop", "rename", "not_tensor", "dtype", "truncate", "flip",
-                                     "arch_junk", "mmpretrain", "rel_table", "empty_key", "nan"]))
+    mutation = draw(
+        st.sampled_from(
+            [
+                "pos_embed",
+                "drop",
+                "rename",
+                "not_tensor",
+                "dtype",
+                "truncate",
+                "flip",
+                "arch_junk",
+                "mmpretrain",
+                "rel_table",
+                "empty_key",
+                "nan",
+            ]
+        )
+    )
     return kind, mutation, draw(st.integers(0, 10_000)), draw(st.integers(0, 12))
 
 
@@ -352,15 +542,34 @@ def _mutate_ckpt(fx, kind, mutation, r, j, path: Path) -> str:
         obj["arch"] = arch
     elif mutation == "mmpretrain":
         mm = {"backbone.patch_embed.projection.weight": sd["patch_embed.proj.weight"]}
-        bad = ["backbone.layers.0", "backbone.layers.x.ln1.weight", "backbone.layers.0.foo.weight",
-               "backbone.layers", "backbone.layers..ln1.weight", "backbone.nope", "neck.x"][j % 7]
+        bad = [
+            "backbone.layers.0",
+            "backbone.layers.x.ln1.weight",
+            "backbone.layers.0.foo.weight",
+            "backbone.layers",
+            "backbone.layers..ln1.weight",
+            "backbone.nope",
+            "neck.x",
+        ][j % 7]
         mm[bad] = torch.zeros(3)
         obj = {"state_dict": mm}
     elif mutation == "rel_table":
-        tkeys = [k for k in sd if k.endswith("relative_position_bias_table")] or ["blocks.0.attn.relative_position_bias_table"]
+        tkeys = [k for k in sd if k.endswith("relative_position_bias_table")] or [
+            "blocks.0.attn.relative_position_bias_table"
+        ]
         t = sd.get(tkeys[0], torch.zeros(228, 2))
-        sd[tkeys[0]] = [t[:7], t[:0], t[:, :1], t[:1], t[0], t[None], t.repeat(2, 1), torch.zeros(3, t.shape[1]),
-                        torch.zeros(2, t.shape[1]), t.long()][j % 10]
+        sd[tkeys[0]] = [
+            t[:7],
+            t[:0],
+            t[:, :1],
+            t[:1],
+            t[0],
+            t[None],
+            t.repeat(2, 1),
+            torch.zeros(3, t.shape[1]),
+            torch.zeros(2, t.shape[1]),
+            t.long(),
+        ][j % 10]
     elif mutation == "empty_key":
         obj["model"] = {}
     if mutation in ("truncate", "flip"):
@@ -383,6 +592,7 @@ def _mutate_ckpt(fx, kind, mutation, r, j, path: Path) -> str:
 def test_checkpoint_fuzz(case, fx):
     from backbones import build_backbone
     from backbones.mae import MaskedAutoencoder
+
     kind, mutation, r, j = case
     cwd = _fresh(fx, "ckpt")
     path = cwd / "ckpt.pth"
@@ -395,9 +605,15 @@ def test_checkpoint_fuzz(case, fx):
 # --------------------------------------------------------------------------------------------------
 # Suites (bench run --dry-run)
 # --------------------------------------------------------------------------------------------------
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.sampled_from([float("nan"), float("inf"), -1.5]),
-                 st.text(max_size=8), st.lists(st.integers(-2, 3), max_size=3), st.dictionaries(st.text(max_size=4),
-                                                                                                  st.integers(), max_size=2))
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**6),
+    st.sampled_from([float("nan"), float("inf"), -1.5]),
+    st.text(max_size=8),
+    st.lists(st.integers(-2, 3), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 def _paths(obj, prefix=()):
@@ -438,22 +654,39 @@ def test_suite_fuzz(suite, fx):
 # --------------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------------
-COCO_MUTATIONS = ["no_val_images", "dotdot_file_name", "abs_file_name", "tiny_image", "truncated_jpeg",
-                  "empty_annotations", "junk_value", "drop_key", "image_is_dir", "zero_size", "bbox_negative",
-                  "category_junk"]
+COCO_MUTATIONS = [
+    "no_val_images",
+    "dotdot_file_name",
+    "abs_file_name",
+    "tiny_image",
+    "truncated_jpeg",
+    "empty_annotations",
+    "junk_value",
+    "drop_key",
+    "image_is_dir",
+    "zero_size",
+    "bbox_negative",
+    "category_junk",
+]
 
 
 @st.composite
 def coco_case(draw):
-    return (draw(st.sampled_from(COCO_MUTATIONS)), draw(st.sampled_from(["train2017", "val2017"])),
-            draw(JUNK), draw(st.integers(0, 1000)))
+    return (
+        draw(st.sampled_from(COCO_MUTATIONS)),
+        draw(st.sampled_from(["train2017", "val2017"])),
+        draw(JUNK),
+        draw(st.integers(0, 1000)),
+    )
 
 
 @SETTINGS
 @given(case=coco_case())
 def test_coco_fuzz(case, fx):
     from PIL import Image
+
     from tasks.detection.task import read_coco
+
     mutation, split, junk, r = case
     root = Path(shutil.copytree(fx["coco"], _fresh(fx, "coco") / "coco"))
     ann_file = root / "annotations" / f"instances_{split}.json"
@@ -495,17 +728,29 @@ def test_coco_fuzz(case, fx):
     check_call("coco", lambda: read_coco(root))
 
 
-ADE_MUTATIONS = ["tiny_image", "truncated_jpeg", "corrupt_jpeg_mid", "truncated_png", "rgb_label",
-                 "label_size", "label_is_text", "empty_split", "image_is_dir", "value_too_big", "zero_byte"]
+ADE_MUTATIONS = [
+    "tiny_image",
+    "truncated_jpeg",
+    "corrupt_jpeg_mid",
+    "truncated_png",
+    "rgb_label",
+    "label_size",
+    "label_is_text",
+    "empty_split",
+    "image_is_dir",
+    "value_too_big",
+    "zero_byte",
+]
 
 
 @SETTINGS
-@given(mutation=st.sampled_from(ADE_MUTATIONS), split=st.sampled_from(["training", "validation"]),
-       r=st.integers(1, 99))
+@given(mutation=st.sampled_from(ADE_MUTATIONS), split=st.sampled_from(["training", "validation"]), r=st.integers(1, 99))
 def test_ade_fuzz(mutation, split, r, fx):
     import numpy as np
     from PIL import Image
+
     from tasks.segmentation.task import read_ade20k
+
     root = Path(shutil.copytree(fx["ade"], _fresh(fx, "ade") / "ade"))
     data_root = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
     img = sorted((data_root / "images" / split).glob("*.jpg"))[0]
@@ -519,7 +764,7 @@ def test_ade_fuzz(mutation, split, r, fx):
     elif mutation == "corrupt_jpeg_mid":
         data = bytearray(img.read_bytes())
         mid = len(data) // 2
-        data[mid: mid + 64] = bytes(64)
+        data[mid : mid + 64] = bytes(64)
         img.write_bytes(bytes(data))
     elif mutation == "truncated_png":
         data = lab.read_bytes()
@@ -549,9 +794,25 @@ def test_ade_fuzz(mutation, split, r, fx):
 # FIFOs: a real process, because opening a FIFO for reading blocks until a writer comes
 # --------------------------------------------------------------------------------------------------
 FIFO_ARGV = {
-    "checkpoint": ["cls", "--protocol", "linear", "--dataset", "folder", "--data-root", "{folder}", "--backbone",
-                   "mae_vit_test_patch8", "--config", "smoke", "--out", "run", "--results", "res",
-                   "--checkpoint", "{fifo}"],
+    "checkpoint": [
+        "cls",
+        "--protocol",
+        "linear",
+        "--dataset",
+        "folder",
+        "--data-root",
+        "{folder}",
+        "--backbone",
+        "mae_vit_test_patch8",
+        "--config",
+        "smoke",
+        "--out",
+        "run",
+        "--results",
+        "res",
+        "--checkpoint",
+        "{fifo}",
+    ],
     "suite": ["run", "{fifo}", "--dry-run", "--out", "out"],
     "store": ["table", "--results", "{fifo}", "--out", "tables"],
     "visualize": ["visualize", "--checkpoint", "{fifo}", "--out", "fig.png"],
@@ -566,8 +827,14 @@ def test_fifo_does_not_hang(what, fx, tmp_path):
     before = snapshot(tmp_path)
     COUNTS["fifo"] = COUNTS.get("fifo", 0) + 1
     try:
-        r = subprocess.run([sys.executable, "-m", "bench.cli", *argv], capture_output=True, text=True,
-                           cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            [sys.executable, "-m", "bench.cli", *argv],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"bench {' '.join(argv)} hangs on a FIFO")
     assert r.returncode == 2, r.stderr[-2000:]
