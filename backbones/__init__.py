@@ -5,6 +5,7 @@ Public API (stable)::
     from backbones import build_backbone, list_backbones
     from backbones.mae import MaskedAutoencoder
 """
+
 from .registry import INITS, build_backbone, list_backbones, register_init
 from .vit import ARCHS, VisionTransformer
 

@@ -11,6 +11,7 @@ Two variants:
   ConvT–LN–GELU–ConvT, ×2 = ConvT, ×1 = identity, ×½ = max-pool; then 1×1 conv + LN and 3×3 conv + LN
   to ``out_channels`` each.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,15 +32,23 @@ def evenly_spaced_blocks(depth: int) -> list[int]:
 
 
 def _norm2d(kind: str, c: int) -> nn.Module:
-    return {"BN": lambda: nn.BatchNorm2d(c), "LN": lambda: LayerNorm2d(c), "SyncBN": lambda: nn.SyncBatchNorm(c)}[kind]()
+    return {"BN": lambda: nn.BatchNorm2d(c), "LN": lambda: LayerNorm2d(c), "SyncBN": lambda: nn.SyncBatchNorm(c)}[
+        kind
+    ]()
 
 
 class ViTPyramid(nn.Module):
     """``encoder`` (our VisionTransformer) + a 4-scale adapter. ``forward(images)`` returns a tuple
     of 4 maps at strides 4, 8, 16, 32 (relative to the input)."""
 
-    def __init__(self, encoder: VisionTransformer, variant: str = "fpn", out_indices: Sequence[int] | None = None,
-                 out_channels: int = 256, norm: str = "BN"):
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        variant: str = "fpn",
+        out_indices: Sequence[int] | None = None,
+        out_channels: int = 256,
+        norm: str = "BN",
+    ):
         super().__init__()
         # layout the encoder's maps are put in before the adapter's convolutions: None keeps the
         # encoder's (B, D, h, w) views of its (B, N, D) tokens, which are NHWC-strided;
@@ -62,7 +71,9 @@ class ViTPyramid(nn.Module):
             if len(self.out_indices) != 4:
                 raise ValueError(f"the fpn adapter needs 4 block indices, got {self.out_indices}")
             self.channels = [D] * 4
-            self.fpn1 = nn.Sequential(nn.ConvTranspose2d(D, D, 2, 2), _norm2d(norm, D), nn.GELU(), nn.ConvTranspose2d(D, D, 2, 2))
+            self.fpn1 = nn.Sequential(
+                nn.ConvTranspose2d(D, D, 2, 2), _norm2d(norm, D), nn.GELU(), nn.ConvTranspose2d(D, D, 2, 2)
+            )
             self.fpn2 = nn.ConvTranspose2d(D, D, 2, 2)
             self.fpn3 = nn.Identity()
             self.fpn4 = nn.MaxPool2d(2, 2)
@@ -72,16 +83,27 @@ class ViTPyramid(nn.Module):
             scales = []
             for s in (4.0, 2.0, 1.0, 0.5):
                 if s == 4.0:
-                    layers, c = [nn.ConvTranspose2d(D, D // 2, 2, 2), LayerNorm2d(D // 2), nn.GELU(),
-                                 nn.ConvTranspose2d(D // 2, D // 4, 2, 2)], D // 4
+                    layers, c = (
+                        [
+                            nn.ConvTranspose2d(D, D // 2, 2, 2),
+                            LayerNorm2d(D // 2),
+                            nn.GELU(),
+                            nn.ConvTranspose2d(D // 2, D // 4, 2, 2),
+                        ],
+                        D // 4,
+                    )
                 elif s == 2.0:
                     layers, c = [nn.ConvTranspose2d(D, D // 2, 2, 2)], D // 2
                 elif s == 1.0:
                     layers, c = [], D
                 else:
                     layers, c = [nn.MaxPool2d(2, 2)], D
-                layers += [nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels),
-                           nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
+                layers += [
+                    nn.Conv2d(c, out_channels, 1, bias=False),
+                    LayerNorm2d(out_channels),
+                    nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                    LayerNorm2d(out_channels),
+                ]
                 scales.append(nn.Sequential(*layers))
             self.simple = nn.ModuleList(scales)
 

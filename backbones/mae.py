@@ -13,6 +13,7 @@ so official pretraining / visualisation checkpoints load here unchanged and ours
 code. One deliberate difference: the number of kept patches is ``round(N*(1-r))`` (the official code
 truncates with ``int``); the two agree whenever ``N*(1-r)`` is an integer, e.g. 49 of 196 at 75 %.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,29 +40,64 @@ def num_keep(num_patches: int, mask_ratio: float) -> int:
 
 
 class MaskedAutoencoder(VisionTransformer):
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
-                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                 norm_layer=LayerNorm, norm_pix_loss=True):
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0,
-                         global_pool="token", sincos_pos_embed=True, norm_layer=norm_layer)
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        mlp_ratio=4.0,
+        norm_layer=LayerNorm,
+        norm_pix_loss=True,
+    ):
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=0,
+            global_pool="token",
+            sincos_pos_embed=True,
+            norm_layer=norm_layer,
+        )
         self.pos_embed.requires_grad_(False)  # fixed sin-cos
-        self.arch = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                         depth=depth, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
-                         decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-                         mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss)
+        self.arch = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            decoder_embed_dim=decoder_embed_dim,
+            decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads,
+            mlp_ratio=mlp_ratio,
+            norm_pix_loss=norm_pix_loss,
+        )
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
         n = self.pos_grid[0] * self.pos_grid[1]
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
-            get_2d_sincos_pos_embed(decoder_embed_dim, self.pos_grid, cls_token=True)[None], requires_grad=False)
+            get_2d_sincos_pos_embed(decoder_embed_dim, self.pos_grid, cls_token=True)[None], requires_grad=False
+        )
         self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-             for _ in range(decoder_depth)])
+            [
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(decoder_depth)
+            ]
+        )
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             m.apply(_init_module)
@@ -143,6 +179,7 @@ class MaskedAutoencoder(VisionTransformer):
     def from_arch(cls, arch: str, **overrides) -> "MaskedAutoencoder":
         """``MaskedAutoencoder.from_arch('vit_base_patch16')``: encoder preset + paper decoder."""
         from .vit import arch_config
+
         cfg = arch_config(arch)
         cfg.update(DECODERS[ARCH_DECODER.get(arch, "default")])
         cfg.update(overrides)
@@ -154,6 +191,7 @@ class MaskedAutoencoder(VisionTransformer):
         pretraining file (``{'model': sd}`` with ``decoder_*`` and ``mask_token``). Architecture
         keywords named as in the official code override what is stored or inferred from shapes."""
         from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
+
         obj = load_checkpoint_file(path, trust=trust)
         sd, _ = unwrap_state_dict(obj, path)
         stored = obj.get("arch") if isinstance(obj, dict) else None  # ours: a dict; MoCo v3's: a name
@@ -162,9 +200,18 @@ class MaskedAutoencoder(VisionTransformer):
         _check_stored_arch(cfg, sd, path)
         try:
             model = cls(**cfg)
-        except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError, OverflowError,
-                IndexError, KeyError) as e:
+        except (
+            TypeError,
+            ValueError,
+            RuntimeError,
+            AssertionError,
+            ZeroDivisionError,
+            OverflowError,
+            IndexError,
+            KeyError,
+        ) as e:
             from bench.core.errors import CheckpointError, first_line
+
             raise CheckpointError(f"{path}: its MAE architecture {cfg} cannot be built: {first_line(e)}") from None
         load_state_dict_checked(model, sd, path)
         return model
@@ -174,23 +221,40 @@ def _check_stored_arch(cfg: dict, sd: dict, path) -> None:
     """The architecture stored next to the weights must be positive integers whose grid is the
     file's ``pos_embed`` (a junk ``img_size`` would otherwise build a model of any size)."""
     from bench.core.errors import CheckpointError
-    for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
-              "decoder_num_heads", "in_chans"):
+
+    for k in (
+        "img_size",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "decoder_embed_dim",
+        "decoder_depth",
+        "decoder_num_heads",
+        "in_chans",
+    ):
         v = cfg.get(k)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if "depth" in k else 1)):
             raise CheckpointError(f"checkpoint {path}: stored 'arch' key {k!r} must be a positive integer, got {v!r}")
     pe = sd.get("pos_embed")
     img, p = cfg.get("img_size"), cfg.get("patch_size")
     if isinstance(pe, torch.Tensor) and pe.ndim == 3 and img and p and (img // p) ** 2 + 1 != pe.shape[1]:
-        raise CheckpointError(f"checkpoint {path}: stored 'arch' img_size {img} / patch_size {p} does not match "
-                              f"'pos_embed' with {pe.shape[1] - 1} patch positions")
+        raise CheckpointError(
+            f"checkpoint {path}: stored 'arch' img_size {img} / patch_size {p} does not match "
+            f"'pos_embed' with {pe.shape[1] - 1} patch positions"
+        )
 
 
 def infer_mae_arch(sd: dict, path="checkpoint") -> dict:
     """Architecture of an official MAE pretraining state dict, from tensor shapes. Head counts are
     not stored in the file: they follow the official presets (decoder: 16 heads)."""
     from bench.core.errors import CheckpointError
-    missing = [k for k in ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight", "decoder_pred.weight") if k not in sd]
+
+    missing = [
+        k
+        for k in ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight", "decoder_pred.weight")
+        if k not in sd
+    ]
     if missing:
         raise CheckpointError(f"{path}: not an MAE pretraining checkpoint (missing key {missing[0]!r})")
     for k in ("patch_embed.proj.weight", "pos_embed", "decoder_embed.weight"):
@@ -198,26 +262,41 @@ def infer_mae_arch(sd: dict, path="checkpoint") -> dict:
             raise CheckpointError(f"checkpoint {path}: key {k!r} holds a {type(sd[k]).__name__}, not a tensor")
     w, pe = sd["patch_embed.proj.weight"], sd["pos_embed"]
     if w.ndim != 4 or w.shape[2] != w.shape[3] or w.shape[2] < 1:
-        raise CheckpointError(f"checkpoint {path}: key 'patch_embed.proj.weight' has shape {tuple(w.shape)}, "
-                              f"expected (embed_dim, channels, patch, patch)")
+        raise CheckpointError(
+            f"checkpoint {path}: key 'patch_embed.proj.weight' has shape {tuple(w.shape)}, "
+            f"expected (embed_dim, channels, patch, patch)"
+        )
     D, C, p, _ = w.shape
     n = pe.shape[1] - 1 if pe.ndim == 3 and pe.shape[0] == 1 and pe.shape[2] == D else -1
-    side = int(round(n ** 0.5)) if n > 0 else 0
+    side = int(round(n**0.5)) if n > 0 else 0
     if side < 1 or side * side != n:
-        raise CheckpointError(f"checkpoint {path}: key 'pos_embed' has shape {tuple(pe.shape)}, expected "
-                              f"(1, 1 + h*w, {D}) with a square h x w grid")
+        raise CheckpointError(
+            f"checkpoint {path}: key 'pos_embed' has shape {tuple(pe.shape)}, expected "
+            f"(1, 1 + h*w, {D}) with a square h x w grid"
+        )
     if sd["decoder_embed.weight"].ndim != 2:
-        raise CheckpointError(f"checkpoint {path}: key 'decoder_embed.weight' has shape "
-                              f"{tuple(sd['decoder_embed.weight'].shape)}, expected (decoder_dim, {D})")
-    depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()),
-                    default=-1)
-    ddepth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")
-                      and k.split(".")[1].isdigit()), default=-1)
+        raise CheckpointError(
+            f"checkpoint {path}: key 'decoder_embed.weight' has shape "
+            f"{tuple(sd['decoder_embed.weight'].shape)}, expected (decoder_dim, {D})"
+        )
+    depth = 1 + max(
+        (int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()), default=-1
+    )
+    ddepth = 1 + max(
+        (int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.") and k.split(".")[1].isdigit()), default=-1
+    )
     if depth < 1:
         raise CheckpointError(f"{path}: not an MAE pretraining checkpoint (no encoder block 'blocks.0.*')")
     Dd = sd["decoder_embed.weight"].shape[0]
     heads = {a["embed_dim"]: a["num_heads"] for a in ARCHS.values() if a["patch_size"] == p}
-    return dict(img_size=side * p, patch_size=p, in_chans=C, embed_dim=D, depth=depth,
-                num_heads=heads.get(D, max(1, D // 64)), decoder_embed_dim=Dd, decoder_depth=ddepth,
-                decoder_num_heads=16 if Dd % 16 == 0 else max(1, Dd // 32))
-
+    return dict(
+        img_size=side * p,
+        patch_size=p,
+        in_chans=C,
+        embed_dim=D,
+        depth=depth,
+        num_heads=heads.get(D, max(1, D // 64)),
+        decoder_embed_dim=Dd,
+        decoder_depth=ddepth,
+        decoder_num_heads=16 if Dd % 16 == 0 else max(1, Dd // 32),
+    )

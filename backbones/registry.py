@@ -13,6 +13,7 @@ last step, ``adapt_to_model``, resamples the position embedding to the model's g
 zero-initialises relative position tables, and drops classifier heads: a task never needs to know
 which initialisation produced its backbone.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,9 +24,9 @@ from typing import Callable
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
 from bench.core.errors import BenchError, CheckpointError
 
-from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, unwrap_state_dict
 from .vit import ARCHS, VisionTransformer, arch_config, infer_rel_pos_grid, resize_rel_pos_table
 
 REL_POS_KEYS = ("relative_position_bias_table", "rel_pos_h", "rel_pos_w")
@@ -52,13 +53,16 @@ class InitSpec:
 INITS: dict[str, InitSpec] = {}
 
 
-def register_init(name: str, *, description: str, official_files: str = "", per_arch: dict | None = None,
-                  **arch_overrides):
+def register_init(
+    name: str, *, description: str, official_files: str = "", per_arch: dict | None = None, **arch_overrides
+):
     """Decorator registering ``fn`` as the converter of initialisation ``name``. ``arch_overrides``
     apply to every architecture, ``per_arch[arch]`` only to that one (after ``arch_overrides``)."""
+
     def wrap(fn: Converter | None):
         INITS[name] = InitSpec(name, fn, description, official_files, arch_overrides, dict(per_arch or {}))
         return fn
+
     return wrap
 
 
@@ -68,15 +72,21 @@ def list_backbones(init: str | None = None) -> list[str]:
 
 def parse_name(name: str) -> tuple[str, str]:
     for init in sorted(INITS, key=len, reverse=True):
-        if name.startswith(init + "_") and name[len(init) + 1:] in ARCHS:
-            return init, name[len(init) + 1:]
+        if name.startswith(init + "_") and name[len(init) + 1 :] in ARCHS:
+            return init, name[len(init) + 1 :]
     close = difflib.get_close_matches(name, list_backbones(), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `bench backbones` to list them"
     raise BenchError(f"unknown backbone {name!r} (names are <init>_<arch>, inits: {', '.join(INITS)}){hint}")
 
 
-def build_backbone(name: str, checkpoint: str | Path | None = None, *, trust_checkpoint: bool = False,
-                   img_size: int | tuple | None = None, **overrides) -> VisionTransformer:
+def build_backbone(
+    name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    trust_checkpoint: bool = False,
+    img_size: int | tuple | None = None,
+    **overrides,
+) -> VisionTransformer:
     """Encoder for ``name`` with the weights of ``checkpoint`` (converted from its official layout).
 
     ``img_size`` and other ``VisionTransformer`` keywords (``drop_path_rate``, ``use_rel_pos``,
@@ -94,8 +104,10 @@ def build_backbone(name: str, checkpoint: str | Path | None = None, *, trust_che
     model.init_name, model.arch_name, model.checkpoint = init, arch, checkpoint
     if checkpoint is None:
         if spec.needs_checkpoint:
-            raise BenchError(f"backbone {name!r} needs --checkpoint (official files: {spec.official_files or 'see README'}; "
-                             f"or pretrain one with `bench pretrain`)")
+            raise BenchError(
+                f"backbone {name!r} needs --checkpoint (official files: {spec.official_files or 'see README'}; "
+                f"or pretrain one with `bench pretrain`)"
+            )
         return model
     path = Path(checkpoint)
     sd = spec.converter(read_checkpoint(path, trust=trust_checkpoint), path)
@@ -114,18 +126,23 @@ def read_checkpoint(path: Path, trust: bool = False):
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not trust:
-        raise CheckpointError(f"checkpoint {path} is a pickle (.pkl): loading it runs arbitrary code from the file; "
-                              f"if you trust its source, pass --trust-checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is a pickle (.pkl): loading it runs arbitrary code from the file; "
+            f"if you trust its source, pass --trust-checkpoint"
+        )
     import pickle
 
     import numpy as np
+
     try:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="latin1")
     except Exception as e:  # a pickle can fail in any way
         raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e).__name__}: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = dict(obj, model={k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in obj["model"].items()})
+        obj = dict(
+            obj, model={k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in obj["model"].items()}
+        )
     return obj
 
 
@@ -166,21 +183,26 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
         if model.pos_embed is None:
             sd.pop("pos_embed")
         elif sd["pos_embed"].shape != model.pos_embed.shape and not (
-                sd["pos_embed"].ndim == 3 and sd["pos_embed"].shape[2] != model.pos_embed.shape[2]):
+            sd["pos_embed"].ndim == 3 and sd["pos_embed"].shape[2] != model.pos_embed.shape[2]
+        ):
             # (another width is left to load_state_dict_checked, which names the first mismatched key)
             pe = sd["pos_embed"]
             check_pos_embed_shape(pe, model.pos_embed.shape[-1], path)
             n_old = pe.shape[1] - 1
-            side = int(round(n_old ** 0.5))
-            sd["pos_embed"] = resample_abs_pos_embed(pe, list(model.pos_grid), old_size=[side, side], num_prefix_tokens=1)
+            side = int(round(n_old**0.5))
+            sd["pos_embed"] = resample_abs_pos_embed(
+                pe, list(model.pos_grid), old_size=[side, side], num_prefix_tokens=1
+            )
     # relative position bias tables
     for k in [k for k in own if k.endswith("relative_position_bias_table")]:
         if k in sd:
             t = sd[k]
             if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[1] != own[k].shape[1]:
-                raise CheckpointError(f"checkpoint {path}: key {k!r} has shape {_shape(t)}, the model needs "
-                                      f"(L, {own[k].shape[1]}) (L = (2h-1)(2w-1)+3 for an h x w grid; another "
-                                      f"number of heads?)")
+                raise CheckpointError(
+                    f"checkpoint {path}: key {k!r} has shape {_shape(t)}, the model needs "
+                    f"(L, {own[k].shape[1]}) (L = (2h-1)(2w-1)+3 for an h x w grid; another "
+                    f"number of heads?)"
+                )
             try:
                 old = infer_rel_pos_grid(t.shape[0])
             except ValueError as e:
@@ -193,14 +215,20 @@ def adapt_to_model(sd: dict, model: VisionTransformer, path: Path) -> dict:
         if k in sd and sd[k].shape != own[k].shape:
             t = sd[k]
             if t.ndim != 2 or t.shape[1] != own[k].shape[1]:
-                raise CheckpointError(f"checkpoint {path}: key {k!r} has shape {tuple(t.shape)}, the model needs "
-                                      f"(L, {own[k].shape[1]}) (another head size?)")
-            sd[k] = torch.nn.functional.interpolate(t.float().T[None], size=own[k].shape[0], mode="linear")[0].T.to(t.dtype)
+                raise CheckpointError(
+                    f"checkpoint {path}: key {k!r} has shape {tuple(t.shape)}, the model needs "
+                    f"(L, {own[k].shape[1]}) (another head size?)"
+                )
+            sd[k] = torch.nn.functional.interpolate(t.float().T[None], size=own[k].shape[0], mode="linear")[0].T.to(
+                t.dtype
+            )
     has_decomposed = any(k.endswith("rel_pos_h") for k in sd)
     if has_decomposed and not any(k.endswith("rel_pos_h") for k in own):
-        raise CheckpointError(f"checkpoint {path} has decomposed relative position tables (e.g. "
-                              f"{next(k for k in sd if k.endswith('rel_pos_h'))!r}) but the model was built without "
-                              f"them; build it with use_rel_pos='decomposed' (the vitdet_<arch> backbones)")
+        raise CheckpointError(
+            f"checkpoint {path} has decomposed relative position tables (e.g. "
+            f"{next(k for k in sd if k.endswith('rel_pos_h'))!r}) but the model was built without "
+            f"them; build it with use_rel_pos='decomposed' (the vitdet_<arch> backbones)"
+        )
     return sd
 
 
@@ -211,10 +239,12 @@ def _shape(t) -> str:
 def check_pos_embed_shape(pe, dim: int, path) -> None:
     """A ``pos_embed`` to be resampled must be (1, 1 + h*w, dim) with a square h x w grid."""
     if not isinstance(pe, torch.Tensor) or pe.ndim != 3 or pe.shape[0] != 1 or pe.shape[2] != dim or pe.shape[1] < 2:
-        raise CheckpointError(f"checkpoint {path}: key 'pos_embed' has shape {_shape(pe)}, the model needs "
-                              f"(1, 1 + h*w, {dim}) (a cls slot and a square grid of patch positions)")
+        raise CheckpointError(
+            f"checkpoint {path}: key 'pos_embed' has shape {_shape(pe)}, the model needs "
+            f"(1, 1 + h*w, {dim}) (a cls slot and a square grid of patch positions)"
+        )
     n = pe.shape[1] - 1
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     if side * side != n:
         raise CheckpointError(f"checkpoint {path}: pos_embed with {n} patch positions is not a square grid")
 
@@ -222,8 +252,10 @@ def check_pos_embed_shape(pe, dim: int, path) -> None:
 def _timm_layout(obj, path: Path) -> dict:
     sd, _ = unwrap_state_dict(obj, path)
     if not is_our_layout(sd):
-        raise CheckpointError(f"checkpoint {path}: not a timm/MAE-layout ViT state dict; first keys {list(sd)[:10]} "
-                              f"(known formats: {', '.join(INITS)})")
+        raise CheckpointError(
+            f"checkpoint {path}: not a timm/MAE-layout ViT state dict; first keys {list(sd)[:10]} "
+            f"(known formats: {', '.join(INITS)})"
+        )
     return sd
 
 
@@ -242,7 +274,8 @@ KNOWN_FORMATS = (
     "MoCo v3 {'state_dict': sd} with module.base_encoder.* (mocov3_); "
     "BEiT {'model': sd} with blocks.N.attn.q_bias/v_bias, gamma_1/2, (rel_pos_bias.)relative_position_bias_table (beit_); "
     "mmpretrain/mmselfsup {'state_dict': sd} with backbone.patch_embed.projection + backbone.layers.N (mae_, supervised_); "
-    "detectron2 ViTDet detector {'model': sd} with backbone.net.* (.pkl needs --trust-checkpoint) (vitdet_)")
+    "detectron2 ViTDet detector {'model': sd} with backbone.net.* (.pkl needs --trust-checkpoint) (vitdet_)"
+)
 
 D2_PREFIXES = ("backbone.net.", "backbone.pyramid.encoder.")  # detectron2's ViTDet / our detectron2 plugin
 
@@ -258,8 +291,9 @@ def detect_format(sd: dict) -> str | None:
         return "detectron2"
     if any(k in sd for k in ("backbone.patch_embed.projection.weight", "patch_embed.projection.weight")):
         return "mmpretrain"
-    if any(k.endswith(("attn.q_bias", "gamma_1", "relative_position_index")) or k.startswith("rel_pos_bias.")
-           for k in keys):
+    if any(
+        k.endswith(("attn.q_bias", "gamma_1", "relative_position_index")) or k.startswith("rel_pos_bias.") for k in keys
+    ):
         return "beit"
     if is_our_layout(sd):
         return "timm"
@@ -269,34 +303,54 @@ def detect_format(sd: dict) -> str | None:
 def _strip_module(sd: dict) -> dict:
     """Drop a DistributedDataParallel ``module.`` prefix carried by every key (not MoCo's: handled there)."""
     if sd and all(k.startswith("module.") for k in sd) and not any(k.startswith("module.base_encoder.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
+        return {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
 def _unknown(path: Path, sd: dict, init: str, fmt: str | None = None) -> CheckpointError:
     hint = ""
     if fmt is not None:
-        use = {"mocov3": "mocov3", "beit": "beit", "mmpretrain": "mae or supervised", "timm": "mae or supervised",
-               "detectron2": "vitdet"}[fmt]
+        use = {
+            "mocov3": "mocov3",
+            "beit": "beit",
+            "mmpretrain": "mae or supervised",
+            "timm": "mae or supervised",
+            "detectron2": "vitdet",
+        }[fmt]
         hint = f"; it looks like a {fmt} checkpoint: use the {use}_<arch> backbone"
-    return CheckpointError(f"checkpoint {path} is not a {init} checkpoint{hint}; first keys {list(sd)[:10]}; "
-                           f"known formats: {KNOWN_FORMATS}")
+    return CheckpointError(
+        f"checkpoint {path} is not a {init} checkpoint{hint}; first keys {list(sd)[:10]}; "
+        f"known formats: {KNOWN_FORMATS}"
+    )
 
 
 def _block_ids(sd: dict, prefix: str = "blocks.") -> list[int]:
-    return sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix) and k[len(prefix)].isdigit()})
+    return sorted(
+        {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix) and k[len(prefix)].isdigit()}
+    )
 
 
 # mmpretrain (and mmselfsup 1.x / mmcls) ViT names -> timm names, per block. The mapping is that of
 # mmpretrain's tools/model_converters/deit3_to_mmpretrain.py (timm -> mmpretrain), inverted.
 _MM_BLOCK = (
-    ("ln1.", "norm1."), ("attn.qkv.", "attn.qkv."), ("attn.proj.", "attn.proj."),
-    ("attn.gamma1.weight", "ls1.gamma"), ("ln2.", "norm2."), ("ffn.layers.0.0.", "mlp.fc1."),
-    ("ffn.layers.1.", "mlp.fc2."), ("ffn.gamma2.weight", "ls2.gamma"))
+    ("ln1.", "norm1."),
+    ("attn.qkv.", "attn.qkv."),
+    ("attn.proj.", "attn.proj."),
+    ("attn.gamma1.weight", "ls1.gamma"),
+    ("ln2.", "norm2."),
+    ("ffn.layers.0.0.", "mlp.fc1."),
+    ("ffn.layers.1.", "mlp.fc2."),
+    ("ffn.gamma2.weight", "ls2.gamma"),
+)
 # Top-level backbone keys. ``ln1`` is the final norm (``final_norm=True``); ``ln2`` the norm after
 # average pooling (``out_type='avg_featmap'``, fine-tuned models), i.e. timm's ``fc_norm``.
-_MM_TOP = (("patch_embed.projection.", "patch_embed.proj."), ("cls_token", "cls_token"),
-           ("pos_embed", "pos_embed"), ("ln1.", "norm."), ("ln2.", "fc_norm."))
+_MM_TOP = (
+    ("patch_embed.projection.", "patch_embed.proj."),
+    ("cls_token", "cls_token"),
+    ("pos_embed", "pos_embed"),
+    ("ln1.", "norm."),
+    ("ln2.", "fc_norm."),
+)
 
 
 def convert_mmpretrain(sd: dict, path: Path) -> dict:
@@ -304,36 +358,38 @@ def convert_mmpretrain(sd: dict, path: Path) -> dict:
     backbone): keep ``backbone.*`` (``neck.*`` = MAE decoder, ``head.*``, ``data_preprocessor.*``
     dropped) and rename to timm names. A backbone key we have no name for is an error."""
     if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     out = {}
     for k, v in sd.items():
         new = None
         if k.startswith("layers."):
-            i, _, rest = k[len("layers."):].partition(".")
+            i, _, rest = k[len("layers.") :].partition(".")
             for old, ours in _MM_BLOCK:
                 if i.isdigit() and rest.startswith(old):
-                    new = f"blocks.{i}.{ours}{rest[len(old):]}"
+                    new = f"blocks.{i}.{ours}{rest[len(old) :]}"
                     break
         elif k == "mask_token":  # mmpretrain's BEiT/SimMIM backbones; not part of the encoder
             continue
         else:
             for old, ours in _MM_TOP:
                 if k == old or (old.endswith(".") and k.startswith(old)):
-                    new = ours + k[len(old):]
+                    new = ours + k[len(old) :]
                     break
         if new is None:
-            raise CheckpointError(f"checkpoint {path}: mmpretrain key 'backbone.{k}' has no counterpart in our ViT "
-                                  f"(supported: patch_embed.projection, cls_token, pos_embed, layers.N.{{ln1,attn.qkv,"
-                                  f"attn.proj,attn.gamma1,ln2,ffn.layers.0.0,ffn.layers.1,ffn.gamma2}}, ln1, ln2)")
+            raise CheckpointError(
+                f"checkpoint {path}: mmpretrain key 'backbone.{k}' has no counterpart in our ViT "
+                f"(supported: patch_embed.projection, cls_token, pos_embed, layers.N.{{ln1,attn.qkv,"
+                f"attn.proj,attn.gamma1,ln2,ffn.layers.0.0,ffn.layers.1,ffn.gamma2}}, ln1, ln2)"
+            )
         out[new] = v
     return out
 
 
-
-
-@register_init("mae", description="MAE (He et al. 2021): facebookresearch/mae releases, mmpretrain/mmselfsup MAE, or `bench pretrain`",
-               official_files="mae_pretrain_vit_{base,large,huge}.pth, mae_visualize_vit_*.pth, "
-                              "mmpretrain mae_vit-*_8xb512-*.pth")
+@register_init(
+    "mae",
+    description="MAE (He et al. 2021): facebookresearch/mae releases, mmpretrain/mmselfsup MAE, or `bench pretrain`",
+    official_files="mae_pretrain_vit_{base,large,huge}.pth, mae_visualize_vit_*.pth, mmpretrain mae_vit-*_8xb512-*.pth",
+)
 def convert_mae(obj, path: Path) -> dict:
     """facebookresearch/mae ``{'model': sd}`` in timm names; pretrain files also carry
     ``decoder_*`` / ``mask_token`` (dropped in adapt_to_model), fine-tuned ones ``fc_norm`` and
@@ -342,9 +398,12 @@ def convert_mae(obj, path: Path) -> dict:
     return _timm_or_mmpretrain(_strip_module(unwrap_state_dict(obj, path)[0]), path, "mae")
 
 
-@register_init("supervised", description="supervised ImageNet ViT: DeiT / timm releases or `bench pretrain --method supervised`",
-               official_files="deit_{tiny,small,base}_patch16_224-*.pth (facebookresearch/deit), "
-                              "timm vit_*_patch16_224 *.safetensors / *.pth")
+@register_init(
+    "supervised",
+    description="supervised ImageNet ViT: DeiT / timm releases or `bench pretrain --method supervised`",
+    official_files="deit_{tiny,small,base}_patch16_224-*.pth (facebookresearch/deit), "
+    "timm vit_*_patch16_224 *.safetensors / *.pth",
+)
 def convert_supervised(obj, path: Path) -> dict:
     """A timm / DeiT classifier (``{'model': sd}``, ``{'model_ema': sd}`` or a bare sd, ``.pth`` or
     ``.safetensors``): the classifier ``head.*`` is dropped (in adapt_to_model).
@@ -356,8 +415,10 @@ def convert_supervised(obj, path: Path) -> dict:
     sd, _ = unwrap_state_dict(obj, path)
     sd = _strip_module(sd)
     if "dist_token" in sd or any(k.startswith("head_dist.") for k in sd):
-        raise CheckpointError(f"checkpoint {path} is a distilled DeiT (key 'dist_token'/'head_dist'): its encoder uses a "
-                              f"second prefix token that our ViT does not have; use a non-distilled DeiT/timm ViT file")
+        raise CheckpointError(
+            f"checkpoint {path} is a distilled DeiT (key 'dist_token'/'head_dist'): its encoder uses a "
+            f"second prefix token that our ViT does not have; use a non-distilled DeiT/timm ViT file"
+        )
     return _timm_or_mmpretrain(sd, path, "supervised")
 
 
@@ -371,9 +432,12 @@ def _timm_or_mmpretrain(sd: dict, path: Path, init: str) -> dict:
     return sd
 
 
-@register_init("mocov3", description="MoCo v3 (Chen et al. 2021): facebookresearch/moco-v3 releases or `bench pretrain --method mocov3`",
-               official_files="vit-s-300ep.pth.tar, vit-b-300ep.pth.tar (facebookresearch/moco-v3 CONFIG.md)",
-               per_arch={"vit_small_patch16": dict(num_heads=12)})
+@register_init(
+    "mocov3",
+    description="MoCo v3 (Chen et al. 2021): facebookresearch/moco-v3 releases or `bench pretrain --method mocov3`",
+    official_files="vit-s-300ep.pth.tar, vit-b-300ep.pth.tar (facebookresearch/moco-v3 CONFIG.md)",
+    per_arch={"vit_small_patch16": dict(num_heads=12)},
+)
 def convert_mocov3(obj, path: Path) -> dict:
     """facebookresearch/moco-v3 ``main_moco.py`` checkpoints: ``{'epoch', 'arch', 'state_dict',
     'optimizer', 'scaler'}`` with ``module.base_encoder.*``, ``module.momentum_encoder.*`` and
@@ -391,20 +455,26 @@ def convert_mocov3(obj, path: Path) -> dict:
     sd, _ = unwrap_state_dict(obj, path)
     if detect_format(sd) == "mocov3":
         prefix = next(p for p in MOCO_PREFIXES if any(k.startswith(p) for k in sd))
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
     sd = _strip_module(sd)
     if "patch_embed.proj.0.weight" in sd:
-        raise CheckpointError(f"checkpoint {path} is a MoCo v3 conv-stem ViT (key 'patch_embed.proj.0.weight', "
-                              f"vit_conv_*): only the patchify-stem ViTs are supported")
+        raise CheckpointError(
+            f"checkpoint {path} is a MoCo v3 conv-stem ViT (key 'patch_embed.proj.0.weight', "
+            f"vit_conv_*): only the patchify-stem ViTs are supported"
+        )
     fmt = detect_format(sd)
     if fmt != "timm":
         raise _unknown(path, sd, "mocov3", fmt)
     return sd
 
 
-@register_init("beit", description="BEiT (Bao et al. 2021): microsoft/unilm releases or `bench pretrain --method beit`",
-               official_files="beit_base_patch16_224_pt22k.pth, beit_large_patch16_224_pt22k.pth (microsoft/unilm beit/README.md)",
-               use_rel_pos=True, init_values=0.1)
+@register_init(
+    "beit",
+    description="BEiT (Bao et al. 2021): microsoft/unilm releases or `bench pretrain --method beit`",
+    official_files="beit_base_patch16_224_pt22k.pth, beit_large_patch16_224_pt22k.pth (microsoft/unilm beit/README.md)",
+    use_rel_pos=True,
+    init_values=0.1,
+)
 def convert_beit(obj, path: Path) -> dict:
     """microsoft/unilm BEiT ``{'model': sd}`` (pretraining: ``VisionTransformerForMaskedImageModeling``
     in ``beit/modeling_pretrain.py``; fine-tuned: ``beit/modeling_finetune.py``) -> our names.
@@ -432,8 +502,10 @@ def convert_beit(obj, path: Path) -> dict:
     fmt = detect_format(sd)
     if fmt == "timm":
         if not any(k.endswith("ls1.gamma") for k in sd):
-            raise CheckpointError(f"checkpoint {path} has no layer scale (key 'blocks.0.ls1.gamma'): not a BEiT "
-                                  f"checkpoint; use mae_/supervised_/mocov3_ for plain ViTs")
+            raise CheckpointError(
+                f"checkpoint {path} has no layer scale (key 'blocks.0.ls1.gamma'): not a BEiT "
+                f"checkpoint; use mae_/supervised_/mocov3_ for plain ViTs"
+            )
         return _zero_pos_embed_if_absent(sd)
     if fmt != "beit":
         raise _unknown(path, sd, "beit", fmt)
@@ -450,14 +522,18 @@ def convert_beit(obj, path: Path) -> dict:
         if q is not None:
             sd[p + "attn.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
         elif p + "attn.qkv.bias" not in sd:  # qkv_bias=False: a zero bias is the same function
-            sd[p + "attn.qkv.bias"] = torch.zeros(sd[p + "attn.qkv.weight"].shape[0], dtype=sd[p + "attn.qkv.weight"].dtype)
+            sd[p + "attn.qkv.bias"] = torch.zeros(
+                sd[p + "attn.qkv.weight"].shape[0], dtype=sd[p + "attn.qkv.weight"].dtype
+            )
         for theirs, ours in (("gamma_1", "ls1.gamma"), ("gamma_2", "ls2.gamma")):
             g = sd.pop(p + theirs, None)
             sd[p + ours] = g if g is not None else torch.ones(dim)
         if shared is not None:
             if p + "attn.relative_position_bias_table" in sd:
-                raise CheckpointError(f"checkpoint {path} has both a shared and a per-block relative position table "
-                                      f"('{p}attn.relative_position_bias_table')")
+                raise CheckpointError(
+                    f"checkpoint {path} has both a shared and a per-block relative position table "
+                    f"('{p}attn.relative_position_bias_table')"
+                )
             sd[p + "attn.relative_position_bias_table"] = shared.clone()
     return _zero_pos_embed_if_absent(sd)
 
@@ -473,11 +549,14 @@ def _zero_pos_embed_if_absent(sd: dict) -> dict:
     return sd
 
 
-@register_init("vitdet", description="ViTDet backbones of detectors trained with detectron2 (Li et al. 2022): "
-                                     "decomposed relative position, the backbone.net.* weights",
-               official_files="detectron2 ViTDet model zoo model_final_*.pkl (needs --trust-checkpoint), "
-                              "DetectionCheckpointer model_*.pth",
-               use_rel_pos="decomposed")
+@register_init(
+    "vitdet",
+    description="ViTDet backbones of detectors trained with detectron2 (Li et al. 2022): "
+    "decomposed relative position, the backbone.net.* weights",
+    official_files="detectron2 ViTDet model zoo model_final_*.pkl (needs --trust-checkpoint), "
+    "DetectionCheckpointer model_*.pth",
+    use_rel_pos="decomposed",
+)
 def convert_vitdet(obj, path: Path) -> dict:
     """A detectron2 detector checkpoint (``{'model': sd}``; ``.pkl`` of its model zoo or a
     ``DetectionCheckpointer`` ``.pth``) with a ViTDet backbone: ``backbone.net.*`` (detectron2's
@@ -494,18 +573,20 @@ def convert_vitdet(obj, path: Path) -> dict:
     if detect_format(sd) != "detectron2":
         raise _unknown(path, sd, "vitdet", detect_format(sd))
     prefix = next(p for p in D2_PREFIXES if p + "patch_embed.proj.weight" in sd)
-    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     bad = [k for k in sd if ".residual." in k]
     if bad:
-        raise CheckpointError(f"checkpoint {path}: key 'backbone.net.{bad[0]}' is a ViTDet residual block "
-                              f"(residual_block_indexes), which our ViT does not have")
+        raise CheckpointError(
+            f"checkpoint {path}: key 'backbone.net.{bad[0]}' is a ViTDet residual block "
+            f"(residual_block_indexes), which our ViT does not have"
+        )
     w = sd["patch_embed.proj.weight"]
     dim = w.shape[0]
     sd.setdefault("cls_token", torch.zeros(1, 1, dim, dtype=w.dtype))
     pe = sd.get("pos_embed")
     if pe is not None:
         n = pe.shape[1]
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         if side * side == n:  # pretrain_use_cls_token=False: no cls slot
             sd["pos_embed"] = torch.cat([torch.zeros(1, 1, dim, dtype=pe.dtype), pe], dim=1)
     sd.setdefault("norm.weight", torch.ones(dim, dtype=w.dtype))

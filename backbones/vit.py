@@ -22,6 +22,7 @@ Attention is ``F.scaled_dot_product_attention``; the relative position bias is p
 additive float mask. ``MaskedAutoencoder`` (backbones/mae.py) subclasses this encoder, so an MAE
 checkpoint *is* an encoder checkpoint plus decoder keys.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,11 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | Sequence[int], cls_
     the *column* coordinate (``np.meshgrid(grid_w, grid_h)``), the second half the row; the cls slot is 0."""
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
     assert embed_dim % 4 == 0, "sin-cos position embedding needs embed_dim divisible by 4"
-    cols, rows = torch.meshgrid(torch.arange(gw, dtype=torch.float64), torch.arange(gh, dtype=torch.float64), indexing="xy")
+    cols, rows = torch.meshgrid(
+        torch.arange(gw, dtype=torch.float64), torch.arange(gh, dtype=torch.float64), indexing="xy"
+    )
     omega = torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0)
-    omega = 1.0 / 10000 ** omega
+    omega = 1.0 / 10000**omega
 
     def one_d(pos):
         out = pos.reshape(-1)[:, None] * omega[None, :]
@@ -94,7 +97,7 @@ def resize_rel_pos_table(table: torch.Tensor, old_grid: Sequence[int], new_grid:
     nh = table.shape[1]
     oh, ow = 2 * old_grid[0] - 1, 2 * old_grid[1] - 1
     th, tw = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
-    body, extra = table[: oh * ow], table[oh * ow:]
+    body, extra = table[: oh * ow], table[oh * ow :]
     body = body.float().T.reshape(1, nh, oh, ow)
     body = F.interpolate(body, size=(th, tw), mode="bicubic", align_corners=False)
     body = body.reshape(nh, th * tw).T.to(table.dtype)
@@ -120,16 +123,20 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     interpolated to 2*max(q, k)-1 rows if needed: detectron2's ``get_rel_pos``."""
     max_rel_dist = int(2 * max(q_size, k_size) - 1)
     if rel_pos.shape[0] != max_rel_dist:
-        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist,
-                                mode="linear").reshape(-1, max_rel_dist).permute(1, 0)
+        rel_pos = (
+            F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear")
+            .reshape(-1, max_rel_dist)
+            .permute(1, 0)
+        )
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
     return rel_pos[relative_coords.long()]
 
 
-def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                            grid: Sequence[int]) -> torch.Tensor:
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, grid: Sequence[int]
+) -> torch.Tensor:
     """(B, heads, N, N) additive attention bias of detectron2's ``add_decomposed_rel_pos`` for the
     (unscaled) queries ``q`` (B, heads, N, head_dim) on an (h, w) grid, keys on the same grid."""
     h, w = grid
@@ -144,8 +151,9 @@ def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w:
 # --------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
-              dropout_p: float = 0.0) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
     """``F.scaled_dot_product_attention``. On CPU under bf16 autocast it runs in fp32: torch's CPU
     flash-attention kernel is slower in bf16 than in fp32 at ViT shapes (fwd+bwd, one thread:
     1.6x at ViT-B's 197 tokens x 32-dim heads of the MAE decoder, 2.9x at the 50 visible tokens of
@@ -153,10 +161,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     accurate of the two. On GPU the bf16 kernels are the fast ones and are kept."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p,
-                                                  attn_mask=None if bias is None else bias.float()).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                          attn_mask=None if bias is None else bias.to(q.dtype))
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), dropout_p=dropout_p, attn_mask=None if bias is None else bias.float()
+            ).to(q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, attn_mask=None if bias is None else bias.to(q.dtype)
+    )
 
 
 class Attention(nn.Module):
@@ -165,8 +175,16 @@ class Attention(nn.Module):
     ``rel_pos_type='decomposed'``, ViTDet's ``rel_pos_h`` / ``rel_pos_w`` (zero-initialised, as
     detectron2's ``rel_pos_zero_init=True``)."""
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, rel_pos_grid: Sequence[int] | None = None, rel_pos_type: str = "beit"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rel_pos_grid: Sequence[int] | None = None,
+        rel_pos_type: str = "beit",
+    ):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} not divisible by num_heads {num_heads}"
         assert rel_pos_type in REL_POS_TYPES, rel_pos_type
@@ -178,7 +196,9 @@ class Attention(nn.Module):
         self.rel_pos_grid = tuple(rel_pos_grid) if rel_pos_grid else None
         self.rel_pos_type = rel_pos_type
         if self.rel_pos_grid and rel_pos_type == "beit":
-            self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distances(self.rel_pos_grid), num_heads))
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(num_relative_distances(self.rel_pos_grid), num_heads)
+            )
         elif self.rel_pos_grid:
             head_dim = dim // num_heads
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * self.rel_pos_grid[0] - 1, head_dim))
@@ -240,9 +260,19 @@ class Block(nn.Module):
     and a token grid, attention runs inside non-overlapping windows (ViTDet); the MLP runs on all
     tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 init_values: float | None = None, drop_path: float = 0.0, norm_layer=LayerNorm,
-                 rel_pos_grid: Sequence[int] | None = None, window_size: int = 0, rel_pos_type: str = "beit"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: float | None = None,
+        drop_path: float = 0.0,
+        norm_layer=LayerNorm,
+        rel_pos_grid: Sequence[int] | None = None,
+        window_size: int = 0,
+        rel_pos_type: str = "beit",
+    ):
         super().__init__()
         self.window_size = window_size
         self.norm1 = norm_layer(dim)
@@ -282,18 +312,36 @@ class VisionTransformer(nn.Module):
     make every block not listed in ``global_blocks`` attend within windows on dense inputs.
     """
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 num_classes: int = 0, global_pool: str = "token", embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 init_values: float | None = None, drop_path_rate: float = 0.0, use_abs_pos: bool = True,
-                 use_rel_pos: bool | str = False, window_size: int = 0, global_blocks: Sequence[int] = (),
-                 fc_norm: bool | None = None, sincos_pos_embed: bool = False, norm_layer=LayerNorm):
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 0,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: float | None = None,
+        drop_path_rate: float = 0.0,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool | str = False,
+        window_size: int = 0,
+        global_blocks: Sequence[int] = (),
+        fc_norm: bool | None = None,
+        sincos_pos_embed: bool = False,
+        norm_layer=LayerNorm,
+    ):
         super().__init__()
         assert global_pool in ("token", "avg", ""), global_pool
         if use_rel_pos is True:
             use_rel_pos = "beit"
         if use_rel_pos and use_rel_pos not in REL_POS_TYPES:
-            raise ValueError(f"use_rel_pos {use_rel_pos!r}: choose from False, True (= 'beit'), {', '.join(REL_POS_TYPES)}")
+            raise ValueError(
+                f"use_rel_pos {use_rel_pos!r}: choose from False, True (= 'beit'), {', '.join(REL_POS_TYPES)}"
+            )
         self.rel_pos_type = use_rel_pos or None
         rel_pos_type = use_rel_pos or "beit"
         self.global_pool = global_pool
@@ -307,11 +355,23 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim)) if use_abs_pos else None
         self.sincos_pos_embed = sincos_pos_embed
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, dpr[i], norm_layer,
-                  rel_pos_grid=self.pos_grid if use_rel_pos else None,
-                  window_size=0 if i in global_blocks else window_size, rel_pos_type=rel_pos_type)
-            for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias,
+                    init_values,
+                    dpr[i],
+                    norm_layer,
+                    rel_pos_grid=self.pos_grid if use_rel_pos else None,
+                    window_size=0 if i in global_blocks else window_size,
+                    rel_pos_type=rel_pos_type,
+                )
+                for i in range(depth)
+            ]
+        )
         use_fc_norm = (global_pool == "avg") if fc_norm is None else fc_norm
         self.norm = nn.Identity() if use_fc_norm else norm_layer(embed_dim)
         self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
@@ -378,7 +438,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
         elif self.global_pool == "token":
             x = x[:, 0]
         x = self.fc_norm(x)
@@ -387,8 +447,9 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int],
-                              with_cls: bool | None = None) -> list[torch.Tensor]:
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Sequence[int], with_cls: bool | None = None
+    ) -> list[torch.Tensor]:
         """Feature maps (B, D, gh, gw) after the given blocks (0-based), for dense heads.
 
         If any block uses windowed attention the cls token is dropped after embedding (ViTDet);
@@ -442,6 +503,7 @@ ARCHS: dict[str, dict] = {
 def arch_config(arch: str) -> dict:
     if arch not in ARCHS:
         from bench.core.errors import BenchError
+
         raise BenchError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     return dict(ARCHS[arch])
 

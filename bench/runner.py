@@ -36,6 +36,7 @@ Where cells run: here, one after the other (``--local``, the default), or as Slu
 jobs first, then the transfer jobs; a preempted or timed-out job is requeued (``CellJob.checkpoint``)
 and its cell resumes from its work dir. ``bench run`` waits for the jobs, then writes the tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,8 @@ from pathlib import Path
 from bench.core.distributed import is_main
 from bench.core.errors import BenchError, first_line
 from bench.core.results import ResultsStore, default_run_id, make_row
-from bench.progress import Eta
 from bench.core.run_record import read_run_record, settings_diff, write_run_record
+from bench.progress import Eta
 from bench.suite import InitEntry, Suite, TaskEntry, load_suite, pretrainer_fn
 from tasks.spec import TransferRun
 
@@ -69,32 +70,37 @@ SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "tasks"
 PRETRAIN_DATA = ("embedded", "digits", "")  # bench.core.data.pretrain_dataset's built-in sources
 CELL_FILE = "cell.json"
 ERROR_LOG = "error.log"
-SMOKE_NOTE = ("These are smoke-scale numbers: a tiny ViT pretrained for minutes on CPU and transferred "
-              "to small sets (scikit-learn's digits, or generated data). They are NOT comparable to the "
-              "paper's full-scale numbers (He et al. 2021); a table shows the paper's numbers only for "
-              "its own datasets and models.")
-FULL_NOTE = ("Full-scale suite: compare with the 'paper' columns only if the datasets, schedules "
-             "and checkpoints match the paper's (see the suite file).")
+SMOKE_NOTE = (
+    "These are smoke-scale numbers: a tiny ViT pretrained for minutes on CPU and transferred "
+    "to small sets (scikit-learn's digits, or generated data). They are NOT comparable to the "
+    "paper's full-scale numbers (He et al. 2021); a table shows the paper's numbers only for "
+    "its own datasets and models."
+)
+FULL_NOTE = (
+    "Full-scale suite: compare with the 'paper' columns only if the datasets, schedules "
+    "and checkpoints match the paper's (see the suite file)."
+)
 
 
 @dataclass(frozen=True)
 class Cell:
     """One unit of work. ``name`` is what ``--only``/``--skip`` match and where it works
     (``<out>/work/<name>``); ``id`` is the results store ``run_id`` of its row."""
+
     name: str
-    kind: str                       # 'pretrain' | 'transfer'
+    kind: str  # 'pretrain' | 'transfer'
     id: str
     init: InitEntry
-    task: TaskEntry | None = None   # transfer cells
+    task: TaskEntry | None = None  # transfer cells
     seed: int = 0
-    k: int | None = None            # protocol 'partial'
-    needs: str | None = None        # name of the pretraining cell whose pretrain.pth it uses
+    k: int | None = None  # protocol 'partial'
+    needs: str | None = None  # name of the pretraining cell whose pretrain.pth it uses
     # A search (``search:`` in the suite): 'candidate' cells train one grid point each and report
     # on the selection split; the 'final' cell (named and identified like a plain cell) runs the
     # best point on the reported split. ``point``: the candidate's (name, value) pairs.
     role: str | None = None
     point: tuple = ()
-    candidates: tuple = ()          # final: its candidate Cells
+    candidates: tuple = ()  # final: its candidate Cells
 
     @property
     def work_dir(self) -> Path:
@@ -105,15 +111,16 @@ class Cell:
 @dataclass
 class RunSummary:
     cells: list[Cell]
-    ran: list[str]                  # cell names that finished now
-    skipped: list[str]              # already done
-    failed: dict[str, str]          # cell name -> one-line error
+    ran: list[str]  # cell names that finished now
+    skipped: list[str]  # already done
+    failed: dict[str, str]  # cell name -> one-line error
     tables: list[Path]
 
 
 # --------------------------------------------------------------------------------------------------
 # Plan: suite -> cells
 # --------------------------------------------------------------------------------------------------
+
 
 def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
     """The suite's cells, pretraining first, then inits x tasks (x k) x seeds.
@@ -127,10 +134,15 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
     for init in suite.inits:
         if init.pretrain is not None:
             p = init.pretrain
-            cell = Cell(name=f"{init.label}/pretrain", kind="pretrain", init=init,
-                        seed=int(p.get("seed", 0)),
-                        id=default_run_id(suite.name, "pretrain", p["method"], None, init.init,
-                                          init.arch, int(p.get("seed", 0)), init.extra))
+            cell = Cell(
+                name=f"{init.label}/pretrain",
+                kind="pretrain",
+                init=init,
+                seed=int(p.get("seed", 0)),
+                id=default_run_id(
+                    suite.name, "pretrain", p["method"], None, init.init, init.arch, int(p.get("seed", 0)), init.extra
+                ),
+            )
             pretrain_cells[init.label] = cell
     for init in suite.inits:
         needs = pretrain_cells[init.label].name if init.label in pretrain_cells else None
@@ -142,29 +154,42 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
             for k in task.k or (None,):
                 for seed in suite.seeds:
                     part = f"/k{k}" if k is not None else ""
-                    cell = Cell(name=f"{init.label}/{task.label}{part}/seed{seed}",
-                                kind="transfer", init=init, task=task, seed=seed, k=k,
-                                needs=needs,
-                                id=default_run_id(suite.name, task.task, task.protocol, k,
-                                                  init.init, init.arch, seed, identity))
+                    cell = Cell(
+                        name=f"{init.label}/{task.label}{part}/seed{seed}",
+                        kind="transfer",
+                        init=init,
+                        task=task,
+                        seed=seed,
+                        k=k,
+                        needs=needs,
+                        id=default_run_id(
+                            suite.name, task.task, task.protocol, k, init.init, init.arch, seed, identity
+                        ),
+                    )
                     if grid:
-                        candidates = [dataclasses.replace(
-                            cell, role="candidate", point=point,
-                            name=f"{init.label}/{task.label}{part}/search/seed{seed}/"
-                                 f"{point_name(point)}",
-                            id=_candidate_id(cell.id, point)) for point in grid_points(grid)]
+                        candidates = [
+                            dataclasses.replace(
+                                cell,
+                                role="candidate",
+                                point=point,
+                                name=f"{init.label}/{task.label}{part}/search/seed{seed}/{point_name(point)}",
+                                id=_candidate_id(cell.id, point),
+                            )
+                            for point in grid_points(grid)
+                        ]
                         transfer += candidates
-                        cell = dataclasses.replace(cell, role="final",
-                                                   candidates=tuple(candidates))
+                        cell = dataclasses.replace(cell, role="final", candidates=tuple(candidates))
                     transfer.append(cell)
     _check_unique_ids(suite, transfer)
     everything = list(pretrain_cells.values()) + transfer
     for option, patterns in (("--only", only), ("--skip", skip)):
         for pat in patterns:
             if not any(fnmatch.fnmatchcase(c.name, pat) for c in everything):
-                raise BenchError(f"option {option}: pattern {pat!r} matches no cell of suite "
-                                 f"{suite.name!r} (cells look like {transfer[0].name}; see "
-                                 "--dry-run)")
+                raise BenchError(
+                    f"option {option}: pattern {pat!r} matches no cell of suite "
+                    f"{suite.name!r} (cells look like {transfer[0].name}; see "
+                    "--dry-run)"
+                )
 
     def wanted(name: str) -> bool:
         if only and not any(fnmatch.fnmatchcase(name, p) for p in only):
@@ -172,8 +197,7 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
         return not any(fnmatch.fnmatchcase(name, p) for p in skip)
 
     # a kept final cell keeps its search's candidates (no-ops when done)
-    keep = {name for c in transfer if wanted(c.name)
-            for name in (c.name, *(k.name for k in c.candidates))}
+    keep = {name for c in transfer if wanted(c.name) for name in (c.name, *(k.name for k in c.candidates))}
     transfer = [c for c in transfer if c.name in keep]
     needed = {c.needs for c in transfer}
     pre = [c for c in pretrain_cells.values() if c.name in needed or wanted(c.name)]
@@ -213,12 +237,14 @@ def _check_unique_ids(suite: Suite, cells: list[Cell]) -> None:
             raise BenchError(
                 f"{suite.path}: cells {other.name} and {c.name} would write rows with the same run "
                 "id (made of suite, task, protocol, k, init, arch, seed and extra mask_ratio / "
-                "img_size, all equal here); change one of them or move it to another suite")
+                "img_size, all equal here); change one of them or move it to another suite"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
 # Cell settings (cell.json) and status
 # --------------------------------------------------------------------------------------------------
+
 
 def cell_settings(cell: Cell) -> dict:
     """What a cell's result depends on, as JSON (written to ``cell.json`` in its work dir)."""
@@ -226,13 +252,29 @@ def cell_settings(cell: Cell) -> dict:
     if cell.kind == "pretrain":
         return _jsonable({"init": init.init, "arch": init.arch, **init.pretrain})
     t = cell.task
-    weights = ({"pretrained by": cell.needs, **init.pretrain} if cell.needs else
-               str(init.checkpoint) if init.checkpoint else None)
-    settings = {"backbone": init.backbone, "weights": weights, "extra": init.extra,
-                "task": t.task, "protocol": t.protocol, "k": cell.k, "seed": cell.seed,
-                "data": str(t.data) if t.data else None, "generate": t.generate,
-                "config": t.config_for(init.arch), "iters": t.iters, "epochs": t.epochs,
-                "batch_size": t.batch_size, "bf16": t.bf16}
+    weights = (
+        {"pretrained by": cell.needs, **init.pretrain}
+        if cell.needs
+        else str(init.checkpoint)
+        if init.checkpoint
+        else None
+    )
+    settings = {
+        "backbone": init.backbone,
+        "weights": weights,
+        "extra": init.extra,
+        "task": t.task,
+        "protocol": t.protocol,
+        "k": cell.k,
+        "seed": cell.seed,
+        "data": str(t.data) if t.data else None,
+        "generate": t.generate,
+        "config": t.config_for(init.arch),
+        "iters": t.iters,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "bf16": t.bf16,
+    }
     if cell.role == "candidate":
         settings.update(overrides=dict(cell.point), select=_candidate_select(t))
     elif cell.role == "final":
@@ -247,8 +289,7 @@ def _candidate_select(task: TaskEntry) -> str | None:
 
 def _search_grid(cell: Cell) -> dict:
     """The grid of a final cell, rebuilt from its candidates' points (name -> list of values)."""
-    return {name: list(values) for name, values in cell.init.search.get(
-        cell.task.label, cell.task.search).items()}
+    return {name: list(values) for name, values in cell.init.search.get(cell.task.label, cell.task.search).items()}
 
 
 def _jsonable(obj):
@@ -261,8 +302,9 @@ def _recorded_settings(work: Path) -> dict | None:
     if record is None:
         return None
     if not isinstance(record.get("settings"), dict):
-        raise BenchError(f"{work / CELL_FILE}: cell file without 'settings'; delete the folder "
-                         f"{work} to start that cell again")
+        raise BenchError(
+            f"{work / CELL_FILE}: cell file without 'settings'; delete the folder {work} to start that cell again"
+        )
     return record["settings"]
 
 
@@ -282,6 +324,7 @@ def cell_status(cell: Cell, out_dir: Path, done_ids: set[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Data: a dataset on disk, or the small generated one
 # --------------------------------------------------------------------------------------------------
+
 
 def data_dir(task: TaskEntry, out_dir: Path) -> Path:
     """Where the task reads its data: ``task.data``, or ``<out>/data/<task>-<hash of generate>``."""
@@ -304,9 +347,12 @@ def dataset_root(task: TaskEntry, out_dir: Path) -> Path:
         try:
             print(f"generating {task.task} data in {final} ({task.generate})", flush=True)
             made = task.spec.generate(tmp / "d", **task.generate)
-            (tmp / "d" / ".generated.json").write_text(json.dumps(
-                {"task": task.task, "generate": _jsonable(task.generate),
-                 "root": str(made.relative_to(tmp / "d"))}), encoding="utf-8")
+            (tmp / "d" / ".generated.json").write_text(
+                json.dumps(
+                    {"task": task.task, "generate": _jsonable(task.generate), "root": str(made.relative_to(tmp / "d"))}
+                ),
+                encoding="utf-8",
+            )
             try:
                 os.replace(tmp / "d", final)
             except OSError:  # another job made it meanwhile (Slurm cells run side by side)
@@ -321,16 +367,21 @@ def dataset_root(task: TaskEntry, out_dir: Path) -> Path:
 # Running one cell
 # --------------------------------------------------------------------------------------------------
 
+
 def run_pretrain_cell(cell: Cell, out_dir: Path) -> Path:
     """Pretrain (resuming from ``<out>/work/<init>/pretrain``); returns ``pretrain.pth``."""
     kwargs = dict(cell.init.pretrain)
     method = kwargs.pop("method")
-    return Path(pretrainer_fn(method)(cell.init.arch, out_dir / cell.work_dir, resume=True,
-                                      progress=sys.stderr.isatty(), **kwargs))
+    return Path(
+        pretrainer_fn(method)(
+            cell.init.arch, out_dir / cell.work_dir, resume=True, progress=sys.stderr.isatty(), **kwargs
+        )
+    )
 
 
-def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path | None,
-                      overrides: dict | None = None) -> dict:
+def run_transfer_cell(
+    suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path | None, overrides: dict | None = None
+) -> dict:
     """Run the task of ``cell`` (resuming from its work dir) and return its row (not yet stored).
     A search candidate runs its grid point on the selection split; ``overrides``: the point a
     final cell chose."""
@@ -339,13 +390,30 @@ def run_transfer_cell(suite: Suite, cell: Cell, out_dir: Path, checkpoint: Path 
         overrides, select = dict(cell.point), _candidate_select(t)
     else:
         overrides, select = dict(overrides or {}), None
-    return t.spec.run(TransferRun(
-        task=t.task, protocol=t.protocol, backbone=init.backbone, checkpoint=checkpoint,
-        data_root=dataset_root(t, out_dir), work_dir=out_dir / cell.work_dir, seed=cell.seed,
-        suite=suite.name, k=cell.k, config=t.config_for(init.arch), iters=t.iters, epochs=t.epochs,
-        batch_size=t.batch_size, bf16=t.bf16, trust_checkpoint=init.trust_checkpoint,
-        trust_config=t.trust_config, progress=sys.stderr.isatty(), overrides=overrides,
-        select=select, engine=t.engine))
+    return t.spec.run(
+        TransferRun(
+            task=t.task,
+            protocol=t.protocol,
+            backbone=init.backbone,
+            checkpoint=checkpoint,
+            data_root=dataset_root(t, out_dir),
+            work_dir=out_dir / cell.work_dir,
+            seed=cell.seed,
+            suite=suite.name,
+            k=cell.k,
+            config=t.config_for(init.arch),
+            iters=t.iters,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            bf16=t.bf16,
+            trust_checkpoint=init.trust_checkpoint,
+            trust_config=t.trust_config,
+            progress=sys.stderr.isatty(),
+            overrides=overrides,
+            select=select,
+            engine=t.engine,
+        )
+    )
 
 
 def select_point(cell: Cell, out_dir: Path) -> tuple[dict, dict | None, dict]:
@@ -373,10 +441,14 @@ def select_point(cell: Cell, out_dir: Path) -> tuple[dict, dict | None, dict]:
         raise RuntimeError(f"every search candidate of {cell.name} failed")
     best = max(scores, key=lambda s: s[0])  # max keeps the first of equal scores
     chosen = dict(best[1].point)
-    search = {"grid": _search_grid(cell), "chosen": chosen, "select_on": cell.task.select_on,
-              "metric": metric,
-              "scores": [{"overrides": dict(c.point), metric: v} for v, c, _ in scores],
-              "failed": failed}
+    search = {
+        "grid": _search_grid(cell),
+        "chosen": chosen,
+        "select_on": cell.task.select_on,
+        "metric": metric,
+        "scores": [{"overrides": dict(c.point), metric: v} for v, c, _ in scores],
+        "failed": failed,
+    }
     return chosen, best[2], search
 
 
@@ -395,17 +467,22 @@ def suite_deviations(suite: Suite, cell: Cell) -> list[str]:
 def _finish_row(row: dict, suite: Suite, cell: Cell) -> dict:
     """The task's row, checked against the cell and given the cell's id and extras."""
     t = cell.task
-    expected = {"task": t.task, "protocol": t.protocol, "k": cell.k, "init": cell.init.init,
-                "backbone": cell.init.arch, "seed": cell.seed}
+    expected = {
+        "task": t.task,
+        "protocol": t.protocol,
+        "k": cell.k,
+        "init": cell.init.init,
+        "backbone": cell.init.arch,
+        "seed": cell.seed,
+    }
     for key, value in expected.items():
         if row.get(key) != value:
-            raise RuntimeError(f"the task returned a row with {key}={row.get(key)!r}, expected "
-                               f"{value!r} for cell {cell.name}")
+            raise RuntimeError(
+                f"the task returned a row with {key}={row.get(key)!r}, expected {value!r} for cell {cell.name}"
+            )
     row = dict(row, run_id=cell.id, suite=suite.name)
-    row["extra"] = {**row.get("extra", {}), **cell.init.extra, "cell": cell.name,
-                    **_search_extra(cell)}
-    row["deviations"] = list(dict.fromkeys([*row.get("deviations", []),
-                                            *suite_deviations(suite, cell)]))
+    row["extra"] = {**row.get("extra", {}), **cell.init.extra, "cell": cell.name, **_search_extra(cell)}
+    row["deviations"] = list(dict.fromkeys([*row.get("deviations", []), *suite_deviations(suite, cell)]))
     return row
 
 
@@ -417,21 +494,30 @@ def _search_extra(cell: Cell) -> dict:
     return {}
 
 
-def _failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str,
-                wall: float) -> dict:
+def _failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str, wall: float) -> dict:
     t = cell.task
-    return make_row(task=t.task, protocol=t.protocol, init=cell.init.init,
-                    backbone=cell.init.arch, seed=cell.seed, k=cell.k, metrics={},
-                    suite=suite.name,
-                    checkpoint=checkpoint if checkpoint is not None and checkpoint.is_file() else None,
-                    config=cell_settings(cell), wall_time_s=wall, status="failed", error=error,
-                    extra={**cell.init.extra, "cell": cell.name, **_search_extra(cell)},
-                    run_id=cell.id, deviations=suite_deviations(suite, cell))
+    return make_row(
+        task=t.task,
+        protocol=t.protocol,
+        init=cell.init.init,
+        backbone=cell.init.arch,
+        seed=cell.seed,
+        k=cell.k,
+        metrics={},
+        suite=suite.name,
+        checkpoint=checkpoint if checkpoint is not None and checkpoint.is_file() else None,
+        config=cell_settings(cell),
+        wall_time_s=wall,
+        status="failed",
+        error=error,
+        extra={**cell.init.extra, "cell": cell.name, **_search_extra(cell)},
+        run_id=cell.id,
+        deviations=suite_deviations(suite, cell),
+    )
 
 
 def _write_cell_file(cell: Cell, work: Path) -> None:
-    write_run_record(work / CELL_FILE, {"name": cell.name, "id": cell.id,
-                                        "settings": cell_settings(cell)})
+    write_run_record(work / CELL_FILE, {"name": cell.name, "id": cell.id, "settings": cell_settings(cell)})
 
 
 def _log_error(work: Path, exc: BaseException) -> None:
@@ -447,6 +533,7 @@ def _log_error(work: Path, exc: BaseException) -> None:
 # --------------------------------------------------------------------------------------------------
 # Running a suite
 # --------------------------------------------------------------------------------------------------
+
 
 def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> list[str]:
     """Everything a run needs from disk, checked before the first cell starts. Returns every
@@ -467,14 +554,18 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
         if old is not None and old != cell_settings(cell):
             change = ", ".join(settings_diff(old, cell_settings(cell)))
             if cell.kind == "transfer" and status == "done":
-                print(f"note: {cell.name} is done with other settings ({change}); kept. Delete "
-                      f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
-                      file=sys.stderr)
+                print(
+                    f"note: {cell.name} is done with other settings ({change}); kept. Delete "
+                    f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
+                    file=sys.stderr,
+                )
             else:
                 what = "pretrained" if status == "done" else "started"
-                raise BenchError(f"{where}: cell {cell.name} was {what} in {work} with other "
-                                 f"settings ({change}); delete that folder (and the rows of its "
-                                 "cells) or use another --out")
+                raise BenchError(
+                    f"{where}: cell {cell.name} was {what} in {work} with other "
+                    f"settings ({change}); delete that folder (and the rows of its "
+                    "cells) or use another --out"
+                )
         if status == "done":
             continue
         init, task = cell.init, cell.task
@@ -487,8 +578,10 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
             data = init.pretrain.get("data", "embedded")
             if data not in PRETRAIN_DATA:
                 if not Path(data).is_dir():
-                    problem(f"key 'inits.{init.label}.pretrain.data': folder {data} not found "
-                            f"(or use one of {', '.join(PRETRAIN_DATA)})")
+                    problem(
+                        f"key 'inits.{init.label}.pretrain.data': folder {data} not found "
+                        f"(or use one of {', '.join(PRETRAIN_DATA)})"
+                    )
                 elif _is_empty_dir(Path(data)):
                     problem(f"key 'inits.{init.label}.pretrain.data': folder {data} is empty")
             continue
@@ -504,11 +597,12 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
                 problem(f"key 'tasks.{task.label}.config': file {config} not found")
             elif path.stat().st_size == 0:
                 problem(f"key 'tasks.{task.label}.config': file {config} is empty")
-            elif (path.suffix == ".py" and not task.trust_config
-                  and not path.resolve().is_relative_to(SHIPPED_CONFIGS)):
-                problem(f"key 'tasks.{task.label}.config': {config} is outside the package and is "
-                        f"run as Python when read; set 'tasks.{task.label}.trust_config: true' "
-                        "(or pass --trust-config) if you trust it")
+            elif path.suffix == ".py" and not task.trust_config and not path.resolve().is_relative_to(SHIPPED_CONFIGS):
+                problem(
+                    f"key 'tasks.{task.label}.config': {config} is outside the package and is "
+                    f"run as Python when read; set 'tasks.{task.label}.trust_config: true' "
+                    "(or pass --trust-config) if you trust it"
+                )
     return problems
 
 
@@ -524,8 +618,9 @@ def refuse(suite: Suite, problems: list[str]) -> None:
     if problems:
         for text in problems:
             print(f"problem: {text}", file=sys.stderr)
-        raise BenchError(f"{suite.path}: {len(problems)} problems with the suite's inputs "
-                         f"(listed above); the first: {problems[0]}")
+        raise BenchError(
+            f"{suite.path}: {len(problems)} problems with the suite's inputs (listed above); the first: {problems[0]}"
+        )
 
 
 @contextlib.contextmanager
@@ -537,8 +632,7 @@ def _out_dir_lock(out_dir: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BenchError(f"{out_dir}: another `bench run` is using this output directory "
-                             "(option --out)") from None
+            raise BenchError(f"{out_dir}: another `bench run` is using this output directory (option --out)") from None
         yield
     finally:
         os.close(fd)
@@ -558,8 +652,7 @@ def is_done(cell: Cell, out_dir: Path, done_ids: set[str]) -> bool:
     return cell.id in done_ids
 
 
-def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
-                 pretrain_error: str | None = None) -> tuple[bool, str]:
+def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *, pretrain_error: str | None = None) -> tuple[bool, str]:
     """Run one cell now (resuming from its work dir) and record it. Returns ``(True, summary)`` or
     ``(False, one-line error)``; a failed transfer cell gets a 'failed' row. ``pretrain_error``:
     why the pretraining this cell needs failed (the cell then fails without running)."""
@@ -569,8 +662,9 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
     start = time.perf_counter()
     try:
         if cell.needs and (pretrain_error or not checkpoint.is_file()):
-            raise RuntimeError(f"pretraining cell {cell.needs} failed: "
-                               f"{pretrain_error or f'{checkpoint} was not written'}")
+            raise RuntimeError(
+                f"pretraining cell {cell.needs} failed: {pretrain_error or f'{checkpoint} was not written'}"
+            )
         if is_main():
             _write_cell_file(cell, work)
         if cell.kind == "pretrain":
@@ -580,8 +674,7 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
             chosen, best, search = select_point(cell, out_dir)
             if cell.task.select_on == "val":  # the best candidate ran on val already: its row
                 row = {k: v for k, v in best.items() if k not in ("run_id", "suite")}
-                row["extra"] = {k: v for k, v in best["extra"].items()
-                                if k not in ("search_role", "overrides", "cell")}
+                row["extra"] = {k: v for k, v in best["extra"].items() if k not in ("search_role", "overrides", "cell")}
             else:
                 row = run_transfer_cell(suite, cell, out_dir, checkpoint, overrides=chosen)
         else:
@@ -601,8 +694,16 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *,
         return False, error
 
 
-def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False, only=None,
-              skip=None, tables: bool = True, executor=None) -> RunSummary:
+def run_suite(
+    suite: Suite,
+    out_dir: str | os.PathLike,
+    *,
+    dry_run: bool = False,
+    only=None,
+    skip=None,
+    tables: bool = True,
+    executor=None,
+) -> RunSummary:
     """Run the cells of ``suite`` that are not done yet into ``out_dir``, then write the tables.
 
     ``dry_run`` prints the plan (with each cell's status) and runs nothing. ``executor``: a
@@ -635,18 +736,18 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, dry_run: bool = False
                 state = "resuming" if cell_status(cell, out_dir, done_ids) == "resume" else "starting"
                 print(f"{head}: {state} in {out_dir / cell.work_dir}", flush=True)
                 start, cpu = time.perf_counter(), time.process_time()
-                ok, text = execute_cell(suite, cell, out_dir,
-                                        pretrain_error=summary.failed.get(cell.needs))
-                _report(summary, head, cell, out_dir, ok, text, time.perf_counter() - start,
-                        time.process_time() - cpu)
+                ok, text = execute_cell(suite, cell, out_dir, pretrain_error=summary.failed.get(cell.needs))
+                _report(summary, head, cell, out_dir, ok, text, time.perf_counter() - start, time.process_time() - cpu)
                 print(eta.finished(_eta_kind(cell), time.perf_counter() - start), flush=True)
         else:
             _run_with_executor(suite, todo, len(cells), out_dir, executor, summary)
         if tables:
             summary.tables = write_suite_tables(suite, out_dir)
-    print(f"suite {suite.name}: {len(summary.ran)} cells ran, {len(summary.skipped)} were done, "
-          f"{len(summary.failed)} failed" + (f" ({', '.join(summary.failed)})" if summary.failed
-                                             else ""), flush=True)
+    print(
+        f"suite {suite.name}: {len(summary.ran)} cells ran, {len(summary.skipped)} were done, "
+        f"{len(summary.failed)} failed" + (f" ({', '.join(summary.failed)})" if summary.failed else ""),
+        flush=True,
+    )
     return summary
 
 
@@ -657,21 +758,29 @@ def _eta_kind(cell: Cell) -> str:
     return f"{cell.task.task}:{cell.task.protocol}"
 
 
-def _report(summary: RunSummary, head: str, cell: Cell, out_dir: Path, ok: bool, text: str,
-            seconds: float, cpu_seconds: float | None = None) -> None:
+def _report(
+    summary: RunSummary,
+    head: str,
+    cell: Cell,
+    out_dir: Path,
+    ok: bool,
+    text: str,
+    seconds: float,
+    cpu_seconds: float | None = None,
+) -> None:
     took = f"{seconds:.0f} s" + (f", {cpu_seconds:.0f} CPU-s" if cpu_seconds is not None else "")
     if ok:
         summary.ran.append(cell.name)
         print(f"{head}: ok in {took} ({text})", flush=True)
     else:
         summary.failed[cell.name] = text
-        print(f"{head}: FAILED after {took} ({text}); traceback in "
-              f"{out_dir / cell.work_dir / ERROR_LOG}", flush=True)
+        print(f"{head}: FAILED after {took} ({text}); traceback in {out_dir / cell.work_dir / ERROR_LOG}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
 # Slurm (submitit): one job per cell, requeued on preemption / timeout, resuming from its work dir
 # --------------------------------------------------------------------------------------------------
+
 
 class CellJob:
     """One cell as a submitit job. submitit calls ``checkpoint`` when the job is preempted or
@@ -679,36 +788,47 @@ class CellJob:
     checkpoints in its work dir. With several tasks per job (GPUs) every task runs the cell under
     torch.distributed; only rank 0 writes the row."""
 
-    def __init__(self, suite_path: Path, seeds: tuple[int, ...], out_dir: Path, cell_name: str,
-                 pretrain_error: str | None = None, trust_config: bool = False):
+    def __init__(
+        self,
+        suite_path: Path,
+        seeds: tuple[int, ...],
+        out_dir: Path,
+        cell_name: str,
+        pretrain_error: str | None = None,
+        trust_config: bool = False,
+    ):
         self.suite_path, self.seeds, self.out_dir = Path(suite_path), tuple(seeds), Path(out_dir)
         self.cell_name, self.pretrain_error = cell_name, pretrain_error
         self.trust_config = trust_config
 
     def __call__(self) -> tuple[bool, str]:
         import submitit
+
         suite = load_suite(self.suite_path).with_seeds(self.seeds)
         if self.trust_config:
             suite = suite.with_trust_config()
         cell = next(c for c in plan(suite) if c.name == self.cell_name)
         if submitit.JobEnvironment().num_tasks > 1:
             from bench.core.distributed import init_distributed
+
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             init_distributed()
         result = execute_cell(suite, cell, self.out_dir, pretrain_error=self.pretrain_error)
         from bench.core.distributed import leave_process_group
+
         leave_process_group()  # submitit still has to return the result: leave together, keep the process
         return result
 
     def checkpoint(self, *args, **kwargs):
         import submitit
+
         return submitit.helpers.DelayedSubmission(self)
 
 
-def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, executor,
-                       summary: RunSummary) -> None:
+def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, executor, summary: RunSummary) -> None:
     """Submit the pretraining cells and wait for them, then the search candidates, then the other
     transfer cells (a search's final cell needs its candidates' rows)."""
+
     def phase(cell: Cell) -> int:
         return 0 if cell.kind == "pretrain" else 1 if cell.role == "candidate" else 2
 
@@ -717,9 +837,16 @@ def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, exec
         jobs = []
         for number, cell in batch:
             executor.update_parameters(name=f"{suite.name}:{cell.name}")
-            job = executor.submit(CellJob(suite.path, suite.seeds, out_dir, cell.name,
-                                          summary.failed.get(cell.needs),
-                                          trust_config=all(t.trust_config for t in suite.tasks)))
+            job = executor.submit(
+                CellJob(
+                    suite.path,
+                    suite.seeds,
+                    out_dir,
+                    cell.name,
+                    summary.failed.get(cell.needs),
+                    trust_config=all(t.trust_config for t in suite.tasks),
+                )
+            )
             print(f"[{number}/{total}] {cell.name}: submitted as job {job.job_id}", flush=True)
             jobs.append((number, cell, job, time.perf_counter()))
         for number, cell, job, start in jobs:
@@ -728,17 +855,22 @@ def _run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, exec
             except Exception as exc:  # the job died outside execute_cell (node failure, OOM kill)
                 ok, text = False, f"job {job.job_id}: {first_line(exc, with_type=True)}"
                 if cell.kind == "transfer":
-                    ResultsStore(out_dir).append(_failed_row(
-                        suite, cell, cell_checkpoint(cell, out_dir), text, 0.0))
-            _report(summary, f"[{number}/{total}] {cell.name}", cell, out_dir, ok, text,
-                    time.perf_counter() - start)
+                    ResultsStore(out_dir).append(_failed_row(suite, cell, cell_checkpoint(cell, out_dir), text, 0.0))
+            _report(summary, f"[{number}/{total}] {cell.name}", cell, out_dir, ok, text, time.perf_counter() - start)
 
 
-SLURM_KEYS = {"partition": ("slurm_partition", str), "nodes": ("nodes", int),
-              "gpus-per-node": ("gpus_per_node", int), "tasks-per-node": ("tasks_per_node", int),
-              "cpus-per-task": ("cpus_per_task", int), "time": ("timeout_min", int),
-              "mem-gb": ("mem_gb", int), "account": ("slurm_account", str),
-              "qos": ("slurm_qos", str), "constraint": ("slurm_constraint", str)}
+SLURM_KEYS = {
+    "partition": ("slurm_partition", str),
+    "nodes": ("nodes", int),
+    "gpus-per-node": ("gpus_per_node", int),
+    "tasks-per-node": ("tasks_per_node", int),
+    "cpus-per-task": ("cpus_per_task", int),
+    "time": ("timeout_min", int),
+    "mem-gb": ("mem_gb", int),
+    "account": ("slurm_account", str),
+    "qos": ("slurm_qos", str),
+    "constraint": ("slurm_constraint", str),
+}
 
 
 def parse_slurm(spec: str) -> dict:
@@ -749,8 +881,7 @@ def parse_slurm(spec: str) -> dict:
     for item in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in SLURM_KEYS or not value:
-            raise BenchError(f"option --slurm: {item!r} is not KEY=VALUE with KEY one of "
-                             f"{', '.join(SLURM_KEYS)}")
+            raise BenchError(f"option --slurm: {item!r} is not KEY=VALUE with KEY one of {', '.join(SLURM_KEYS)}")
         name, kind = SLURM_KEYS[key]
         try:
             params[name] = kind(value)
@@ -764,12 +895,14 @@ def parse_slurm(spec: str) -> dict:
 def slurm_executor(spec: str, out_dir: Path):
     """A submitit Slurm executor writing its logs to ``<out>/slurm``."""
     import submitit
+
     params = parse_slurm(spec)
     try:
         executor = submitit.AutoExecutor(folder=out_dir / "slurm" / "%j", cluster="slurm")
     except Exception as e:  # no sbatch here
-        raise BenchError(f"option --slurm: cannot submit Slurm jobs from this machine "
-                         f"({first_line(e, with_type=True)}); use --local") from None
+        raise BenchError(
+            f"option --slurm: cannot submit Slurm jobs from this machine ({first_line(e, with_type=True)}); use --local"
+        ) from None
     executor.update_parameters(slurm_max_num_timeout=20, **params)
     return executor
 
@@ -777,6 +910,7 @@ def slurm_executor(spec: str, out_dir: Path):
 def write_suite_tables(suite: Suite, out_dir: Path) -> list[Path]:
     """Tables + plots of this suite's rows into ``out_dir``; prints the Markdown tables."""
     from bench.tables import run_table
+
     try:
         written = run_table(ResultsStore(out_dir).path, out_dir, suite=suite.name)
     except BenchError as e:  # e.g. no finished run yet: nothing to tabulate
@@ -796,8 +930,15 @@ def format_plan(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[st
     rows = [("cell", "kind", "backbone", "weights", "status", "id", "config", "schedule")]
     cost: dict[str, float] = {}  # unit -> total over the cells still to run
     for c in cells:
-        weights = (f"<- {c.needs}" if c.needs else str(c.init.checkpoint) if c.init.checkpoint
-                   else "random" if c.kind == "transfer" else c.init.pretrain["method"])
+        weights = (
+            f"<- {c.needs}"
+            if c.needs
+            else str(c.init.checkpoint)
+            if c.init.checkpoint
+            else "random"
+            if c.kind == "transfer"
+            else c.init.pretrain["method"]
+        )
         status = cell_status(c, out_dir, done_ids)
         config, amount, unit = _schedule(c)
         schedule = f"{amount:g} {unit}" if amount is not None else f"config's {unit}"
@@ -807,25 +948,38 @@ def format_plan(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[st
             schedule += f", {point_name(c.point)}" if c.point else ", best point"
         if status != "done" and amount is not None and schedule != "best candidate's row":
             cost[unit] = cost.get(unit, 0) + amount
-        rows.append((c.name, c.kind if c.role is None else f"{c.kind}:{c.role}", c.init.backbone,
-                     weights, status, c.id, config, schedule))
+        rows.append(
+            (
+                c.name,
+                c.kind if c.role is None else f"{c.kind}:{c.role}",
+                c.init.backbone,
+                weights,
+                status,
+                c.id,
+                config,
+                schedule,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for c in cells:
         if c.role == "final":
             grid = _search_grid(c)
-            lines.append(f"search {c.name}: {' x '.join(f'{n} {v}' for n, v in grid.items())} = "
-                         f"{len(c.candidates)} candidate runs, selected on {c.task.select_on} by "
-                         f"{c.task.spec.metrics[0]}" + (", then the best point on the reported "
-                                                        "split" if c.task.select_on == "heldout"
-                                                        else ""))
+            lines.append(
+                f"search {c.name}: {' x '.join(f'{n} {v}' for n, v in grid.items())} = "
+                f"{len(c.candidates)} candidate runs, selected on {c.task.select_on} by "
+                f"{c.task.spec.metrics[0]}"
+                + (", then the best point on the reported split" if c.task.select_on == "heldout" else "")
+            )
     todo = sum(cell_status(c, out_dir, done_ids) != "done" for c in cells)
     lines.append(f"{len(cells)} cells, {todo} to run; work dirs under {out_dir / 'work'}")
     if cost:
-        lines.append("cost estimate (the suite's schedules of the cells to run, summed; cells on "
-                     "their config's schedule are not counted): "
-                     + ", ".join(f"{v:g} {unit}" for unit, v in sorted(cost.items())))
+        lines.append(
+            "cost estimate (the suite's schedules of the cells to run, summed; cells on "
+            "their config's schedule are not counted): "
+            + ", ".join(f"{v:g} {unit}" for unit, v in sorted(cost.items()))
+        )
     return "\n".join(lines)
 
 
@@ -851,33 +1005,53 @@ def _schedule(cell: Cell) -> tuple[str, float | None, str]:
 # CLI: bench run
 # --------------------------------------------------------------------------------------------------
 
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``bench run``."""
     parser.add_argument("suite", help="suite file, or a bundled suite name (demo, ci, paper)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output directory: runs.jsonl, work/, data/, tables "
-                             "(default results/<suite name>)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the cells and their status, run nothing")
-    parser.add_argument("--only", action="append", default=None, metavar="PAT",
-                        help="run only cells matching this glob, e.g. 'mae/*' or '*/coco/*' "
-                             "(repeatable or comma-separated)")
-    parser.add_argument("--skip", action="append", default=None, metavar="PAT",
-                        help="leave out cells matching this glob (repeatable or comma-separated)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
-                        help="transfer seeds instead of the suite's")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output directory: runs.jsonl, work/, data/, tables (default results/<suite name>)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the cells and their status, run nothing")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="PAT",
+        help="run only cells matching this glob, e.g. 'mae/*' or '*/coco/*' (repeatable or comma-separated)",
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=None,
+        metavar="PAT",
+        help="leave out cells matching this glob (repeatable or comma-separated)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, metavar="N", help="transfer seeds instead of the suite's"
+    )
     parser.add_argument("--no-tables", action="store_true", help="do not write tables at the end")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="read .py config files from outside the package (they run as Python "
-                             "when read); the same as 'trust_config: true' in every task")
+    parser.add_argument(
+        "--trust-config",
+        action="store_true",
+        help="read .py config files from outside the package (they run as Python "
+        "when read); the same as 'trust_config: true' in every task",
+    )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--local", action="store_true",
-                       help="run the cells here, one after the other (the default)")
-    where.add_argument("--slurm", default=None, metavar="SPEC",
-                       help="submit each cell as a Slurm job via submitit, e.g. "
-                            "'partition=gpu,nodes=1,gpus-per-node=8,time=4320' (keys: "
-                            + ", ".join(SLURM_KEYS) + "); preempted or timed-out jobs are "
-                            "requeued and resume; this command waits for them")
+    where.add_argument("--local", action="store_true", help="run the cells here, one after the other (the default)")
+    where.add_argument(
+        "--slurm",
+        default=None,
+        metavar="SPEC",
+        help="submit each cell as a Slurm job via submitit, e.g. "
+        "'partition=gpu,nodes=1,gpus-per-node=8,time=4320' (keys: "
+        + ", ".join(SLURM_KEYS)
+        + "); preempted or timed-out jobs are "
+        "requeued and resume; this command waits for them",
+    )
     return parser
 
 
@@ -890,8 +1064,9 @@ def run_main(args: argparse.Namespace) -> int:
         suite = suite.with_trust_config()
     out = Path(args.out) if args.out else Path("results") / suite.name
     executor = slurm_executor(args.slurm, out) if args.slurm and not args.dry_run else None
-    summary = run_suite(suite, out, dry_run=args.dry_run, only=args.only, skip=args.skip,
-                        tables=not args.no_tables, executor=executor)
+    summary = run_suite(
+        suite, out, dry_run=args.dry_run, only=args.only, skip=args.skip, tables=not args.no_tables, executor=executor
+    )
     return 1 if summary.failed else 0
 
 

@@ -32,6 +32,7 @@ once (the last row), and rows of a hyperparameter search's candidates
 (``extra['search_role'] == 'candidate'``) are left out. Runs of one init with several
 ``extra['mask_ratio']`` values are shown as separate rows (``mae mask=0.75``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,7 @@ BASELINE_INIT = "supervised"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "mae_paper.csv"
 DEFAULT_PREV_BEST = REPO_ROOT / "results" / "reference" / "mae_paper_prev_best.csv"
-REFERENCE_COLUMNS = ("task", "protocol", "k", "metric", "init", "backbone", "img_size", "value",
-                     "source")
+REFERENCE_COLUMNS = ("task", "protocol", "k", "metric", "init", "backbone", "img_size", "value", "source")
 FORMATS = ("csv", "tex", "md")
 DIGITS = 1  # shown digits, as in the paper
 
@@ -67,20 +67,28 @@ BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 # Metric -> the per-example arrays it is computed from (see ``metric_from_counts``).
 PER_EXAMPLE_METRICS = {
-    "top1": ("correct",), "top5": ("correct5",), "mIoU": ("intersect", "union"),
+    "top1": ("correct",),
+    "top5": ("correct5",),
+    "mIoU": ("intersect", "union"),
     # COCOeval's per-image box matching (tasks/detection/evaluation.py, per_image_box_matches)
-    "APbox": ("category_ids", "iou_thresholds", "gt_count", "det_image", "det_category",
-              "det_score", "det_tp", "det_ignore"),
+    "APbox": (
+        "category_ids",
+        "iou_thresholds",
+        "gt_count",
+        "det_image",
+        "det_category",
+        "det_score",
+        "det_tp",
+        "det_ignore",
+    ),
 }
 PER_IMAGE_ROWS = {"correct", "correct5", "intersect", "union", "gt_count"}  # arrays with N rows
 # A per-example file whose full-data metric differs from the row's by more than this is not used.
 PER_EXAMPLE_TOLERANCE = 0.05
 
 # timm arch -> the paper's column name (patch sizes as in the paper: B/16, L/16, H/14).
-PAPER_BACKBONES = {"vit_base_patch16": "ViT-B", "vit_large_patch16": "ViT-L",
-                   "vit_huge_patch14": "ViT-H"}
-SIZE_LETTERS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H",
-                "giant": "g"}
+PAPER_BACKBONES = {"vit_base_patch16": "ViT-B", "vit_large_patch16": "ViT-L", "vit_huge_patch14": "ViT-H"}
+SIZE_LETTERS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
 SIZE_RANK = {"Ti": 1, "S": 2, "B": 3, "L": 4, "H": 5, "g": 6}
 
 
@@ -88,13 +96,19 @@ SIZE_RANK = {"Ti": 1, "S": 2, "B": 3, "L": 4, "H": 5, "g": 6}
 # Names and ordering
 # ----------------------------------------------------------------------------------------------
 
+
 def _img_size(value: Any, where: str = "a results row") -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not float(value).is_integer() or value <= 0:
-        raise BenchError(f"{where}: row key 'extra' entry 'img_size' must be a whole number of "
-                         f"pixels, got {value!r:.40}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not float(value).is_integer()
+        or value <= 0
+    ):
+        raise BenchError(
+            f"{where}: row key 'extra' entry 'img_size' must be a whole number of pixels, got {value!r:.40}"
+        )
     return int(value)
 
 
@@ -165,6 +179,7 @@ def _num(x: Any) -> float:
 # Reference numbers
 # ----------------------------------------------------------------------------------------------
 
+
 def load_reference(path: str | os.PathLike = DEFAULT_REFERENCE) -> pd.DataFrame:
     """The published-numbers CSV (see results/reference/README.md) as a DataFrame; the optional
     ``note`` column ('' when absent) is printed as a footnote beside the number."""
@@ -189,12 +204,10 @@ def load_reference(path: str | os.PathLike = DEFAULT_REFERENCE) -> pd.DataFrame:
             try:
                 float(text)
             except ValueError:
-                raise BenchError(f"{path} line {line}: column {column!r} must be a number, "
-                                 f"got {text!r}") from None
+                raise BenchError(f"{path} line {line}: column {column!r} must be a number, got {text!r}") from None
     out["value"] = out["value"].astype(float)
     out["k"] = [float(t) if t.strip() else math.nan for t in out["k"]]
-    out["img_size"] = [int(float(t)) if t.strip() else PAPER_COLUMN_IMG_SIZE
-                       for t in out["img_size"]]
+    out["img_size"] = [int(float(t)) if t.strip() else PAPER_COLUMN_IMG_SIZE for t in out["img_size"]]
     return out
 
 
@@ -212,8 +225,7 @@ def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, tuple[float
     notes = reference["note"] if "note" in reference.columns else [""] * len(reference)
     for r, note in zip(reference.itertuples(index=False), notes):
         spec = TASKS.get(r.task)
-        resolution = (spec.reference_resolution(r.img_size) if spec is not None
-                      else _resolution(r.task, r.img_size))
+        resolution = spec.reference_resolution(r.img_size) if spec is not None else _resolution(r.task, r.img_size)
         key = _reference_key(r.task, r.protocol, r.metric, r.init, r.backbone, resolution, r.k)
         out[key] = (float(r.value), str(note or ""))
     return out
@@ -223,8 +235,10 @@ def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, tuple[float
 # Statistics: intervals and the significance of 'best'
 # ----------------------------------------------------------------------------------------------
 
-NOT_PER_IMAGE = ("a single run of a metric without per-image arrays (COCO APmask): no "
-                 "bootstrap over images; several seeds give a t-interval")
+NOT_PER_IMAGE = (
+    "a single run of a metric without per-image arrays (COCO APmask): no "
+    "bootstrap over images; several seeds give a t-interval"
+)
 
 
 class PerExampleError(Exception):
@@ -252,10 +266,8 @@ def load_per_example(path: str | os.PathLike, metric: str) -> tuple[np.ndarray, 
     if ids.ndim != 1 or len(ids) == 0 or len(np.unique(ids)) != len(ids):
         raise PerExampleError(f"per-example file {path}: 'ids' must be unique, one per image")
     for name, a in arrays.items():
-        if name in PER_IMAGE_ROWS and (a.shape[:1] != ids.shape
-                                       or (name in ("intersect", "union") and a.ndim != 2)):
-            raise PerExampleError(f"per-example file {path}: {name!r} has shape {a.shape}, "
-                                  f"ids {ids.shape}")
+        if name in PER_IMAGE_ROWS and (a.shape[:1] != ids.shape or (name in ("intersect", "union") and a.ndim != 2)):
+            raise PerExampleError(f"per-example file {path}: {name!r} has shape {a.shape}, ids {ids.shape}")
     if metric == "mIoU" and arrays["intersect"].shape != arrays["union"].shape:
         raise PerExampleError(f"per-example file {path}: 'intersect' and 'union' differ in shape")
     if metric == "APbox" and (arrays["det_image"].size and arrays["det_image"].max() >= len(ids)):
@@ -265,8 +277,7 @@ def load_per_example(path: str | os.PathLike, metric: str) -> tuple[np.ndarray, 
     return ids, arrays
 
 
-def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """(samples, n) indices drawn with replacement; a fixed seed makes every table reproducible."""
     return np.random.default_rng(seed).integers(0, n, size=(samples, n))
 
@@ -292,8 +303,9 @@ def metric_from_counts(metric: str, arrays: dict[str, np.ndarray], counts: np.nd
     return np.nanmean(iou, axis=1) * 100.0
 
 
-def _resampled(metric: str, arrays: dict[str, np.ndarray], samples: int, seed: int,
-               order: np.ndarray | None = None) -> np.ndarray:
+def _resampled(
+    metric: str, arrays: dict[str, np.ndarray], samples: int, seed: int, order: np.ndarray | None = None
+) -> np.ndarray:
     """The metric on ``samples`` resamples of the images. Index rows are drawn in chunks from
     one generator (the rows of ``bootstrap_indices(n, samples, seed)``), so memory stays bounded
     for 50k images and the same seed gives the same resamples for every init (pairing).
@@ -309,6 +321,7 @@ def _resampled(metric: str, arrays: dict[str, np.ndarray], samples: int, seed: i
             indices = order[indices]
         if metric == "APbox":  # COCOeval's accumulate on each resample
             from tasks.detection.evaluation import box_ap
+
             out.append(np.array([box_ap(arrays, row) for row in indices]))
         else:
             out.append(metric_from_counts(metric, arrays, _counts(indices, n)))
@@ -318,14 +331,19 @@ def _resampled(metric: str, arrays: dict[str, np.ndarray], samples: int, seed: i
 def full_metric(metric: str, arrays: dict[str, np.ndarray]) -> float:
     if metric == "APbox":
         from tasks.detection.evaluation import box_ap
+
         return box_ap(arrays)
     n = len(next(iter(arrays.values())))
     return float(metric_from_counts(metric, arrays, np.ones((1, n)))[0])
 
 
-def bootstrap_interval(metric: str, arrays: dict[str, np.ndarray],
-                       samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                       confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_interval(
+    metric: str,
+    arrays: dict[str, np.ndarray],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric`` over evaluation images."""
     stats = _resampled(metric, arrays, samples, seed)
     tail = (1 - confidence) / 2 * 100
@@ -333,20 +351,26 @@ def bootstrap_interval(metric: str, arrays: dict[str, np.ndarray],
     return float(lo), float(hi)
 
 
-def paired_bootstrap(metric: str, a: tuple[np.ndarray, dict], b: tuple[np.ndarray, dict],
-                     samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                     confidence: float = CONFIDENCE) -> tuple[float, float]:
+def paired_bootstrap(
+    metric: str,
+    a: tuple[np.ndarray, dict],
+    b: tuple[np.ndarray, dict],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
     """Percentile interval of metric(a) - metric(b) over the SAME resampled evaluation images.
     ``a`` and ``b`` are (ids, arrays); b is aligned to a's id order. PerExampleError when the two
     were not evaluated on the same ids."""
     ids_a, arrays_a = a
     ids_b, arrays_b = b
     if len(ids_a) != len(ids_b) or set(ids_a.tolist()) != set(ids_b.tolist()):
-        raise PerExampleError(f"evaluated on different images ({len(ids_a)} vs. {len(ids_b)} ids, "
-                              f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} not shared)")
+        raise PerExampleError(
+            f"evaluated on different images ({len(ids_a)} vs. {len(ids_b)} ids, "
+            f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} not shared)"
+        )
     order = np.argsort(ids_b)[np.searchsorted(ids_b[np.argsort(ids_b)], ids_a)]  # ids_b[order] == ids_a
-    diff = (_resampled(metric, arrays_a, samples, seed)
-            - _resampled(metric, arrays_b, samples, seed, order))
+    diff = _resampled(metric, arrays_a, samples, seed) - _resampled(metric, arrays_b, samples, seed, order)
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(diff, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -355,6 +379,7 @@ def paired_bootstrap(metric: str, a: tuple[np.ndarray, dict], b: tuple[np.ndarra
 def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Student-t interval of the mean of seed values (n >= 2)."""
     from scipy import stats
+
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
@@ -365,6 +390,7 @@ def seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, str]:
     """Two-sided p-value that the seed means of a and b differ: a paired t-test when both have
     the same seeds, Welch's t-test otherwise. Returns (p, the test's name)."""
     from scipy import stats
+
     if set(a) == set(b):
         seeds = sorted(a)
         x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
@@ -405,8 +431,7 @@ class _Cell:
             ids, arrays = load_per_example(path, metric)
             full = full_metric(metric, arrays)
             if abs(full - self.mean) > PER_EXAMPLE_TOLERANCE:
-                raise PerExampleError(f"per-example file {path} gives {metric} {full:.2f}, the "
-                                      f"row {self.mean:.2f}")
+                raise PerExampleError(f"per-example file {path} gives {metric} {full:.2f}, the row {self.mean:.2f}")
         except PerExampleError as e:
             self.why_none = str(e)
             return
@@ -440,6 +465,7 @@ def _compare(top: _Cell, runner: _Cell, samples: int) -> tuple[str, str]:
 # Aggregation
 # ----------------------------------------------------------------------------------------------
 
+
 def _extra(r: dict) -> dict:
     extra = r.get("extra")
     return extra if isinstance(extra, dict) else {}
@@ -463,20 +489,27 @@ def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
         return ok
     missing = pd.Series(None, index=ok.index, dtype=object)
     # object dtype keeps None as None (a float column would turn it into NaN)
-    ok["img_size"] = pd.Series([_img_size(v, f"results row {rid}") for v, rid
-                                in zip(ok.get("extra.img_size", missing), ok["run_id"])],
-                               index=ok.index, dtype=object)
-    ok["resolution"] = pd.Series([_resolution(t, s) for t, s in zip(ok["task"], ok["img_size"])],
-                                 index=ok.index, dtype=object)
+    ok["img_size"] = pd.Series(
+        [_img_size(v, f"results row {rid}") for v, rid in zip(ok.get("extra.img_size", missing), ok["run_id"])],
+        index=ok.index,
+        dtype=object,
+    )
+    ok["resolution"] = pd.Series(
+        [_resolution(t, s) for t, s in zip(ok["task"], ok["img_size"])], index=ok.index, dtype=object
+    )
     ok["mask_ratio"] = [_num(v) for v in ok.get("extra.mask_ratio", missing)]
     ok["col"] = [backbone_label(b, s) for b, s in zip(ok["backbone"], ok["resolution"])]
-    ok["k"] = pd.Series([None if math.isnan(_num(k)) else (int(k) if float(k).is_integer() else float(k)) for k in ok["k"]],
-                        index=ok.index, dtype=object)
+    ok["k"] = pd.Series(
+        [None if math.isnan(_num(k)) else (int(k) if float(k).is_integer() else float(k)) for k in ok["k"]],
+        index=ok.index,
+        dtype=object,
+    )
     # An init pre-trained at several mask ratios is several rows, not one averaged cell.
-    several = {init for init, g in ok.groupby("init")
-               if g["mask_ratio"].dropna().nunique() > 1}
-    ok["init_label"] = [f"{init} mask={ratio:g}" if init in several and not math.isnan(ratio)
-                        else init for init, ratio in zip(ok["init"], ok["mask_ratio"])]
+    several = {init for init, g in ok.groupby("init") if g["mask_ratio"].dropna().nunique() > 1}
+    ok["init_label"] = [
+        f"{init} mask={ratio:g}" if init in several and not math.isnan(ratio) else init
+        for init, ratio in zip(ok["init"], ok["mask_ratio"])
+    ]
     return ok
 
 
@@ -542,16 +575,26 @@ def _cells(runs: pd.DataFrame, table: Table, base_dir: Path | None = None) -> pd
             else:
                 column_key, column = backbone_key, r["col"]
             search = _extra(r).get("search")
-            records.append({
-                "init": r["init_label"], "group": group, "group_key": group_key,
-                "column": column, "column_key": column_key, "value": value, "metric": metric,
-                "task": r["task"], "protocol": r["protocol"], "seed": int(r["seed"]),
-                "per_example": _per_example_path(r, base_dir),
-                "deviations": _deviations(r),
-                "search": None if search is None else _search_note(search),
-                "ref_key": _reference_key(r["task"], r["protocol"], metric, r["init"],
-                                          r["backbone"], r["resolution"], r["k"]),
-            })
+            records.append(
+                {
+                    "init": r["init_label"],
+                    "group": group,
+                    "group_key": group_key,
+                    "column": column,
+                    "column_key": column_key,
+                    "value": value,
+                    "metric": metric,
+                    "task": r["task"],
+                    "protocol": r["protocol"],
+                    "seed": int(r["seed"]),
+                    "per_example": _per_example_path(r, base_dir),
+                    "deviations": _deviations(r),
+                    "search": None if search is None else _search_note(search),
+                    "ref_key": _reference_key(
+                        r["task"], r["protocol"], metric, r["init"], r["backbone"], r["resolution"], r["k"]
+                    ),
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -574,9 +617,14 @@ class _Notes:
         return self.marks[text]
 
 
-def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], title: str,
-               samples: int = BOOTSTRAP_SAMPLES, paper_columns: dict | None = None,
-               prev_best: dict | None = None) -> pd.DataFrame:
+def _aggregate(
+    cells: pd.DataFrame,
+    published: dict[tuple, tuple[float, str]],
+    title: str,
+    samples: int = BOOTSTRAP_SAMPLES,
+    paper_columns: dict | None = None,
+    prev_best: dict | None = None,
+) -> pd.DataFrame:
     """Wide table: index init, columns (group, column, field); text in ``attrs``."""
     stat_cells: dict[tuple, _Cell] = {}
     records = []
@@ -585,9 +633,19 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
         cell = _Cell(rs, rs[0]["metric"], samples)
         stat_cells[(init, group, column)] = cell
         value, note = published.get(rs[0]["ref_key"], (math.nan, ""))
-        records.append({"init": init, "group": group, "column": column, "mean": cell.mean,
-                        "std": cell.std, "n": cell.n, "lo": cell.lo, "hi": cell.hi,
-                        "published": value})
+        records.append(
+            {
+                "init": init,
+                "group": group,
+                "column": column,
+                "mean": cell.mean,
+                "std": cell.std,
+                "n": cell.n,
+                "lo": cell.lo,
+                "hi": cell.hi,
+                "published": value,
+            }
+        )
     stats = pd.DataFrame.from_records(records).set_index(["init", "group", "column"]).sort_index()
     cell_index = stats.index.droplevel("init")
     if BASELINE_INIT in stats.index.get_level_values("init"):
@@ -598,30 +656,32 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
     table = stats[list(FIELDS)].astype(float).unstack(["group", "column"])
     table = table.reorder_levels([1, 2, 0], axis=1)  # (field, group, column) -> (group, column, field)
 
-    first = cells.groupby(["group", "column"]).agg(group_key=("group_key", "first"),
-                                                   column_key=("column_key", "first"))
+    first = cells.groupby(["group", "column"]).agg(group_key=("group_key", "first"), column_key=("column_key", "first"))
     group_keys = first.groupby(level="group")["group_key"].first()
     groups = sorted(group_keys.index, key=lambda g: (group_keys[g], g))
-    order = [(g, c, f) for g in groups
-             for c in sorted(first.loc[g].index, key=lambda c: (first.loc[(g, c), "column_key"], c))
-             for f in FIELDS]
-    table = table.reindex(index=sorted(table.index, key=_init_sort_key),
-                          columns=pd.MultiIndex.from_tuples(order,
-                                                            names=["group", "column", "field"]))
+    order = [
+        (g, c, f)
+        for g in groups
+        for c in sorted(first.loc[g].index, key=lambda c: (first.loc[(g, c), "column_key"], c))
+        for f in FIELDS
+    ]
+    table = table.reindex(
+        index=sorted(table.index, key=_init_sort_key),
+        columns=pd.MultiIndex.from_tuples(order, names=["group", "column", "field"]),
+    )
 
     # Significance: the top init of each (group, column) against the runner-up.
     notes = _Notes()
-    info: dict[tuple, dict] = {key: {"mark": "", "marks": [], "interval": "", "pub_marks": []}
-                               for key in stat_cells}
+    info: dict[tuple, dict] = {key: {"mark": "", "marks": [], "interval": "", "pub_marks": []} for key in stat_cells}
     tests = []
     for group, column in dict.fromkeys((g, c) for g, c, _ in order):
-        ranked = sorted(((cell.mean, init) for (init, g, c), cell in stat_cells.items()
-                         if (g, c) == (group, column)), reverse=True)
+        ranked = sorted(
+            ((cell.mean, init) for (init, g, c), cell in stat_cells.items() if (g, c) == (group, column)), reverse=True
+        )
         if len(ranked) < 2:
             continue
         top, runner = ranked[0][1], ranked[1][1]
-        verdict, how = _compare(stat_cells[(top, group, column)],
-                                stat_cells[(runner, group, column)], samples)
+        verdict, how = _compare(stat_cells[(top, group, column)], stat_cells[(runner, group, column)], samples)
         tests.append((group, column, verdict, how))
         if verdict == "best":
             info[(top, group, column)]["mark"] = "best"
@@ -629,8 +689,9 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
             for init in (top, runner):
                 info[(init, group, column)]["mark"] = "tie"
         else:
-            info[(top, group, column)]["marks"].append(notes.mark(
-                f"highest mean, not tested against the runner-up ({runner}): {how}"))
+            info[(top, group, column)]["marks"].append(
+                notes.mark(f"highest mean, not tested against the runner-up ({runner}): {how}")
+            )
 
     # Intervals, deviations, searches and the reference notes as footnotes.
     common = set.intersection(*(set(d) for d in cells["deviations"])) if len(cells) else set()
@@ -656,9 +717,12 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
 
     table_notes = []
     if common:
-        table_notes.append("Every run here departs from the paper's protocol: "
-                           + "; ".join(sorted(common)) + ". Compare with the paper's numbers "
-                           "only as a sanity check.")
+        table_notes.append(
+            "Every run here departs from the paper's protocol: "
+            + "; ".join(sorted(common))
+            + ". Compare with the paper's numbers "
+            "only as a sanity check."
+        )
     shown = {c for g, c, _ in order if table[(g, c, "published")].notna().any()}
     without = [c for c in dict.fromkeys(c for _, c, _ in order) if c not in shown]
     if without:
@@ -666,21 +730,29 @@ def _aggregate(cells: pd.DataFrame, published: dict[tuple, tuple[float, str]], t
         table_notes.append(
             f"The paper has no number for {', '.join(without)}"
             + (f" (its columns here: {', '.join(known)})" if known else "")
-            + ", so no paper column is shown for it.")
+            + ", so no paper column is shown for it."
+        )
     if prev_best:
-        table_notes.append("Prev best (paper, Table 6: best earlier result, any method, model and "
-                           "input size): " + "; ".join(
-                               f"{group} {value:.{DIGITS}f}"
-                               + (f" (note {notes.mark('prev best: ' + note)})" if note else "")
-                               for group, (value, note) in prev_best.items()) + ".")
-    table.attrs.update(title=title, info=info, notes=table_notes,
-                       footnotes=dict(notes.marks), tests=tests)
+        table_notes.append(
+            "Prev best (paper, Table 6: best earlier result, any method, model and "
+            "input size): "
+            + "; ".join(
+                f"{group} {value:.{DIGITS}f}" + (f" (note {notes.mark('prev best: ' + note)})" if note else "")
+                for group, (value, note) in prev_best.items()
+            )
+            + "."
+        )
+    table.attrs.update(title=title, info=info, notes=table_notes, footnotes=dict(notes.marks), tests=tests)
     return table
 
 
-def build_tables(df: pd.DataFrame, reference: pd.DataFrame | None = None,
-                 base_dir: str | os.PathLike | None = None, prev_best: pd.DataFrame | None = None,
-                 samples: int = BOOTSTRAP_SAMPLES) -> dict[str, pd.DataFrame]:
+def build_tables(
+    df: pd.DataFrame,
+    reference: pd.DataFrame | None = None,
+    base_dir: str | os.PathLike | None = None,
+    prev_best: pd.DataFrame | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> dict[str, pd.DataFrame]:
     """The paper's table layouts from a results DataFrame (``ResultsStore.dataframe()``);
     tables without data are left out. ``base_dir``: where relative ``extra['per_example']``
     paths start (the results store's folder; default the working directory). ``prev_best``:
@@ -690,8 +762,7 @@ def build_tables(df: pd.DataFrame, reference: pd.DataFrame | None = None,
         return {}
     published = _reference_lookup(reference)
     base = None if base_dir is None else Path(base_dir)
-    table_of = [TASKS[t].tables.get(p) if t in TASKS else None
-                for t, p in zip(runs["task"], runs["protocol"])]
+    table_of = [TASKS[t].tables.get(p) if t in TASKS else None for t, p in zip(runs["task"], runs["protocol"])]
     paper_columns: dict[str, list[str]] = {}
     if reference is not None:
         for r in reference.itertuples(index=False):
@@ -699,7 +770,8 @@ def build_tables(df: pd.DataFrame, reference: pd.DataFrame | None = None,
             if spec is None or spec.tables.get(r.protocol) is None or not r.backbone:
                 continue
             paper_columns.setdefault(spec.tables[r.protocol].title, []).append(
-                backbone_label(r.backbone, spec.reference_resolution(r.img_size)))
+                backbone_label(r.backbone, spec.reference_resolution(r.img_size))
+            )
     best_before = {}
     if prev_best is not None:
         for r in prev_best.itertuples(index=False):
@@ -715,11 +787,11 @@ def build_tables(df: pd.DataFrame, reference: pd.DataFrame | None = None,
         before = {}
         if table.layout == "tasks":
             for (task, protocol, metric, group), _ in cells.groupby(
-                    ["task", "protocol", "metric", "group"], sort=False):
+                ["task", "protocol", "metric", "group"], sort=False
+            ):
                 if (task, protocol, metric) in best_before:
                     before[group] = best_before[(task, protocol, metric)]
-        tables[table.name] = _aggregate(cells, published, table.title, samples, paper_columns,
-                                        before)
+        tables[table.name] = _aggregate(cells, published, table.title, samples, paper_columns, before)
     return tables
 
 
@@ -727,9 +799,11 @@ def build_tables(df: pd.DataFrame, reference: pd.DataFrame | None = None,
 # Writing: CSV (long: shown digits and raw values), LaTeX (booktabs), Markdown
 # ----------------------------------------------------------------------------------------------
 
+
 def _info(table: pd.DataFrame, init: str, group: str, column: str) -> dict:
-    return table.attrs.get("info", {}).get((init, group, column),
-                                           {"mark": "", "marks": [], "interval": "", "pub_marks": []})
+    return table.attrs.get("info", {}).get(
+        (init, group, column), {"mark": "", "marks": [], "interval": "", "pub_marks": []}
+    )
 
 
 def table_to_long(table: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
@@ -743,18 +817,46 @@ def table_to_long(table: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
             if math.isnan(cell["mean"]):
                 continue
             i = _info(table, init, group, column)
-            records.append({
-                "init": init, "group": group, "column": column,
-                "mean": round(cell["mean"], digits), "ci_low": round(cell["lo"], digits),
-                "ci_high": round(cell["hi"], digits), "n": int(cell["n"]),
-                "delta": round(cell["delta"], digits), "published": cell["published"],
-                "interval": i["interval"], "mark": i["mark"],
-                "notes": " | ".join(footnotes[m] for m in i["marks"] + i["pub_marks"]),
-                "mean_raw": cell["mean"], "std_raw": cell["std"], "ci_low_raw": cell["lo"],
-                "ci_high_raw": cell["hi"], "delta_raw": cell["delta"]})
-    columns = ["init", "group", "column", "mean", "ci_low", "ci_high", "n", "delta", "published",
-               "interval", "mark", "notes", "mean_raw", "std_raw", "ci_low_raw", "ci_high_raw",
-               "delta_raw"]
+            records.append(
+                {
+                    "init": init,
+                    "group": group,
+                    "column": column,
+                    "mean": round(cell["mean"], digits),
+                    "ci_low": round(cell["lo"], digits),
+                    "ci_high": round(cell["hi"], digits),
+                    "n": int(cell["n"]),
+                    "delta": round(cell["delta"], digits),
+                    "published": cell["published"],
+                    "interval": i["interval"],
+                    "mark": i["mark"],
+                    "notes": " | ".join(footnotes[m] for m in i["marks"] + i["pub_marks"]),
+                    "mean_raw": cell["mean"],
+                    "std_raw": cell["std"],
+                    "ci_low_raw": cell["lo"],
+                    "ci_high_raw": cell["hi"],
+                    "delta_raw": cell["delta"],
+                }
+            )
+    columns = [
+        "init",
+        "group",
+        "column",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+        "delta",
+        "published",
+        "interval",
+        "mark",
+        "notes",
+        "mean_raw",
+        "std_raw",
+        "ci_low_raw",
+        "ci_high_raw",
+        "delta_raw",
+    ]
     long = pd.DataFrame.from_records(records, columns=columns)
     long["n"] = long["n"].astype(int)
     for c in ("mean", "ci_low", "ci_high", "delta"):  # -0.0 from rounding a tiny negative
@@ -786,11 +888,26 @@ def _fmt(x: float, digits: int, style: str = "md") -> str:
 
 def latex_escape(text: str) -> str:
     """Escape LaTeX specials in plain text: 'vit_base_patch16' -> 'vit\\_base\\_patch16'."""
-    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-             "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-             "\u2212": "$-$", "\u2248": r"$\approx$", "\u2020": r"\dag{}", "\u2021": r"\ddag{}",
-             "\u0394": r"$\Delta$", "\u00b1": r"$\pm$"}
+    table = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "<": r"\textless{}",
+        ">": r"\textgreater{}",
+        "\u2212": "$-$",
+        "\u2248": r"$\approx$",
+        "\u2020": r"\dag{}",
+        "\u2021": r"\ddag{}",
+        "\u0394": r"$\Delta$",
+        "\u00b1": r"$\pm$",
+    }
     return "".join(table.get(ch, ch) for ch in str(text))
 
 
@@ -828,10 +945,12 @@ def _published_text(table, init, group, column, digits, style="md") -> str:
     return _fmt(value, digits, style) + _sup(_info(table, init, group, column)["pub_marks"], style)
 
 
-LEGEND = ("Cells: mean [95 % interval]; one run: percentile bootstrap over evaluation images "
-          f"({BOOTSTRAP_SAMPLES} resamples); n=N: t-interval over N seeds. Bold: better than "
-          "the runner-up (paired bootstrap over the same images, or a t-test over seeds, 5 % "
-          "level); \u2248: top two not distinguishable.")
+LEGEND = (
+    "Cells: mean [95 % interval]; one run: percentile bootstrap over evaluation images "
+    f"({BOOTSTRAP_SAMPLES} resamples); n=N: t-interval over N seeds. Bold: better than "
+    "the runner-up (paired bootstrap over the same images, or a t-test over seeds, 5 % "
+    "level); \u2248: top two not distinguishable."
+)
 
 
 def _footnote_lines(table: pd.DataFrame) -> list[tuple[str, str]]:
@@ -850,8 +969,14 @@ def to_markdown(table: pd.DataFrame, digits: int = DIGITS) -> str:
         if _has_published(table, group, column):
             header.append(f"{label} (paper)")
             align.append("---:")
-    lines = [f"**{table.attrs.get('title', '')}**", "", LEGEND, "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines = [
+        f"**{table.attrs.get('title', '')}**",
+        "",
+        LEGEND,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align) + "|",
+    ]
     for init in table.index:
         row = [init.replace("|", "\\|")]
         for group, column in cells:
@@ -862,8 +987,7 @@ def to_markdown(table: pd.DataFrame, digits: int = DIGITS) -> str:
     notes = _footnote_lines(table)
     if notes:
         lines.append("")
-        lines += [(f"<sup>{mark}</sup> " if mark else "") + text.replace("|", "\\|") + "  "
-                  for mark, text in notes]
+        lines += [(f"<sup>{mark}</sup> " if mark else "") + text.replace("|", "\\|") + "  " for mark, text in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -876,11 +1000,16 @@ def to_latex(table: pd.DataFrame, digits: int = DIGITS) -> str:
     ncols = 1 + sum(spans.values())
     title = table.attrs.get("title", "")
     label = re.sub(r"[^A-Za-z0-9]+", "-", title.split(",")[0]).strip("-").lower() or "table"
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{latex_escape(title)}. {latex_escape(LEGEND)} "
-             r"'paper': He et al.\ 2021.}",
-             rf"\label{{tab:{label}}}",
-             r"\begin{tabular}{l" + "c" * (ncols - 1) + "}", r"\toprule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{latex_escape(title)}. {latex_escape(LEGEND)} "
+        r"'paper': He et al.\ 2021.}",
+        rf"\label{{tab:{label}}}",
+        r"\begin{tabular}{l" + "c" * (ncols - 1) + "}",
+        r"\toprule",
+    ]
     row, rules, start = [""], [], 2
     for group, span in spans.items():
         row.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}")
@@ -906,14 +1035,16 @@ def to_latex(table: pd.DataFrame, digits: int = DIGITS) -> str:
     notes = _footnote_lines(table)
     if notes:
         lines += [r"\par\smallskip\footnotesize\raggedright"]
-        lines += [(rf"\textsuperscript{{{mark}}}" if mark else "") + latex_escape(text) + r"\par"
-                  for mark, text in notes]
+        lines += [
+            (rf"\textsuperscript{{{mark}}}" if mark else "") + latex_escape(text) + r"\par" for mark, text in notes
+        ]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
-def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike,
-                 formats: tuple[str, ...] = FORMATS) -> list[Path]:
+def write_tables(
+    tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
     """Write every table as ``<out_dir>/<name>.<fmt>`` (each file atomically, with the mode a
     plain ``open`` gives under the user's umask); return the paths."""
     for fmt in formats:
@@ -939,6 +1070,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike,
 # Plots
 # ----------------------------------------------------------------------------------------------
 
+
 def _save_figure(fig, path: Path) -> Path:
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
@@ -949,14 +1081,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_")
 
 
-def _interval(sel: pd.DataFrame, metric: str, base_dir: Path | None,
-              samples: int) -> tuple[float, float, float]:
+def _interval(sel: pd.DataFrame, metric: str, base_dir: Path | None, samples: int) -> tuple[float, float, float]:
     """(mean, lo, hi) of the runs in ``sel`` as the tables compute it (lo/hi NaN without one)."""
     sel = sel[sel[metric].notna()]
     if sel.empty:
         return math.nan, math.nan, math.nan
-    records = [{"seed": int(r["seed"]), "value": float(r[metric]),
-                "per_example": _per_example_path(r, base_dir)} for r in sel.to_dict("records")]
+    records = [
+        {"seed": int(r["seed"]), "value": float(r[metric]), "per_example": _per_example_path(r, base_dir)}
+        for r in sel.to_dict("records")
+    ]
     cell = _Cell(records, metric, samples)
     return cell.mean, cell.lo, cell.hi
 
@@ -967,8 +1100,7 @@ def _errorbars(ax, x, stats, **kwargs) -> None:
     mean, lo, hi = (np.array([s[i] for s in stats], dtype=float) for i in range(3))
     ok = ~np.isnan(lo)
     if ok.any():
-        ax.errorbar(x[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], capsize=3,
-                    **kwargs)
+        ax.errorbar(x[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], capsize=3, **kwargs)
 
 
 def _unit(metric: str) -> str:
@@ -992,13 +1124,25 @@ def _footer(ax, sel: pd.DataFrame, below: float) -> None:
     if phrases:
         text = "Not the paper's protocol: " + "; ".join(phrases)
         lines.append(text if len(text) <= 110 else text[:107] + "...")
-    ax.annotate("\n".join(lines), xy=(0, 0), xycoords="axes fraction", xytext=(0, -below),
-                textcoords="offset points", fontsize=7, ha="left", va="top", color="0.3")
+    ax.annotate(
+        "\n".join(lines),
+        xy=(0, 0),
+        xycoords="axes fraction",
+        xytext=(0, -below),
+        textcoords="offset points",
+        fontsize=7,
+        ha="left",
+        va="top",
+        color="0.3",
+    )
 
 
-def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
-                base_dir: str | os.PathLike | None = None,
-                samples: int = BOOTSTRAP_SAMPLES) -> list[Path]:
+def plot_tables(
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    base_dir: str | os.PathLike | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> list[Path]:
     """PNG plots from finished runs: grouped bars per (task, protocol), partial fine-tuning curves
     (top1 vs. k, one line per init, like MAE Fig. 9) and mask-ratio curves when runs carry
     several ``extra['mask_ratio']`` values. Error bars are the tables' 95 % intervals (none where
@@ -1016,22 +1160,27 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
 
     # Grouped bars: init on x, one bar per backbone.
     bars = runs[runs["protocol"] != "partial"]
-    for (task, protocol), sel in sorted(bars.groupby(["task", "protocol"]),
-                                        key=lambda kv: (_task_sort_key(kv[0][0]), kv[0][1])):
+    for (task, protocol), sel in sorted(
+        bars.groupby(["task", "protocol"]), key=lambda kv: (_task_sort_key(kv[0][0]), kv[0][1])
+    ):
         metrics = [m for m in _main_metrics(task) if m in sel.columns and sel[m].notna().any()]
         if not metrics:
             continue
         inits = sorted(sel["init_label"].unique(), key=_init_sort_key)
-        cols = sorted(sel[["backbone", "img_size", "col"]].drop_duplicates("col").itertuples(),
-                      key=lambda r: _backbone_sort_key(r.backbone, r.img_size))
+        cols = sorted(
+            sel[["backbone", "img_size", "col"]].drop_duplicates("col").itertuples(),
+            key=lambda r: _backbone_sort_key(r.backbone, r.img_size),
+        )
         fig = Figure(figsize=(2.0 + (0.9 * len(inits) + 0.3 * len(cols)) * len(metrics), 3.8))
         width = 0.8 / len(cols)
         chance = _chance(sel)
         for i, metric in enumerate(metrics):
             ax = fig.add_subplot(1, len(metrics), i + 1)
             for j, c in enumerate(cols):
-                stats = [_interval(sel[(sel["init_label"] == init) & (sel["col"] == c.col)],
-                                   metric, base, samples) for init in inits]
+                stats = [
+                    _interval(sel[(sel["init_label"] == init) & (sel["col"] == c.col)], metric, base, samples)
+                    for init in inits
+                ]
                 x = np.arange(len(inits)) + (j - (len(cols) - 1) / 2) * width
                 ax.bar(x, [s[0] for s in stats], width, label=c.col)
                 _errorbars(ax, x, stats, fmt="none", ecolor="black", elinewidth=1)
@@ -1077,8 +1226,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
         if metric not in sel.columns:
             continue
         sel = sel[sel[metric].notna()]
-        lines = [(key, g) for key, g in sel.groupby(["protocol", "col", "init"])
-                 if g["mask_ratio"].nunique() > 1]
+        lines = [(key, g) for key, g in sel.groupby(["protocol", "col", "init"]) if g["mask_ratio"].nunique() > 1]
         if not lines:
             continue
         fig = Figure(figsize=(5, 3.6))
@@ -1087,8 +1235,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
             ratios = sorted(g["mask_ratio"].unique())
             stats = [_interval(g[g["mask_ratio"] == r], metric, base, samples) for r in ratios]
             x = [100 * r for r in ratios]
-            line = ax.plot(x, [s[0] for s in stats], marker="o",
-                           label=f"{init} {col} {protocol}")[0]
+            line = ax.plot(x, [s[0] for s in stats], marker="o", label=f"{init} {col} {protocol}")[0]
             _errorbars(ax, x, stats, fmt="none", ecolor=line.get_color())
         chance = _chance(sel)
         if chance is not None:
@@ -1106,6 +1253,7 @@ def plot_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
 # Top level and CLI hooks
 # ----------------------------------------------------------------------------------------------
 
+
 def check_rows(store: ResultsStore) -> None:
     """One-line BenchError naming the store and line for a row whose extras the tables read
     cannot be read (``img_size`` that is no whole number, a non-numeric ``mask_ratio``, a
@@ -1115,20 +1263,26 @@ def check_rows(store: ResultsStore) -> None:
         extra = r["extra"]
         _img_size(extra.get("img_size"), where)
         ratio = extra.get("mask_ratio")
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
-                                  or not 0 <= ratio <= 1):
-            raise BenchError(f"{where}: row key 'extra' entry 'mask_ratio' must be a number in "
-                             f"[0, 1], got {ratio!r:.40}")
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1
+        ):
+            raise BenchError(
+                f"{where}: row key 'extra' entry 'mask_ratio' must be a number in [0, 1], got {ratio!r:.40}"
+            )
         for key in ("per_example", "search_role"):
             if extra.get(key) is not None and not isinstance(extra[key], str):
-                raise BenchError(f"{where}: row key 'extra' entry {key!r} must be a string, "
-                                 f"got {extra[key]!r:.40}")
+                raise BenchError(f"{where}: row key 'extra' entry {key!r} must be a string, got {extra[key]!r:.40}")
 
 
-def run_table(results_path: str | os.PathLike, out_dir: str | os.PathLike,
-              suite: str | None = None, task: str | None = None,
-              reference_csv: str | os.PathLike | None = DEFAULT_REFERENCE,
-              formats: tuple[str, ...] = FORMATS, plots: bool = True) -> list[Path]:
+def run_table(
+    results_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    suite: str | None = None,
+    task: str | None = None,
+    reference_csv: str | os.PathLike | None = DEFAULT_REFERENCE,
+    formats: tuple[str, ...] = FORMATS,
+    plots: bool = True,
+) -> list[Path]:
     """Tables (and plots) for the runs in ``results_path`` matching ``suite``/``task``; returns
     the written paths. ``reference_csv=None`` leaves the published column empty. Relative
     ``extra['per_example']`` paths are read from the store's folder."""
@@ -1142,12 +1296,11 @@ def run_table(results_path: str | os.PathLike, out_dir: str | os.PathLike,
     if df.empty:
         raise BenchError(f"{store.path}: no runs match {described}")
     if not (df["status"] == "ok").any():
-        raise BenchError(f"{store.path}: {len(df)} runs match {described} but none finished "
-                         "with status 'ok'")
-    if reference_csv is not None and Path(reference_csv) == DEFAULT_REFERENCE \
-            and not DEFAULT_REFERENCE.is_file():  # e.g. installed without the results/ folder
-        warnings.warn(f"{DEFAULT_REFERENCE} not found: tables show no published numbers",
-                      stacklevel=2)
+        raise BenchError(f"{store.path}: {len(df)} runs match {described} but none finished with status 'ok'")
+    if (
+        reference_csv is not None and Path(reference_csv) == DEFAULT_REFERENCE and not DEFAULT_REFERENCE.is_file()
+    ):  # e.g. installed without the results/ folder
+        warnings.warn(f"{DEFAULT_REFERENCE} not found: tables show no published numbers", stacklevel=2)
         reference_csv = None
     reference = load_reference(reference_csv) if reference_csv is not None else None
     prev_best = None
@@ -1156,9 +1309,11 @@ def run_table(results_path: str | os.PathLike, out_dir: str | os.PathLike,
     base_dir = store.path.parent
     tables = build_tables(df, reference, base_dir=base_dir, prev_best=prev_best)
     if not tables:
-        raise BenchError(f"{store.path}: runs matching {described} fit none of the tables "
-                         f"(tasks {sorted(df['task'].unique())}, protocols "
-                         f"{sorted(df['protocol'].unique())})")
+        raise BenchError(
+            f"{store.path}: runs matching {described} fit none of the tables "
+            f"(tasks {sorted(df['task'].unique())}, protocols "
+            f"{sorted(df['protocol'].unique())})"
+        )
     written = write_tables(tables, out_dir, formats)
     if plots:
         written += plot_tables(df, out_dir, base_dir=base_dir)
@@ -1167,15 +1322,19 @@ def run_table(results_path: str | os.PathLike, out_dir: str | os.PathLike,
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``bench table``."""
-    parser.add_argument("--results", required=True, metavar="PATH",
-                        help="results store: a runs.jsonl file or the directory holding it")
+    parser.add_argument(
+        "--results", required=True, metavar="PATH", help="results store: a runs.jsonl file or the directory holding it"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--suite", default=None, help="only runs of this suite")
     parser.add_argument("--task", default=None, help="only runs of this task (e.g. coco)")
-    parser.add_argument("--reference", default=str(DEFAULT_REFERENCE), metavar="CSV",
-                        help="published numbers to show side by side ('none' to omit)")
-    parser.add_argument("--formats", default=",".join(FORMATS),
-                        help="comma-separated subset of csv,tex,md")
+    parser.add_argument(
+        "--reference",
+        default=str(DEFAULT_REFERENCE),
+        metavar="CSV",
+        help="published numbers to show side by side ('none' to omit)",
+    )
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of csv,tex,md")
     parser.add_argument("--no-plots", action="store_true", help="tables only, no PNG plots")
     return parser
 
@@ -1184,8 +1343,15 @@ def table_main(args: argparse.Namespace) -> int:
     """Run ``bench table`` with parsed arguments; prints the written paths."""
     reference = None if str(args.reference).lower() == "none" else args.reference
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    paths = run_table(args.results, args.out, suite=args.suite, task=args.task,
-                      reference_csv=reference, formats=formats, plots=not args.no_plots)
+    paths = run_table(
+        args.results,
+        args.out,
+        suite=args.suite,
+        task=args.task,
+        reference_csv=reference,
+        formats=formats,
+        plots=not args.no_plots,
+    )
     for path in paths:
         print(path)
     return 0

@@ -3,6 +3,7 @@
 A new family adds one line below (and its package to the layers in pyproject.toml); a new task of
 an existing family is one more ``TaskSpec`` in that family's ``task.py``.
 """
+
 from __future__ import annotations
 
 from bench.core.errors import BenchError

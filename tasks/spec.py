@@ -7,6 +7,7 @@ so a task's name, protocols, data, input size, metrics, table and reference key 
 Functions that need heavy libraries (mmdet, mmseg, torch) are named by ``"module:attribute"``
 strings or wrapped in small functions that import when called: importing the registry stays cheap.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,6 +41,7 @@ class Table:
     * ``tasks``: a column group per task (its headline metric), a column per backbone (Table 6);
     * ``k``: a column group per task and backbone, a column per number of tuned blocks k (Fig. 9).
     """
+
     name: str
     title: str
     layout: str = "metrics"
@@ -52,19 +54,21 @@ class Table:
 @dataclass(frozen=True)
 class Command:
     """A ``bench <name>`` subcommand that runs one task of a family by hand."""
-    name: str                  # e.g. 'det'
+
+    name: str  # e.g. 'det'
     help: str
-    add_arguments: str         # "module:function" adding the options to an argparse parser
-    main: str                  # "module:function" taking the parsed options, returning the exit code
+    add_arguments: str  # "module:function" adding the options to an argparse parser
+    main: str  # "module:function" taking the parsed options, returning the exit code
 
 
 @dataclass(frozen=True)
 class TransferRun:
     """What the suite runner hands a task's ``run``: one cell. Options left None keep the task's
     own defaults."""
+
     task: str
     protocol: str
-    backbone: str              # registry name <init>_<arch>
+    backbone: str  # registry name <init>_<arch>
     checkpoint: Path | None
     data_root: Path
     work_dir: Path
@@ -77,14 +81,14 @@ class TransferRun:
     batch_size: int | None = None
     bf16: bool = False
     trust_checkpoint: bool = False
-    trust_config: bool = False     # read a config file from outside the package (runs its Python)
+    trust_config: bool = False  # read a config file from outside the package (runs its Python)
     progress: bool = False
     # A search's point: hyperparameter -> value (names of the task's ``TaskSpec.search_keys``)
     overrides: dict = field(default_factory=dict)
     # None: the normal run on the reported split. 'heldout': train on the training split minus a
     # held-out part carved from it, and report metrics on that part (``TaskSpec.heldout``).
     select: str | None = None
-    engine: str | None = None          # one of TaskSpec.engines; None: the task's default
+    engine: str | None = None  # one of TaskSpec.engines; None: the task's default
 
     def given(self, *names: str) -> dict:
         """The options among ``names`` that the suite sets."""
@@ -94,23 +98,24 @@ class TransferRun:
 @dataclass(frozen=True)
 class TaskSpec:
     """One transfer task. See ``docs/adding_a_task.md`` for a worked example."""
-    name: str                               # the rows' 'task' and the suites' 'task:'
-    family: str                             # one of FAMILIES
-    title: str                              # its name in tables and plots, e.g. 'iNat 2017'
-    protocols: tuple[str, ...]              # the rows' 'protocol'; the first is the default
-    img_size: int                           # input size of the paper's protocol for this task
-    metrics: tuple[str, ...]                # what tables and plots show; the first is the headline
-    tables: dict[str, Table]                # protocol -> the table its rows go into
+
+    name: str  # the rows' 'task' and the suites' 'task:'
+    family: str  # one of FAMILIES
+    title: str  # its name in tables and plots, e.g. 'iNat 2017'
+    protocols: tuple[str, ...]  # the rows' 'protocol'; the first is the default
+    img_size: int  # input size of the paper's protocol for this task
+    metrics: tuple[str, ...]  # what tables and plots show; the first is the headline
+    tables: dict[str, Table]  # protocol -> the table its rows go into
     # Running it (None: a task that has published numbers only, e.g. ImageNet for Table 3)
     run: Callable[[TransferRun], dict] | None = None
-    generator: str | None = None            # "module:function"(root, **generate) -> dataset root
+    generator: str | None = None  # "module:function"(root, **generate) -> dataset root
     generator_args: dict = field(default_factory=dict)  # fixed arguments, e.g. {'year': 2017}
-    generated: str = "generated data"       # the rows' deviation when a suite uses the generator
+    generated: str = "generated data"  # the rows' deviation when a suite uses the generator
     reader: Callable[[Path], Any] | None = None  # reads (and checks) a dataset root
-    suite_keys: tuple[str, ...] = ()        # what a suite's task entry may set beyond the common keys
-    engines: tuple[str, ...] = ()           # suite key 'engine': the training engines (first = default)
-    search_keys: tuple[str, ...] = ()       # hyperparameters a suite's search: may vary (overrides)
-    heldout: bool = False                   # its run takes select='heldout'
+    suite_keys: tuple[str, ...] = ()  # what a suite's task entry may set beyond the common keys
+    engines: tuple[str, ...] = ()  # suite key 'engine': the training engines (first = default)
+    search_keys: tuple[str, ...] = ()  # hyperparameters a suite's search: may vary (overrides)
+    heldout: bool = False  # its run takes select='heldout'
     command: Command | None = None
 
     def __post_init__(self):
@@ -129,9 +134,13 @@ class TaskSpec:
     def generator_options(self) -> dict[str, inspect.Parameter]:
         """The generator's parameters a suite may set under ``generate:`` (name -> parameter)."""
         params = list(inspect.signature(resolve(self.generator)).parameters.values())[1:]  # root
-        return {p.name: p for p in params
-                if p.name not in self.generator_args and p.name != "overwrite"
-                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return {
+            p.name: p
+            for p in params
+            if p.name not in self.generator_args
+            and p.name != "overwrite"
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
 
     def generate(self, root: str | Path, **options) -> Path:
         """Write the small generated dataset at ``root``; returns the root the task reads."""

@@ -37,12 +37,21 @@ def run_torchrun(script, *args, nproc: int = 2, timeout: float = 300):
     import subprocess
     import sys
     from pathlib import Path
+
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(script), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(script),
+        *map(str, args),
+    ]
     p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     errors = [line for line in (p.stdout + p.stderr).splitlines() if "Error" in line or "error:" in line]
     assert p.returncode == 0, "\n".join(errors[-20:]) + "\n" + p.stderr[-3000:]
@@ -56,6 +65,8 @@ def torchrun_worker_main(worker):
     which a gloo thread can abort a finished rank)."""
     import sys
     from pathlib import Path
+
     from bench.core.distributed import exit_distributed
+
     worker(*map(Path, sys.argv[1:]))
     exit_distributed(0)

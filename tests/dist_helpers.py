@@ -4,6 +4,7 @@ the single-process references both do, and the comparisons of their outputs.
 
 Importable as ``dist_helpers`` both under pytest (``tests/`` is on ``sys.path``, as for
 ``conftest``) and in a torchrun worker (the script's own folder is ``sys.path[0]``)."""
+
 import json
 from pathlib import Path
 
@@ -37,8 +38,17 @@ def mae_loss(m, batch):
 def run_mae(out, batch_size, accum_iter=1, steps=STEPS, loss_fn=mae_loss, dataset=None, model=None, desc="dist", **kw):
     """``fit`` a fresh (seed 0) or the given MAE for ``steps`` steps; ``kw``: more TrainConfig fields."""
     torch.manual_seed(0)
-    cfg = TrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, accum_iter=accum_iter, blr=BLR,
-                      warmup_steps=2, progress=False, desc=desc, **kw)
+    cfg = TrainConfig(
+        out_dir=str(out),
+        steps=steps,
+        batch_size=batch_size,
+        accum_iter=accum_iter,
+        blr=BLR,
+        warmup_steps=2,
+        progress=False,
+        desc=desc,
+        **kw,
+    )
     model = model or build_mae(ARCH)
     res = fit(model, dataset if dataset is not None else MaskedCrops(), loss_fn, cfg, block_type=Block)
     return model, res
@@ -65,7 +75,7 @@ def without_zero_gradient(state, drop=()):
     for k, v in state.items():
         if k.endswith("attn.qkv.bias"):
             d = v.shape[0] // 3
-            v = torch.cat([v[:d], v[2 * d:]])
+            v = torch.cat([v[:d], v[2 * d :]])
         if k not in drop:
             out[k] = v
     return out

@@ -1,4 +1,5 @@
 """ADE20K-layout generator, validator and reference mIoU (tasks/segmentation/ade_data.py)."""
+
 import math
 import shutil
 
@@ -8,9 +9,15 @@ from PIL import Image
 
 from bench.core.errors import BenchError, DataError
 from tasks.segmentation import ade_data
-from tasks.segmentation.ade_data import (ADE20K_CLASSES, ADE20K_PALETTE, confusion_miou,
-                                         make_ade20k_dataset, render_ade20k_sample, sample_rng,
-                                         validate_ade20k)
+from tasks.segmentation.ade_data import (
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    confusion_miou,
+    make_ade20k_dataset,
+    render_ade20k_sample,
+    sample_rng,
+    validate_ade20k,
+)
 
 SIZE = (64, 96)  # (H, W): not square, so a swapped H/W shows up
 THINGS = (13, 21, 37)  # person, car, lamp
@@ -20,8 +27,7 @@ STUFF = (1, 3)  # wall, sky
 @pytest.fixture(scope="module")
 def ade_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ade")
-    make_ade20k_dataset(root, n_train=6, n_val=3, image_size=SIZE, seed=3, classes=THINGS,
-                        stuff_classes=STUFF)
+    make_ade20k_dataset(root, n_train=6, n_val=3, image_size=SIZE, seed=3, classes=THINGS, stuff_classes=STUFF)
     return root
 
 
@@ -49,7 +55,8 @@ def test_layout_and_file_names(ade_root):
         [f"images/training/ADE_train_{i:08d}.jpg" for i in range(1, 7)]
         + [f"annotations/training/ADE_train_{i:08d}.png" for i in range(1, 7)]
         + [f"images/validation/ADE_val_{i:08d}.jpg" for i in range(1, 4)]
-        + [f"annotations/validation/ADE_val_{i:08d}.png" for i in range(1, 4)])
+        + [f"annotations/validation/ADE_val_{i:08d}.png" for i in range(1, 4)]
+    )
     assert files == expected
     with Image.open(data_root / "images/training/ADE_train_00000001.jpg") as im:
         assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (96, 64))
@@ -73,8 +80,7 @@ def test_shapes_carry_their_class(ade_root):
     n_checked = 0
     for split, stem, count in (("training", "train", 6), ("validation", "val", 3)):
         for index in range(1, count + 1):
-            image, label, shapes = render_ade20k_sample(sample_rng(3, split, index), SIZE,
-                                                        THINGS, STUFF)
+            image, label, shapes = render_ade20k_sample(sample_rng(3, split, index), SIZE, THINGS, STUFF)
             on_disk = np.asarray(Image.open(data_root / f"annotations/{split}/ADE_{stem}_{index:08d}.png"))
             jpg = np.asarray(Image.open(data_root / f"images/{split}/ADE_{stem}_{index:08d}.jpg"))
             np.testing.assert_array_equal(on_disk, label)
@@ -90,8 +96,7 @@ def test_shapes_carry_their_class(ade_root):
                 assert (on_disk[ring] == 0).all()
                 # The shape's mean colour is nearest to its own class's palette colour.
                 mean = jpg[mask].mean(axis=0)
-                dists = {c: np.linalg.norm(mean - 0.8 * np.array(ADE20K_PALETTE[c - 1]))
-                         for c in THINGS}
+                dists = {c: np.linalg.norm(mean - 0.8 * np.array(ADE20K_PALETTE[c - 1])) for c in THINGS}
                 assert min(dists, key=dists.get) == shape.class_index
                 n_checked += 1
     assert n_checked >= 9
@@ -105,13 +110,17 @@ def test_rectangle_mask_by_hand():
 
 
 def test_deterministic(ade_root, tmp_path):
-    make_ade20k_dataset(tmp_path / "same", n_train=3, n_val=1, image_size=SIZE, seed=3,
-                        classes=THINGS, stuff_classes=STUFF)
-    make_ade20k_dataset(tmp_path / "other", n_train=3, n_val=1, image_size=SIZE, seed=4,
-                        classes=THINGS, stuff_classes=STUFF)
-    for rel in ("images/training/ADE_train_00000003.jpg",
-                "annotations/training/ADE_train_00000003.png",
-                "annotations/validation/ADE_val_00000001.png"):
+    make_ade20k_dataset(
+        tmp_path / "same", n_train=3, n_val=1, image_size=SIZE, seed=3, classes=THINGS, stuff_classes=STUFF
+    )
+    make_ade20k_dataset(
+        tmp_path / "other", n_train=3, n_val=1, image_size=SIZE, seed=4, classes=THINGS, stuff_classes=STUFF
+    )
+    for rel in (
+        "images/training/ADE_train_00000003.jpg",
+        "annotations/training/ADE_train_00000003.png",
+        "annotations/validation/ADE_val_00000001.png",
+    ):
         first = (ade_root / "ADEChallengeData2016" / rel).read_bytes()
         assert (tmp_path / "same/ADEChallengeData2016" / rel).read_bytes() == first
         assert (tmp_path / "other/ADEChallengeData2016" / rel).read_bytes() != first
@@ -175,8 +184,9 @@ def test_validate_missing_folder(ade_copy, folder):
 def test_validate_unpaired_files(ade_copy):
     for i in (2, 5):
         (ade_copy / f"annotations/training/ADE_train_{i:08d}.png").unlink()
-    with pytest.raises(DataError, match="2 image\\(s\\) .* have no .png label .*: "
-                                        "ADE_train_00000002, ADE_train_00000005$"):
+    with pytest.raises(
+        DataError, match="2 image\\(s\\) .* have no .png label .*: ADE_train_00000002, ADE_train_00000005$"
+    ):
         validate_ade20k(ade_copy, "training")
     (ade_copy / "images/validation/ADE_val_00000001.jpg").unlink()
     with pytest.raises(DataError, match="1 label\\(s\\) .* have no .jpg image .*: ADE_val_00000001$"):
@@ -186,18 +196,21 @@ def test_validate_unpaired_files(ade_copy):
 def test_validate_many_unpaired_names_first_five(ade_copy):
     for i in range(1, 7):
         (ade_copy / f"images/training/ADE_train_{i:08d}.jpg").rename(
-            ade_copy / f"images/training/ADE_train_{i:08d}.jpeg")
+            ade_copy / f"images/training/ADE_train_{i:08d}.jpeg"
+        )
     with pytest.raises(DataError) as info:
         validate_ade20k(ade_copy, "training")
     assert str(info.value) == f"{ade_copy / 'images/training'}: no .jpg images"
     for i in range(1, 7):
-        (ade_copy / f"images/training/ADE_train_{i:08d}.jpeg").rename(
-            ade_copy / f"images/training/X_{i:08d}.jpg")
+        (ade_copy / f"images/training/ADE_train_{i:08d}.jpeg").rename(ade_copy / f"images/training/X_{i:08d}.jpg")
     with pytest.raises(DataError) as info:
         validate_ade20k(ade_copy, "training")
     message = str(info.value)
-    assert message.startswith("6 image(s)") and "X_00000001, X_00000002, X_00000003, " \
-        "X_00000004, X_00000005, ...; 6 label(s)" in message and "X_00000006" not in message
+    assert (
+        message.startswith("6 image(s)")
+        and "X_00000001, X_00000002, X_00000003, X_00000004, X_00000005, ...; 6 label(s)" in message
+        and "X_00000006" not in message
+    )
 
 
 def test_validate_label_value_too_large(ade_copy):
@@ -218,16 +231,16 @@ def test_validate_label_not_single_channel_uint8(ade_copy, mode):
     Image.open(path).convert(mode).save(path)
     with Image.open(path) as im:
         assert im.mode == mode
-    with pytest.raises(DataError, match=f"{path}: label must be a single-channel uint8 PNG "
-                                        f".*got mode '{mode}'"):
+    with pytest.raises(DataError, match=f"{path}: label must be a single-channel uint8 PNG .*got mode '{mode}'"):
         validate_ade20k(ade_copy, "validation", check_values=False)
 
 
 def test_validate_size_mismatch(ade_copy):
     path = ade_copy / "annotations/training/ADE_train_00000001.png"
     Image.open(path).resize((48, 64), Image.NEAREST).save(path)
-    with pytest.raises(DataError, match=f"{path}: label is 48x64 \\(WxH\\) but its image "
-                                        "ADE_train_00000001.jpg is 96x64"):
+    with pytest.raises(
+        DataError, match=f"{path}: label is 48x64 \\(WxH\\) but its image ADE_train_00000001.jpg is 96x64"
+    ):
         validate_ade20k(ade_copy, "training")
 
 
@@ -244,6 +257,7 @@ def test_validate_bad_split(ade_root):
 
 
 # --- confusion_miou --------------------------------------------------------------------------
+
 
 def test_confusion_miou_by_hand_reduce_zero_label():
     # Raw labels as on disk (0 = ignore); after reduce_zero_label: 0 -> 255, v -> v - 1.
@@ -281,8 +295,10 @@ def test_confusion_miou_absent_class_is_nan_and_excluded():
 
 
 def test_confusion_miou_perfect_on_generated_labels(ade_root):
-    labels = [np.asarray(Image.open(p)) for p in
-              sorted((ade_root / "ADEChallengeData2016/annotations/training").glob("*.png"))]
+    labels = [
+        np.asarray(Image.open(p))
+        for p in sorted((ade_root / "ADEChallengeData2016/annotations/training").glob("*.png"))
+    ]
     preds = [np.maximum(label.astype(np.int64) - 1, 0) for label in labels]  # 0 pixels: ignored
     out = confusion_miou(preds, labels)
     assert out["mIoU"] == 100.0 and out["aAcc"] == 100.0

@@ -1,5 +1,6 @@
 """Classification readers (iNaturalist 2017/2018/2019, Places365, Places205, image folders) on sets
 generated in the exact real formats, their errors, the digits-based generators, and fuzzing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bench.core.errors import BenchError, DataError
-from tasks.classification import datasets as cd
 from tasks.classification import (
     ClassificationSplit,
     ImageDataset,
@@ -33,6 +33,7 @@ from tasks.classification import (
     read_split,
     read_splits,
 )
+from tasks.classification import datasets as cd
 
 N_TRAIN, N_VAL, N_CLASSES = 4, 2, 3
 SMALL = dict(n_train_per_class=N_TRAIN, n_val_per_class=N_VAL, num_classes=N_CLASSES, image_size=16)
@@ -77,9 +78,14 @@ def edit_json(path: Path, change) -> None:
 # Readers on the generated sets
 
 
-@pytest.mark.parametrize("year,prefix", [(2017, "train_val_images/Plantae/Abies concolor/"),
-                                         (2018, "train_val2018/Plantae/0/"),
-                                         (2019, "train_val2019/Plants/0/")])
+@pytest.mark.parametrize(
+    "year,prefix",
+    [
+        (2017, "train_val_images/Plantae/Abies concolor/"),
+        (2018, "train_val2018/Plantae/0/"),
+        (2019, "train_val2019/Plants/0/"),
+    ],
+)
 def test_inat_reader_counts_labels_and_layout(sets, year, prefix):
     root = sets[f"inat{year}"]
     train, val = read_inat(root, year, "train"), read_inat(root, year, "val")
@@ -169,8 +175,11 @@ def test_generated_labels_are_the_digits_shown(sets, dataset):
 
 def test_generators_are_deterministic_and_seeded(tmp_path):
     def digest(root):
-        return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
 
     a = digest(make_places365_dataset(tmp_path / "a", **SMALL, seed=3))
     b = digest(make_places365_dataset(tmp_path / "b", **SMALL, seed=3))
@@ -220,13 +229,16 @@ def test_image_dataset_returns_label_and_transformed_rgb(sets):
 
 def test_image_dataset_decodes_with_torchvision_for_the_tensor_eval_transform(sets, monkeypatch):
     import torch
+
     from bench.core.data import IMAGENET_STD, TensorTransform
     from tasks.classification import protocols as P
+
     split = read_split("places365", sets["places365"], "val")
     ev = P.eval_transform(P.load_config("finetune", "vit_base_patch16"), 32)  # 16 px images: resize 36, crop 32
     assert isinstance(ev, TensorTransform)
     decoded = []
     import bench.core.data as bd  # ImageDataset reads through bench.core.data.LabelledImages
+
     real = bd.decode_rgb
     monkeypatch.setattr(bd, "decode_rgb", lambda path: decoded.append(path) or real(path))
     tensors, pils = ImageDataset(split, ev), ImageDataset(split, ev.reference)
@@ -276,10 +288,12 @@ def test_inat_bad_field_type_and_unannotated_image(sets, tmp_path):
     root = copy_of(sets, "inat2017", tmp_path)
     edit_json(root / "train2017.json", lambda d: d["categories"][1].update(id="1"))
     assert "train2017.json: categories[1].id must be an integer, got '1'" in error_of(
-        lambda: read_inat(root, 2017, "train"))
+        lambda: read_inat(root, 2017, "train")
+    )
     edit_json(root / "train2017.json", lambda d: (d["categories"][1].update(id=1), d["annotations"].pop()))
     assert "train2017.json: 1 image(s) have no annotation, first: id 11" in error_of(
-        lambda: read_inat(root, 2017, "train"))
+        lambda: read_inat(root, 2017, "train")
+    )
 
 
 def test_inat_non_contiguous_ids_are_mapped_with_a_warning(sets, tmp_path):
@@ -312,7 +326,8 @@ def test_inat_unreadable_json(sets, tmp_path):
     root = copy_of(sets, "inat2018", tmp_path)
     (root / "train2018.json").write_text('{"images": [1, 2,\n  ]}')
     assert error_of(lambda: read_inat(root, 2018, "train")) == (
-        f"{root / 'train2018.json'}: not valid JSON (Expecting value at line 2 column 3)")  # bench.core.io.load_json
+        f"{root / 'train2018.json'}: not valid JSON (Expecting value at line 2 column 3)"
+    )  # bench.core.io.load_json
     (root / "train2018.json").unlink()
     assert error_of(lambda: read_inat(root, 2018, "val")) == f"{root / 'train2018.json'}: file not found"
 
@@ -328,12 +343,14 @@ def test_missing_images_are_counted_and_named(sets, tmp_path):
     root = copy_of(sets, "places365", tmp_path)
     shutil.rmtree(root / "val_256")
     (root / "val_256").mkdir()
-    assert f"places365_val.txt: {N_CLASSES * N_VAL} listed image file(s) missing under {root / 'val_256'}, " \
-        f"first: 'Places365_val_00000001.jpg', " in error_of(
-        lambda: read_places365(root, "val"))
+    assert (
+        f"places365_val.txt: {N_CLASSES * N_VAL} listed image file(s) missing under {root / 'val_256'}, "
+        f"first: 'Places365_val_00000001.jpg', " in error_of(lambda: read_places365(root, "val"))
+    )
     shutil.rmtree(root / "val_256")
     assert error_of(lambda: read_places365(root, "val")) == (
-        f"{root}: no Places365 val image folder (looked for val_256, val_large)")
+        f"{root}: no Places365 val image folder (looked for val_256, val_large)"
+    )
 
 
 def test_places_malformed_lines_name_file_and_line(sets, tmp_path):
@@ -343,16 +360,19 @@ def test_places_malformed_lines_name_file_and_line(sets, tmp_path):
     lines[2] = "/a/airfield/00000003.jpg zero"
     listing.write_text("\n".join(lines) + "\n")
     assert error_of(lambda: read_places365(root, "train")) == (
-        f"{listing}:3: expected '<image> <label>', got '/a/airfield/00000003.jpg zero'")
+        f"{listing}:3: expected '<image> <label>', got '/a/airfield/00000003.jpg zero'"
+    )
     categories = root / "categories_places365.txt"
     categories.write_text("/a/airfield 0\n/b/beach\n/c/coast 2")
     assert error_of(lambda: read_places365(root, "val")) == (
-        f"{categories}:2: expected '<category> <id>', got '/b/beach'")
+        f"{categories}:2: expected '<category> <id>', got '/b/beach'"
+    )
     root = copy_of(sets, "places205", tmp_path)
     csv = root / "trainvalsplit_places205/val_places205.csv"
     csv.write_text(csv.read_text() + "a/abbey/x.jpg 1 2\n")
     assert error_of(lambda: read_places205(root, "val")) == (
-        f"{csv}:{N_CLASSES * N_VAL + 1}: expected '<image> <label>', got 'a/abbey/x.jpg 1 2'")
+        f"{csv}:{N_CLASSES * N_VAL + 1}: expected '<image> <label>', got 'a/abbey/x.jpg 1 2'"
+    )
 
 
 def test_val_labels_outside_train_label_set(sets, tmp_path):
@@ -365,12 +385,11 @@ def test_val_labels_outside_train_label_set(sets, tmp_path):
     csv = root / "trainvalsplit_places205/val_places205.csv"
     csv.write_text(csv.read_text() + "z/zen_garden/00000001.jpg 9\n")
     assert error_of(lambda: read_places205(root, "val")) == (
-        f"{csv}:{N_CLASSES * N_VAL + 1}: label 9 does not occur in train_places205.csv "
-        f"(the train label set)")
+        f"{csv}:{N_CLASSES * N_VAL + 1}: label 9 does not occur in train_places205.csv (the train label set)"
+    )
     root = copy_of(sets, "folder", tmp_path)
     (root / "val" / "7_seven").mkdir()
-    assert "val/7_seven: class '7_seven' is not a train class" in error_of(
-        lambda: read_image_folder(root, "val"))
+    assert "val/7_seven: class '7_seven' is not a train class" in error_of(lambda: read_image_folder(root, "val"))
 
 
 def test_places205_inconsistent_folder_for_a_label(sets, tmp_path):
@@ -378,7 +397,8 @@ def test_places205_inconsistent_folder_for_a_label(sets, tmp_path):
     csv = root / "trainvalsplit_places205/train_places205.csv"
     csv.write_text(csv.read_text().replace("a/airport_terminal/00000002.jpg 1", "a/airport_terminal/00000002.jpg 0"))
     assert error_of(lambda: read_places205(root, "train")) == (
-        f"{csv}:6: label 0 and folder '/a/airport_terminal' disagree with an earlier line")
+        f"{csv}:6: label 0 and folder '/a/airport_terminal' disagree with an earlier line"
+    )
 
 
 def test_unknown_dataset_or_split_is_a_bench_error(sets):
@@ -396,23 +416,33 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 12) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 # Entries that are well-formed (so whole files sometimes load) next to anything at all.
 INAT_FILES = ("train_val2018/Plantae/0/a.jpg", "b.jpg", "train_val2018/missing.jpg")
 small_id = st.integers(0, 3)
 good_image = st.fixed_dictionaries({"id": small_id, "file_name": st.sampled_from(INAT_FILES)})
 good_annotation = st.fixed_dictionaries({"image_id": small_id, "category_id": small_id})
 good_category = st.fixed_dictionaries({"id": small_id, "name": st.text(max_size=6)})
-any_entry = st.dictionaries(st.sampled_from(["id", "file_name", "image_id", "category_id", "name"]),
-                            json_values, max_size=3) | json_values
+any_entry = (
+    st.dictionaries(st.sampled_from(["id", "file_name", "image_id", "category_id", "name"]), json_values, max_size=3)
+    | json_values
+)
 inat_like = st.fixed_dictionaries(
     {},
-    optional={"images": st.lists(good_image | any_entry, max_size=4),
-              "annotations": st.lists(good_annotation | any_entry, max_size=4),
-              "categories": st.lists(good_category | any_entry, max_size=4)})
-inat_good = st.fixed_dictionaries({"images": st.lists(good_image, min_size=1, max_size=4),
-                                   "annotations": st.lists(good_annotation, max_size=5),
-                                   "categories": st.lists(good_category, max_size=4)})
+    optional={
+        "images": st.lists(good_image | any_entry, max_size=4),
+        "annotations": st.lists(good_annotation | any_entry, max_size=4),
+        "categories": st.lists(good_category | any_entry, max_size=4),
+    },
+)
+inat_good = st.fixed_dictionaries(
+    {
+        "images": st.lists(good_image, min_size=1, max_size=4),
+        "annotations": st.lists(good_annotation, max_size=5),
+        "categories": st.lists(good_category, max_size=4),
+    }
+)
 
 
 def _loads_or_data_error(call) -> None:
@@ -425,8 +455,9 @@ def _loads_or_data_error(call) -> None:
 
 
 @FUZZ
-@given(train=inat_good | inat_like | json_values, val=inat_good | inat_like | json_values,
-       split=st.sampled_from(cd.SPLITS))
+@given(
+    train=inat_good | inat_like | json_values, val=inat_good | inat_like | json_values, split=st.sampled_from(cd.SPLITS)
+)
 def test_fuzz_inat_json(train, val, split):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -450,14 +481,17 @@ def text_lines(*good_lines: str):
     """Files of up to 6 lines: well-formed ones, near misses and arbitrary text."""
     path_like = st.text(st.sampled_from("ab/_.0 \t"), max_size=10)
     label = st.integers(-2, 4).map(str) | st.sampled_from(["7" * 30, "7" * 5000])  # int() refuses > 4300 digits
-    line = (st.sampled_from(good_lines) | st.text(max_size=20)
-            | st.builds(lambda p, n: f"{p} {n}", path_like, label))
+    line = st.sampled_from(good_lines) | st.text(max_size=20) | st.builds(lambda p, n: f"{p} {n}", path_like, label)
     return st.lists(line, max_size=6).map("\n".join)
 
 
 @FUZZ
-@given(categories=text_lines("/a/b 0", "/c 1"), train=text_lines("/a/b/0.jpg 0", "a/b/0.jpg 1"),
-       val=text_lines("0.jpg 0", "0.jpg 1"), split=st.sampled_from(cd.SPLITS))
+@given(
+    categories=text_lines("/a/b 0", "/c 1"),
+    train=text_lines("/a/b/0.jpg 0", "a/b/0.jpg 1"),
+    val=text_lines("0.jpg 0", "0.jpg 1"),
+    split=st.sampled_from(cd.SPLITS),
+)
 def test_fuzz_places365_text(categories, train, val, split):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -472,9 +506,11 @@ def test_fuzz_places365_text(categories, train, val, split):
 
 
 @FUZZ
-@given(train=text_lines("a/b/0.jpg 0", "a/c/0.jpg 1"),
-       val=text_lines("a/b/0.jpg 0", "a/b/0.jpg 1") | st.binary(max_size=30),
-       split=st.sampled_from(cd.SPLITS))
+@given(
+    train=text_lines("a/b/0.jpg 0", "a/c/0.jpg 1"),
+    val=text_lines("a/b/0.jpg 0", "a/b/0.jpg 1") | st.binary(max_size=30),
+    split=st.sampled_from(cd.SPLITS),
+)
 def test_fuzz_places205_text(train, val, split):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

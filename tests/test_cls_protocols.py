@@ -1,6 +1,7 @@
 """Classification protocols (fine-tune / linear probe / partial fine-tune, MAE paper Sec. 4-5):
 layer-decay groups, what trains under each protocol, LARS grouping, top-k counting, a fine-tune
 that learns, and the results row of a run."""
+
 import hashlib
 import math
 
@@ -38,16 +39,36 @@ def digits(tmp_path_factory):
 # Configs: the paper / official-repo values
 # ------------------------------------------------------------------------------------------------
 def test_protocol_configs_hold_the_published_values():
-    ft_b = P.load_config("finetune", "vit_base_patch16")   # FINETUNE.md ViT-B
+    ft_b = P.load_config("finetune", "vit_base_patch16")  # FINETUNE.md ViT-B
     assert (ft_b["blr"], ft_b["layer_decay"], ft_b["drop_path"], ft_b["epochs"]) == (5e-4, 0.65, 0.1, 100)
     ft_l = P.load_config("finetune", "vit_large_patch16")  # FINETUNE.md ViT-L
     assert (ft_l["blr"], ft_l["layer_decay"], ft_l["drop_path"], ft_l["epochs"]) == (1e-3, 0.75, 0.2, 50)
-    ft = P.load_config("finetune", "vit_demo_patch8")      # Table 9 defaults
-    assert (ft["optimizer"], ft["blr"], ft["weight_decay"], ft["layer_decay"], ft["warmup_epochs"]) == ("adamw", 1e-3, 0.05, 0.75, 5)
-    assert (ft["betas"], ft["batch_size"], ft["smoothing"], ft["mixup"], ft["cutmix"], ft["reprob"]) == ([0.9, 0.999], 1024, 0.1, 0.8, 1.0, 0.25)
+    ft = P.load_config("finetune", "vit_demo_patch8")  # Table 9 defaults
+    assert (ft["optimizer"], ft["blr"], ft["weight_decay"], ft["layer_decay"], ft["warmup_epochs"]) == (
+        "adamw",
+        1e-3,
+        0.05,
+        0.75,
+        5,
+    )
+    assert (ft["betas"], ft["batch_size"], ft["smoothing"], ft["mixup"], ft["cutmix"], ft["reprob"]) == (
+        [0.9, 0.999],
+        1024,
+        0.1,
+        0.8,
+        1.0,
+        0.25,
+    )
     assert ft["auto_augment"] == "rand-m9-mstd0.5-inc1" and ft["global_pool"] == "avg"
-    lp = P.load_config("linear", "vit_base_patch16")       # Table 10 / main_linprobe.py
-    assert (lp["optimizer"], lp["blr"], lp["weight_decay"], lp["batch_size"], lp["epochs"], lp["warmup_epochs"]) == ("lars", 0.1, 0.0, 16384, 90, 10)
+    lp = P.load_config("linear", "vit_base_patch16")  # Table 10 / main_linprobe.py
+    assert (lp["optimizer"], lp["blr"], lp["weight_decay"], lp["batch_size"], lp["epochs"], lp["warmup_epochs"]) == (
+        "lars",
+        0.1,
+        0.0,
+        16384,
+        90,
+        10,
+    )
     # the paper's probe trains on augmented images (no cached features), 90 epochs for every size (Table 10)
     assert lp["global_pool"] == "token" and lp["cache_features"] is False and lp["mixup"] == 0
     assert (lp["auto_augment"], lp["crop_scale"], lp["hflip"], lp["reprob"]) == (None, [0.08, 1.0], 0.5, 0.0)
@@ -63,8 +84,14 @@ def test_protocol_configs_hold_the_published_values():
 def test_transforms_follow_mae_build_transform():
     ft = P.load_config("finetune", "vit_base_patch16")
     names = [type(t).__name__ for t in P.train_transform(ft, 224).transforms]
-    assert names == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
-                     "MaybeToTensor", "Normalize", "RandomErasing"]
+    assert names == [
+        "RandomResizedCropAndInterpolation",
+        "RandomHorizontalFlip",
+        "RandAugment",
+        "MaybeToTensor",
+        "Normalize",
+        "RandomErasing",
+    ]
     ev = P.eval_transform(ft, 224).transforms
     assert ev[0].size == 256 and ev[1].size == (224, 224)  # resize 256, centre crop 224
     lin = [type(t).__name__ for t in P.train_transform(P.load_config("linear"), 224).transforms]
@@ -74,6 +101,7 @@ def test_transforms_follow_mae_build_transform():
 def test_randaug_posterize_to_zero_bits_gives_black_not_an_error():
     from PIL import Image
     from timm.data.auto_augment import RandAugment
+
     ra = next(t for t in P.train_transform(P.load_config("finetune"), 32).transforms if isinstance(t, RandAugment))
     op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0  # level 10 -> keep 0 bits
@@ -136,8 +164,16 @@ def _one_step(model, protocol, tmp_path, cfg=None):
     cfg = cfg or P.load_config(P.recipe(protocol, getattr(model, "k", None)), "vit_test_patch8")
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(8, 3, 32, 32, generator=g), torch.arange(8) % 4)
-    tc = TrainConfig(out_dir=str(tmp_path), batch_size=8, steps=1, lr=1e-2, optimizer=cfg["optimizer"],
-                     weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]), progress=False)
+    tc = TrainConfig(
+        out_dir=str(tmp_path),
+        batch_size=8,
+        steps=1,
+        lr=1e-2,
+        optimizer=cfg["optimizer"],
+        weight_decay=cfg["weight_decay"],
+        betas=tuple(cfg["betas"]),
+        progress=False,
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit(model, data, P.make_loss_fn(cfg, 4), tc, groups=P.param_groups_for(model.recipe, model, cfg))
     return before
@@ -157,9 +193,18 @@ def test_partial_finetune_trains_only_the_last_k_blocks(tmp_path):
 
 def test_partial_variants_mlp_zero_and_full():
     mlp = P.build_classifier(TEST_BB, None, "partial", num_classes=4, k="mlp")
-    assert P.trainable_names(mlp) == ["blocks.1.norm2.weight", "blocks.1.norm2.bias", "blocks.1.mlp.fc1.weight",
-                                      "blocks.1.mlp.fc1.bias", "blocks.1.mlp.fc2.weight", "blocks.1.mlp.fc2.bias",
-                                      "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]
+    assert P.trainable_names(mlp) == [
+        "blocks.1.norm2.weight",
+        "blocks.1.norm2.bias",
+        "blocks.1.mlp.fc1.weight",
+        "blocks.1.mlp.fc1.bias",
+        "blocks.1.mlp.fc2.weight",
+        "blocks.1.mlp.fc2.bias",
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "head.weight",
+        "head.bias",
+    ]
     full = P.build_classifier(TEST_BB, None, "partial", num_classes=4, k=2)
     assert P.trainable_names(full) == [n for n, _ in full.named_parameters()]
     zero = P.build_classifier(TEST_BB, None, "partial", num_classes=4, k=0)  # = linear probing (Fig. 9)
@@ -182,10 +227,14 @@ def test_lars_adapts_the_weight_not_the_bias():
     """One LARS step on the head by hand: weight update = lr * 0.001 * |w| / |g| * g (util/lars.py),
     bias update = lr * g (1-d params are not adapted)."""
     from timm.optim import Lars
+
     torch.manual_seed(0)
     head = nn.Sequential(nn.BatchNorm1d(6, affine=False, eps=1e-6), nn.Linear(6, 3))
     groups = P.param_groups_for("linear", head, {"weight_decay": 0.0})
-    assert [(g["always_adapt"], g["weight_decay"], len(g["params"])) for g in groups] == [(True, 0.0, 1), (False, 0.0, 1)]
+    assert [(g["always_adapt"], g["weight_decay"], len(g["params"])) for g in groups] == [
+        (True, 0.0, 1),
+        (False, 0.0, 1),
+    ]
     opt = Lars(groups, lr=0.5, momentum=0.9)
     w0, b0 = head[1].weight.detach().clone(), head[1].bias.detach().clone()
     F.cross_entropy(head(torch.randn(16, 6)), torch.arange(16) % 3).backward()
@@ -234,8 +283,8 @@ def test_evaluate_counts_top1_top5_directly():
     n, c = 23, 8
     logits = torch.randn(n, c, generator=g)
     labels = torch.randint(0, c, (n,), generator=g)
-    labels[:3] = logits[:3].argmax(1)           # some certain top-1 hits
-    labels[3] = logits[3].argsort()[0]          # a certain miss of both (lowest logit of 8)
+    labels[:3] = logits[:3].argmax(1)  # some certain top-1 hits
+    labels[3] = logits[3].argsort()[0]  # a certain miss of both (lowest logit of 8)
     top1 = sum(int(logits[i].argmax() == labels[i]) for i in range(n))
     top5 = sum(int(labels[i].item() in sorted(range(c), key=lambda j: -logits[i, j].item())[:5]) for i in range(n))
     out = P.evaluate(Lookup(logits), TensorDataset(torch.arange(n), labels), batch_size=5)
@@ -254,11 +303,32 @@ def test_finetune_on_generated_digits_learns(digits, tmp_path):
     groups, warmup + cosine and label-smoothing loss; RandAug / mixup / drop path / layer decay are
     off (they are regularisers for pretrained models on large sets, and slow a from-scratch run).
     Measured: top-1 61-61.5% after 20 epochs (chance: 10%), 16-24 s on 1 busy core."""
-    overrides = {"batch_size": 32, "warmup_epochs": 1, "blr": 0.01, "layer_decay": None, "drop_path": 0.0,
-                 "mixup": 0.0, "cutmix": 0.0, "auto_augment": None, "reprob": 0.0, "crop_scale": [0.6, 1.0],
-                 "hflip": 0.0, "num_workers": 0, "eval_batch_size": 200}
-    row = run_classification("finetune", "folder", digits, TEST_BB, None, out_dir=tmp_path / "ft", config=overrides,
-                             epochs=20, progress=False)
+    overrides = {
+        "batch_size": 32,
+        "warmup_epochs": 1,
+        "blr": 0.01,
+        "layer_decay": None,
+        "drop_path": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "auto_augment": None,
+        "reprob": 0.0,
+        "crop_scale": [0.6, 1.0],
+        "hflip": 0.0,
+        "num_workers": 0,
+        "eval_batch_size": 200,
+    }
+    row = run_classification(
+        "finetune",
+        "folder",
+        digits,
+        TEST_BB,
+        None,
+        out_dir=tmp_path / "ft",
+        config=overrides,
+        epochs=20,
+        progress=False,
+    )
     assert row["iterations"] == 20 * (600 // 32)
     assert row["metrics"]["top1"] > 40.0, row["metrics"]
     assert row["metrics"]["top5"] >= row["metrics"]["top1"]
@@ -269,25 +339,51 @@ def test_linear_run_appends_a_complete_row_and_resumes(digits, tmp_path):
     torch.manual_seed(0)
     torch.save({"model": build_backbone(TEST_BB).state_dict()}, ckpt)
     store = tmp_path / "results"
-    kw = dict(out_dir=tmp_path / "lin", config="smoke", epochs=10, seed=1, results=store, suite="test", progress=False,
-              overrides={"cache_features": True})
+    kw = dict(
+        out_dir=tmp_path / "lin",
+        config="smoke",
+        epochs=10,
+        seed=1,
+        results=store,
+        suite="test",
+        progress=False,
+        overrides={"cache_features": True},
+    )
     row = run_classification("linear", "folder", digits, "mae_vit_test_patch8", ckpt, **kw)
     rows = ResultsStore(store).rows()
     assert rows == [row]
-    assert (row["task"], row["protocol"], row["k"], row["init"], row["backbone"], row["seed"], row["suite"]) == \
-        ("folder", "linear", None, "mae", "vit_test_patch8", 1, "test")
+    assert (row["task"], row["protocol"], row["k"], row["init"], row["backbone"], row["seed"], row["suite"]) == (
+        "folder",
+        "linear",
+        None,
+        "mae",
+        "vit_test_patch8",
+        1,
+        "test",
+    )
     assert row["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert set(row["metrics"]) == {"top1", "top5"} and row["metrics"]["top1"] <= row["metrics"]["top5"] <= 100
     # BN + linear on frozen *random* features (LARS, lr 6.4 from smoke.yaml): measured 23-24%, chance 10%
     assert row["metrics"]["top1"] > 15.0, row["metrics"]
     assert row["iterations"] == 10 * (600 // 32) and row["wall_time_s"] > 0 and len(row["config_hash"]) == 12
     ex = row["extra"]
-    assert (ex["img_size"], ex["epochs"], ex["batch_size"], ex["n_train"], ex["n_val"], ex["cache_features"]) == \
-        (32, 10.0, 32, 600, 200, True)
+    assert (ex["img_size"], ex["epochs"], ex["batch_size"], ex["n_train"], ex["n_val"], ex["cache_features"]) == (
+        32,
+        10.0,
+        32,
+        600,
+        200,
+        True,
+    )
     assert ex["lr"] == 6.4 and ex["trainable_params"] == 32 * 10 + 10
     # smoke.yaml's lr 6.4 at batch 32 is base lr 6.4 * 256 / 32 = 51.2 (paper 0.1)
-    assert row["deviations"] == ["cached features (no augmentation)", "epochs 10 < paper 90", "batch 32 < paper 16384",
-                                 "base lr 51.2 != paper 0.1", "warmup_epochs 1 != paper 10"]
+    assert row["deviations"] == [
+        "cached features (no augmentation)",
+        "epochs 10 < paper 90",
+        "batch 32 < paper 16384",
+        "base lr 51.2 != paper 0.1",
+        "warmup_epochs 1 != paper 10",
+    ]
     assert (tmp_path / "lin" / "features-train.pth").is_file()
     # same out dir: resumes the finished run (no new steps) and measures the same model
     again = run_classification("linear", "folder", digits, "mae_vit_test_patch8", ckpt, **kw)
@@ -295,7 +391,9 @@ def test_linear_run_appends_a_complete_row_and_resumes(digits, tmp_path):
     assert len(ResultsStore(store).rows()) == 2
     # another config in that out dir is refused before anything runs
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "lin").iterdir())
-    with pytest.raises(BenchError, match=r"config\.json: this folder holds a run with other settings \(epochs 10.0 -> 4.0\)"):
+    with pytest.raises(
+        BenchError, match=r"config\.json: this folder holds a run with other settings \(epochs 10.0 -> 4.0\)"
+    ):
         run_classification("linear", "folder", digits, "mae_vit_test_patch8", ckpt, **dict(kw, epochs=4))
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "lin").iterdir()) == before
 
@@ -308,7 +406,10 @@ def test_bad_inputs_are_one_line_errors_before_any_output(digits, tmp_path):
         (dict(protocol="finetune", k=1), r"--k only applies to protocol 'partial'"),
         (dict(protocol="partial", k="two"), r"--k must be a number of blocks"),
         (dict(protocol="probe"), r"unknown protocol 'probe'; expected one of finetune, linear, partial"),
-        (dict(protocol="finetune", dataset="imagenet"), r"unknown dataset 'imagenet'; expected one of inat2017, .*folder"),
+        (
+            dict(protocol="finetune", dataset="imagenet"),
+            r"unknown dataset 'imagenet'; expected one of inat2017, .*folder",
+        ),
         (dict(protocol="finetune", config={"batch_size": 33}), r"batch_size 33 must be even for mixup"),
         (dict(protocol="finetune", config={"global_pool": "max"}), r"key 'global_pool' must be 'avg' or 'token'"),
         (dict(protocol="finetune", backbone="random_vit_tiny_patch9"), r"unknown backbone"),
@@ -317,17 +418,51 @@ def test_bad_inputs_are_one_line_errors_before_any_output(digits, tmp_path):
         args = dict(protocol="finetune", dataset="folder", backbone=TEST_BB, config=None, k=None)
         args.update(kw)
         with pytest.raises(BenchError, match=msg) as err:
-            run_classification(args["protocol"], args["dataset"], digits, args["backbone"], None, k=args["k"],
-                               out_dir=out, config=args["config"], progress=False)
+            run_classification(
+                args["protocol"],
+                args["dataset"],
+                digits,
+                args["backbone"],
+                None,
+                k=args["k"],
+                out_dir=out,
+                config=args["config"],
+                progress=False,
+            )
         assert "\n" not in str(err.value)
         assert not out.exists()
 
 
 def test_cli_arguments_parse():
     import argparse
+
     args = add_cls_arguments(argparse.ArgumentParser()).parse_args(
-        ["--protocol", "partial", "--dataset", "inat2018", "--data-root", "d", "--backbone", "mae_vit_base_patch16",
-         "--checkpoint", "c.pth", "--k", "mlp", "--epochs", "50", "--results", "r"])
-    assert (args.protocol, args.dataset, args.k, args.epochs, args.resume, args.seed) == ("partial", "inat2018", "mlp", 50.0, True, 0)
+        [
+            "--protocol",
+            "partial",
+            "--dataset",
+            "inat2018",
+            "--data-root",
+            "d",
+            "--backbone",
+            "mae_vit_base_patch16",
+            "--checkpoint",
+            "c.pth",
+            "--k",
+            "mlp",
+            "--epochs",
+            "50",
+            "--results",
+            "r",
+        ]
+    )
+    assert (args.protocol, args.dataset, args.k, args.epochs, args.resume, args.seed) == (
+        "partial",
+        "inat2018",
+        "mlp",
+        50.0,
+        True,
+        0,
+    )
     assert P.parse_k(args.k) == "mlp" and P.parse_k("4") == 4 and P.parse_k("0.5") == "mlp"
     assert math.isclose(P.load_config("finetune", overrides="smoke")["batch_size"], 32)

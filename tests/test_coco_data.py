@@ -1,4 +1,5 @@
 """The generated COCO dataset (layout, format, consistency, determinism) and the COCO validator."""
+
 import copy
 import json
 import os
@@ -15,8 +16,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from bench.core.errors import DataError
-from tasks.detection.coco_data import (SHAPE_CATEGORIES, _COLOURS, check_same_categories,
-                                       make_coco_dataset, uncompressed_rle_counts, validate_coco)
+from tasks.detection.coco_data import (
+    _COLOURS,
+    SHAPE_CATEGORIES,
+    check_same_categories,
+    make_coco_dataset,
+    uncompressed_rle_counts,
+    validate_coco,
+)
 
 # pycocotools 2.0.11 decode() warns under numpy 2 (its Cython __array__ lacks `copy`); not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -26,8 +33,7 @@ H, W = 96, 128  # not square, so height / width mix-ups show
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
-    return make_coco_dataset(tmp_path_factory.mktemp("coco") / "data", n_train=8, n_val=4,
-                             image_size=(H, W), seed=3)
+    return make_coco_dataset(tmp_path_factory.mktemp("coco") / "data", n_train=8, n_val=4, image_size=(H, W), seed=3)
 
 
 def _load(root, split):
@@ -42,7 +48,9 @@ def _write(path, data):
 def test_writes_the_coco_2017_layout(coco_root):
     assert sorted(p.name for p in coco_root.iterdir()) == ["annotations", "train2017", "val2017"]
     assert sorted(p.name for p in (coco_root / "annotations").iterdir()) == [
-        "instances_train2017.json", "instances_val2017.json"]
+        "instances_train2017.json",
+        "instances_val2017.json",
+    ]
     for split, n in (("train2017", 8), ("val2017", 4)):
         data = _load(coco_root, split)
         assert list(data) == ["info", "licenses", "images", "annotations", "categories"]
@@ -62,8 +70,7 @@ def test_writes_the_coco_2017_layout(coco_root):
 def test_pycocotools_loads_it_with_non_contiguous_category_ids(coco_root):
     coco = COCO(str(coco_root / "annotations" / "instances_train2017.json"))
     assert coco.getCatIds() == [1, 3, 7, 18, 44]
-    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
-        "disc", "box", "triangle", "ring", "star"]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["disc", "box", "triangle", "ring", "star"]
     assert all("supercategory" in c for c in coco.loadCats(coco.getCatIds()))
     assert len(coco.getImgIds()) == 8
     # every category has instances in train
@@ -86,8 +93,7 @@ def test_polygons_compressed_rle_and_crowd_uncompressed_rle_are_present(coco_roo
     for split in ("train2017", "val2017"):
         anns = _load(coco_root, split)["annotations"]
         polys = [a for a in anns if isinstance(a["segmentation"], list)]
-        rles = [a for a in anns if isinstance(a["segmentation"], dict)
-                and isinstance(a["segmentation"]["counts"], str)]
+        rles = [a for a in anns if isinstance(a["segmentation"], dict) and isinstance(a["segmentation"]["counts"], str)]
         crowd = [a for a in anns if a["iscrowd"] == 1]
         assert polys and rles and crowd, split
         assert all(len(p) >= 6 and len(p) % 2 == 0 for a in polys for p in a["segmentation"])
@@ -159,10 +165,10 @@ def test_uncompressed_rle_counts_round_trip_through_pycocotools(h, w, seed):
 # validator
 # ----------------------------------------------------------------------------------------------
 
+
 def test_validate_accepts_the_generated_set(coco_root):
     data = _load(coco_root, "train2017")
-    s = validate_coco(coco_root / "annotations" / "instances_train2017.json",
-                      coco_root / "train2017")
+    s = validate_coco(coco_root / "annotations" / "instances_train2017.json", coco_root / "train2017")
     assert s["num_images"] == 8
     assert s["num_annotations"] == len(data["annotations"])
     assert s["num_crowd"] == sum(a["iscrowd"] for a in data["annotations"]) >= 1
@@ -172,10 +178,13 @@ def test_validate_accepts_the_generated_set(coco_root):
     assert s["dataset"]["annotations"] == data["annotations"]
 
 
-@pytest.mark.parametrize("drop, named", [
-    (["categories"], "'categories'"),
-    (["images", "annotations"], "'images', 'annotations'"),
-])
+@pytest.mark.parametrize(
+    "drop, named",
+    [
+        (["categories"], "'categories'"),
+        (["images", "annotations"], "'images', 'annotations'"),
+    ],
+)
 def test_not_coco_names_the_missing_keys(coco_root, tmp_path, drop, named):
     data = _load(coco_root, "val2017")
     for k in drop:
@@ -203,8 +212,7 @@ def test_annotation_with_unknown_image_id(coco_root, tmp_path):
     path = _write(tmp_path / "a.json", data)
     with pytest.raises(DataError) as e:
         validate_coco(path, coco_root / "val2017")
-    assert str(e.value) == (f"{path}: annotation id {ann['id']} has image_id 424242, "
-                            "which is not in 'images'")
+    assert str(e.value) == (f"{path}: annotation id {ann['id']} has image_id 424242, which is not in 'images'")
 
 
 def test_annotation_with_unknown_category_and_duplicate_id(coco_root, tmp_path):
@@ -216,26 +224,33 @@ def test_annotation_with_unknown_category_and_duplicate_id(coco_root, tmp_path):
     data = _load(coco_root, "val2017")
     data["annotations"][2]["id"] = data["annotations"][0]["id"]
     path = _write(tmp_path / "d.json", data)
-    with pytest.raises(DataError, match=rf"annotations\[2\] repeats annotation id "
-                                        rf"{data['annotations'][0]['id']}$"):
+    with pytest.raises(
+        DataError,
+        match=rf"annotations\[2\] repeats annotation id "
+        rf"{data['annotations'][0]['id']}$",
+    ):
         validate_coco(path, None, require_images=False)
 
 
 def test_degenerate_boxes_are_warned_about_and_skipped(coco_root, tmp_path):
     data = _load(coco_root, "val2017")
     n = len(data["annotations"])
-    data["annotations"][0]["bbox"][2] = 0.0      # w == 0, like real train2017 annotation 918
-    data["annotations"][2]["bbox"][3] = -1.5     # h < 0
+    data["annotations"][0]["bbox"][2] = 0.0  # w == 0, like real train2017 annotation 918
+    data["annotations"][2]["bbox"][3] = -1.5  # h < 0
     bad_ids = [data["annotations"][0]["id"], data["annotations"][2]["id"]]
     path = _write(tmp_path / "degenerate.json", data)
-    with pytest.warns(UserWarning, match=r"degenerate\.json: skipping 2 annotation\(s\) with a "
-                                         rf"degenerate 'bbox' \(w or h <= 0\), ids "
-                                         rf"{bad_ids[0]}, {bad_ids[1]}$"):
+    with pytest.warns(
+        UserWarning,
+        match=r"degenerate\.json: skipping 2 annotation\(s\) with a "
+        rf"degenerate 'bbox' \(w or h <= 0\), ids "
+        rf"{bad_ids[0]}, {bad_ids[1]}$",
+    ):
         s = validate_coco(path, coco_root / "val2017")
     assert s["degenerate_ann_ids"] == bad_ids
     assert s["num_annotations"] == n - 2
     assert [a["id"] for a in s["dataset"]["annotations"]] == [
-        a["id"] for a in data["annotations"] if a["id"] not in bad_ids]
+        a["id"] for a in data["annotations"] if a["id"] not in bad_ids
+    ]
 
 
 def test_degenerate_boxes_can_be_kept(coco_root, tmp_path):
@@ -255,14 +270,12 @@ def test_missing_image_files_name_the_first_five_and_the_count(coco_root, tmp_pa
     image_dir.mkdir()
     present = data["images"][6:]  # 6 of 8 are missing
     for img in present:
-        (image_dir / img["file_name"]).write_bytes(
-            (coco_root / "train2017" / img["file_name"]).read_bytes())
+        (image_dir / img["file_name"]).write_bytes((coco_root / "train2017" / img["file_name"]).read_bytes())
     ann_file = coco_root / "annotations" / "instances_train2017.json"
     with pytest.raises(DataError) as e:
         validate_coco(ann_file, image_dir)
     first5 = ", ".join(img["file_name"] for img in data["images"][:5])
-    assert str(e.value) == (f"{image_dir}: 6 image file(s) listed in {ann_file} 'images' are "
-                            f"missing: {first5}, ...")
+    assert str(e.value) == (f"{image_dir}: 6 image file(s) listed in {ann_file} 'images' are missing: {first5}, ...")
     s = validate_coco(ann_file, image_dir, require_images=False)  # no file check asked for
     assert s["num_images"] == 8
     with pytest.raises(DataError, match=r"image directory not found"):
@@ -276,8 +289,9 @@ def test_polygon_with_fewer_than_three_points(coco_root, tmp_path):
     path = _write(tmp_path / "poly.json", data)
     with pytest.raises(DataError) as e:
         validate_coco(path, None, require_images=False)
-    assert str(e.value) == (f"{path}: annotation id {ann['id']} 'segmentation' polygon 1 has 2 "
-                            "point(s); a polygon needs at least 3")
+    assert str(e.value) == (
+        f"{path}: annotation id {ann['id']} 'segmentation' polygon 1 has 2 point(s); a polygon needs at least 3"
+    )
     ann["segmentation"] = [[1.0, 2.0, 3.0, 4.0, 5.0]]
     _write(path, data)
     with pytest.raises(DataError, match=r"polygon 0 must be a flat list .* of even length"):
@@ -289,8 +303,11 @@ def test_rle_of_the_wrong_size(coco_root, tmp_path):
     ann = next(a for a in data["annotations"] if isinstance(a["segmentation"], dict))
     ann["segmentation"]["size"] = [W, H]
     path = _write(tmp_path / "rle.json", data)
-    with pytest.raises(DataError, match=rf"annotation id {ann['id']} 'segmentation' size "
-                                        rf"\[{W}, {H}\] is not its image's"):
+    with pytest.raises(
+        DataError,
+        match=rf"annotation id {ann['id']} 'segmentation' size "
+        rf"\[{W}, {H}\] is not its image's",
+    ):
         validate_coco(path, None, require_images=False)
 
 
@@ -316,14 +333,14 @@ def test_check_same_categories(coco_root, tmp_path):
     bad_val = _write(tmp_path / "val_bad.json", data)
     with pytest.raises(DataError) as e:
         check_same_categories(train, bad_val)
-    assert str(e.value) == (f"{bad_val}: 'categories' ids differ from {train}: only in train "
-                            "[44], only in val [90]")
+    assert str(e.value) == (f"{bad_val}: 'categories' ids differ from {train}: only in train [44], only in val [90]")
 
     data = _load(coco_root, "val2017")
     data["categories"][1]["name"] = "square"
     renamed = _write(tmp_path / "val_renamed.json", data)
-    with pytest.raises(DataError, match=re.escape(
-            f"{renamed}: 'categories' id 3 is named 'square', but 'box' in {train}")):
+    with pytest.raises(
+        DataError, match=re.escape(f"{renamed}: 'categories' id 3 is named 'square', but 'box' in {train}")
+    ):
         check_same_categories(train, renamed)
 
 

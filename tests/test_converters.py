@@ -4,6 +4,7 @@ Each test builds the *source* model of a format with random weights (timm's Visi
 DeiT / MoCo v3 / MAE / mmpretrain, timm's Beit for BEiT), writes it in the official key names and
 container, loads it through ``build_backbone`` and compares the features with the source model's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,6 +65,7 @@ def test_supervised_deit_container_matches_timm(tmp_path):
 
 def test_supervised_bare_safetensors_matches_timm(tmp_path):
     from safetensors.torch import save_file
+
     src = timm_vit()
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
@@ -105,9 +107,13 @@ def moco_checkpoint(src: TimmViT, momentum: bool = True) -> dict:
         sd.update({f"module.momentum_encoder.{k}": v + 1.0 for k, v in base.items()})
         sd.update({f"module.momentum_encoder.head.{k}": v for k, v in proj.items()})
     sd.update({f"module.predictor.{k}": v for k, v in moco_mlp(2, 16, 64, 16).state_dict().items()})
-    return {"epoch": 300, "arch": "vit_small", "state_dict": sd,
-            "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0]}]},
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0}}
+    return {
+        "epoch": 300,
+        "arch": "vit_small",
+        "state_dict": sd,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0]}]},
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0},
+    }
 
 
 def test_mocov3_official_layout_matches_base_encoder(tmp_path):
@@ -152,9 +158,19 @@ def test_mocov3_file_given_to_supervised_gets_a_hint(tmp_path):
 # BEiT
 # ------------------------------------------------------------------------------------------------
 def timm_beit(shared: bool, abs_pos: bool, qkv_bias: bool = True, init_values=0.1) -> Beit:
-    return randomize(Beit(**TEST_ARCH, num_classes=0, global_pool="token", qkv_bias=qkv_bias,
-                          use_abs_pos_emb=abs_pos, use_rel_pos_bias=not shared, use_shared_rel_pos_bias=shared,
-                          init_values=init_values), std=0.2)
+    return randomize(
+        Beit(
+            **TEST_ARCH,
+            num_classes=0,
+            global_pool="token",
+            qkv_bias=qkv_bias,
+            use_abs_pos_emb=abs_pos,
+            use_rel_pos_bias=not shared,
+            use_shared_rel_pos_bias=shared,
+            init_values=init_values,
+        ),
+        std=0.2,
+    )
 
 
 def unilm_state_dict(src: Beit, pretrain: bool = True) -> dict:
@@ -218,8 +234,9 @@ def test_beit_tables_resized_for_a_larger_input(tmp_path):
     ours = build_backbone("beit_vit_test_patch8", checkpoint=path, img_size=48)  # 4x4 -> 6x6 grid
     assert ours.blocks[0].attn.relative_position_bias_table.shape == (11 * 11 + 3, 2)
     # the 3 cls rows are carried over unchanged
-    torch.testing.assert_close(ours.blocks[0].attn.relative_position_bias_table[-3:],
-                               src.rel_pos_bias.relative_position_bias_table[-3:])
+    torch.testing.assert_close(
+        ours.blocks[0].attn.relative_position_bias_table[-3:], src.rel_pos_bias.relative_position_bias_table[-3:]
+    )
     out = ours.eval().forward_features(images(size=48))
     assert out.shape == (2, 37, 32) and torch.isfinite(out).all()
 
@@ -242,13 +259,18 @@ def to_mmpretrain(sd: dict) -> dict:
             continue
         n = k.replace("patch_embed.proj.", "patch_embed.projection.")
         if k.startswith("blocks."):
-            n = "layers." + k[len("blocks."):]
-            for a, b in ((".norm1.", ".ln1."), (".norm2.", ".ln2."), (".mlp.fc1.", ".ffn.layers.0.0."),
-                         (".mlp.fc2.", ".ffn.layers.1."), (".ls1.gamma", ".attn.gamma1.weight"),
-                         (".ls2.gamma", ".ffn.gamma2.weight")):
+            n = "layers." + k[len("blocks.") :]
+            for a, b in (
+                (".norm1.", ".ln1."),
+                (".norm2.", ".ln2."),
+                (".mlp.fc1.", ".ffn.layers.0.0."),
+                (".mlp.fc2.", ".ffn.layers.1."),
+                (".ls1.gamma", ".attn.gamma1.weight"),
+                (".ls2.gamma", ".ffn.gamma2.weight"),
+            ):
                 n = n.replace(a, b)
         elif k.startswith("norm."):
-            n = "ln1." + k[len("norm."):]
+            n = "ln1." + k[len("norm.") :]
         out["backbone." + n] = v
     return out
 
@@ -256,8 +278,13 @@ def to_mmpretrain(sd: dict) -> dict:
 def test_mae_official_pretrain_file_matches(tmp_path):
     src = timm_vit(num_classes=0)
     sd = dict(src.state_dict())
-    sd.update({"mask_token": torch.randn(1, 1, 16), "decoder_embed.weight": torch.randn(16, 32),
-               "decoder_pred.weight": torch.randn(192, 16)})
+    sd.update(
+        {
+            "mask_token": torch.randn(1, 1, 16),
+            "decoder_embed.weight": torch.randn(16, 32),
+            "decoder_pred.weight": torch.randn(192, 16),
+        }
+    )
     path = tmp_path / "mae_pretrain_vit_test.pth"
     torch.save({"model": sd}, path)
     assert_same_features(src, build_backbone("mae_vit_test_patch8", checkpoint=path))
@@ -267,8 +294,14 @@ def test_mmpretrain_mae_checkpoint_matches(tmp_path):
     src = timm_vit(num_classes=0)
     sd = to_mmpretrain(src.state_dict())
     assert "backbone.layers.1.ffn.layers.0.0.weight" in sd and "backbone.ln1.weight" in sd
-    sd.update({"neck.mask_token": torch.randn(1, 1, 16), "neck.decoder_embed.weight": torch.randn(16, 32),
-               "neck.decoder_blocks.0.ln1.weight": torch.randn(16), "neck.decoder_pred.weight": torch.randn(192, 16)})
+    sd.update(
+        {
+            "neck.mask_token": torch.randn(1, 1, 16),
+            "neck.decoder_embed.weight": torch.randn(16, 32),
+            "neck.decoder_blocks.0.ln1.weight": torch.randn(16),
+            "neck.decoder_pred.weight": torch.randn(192, 16),
+        }
+    )
     path = tmp_path / "mae_vit-test_mmpretrain.pth"
     torch.save({"meta": {"epoch": 400, "mmpretrain_version": "1.0.0"}, "state_dict": sd}, path)
     assert detect_format(sd) == "mmpretrain"
@@ -306,10 +339,13 @@ def test_unknown_format_lists_first_keys_and_known_formats(tmp_path):
     assert "known formats" in msg and "module.base_encoder" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("payload, pattern", [
-    ([torch.zeros(3)], "holds a list, not a dict"),
-    ({"weights": {"a": 1}, "step": 3}, r"unknown layout, top-level keys \['weights', 'step'\]"),
-])
+@pytest.mark.parametrize(
+    "payload, pattern",
+    [
+        ([torch.zeros(3)], "holds a list, not a dict"),
+        ({"weights": {"a": 1}, "step": 3}, r"unknown layout, top-level keys \['weights', 'step'\]"),
+    ],
+)
 def test_wrong_container(tmp_path, payload, pattern):
     path = tmp_path / "bad.pth"
     torch.save(payload, path)
@@ -333,7 +369,9 @@ def test_missing_encoder_keys_are_named(tmp_path):
 def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
     path = tmp_path / "vit32.pth"
     torch.save({"model": timm_vit().state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"key 'cls_token' has shape \(1, 1, 32\) in the file but \(1, 1, 48\) in the model"):
+    with pytest.raises(
+        CheckpointError, match=r"key 'cls_token' has shape \(1, 1, 32\) in the file but \(1, 1, 48\) in the model"
+    ):
         build_backbone("supervised_vit_test_patch8", checkpoint=path, embed_dim=48)
 
 
@@ -353,8 +391,11 @@ def _vitdet_detector_state(seed=0, cls_slot=True):
     ``backbone.net.`` (no cls token, no final norm: detectron2's ViT has neither), plus pyramid /
     head keys that must be dropped. Returns (state dict, the encoder it came from)."""
     from backbones.vit import VisionTransformer
+
     enc = randomize(VisionTransformer(**TEST_ARCH, use_rel_pos="decomposed", window_size=2, global_blocks=(1,)), seed)
-    sd = {f"backbone.net.{k}": v.clone() for k, v in enc.state_dict().items() if not k.startswith(("cls_token", "norm."))}
+    sd = {
+        f"backbone.net.{k}": v.clone() for k, v in enc.state_dict().items() if not k.startswith(("cls_token", "norm."))
+    }
     if not cls_slot:
         sd["backbone.net.pos_embed"] = sd["backbone.net.pos_embed"][:, 1:]
     sd["backbone.simfp_2.0.weight"] = torch.randn(32, 16, 2, 2)
@@ -368,7 +409,9 @@ def test_vitdet_detector_checkpoint_loads_through_the_registry(tmp_path, cls_slo
     sd, enc = _vitdet_detector_state(cls_slot=cls_slot)
     torch.save({"model": sd, "iteration": 184374}, tmp_path / "model_final.pth")  # DetectionCheckpointer layout
     assert detect_format(sd) == "detectron2"
-    ours = build_backbone("vitdet_vit_test_patch8", tmp_path / "model_final.pth", window_size=2, global_blocks=(1,)).eval()
+    ours = build_backbone(
+        "vitdet_vit_test_patch8", tmp_path / "model_final.pth", window_size=2, global_blocks=(1,)
+    ).eval()
     for k, v in enc.state_dict().items():
         if k.startswith(("blocks.", "patch_embed.")) or (k == "pos_embed" and cls_slot):
             torch.testing.assert_close(ours.state_dict()[k], v, msg=k)
@@ -382,6 +425,7 @@ def test_vitdet_detector_checkpoint_loads_through_the_registry(tmp_path, cls_slo
 
 def test_vitdet_pkl_needs_trust_and_rel_pos_tables_are_resized(tmp_path):
     import pickle
+
     sd, enc = _vitdet_detector_state()
     f = tmp_path / "model_final_61ccd1.pkl"  # detectron2 model zoo: pickled numpy arrays
     with open(f, "wb") as fh:
@@ -391,7 +435,9 @@ def test_vitdet_pkl_needs_trust_and_rel_pos_tables_are_resized(tmp_path):
     ours = build_backbone("vitdet_vit_test_patch8", f, trust_checkpoint=True, window_size=2, global_blocks=(1,))
     torch.testing.assert_close(ours.blocks[1].attn.rel_pos_h, enc.blocks[1].attn.rel_pos_h)
     # at 64 px the global block's tables need 2*8-1 rows: linear interpolation, as detectron2's get_rel_pos
-    big = build_backbone("vitdet_vit_test_patch8", f, trust_checkpoint=True, img_size=64, window_size=2, global_blocks=(1,))
+    big = build_backbone(
+        "vitdet_vit_test_patch8", f, trust_checkpoint=True, img_size=64, window_size=2, global_blocks=(1,)
+    )
     ref = torch.nn.functional.interpolate(enc.blocks[1].attn.rel_pos_h.T[None], size=15, mode="linear")[0].T
     torch.testing.assert_close(big.blocks[1].attn.rel_pos_h, ref)
     torch.testing.assert_close(big.blocks[0].attn.rel_pos_h, enc.blocks[0].attn.rel_pos_h)  # window tables keep size

@@ -2,6 +2,7 @@
 PIL path's pixels and errors, the v2 uint8-tensor transforms match the PIL transforms of the same
 seed, the image folder is listed without opening its files, and ``bench perf data`` reports both
 decoders."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,18 @@ import torch
 from PIL import Image
 
 import bench.core.data as bd
-from bench.core.data import (IMAGE_EXTENSIONS, IMAGENET_STD, ImageFolderImages, TensorTransform, decode_rgb,
-                        embedded_photos, list_images, load_rgb, pil_to_uint8, pretrain_transform)
+from bench.core.data import (
+    IMAGE_EXTENSIONS,
+    IMAGENET_STD,
+    ImageFolderImages,
+    TensorTransform,
+    decode_rgb,
+    embedded_photos,
+    list_images,
+    load_rgb,
+    pil_to_uint8,
+    pretrain_transform,
+)
 from bench.core.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,6 +152,7 @@ def test_tensor_pretrain_crop_matches_the_pil_crop_of_the_same_seed():
 
 def test_tensor_eval_transform_matches_timm_on_pil():
     from tasks.classification import protocols as P
+
     ev = P.eval_transform(P.load_config("finetune", "vit_base_patch16"), 224)
     assert isinstance(ev, TensorTransform)
     assert [type(t).__name__ for t in ev.transforms] == ["Resize", "CenterCrop", "MaybeToTensor", "Normalize"]
@@ -153,6 +165,7 @@ def test_tensor_eval_transform_matches_timm_on_pil():
 
 def test_steps_without_a_v2_twin_stay_pil():
     from tasks.classification import protocols as P
+
     tf = P.train_transform(P.load_config("finetune", "vit_base_patch16"), 224)  # RandAugment needs PIL
     assert bd.as_tensor_transform(tf) is tf and not bd.wants_tensor(tf)
     assert not bd.wants_tensor(pretrain_transform(32, tensor=False))
@@ -160,6 +173,7 @@ def test_steps_without_a_v2_twin_stay_pil():
 
 def test_tensor_transform_is_deterministic_under_the_engines_per_sample_seed():
     from bench.core.engine import SeededDataset
+
     ds = SeededDataset(bd.pretrain_dataset("embedded", 32, 16))
     assert isinstance(ds.dataset.images[0], torch.Tensor)
     a, b, c = ds[(3, 12345)], ds[(3, 12345)], ds[(3, 54321)]
@@ -221,7 +235,8 @@ def test_image_folder_bad_first_files_warn_at_construction_and_all_bad_is_an_err
     (e / "a.jpg").write_bytes(b"not a jpeg")
     (e / "b.png").write_bytes(b"\x89PNG broken")
     assert error_of(lambda: ImageFolderImages(e, pretrain_transform(32))) == (
-        f"image folder {e}: none of its 2 image files can be read (first: {e / 'a.jpg'})")
+        f"image folder {e}: none of its 2 image files can be read (first: {e / 'a.jpg'})"
+    )
 
 
 def test_list_images_finds_what_rglob_found(tmp_path):
@@ -247,6 +262,7 @@ def test_list_images_finds_what_rglob_found(tmp_path):
 
 def test_perf_data_reports_both_decoders_against_the_model(capsys):
     from bench.perf import perf_data
+
     perf_data(img_size=32, batch_size=4, workers=(0,), n_images=8, repeats=1, model_img_s=2.0)
     out = capsys.readouterr().out
     assert "model: 2 img/s" in out
@@ -256,6 +272,7 @@ def test_perf_data_reports_both_decoders_against_the_model(capsys):
         assert 0 < int(median) <= int(best)
         assert abs(int(ratio) - int(median) / 2.0) <= 1  # ratio = loader / model img/s (both rounded)
     from bench.core.errors import BenchError
+
     with pytest.raises(BenchError, match="unknown decoder 'jpeg'"):
         perf_data(decoder="jpeg")
 
@@ -266,6 +283,7 @@ def test_perf_data_reports_both_decoders_against_the_model(capsys):
 
 def _view_diffs(tf, n_photos=19, seeds=3):
     import random
+
     same, other = [], []
     for k in range(n_photos):
         pil = Image.fromarray(np.ascontiguousarray(embedded_photos()[k]))
@@ -286,10 +304,14 @@ def test_pretrainer_views_on_tensors_match_their_pil_pipelines():
     from backbones.pretrainers.beit import BeitTransform
     from backbones.pretrainers.mocov3 import mocov3_transform
     from backbones.pretrainers.supervised import supervised_transform
-    for name, tf, limit in (("supervised", supervised_transform(64), 1.0), ("beit", BeitTransform(64, None), 1.0),
-                            # colour jitter (hue via HSV in float vs PIL's 8-bit HSV) and the blur kernels
-                            # round differently: measured mean 0.81, worst 2.24 of 255 per view
-                            ("mocov3", mocov3_transform(64), 4.0)):
+
+    for name, tf, limit in (
+        ("supervised", supervised_transform(64), 1.0),
+        ("beit", BeitTransform(64, None), 1.0),
+        # colour jitter (hue via HSV in float vs PIL's 8-bit HSV) and the blur kernels
+        # round differently: measured mean 0.81, worst 2.24 of 255 per view
+        ("mocov3", mocov3_transform(64), 4.0),
+    ):
         assert bd.wants_tensor(tf), name
         same, other = _view_diffs(tf)
         print(f"{name}: same seed worst {max(same):.2f}, other seed best {min(other):.2f} (of 255)")
@@ -300,8 +322,10 @@ def test_tensor_views_cost_less_cpu_than_the_pil_pipelines():
     """A ratio of CPU times in one process (not a wall-clock bound): measured 4.4x (supervised) and
     2.6x (BEiT) fewer CPU seconds per 64 px crop of the bundled photos on uint8 tensors."""
     import time
+
     from backbones.pretrainers.beit import BeitTransform
     from backbones.pretrainers.supervised import supervised_transform
+
     pils = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
     tens = [pil_to_uint8(p) for p in pils]
 
@@ -325,6 +349,7 @@ def test_tensor_views_cost_less_cpu_than_the_pil_pipelines():
 
 def test_digits_splits_are_disjoint_balanced_and_the_real_digits():
     from sklearn.datasets import load_digits
+
     ref = load_digits()
     seen = set()
     sizes = {}
@@ -345,6 +370,7 @@ def test_digits_splits_are_disjoint_balanced_and_the_real_digits():
 
 def test_digits_pretraining_data_has_no_labels_and_only_the_pretrain_split():
     from backbones.pretrainers.common import image_dataset
+
     ds = bd.pretrain_dataset("digits", 32)
     assert len(ds) == 897 and ds.split == "pretrain"
     x = ds[0]
@@ -354,12 +380,14 @@ def test_digits_pretraining_data_has_no_labels_and_only_the_pretrain_split():
     lab = bd.Digits("labelled", lambda im: im, labels=True)
     assert len(lab) == 100 and lab[0][1] == lab.targets[0]
     from bench.core.errors import BenchError
+
     with pytest.raises(BenchError, match="unknown digits split"):
         bd.digits_split("test")
 
 
 def test_digits_folder_is_readable_by_the_folder_classification_reader(tmp_path):
     from tasks.classification.datasets import read_image_folder
+
     root = bd.write_digits_folder(tmp_path / "digits")
     x, y, idx = bd.digits_split("labelled")
     files = sorted((root / "train").rglob("*.png"))
@@ -377,14 +405,15 @@ def test_jpeg_corrupt_or_cut_mid_file_is_an_error_naming_it(tmp_path, capfd):
     """libjpeg "recovers" damaged entropy data (grey blocks from there on) and only prints "Corrupt
     JPEG data" on stderr without the file name; both decode paths must refuse such a file."""
     from bench.core.errors import DataError
+
     rng = np.random.default_rng(0)
     good = tmp_path / "good.jpg"
     Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(good, quality=90)
     data = good.read_bytes()
     corrupt = bytearray(data)
-    corrupt[len(data) // 2:len(data) // 2 + 40] = b"\xab" * 40  # mid-file, inside the scan data
+    corrupt[len(data) // 2 : len(data) // 2 + 40] = b"\xab" * 40  # mid-file, inside the scan data
     (tmp_path / "corrupt.jpg").write_bytes(bytes(corrupt))
-    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     for fn in (decode_rgb, load_rgb):
         with pytest.raises(DataError, match=r"corrupt\.jpg: corrupt JPEG \(Corrupt JPEG data: \d+ extraneous bytes"):
             fn(tmp_path / "corrupt.jpg")
@@ -392,6 +421,7 @@ def test_jpeg_corrupt_or_cut_mid_file_is_an_error_naming_it(tmp_path, capfd):
             fn(tmp_path / "cut.jpg")
     # the intact file decodes as before: torchvision's pixels, and PIL's in load_rgb
     from torchvision.io import decode_jpeg
+
     assert torch.equal(decode_rgb(good), decode_jpeg(torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())))
     assert np.array_equal(np.asarray(load_rgb(good)), np.asarray(Image.open(good).convert("RGB")))
     assert "Corrupt JPEG" not in capfd.readouterr().err  # libjpeg's bare message did not leak

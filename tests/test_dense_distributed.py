@@ -9,6 +9,7 @@ numbers. Both runs load one fixed set of weights (``load_from``), written by the
 This file is also the worker script: ``python tests/test_dense_distributed.py OUT ADE COCO``, launched
 with ``torch.distributed.run --nproc_per_node 1`` and then ``2``.
 """
+
 import json
 import os
 import sys
@@ -29,7 +30,9 @@ def evaluate(cfg, weights: Path, loop: str) -> dict:
     import copy
 
     import torch
+
     from tasks.dense.mm_runner import DenseRunner
+
     world = os.environ.get("WORLD_SIZE", "1")
     if not weights.exists():
         train = copy.deepcopy(cfg)
@@ -48,10 +51,12 @@ def seg_metrics(out: Path, ade: Path, weights: Path) -> dict:
     import tasks.dense.mm_backbone  # noqa: F401
     from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
     from tasks.segmentation.run import load_config
+
     register_all_modules(init_default_scope=True)
     enable_mmengine_checkpoints()
-    cfg = load_config("smoke", backbone=BACKBONE, data_root=ade, work_dir=out / "seg", crop_size=64, iters=30,
-                      resume=False)
+    cfg = load_config(
+        "smoke", backbone=BACKBONE, data_root=ade, work_dir=out / "seg", crop_size=64, iters=30, resume=False
+    )
     return evaluate(cfg, weights, "val")
 
 
@@ -62,15 +67,29 @@ def det_metrics(out: Path, coco: Path, weights: Path) -> dict:
     import tasks.detection.mmdet_plugins  # noqa: F401
     from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
     from tasks.detection.run import check_coco_root, load_config, prepare_config, resolve_config
+
     register_all_modules(init_default_scope=False)
     enable_mmengine_checkpoints()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     path, _ = resolve_config("smoke", "fpn", "vit_test_patch8")
     cfg = load_config(path)
     dets = out / f"dets{world}.json"
-    prepare_config(cfg, path, backbone=BACKBONE, checkpoint=None, data=check_coco_root(coco), data_root=coco,
-                   work_dir=out / "det", seed=0, iters=1, batch_size=2, ckpt_interval=None,
-                   trust_checkpoint=False, dets_out=dets, world_size=world)
+    prepare_config(
+        cfg,
+        path,
+        backbone=BACKBONE,
+        checkpoint=None,
+        data=check_coco_root(coco),
+        data_root=coco,
+        work_dir=out / "det",
+        seed=0,
+        iters=1,
+        batch_size=2,
+        ckpt_interval=None,
+        trust_checkpoint=False,
+        dets_out=dets,
+        world_size=world,
+    )
     # every detection kept (one training step: scores are low): the gathered lists must match in full
     cfg.model.test_cfg.rcnn.score_thr = 0.0
     metrics = evaluate(cfg, weights, "test")
@@ -81,19 +100,41 @@ def det_metrics(out: Path, coco: Path, weights: Path) -> dict:
 
 def worker(out: Path, ade: Path, coco: Path):
     import torch
+
     from bench.core.distributed import gather_objects
+
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    report = {"out": str(out), "seg": seg_metrics(out / f"w{world}", ade, out / "seg_weights.pth"),
-              "det": det_metrics(out / f"w{world}", coco, out / "det_weights.pth")}
+    report = {
+        "out": str(out),
+        "seg": seg_metrics(out / f"w{world}", ade, out / "seg_weights.pth"),
+        "det": det_metrics(out / f"w{world}", coco, out / "det_weights.pth"),
+    }
     if world == 2:  # `bench seg` / `bench det` end to end under torchrun: DDP training, one row each
         from tasks.detection.run import run_detection
         from tasks.segmentation.run import run_segmentation
+
         rows = out / "rows.jsonl"
-        report["seg_row"] = run_segmentation(BACKBONE, None, ade, config="smoke", iters=2, crop_size=64,
-                                             work_dir=out / "seg_run", results=rows) is not None
-        report["det_row"] = run_detection(BACKBONE, None, coco, config="smoke", variant="fpn", iters=2,
-                                          batch_size=2, work_dir=out / "det_run", results=rows) is not None
+        report["seg_row"] = (
+            run_segmentation(
+                BACKBONE, None, ade, config="smoke", iters=2, crop_size=64, work_dir=out / "seg_run", results=rows
+            )
+            is not None
+        )
+        report["det_row"] = (
+            run_detection(
+                BACKBONE,
+                None,
+                coco,
+                config="smoke",
+                variant="fpn",
+                iters=2,
+                batch_size=2,
+                work_dir=out / "det_run",
+                results=rows,
+            )
+            is not None
+        )
         report["rows"] = gather_objects((report["seg_row"], report["det_row"]))
     if int(os.environ.get("RANK", "0")) == 0:
         (out / f"report{world}.json").write_text(json.dumps(report))
@@ -106,12 +147,14 @@ def worker(out: Path, ade: Path, coco: Path):
 def reports(tmp_path_factory):
     from tasks.detection.coco_data import make_coco_dataset
     from tasks.segmentation.ade_data import make_ade20k_dataset
+
     out = tmp_path_factory.mktemp("dense_ddp")
     ade, coco = out / "ade", out / "coco"
     make_ade20k_dataset(ade, n_train=4, n_val=5, image_size=(64, 64), seed=0)
     ade = ade / "ADEChallengeData2016"
     make_coco_dataset(coco, n_train=4, n_val=5, image_size=(64, 64), seed=0)
     from conftest import run_torchrun
+
     script = Path(__file__).resolve()
     run_torchrun(script, out, ade, coco, nproc=1, timeout=600)  # first: it writes the weights both runs load
     run_torchrun(script, out, ade, coco, timeout=600)
@@ -146,4 +189,5 @@ def test_seg_and_det_train_under_torchrun_on_cpu_and_rank_0_alone_writes_the_row
 
 if __name__ == "__main__":
     from conftest import torchrun_worker_main
+
     torchrun_worker_main(worker)

@@ -1,5 +1,6 @@
 """Resuming a dense-task run moves the data stream by sampler indices (tasks/dense/resume.py): the
 same images per iteration as the uninterrupted run, and none of the trained batches loaded again."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,8 @@ def test_seek_gives_the_stream_from_batch_k_whatever_was_drawn_before():
             bs = ResumableBatchSampler(InfiniteSampler(data, shuffle=True, seed=3), 3)
             stream(bs, drawn)
             bs.seek(k)
-            assert stream(bs, 8) == ref[k:k + 8], (drawn, k)
-            assert stream(bs, 2) == ref[k + 8:k + 10]  # a later pass continues the stream
+            assert stream(bs, 8) == ref[k : k + 8], (drawn, k)
+            assert stream(bs, 2) == ref[k + 8 : k + 10]  # a later pass continues the stream
     bs = ResumableBatchSampler(InfiniteSampler(data, shuffle=True, seed=3), 3)
     stream(bs, 300)
     with pytest.raises(RuntimeError, match="cannot go back to batch 0: drawn 300, only the last 256"):
@@ -42,11 +43,17 @@ def test_seek_gives_the_stream_from_batch_k_whatever_was_drawn_before():
 
 
 def test_only_endless_training_samplers_are_wrapped_once():
-    cfg = dict(train_dataloader=dict(batch_size=2, sampler=dict(type="InfiniteSampler", shuffle=True),
-                                     batch_sampler=dict(type="AspectRatioBatchSampler")))
+    cfg = dict(
+        train_dataloader=dict(
+            batch_size=2,
+            sampler=dict(type="InfiniteSampler", shuffle=True),
+            batch_sampler=dict(type="AspectRatioBatchSampler"),
+        )
+    )
     assert skip_trained_batches_on_resume(cfg) and skip_trained_batches_on_resume(cfg)
-    assert cfg["train_dataloader"]["batch_sampler"] == dict(type="ResumableBatchSampler",
-                                                            batch_sampler=dict(type="AspectRatioBatchSampler"))
+    assert cfg["train_dataloader"]["batch_sampler"] == dict(
+        type="ResumableBatchSampler", batch_sampler=dict(type="AspectRatioBatchSampler")
+    )
     assert cfg["custom_hooks"] == [dict(type="SkipTrainedBatches")]
     finite = dict(train_dataloader=dict(batch_size=2, sampler=dict(type="DefaultSampler", shuffle=True)))
     assert not skip_trained_batches_on_resume(finite) and "custom_hooks" not in finite
@@ -88,23 +95,35 @@ def test_resumed_run_trains_on_the_same_images_without_loading_the_trained_ones(
     root = tmp_path / "ade" / "ADEChallengeData2016"
     loads = []
     prepare = BaseDataset.prepare_data
-    monkeypatch.setattr(BaseDataset, "prepare_data",
-                        lambda self, idx: (loads.append(idx) if "training" in self.data_prefix["img_path"] else None)
-                        or prepare(self, idx))
+    monkeypatch.setattr(
+        BaseDataset,
+        "prepare_data",
+        lambda self, idx: (
+            (loads.append(idx) if "training" in self.data_prefix["img_path"] else None) or prepare(self, idx)
+        ),
+    )
 
     def config(tag, extra=""):
         path = tmp_path / f"{tag}.py"
-        path.write_text(f"_base_ = [{str(CONFIGS['smoke'])!r}]\n"
-                        f"train_dataloader = dict(num_workers={workers}, persistent_workers={workers > 0})\n"
-                        "default_hooks = dict(checkpoint=dict(interval=3))\n"
-                        f"custom_hooks = [dict(type='RecordImages', tag={tag!r}){extra}]\n")
+        path.write_text(
+            f"_base_ = [{str(CONFIGS['smoke'])!r}]\n"
+            f"train_dataloader = dict(num_workers={workers}, persistent_workers={workers > 0})\n"
+            "default_hooks = dict(checkpoint=dict(interval=3))\n"
+            f"custom_hooks = [dict(type='RecordImages', tag={tag!r}){extra}]\n"
+        )
         return path
 
     run = dict(crop_size=64, iters=6, trust_config=True)
     run_segmentation(TINY, None, root, config=config("whole"), work_dir=tmp_path / "whole", **run)
     with pytest.raises(Preempted):
-        run_segmentation(TINY, None, root, config=config("first", ", dict(type='PreemptAfter', at=3)"),
-                         work_dir=tmp_path / "resumed", **run)
+        run_segmentation(
+            TINY,
+            None,
+            root,
+            config=config("first", ", dict(type='PreemptAfter', at=3)"),
+            work_dir=tmp_path / "resumed",
+            **run,
+        )
     loads.clear()
     row = run_segmentation(TINY, None, root, config=config("rest"), work_dir=tmp_path / "resumed", **run)
     assert row["extra"]["start_iter"] == 3

@@ -2,13 +2,14 @@
 readable checkpoint of the run's own folder, atomic saves and a failed save as one error, the config
 trust gate, quiet terminal output with everything in the log file, --cfg-options applied and
 recorded, a non-finite loss stopping segmentation too."""
+
 from __future__ import annotations
 
 import argparse
 import errno
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,16 @@ import torch
 
 from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.results import ResultsStore, config_hash
-from tasks.dense.runner import (RUN_RECORD, check_config_trust, check_record, dense_row, paper_deviations,
-                                resume_candidates, scale_schedule, set_batch_and_schedule)
+from tasks.dense.runner import (
+    RUN_RECORD,
+    check_config_trust,
+    check_record,
+    dense_row,
+    paper_deviations,
+    resume_candidates,
+    scale_schedule,
+    set_batch_and_schedule,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "random_vit_test_patch8"
@@ -33,11 +42,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 # engine-neutral pieces (no mmengine needed)
 # ------------------------------------------------------------------------------------------------
 def test_schedule_keeps_its_shape_and_batch_scales_iterations():
-    cfg = dict(train_cfg=dict(max_iters=1000, val_interval=200), default_hooks=dict(checkpoint=dict(interval=500)),
-               train_dataloader=dict(batch_size=8), total_batch_size=16,
-               param_scheduler=[dict(type="LinearLR", by_epoch=False, begin=0, end=10),
-                                dict(type="MultiStepLR", by_epoch=False, begin=0, end=1000, milestones=[800, 950]),
-                                dict(type="PolyLR", by_epoch=False, begin=10, end=10 ** 9)])
+    cfg = dict(
+        train_cfg=dict(max_iters=1000, val_interval=200),
+        default_hooks=dict(checkpoint=dict(interval=500)),
+        train_dataloader=dict(batch_size=8),
+        total_batch_size=16,
+        param_scheduler=[
+            dict(type="LinearLR", by_epoch=False, begin=0, end=10),
+            dict(type="MultiStepLR", by_epoch=False, begin=0, end=1000, milestones=[800, 950]),
+            dict(type="PolyLR", by_epoch=False, begin=10, end=10**9),
+        ],
+    )
     facts = set_batch_and_schedule(cfg, "c.py", iters=None, batch_size=32, ckpt_interval=None, world_size=2)
     # half the iterations at twice the batch (same epochs); lr scaled by mmengine's auto_scale_lr
     assert facts == dict(total_batch_size=32, base_batch_size=16, max_iters=500)
@@ -58,14 +73,37 @@ def test_schedule_keeps_its_shape_and_batch_scales_iterations():
 def test_paper_deviations_name_each_value_against_the_papers_and_reach_the_row():
     paper = {"iterations": 160000, "batch": 16, "crop": (512, 512), "lr": 1e-4}
     facts = {"iterations": 30, "batch": 32, "crop": (64, 64), "lr": 1e-4, "unrelated": 1}
-    assert paper_deviations(facts, paper) == ["iterations 30 < paper 160000", "batch 32 > paper 16",
-                                              "crop 64 != paper 512"]
-    assert paper_deviations({"crop": (64, 96), "lr": 2e-4}, paper) == ["crop 64x96 != paper 512", "lr 0.0002 != paper 0.0001"]
+    assert paper_deviations(facts, paper) == [
+        "iterations 30 < paper 160000",
+        "batch 32 > paper 16",
+        "crop 64 != paper 512",
+    ]
+    assert paper_deviations({"crop": (64, 96), "lr": 2e-4}, paper) == [
+        "crop 64x96 != paper 512",
+        "lr 0.0002 != paper 0.0001",
+    ]
     assert paper_deviations(dict(paper), paper) == [] and paper_deviations({}, paper) == []
-    row = dense_row(task="ade20k", protocol="upernet", init="random", arch="vit_test_patch8", backbone=TINY, seed=0,
-                    metrics={"mIoU": 1.0}, suite="t", checkpoint=None, hashed={}, iterations=30, wall_time_s=1.0,
-                    config_name="smoke", work_dir="w", start_iter=0, batch_size=4, world_size=1, cfg_options={},
-                    deviations=paper_deviations(facts, paper))
+    row = dense_row(
+        task="ade20k",
+        protocol="upernet",
+        init="random",
+        arch="vit_test_patch8",
+        backbone=TINY,
+        seed=0,
+        metrics={"mIoU": 1.0},
+        suite="t",
+        checkpoint=None,
+        hashed={},
+        iterations=30,
+        wall_time_s=1.0,
+        config_name="smoke",
+        work_dir="w",
+        start_iter=0,
+        batch_size=4,
+        world_size=1,
+        cfg_options={},
+        deviations=paper_deviations(facts, paper),
+    )
     assert row["deviations"] == ["iterations 30 < paper 160000", "batch 32 > paper 16", "crop 64 != paper 512"]
 
 
@@ -86,8 +124,17 @@ def test_resume_candidates_use_the_folders_own_files(tmp_path):
 
 def test_record_guard_names_the_option_before_the_hash(tmp_path):
     from bench.core.run_record import write_run_record
-    rec = dict(backbone="b", checkpoint=None, seed=0, iterations=15, batch_size=4, crop_size=[64, 64],
-               cfg_options={}, config_hash="aaa")
+
+    rec = dict(
+        backbone="b",
+        checkpoint=None,
+        seed=0,
+        iterations=15,
+        batch_size=4,
+        crop_size=[64, 64],
+        cfg_options={},
+        config_hash="aaa",
+    )
     write_run_record(tmp_path / RUN_RECORD, rec)
     check_record(tmp_path, dict(rec, iterations=20, config_hash="bbb"), resume=True)  # no checkpoint: nothing to mix
     (tmp_path / "iter_5.pth").write_bytes(b"x")
@@ -119,8 +166,14 @@ def _cli(*args, cwd=REPO):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.parametrize("task", ["seg", "det"])
@@ -132,8 +185,10 @@ def test_untrusted_config_is_refused_before_it_runs(tmp_path, task):
     args = [task, "--backbone", TINY, "--data-root", tmp_path / "no_data", "--config", cfg, "--out", tmp_path / "w"]
     p = _cli(*args)
     assert p.returncode == 2 and not marker.exists()
-    assert p.stderr.strip() == (f"error: {cfg}: config file outside the package; reading it runs it as Python code "
-                                f"(mmengine), so pass --trust-config (suite key 'trust_config: true') if you trust it")
+    assert p.stderr.strip() == (
+        f"error: {cfg}: config file outside the package; reading it runs it as Python code "
+        f"(mmengine), so pass --trust-config (suite key 'trust_config: true') if you trust it"
+    )
     p = _cli(*args, "--trust-config")
     assert marker.read_text() == "ran"  # read (then the missing data root stops the run)
     assert p.returncode == 2 and "no_data" in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -170,20 +225,34 @@ def _toy_registry():
 
 def toy_run(work, *, resume=True, iters=4, loss_weight=1.0, interval=2):
     from mmengine.config import Config
+
     from tasks.dense.runner import run_dense
-    cfg = Config(dict(
-        model=dict(type="BenchToyModel", loss_weight=loss_weight), work_dir=str(work),
-        train_dataloader=dict(dataset=dict(type="BenchToyData"), sampler=dict(type="InfiniteSampler", shuffle=True),
-                              batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters),
-        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-2)),
-        param_scheduler=[dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=iters)],
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval,
-                                           max_keep_ckpts=2),
-                           logger=dict(type="LoggerHook", interval=1)),
-        log_processor=dict(by_epoch=False), randomness=dict(seed=0)))
-    runner, _, _ = run_dense(cfg, name="toy", record={"iterations": iters}, resume=resume, register=_toy_registry,
-                             evaluate=lambda runner: {})
+
+    cfg = Config(
+        dict(
+            model=dict(type="BenchToyModel", loss_weight=loss_weight),
+            work_dir=str(work),
+            train_dataloader=dict(
+                dataset=dict(type="BenchToyData"),
+                sampler=dict(type="InfiniteSampler", shuffle=True),
+                batch_size=4,
+                num_workers=0,
+                collate_fn=dict(type="default_collate"),
+            ),
+            train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters),
+            optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-2)),
+            param_scheduler=[dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=iters)],
+            default_hooks=dict(
+                checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=2),
+                logger=dict(type="LoggerHook", interval=1),
+            ),
+            log_processor=dict(by_epoch=False),
+            randomness=dict(seed=0),
+        )
+    )
+    runner, _, _ = run_dense(
+        cfg, name="toy", record={"iterations": iters}, resume=resume, register=_toy_registry, evaluate=lambda runner: {}
+    )
     return runner.run_watch.start_iter
 
 
@@ -217,6 +286,7 @@ def test_toy_non_finite_loss_stops_before_that_iterations_checkpoint(tmp_path):
 
 def test_a_failed_checkpoint_write_is_one_error_and_leaves_the_earlier_ones(tmp_path, monkeypatch):
     from mmengine.fileio.backends.local_backend import LocalBackend
+
     work = tmp_path / "work"
     put = LocalBackend.put
 
@@ -229,13 +299,14 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_the_earlier_ones(tmp_
     monkeypatch.setattr(LocalBackend, "put", full_disk)
     with pytest.raises(CheckpointError) as e:  # a BenchError: the suite runner records a failed row
         toy_run(work)
-    assert str(e.value) == (f"{work / 'iter_4.pth'}: cannot write checkpoint (OSError: [Errno 28] No space left on "
-                            f"device); the earlier checkpoints in {work} are intact")
+    assert str(e.value) == (
+        f"{work / 'iter_4.pth'}: cannot write checkpoint (OSError: [Errno 28] No space left on "
+        f"device); the earlier checkpoints in {work} are intact"
+    )
     assert sorted(p.name for p in work.iterdir() if p.suffix in (".pth", ".tmp")) == ["iter_2.pth"]
     assert (work / "last_checkpoint").read_text() == "iter_2.pth"
     monkeypatch.setattr(LocalBackend, "put", put)
     assert toy_run(work) == 2
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,6 +315,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_the_earlier_ones(tmp_
 @pytest.fixture(scope="module")
 def ade(tmp_path_factory):
     from tasks.segmentation.ade_data import make_ade20k_dataset
+
     root = tmp_path_factory.mktemp("ade")
     make_ade20k_dataset(root, n_train=4, n_val=2, image_size=(64, 64), seed=0)
     return root / "ADEChallengeData2016"
@@ -251,6 +323,7 @@ def ade(tmp_path_factory):
 
 def seg(ade, work, **kw):
     from tasks.segmentation.run import run_segmentation
+
     return run_segmentation(TINY, None, ade, crop_size=64, work_dir=work, **{"iters": 4, "ckpt_interval": 2, **kw})
 
 
@@ -289,10 +362,26 @@ def test_non_finite_loss_stops_segmentation_before_the_checkpoint(ade, tmp_path)
 
 def test_cli_run_is_quiet_logs_everything_and_records_cfg_options(ade, tmp_path):
     from tasks.segmentation.run import hashed_config, load_config
+
     work, store = tmp_path / "work", tmp_path / "results.jsonl"
     opts = ["optim_wrapper.optimizer.lr=0.002", "model.decode_head.dropout_ratio=0.2"]
-    p = _cli("seg", "--backbone", TINY, "--data-root", ade, "--crop-size", 64, "--iters", 2, "--out", work,
-             "--results", store, "--cfg-options", *opts)
+    p = _cli(
+        "seg",
+        "--backbone",
+        TINY,
+        "--data-root",
+        ade,
+        "--crop-size",
+        64,
+        "--iters",
+        2,
+        "--out",
+        work,
+        "--results",
+        store,
+        "--cfg-options",
+        *opts,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     lines = (p.stdout + p.stderr).strip().splitlines()
     assert len(lines) <= 3, lines  # where the log goes, the result

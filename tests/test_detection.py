@@ -5,6 +5,7 @@ That ``coco_evaluate`` equals pycocotools ``COCOeval`` run directly on a detecti
 tests/test_coco_eval.py (test_perturbed_detections_equal_cocoeval_run_directly); here the model's
 side: predictions -> COCO results (BenchCocoMetric) scored the same as by mmdet's ``CocoMetric``.
 """
+
 import json
 import math
 
@@ -25,21 +26,26 @@ SIZE = 64
 def mm():
     """Import mmdet, register its modules and ours (slow once: ~8 s)."""
     from mmdet.utils import register_all_modules
+
     register_all_modules(init_default_scope=True)
+    from mmdet.registry import MODELS
+
     import tasks.dense.mm_backbone  # noqa: F401
     import tasks.detection.mmdet_plugins  # noqa: F401
-    from mmdet.registry import MODELS
+
     return MODELS
 
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    return make_coco_dataset(tmp_path_factory.mktemp("det") / "coco", n_train=4, n_val=3,
-                             image_size=(SIZE, SIZE), seed=0)
+    return make_coco_dataset(
+        tmp_path_factory.mktemp("det") / "coco", n_train=4, n_val=3, image_size=(SIZE, SIZE), seed=0
+    )
 
 
 def smoke_model_cfg(variant, num_classes=5):
     from tasks.detection.run import load_config, resolve_config
+
     path, _ = resolve_config("smoke", variant, "vit_test_patch8")
     cfg = load_config(path)
     cfg.model.roi_head.bbox_head.num_classes = num_classes
@@ -49,6 +55,7 @@ def smoke_model_cfg(variant, num_classes=5):
 
 def build(mm, model_cfg):
     from mmengine.model import revert_sync_batchnorm
+
     model = revert_sync_batchnorm(mm.build(model_cfg))  # SyncBN -> BN off DDP, as mmengine's Runner does
     model.init_weights()
     return model
@@ -58,11 +65,19 @@ def fake_batch(n=2, size=SIZE):
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
+
     g = torch.Generator().manual_seed(0)
     samples = []
     for _ in range(n):
-        s = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
-                                        scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
+        s = DetDataSample(
+            metainfo=dict(
+                img_shape=(size, size),
+                ori_shape=(size, size),
+                pad_shape=(size, size),
+                scale_factor=(1.0, 1.0),
+                batch_input_shape=(size, size),
+            )
+        )
         gt = InstanceData()
         gt.bboxes = torch.tensor([[4.0, 6.0, 30.0, 34.0], [36.0, 30.0, 60.0, 50.0]])
         gt.labels = torch.tensor([0, 3])
@@ -83,6 +98,7 @@ def fake_batch(n=2, size=SIZE):
 def test_plugin_builds_from_mmdet_config_with_right_strides(mm, variant):
     from mmdet.models.detectors import MaskRCNN
     from mmdet.models.necks import FPN
+
     from tasks.dense.mm_backbone import RegistryViT
     from tasks.detection.mmdet_plugins import LastLevelMaxPool
 
@@ -139,6 +155,7 @@ def test_roi_features_are_read_from_nchw_maps(mm, variant):
     everything computed from them) are NHWC-strided, so without the guard the RoI features are
     scrambled. ``contiguous_roi_inputs`` (applied by DenseRunner / bench perf) fixes that."""
     from tasks.dense.memory_format import contiguous_roi_inputs
+
     model = build(mm, smoke_model_cfg(variant)).eval()
     with torch.no_grad():
         feats = model.extract_feat(torch.randn(2, 3, SIZE, SIZE))[:4]
@@ -165,15 +182,33 @@ def test_protocol_configs_resolve_and_fill(coco):
     def filled(variant, config, backbone, arch, **kw):
         path, _ = resolve_config(config, variant, arch)
         cfg = load_config(path)
-        facts = prepare_config(cfg, path, backbone=backbone, checkpoint=None, data=data, data_root=coco,
-                               work_dir="w", seed=3, iters=kw.get("iters"), batch_size=kw.get("batch_size"),
-                               ckpt_interval=None, trust_checkpoint=False, dets_out=None, world_size=1)
+        facts = prepare_config(
+            cfg,
+            path,
+            backbone=backbone,
+            checkpoint=None,
+            data=data,
+            data_root=coco,
+            work_dir="w",
+            seed=3,
+            iters=kw.get("iters"),
+            batch_size=kw.get("batch_size"),
+            ckpt_interval=None,
+            trust_checkpoint=False,
+            dets_out=None,
+            world_size=1,
+        )
         return cfg, facts
 
     cfg, facts = filled("fpn", "auto", "random_vit_base_patch16", "vit_base_patch16")
     bb = cfg.model.backbone
     assert (cfg.variant, cfg.protocol, bb.variant) == ("fpn", "maskrcnn_fpn", "fpn")
-    assert (bb.window_size, tuple(bb.global_blocks), bb.drop_path_rate, bb.use_rel_pos) == (14, (2, 5, 8, 11), 0.1, True)
+    assert (bb.window_size, tuple(bb.global_blocks), bb.drop_path_rate, bb.use_rel_pos) == (
+        14,
+        (2, 5, 8, 11),
+        0.1,
+        True,
+    )
     assert cfg.model.neck.type == "FPN" and cfg.model.neck.in_channels == [768] * 4
     assert cfg.model.neck.norm_cfg.type == "SyncBN" and cfg.model.roi_head.bbox_head.norm_cfg.type == "SyncBN"
     assert facts["lr"] == 1.6e-4  # random init: Li et al.'s doubled lr
@@ -190,7 +225,12 @@ def test_protocol_configs_resolve_and_fill(coco):
 
     cfg, facts = filled("vitdet", "vit_b", "mae_vit_base_patch16", "vit_base_patch16", iters=1000, batch_size=16)
     bb = cfg.model.backbone
-    assert (cfg.protocol, bb.variant, bb.window_size, tuple(bb.global_blocks)) == ("maskrcnn_vitdet", "simple", 14, (2, 5, 8, 11))
+    assert (cfg.protocol, bb.variant, bb.window_size, tuple(bb.global_blocks)) == (
+        "maskrcnn_vitdet",
+        "simple",
+        14,
+        (2, 5, 8, 11),
+    )
     assert bb.use_rel_pos == "decomposed"  # ViTDet's rel_pos_h / rel_pos_w, as detectron2's ViT
     assert cfg.model.neck == {"type": "LastLevelMaxPool"} and cfg.model.roi_head.bbox_head.norm_cfg.type == "LN2d"
     assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7 and facts["lr"] == 1e-4
@@ -240,7 +280,8 @@ def test_user_errors_are_one_line_and_write_nothing(coco, tmp_path):
         for f in (coco / split).iterdir():
             (other / split / f.name).write_bytes(f.read_bytes())
     (other / "annotations" / "instances_train2017.json").write_bytes(
-        (coco / "annotations" / "instances_train2017.json").read_bytes())
+        (coco / "annotations" / "instances_train2017.json").read_bytes()
+    )
     ann["categories"] = ann["categories"][:-1]
     ann["annotations"] = [a for a in ann["annotations"] if a["category_id"] != 44]
     (other / "annotations" / "instances_val2017.json").write_text(json.dumps(ann))
@@ -255,8 +296,24 @@ def test_cli_parses_and_reports_one_line_errors(coco, tmp_path, capsys):
     from tasks.detection.run import add_det_arguments
 
     args = add_det_arguments(argparse.ArgumentParser()).parse_args(
-        ["--backbone", TINY, "--data-root", str(coco), "--variant", "vitdet", "--iters", "5", "--no-resume",
-         "--dets-out", "d.json", "--results", "r", "--batch-size", "4"])
+        [
+            "--backbone",
+            TINY,
+            "--data-root",
+            str(coco),
+            "--variant",
+            "vitdet",
+            "--iters",
+            "5",
+            "--no-resume",
+            "--dets-out",
+            "d.json",
+            "--results",
+            "r",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert (args.variant, args.iters, args.resume, args.config, args.batch_size) == ("vitdet", 5, False, "auto", 4)
     try:
         from bench.cli import main
@@ -274,6 +331,7 @@ def test_bench_metric_equals_mmdet_cocometric(mm, coco):
     from mmdet.evaluation import CocoMetric
     from mmengine.structures import InstanceData
     from pycocotools.coco import COCO
+
     from tasks.detection.mmdet_plugins import BenchCocoMetric
 
     ann_file = str(coco / "annotations" / "instances_val2017.json")
@@ -294,8 +352,12 @@ def test_bench_metric_equals_mmdet_cocometric(mm, coco):
         boxes.append([1.0, 2.0, 20.0, 22.0]), scores.append(0.95), labels.append(0)  # a false positive
         masks.append(np.zeros((h, w), bool))
         masks[-1][2:22, 1:20] = True
-        pred = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32), scores=torch.tensor(scores, dtype=torch.float32),
-                            labels=torch.tensor(labels), masks=torch.from_numpy(np.stack(masks)))
+        pred = InstanceData(
+            bboxes=torch.tensor(boxes, dtype=torch.float32),
+            scores=torch.tensor(scores, dtype=torch.float32),
+            labels=torch.tensor(labels),
+            masks=torch.from_numpy(np.stack(masks)),
+        )
         samples.append(dict(img_id=img["id"], ori_shape=(h, w), pred_instances=pred))
 
     ours = BenchCocoMetric(ann_file=ann_file, cat_ids=cat_ids)
@@ -306,8 +368,14 @@ def test_bench_metric_equals_mmdet_cocometric(mm, coco):
     a = ours.evaluate(len(samples))
     b = theirs.evaluate(len(samples))
     assert 10 < a["bench/APbox"] < 95 and 10 < a["bench/APmask"] < 95  # a non-trivial case
-    pairs = {"bbox_mAP": "APbox", "bbox_mAP_50": "APbox50", "bbox_mAP_75": "APbox75", "bbox_mAP_s": "APbox_s",
-             "bbox_mAP_m": "APbox_m", "bbox_mAP_l": "APbox_l"}
+    pairs = {
+        "bbox_mAP": "APbox",
+        "bbox_mAP_50": "APbox50",
+        "bbox_mAP_75": "APbox75",
+        "bbox_mAP_s": "APbox_s",
+        "bbox_mAP_m": "APbox_m",
+        "bbox_mAP_l": "APbox_l",
+    }
     pairs |= {k.replace("bbox", "segm"): v.replace("box", "mask") for k, v in pairs.items()}
     for k, v in pairs.items():
         mine = a[f"bench/{v}"]
@@ -345,15 +413,23 @@ def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, m
     assert not dets.exists() and not results.exists()  # nothing written for a run that did not finish
 
     # another backbone must not resume these checkpoints
-    with pytest.raises(BenchError, match=r"bench_dense_run.json: this folder holds a run with other settings "
-                                         r"\(backbone 'random_vit_test_patch8' -> 'random_vit_demo_patch8'"):
+    with pytest.raises(
+        BenchError,
+        match=r"bench_dense_run.json: this folder holds a run with other settings "
+        r"\(backbone 'random_vit_test_patch8' -> 'random_vit_demo_patch8'",
+    ):
         run_mod.run_detection("random_vit_demo_patch8", None, coco, **kw)
 
     row = run_mod.run_detection(TINY, None, coco, **kw)
     assert row["extra"]["start_iter"] == 2 and row["iterations"] == 4  # continued from the checkpoint
     assert (wd / "iter_4.pth").is_file()
-    assert (row["task"], row["protocol"], row["init"], row["backbone"], row["seed"]) == \
-        ("coco", "maskrcnn_fpn", "random", "vit_test_patch8", 0)
+    assert (row["task"], row["protocol"], row["init"], row["backbone"], row["seed"]) == (
+        "coco",
+        "maskrcnn_fpn",
+        "random",
+        "vit_test_patch8",
+        0,
+    )
     m = row["metrics"]
     for k in ("APbox", "APmask", "APbox50", "APbox75", "APbox_s", "APmask50"):
         assert math.isfinite(m[k]) and 0.0 <= m[k] <= 100.0
@@ -380,10 +456,20 @@ def test_vitdet_smoke_run_end_to_end(coco, tmp_path, monkeypatch):
     def recording(model, channels_last):  # what DenseRunner does to the model it builds
         built.append((channels_last, real(model, channels_last)))
         return built[-1][1]
+
     monkeypatch.setattr(mf, "prepare_dense_model", recording)
     # channels-last forced on CPU (the default there is NCHW): trains and evaluates the same way
-    row = run_detection(TINY, None, coco, variant="vitdet", config="smoke", iters=2, seed=1,
-                        work_dir=tmp_path / "wd", channels_last=True)
+    row = run_detection(
+        TINY,
+        None,
+        coco,
+        variant="vitdet",
+        config="smoke",
+        iters=2,
+        seed=1,
+        work_dir=tmp_path / "wd",
+        channels_last=True,
+    )
     [(flag, model)] = built
     assert flag is True
     assert model.roi_head.mask_head.convs[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -411,12 +497,20 @@ def test_per_image_box_matches_give_cocoeval_apbox_of_any_resample(tmp_path):
         for _ in range(2):
             x, y, w, h = a["bbox"]
             box = [x + rng.normal(0, 2), y + rng.normal(0, 2), w * rng.uniform(0.7, 1.3), h * rng.uniform(0.7, 1.3)]
-            cat = a["category_id"] if rng.random() < 0.8 else gt["categories"][rng.integers(len(gt["categories"]))]["id"]
+            cat = (
+                a["category_id"] if rng.random() < 0.8 else gt["categories"][rng.integers(len(gt["categories"]))]["id"]
+            )
             dets.append(dict(image_id=a["image_id"], category_id=cat, bbox=box, score=float(rng.random())))
     for img in gt["images"]:
         for _ in range(5):
-            dets.append(dict(image_id=img["id"], category_id=gt["categories"][rng.integers(5)]["id"],
-                             bbox=list(rng.uniform(0, SIZE / 2, 4)), score=float(rng.random())))
+            dets.append(
+                dict(
+                    image_id=img["id"],
+                    category_id=gt["categories"][rng.integers(5)]["id"],
+                    bbox=list(rng.uniform(0, SIZE / 2, 4)),
+                    score=float(rng.random()),
+                )
+            )
     arrays = per_image_box_matches(gt, dets)
     assert box_ap(arrays) == pytest.approx(coco_evaluate(gt, dets, ("bbox",))["APbox"], abs=1e-9)
     assert arrays["gt_count"].sum() == sum(not a.get("iscrowd", 0) for a in gt["annotations"])
@@ -427,8 +521,10 @@ def test_per_image_box_matches_give_cocoeval_apbox_of_any_resample(tmp_path):
     for new_id, i in enumerate(draw, start=1000):
         old = int(arrays["ids"][i])
         images.append(dict(next(im for im in gt["images"] if im["id"] == old), id=new_id))
-        anns += [dict(a, id=len(anns) + len(rdets) + 10_000 + k, image_id=new_id)
-                 for k, a in enumerate(a for a in gt["annotations"] if a["image_id"] == old)]
+        anns += [
+            dict(a, id=len(anns) + len(rdets) + 10_000 + k, image_id=new_id)
+            for k, a in enumerate(a for a in gt["annotations"] if a["image_id"] == old)
+        ]
         rdets += [dict(d, image_id=new_id) for d in dets if d["image_id"] == old]
     for k, a in enumerate(anns):
         a["id"] = k + 1

@@ -2,6 +2,7 @@
 weights, the plugin against SimpleFeaturePyramid, our LazyConfigs against the official ViTDet ones,
 COCOEvaluator against our coco_evaluate, the unmodified ViTDet config training with only
 model.backbone replaced, and the bad inputs."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -49,7 +50,10 @@ def d2_source(tmp_path_factory):
 def test_missing_detectron2_is_one_line_with_the_install_command(monkeypatch):
     """Importing the engine without detectron2: one line with the install command."""
     import importlib
-    for name in [n for n in sys.modules if n == "detectron2" or n.startswith(("detectron2.", "tasks.detection.detectron2"))]:
+
+    for name in [
+        n for n in sys.modules if n == "detectron2" or n.startswith(("detectron2.", "tasks.detection.detectron2"))
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "detectron2", None)
     with pytest.raises(BenchError, match=r"detectron2 is not installed.*bash scripts/setup.sh") as e:
@@ -60,6 +64,7 @@ def test_missing_detectron2_is_one_line_with_the_install_command(monkeypatch):
 @needs_d2
 def test_detectron2_without_compiled_ops_is_one_line(monkeypatch):
     from tasks.detection.detectron2.install import require_detectron2
+
     require_detectron2()  # this build has its ops
     monkeypatch.setitem(sys.modules, "detectron2._C", None)
     with pytest.raises(BenchError, match=r"built without its compiled ops.*reinstall.*setup.sh"):
@@ -71,10 +76,21 @@ def test_detectron2_without_compiled_ops_is_one_line(monkeypatch):
 # --------------------------------------------------------------------------------------------------
 def _d2_vit(window_blocks, use_rel_pos, img_size=32):
     from detectron2.modeling.backbone.vit import ViT
-    return ViT(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0,
-               norm_layer=partial(nn.LayerNorm, eps=1e-6), window_size=2 if window_blocks else 0,
-               window_block_indexes=window_blocks, use_rel_pos=use_rel_pos, pretrain_img_size=32,
-               pretrain_use_cls_token=True).eval()
+
+    return ViT(
+        img_size=img_size,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        drop_path_rate=0.0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        window_size=2 if window_blocks else 0,
+        window_block_indexes=window_blocks,
+        use_rel_pos=use_rel_pos,
+        pretrain_img_size=32,
+        pretrain_use_cls_token=True,
+    ).eval()
 
 
 def _d2_block_outputs(vit, x):
@@ -90,6 +106,7 @@ def _d2_block_outputs(vit, x):
 def _random_mae_file(path, seed=0):
     """An MAE-layout checkpoint ({'model': timm names}, decoder keys included) with random weights."""
     from backbones.mae import MaskedAutoencoder
+
     torch.manual_seed(seed)
     mae = MaskedAutoencoder(**TEST_ARCH, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     with torch.no_grad():
@@ -103,15 +120,27 @@ def _random_mae_file(path, seed=0):
 @pytest.mark.parametrize("window_blocks", [[], [0]], ids=["global", "windowed+global"])
 def test_encoder_blocks_equal_detectron2_vit_on_mae_weights(tmp_path, window_blocks):
     from backbones import build_backbone
+
     ckpt = _random_mae_file(tmp_path / "mae.pth")
-    ours = build_backbone("mae_vit_test_patch8", ckpt, window_size=2 if window_blocks else 0,
-                          global_blocks=[i for i in range(2) if i not in window_blocks]).eval()
+    ours = build_backbone(
+        "mae_vit_test_patch8",
+        ckpt,
+        window_size=2 if window_blocks else 0,
+        global_blocks=[i for i in range(2) if i not in window_blocks],
+    ).eval()
     theirs = _d2_vit(window_blocks, use_rel_pos=False)
     sd = torch.load(ckpt, weights_only=True)["model"]
     missing, unexpected = theirs.load_state_dict(sd, strict=False)
-    assert missing == [] and {k.split(".")[0] for k in unexpected} <= {"cls_token", "norm", "mask_token",
-                                                                        "decoder_embed", "decoder_pos_embed",
-                                                                        "decoder_blocks", "decoder_norm", "decoder_pred"}
+    assert missing == [] and {k.split(".")[0] for k in unexpected} <= {
+        "cls_token",
+        "norm",
+        "mask_token",
+        "decoder_embed",
+        "decoder_pos_embed",
+        "decoder_blocks",
+        "decoder_norm",
+        "decoder_pred",
+    }
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         mine = ours.forward_intermediates(x, [0, 1], with_cls=False)
@@ -127,6 +156,7 @@ def test_encoder_with_decomposed_rel_pos_equals_detectron2_vit_and_loads_its_che
     pretraining grid and at an input size where the global block's tables are interpolated.
     (Absolute position embeddings at another size are resampled differently, see docs/detectron2.md.)"""
     from backbones import build_backbone
+
     theirs = _d2_vit([0], use_rel_pos=True)
     if not abs_pos:
         theirs.pos_embed = None
@@ -135,10 +165,13 @@ def test_encoder_with_decomposed_rel_pos_equals_detectron2_vit_and_loads_its_che
         for n, p in theirs.named_parameters():
             if "rel_pos" in n:
                 p.normal_(0, 0.5)
-    torch.save({"model": {f"backbone.net.{k}": v for k, v in theirs.state_dict().items()}, "iteration": 9},
-               tmp_path / "model_final.pth")
-    ours = build_backbone("vitdet_vit_test_patch8", tmp_path / "model_final.pth", window_size=2, global_blocks=[1],
-                          use_abs_pos=abs_pos).eval()
+    torch.save(
+        {"model": {f"backbone.net.{k}": v for k, v in theirs.state_dict().items()}, "iteration": 9},
+        tmp_path / "model_final.pth",
+    )
+    ours = build_backbone(
+        "vitdet_vit_test_patch8", tmp_path / "model_final.pth", window_size=2, global_blocks=[1], use_abs_pos=abs_pos
+    ).eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         mine = ours.forward_intermediates(x, [0, 1])
@@ -158,14 +191,28 @@ def test_plugin_equals_detectron2_simple_feature_pyramid():
     from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
     from tasks.detection.detectron2 import RegistryBackbone
+
     assert "build_registry_backbone" in BACKBONE_REGISTRY
-    ours = RegistryBackbone("random_vit_test_patch8", img_size=32, window_size=2, global_blocks=[1], out_channels=16,
-                            square_pad=32, drop_path_rate=0.0).eval()
+    ours = RegistryBackbone(
+        "random_vit_test_patch8",
+        img_size=32,
+        window_size=2,
+        global_blocks=[1],
+        out_channels=16,
+        square_pad=32,
+        drop_path_rate=0.0,
+    ).eval()
     top = LastLevelMaxPool()
     top.in_feature = "p4"  # patch 8: the stride-16 map is p4
-    theirs = SimpleFeaturePyramid(net=_d2_vit([0], use_rel_pos=True), in_feature="last_feat", out_channels=16,
-                                  scale_factors=(4.0, 2.0, 1.0, 0.5), top_block=top, norm="LN",
-                                  square_pad=32).eval()
+    theirs = SimpleFeaturePyramid(
+        net=_d2_vit([0], use_rel_pos=True),
+        in_feature="last_feat",
+        out_channels=16,
+        scale_factors=(4.0, 2.0, 1.0, 0.5),
+        top_block=top,
+        norm="LN",
+        square_pad=32,
+    ).eval()
     assert ours.output_shape() == theirs.output_shape()
     # detectron2's SFP means the coarsest stride (its padding_constraints spell it "size_divisiblity",
     # which ImageList does not read); ours pads to it
@@ -208,6 +255,7 @@ def test_unknown_backbone_in_a_lazyconfig_gives_the_registry_message():
     from detectron2.config import instantiate
 
     from tasks.detection.detectron2 import RegistryBackbone
+
     with pytest.raises(BenchError, match="unknown backbone 'mae_vit_bse_patch16'.*did you mean mae_vit_base_patch16"):
         instantiate(L(RegistryBackbone)(name="mae_vit_bse_patch16"))
 
@@ -218,11 +266,14 @@ def test_heads_that_do_not_fit_the_backbone_strides_are_refused():
 
     from tasks.detection.detectron2 import check_feature_strides
     from tasks.detection.detectron2.run import CONFIG_DIR, load_lazy_config
+
     cfg = load_lazy_config(CONFIG_DIR / "smoke_vitdet.py")
     cfg.model.roi_heads.num_classes = 3
     check_feature_strides(instantiate(cfg.model))  # the smoke config itself fits
     cfg.model.proposal_generator.anchor_generator.strides = [4, 8, 16, 32, 64]
-    with pytest.raises(BenchError, match=r"anchor_generator.strides \[4, 8, 16, 32, 64\] != the strides \[2, 4, 8, 16, 32\]"):
+    with pytest.raises(
+        BenchError, match=r"anchor_generator.strides \[4, 8, 16, 32, 64\] != the strides \[2, 4, 8, 16, 32\]"
+    ):
         check_feature_strides(instantiate(cfg.model))
     cfg = load_lazy_config(CONFIG_DIR / "smoke_vitdet.py")
     cfg.model.roi_heads.box_pooler.scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -244,6 +295,7 @@ def test_vitdet_lazyconfig_equals_the_official_one(d2_source, size):
     from omegaconf import OmegaConf
 
     from tasks.detection.detectron2.run import CONFIG_DIR, config_dict
+
     official = LazyConfig.load(str(d2_source / f"projects/ViTDet/configs/COCO/mask_rcnn_vitdet_{size}_100ep.py"))
     ours = LazyConfig.load(str(CONFIG_DIR / f"mask_rcnn_vitdet_{size}_100ep.py"))
     net = OmegaConf.to_container(official.model.backbone.net)
@@ -251,8 +303,13 @@ def test_vitdet_lazyconfig_equals_the_official_one(d2_source, size):
     bb = ours.model.backbone
     depth = net["depth"]
     assert bb.name == {"b": "mae_vit_base_patch16", "l": "mae_vit_large_patch16"}[size]
-    assert (bb.img_size, bb.window_size, bb.drop_path_rate, bb.out_channels, bb.square_pad) == \
-        (net["img_size"], net["window_size"], net["drop_path_rate"], sfp.out_channels, sfp.square_pad)
+    assert (bb.img_size, bb.window_size, bb.drop_path_rate, bb.out_channels, bb.square_pad) == (
+        net["img_size"],
+        net["window_size"],
+        net["drop_path_rate"],
+        sfp.out_channels,
+        sfp.square_pad,
+    )
     assert tuple(bb.global_blocks) == tuple(i for i in range(depth) if i not in net["window_block_indexes"])
     assert net["use_rel_pos"] and bb.use_rel_pos == "decomposed" and tuple(sfp.scale_factors) == (4.0, 2.0, 1.0, 0.5)
     a, b = config_dict(official), config_dict(ours)
@@ -277,6 +334,7 @@ def test_coco_evaluator_equals_our_coco_evaluate(tmp_path, fast):
     from tasks.detection.coco_data import make_coco_dataset
     from tasks.detection.detectron2.run import metrics_from_coco_evaluator, register_split
     from tasks.detection.evaluation import coco_evaluate
+
     root = make_coco_dataset(tmp_path / "coco", n_train=1, n_val=8, image_size=(96, 96), seed=3)
     ann = root / "annotations/instances_val2017.json"
     register_split("bench_test_eval_val", str(ann), str(root / "val2017"))
@@ -284,8 +342,13 @@ def test_coco_evaluator_equals_our_coco_evaluate(tmp_path, fast):
     id_map = MetadataCatalog.get("bench_test_eval_val").thing_dataset_id_to_contiguous_id
     gt = COCO(str(ann))
     rng = np.random.default_rng(0)
-    ev = COCOEvaluator("bench_test_eval_val", output_dir=str(tmp_path / "eval"), tasks=("bbox", "segm"),
-                       use_fast_impl=fast, distributed=False)
+    ev = COCOEvaluator(
+        "bench_test_eval_val",
+        output_dir=str(tmp_path / "eval"),
+        tasks=("bbox", "segm"),
+        use_fast_impl=fast,
+        distributed=False,
+    )
     ev.reset()
     for img in gt.dataset["images"]:
         h, w = img["height"], img["width"]
@@ -304,11 +367,15 @@ def test_coco_evaluator_equals_our_coco_evaluate(tmp_path, fast):
             scores.append(rng.uniform(0, 0.5))
             classes.append(int(rng.integers(len(id_map))))
             m = np.zeros((h, w), bool)
-            m[int(y0):int(y0) + 20, int(x0):int(x0) + 20] = True
+            m[int(y0) : int(y0) + 20, int(x0) : int(x0) + 20] = True
             masks.append(m)
-        inst = Instances((h, w), pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
-                         scores=torch.tensor(scores, dtype=torch.float32), pred_classes=torch.tensor(classes),
-                         pred_masks=torch.from_numpy(np.stack(masks)))
+        inst = Instances(
+            (h, w),
+            pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+            scores=torch.tensor(scores, dtype=torch.float32),
+            pred_classes=torch.tensor(classes),
+            pred_masks=torch.from_numpy(np.stack(masks)),
+        )
         ev.process([{"image_id": img["id"]}], [{"instances": inst}])
     d2 = metrics_from_coco_evaluator(ev.evaluate())
     dets = json.loads((tmp_path / "eval/coco_instances_results.json").read_text())
@@ -323,7 +390,7 @@ def test_coco_evaluator_equals_our_coco_evaluate(tmp_path, fast):
 # --------------------------------------------------------------------------------------------------
 # Acceptance: the unmodified official ViTDet config, only model.backbone replaced, trains + evaluates
 # --------------------------------------------------------------------------------------------------
-USER_CONFIG = '''\
+USER_CONFIG = """\
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 
@@ -333,18 +400,24 @@ _vitdet = LazyConfig.load("{vitdet}")
 dataloader, lr_multiplier, optimizer, train = _vitdet.dataloader, _vitdet.lr_multiplier, _vitdet.optimizer, _vitdet.train
 model = _vitdet.model
 model.backbone = L(RegistryBackbone)(name="mae_vit_base_patch16", checkpoint="mae_pretrain_vit_base.pth")
-'''
+"""
 # CPU sizes only: a patch-16 ViT-Tiny at 128 px (same strides, so the official heads fit unchanged)
-SHRINK = ["model.backbone.img_size=128", "model.backbone.square_pad=128", "model.backbone.window_size=4",
-          "model.backbone.drop_path_rate=0.0",
-          "dataloader.train.mapper.augmentations.1.target_height=128",
-          "dataloader.train.mapper.augmentations.1.target_width=128",
-          "dataloader.train.mapper.augmentations.2.crop_size=[128,128]",
-          "dataloader.test.mapper.augmentations.0.short_edge_length=128",
-          "dataloader.test.mapper.augmentations.0.max_size=128",
-          "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-          "model.proposal_generator.pre_nms_topk=[300,300]", "model.proposal_generator.post_nms_topk=[100,100]",
-          "model.roi_heads.batch_size_per_image=64"]
+SHRINK = [
+    "model.backbone.img_size=128",
+    "model.backbone.square_pad=128",
+    "model.backbone.window_size=4",
+    "model.backbone.drop_path_rate=0.0",
+    "dataloader.train.mapper.augmentations.1.target_height=128",
+    "dataloader.train.mapper.augmentations.1.target_width=128",
+    "dataloader.train.mapper.augmentations.2.crop_size=[128,128]",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+    "dataloader.test.mapper.augmentations.0.max_size=128",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "model.proposal_generator.pre_nms_topk=[300,300]",
+    "model.proposal_generator.post_nms_topk=[100,100]",
+    "model.roi_heads.batch_size_per_image=64",
+]
 
 
 @needs_d2
@@ -352,6 +425,7 @@ def test_official_vitdet_config_with_only_the_backbone_replaced_trains_and_evalu
     from backbones import build_backbone
     from tasks.detection.coco_data import make_coco_dataset
     from tasks.detection.detectron2 import run_detectron2
+
     root = make_coco_dataset(tmp_path / "coco", n_train=4, n_val=3, image_size=(128, 128))
     enc = build_backbone("random_vit_tiny_patch16")
     torch.save({"model": enc.state_dict()}, tmp_path / "mae_tiny.pth")
@@ -375,15 +449,17 @@ def test_official_vitdet_config_with_only_the_backbone_replaced_trains_and_evalu
     again = run_detectron2("mae_vit_tiny_patch16", tmp_path / "mae_tiny.pth", root, trust_config=True, **kw)
     assert again["extra"]["start_iter"] == 3 and again["metrics"]["APbox"] == pytest.approx(m["APbox"], abs=1e-9)
     # the same folder with other settings is refused before anything is built
-    with pytest.raises(BenchError, match=r"bench_d2_run.json: this folder holds a run with other settings \(config_hash"):
-        run_detectron2("mae_vit_tiny_patch16", tmp_path / "mae_tiny.pth", root, trust_config=True,
-                       **dict(kw, iters=5))
+    with pytest.raises(
+        BenchError, match=r"bench_d2_run.json: this folder holds a run with other settings \(config_hash"
+    ):
+        run_detectron2("mae_vit_tiny_patch16", tmp_path / "mae_tiny.pth", root, trust_config=True, **dict(kw, iters=5))
 
 
 @needs_d2
 def test_bad_inputs_of_run_detectron2(tmp_path):
     from tasks.detection.coco_data import make_coco_dataset
     from tasks.detection.detectron2 import run_detectron2
+
     root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
     work = tmp_path / "work"
     with pytest.raises(BenchError, match="unknown backbone 'mae_vit_tst_patch8'"):
@@ -393,11 +469,19 @@ def test_bad_inputs_of_run_detectron2(tmp_path):
     with pytest.raises(BenchError, match=r"has no feature 'p1'"):  # patch 16 under the patch-8 smoke heads
         run_detectron2("random_vit_tiny_patch16", None, root, config="smoke", work_dir=work)
     with pytest.raises(BenchError, match=r"building model failed .*no_such_key"):
-        run_detectron2("random_vit_test_patch8", None, root, config="smoke", work_dir=work,
-                       overrides=["model.backbone.no_such_key.x=1"])
+        run_detectron2(
+            "random_vit_test_patch8",
+            None,
+            root,
+            config="smoke",
+            work_dir=work,
+            overrides=["model.backbone.no_such_key.x=1"],
+        )
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: {backbone: {_target_: detectron2.modeling.ViT}}\ndataloader: {}\noptimizer: {}\n"
-                   "lr_multiplier: {}\ntrain: {}\n")
+    bad.write_text(
+        "model: {backbone: {_target_: detectron2.modeling.ViT}}\ndataloader: {}\noptimizer: {}\n"
+        "lr_multiplier: {}\ntrain: {}\n"
+    )
     with pytest.raises(BenchError, match=r"key 'model.backbone' must be L\(RegistryBackbone\)"):
         run_detectron2("random_vit_test_patch8", None, root, config=bad, work_dir=work, trust_config=True)
     assert not work.exists()
@@ -409,6 +493,7 @@ def test_smoke_configs_train_one_step_and_perf_counts_flops(variant):
     """Both protocols' CPU smoke configs build, fit their backbone's strides (p1..p5 for patch 8) and
     take a training step with gradients reaching the encoder; perf_step reports FLOPs and img/s."""
     from tasks.detection.detectron2.perf import build_step, perf_step
+
     model, loss_of, title = build_step("smoke", variant, "random_vit_test_patch8", img_size=64, batch_size=2, boxes=3)
     assert "smoke" in title
     loss = loss_of(model)
@@ -433,8 +518,18 @@ def test_bench_det_engine_detectron2_trains_evaluates_writes_the_mmdet_row_schem
     root = make_coco_dataset(tmp_path / "coco", n_train=4, n_val=3, image_size=(64, 64), seed=0)
     common = ["det", "--backbone", "random_vit_test_patch8", "--data-root", str(root), "--config", "smoke"]
     d2_dir, mm_dir = tmp_path / "d2", tmp_path / "mm"
-    d2 = common + ["--engine", "detectron2", "--iters", "3", "--ckpt-interval", "1", "--out", str(d2_dir),
-                   "--results", str(tmp_path / "d2.jsonl")]
+    d2 = common + [
+        "--engine",
+        "detectron2",
+        "--iters",
+        "3",
+        "--ckpt-interval",
+        "1",
+        "--out",
+        str(d2_dir),
+        "--results",
+        str(tmp_path / "d2.jsonl"),
+    ]
     assert main(d2) == 0
     assert "(detectron2)" in capsys.readouterr().out
     assert main(common + ["--iters", "2", "--out", str(mm_dir), "--results", str(tmp_path / "mm.jsonl")]) == 0
@@ -442,14 +537,29 @@ def test_bench_det_engine_detectron2_trains_evaluates_writes_the_mmdet_row_schem
     [mm_row] = ResultsStore(tmp_path / "mm.jsonl").rows()
     assert set(row) == set(mm_row) and set(row["extra"]) == set(mm_row["extra"])
     assert row["extra"]["engine"] == "detectron2" and mm_row["extra"]["engine"] == "mmdet"
-    assert (row["task"], row["protocol"], row["init"], row["backbone"]) == ("coco", "maskrcnn_fpn", "random", "vit_test_patch8")
+    assert (row["task"], row["protocol"], row["init"], row["backbone"]) == (
+        "coco",
+        "maskrcnn_fpn",
+        "random",
+        "vit_test_patch8",
+    )
     assert row["iterations"] == 3 and row["extra"]["start_iter"] == 0 and row["extra"]["config"] == "d2:fpn:smoke"
     m = row["metrics"]
-    assert {"APbox", "APbox50", "APmask", "ARbox100"} <= set(m) and all(math.isfinite(v) and 0 <= v <= 100 for v in m.values())
-    assert row["deviations"] == ["smoke config (tiny pyramid and heads)", "iterations 3 < paper 184375",
-                                 "batch 2 < paper 64", "img_size 64 != paper 1024"]
-    assert mm_row["deviations"] == ["smoke config (tiny pyramid and heads)", "iterations 2 < paper 184375",
-                                    "batch 2 < paper 64", "img_size 64 != paper 1024"]
+    assert {"APbox", "APbox50", "APmask", "ARbox100"} <= set(m) and all(
+        math.isfinite(v) and 0 <= v <= 100 for v in m.values()
+    )
+    assert row["deviations"] == [
+        "smoke config (tiny pyramid and heads)",
+        "iterations 3 < paper 184375",
+        "batch 2 < paper 64",
+        "img_size 64 != paper 1024",
+    ]
+    assert mm_row["deviations"] == [
+        "smoke config (tiny pyramid and heads)",
+        "iterations 2 < paper 184375",
+        "batch 2 < paper 64",
+        "img_size 64 != paper 1024",
+    ]
     for r in (row, mm_row):  # the per-example matches reproduce each row's APbox
         arrays = np.load(r["extra"]["per_example"])
         assert list(arrays["ids"]) == sorted(arrays["ids"], key=int) and len(arrays["ids"]) == 3
@@ -474,10 +584,24 @@ def test_bench_det_engine_detectron2_without_detectron2_is_one_line(tmp_path, mo
     """From the command line: exit 2, one line with the install command, no run folder."""
     from bench.cli import main
     from tasks.detection.coco_data import make_coco_dataset
+
     root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
     monkeypatch.setitem(sys.modules, "detectron2", None)
-    rc = main(["det", "--engine", "detectron2", "--backbone", "random_vit_test_patch8", "--data-root", str(root),
-               "--config", "smoke", "--out", str(tmp_path / "work")])
+    rc = main(
+        [
+            "det",
+            "--engine",
+            "detectron2",
+            "--backbone",
+            "random_vit_test_patch8",
+            "--data-root",
+            str(root),
+            "--config",
+            "smoke",
+            "--out",
+            str(tmp_path / "work"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: detectron2 is not installed")
     assert "bash scripts/setup.sh" in err[0] and not (tmp_path / "work").exists()

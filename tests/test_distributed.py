@@ -7,6 +7,7 @@ session with ``python -m torch.distributed.run --standalone --nproc_per_node 2 t
 OUT`` (gloo on CPU, one thread per process). Every scenario runs in that one launch; the tests
 compare its outputs with single-process runs done here.
 """
+
 import json
 import os
 import sys
@@ -20,11 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
-from bench.core.data import pretrain_dataset  # noqa: E402
-from bench.core.engine import enable_grad_checkpointing  # noqa: E402
+from dist_helpers import ARCH, BLR, N_SAMPLES, STEPS, Crash, logged, mae_loss, rel, run_mae  # noqa: E402
+
 from backbones.pretrainers.mae import build_mae  # noqa: E402
 from backbones.vit import Block  # noqa: E402
-from dist_helpers import ARCH, BLR, N_SAMPLES, STEPS, Crash, logged, mae_loss, rel, run_mae  # noqa: E402
+from bench.core.data import pretrain_dataset  # noqa: E402
+from bench.core.engine import enable_grad_checkpointing  # noqa: E402
 
 N_EVAL, N_CLASSES = 103, 10  # 103: the two ranks' shards differ in size
 
@@ -38,9 +40,16 @@ def eval_logits():
 # The worker (one process of the torchrun launch)
 # ------------------------------------------------------------------------------------------------
 def worker(out: Path):
-    from bench.core.distributed import (all_reduce_sum, gather_accuracy, gather_objects, init_distributed,
-                                   shard_indices, topk_counts)
+    from bench.core.distributed import (
+        all_reduce_sum,
+        gather_accuracy,
+        gather_objects,
+        init_distributed,
+        shard_indices,
+        topk_counts,
+    )
     from bench.core.errors import NonFiniteLossError
+
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     assert world == 2
@@ -53,6 +62,7 @@ def worker(out: Path):
     def record_sync(m, batch):  # DDP all-reduces gradients in this micro-batch's backward?
         syncs.append(m.require_backward_grad_sync)
         return mae_loss(m, batch)
+
     run_mae(out / "b4_acc2", 4, accum_iter=2, loss_fn=record_sync)
     report["grad_sync"] = syncs
 
@@ -95,7 +105,11 @@ def worker(out: Path):
     idx = list(shard_indices(N_EVAL))
     report["shard_sizes"] = gather_objects(len(idx))
     report["accuracy"] = gather_accuracy(topk_counts(logits[idx], labels[idx]))
-    report["sums"] = [all_reduce_sum(rank + 1), all_reduce_sum([0.5, rank]), all_reduce_sum(torch.tensor([1.0, rank])).tolist()]
+    report["sums"] = [
+        all_reduce_sum(rank + 1),
+        all_reduce_sum([0.5, rank]),
+        all_reduce_sum(torch.tensor([1.0, rank])).tolist(),
+    ]
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report))
 
@@ -109,6 +123,7 @@ def worker(out: Path):
 def ddp(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     from conftest import run_torchrun
+
     p = run_torchrun(Path(__file__).resolve(), out)
     return out, p.stdout, json.loads((out / "report.json").read_text())
 
@@ -184,12 +199,16 @@ def test_resume_under_ddp_repeats_the_uninterrupted_run(ddp):
 
 def test_accuracy_gathered_over_ranks_equals_one_process(ddp):
     from bench.core.distributed import gather_accuracy, topk_counts
+
     _, _, rep = ddp
     logits, labels = eval_logits()
     # reference computed independently: rank of the true class among the scores
     rank_of_true = (logits.numpy() > logits.numpy()[np.arange(N_EVAL), labels.numpy()][:, None]).sum(1)
-    ref = {"top1": 100.0 * (rank_of_true < 1).sum() / N_EVAL, "top5": 100.0 * (rank_of_true < 5).sum() / N_EVAL,
-           "n": N_EVAL}
+    ref = {
+        "top1": 100.0 * (rank_of_true < 1).sum() / N_EVAL,
+        "top5": 100.0 * (rank_of_true < 5).sum() / N_EVAL,
+        "n": N_EVAL,
+    }
     assert 0 < ref["top1"] < ref["top5"] < 100
     assert rep["shard_sizes"] == [52, 51]
     assert rep["accuracy"] == pytest.approx(ref, abs=1e-12)
@@ -199,12 +218,29 @@ def test_accuracy_gathered_over_ranks_equals_one_process(ddp):
 
 def test_launch_environment_detection(monkeypatch):
     from bench.core.distributed import init_distributed, launch_env
+
     assert launch_env({}) is None
-    tr = launch_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h0", "MASTER_PORT": "1234",
-                     "SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    tr = launch_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "h0",
+            "MASTER_PORT": "1234",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "1",
+        }
+    )
     assert tr == dict(rank=3, world_size=8, local_rank=1, master_addr="h0", master_port=1234, source="torchrun")
-    sl = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
-                     "SLURM_JOB_NODELIST": "gpu17,gpu18"})
+    sl = launch_env(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "16",
+            "SLURM_STEP_NUM_TASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu17,gpu18",
+        }
+    )
     assert (sl["rank"], sl["world_size"], sl["local_rank"], sl["source"]) == (5, 8, 1, "slurm")
     assert sl["master_addr"] == "gpu17" and sl["master_port"] == 29500
     for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID"):
@@ -242,12 +278,18 @@ def test_exit_distributed_skips_interpreter_finalization_only_under_a_process_gr
     avoids): with a process group the group is left, atexit handlers and buffered output still run,
     the exit code is kept and finalizers are never reached; without one it is a plain return."""
     import subprocess
+
     (tmp_path / "w.py").write_text(EXIT_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    p = subprocess.run([sys.executable, str(tmp_path / "w.py"), str(tmp_path), mode], env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, str(tmp_path / "w.py"), str(tmp_path), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 3, p.stderr[-2000:]
     assert (tmp_path / "atexit_ran").exists()
     if mode == "group":
@@ -264,6 +306,7 @@ def _saved_bytes_and_grads(model, imgs, noise):
     def pack(t):
         total[0] += t.numel() * t.element_size()
         return t
+
     model.zero_grad()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model(imgs, 0.75, noise)[0]
@@ -281,7 +324,10 @@ def test_grad_checkpointing_saves_activations_and_changes_no_gradient(tmp_path, 
     assert plain.keys() == ckpt.keys()
     for n in plain:
         torch.testing.assert_close(ckpt[n], plain[n], rtol=0, atol=1e-6, msg=n)
-    assert ckpt_bytes < 0.5 * plain_bytes, (ckpt_bytes, plain_bytes)  # measured 0.40 (saved weights of the other layers count too)
+    assert ckpt_bytes < 0.5 * plain_bytes, (
+        ckpt_bytes,
+        plain_bytes,
+    )  # measured 0.40 (saved weights of the other layers count too)
     # through the engine: same losses as without
     ref = run_mae(tmp_path / "plain", 16, steps=3)[1].history
     got = run_mae(tmp_path / "ckpt", 16, steps=3, grad_checkpointing=True)[1].history
@@ -290,4 +336,5 @@ def test_grad_checkpointing_saves_activations_and_changes_no_gradient(tmp_path, 
 
 if __name__ == "__main__":
     from conftest import torchrun_worker_main
+
     torchrun_worker_main(worker)

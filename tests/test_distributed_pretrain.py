@@ -7,6 +7,7 @@ As in ``tests/test_distributed.py`` this file is also the torchrun worker: one l
 OUT``, gloo, one thread per process) runs every scenario with the real ``pretrain_mocov3`` and
 ``pretrain_mae``; the tests compare its outputs with single-process runs done here.
 """
+
 import sys
 from pathlib import Path
 
@@ -18,10 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
-from backbones.pretrainers.mocov3 import pretrain_mocov3  # noqa: E402
-from backbones.pretrainers.mae import build_mae, pretrain_mae  # noqa: E402
 from dist_helpers import logged, without_zero_gradient  # noqa: E402
 from dist_helpers import rel as rel_diff  # noqa: E402
+
+from backbones.pretrainers.mae import build_mae, pretrain_mae  # noqa: E402
+from backbones.pretrainers.mocov3 import pretrain_mocov3  # noqa: E402
 
 ARCH = "vit_test_patch8"  # 32 px, 16 patches, width 32
 B, STEPS = 8, 6  # per-rank batch (the single process gets 2 B); 6 steps cross an epoch (64 / 16 = 4 per epoch)
@@ -44,8 +46,15 @@ def bn_modules():
 def bn_data():
     """Per step: inputs of both modules (global batch 2 B, not centred) and the weights of a linear loss."""
     g = torch.Generator().manual_seed(11)
-    return [(torch.randn(2 * B, 6, generator=g) * 3 + 2, torch.randn(2 * B, 3, 4, 4, generator=g) - 1,
-             torch.randn(2 * B, 6, generator=g), torch.randn(2 * B, 3, 4, 4, generator=g)) for _ in range(BN_STEPS)]
+    return [
+        (
+            torch.randn(2 * B, 6, generator=g) * 3 + 2,
+            torch.randn(2 * B, 3, 4, 4, generator=g) - 1,
+            torch.randn(2 * B, 6, generator=g),
+            torch.randn(2 * B, 3, 4, 4, generator=g),
+        )
+        for _ in range(BN_STEPS)
+    ]
 
 
 def bn_run(mods, rows):
@@ -73,6 +82,7 @@ def bn_run(mods, rows):
 # ------------------------------------------------------------------------------------------------
 def worker(out: Path):
     from bench.core.distributed import convert_sync_batchnorm, gather_objects, init_distributed
+
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     assert world == 2
@@ -95,6 +105,7 @@ def worker(out: Path):
 def ddp(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_pretrain")
     from conftest import run_torchrun
+
     run_torchrun(Path(__file__).resolve(), out)
     return out
 
@@ -149,6 +160,7 @@ def single_moco(tmp_path_factory, one_thread):
 def test_mocov3_two_ranks_equal_one_process_with_the_global_batch(ddp, single_moco):
     from backbones.pretrainers.common import encoder_config
     from backbones.pretrainers.mocov3 import MoCoV3
+
     ref, got = logged(single_moco), logged(ddp / "moco")
     # the same 16 keys per query on both sides (the ranks' 8 each, gathered), BN over all 16
     assert_same_trajectory(got, ref)
@@ -167,18 +179,30 @@ def test_mocov3_two_ranks_equal_one_process_with_the_global_batch(ddp, single_mo
     losses = [m(x1, x2) for m in models]  # training mode, as in pretraining
     losses[0].backward()
     grads = {n: p.grad.abs().max() for n, p in models[0].named_parameters() if p.grad is not None}
-    key_grads = [p.grad[32:64].abs().max() for n, p in models[0].named_parameters()
-                 if n.startswith("base_encoder.") and n.endswith("qkv.bias")]
+    key_grads = [
+        p.grad[32:64].abs().max()
+        for n, p in models[0].named_parameters()
+        if n.startswith("base_encoder.") and n.endswith("qkv.bias")
+    ]
     # measured: 7e-8 and 4e-8 against a largest gradient of 6
     assert max(grads["base_encoder.norm.bias"], *key_grads) < 1e-6 * max(grads.values())
     assert rel_diff(losses[0].item(), losses[1].detach().item()) < 1e-5  # same training-mode loss on a fixed batch
-    drop = {"base_encoder.norm.bias", "momentum_encoder.norm.bias", "base_encoder.head.1.running_mean",
-            "momentum_encoder.head.1.running_mean"}
-    assert_same_states(without_zero_gradient(final_state(ddp / "moco"), drop),
-                       without_zero_gradient(final_state(single_moco), drop))
+    drop = {
+        "base_encoder.norm.bias",
+        "momentum_encoder.norm.bias",
+        "base_encoder.head.1.running_mean",
+        "momentum_encoder.head.1.running_mean",
+    }
+    assert_same_states(
+        without_zero_gradient(final_state(ddp / "moco"), drop), without_zero_gradient(final_state(single_moco), drop)
+    )
     exported = torch.load(ddp / "moco" / "pretrain.pth", weights_only=True)["model"]  # rank 0 wrote it
-    torch.testing.assert_close(exported["blocks.0.mlp.fc1.weight"],
-                               final_state(single_moco)["base_encoder.blocks.0.mlp.fc1.weight"], rtol=1e-5, atol=5e-6)
+    torch.testing.assert_close(
+        exported["blocks.0.mlp.fc1.weight"],
+        final_state(single_moco)["base_encoder.blocks.0.mlp.fc1.weight"],
+        rtol=1e-5,
+        atol=5e-6,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +221,10 @@ def test_mae_two_ranks_equal_one_process_with_the_global_batch(ddp, single_mae):
 
 
 def test_without_a_process_group_nothing_changes(one_thread):
+    from backbones.pretrainers.mae import MaskNoise
     from bench.core.distributed import all_gather_nograd, convert_sync_batchnorm
     from bench.core.engine import SeededDataset
-    from backbones.pretrainers.mae import MaskNoise
+
     assert not torch.distributed.is_initialized()
     mods = bn_modules()
     assert convert_sync_batchnorm(mods) is mods and [type(m) for m in mods] == [nn.BatchNorm1d, nn.BatchNorm2d]
@@ -214,4 +239,5 @@ def test_without_a_process_group_nothing_changes(one_thread):
 
 if __name__ == "__main__":
     from conftest import torchrun_worker_main
+
     torchrun_worker_main(worker)

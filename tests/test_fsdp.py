@@ -8,6 +8,7 @@ As in ``tests/test_distributed.py`` this file is also the torchrun worker: one l
 CPU, one thread per process) runs every scenario; the tests compare its outputs with
 single-process runs done here.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -19,12 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
-from bench.core.data import pretrain_dataset  # noqa: E402
-from bench.core.engine import TrainConfig, local_state_bytes  # noqa: E402
+from dist_helpers import ARCH, N_SAMPLES, STEPS, Crash, ckpt, logged, mae_loss, rel, run_mae  # noqa: E402
+from dist_helpers import without_zero_gradient as without_key_bias
+
 from backbones.pretrainers.mae import build_mae  # noqa: E402
 from backbones.vit import Block  # noqa: E402
-from dist_helpers import (ARCH, N_SAMPLES, STEPS, Crash, ckpt, logged, mae_loss, rel, run_mae,  # noqa: E402
-                          without_zero_gradient as without_key_bias)
+from bench.core.data import pretrain_dataset  # noqa: E402
+from bench.core.engine import TrainConfig, local_state_bytes  # noqa: E402
 
 CLIP = 0.05  # below the gradient norm of every step here (~0.3-1.2), so clipping always acts
 SGD_CLIP = dict(optimizer="sgd", lr=0.1, clip_grad=CLIP)  # with SGD clipping changes the trajectory a lot
@@ -46,6 +48,7 @@ def worker(out: Path):
     from bench.core.distributed import gather_objects, init_distributed
     from bench.core.engine import FSDPSharding, make_optimizer
     from bench.core.errors import NonFiniteLossError
+
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     assert world == 2
@@ -59,12 +62,20 @@ def worker(out: Path):
     # fit handed back the plain module: no FSDP class, hook or DTensor left, its own parameter
     # objects, holding rank 0's trained weights
     sd = ckpt(out / "b8")["model"]
-    report["released"] = gather_objects({
-        "type": type(model).__name__,
-        "same_objects": [id(p) for p in before] == [id(p) for p in model.parameters()],
-        "dtensors": sum(isinstance(p, DTensor) for p in model.parameters()),
-        "hooks": sum(len(d) for m in model.modules() for k, d in vars(m).items() if k.endswith("_hooks") and isinstance(d, dict)),
-        "max_diff_to_checkpoint": max((v - sd[k]).abs().max().item() for k, v in model.state_dict().items())})
+    report["released"] = gather_objects(
+        {
+            "type": type(model).__name__,
+            "same_objects": [id(p) for p in before] == [id(p) for p in model.parameters()],
+            "dtensors": sum(isinstance(p, DTensor) for p in model.parameters()),
+            "hooks": sum(
+                len(d)
+                for m in model.modules()
+                for k, d in vars(m).items()
+                if k.endswith("_hooks") and isinstance(d, dict)
+            ),
+            "max_diff_to_checkpoint": max((v - sd[k]).abs().max().item() for k, v in model.state_dict().items()),
+        }
+    )
 
     grads_seen = []
 
@@ -72,6 +83,7 @@ def worker(out: Path):
         grads_seen.append(any(p.grad is not None for p in m.parameters()))
         assert all(isinstance(p, DTensor) for p in m.parameters()), "not sharded"
         return mae_loss(m, batch)
+
     run_mae(out / "b4_acc2_clip", 4, accum_iter=2, loss_fn=record, fsdp=True, **SGD_CLIP)
     report["grads_seen"] = grads_seen
 
@@ -97,8 +109,15 @@ def worker(out: Path):
     run_mae(out / "whole", 4, accum_iter=2, loss_fn=rng_masks, dataset=crops, ckpt_every=3, fsdp=True)
     calls = {"n": 0}
     try:
-        run_mae(out / "resumed", 4, accum_iter=2, loss_fn=lambda m, x: rng_masks(m, x, 9, calls), dataset=crops,
-                ckpt_every=3, fsdp=True)
+        run_mae(
+            out / "resumed",
+            4,
+            accum_iter=2,
+            loss_fn=lambda m, x: rng_masks(m, x, 9, calls),
+            dataset=crops,
+            ckpt_every=3,
+            fsdp=True,
+        )
     except Crash:
         pass
     run_mae(out / "resumed", 4, accum_iter=2, loss_fn=rng_masks, dataset=crops, ckpt_every=3, fsdp=True)
@@ -111,10 +130,18 @@ def worker(out: Path):
         calls["n"] += 1
         loss, logs = mae_loss(m, batch)
         return (loss * float("nan") if rank == 1 and calls["n"] == 4 else loss), logs
+
     for name, fsdp in (("nan_fsdp", True), ("nan_ddp", False)):
         counter = {"n": 0}
-        run_mae(out / name, 4, accum_iter=2, steps=4, loss_fn=lambda m, b: nan_on_rank1(m, b, counter),
-                max_nonfinite=1, fsdp=fsdp)
+        run_mae(
+            out / name,
+            4,
+            accum_iter=2,
+            steps=4,
+            loss_fn=lambda m, b: nan_on_rank1(m, b, counter),
+            max_nonfinite=1,
+            fsdp=fsdp,
+        )
 
     # ... or, with no skip allowed, every rank stops there with the state saved (right after a forward
     # without backward: the root still holds its gathered parameters)
@@ -136,34 +163,63 @@ def worker(out: Path):
         m(imgs[part], 0.75, noise[part])[0].backward()
         opt.step()
         return local_state_bytes(m, opt)
+
     torch.manual_seed(0)
     plain = one_step(build_mae(ARCH))
     torch.manual_seed(0)
     m = build_mae(ARCH)
     FSDPSharding(m, Block)
     report["bytes"] = gather_objects({"ddp": plain, "fsdp": one_step(m)})
-    report["fused_on_dtensors"] = make_optimizer([{"params": list(m.parameters())}], TrainConfig(out_dir=""),
-                                                 1e-3).defaults["fused"]
+    report["fused_on_dtensors"] = make_optimizer(
+        [{"params": list(m.parameters())}], TrainConfig(out_dir=""), 1e-3
+    ).defaults["fused"]
 
     # MoCo v3: the momentum update (after_step) on sharded parameters equals DDP's
     pretrain_mocov3(ARCH, out / "moco_fsdp", batch_size=4, fsdp=True, **MOCO)
     pretrain_mocov3(ARCH, out / "moco_ddp", batch_size=4, **MOCO)
-    report["moco_export"] = isinstance(torch.load(out / "moco_fsdp" / "pretrain.pth", weights_only=False)["model"],
-                                       dict) if rank == 0 else None
+    report["moco_export"] = (
+        isinstance(torch.load(out / "moco_fsdp" / "pretrain.pth", weights_only=False)["model"], dict)
+        if rank == 0
+        else None
+    )
 
     # classification: partial fine-tuning (frozen blocks; the caller's layer-decay groups, made before
     # fit from the unsharded parameters) and evaluation on each rank's shard after fit
     from tasks.classification.datasets import make_image_folder
     from tasks.classification.run import run_classification
+
     if rank == 0:
-        make_image_folder(out / "digits", n_train_per_class=16, n_val_per_class=5, num_classes=10, image_size=32, seed=0)
+        make_image_folder(
+            out / "digits", n_train_per_class=16, n_val_per_class=5, num_classes=10, image_size=32, seed=0
+        )
     torch.distributed.barrier()
-    cfg = {"batch_size": 16, "warmup_epochs": 1, "blr": 0.01, "layer_decay": 0.75, "drop_path": 0.0, "mixup": 0.0,
-           "cutmix": 0.0, "auto_augment": None, "reprob": 0.0, "num_workers": 0, "eval_batch_size": 50}
+    cfg = {
+        "batch_size": 16,
+        "warmup_epochs": 1,
+        "blr": 0.01,
+        "layer_decay": 0.75,
+        "drop_path": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "auto_augment": None,
+        "reprob": 0.0,
+        "num_workers": 0,
+        "eval_batch_size": 50,
+    }
     report["cls"] = {}
     for name, f in (("cls_fsdp", True), ("cls_ddp", False)):
-        row = run_classification("partial", "folder", out / "digits", "random_vit_test_patch8", k=1, out_dir=out / name,
-                                 config=cfg, epochs=2, progress=False, fsdp=f)
+        row = run_classification(
+            "partial",
+            "folder",
+            out / "digits",
+            "random_vit_test_patch8",
+            k=1,
+            out_dir=out / name,
+            config=cfg,
+            epochs=2,
+            progress=False,
+            fsdp=f,
+        )
         report["cls"][name] = row["metrics"]
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report))
@@ -176,6 +232,7 @@ def worker(out: Path):
 def fsdp(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
     from conftest import run_torchrun
+
     p = run_torchrun(Path(__file__).resolve(), out)
     return out, p.stdout, json.loads((out / "report.json").read_text())
 
@@ -184,8 +241,15 @@ def fsdp(tmp_path_factory):
 def single(tmp_path_factory, one_thread):
     """One process, batch 16: AdamW; SGD with and without clipping; --fsdp (ignored: one process)."""
     out = tmp_path_factory.mktemp("single")
-    runs = {name: run_mae(out / name, 16, **kw) for name, kw in
-            (("plain", {}), ("clip", SGD_CLIP), ("sgd", {**SGD_CLIP, "clip_grad": None}), ("fsdp_flag", {"fsdp": True}))}
+    runs = {
+        name: run_mae(out / name, 16, **kw)
+        for name, kw in (
+            ("plain", {}),
+            ("clip", SGD_CLIP),
+            ("sgd", {**SGD_CLIP, "clip_grad": None}),
+            ("fsdp_flag", {"fsdp": True}),
+        )
+    }
     return out, runs
 
 
@@ -233,8 +297,13 @@ def test_accumulation_reduces_gradients_once_per_step(fsdp):
 def test_fit_hands_back_the_plain_trained_module_on_every_rank(fsdp):
     _, _, rep = fsdp
     for r in rep["released"]:
-        assert r == {"type": "MaskedAutoencoder", "same_objects": True, "dtensors": 0, "hooks": 0,
-                     "max_diff_to_checkpoint": 0.0}, r
+        assert r == {
+            "type": "MaskedAutoencoder",
+            "same_objects": True,
+            "dtensors": 0,
+            "hooks": 0,
+            "max_diff_to_checkpoint": 0.0,
+        }, r
 
 
 def test_checkpoint_format_is_the_single_process_one_and_resume_is_exact(fsdp):
@@ -247,7 +316,9 @@ def test_checkpoint_format_is_the_single_process_one_and_resume_is_exact(fsdp):
     # the same layout as the DDP run's checkpoint: model keys, shapes, optimizer ids and groups
     f, d = ckpt(out / "whole", 3), ckpt(out / "ddp_whole", 3)
     assert list(f) == list(d) and f["config"]["fsdp"] and not d["config"]["fsdp"]
-    assert [(k, v.shape, v.dtype) for k, v in f["model"].items()] == [(k, v.shape, v.dtype) for k, v in d["model"].items()]
+    assert [(k, v.shape, v.dtype) for k, v in f["model"].items()] == [
+        (k, v.shape, v.dtype) for k, v in d["model"].items()
+    ]
     assert sorted(f["optimizer"]["state"]) == sorted(d["optimizer"]["state"])
     assert f["optimizer"]["param_groups"] == d["optimizer"]["param_groups"]
     for i, s in d["optimizer"]["state"].items():
@@ -329,7 +400,6 @@ def test_moco_momentum_update_on_shards_equals_ddp(fsdp):
     assert rep["moco_export"]  # pretrain.pth written from the handed-back plain module
 
 
-
 def test_partial_finetuning_under_fsdp_equals_ddp(fsdp):
     out, _, rep = fsdp
     got, ref = logged(out / "cls_fsdp"), logged(out / "cls_ddp")
@@ -342,9 +412,9 @@ def test_partial_finetuning_under_fsdp_equals_ddp(fsdp):
     assert len(f["optimizer"]["param_groups"]) > 2
 
 
-
 def test_fsdp_flag_on_the_command_line():
     from bench.cli import _train_kwargs, build_parser
+
     argv = ["pretrain", "--method", "mae", "--out", "x", "--fsdp", "--grad-checkpointing"]
     kw = _train_kwargs(build_parser(argv).parse_args(argv))
     assert kw["fsdp"] is True and kw["grad_checkpointing"] is True
@@ -356,4 +426,5 @@ def test_fsdp_flag_on_the_command_line():
 
 if __name__ == "__main__":
     from conftest import torchrun_worker_main
+
     torchrun_worker_main(worker)

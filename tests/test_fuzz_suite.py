@@ -15,6 +15,7 @@ fuzzers tolerate exactly those signatures (exception type, message, raising file
 strict-xfail regression test below, so fixing one turns its test into an XPASS failure: then delete
 the entry and the marker.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, upgrade_row
 from bench.suite import load_suite
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                           HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 # (exception type, fragment of its message, file the exception is raised in) of open bugs.
 KNOWN_SUITE_BUGS: dict = {}  # none open: the former ones (unhashable values, deep nesting) have
@@ -100,31 +102,87 @@ BASE_SUITE = {
     "seeds": [0, 1],
     "inits": {
         "random": {},
-        "mae": {"pretrain": {"method": "mae", "steps": 2, "batch_size": 2, "mask_ratio": 0.5,
-                             "betas": [0.9, 0.95], "data": "embedded"}},
-        "sup": {"init": "supervised", "checkpoint": "ckpt/deit.pth", "trust_checkpoint": True,
-                "extra": {"note": "x"}},
+        "mae": {
+            "pretrain": {
+                "method": "mae",
+                "steps": 2,
+                "batch_size": 2,
+                "mask_ratio": 0.5,
+                "betas": [0.9, 0.95],
+                "data": "embedded",
+            }
+        },
+        "sup": {"init": "supervised", "checkpoint": "ckpt/deit.pth", "trust_checkpoint": True, "extra": {"note": "x"}},
         "beit": {"arch": "vit_test_patch8", "pretrain": {"steps": 1}},
     },
     "tasks": {
-        "folder": {"protocol": "partial", "k": [0, 1], "epochs": 1, "batch_size": 4, "bf16": False,
-                   "generate": {"n_train_per_class": 1, "n_val_per_class": 1, "num_classes": 2}},
+        "folder": {
+            "protocol": "partial",
+            "k": [0, 1],
+            "epochs": 1,
+            "batch_size": 4,
+            "bf16": False,
+            "generate": {"n_train_per_class": 1, "n_val_per_class": 1, "num_classes": 2},
+        },
         "inat2018": {"protocol": "linear", "data": "/data/inat"},
         "coco": {"protocol": "maskrcnn_vitdet", "data": "/data/coco", "iters": 10, "config": "smoke"},
         "ade20k": {"generate": {"n_train": 1, "n_val": 1}, "config": {"vit_test_patch8": "smoke"}},
     },
 }
 
-YAML_KEYS = sorted({"name", "description", "scale", "arch", "seeds", "inits", "tasks", "init", "checkpoint",
-                    "pretrain", "trust_checkpoint", "extra", "method", "steps", "batch_size", "mask_ratio",
-                    "betas", "data", "task", "protocol", "generate", "config", "iters", "epochs", "k", "bf16",
-                    "random", "mae", "beit", "mocov3", "supervised", "folder", "coco", "ade20k", "inat2018",
-                    "vit_test_patch8", "img_size", "epoch_size", "seed", "num_classes"})
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12),
-                    st.sampled_from(YAML_KEYS))
+YAML_KEYS = sorted(
+    {
+        "name",
+        "description",
+        "scale",
+        "arch",
+        "seeds",
+        "inits",
+        "tasks",
+        "init",
+        "checkpoint",
+        "pretrain",
+        "trust_checkpoint",
+        "extra",
+        "method",
+        "steps",
+        "batch_size",
+        "mask_ratio",
+        "betas",
+        "data",
+        "task",
+        "protocol",
+        "generate",
+        "config",
+        "iters",
+        "epochs",
+        "k",
+        "bf16",
+        "random",
+        "mae",
+        "beit",
+        "mocov3",
+        "supervised",
+        "folder",
+        "coco",
+        "ade20k",
+        "inat2018",
+        "vit_test_patch8",
+        "img_size",
+        "epoch_size",
+        "seed",
+        "num_classes",
+    }
+)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12), st.sampled_from(YAML_KEYS)
+)
 keys = st.one_of(st.sampled_from(YAML_KEYS), st.text(max_size=8), st.integers(-3, 3), st.none(), st.booleans())
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                         st.dictionaries(keys, inner, max_size=4)), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=8,
+)
 
 
 def _mutate(doc, data, n: int):
@@ -167,12 +225,51 @@ def test_edited_suites_load_or_give_one_line(workdir, data, n):
         assert suite is not None  # the unedited suite is valid: the fuzzer starts from a loading input
 
 
-YAML_PIECES = ["name: x\n", "seeds: [0]\n", "seeds: [0, 0]\n", "arch: vit_test_patch8\n", "inits:\n",
-               "  random: {}\n", "  mae:\n", "    pretrain: {method: mae, steps: -1}\n", "    checkpoint: a.pth\n",
-               "tasks:\n", "  folder: {generate: {}}\n", "  coco: {data: /x, iters: 0}\n", "  k: [1, 2]\n",
-               "? a\n", ": b\n", "&a [1]\n", "*a\n", "<<: *a\n", "!!python/object:os.system\n", "!!binary x\n",
-               "--- \n", "...\n", "%YAML 1.1\n", "- \n", "{", "}", "[", "]", ",", ":", "'", '"', "#", "|\n", ">\n",
-               "\t", " ", "\n", "\x00", "\ufeff", "\x85", "\u2028", "é"]
+YAML_PIECES = [
+    "name: x\n",
+    "seeds: [0]\n",
+    "seeds: [0, 0]\n",
+    "arch: vit_test_patch8\n",
+    "inits:\n",
+    "  random: {}\n",
+    "  mae:\n",
+    "    pretrain: {method: mae, steps: -1}\n",
+    "    checkpoint: a.pth\n",
+    "tasks:\n",
+    "  folder: {generate: {}}\n",
+    "  coco: {data: /x, iters: 0}\n",
+    "  k: [1, 2]\n",
+    "? a\n",
+    ": b\n",
+    "&a [1]\n",
+    "*a\n",
+    "<<: *a\n",
+    "!!python/object:os.system\n",
+    "!!binary x\n",
+    "--- \n",
+    "...\n",
+    "%YAML 1.1\n",
+    "- \n",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "'",
+    '"',
+    "#",
+    "|\n",
+    ">\n",
+    "\t",
+    " ",
+    "\n",
+    "\x00",
+    "\ufeff",
+    "\x85",
+    "\u2028",
+    "é",
+]
 
 
 @SETTINGS
@@ -183,11 +280,13 @@ def test_yamlish_text_loads_or_gives_one_line(workdir, pieces):
 
 
 @SETTINGS
-@given(position=st.integers(0, 10_000), cut=st.integers(0, 5), insert=st.text(max_size=5) | st.sampled_from(YAML_PIECES))
+@given(
+    position=st.integers(0, 10_000), cut=st.integers(0, 5), insert=st.text(max_size=5) | st.sampled_from(YAML_PIECES)
+)
 def test_suite_text_with_characters_changed_loads_or_gives_one_line(workdir, position, cut, insert):
     text = _dump(BASE_SUITE)
     position %= len(text) + 1
-    text = text[:position] + insert + text[position + cut:]
+    text = text[:position] + insert + text[position + cut :]
     check_one_line(lambda: load_suite(_write(workdir, "spliced.yaml", text)), known_bugs=True)
 
 
@@ -246,17 +345,41 @@ def test_known_bug_signatures_are_narrow():
 # --------------------------------------------------------------------------------------------------
 # Results store
 # --------------------------------------------------------------------------------------------------
-ROW = {"schema": 1, "run_id": "r0", "suite": "fuzz", "task": "folder", "protocol": "partial", "k": 1,
-       "init": "mae", "backbone": "vit_test_patch8", "checkpoint_sha256": None, "seed": 0,
-       "metrics": {"top1": 50.0, "top5": 90.0}, "status": "ok", "error": None, "iterations": 10,
-       "wall_time_s": 1.5, "config_hash": "abc", "code_version": "test", "device": "cpu",
-       "date": "2024-01-01T00:00:00+00:00", "extra": {"img_size": 32}}
+ROW = {
+    "schema": 1,
+    "run_id": "r0",
+    "suite": "fuzz",
+    "task": "folder",
+    "protocol": "partial",
+    "k": 1,
+    "init": "mae",
+    "backbone": "vit_test_patch8",
+    "checkpoint_sha256": None,
+    "seed": 0,
+    "metrics": {"top1": 50.0, "top5": 90.0},
+    "status": "ok",
+    "error": None,
+    "iterations": 10,
+    "wall_time_s": 1.5,
+    "config_hash": "abc",
+    "code_version": "test",
+    "device": "cpu",
+    "date": "2024-01-01T00:00:00+00:00",
+    "extra": {"img_size": 32},
+}
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-              st.text(max_size=10), st.sampled_from(["ok", "failed", "partial", "linear", ""])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=10),
+        st.sampled_from(["ok", "failed", "partial", "linear", ""]),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=6)
+    max_leaves=6,
+)
 
 
 def _rows_and_frame(path: Path):
@@ -282,25 +405,46 @@ def test_edited_rows_load_or_give_one_line(workdir, data, n, n_rows):
 
 
 @SETTINGS
-@given(lines=st.lists(st.binary(max_size=40) | st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass"))
-                      | st.sampled_from([json.dumps(ROW).encode(), b"{}", b"[]", b"null", b'{"schema": 9}',
-                                         b"NaN", b"1" * 5000, b"[" * 3000, b"\xff\xfe"]),
-                      max_size=6),
-       newline_at_end=st.booleans())
+@given(
+    lines=st.lists(
+        st.binary(max_size=40)
+        | st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass"))
+        | st.sampled_from(
+            [
+                json.dumps(ROW).encode(),
+                b"{}",
+                b"[]",
+                b"null",
+                b'{"schema": 9}',
+                b"NaN",
+                b"1" * 5000,
+                b"[" * 3000,
+                b"\xff\xfe",
+            ]
+        ),
+        max_size=6,
+    ),
+    newline_at_end=st.booleans(),
+)
 def test_arbitrary_lines_load_or_give_one_line(workdir, lines, newline_at_end):
     data = b"\n".join(lines) + (b"\n" if newline_at_end else b"")
     check_one_line(lambda: _rows_and_frame(_write(workdir, "lines.jsonl", data)))
 
 
-@pytest.mark.parametrize("line", [
-    pytest.param(b"1" * 5000, id="int-over-python-digit-limit"),
-    pytest.param(b"[" * 100_000, id="deeply-nested"),
-    pytest.param(json.dumps({**ROW, "metrics": {"top1": "HUGE"}}).replace('"HUGE"', "1" + "0" * 400).encode(),
-                 id="metric-int-too-large-for-a-float"),
-    pytest.param(json.dumps({**ROW, "metrics": {"top1": math.inf}}).encode(), id="metric-infinity"),
-    pytest.param(json.dumps({**ROW, "extra": {"a": math.nan}}).encode(), id="extra-nan"),
-    pytest.param(b'{"schema": 1, "run_id": "\xff"}', id="not-utf8"),
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(b"1" * 5000, id="int-over-python-digit-limit"),
+        pytest.param(b"[" * 100_000, id="deeply-nested"),
+        pytest.param(
+            json.dumps({**ROW, "metrics": {"top1": "HUGE"}}).replace('"HUGE"', "1" + "0" * 400).encode(),
+            id="metric-int-too-large-for-a-float",
+        ),
+        pytest.param(json.dumps({**ROW, "metrics": {"top1": math.inf}}).encode(), id="metric-infinity"),
+        pytest.param(json.dumps({**ROW, "extra": {"a": math.nan}}).encode(), id="extra-nan"),
+        pytest.param(b'{"schema": 1, "run_id": "\xff"}', id="not-utf8"),
+    ],
+)
 def test_results_reader_regressions(workdir, line):
     path = _write(workdir, "regress.jsonl", line + b"\n")
     with pytest.raises(BenchError) as info:

@@ -1,6 +1,7 @@
 """Hostile inputs and faults around the training engine, its checkpoints and the classification
 readers: each test builds the fault, and checks the run refuses it in one line (``BenchError``,
 exit 2 through the CLI, nothing new on disk) or survives it with the right numbers."""
+
 import json
 import os
 import shutil
@@ -13,8 +14,14 @@ import pytest
 import torch
 
 from backbones.pretrainers.mae import build_mae
-from bench.core.checkpoint import (CheckpointError, check_disk_space, file_size_bound, load_checkpoint_file,
-                                   load_state_dict_checked, save_atomic)
+from bench.core.checkpoint import (
+    CheckpointError,
+    check_disk_space,
+    file_size_bound,
+    load_checkpoint_file,
+    load_state_dict_checked,
+    save_atomic,
+)
 from bench.core.data import pretrain_dataset
 from bench.core.engine import CHECKSUMS, RUN_RECORD, TrainConfig, checkpoint_paths, fit
 from bench.core.errors import BenchError, DataError, NonFiniteLossError
@@ -30,10 +37,15 @@ def mae_loss(m, x):
 
 def train(out, steps=4, settings=None, model=None, resume=True, **kw):
     torch.manual_seed(0)
-    cfg = TrainConfig(out_dir=str(out), steps=steps, progress=False,
-                      **{"batch_size": 4, "blr": 1e-3, "warmup_steps": 1, "ckpt_every": 2, **kw})
-    return fit(model or build_mae(ARCH), pretrain_dataset("embedded", 32, 16), mae_loss, cfg, resume=resume,
-               settings=settings)
+    cfg = TrainConfig(
+        out_dir=str(out),
+        steps=steps,
+        progress=False,
+        **{"batch_size": 4, "blr": 1e-3, "warmup_steps": 1, "ckpt_every": 2, **kw},
+    )
+    return fit(
+        model or build_mae(ARCH), pretrain_dataset("embedded", 32, 16), mae_loss, cfg, resume=resume, settings=settings
+    )
 
 
 def losses(out):
@@ -46,8 +58,14 @@ def snapshot(root: Path) -> dict:
 
 def bench_cli(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def assert_one_error_line(r, fragment):
@@ -101,15 +119,27 @@ def test_resume_refuses_a_run_with_other_settings_naming_the_key(tmp_path):
     out = tmp_path / "run"
     train(out, steps=2, settings={"method": "mae", "mask_ratio": 0.75})
     before = snapshot(out)
-    with pytest.raises(BenchError, match=rf"{RUN_RECORD}: this folder holds a run with other settings "
-                                         r"\(mask_ratio 0.75 -> 0.9\); use the same settings"):
+    with pytest.raises(
+        BenchError,
+        match=rf"{RUN_RECORD}: this folder holds a run with other settings "
+        r"\(mask_ratio 0.75 -> 0.9\); use the same settings",
+    ):
         train(out, steps=2, settings={"method": "mae", "mask_ratio": 0.9})
     with pytest.raises(BenchError, match=r"other settings \(blr 0.001 -> 0.002\)"):
         train(out, steps=2, settings={"method": "mae", "mask_ratio": 0.75}, blr=2e-3)
     # another architecture: the model's signature (parameter names and shapes) differs
     from backbones.mae import MaskedAutoencoder
-    wide = MaskedAutoencoder(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
-                             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+    wide = MaskedAutoencoder(
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     with pytest.raises(BenchError, match=r"other settings \(model 'MaskedAutoencoder: \d+ tensors"):
         train(out, steps=2, settings={"method": "mae", "mask_ratio": 0.75}, model=wide)
     assert snapshot(out) == before
@@ -144,7 +174,7 @@ def test_flipped_bytes_inside_a_checkpoint_are_detected_and_resume_falls_back(tm
     data = bytearray(newest.read_bytes())
     at = bytes(data).find(weight.numpy().tobytes())
     assert at > 0
-    data[at:at + 64] = bytes(64)  # 16 weights zeroed: the zip still opens, torch.load does not notice
+    data[at : at + 64] = bytes(64)  # 16 weights zeroed: the zip still opens, torch.load does not notice
     newest.write_bytes(bytes(data))
     assert not torch.equal(torch.load(newest, weights_only=True)["model"]["decoder_pred.weight"], weight)
     with pytest.raises(CheckpointError, match="sha256 differs from the one recorded"):
@@ -156,17 +186,33 @@ def test_flipped_bytes_inside_a_checkpoint_are_detected_and_resume_falls_back(tm
 
 def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
     (tmp_path / "notes.pth").write_text("these are my notes\n")
-    with pytest.raises(CheckpointError, match=r"is not a PyTorch checkpoint \(a text file; it starts with b'these are my'\)"):
+    with pytest.raises(
+        CheckpointError, match=r"is not a PyTorch checkpoint \(a text file; it starts with b'these are my'\)"
+    ):
         load_checkpoint_file(tmp_path / "notes.pth")
     (tmp_path / "blob.pth").write_bytes(bytes(range(256)))
     with pytest.raises(CheckpointError, match=r"not a zip archive or a pickle"):
         load_checkpoint_file(tmp_path / "blob.pth")
     from tasks.classification.datasets import make_image_folder
+
     make_image_folder(tmp_path / "d", n_train_per_class=2, n_val_per_class=1, num_classes=2, image_size=32)
     before = snapshot(tmp_path)
-    r = bench_cli("cls", "--protocol", "linear", "--dataset", "folder", "--data-root", tmp_path / "d",
-                  "--backbone", "mae_vit_test_patch8", "--checkpoint", tmp_path / "notes.pth",
-                  "--out", tmp_path / "out", cwd=tmp_path)
+    r = bench_cli(
+        "cls",
+        "--protocol",
+        "linear",
+        "--dataset",
+        "folder",
+        "--data-root",
+        tmp_path / "d",
+        "--backbone",
+        "mae_vit_test_patch8",
+        "--checkpoint",
+        tmp_path / "notes.pth",
+        "--out",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
     assert_one_error_line(r, f"checkpoint {tmp_path / 'notes.pth'} is not a PyTorch checkpoint (a text file")
     assert snapshot(tmp_path) == before
 
@@ -191,6 +237,7 @@ def test_disk_guard_asks_for_the_file_size_not_a_fixed_16_mib(tmp_path, monkeypa
         assert size <= file_size_bound(obj) <= size + (2 << 20)
     import shutil as sh
     from collections import namedtuple
+
     du = namedtuple("du", "total used free")
     monkeypatch.setattr(sh, "disk_usage", lambda p: du(1 << 30, 0, 14 << 20))
     check_disk_space(tmp_path, file_size_bound({"x": torch.zeros(1 << 18)}))  # 1 MiB with 14 MiB free
@@ -202,11 +249,25 @@ def test_disk_guard_asks_for_the_file_size_not_a_fixed_16_mib(tmp_path, monkeypa
 # ------------------------------------------------------------------------------------------------
 # Options the engine refuses
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("option,fragment", [(("--epochs", "inf"), "--epochs a finite number > 0"),
-                                             (("--workers", "-1"), "--workers must be >= 0, got -1")])
+@pytest.mark.parametrize(
+    "option,fragment",
+    [(("--epochs", "inf"), "--epochs a finite number > 0"), (("--workers", "-1"), "--workers must be >= 0, got -1")],
+)
 def test_cli_pretrain_refuses_infinite_epochs_and_negative_workers(tmp_path, option, fragment):
-    r = bench_cli("pretrain", "--arch", ARCH, "--out", tmp_path / "run", "--batch-size", "4", "--epoch-size", "8",
-                  "--no-progress", *option, cwd=tmp_path)
+    r = bench_cli(
+        "pretrain",
+        "--arch",
+        ARCH,
+        "--out",
+        tmp_path / "run",
+        "--batch-size",
+        "4",
+        "--epoch-size",
+        "8",
+        "--no-progress",
+        *option,
+        cwd=tmp_path,
+    )
     assert_one_error_line(r, fragment)
     assert list(tmp_path.iterdir()) == []
 
@@ -221,19 +282,30 @@ def test_nonfinite_trained_model_gives_no_row(tmp_path):
     from backbones import build_backbone
     from tasks.classification.datasets import make_image_folder
     from tasks.classification.run import run_classification
+
     root = make_image_folder(tmp_path / "d", n_train_per_class=8, n_val_per_class=4, num_classes=2, image_size=32)
     sd = build_backbone("random_vit_test_patch8").state_dict()
     sd["norm.weight"] = sd["norm.weight"] * 1e30
     torch.save({"model": sd}, tmp_path / "big.pth")
     with pytest.raises(NonFiniteLossError, match=r"the trained model has non-finite values in 'head\.0\.running_var'"):
-        run_classification("linear", "folder", root, "mae_vit_test_patch8", tmp_path / "big.pth",
-                           out_dir=tmp_path / "out", config={"batch_size": 8}, epochs=2, progress=False,
-                           results=tmp_path / "results")
+        run_classification(
+            "linear",
+            "folder",
+            root,
+            "mae_vit_test_patch8",
+            tmp_path / "big.pth",
+            out_dir=tmp_path / "out",
+            config={"batch_size": 8},
+            epochs=2,
+            progress=False,
+            results=tmp_path / "results",
+        )
     assert not (tmp_path / "out" / "result.json").exists() and not (tmp_path / "results").exists()
 
 
 def test_one_class_dataset_is_refused(tmp_path):
     from tasks.classification.datasets import make_image_folder, make_inat_dataset, read_splits
+
     make_image_folder(tmp_path / "f", n_train_per_class=2, n_val_per_class=1, num_classes=1, image_size=8)
     with pytest.raises(DataError, match=r"folder has 1 class \(\['0_zero'\]\); classification needs at least 2"):
         read_splits("folder", tmp_path / "f")
@@ -244,6 +316,7 @@ def test_one_class_dataset_is_refused(tmp_path):
 
 def test_a_class_folder_linked_into_the_dataset_is_refused(tmp_path):
     from tasks.classification.datasets import make_image_folder, read_splits
+
     root = make_image_folder(tmp_path / "d", n_train_per_class=2, n_val_per_class=1, num_classes=2, image_size=8)
     train, val = read_splits("folder", root)
     assert len(train) == 4 and len(val) == 2
@@ -263,6 +336,7 @@ def test_a_class_folder_linked_into_the_dataset_is_refused(tmp_path):
 
 def test_an_image_listed_in_train_and_val_is_refused(tmp_path):
     from tasks.classification.datasets import PLACES205_LISTS, make_places205_dataset, read_splits
+
     root = make_places205_dataset(tmp_path / "p", n_train_per_class=2, n_val_per_class=1, num_classes=2, image_size=8)
     assert len(read_splits("places205", root)[1]) == 2
     first = (root / PLACES205_LISTS["train"]).read_text().splitlines()[0]  # 'a/abbey/00000001.jpg 0'
@@ -275,26 +349,39 @@ def test_an_image_listed_in_train_and_val_is_refused(tmp_path):
 def test_a_bad_image_read_in_a_loader_worker_is_one_line_naming_it(tmp_path):
     from tasks.classification.datasets import ImageDataset, make_image_folder, read_split
     from tasks.classification.run import run_classification
+
     root = make_image_folder(tmp_path / "d", n_train_per_class=4, n_val_per_class=2, num_classes=2, image_size=32)
     bad = sorted((root / "train").rglob("*.jpg"))[1]
     data = bytearray(bad.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 200] = b"\xff" * 200  # corrupt mid-file
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xff" * 200  # corrupt mid-file
     bad.write_bytes(bytes(data))
     import torchvision.transforms as T
+
     dataset = ImageDataset(read_split("folder", root, "train"), T.Compose([T.Resize(32), T.ToTensor()]))
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=2, batch_size=4, progress=False, num_workers=1)
     with pytest.raises(DataError) as e:
-        fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2)), dataset,
-            lambda m, b: (torch.nn.functional.cross_entropy(m(b[0]), b[1]), {}), cfg)
+        fit(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2)),
+            dataset,
+            lambda m, b: (torch.nn.functional.cross_entropy(m(b[0]), b[1]), {}),
+            cfg,
+        )
     assert str(e.value).startswith(f"{bad}: cannot read image") and "\n" not in str(e.value)
     # evaluation (its own loader, 1 worker) on a corrupt validation image
     bad_val = sorted((root / "val").rglob("*.jpg"))[0]
     bad_val.write_bytes(bytes(data))
     bad.unlink()
     with pytest.raises(DataError) as e:
-        run_classification("linear", "folder", root, "random_vit_test_patch8", out_dir=tmp_path / "cls",
-                           config={"batch_size": 4, "num_workers": 1, "cache_features": False}, epochs=1,
-                           progress=False)
+        run_classification(
+            "linear",
+            "folder",
+            root,
+            "random_vit_test_patch8",
+            out_dir=tmp_path / "cls",
+            config={"batch_size": 4, "num_workers": 1, "cache_features": False},
+            epochs=1,
+            progress=False,
+        )
     assert str(e.value).startswith(f"{bad_val}: cannot read image") and "\n" not in str(e.value)
 
 
@@ -338,10 +425,26 @@ def test_stale_temp_files_of_a_killed_writer_are_cleaned(tmp_path):
 
 def test_a_refused_classification_run_writes_nothing(tmp_path):
     from tasks.classification.datasets import make_image_folder
+
     make_image_folder(tmp_path / "d", n_train_per_class=2, n_val_per_class=1, num_classes=2, image_size=32)
     before = snapshot(tmp_path)
-    r = bench_cli("cls", "--protocol", "linear", "--dataset", "folder", "--data-root", tmp_path / "d",
-                  "--backbone", "random_vit_test_patch8", "--config", "smoke", "--batch-size", "64",
-                  "--out", tmp_path / "out", cwd=tmp_path)
+    r = bench_cli(
+        "cls",
+        "--protocol",
+        "linear",
+        "--dataset",
+        "folder",
+        "--data-root",
+        tmp_path / "d",
+        "--backbone",
+        "random_vit_test_patch8",
+        "--config",
+        "smoke",
+        "--batch-size",
+        "64",
+        "--out",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
     assert_one_error_line(r, "dataset has 4 samples, fewer than one global batch of 64")
     assert snapshot(tmp_path) == before

@@ -1,4 +1,5 @@
 """The package layers of pyproject.toml's import-linter contracts hold, and name every module."""
+
 import subprocess
 import sys
 import tomllib
@@ -20,10 +21,8 @@ def test_import_linter_contracts_are_kept():
 
 def test_every_application_module_is_in_a_layer():
     # A new bench/*.py outside the contract would escape the layering: name it in pyproject.toml.
-    named = {m.strip() for c in _contracts() for layer in c["layers"]
-             for m in layer.replace("|", ":").split(":")}
+    named = {m.strip() for c in _contracts() for layer in c["layers"] for m in layer.replace("|", ":").split(":")}
     app = {f"bench.{p.stem}" for p in (ROOT / "bench").glob("*.py") if p.stem != "__init__"}
     assert app <= named, f"modules of bench/ missing from the layers contract: {sorted(app - named)}"
-    families = {f"tasks.{p.name}" for p in (ROOT / "tasks").iterdir()
-                if (p / "__init__.py").is_file()}
+    families = {f"tasks.{p.name}" for p in (ROOT / "tasks").iterdir() if (p / "__init__.py").is_file()}
     assert families <= named, sorted(families - named)

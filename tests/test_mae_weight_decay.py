@@ -6,6 +6,7 @@ args.weight_decay)`` from timm 0.3.2, without a skip list. That function (quoted
 1-D parameters and ``*.bias``, so the learned ``cls_token`` (1, 1, D) and ``mask_token`` (1, 1, D_dec)
 are decayed, unlike in the fine-tuning recipes, which skip ``model.no_weight_decay()``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,9 +31,7 @@ def official_add_weight_decay(model, weight_decay=1e-5, skip_list=()):
             no_decay.append(param)
         else:
             decay.append(param)
-    return [
-        {'params': no_decay, 'weight_decay': 0.},
-        {'params': decay, 'weight_decay': weight_decay}]
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 def names_by_decay(model, groups) -> dict[float, set[str]]:
@@ -66,13 +65,15 @@ def test_pretrain_mae_optimizer_uses_the_official_groups(tmp_path):
     """One real pretraining step: the saved AdamW state has the official group sizes and decay values
     (the cls/mask tokens in the decayed group)."""
     torch.manual_seed(0)
-    pretrain_mae(ARCH, tmp_path, epoch_size=8, batch_size=4, steps=1, lr=1e-3, weight_decay=WD,
-                 progress=False, resume=False)
+    pretrain_mae(
+        ARCH, tmp_path, epoch_size=8, batch_size=4, steps=1, lr=1e-3, weight_decay=WD, progress=False, resume=False
+    )
     ckpt = load_checkpoint_file(sorted(tmp_path.glob("checkpoint-*.pth"))[-1])
     saved = [(float(g["weight_decay"]), len(g["params"])) for g in ckpt["optimizer"]["param_groups"]]
     model = build_mae(ARCH)
     expected = [(float(g["weight_decay"]), len(g["params"])) for g in official_add_weight_decay(model, WD)]
     assert saved == expected
-    n_skip_list = sum(1 for n, p in model.named_parameters()
-                      if p.requires_grad and p.ndim > 1 and n in model.no_weight_decay())
+    n_skip_list = sum(
+        1 for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and n in model.no_weight_decay()
+    )
     assert n_skip_list == 2  # cls_token, mask_token: a skip-list grouping would give other sizes

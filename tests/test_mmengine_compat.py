@@ -1,6 +1,7 @@
 """Why tasks/dense/mmengine_compat.py exists: mmengine 0.10.7 resumes with a bare ``torch.load``
 (``weights_only=True`` since torch 2.6), which refuses the mmengine objects in mmengine's own
 checkpoints. ``enable_mmengine_checkpoints`` allowlists exactly those, and nothing that runs code."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,15 +43,26 @@ class ToyData(torch.utils.data.Dataset):
 
 def make_runner(work_dir, max_iters, resume=False):
     return Runner(
-        model=ToyModel(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=ToyData(), sampler=dict(type="InfiniteSampler", shuffle=True),
-                              batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
+        model=ToyModel(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=ToyData(),
+            sampler=dict(type="InfiniteSampler", shuffle=True),
+            batch_size=4,
+            num_workers=0,
+            collate_fn=dict(type="default_collate"),
+        ),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-2)),
         param_scheduler=dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=max_iters),
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2),
-                           logger=dict(type="LoggerHook", interval=1)),
-        log_processor=dict(by_epoch=False), resume=resume, randomness=dict(seed=0))
+        default_hooks=dict(
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2),
+            logger=dict(type="LoggerHook", interval=1),
+        ),
+        log_processor=dict(by_epoch=False),
+        resume=resume,
+        randomness=dict(seed=0),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """``bench perf det`` end to end on the tiny smoke configs, and the dense models' channels-last
 layout (tasks/dense/memory_format.py): same loss and gradients as NCHW, and really NHWC inside."""
+
 import re
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "random_vit_test_patch8"
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+]
 
 NUM = r"([0-9.]+)"
 
@@ -23,36 +26,90 @@ def _parse_rows(out: str) -> list[dict]:
     for line in out.splitlines():
         m = re.search(rf"; {NUM} GFLOP/img \(fwd\+bwd\); matmul peak fp32 {NUM}, bf16 {NUM} GFLOP/s", line)
         if m:
-            head = dict(title=line.split(",")[0], gflop_img=float(m[1]), peak={"fp32": float(m[2]), "bf16": float(m[3])})
+            head = dict(
+                title=line.split(",")[0], gflop_img=float(m[1]), peak={"fp32": float(m[2]), "bf16": float(m[3])}
+            )
             continue
-        m = re.match(rf"\s+(bf16|fp32)(?:, (NCHW|channels-last))?: {NUM} img/s, {NUM} s/step \(median of (\d+), "
-                     rf"{NUM}-{NUM}\), {NUM} GFLOP/s \({NUM}% of (bf16|fp32) peak\)", line)
+        m = re.match(
+            rf"\s+(bf16|fp32)(?:, (NCHW|channels-last))?: {NUM} img/s, {NUM} s/step \(median of (\d+), "
+            rf"{NUM}-{NUM}\), {NUM} GFLOP/s \({NUM}% of (bf16|fp32) peak\)",
+            line,
+        )
         if m:
-            rows.append(dict(head, prec=m[1], layout=m[2], img_s=float(m[3]), step_s=float(m[4]), n=int(m[5]),
-                             lo=float(m[6]), hi=float(m[7]), gflop_s=float(m[8]), pct=float(m[9]), peak_of=m[10]))
+            rows.append(
+                dict(
+                    head,
+                    prec=m[1],
+                    layout=m[2],
+                    img_s=float(m[3]),
+                    step_s=float(m[4]),
+                    n=int(m[5]),
+                    lo=float(m[6]),
+                    hi=float(m[7]),
+                    gflop_s=float(m[8]),
+                    pct=float(m[9]),
+                    peak_of=m[10],
+                )
+            )
     return rows
 
 
 def test_perf_det_runs_both_variants_and_prints_consistent_numbers():
-    r = subprocess.run([sys.executable, "-m", "bench.cli", "perf", "det", "--config", "smoke", "--variant", "fpn", "vitdet",
-                        "--backbone", TINY, "--img-size", "64", "--batch-size", "2", "--iters", "1", "--threads", "1",
-                        "--baseline", "--engine", "both"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "perf",
+            "det",
+            "--config",
+            "smoke",
+            "--variant",
+            "fpn",
+            "vitdet",
+            "--backbone",
+            TINY,
+            "--img-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--iters",
+            "1",
+            "--threads",
+            "1",
+            "--baseline",
+            "--engine",
+            "both",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _parse_rows(r.stdout)
     # 2 variants x 2 engines x (bf16, fp32), in the task's default layout on CPU (one layout: no tag)
-    assert [(x["title"].split()[0], re.search(r"\((?:d2:)?(\w+:smoke)", x["title"])[1], x["prec"], x["layout"])
-            for x in rows] == [
-        (engine, f"{variant}:smoke", prec, None) for variant in ("fpn", "vitdet") for engine in ("mmdet", "detectron2")
-        for prec in ("bf16", "fp32")], r.stdout
+    assert [
+        (x["title"].split()[0], re.search(r"\((?:d2:)?(\w+:smoke)", x["title"])[1], x["prec"], x["layout"])
+        for x in rows
+    ] == [
+        (engine, f"{variant}:smoke", prec, None)
+        for variant in ("fpn", "vitdet")
+        for engine in ("mmdet", "detectron2")
+        for prec in ("bf16", "fp32")
+    ], r.stdout
     assert r.stdout.count("mmcv's RoIAlign and NMS are extension calls it does not count") == 2
     assert r.stdout.count("torchvision's RoIAlign and NMS (detectron2's ROIAlign, batched_nms) are not counted") == 2
     # one set of matmul peaks for the whole run; the closing table repeats each engine's bf16 / fp32 numbers
     assert len({(x["peak"]["fp32"], x["peak"]["bf16"]) for x in rows}) == 1
     table = re.findall(rf"  (fpn|vitdet) (bf16|fp32) +(mmdet|detectron2): {NUM} img/s, {NUM} GFLOP/img", r.stdout)
-    assert [(v, p, e) for v, p, e, _, _ in table] == [(v, p, e) for v in ("fpn", "vitdet") for e in ("mmdet", "detectron2")
-                                                      for p in ("bf16", "fp32")]
+    assert [(v, p, e) for v, p, e, _, _ in table] == [
+        (v, p, e) for v in ("fpn", "vitdet") for e in ("mmdet", "detectron2") for p in ("bf16", "fp32")
+    ]
     for (_, _, _, img_s, gflop), x in zip(table, rows):
-        assert float(img_s) == pytest.approx(x["img_s"], abs=1e-3) and float(gflop) == pytest.approx(x["gflop_img"], rel=1e-3)
+        assert float(img_s) == pytest.approx(x["img_s"], abs=1e-3) and float(gflop) == pytest.approx(
+            x["gflop_img"], rel=1e-3
+        )
     for x in rows:
         assert x["img_s"] > 0 and x["step_s"] > 0 and x["n"] == 1 and x["peak_of"] == x["prec"]
         assert 0.05 < x["gflop_img"] < 50  # a 64 px Mask R-CNN on a dim-32 ViT: about 1 GFLOP fwd+bwd
@@ -66,8 +123,19 @@ def test_perf_det_runs_both_variants_and_prints_consistent_numbers():
 def test_perf_det_compares_layouts_interleaved_and_refuses_a_bad_size(capsys):
     from bench.core.errors import BenchError
     from bench.perf import perf_det
-    rows = perf_det(config="smoke", variants=("vitdet",), backbone=TINY, img_size=64, batch_size=1, boxes=3, iters=1,
-                    channels_last="both", repeats=2, engine="mmdet")
+
+    rows = perf_det(
+        config="smoke",
+        variants=("vitdet",),
+        backbone=TINY,
+        img_size=64,
+        batch_size=1,
+        boxes=3,
+        iters=1,
+        channels_last="both",
+        repeats=2,
+        engine="mmdet",
+    )
     out = capsys.readouterr().out
     assert [(x["prec"], x["channels_last"], x["steps"]) for x in rows] == [("bf16", False, 2), ("bf16", True, 2)]
     parsed = _parse_rows(out)
@@ -88,7 +156,12 @@ def _conv_io_layouts(model, run):
     def hook(mod, args, out):
         if out.shape[-1] > 1 and out.shape[-2] > 1:
             seen["NHWC" if out.is_contiguous(memory_format=torch.channels_last) else "NCHW"] += 1
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+
+    hs = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
     try:
         result = run()
     finally:
@@ -120,11 +193,14 @@ def _assert_same(a, b):
 @pytest.fixture(scope="module")
 def seg_model():
     import tempfile
+
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
+
     import tasks.dense.mm_backbone  # noqa: F401
     from bench.perf import build_dense_model
     from tasks.segmentation.run import load_config
+
     register_all_modules(init_default_scope=True)
     m = load_config("smoke", backbone=TINY, data_root=".", work_dir=tempfile.gettempdir(), crop_size=64).model
     m.backbone.drop_path_rate = 0.0  # dropout masks are drawn in memory order: identical only without them
@@ -135,14 +211,21 @@ def seg_model():
 def test_segmentation_channels_last_equals_nchw(seg_model):
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+
     from bench.perf import dense_loss
     from tasks.dense.memory_format import set_memory_format
+
     # batch 4: BN after the PPM's 1x1 pooling normalises over the batch only; over 2 values its
     # backward amplifies rounding differences ~1000x
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 64, 64, generator=g)
-    samples = [SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 64, 64), generator=g)),
-                             metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64))) for _ in range(4)]
+    samples = [
+        SegDataSample(
+            gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 64, 64), generator=g)),
+            metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)),
+        )
+        for _ in range(4)
+    ]
     loss_of = lambda m: dense_loss(m, x, samples)  # noqa: E731
     nchw = _loss_and_grads(set_memory_format(seg_model, False), loss_of)
     nhwc = _loss_and_grads(set_memory_format(seg_model, True), loss_of)
@@ -160,11 +243,13 @@ def test_segmentation_channels_last_equals_nchw(seg_model):
 def test_detection_channels_last_equals_nchw(variant):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
     import tasks.dense.mm_backbone  # noqa: F401
     import tasks.detection.mmdet_plugins  # noqa: F401
     from bench.perf import build_dense_model, dense_loss, random_det_samples
     from tasks.dense.memory_format import set_memory_format
     from tasks.detection.run import fill_model, load_config, resolve_config
+
     register_all_modules(init_default_scope=True)
     path, _ = resolve_config("smoke", variant, "vit_test_patch8")
     cfg = load_config(path)

@@ -1,6 +1,7 @@
 """docs/plugins.md's examples, run: RegistryViT in configs whose ``_base_`` is mmseg's / mmdet's own
 config file, one training iteration each; the layer-decay rules against mmseg's and detectron2's
 own; the build-time checks (strides, channels, weights files) and their messages."""
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,9 @@ def doc_block(base_prefix: str) -> str:
 
 def write_config(tmp_path, text: str, checkpoint: Path | None, name="cfg.py", **replace) -> Path:
     assert f"checkpoint='{OFFICIAL_FILE}'" in text
-    text = text.replace(f"checkpoint='{OFFICIAL_FILE}'",
-                        "structure_only=True" if checkpoint is None else f"checkpoint='{checkpoint}'")
+    text = text.replace(
+        f"checkpoint='{OFFICIAL_FILE}'", "structure_only=True" if checkpoint is None else f"checkpoint='{checkpoint}'"
+    )
     for old, new in replace.items():
         assert old in text
         text = text.replace(old, new)
@@ -53,8 +55,12 @@ def mae_official_file(path: Path, arch: str, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     enc = build_backbone(f"random_{arch}").state_dict()
     d = enc["cls_token"].shape[-1]
-    sd = {**enc, "mask_token": torch.zeros(1, 1, 512), "decoder_embed.weight": torch.randn(512, d),
-          "decoder_embed.bias": torch.zeros(512)}
+    sd = {
+        **enc,
+        "mask_token": torch.zeros(1, 1, 512),
+        "decoder_embed.weight": torch.randn(512, d),
+        "decoder_embed.bias": torch.zeros(512),
+    }
     torch.save({"model": sd}, path)
     return enc
 
@@ -67,6 +73,7 @@ def vit_b_file(tmp_path_factory):
 
 def build(cfg, scope: str):
     from mmengine.utils import import_modules_from_strings
+
     import_modules_from_strings(cfg.custom_imports["imports"])
     init_default_scope(scope)
     registry = __import__(f"{scope}.registry", fromlist=["MODELS"]).MODELS
@@ -89,6 +96,7 @@ def one_iteration(model, optim_wrapper, data) -> dict:
 def seg_batch(size=64, classes=150, n=2):
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+
     g = torch.Generator().manual_seed(0)
     inputs, samples = [], []
     for _ in range(n):  # 2 images: the pooling branch's BN needs more than one value per channel
@@ -101,6 +109,7 @@ def seg_batch(size=64, classes=150, n=2):
 
 def test_mmseg_example_on_mmsegs_mae_config_loads_the_weights_and_trains_one_iteration(vit_b_file, tmp_path):
     from mmseg.engine.optimizers.layer_decay_optimizer_constructor import get_layer_id_for_vit
+
     path, enc = vit_b_file
     cfg = Config.fromfile(str(write_config(tmp_path, doc_block("mmseg::"), path)))
     # the rest is mmseg's own config: UperNet, 160k iterations, mmseg's layer-decay constructor
@@ -116,8 +125,11 @@ def test_mmseg_example_on_mmsegs_mae_config_loads_the_weights_and_trains_one_ite
     depth, rate = 12, 0.65
     groups = {id(p): g for g in ow.optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
-        mm = "backbone." + name.split("pyramid.encoder.", 1)[1].replace("blocks.", "layers.") \
-            if "pyramid.encoder." in name else name
+        mm = (
+            "backbone." + name.split("pyramid.encoder.", 1)[1].replace("blocks.", "layers.")
+            if "pyramid.encoder." in name
+            else name
+        )
         lid = get_layer_id_for_vit(mm, depth + 2)
         assert groups[id(p)]["lr"] == pytest.approx(1e-4 * rate ** (depth + 1 - lid), rel=1e-12), name
         no_decay = p.ndim == 1 or name.endswith(("pos_embed", "cls_token", "relative_position_bias_table"))
@@ -131,14 +143,22 @@ def test_mmseg_example_without_pretrained_none_names_both_files(vit_b_file, tmp_
     text = doc_block("mmseg::")
     line = next(x for x in text.splitlines() if x.strip().startswith("pretrained=None"))
     cfg = Config.fromfile(str(write_config(tmp_path, text, path, **{line + "\n": ""})))
-    with pytest.raises(BenchError, match=r"two weights files, checkpoint='.*mae_pretrain_vit_base.pth', "
-                                         r"pretrained='./pretrain/mae_pretrain_vit_base_mmcls.pth'; keep one"):
+    with pytest.raises(
+        BenchError,
+        match=r"two weights files, checkpoint='.*mae_pretrain_vit_base.pth', "
+        r"pretrained='./pretrain/mae_pretrain_vit_base_mmcls.pth'; keep one",
+    ):
         build(cfg, "mmseg")
 
 
 def test_mmseg_head_channels_other_than_the_pyramids_are_one_line_at_build(tmp_path):
-    cfg = Config.fromfile(str(write_config(tmp_path, doc_block("mmseg::"), None,
-                                           **{"name='mae_vit_base_patch16'": "name='mae_vit_small_patch16'"})))
+    cfg = Config.fromfile(
+        str(
+            write_config(
+                tmp_path, doc_block("mmseg::"), None, **{"name='mae_vit_base_patch16'": "name='mae_vit_small_patch16'"}
+            )
+        )
+    )
     model = build(cfg, "mmseg")
     documented = re.search(r"^(RegistryViT\(name=mae_vit_small_patch16.*)$", DOC.read_text(), flags=re.M).group(1)
     with pytest.raises(BenchError) as e:
@@ -151,6 +171,7 @@ def test_mmseg_head_channels_other_than_the_pyramids_are_one_line_at_build(tmp_p
 # ------------------------------------------------------------------------------------------------
 def test_mmdet_example_on_mmdets_mask_rcnn_config_trains_one_iteration(vit_b_file, tmp_path):
     from mmdet.testing import demo_mm_inputs
+
     path, enc = vit_b_file
     cfg = Config.fromfile(str(write_config(tmp_path, doc_block("mmdet::"), path)))
     assert cfg.model.type == "MaskRCNN" and cfg.model.rpn_head.anchor_generator.strides == [4, 8, 16, 32, 64]
@@ -165,9 +186,21 @@ def test_mmdet_example_on_mmdets_mask_rcnn_config_trains_one_iteration(vit_b_fil
 
 def test_patch8_backbone_under_mmdets_anchors_is_refused_at_build(tmp_path):
     from mmengine.runner import Runner
+
     text = doc_block("mmdet::")
-    cfg = Config.fromfile(str(write_config(tmp_path, text, None, **{
-        "name='mae_vit_base_patch16'": "name='mae_vit_test_patch8'", "[768, 768, 768, 768]": "[32, 32, 32, 32]"})))
+    cfg = Config.fromfile(
+        str(
+            write_config(
+                tmp_path,
+                text,
+                None,
+                **{
+                    "name='mae_vit_base_patch16'": "name='mae_vit_test_patch8'",
+                    "[768, 768, 768, 768]": "[32, 32, 32, 32]",
+                },
+            )
+        )
+    )
     model = build(cfg, "mmdet")
     documented = re.search(r"^(RegistryViT\(name=mae_vit_test_patch8.*)$", DOC.read_text(), flags=re.M).group(1)
     with pytest.raises(BenchError) as e:
@@ -187,8 +220,11 @@ def test_weights_keys_mean_one_file_and_structure_only_needs_none(tmp_path):
     ckpt = tmp_path / "mae.pth"
     enc = mae_official_file(ckpt, "vit_test_patch8")
     qkv = "blocks.1.attn.qkv.weight"
-    for kw in (dict(checkpoint=str(ckpt)), dict(pretrained=str(ckpt)),
-               dict(init_cfg=dict(type="Pretrained", checkpoint=str(ckpt)))):
+    for kw in (
+        dict(checkpoint=str(ckpt)),
+        dict(pretrained=str(ckpt)),
+        dict(init_cfg=dict(type="Pretrained", checkpoint=str(ckpt))),
+    ):
         m = plugin.RegistryViT("mae_vit_test_patch8", img_size=64, **kw)
         assert torch.equal(m.encoder.state_dict()[qkv], enc[qkv]), kw
         m.init_weights()  # mmengine's init must not overwrite the loaded weights
@@ -205,8 +241,11 @@ def test_weights_keys_mean_one_file_and_structure_only_needs_none(tmp_path):
     # structure only: the architecture the file would give (BEiT: layer scale, q/v biases), no file
     beit = plugin.RegistryViT("beit_vit_test_patch8", structure_only=True, img_size=64)
     from backbones.registry import INITS
-    ref = build_backbone("random_vit_test_patch8", **{**dict(img_size=64, drop_path_rate=0.1, use_rel_pos=True),
-                                                      **INITS["beit"].arch_overrides})
+
+    ref = build_backbone(
+        "random_vit_test_patch8",
+        **{**dict(img_size=64, drop_path_rate=0.1, use_rel_pos=True), **INITS["beit"].arch_overrides},
+    )
     plain = build_backbone("random_vit_test_patch8", img_size=64, use_rel_pos=True)
     shapes = {k: v.shape for k, v in beit.encoder.state_dict().items()}
     assert shapes == {k: v.shape for k, v in ViTPyramid(ref).encoder.state_dict().items()}  # the adapter drops norm
@@ -215,10 +254,14 @@ def test_weights_keys_mean_one_file_and_structure_only_needs_none(tmp_path):
 
 def test_a_checkpoint_of_another_initialisation_warns(tmp_path):
     sup = build_backbone("random_vit_test_patch8").state_dict()
-    torch.save({"model": {**sup, "head.weight": torch.zeros(1000, 32), "head.bias": torch.zeros(1000)}},
-               tmp_path / "deit.pth")
-    with pytest.warns(plugin.CheckpointLayoutWarning, match=r"loaded as mae_ weights, but it has a classifier "
-                                                            r"\(head.weight \(1000, 32\)\) and no MAE decoder"):
+    torch.save(
+        {"model": {**sup, "head.weight": torch.zeros(1000, 32), "head.bias": torch.zeros(1000)}}, tmp_path / "deit.pth"
+    )
+    with pytest.warns(
+        plugin.CheckpointLayoutWarning,
+        match=r"loaded as mae_ weights, but it has a classifier "
+        r"\(head.weight \(1000, 32\)\) and no MAE decoder",
+    ):
         plugin.RegistryViT("mae_vit_test_patch8", checkpoint=str(tmp_path / "deit.pth"), img_size=64)
     mae_official_file(tmp_path / "mae.pth", "vit_test_patch8")
     with warnings.catch_warnings():
@@ -240,18 +283,25 @@ def test_vitdet_no_decay_matches_detectron2s_optimizer_params():
     from detectron2.solver.build import get_default_optimizer_params
 
     import tasks.detection.mmdet_plugins  # noqa: F401  registers LN2d and LastLevelMaxPool
+
     cfg = Config.fromfile(str(REPO / "tasks/detection/configs/smoke_vitdet.py"))
     assert cfg.optim_wrapper.paramwise_cfg.no_decay == "vitdet"  # from vitdet_maskrcnn_b.py
     cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay = 1e-4, 0.1
     init_default_scope("mmdet")
     from mmdet.registry import MODELS
+
     model = MODELS.build(cfg.model)
     depth, rate = 2, 0.7
     ours = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
     # detectron2's ViTDet: projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py + common/optim.py AdamW
-    d2 = get_default_optimizer_params(model, base_lr=1e-4, weight_decay=0.1, weight_decay_norm=0.0,
-                                      overrides={"pos_embed": {"weight_decay": 0.0}},
-                                      lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=depth, lr_decay_rate=rate))
+    d2 = get_default_optimizer_params(
+        model,
+        base_lr=1e-4,
+        weight_decay=0.1,
+        weight_decay_norm=0.0,
+        overrides={"pos_embed": {"weight_decay": 0.0}},
+        lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=depth, lr_decay_rate=rate),
+    )
 
     def per_param(groups):
         return {id(p): (round(g["lr"], 15), g["weight_decay"]) for g in groups for p in g["params"]}

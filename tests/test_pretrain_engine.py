@@ -1,16 +1,15 @@
 """The training engine: loss goes down, resume is exact, checkpoints are safe, numerics guarded."""
+
 import json
 import os
-import shutil
-import warnings
 
 import pytest
 import torch
 
+from backbones.pretrainers.mae import build_mae, pretrain_mae
 from bench.core.data import pretrain_dataset
 from bench.core.engine import EpochBatchSampler, RunBatchSampler, TrainConfig, fit, lr_at
 from bench.core.errors import NonFiniteLossError
-from backbones.pretrainers.mae import build_mae, pretrain_mae
 
 
 def _losses(d):
@@ -18,8 +17,9 @@ def _losses(d):
 
 
 def test_tiny_mae_pretraining_on_embedded_photos_decreases_loss(tmp_path):
-    path = pretrain_mae("vit_test_patch8", tmp_path, steps=60, batch_size=16, blr=5e-3, warmup_steps=5,
-                        epoch_size=256, progress=False)
+    path = pretrain_mae(
+        "vit_test_patch8", tmp_path, steps=60, batch_size=16, blr=5e-3, warmup_steps=5, epoch_size=256, progress=False
+    )
     h = _losses(tmp_path)
     assert len(h) == 60
     first, last = sum(h[:10]) / 10, sum(h[-10:]) / 10
@@ -43,8 +43,16 @@ def _run(out, crash_at=None, workers=0, steps=12):
             raise Crash
         return m(x, 0.75)[0], {}
 
-    cfg = TrainConfig(out_dir=str(out), steps=steps, batch_size=8, blr=1e-3, warmup_steps=2, ckpt_every=5,
-                      progress=False, num_workers=workers)
+    cfg = TrainConfig(
+        out_dir=str(out),
+        steps=steps,
+        batch_size=8,
+        blr=1e-3,
+        warmup_steps=2,
+        ckpt_every=5,
+        progress=False,
+        num_workers=workers,
+    )
     try:
         fit(model, pretrain_dataset("embedded", 32, 32), loss_fn, cfg)
     except Crash:
@@ -127,6 +135,7 @@ def test_global_batch_and_lr_printed(tmp_path, capsys):
 def test_fused_adamw_matches_the_reference_loop():
     """The engine uses torch's fused AdamW (3x faster on CPU); it must give the same updates."""
     from bench.core.engine import make_optimizer, param_groups
+
     torch.manual_seed(0)
     a, b = build_mae("vit_test_patch8"), build_mae("vit_test_patch8")
     b.load_state_dict(a.state_dict())
@@ -158,7 +167,9 @@ def test_fused_adamw_matches_the_reference_loop():
 def test_malloc_tuning_is_applied_on_glibc():
     """bench.core.cpu_tuning keeps multi-MB tensors on the heap (+14% bf16 img/s for the MAE step here)."""
     import platform
+
     from bench.core.cpu_tuning import tune_malloc
+
     ok = tune_malloc()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert ok
@@ -166,12 +177,14 @@ def test_malloc_tuning_is_applied_on_glibc():
 
 def test_compiled_forward_trains_like_eager_and_keeps_checkpoint_names(tmp_path):
     """--compile wraps only the forward: same losses (eager backend: same kernels), same state-dict keys."""
+
     def run(out, backend):
         torch.manual_seed(0)
         model = build_mae("vit_test_patch8")
         cfg = TrainConfig(out_dir=str(out), steps=3, batch_size=4, progress=False, compile=backend)
         fit(model, pretrain_dataset("embedded", 32, 16), lambda m, x: (m(x, 0.75)[0], {}), cfg)
         return _losses(out), torch.load(sorted(out.glob("checkpoint-*"))[-1], weights_only=True)["model"]
+
     eager_losses, eager_sd = run(tmp_path / "eager", None)
     comp_losses, comp_sd = run(tmp_path / "compiled", "eager")
     assert comp_losses == eager_losses

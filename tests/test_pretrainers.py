@@ -1,6 +1,7 @@
 """The small-scale pretrainers (backbones/pretrainers): each one trains (its loss goes down), exports a
 ``pretrain.pth`` that the registry loads as an encoder, and the method-specific pieces (MoCo's
 momentum encoder, BEiT's blockwise masking and tokenizer) do what the official code does."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,11 +17,26 @@ from scipy import ndimage
 
 from backbones import build_backbone
 from backbones.pretrainers import DEMO_DEFAULTS, PRETRAINERS, pretrain
-from backbones.pretrainers.beit import (BeitPretrainModel, BeitTransform, BlockMaskingGenerator, VQTokenizer,
-                                        load_tokenizer, masking_for, pretrain_beit, save_tokenizer)
+from backbones.pretrainers.beit import (
+    BeitPretrainModel,
+    BeitTransform,
+    BlockMaskingGenerator,
+    VQTokenizer,
+    load_tokenizer,
+    masking_for,
+    pretrain_beit,
+    save_tokenizer,
+)
 from backbones.pretrainers.common import encoder_config, image_dataset
-from backbones.pretrainers.mocov3 import (MoCoV3, mocov3_loss, mocov3_sincos_pos_embed, mocov3_transform,
-                                          momentum_at, momentum_hook, pretrain_mocov3)
+from backbones.pretrainers.mocov3 import (
+    MoCoV3,
+    mocov3_loss,
+    mocov3_sincos_pos_embed,
+    mocov3_transform,
+    momentum_at,
+    momentum_hook,
+    pretrain_mocov3,
+)
 from backbones.pretrainers.supervised import EmbeddedLabelled, pretrain_supervised
 from backbones.vit import get_2d_sincos_pos_embed
 from bench.core.engine import SeededDataset, TrainConfig, fit
@@ -114,8 +130,14 @@ def test_momentum_hook_in_fit_follows_the_cosine_schedule(tmp_path):
     base = [p.detach().clone() for p in model.base_encoder.parameters()]
     ds = [(torch.randn(3, 32, 32), torch.randn(3, 32, 32)) for _ in range(8)]
     S = 3
-    fit(model, ds, mocov3_loss, TrainConfig(out_dir=str(tmp_path), batch_size=4, steps=S, lr=0.0, progress=False),
-        after_step=momentum_hook(model, m0=0.9), resume=False)
+    fit(
+        model,
+        ds,
+        mocov3_loss,
+        TrainConfig(out_dir=str(tmp_path), batch_size=4, steps=S, lr=0.0, progress=False),
+        after_step=momentum_hook(model, m0=0.9),
+        resume=False,
+    )
     keep = float(np.prod([momentum_at(s / S, 0.9) for s in range(1, S + 1)]))
     assert keep == pytest.approx(0.925 * 0.975 * 1.0)  # m(1/3) m(2/3) m(1): far from a constant 0.9 ** 3
     for pb, b0, pm in zip(model.base_encoder.parameters(), base, model.momentum_encoder.parameters()):
@@ -152,8 +174,9 @@ def test_mocov3_views_differ_and_pretraining_reduces_the_loss(tmp_path):
     v1, v2 = mocov3_transform(32)(EmbeddedLabelled(lambda x: x, 19).images[0])
     assert v1.shape == v2.shape == (3, 32, 32) and not torch.allclose(v1, v2)
     torch.manual_seed(0)
-    path = pretrain_mocov3(ARCH, tmp_path, epoch_size=256, dim=16, mlp_dim=64, batch_size=32, steps=25,
-                           lr=1e-3, warmup_steps=3, **QUIET)
+    path = pretrain_mocov3(
+        ARCH, tmp_path, epoch_size=256, dim=16, mlp_dim=64, batch_size=32, steps=25, lr=1e-3, warmup_steps=3, **QUIET
+    )
     first, last = assert_decreases(losses(tmp_path), margin=0.3)
     assert path == tmp_path / "pretrain.pth"
     enc = assert_loads_as_encoder("mocov3", path)
@@ -164,7 +187,9 @@ def test_mocov3_views_differ_and_pretraining_reduces_the_loss(tmp_path):
 
 def test_mocov3_resume_is_exact_with_the_momentum_encoder(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    kw = dict(epoch_size=64, dim=8, mlp_dim=16, batch_size=8, steps=4, lr=1e-3, ckpt_every=2, keep_last=5, progress=False)
+    kw = dict(
+        epoch_size=64, dim=8, mlp_dim=16, batch_size=8, steps=4, lr=1e-3, ckpt_every=2, keep_last=5, progress=False
+    )
     torch.manual_seed(0)
     pretrain_mocov3(ARCH, a, resume=False, **kw)
     shutil.copytree(a, b)
@@ -224,8 +249,18 @@ def test_beit_model_replaces_masked_patches_by_the_mask_token():
 
 def test_beit_pretraining_tokenizer_then_masked_image_modelling(tmp_path):
     torch.manual_seed(0)
-    path = pretrain_beit(ARCH, tmp_path, epoch_size=256, vocab_size=32, batch_size=32, steps=25, lr=1e-3,
-                         warmup_steps=2, tokenizer_train=dict(steps=60, lr=3e-3, warmup_steps=2), **QUIET)
+    path = pretrain_beit(
+        ARCH,
+        tmp_path,
+        epoch_size=256,
+        vocab_size=32,
+        batch_size=32,
+        steps=25,
+        lr=1e-3,
+        warmup_steps=2,
+        tokenizer_train=dict(steps=60, lr=3e-3, warmup_steps=2),
+        **QUIET,
+    )
     # stage 1: the tokenizer reconstructs held-out crops better than an untrained one, with many codes
     tok = load_tokenizer(tmp_path / "tokenizer.pth")
     torch.manual_seed(0)
@@ -233,8 +268,10 @@ def test_beit_pretraining_tokenizer_then_masked_image_modelling(tmp_path):
     crops = SeededDataset(image_dataset("embedded", BeitTransform(32, None), 64))
     x = torch.stack([crops[(i, 10_000 + i)] for i in range(64)])
     with torch.no_grad():
-        mse = {name: float(((t.decoder(t.quantize(t.encode(x))[0]) - x) ** 2).mean()) for name, t in
-               (("trained", tok), ("untrained", untrained))}
+        mse = {
+            name: float(((t.decoder(t.quantize(t.encode(x))[0]) - x) ** 2).mean())
+            for name, t in (("trained", tok), ("untrained", untrained))
+        }
         codes = tok.tokenize(x).unique().numel()
     print(f"tokenizer held-out MSE {mse}, {codes} codes used")
     assert mse["trained"] < 0.95 * mse["untrained"], mse
@@ -282,8 +319,9 @@ def test_embedded_labelled_is_19_balanced_classes():
 
 def test_supervised_pretraining_reduces_the_loss_and_exports(tmp_path):
     torch.manual_seed(0)
-    path = pretrain_supervised(ARCH, tmp_path, epoch_size=19 * 16, batch_size=38, steps=30, lr=2e-3,
-                               warmup_steps=3, **QUIET)
+    path = pretrain_supervised(
+        ARCH, tmp_path, epoch_size=19 * 16, batch_size=38, steps=30, lr=2e-3, warmup_steps=3, **QUIET
+    )
     assert_decreases(losses(tmp_path), margin=0.2)
     accs = losses(tmp_path, "acc")
     assert np.mean(accs[-5:]) > 2.0 / 19  # above chance (1/19)
@@ -293,6 +331,7 @@ def test_supervised_pretraining_reduces_the_loss_and_exports(tmp_path):
 
 def test_supervised_image_folder_and_mixup(tmp_path):
     from PIL import Image
+
     root = tmp_path / "folder"
     rng = np.random.default_rng(0)
     for c, colour in (("cats", 40), ("dogs", 200)):
@@ -300,7 +339,9 @@ def test_supervised_image_folder_and_mixup(tmp_path):
         for i in range(4):
             arr = np.clip(rng.normal(colour, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / "train" / c / f"{i}.png")
-    path = pretrain_supervised(ARCH, tmp_path / "run", data=str(root), batch_size=4, steps=2, mixup=0.8, cutmix=1.0, **QUIET)
+    path = pretrain_supervised(
+        ARCH, tmp_path / "run", data=str(root), batch_size=4, steps=2, mixup=0.8, cutmix=1.0, **QUIET
+    )
     assert torch.load(path, weights_only=True)["classes"] == ["cats", "dogs"]
     assert all(math.isfinite(v) for v in losses(tmp_path / "run"))
     with pytest.raises(BenchError, match="--num-classes 5 but the dataset"):
@@ -319,16 +360,21 @@ def test_mae_through_the_pretrainer_table(tmp_path):
     assert_loads_as_encoder("mae", path)
 
 
-@pytest.mark.parametrize("method,first,second", [
-    ("mae", dict(mask_ratio=0.75), dict(mask_ratio=0.5)),
-    ("mocov3", dict(temperature=0.2), dict(temperature=0.5)),
-])
+@pytest.mark.parametrize(
+    "method,first,second",
+    [
+        ("mae", dict(mask_ratio=0.75), dict(mask_ratio=0.5)),
+        ("mocov3", dict(temperature=0.2), dict(temperature=0.5)),
+    ],
+)
 def test_resume_with_another_method_option_is_refused(tmp_path, method, first, second):
     # The method's own options are part of the run's recorded settings: continuing a run with
     # another mask ratio (or MoCo temperature) would mix two runs in one set of checkpoints.
-    small = dict(steps=2, batch_size=4, epoch_size=8, ckpt_every=1, progress=False,
-                 dim=16, mlp_dim=32) if method == "mocov3" else dict(steps=2, batch_size=4, epoch_size=8,
-                                                                      ckpt_every=1, progress=False)
+    small = (
+        dict(steps=2, batch_size=4, epoch_size=8, ckpt_every=1, progress=False, dim=16, mlp_dim=32)
+        if method == "mocov3"
+        else dict(steps=2, batch_size=4, epoch_size=8, ckpt_every=1, progress=False)
+    )
     pretrain(method, ARCH, tmp_path, demo_defaults=False, img_size=32, **small, **first)
     with pytest.raises(BenchError, match=next(iter(second))):
         pretrain(method, ARCH, tmp_path, demo_defaults=False, img_size=32, **small, **second)

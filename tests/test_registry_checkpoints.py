@@ -1,12 +1,13 @@
 """Registry round-trips and safe checkpoint loading."""
+
 import argparse
 
 import pytest
 import torch
 
 from backbones import build_backbone, list_backbones
-from bench.core.checkpoint import load_checkpoint_file, save_atomic
 from backbones.mae import MaskedAutoencoder
+from bench.core.checkpoint import load_checkpoint_file, save_atomic
 from bench.core.errors import BenchError, CheckpointError
 
 
@@ -67,8 +68,16 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="empty"):
         load_checkpoint_file(tmp_path / "empty.pth")
     # another architecture: names the first mismatched key and both shapes
-    big = MaskedAutoencoder(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
-                            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    big = MaskedAutoencoder(
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     save_atomic({"model": big.state_dict()}, tmp_path / "big.pth")
     with pytest.raises(CheckpointError, match=r"key 'cls_token' has shape \(1, 1, 48\) in the file but \(1, 1, 32\)"):
         build_backbone("mae_vit_test_patch8", checkpoint=tmp_path / "big.pth")
@@ -89,6 +98,7 @@ def test_pickle_needing_code_is_refused_unless_trusted(tmp_path):
 def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
+
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
         save_atomic({"x": torch.zeros(3)}, tmp_path / "c.pth")
@@ -98,6 +108,7 @@ def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_disk_space_check(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
+
     du = namedtuple("du", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: du(10, 10, 1000))
     with pytest.raises(CheckpointError, match="not enough disk space"):

@@ -1,6 +1,6 @@
 """Crash safety and determinism of the training engine, through the real CLI."""
+
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +10,21 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--arch", "vit_test_patch8", "--steps", "40", "--batch-size", "8", "--ckpt-every", "4", "--epoch-size", "64",
-        "--blr", "1e-3", "--no-progress"]
+ARGS = [
+    "--arch",
+    "vit_test_patch8",
+    "--steps",
+    "40",
+    "--batch-size",
+    "8",
+    "--ckpt-every",
+    "4",
+    "--epoch-size",
+    "64",
+    "--blr",
+    "1e-3",
+    "--no-progress",
+]
 
 
 def _cmd(out):
@@ -65,6 +78,7 @@ import pytest
 @pytest.mark.parametrize("method", ["mae", "mocov3", "beit", "supervised"])
 def test_every_pretrainer_is_deterministic_in_its_seed(tmp_path, method):
     from backbones.pretrainers import pretrain
+
     kw = dict(steps=2, batch_size=8, epoch_size=32, progress=False, warmup_epochs=0)
     if method == "beit":
         kw["tokenizer_train"] = dict(steps=2, warmup_epochs=0)

@@ -1,4 +1,5 @@
 """The JSONL results store: atomic concurrent appends, torn lines, schema and key checks."""
+
 import datetime
 import hashlib
 import json
@@ -15,13 +16,27 @@ from bench.core.results import SCHEMA_VERSION, ResultsStore, config_hash, defaul
 def plain_row(run_id="r0", seed=0, status="ok", metrics=None, **changes):
     """A valid row built by hand (no make_row: no git / torch calls in child processes)."""
     row = {
-        "schema": SCHEMA_VERSION, "run_id": run_id, "suite": "test", "task": "coco",
-        "protocol": "maskrcnn_fpn", "k": None, "init": "mae", "backbone": "vit_base_patch16",
-        "checkpoint_sha256": None, "seed": seed,
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "suite": "test",
+        "task": "coco",
+        "protocol": "maskrcnn_fpn",
+        "k": None,
+        "init": "mae",
+        "backbone": "vit_base_patch16",
+        "checkpoint_sha256": None,
+        "seed": seed,
         "metrics": {"APbox": 50.0, "APmask": 44.0} if metrics is None else metrics,
-        "status": status, "error": None if status == "ok" else "boom", "iterations": 10,
-        "wall_time_s": 1.5, "config_hash": "abc", "code_version": "test", "device": "cpu",
-        "date": "2024-01-01T00:00:00+00:00", "extra": {}, "deviations": [],
+        "status": status,
+        "error": None if status == "ok" else "boom",
+        "iterations": 10,
+        "wall_time_s": 1.5,
+        "config_hash": "abc",
+        "code_version": "test",
+        "device": "cpu",
+        "date": "2024-01-01T00:00:00+00:00",
+        "extra": {},
+        "deviations": [],
     }
     row.update(changes)
     return row
@@ -96,8 +111,7 @@ def test_newer_schema_is_refused(tmp_path):
         f.write(json.dumps(plain_row("b", schema=SCHEMA_VERSION + 1)) + "\n")
     with pytest.raises(BenchError) as e:
         store.rows()
-    assert f"results store {store.path} was written by a newer version (schema 3 > 2" \
-        in str(e.value)
+    assert f"results store {store.path} was written by a newer version (schema 3 > 2" in str(e.value)
 
 
 @pytest.mark.parametrize("key", ["seed", "metrics", "run_id", "extra"])
@@ -110,18 +124,21 @@ def test_missing_required_key_is_refused_naming_the_key(tmp_path, key):
     assert not store.path.exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("seed", "0", "'seed' must be int"),
-    ("seed", True, "'seed' must be int"),
-    ("k", 1.5, "'k' must be int or None, or 0.5"),
-    ("k", "2", "'k' must be int or float or None"),
-    ("status", "done", "'status' must be one of"),
-    ("metrics", {"APbox": float("nan")}, "'APbox' must be a finite number"),
-    ("metrics", {"seed": 1.0}, "clashes with a row field"),
-    ("extra", {"x": object()}, "'extra' is not JSON-serialisable"),
-    ("protocol", "partial", "'k' .* is required for protocol 'partial'"),
-    ("init", " ", "'init' must not be empty"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("seed", "0", "'seed' must be int"),
+        ("seed", True, "'seed' must be int"),
+        ("k", 1.5, "'k' must be int or None, or 0.5"),
+        ("k", "2", "'k' must be int or float or None"),
+        ("status", "done", "'status' must be one of"),
+        ("metrics", {"APbox": float("nan")}, "'APbox' must be a finite number"),
+        ("metrics", {"seed": 1.0}, "clashes with a row field"),
+        ("extra", {"x": object()}, "'extra' is not JSON-serialisable"),
+        ("protocol", "partial", "'k' .* is required for protocol 'partial'"),
+        ("init", " ", "'init' must not be empty"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(tmp_path, key, value, message):
     store = ResultsStore(tmp_path)
     with pytest.raises(BenchError, match=message):
@@ -146,8 +163,16 @@ def test_failed_row_needs_error_and_done_ids_counts_only_ok(tmp_path):
 def test_dataframe_flattens_metrics_and_filters(tmp_path):
     store = ResultsStore(tmp_path)
     store.append(plain_row("a", seed=0, metrics={"APbox": 50.25, "APmask": 44.5}))
-    store.append(plain_row("b", seed=1, task="ade20k", protocol="upernet",
-                           metrics={"mIoU": 47.75}, extra={"img_size": 512, "nested": {"a": 1}}))
+    store.append(
+        plain_row(
+            "b",
+            seed=1,
+            task="ade20k",
+            protocol="upernet",
+            metrics={"mIoU": 47.75},
+            extra={"img_size": 512, "nested": {"a": 1}},
+        )
+    )
     df = store.dataframe()
     assert list(df["run_id"]) == ["a", "b"]
     assert df.loc[0, "APbox"] == 50.25 and df.loc[1, "mIoU"] == 47.75
@@ -165,9 +190,17 @@ def test_make_row_hashes_checkpoint_like_hashlib(tmp_path):
     ckpt = tmp_path / "model.pth"
     payload = os.urandom(3 * (1 << 20) + 123)  # several read chunks plus a partial one
     ckpt.write_bytes(payload)
-    row = make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
-                   seed=3, metrics={"APbox": 50.3}, checkpoint=ckpt,
-                   config={"lr": 1e-4, "epochs": 2}, extra={"img_size": 448})
+    row = make_row(
+        task="coco",
+        protocol="maskrcnn_fpn",
+        init="mae",
+        backbone="vit_base_patch16",
+        seed=3,
+        metrics={"APbox": 50.3},
+        checkpoint=ckpt,
+        config={"lr": 1e-4, "epochs": 2},
+        extra={"img_size": 448},
+    )
     assert row["checkpoint_sha256"] == hashlib.sha256(payload).hexdigest()
     assert row["schema"] == 2 and row["deviations"] == [] and row["suite"] == "adhoc" and row["status"] == "ok"
     assert row["config_hash"] == config_hash({"epochs": 2, "lr": 1e-4})  # key order irrelevant
@@ -176,19 +209,25 @@ def test_make_row_hashes_checkpoint_like_hashlib(tmp_path):
     date = datetime.datetime.fromisoformat(row["date"])
     assert date.utcoffset() == datetime.timedelta(0)
     # run_id: stable, and different for a different seed or input size
-    same = default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3,
-                          {"img_size": 448})
+    same = default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3, {"img_size": 448})
     assert row["run_id"] == same
-    assert same != default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae",
-                                  "vit_base_patch16", 4, {"img_size": 448})
-    assert same != default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae",
-                                  "vit_base_patch16", 3)
+    assert same != default_run_id(
+        "adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 4, {"img_size": 448}
+    )
+    assert same != default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3)
     store = ResultsStore(tmp_path / "store")
     store.append(row)
     assert store.rows() == [row]
     with pytest.raises(CheckpointError, match="missing.pth: checkpoint file not found"):
-        make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
-                 seed=0, metrics={}, checkpoint=tmp_path / "missing.pth")
+        make_row(
+            task="coco",
+            protocol="maskrcnn_fpn",
+            init="mae",
+            backbone="vit_base_patch16",
+            seed=0,
+            metrics={},
+            checkpoint=tmp_path / "missing.pth",
+        )
 
 
 def test_schema_1_rows_read_with_no_deviations(tmp_path):
@@ -208,13 +247,16 @@ def test_schema_1_rows_read_with_no_deviations(tmp_path):
     assert store.rows()[-1] == {**old, "schema": 2, "deviations": []}
 
 
-@pytest.mark.parametrize("value, message", [
-    ("smoke scale", "'deviations' must be list"),
-    (["ok", ""], "'deviations' entry 1 must be a non-empty string"),
-    ([3], "'deviations' entry 0 must be a non-empty string"),
-    (["x" * 201], "'deviations' entry 0 is longer than 200 characters"),
-    ([f"d{i}" for i in range(65)], "'deviations' has 65 entries, at most 64"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("smoke scale", "'deviations' must be list"),
+        (["ok", ""], "'deviations' entry 1 must be a non-empty string"),
+        ([3], "'deviations' entry 0 must be a non-empty string"),
+        (["x" * 201], "'deviations' entry 0 is longer than 200 characters"),
+        ([f"d{i}" for i in range(65)], "'deviations' has 65 entries, at most 64"),
+    ],
+)
 def test_bad_deviations_are_refused(tmp_path, value, message):
     store = ResultsStore(tmp_path)
     with pytest.raises(BenchError, match=message):
@@ -223,10 +265,23 @@ def test_bad_deviations_are_refused(tmp_path, value, message):
 
 
 def test_make_row_deviations():
-    row = make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
-                   seed=0, metrics={"APbox": 1.0}, deviations=["smoke scale", "generated data",
-                                                            "smoke scale"])
+    row = make_row(
+        task="coco",
+        protocol="maskrcnn_fpn",
+        init="mae",
+        backbone="vit_base_patch16",
+        seed=0,
+        metrics={"APbox": 1.0},
+        deviations=["smoke scale", "generated data", "smoke scale"],
+    )
     assert row["deviations"] == ["smoke scale", "generated data"]
     with pytest.raises(BenchError, match="list of phrases, not one string"):
-        make_row(task="coco", protocol="maskrcnn_fpn", init="mae", backbone="vit_base_patch16",
-                 seed=0, metrics={}, deviations="smoke scale")
+        make_row(
+            task="coco",
+            protocol="maskrcnn_fpn",
+            init="mae",
+            backbone="vit_base_patch16",
+            seed=0,
+            metrics={},
+            deviations="smoke scale",
+        )

@@ -1,5 +1,6 @@
 """Suites and the runner: matrix expansion and ids, --only/--skip, validation messages, failed cells,
 resuming a killed run, and the ci suite end to end."""
+
 import argparse
 import json
 import os
@@ -21,10 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 # A tiny classification task: 2 classes x 4 train / 2 val images of 32 px, linear probe, 1 epoch.
-TINY_LINEAR = {"task": "folder", "protocol": "linear", "config": "smoke", "epochs": 1,
-               "batch_size": 8,
-               "generate": {"n_train_per_class": 4, "n_val_per_class": 2, "num_classes": 2,
-                            "image_size": 32}}
+TINY_LINEAR = {
+    "task": "folder",
+    "protocol": "linear",
+    "config": "smoke",
+    "epochs": 1,
+    "batch_size": 8,
+    "generate": {"n_train_per_class": 4, "n_val_per_class": 2, "num_classes": 2, "image_size": 32},
+}
 
 
 def write_suite(tmp_path: Path, doc: dict, name: str = "suite.yaml") -> Path:
@@ -45,8 +50,7 @@ MATRIX = {
     "tasks": {
         "coco": {"protocol": "maskrcnn_vitdet", "generate": {"n_train": 4}},
         "ade20k": {"data": "/datasets/ade"},
-        "fp": {"task": "inat2018", "protocol": "partial", "k": [0, 2],
-               "generate": {"num_classes": 3}},
+        "fp": {"task": "inat2018", "protocol": "partial", "k": [0, 2], "generate": {"num_classes": 3}},
     },
 }
 
@@ -54,6 +58,7 @@ MATRIX = {
 # --------------------------------------------------------------------------------------------------
 # Plan
 # --------------------------------------------------------------------------------------------------
+
 
 def test_plan_expands_inits_tasks_k_seeds_with_store_run_ids(tmp_path):
     suite = load_suite(write_suite(tmp_path, MATRIX))
@@ -68,12 +73,10 @@ def test_plan_expands_inits_tasks_k_seeds_with_store_run_ids(tmp_path):
 
     # ids are the results store's default run ids (MAE's mask ratio takes part, as in its rows)
     c = by_name["mae/fp/k2/seed1"]
-    assert c.id == default_run_id("matrix", "inat2018", "partial", 2, "mae", "vit_test_patch8", 1,
-                                  {"mask_ratio": 0.6})
+    assert c.id == default_run_id("matrix", "inat2018", "partial", 2, "mae", "vit_test_patch8", 1, {"mask_ratio": 0.6})
     assert c.needs == "mae/pretrain" and c.work_dir == Path("work/mae/fp/k2/seed1")
     c = by_name["supervised/coco/seed0"]
-    assert c.id == default_run_id("matrix", "coco", "maskrcnn_vitdet", None, "supervised",
-                                  "vit_test_patch8", 0)
+    assert c.id == default_run_id("matrix", "coco", "maskrcnn_vitdet", None, "supervised", "vit_test_patch8", 0)
     assert c.needs is None and c.init.checkpoint == Path("ckpt/deit.pth")
     # the plan is stable: loading the file again gives the same names and ids
     again = plan(load_suite(tmp_path / "suite.yaml"))
@@ -83,15 +86,26 @@ def test_plan_expands_inits_tasks_k_seeds_with_store_run_ids(tmp_path):
 def test_only_and_skip_select_cells_and_keep_needed_pretraining(tmp_path):
     suite = load_suite(write_suite(tmp_path, MATRIX))
     names = [c.name for c in plan(suite, only="*/coco/*")]
-    assert names == ["mae/pretrain", "random/coco/seed0", "random/coco/seed1",
-                     "supervised/coco/seed0", "supervised/coco/seed1", "mae/coco/seed0",
-                     "mae/coco/seed1"]
+    assert names == [
+        "mae/pretrain",
+        "random/coco/seed0",
+        "random/coco/seed1",
+        "supervised/coco/seed0",
+        "supervised/coco/seed1",
+        "mae/coco/seed0",
+        "mae/coco/seed1",
+    ]
     names = [c.name for c in plan(suite, only=["random/*", "mae/ade20k/seed0"], skip="*/seed1")]
-    assert names == ["mae/pretrain", "random/coco/seed0", "random/ade20k/seed0",
-                     "random/fp/k0/seed0", "random/fp/k2/seed0", "mae/ade20k/seed0"]
+    assert names == [
+        "mae/pretrain",
+        "random/coco/seed0",
+        "random/ade20k/seed0",
+        "random/fp/k0/seed0",
+        "random/fp/k2/seed0",
+        "mae/ade20k/seed0",
+    ]
     names = [c.name for c in plan(suite, skip="mae/*,supervised/*,*/fp/*")]
-    assert names == ["random/coco/seed0", "random/coco/seed1", "random/ade20k/seed0",
-                     "random/ade20k/seed1"]
+    assert names == ["random/coco/seed0", "random/coco/seed1", "random/ade20k/seed0", "random/ade20k/seed1"]
     assert [c.name for c in plan(suite, only="*/pretrain")] == ["mae/pretrain"]
     with pytest.raises(BenchError, match=r"option --skip: pattern 'mea/\*' matches no cell"):
         plan(suite, skip="mea/*")
@@ -100,8 +114,20 @@ def test_only_and_skip_select_cells_and_keep_needed_pretraining(tmp_path):
 def test_cli_dry_run_prints_plan_and_seeds_override(tmp_path, capsys):
     path = write_suite(tmp_path, MATRIX)
     parser = add_run_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(path), "--out", str(tmp_path / "out"), "--dry-run",
-                              "--only", "random/*", "--skip", "*/fp/*", "--seeds", "3"])
+    args = parser.parse_args(
+        [
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--dry-run",
+            "--only",
+            "random/*",
+            "--skip",
+            "*/fp/*",
+            "--seeds",
+            "3",
+        ]
+    )
     with pytest.raises(BenchError, match=r"key 'tasks.ade20k.data': /datasets/ade not found"):
         run_main(args)  # inputs are checked even for a dry run, after the plan is printed
     captured = capsys.readouterr()
@@ -111,10 +137,8 @@ def test_cli_dry_run_prints_plan_and_seeds_override(tmp_path, capsys):
     args.suite = str(write_suite(tmp_path, MATRIX2, "suite2.yaml"))
     assert run_main(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["cell", "kind", "backbone", "weights", "status", "id", "config",
-                              "schedule"]
-    assert out[2].split()[:5] == ["random/coco/seed3", "transfer", "random_vit_test_patch8",
-                                  "random", "todo"]
+    assert out[0].split() == ["cell", "kind", "backbone", "weights", "status", "id", "config", "schedule"]
+    assert out[2].split()[:5] == ["random/coco/seed3", "transfer", "random_vit_test_patch8", "random", "todo"]
     assert out[2].split()[6:] == ["default", "config's", "coco", "iterations"]
     assert out[-1].startswith("1 cells, 1 to run")
     assert not (tmp_path / "out" / "runs.jsonl").exists()
@@ -123,6 +147,7 @@ def test_cli_dry_run_prints_plan_and_seeds_override(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------
+
 
 def _with(path: str, value):
     """MATRIX with the (dotted) key ``path`` set to ``value`` (None deletes it)."""
@@ -138,47 +163,88 @@ def _with(path: str, value):
     return doc
 
 
-@pytest.mark.parametrize("doc, message", [
-    (_with("colour", 1), r"unknown key 'colour'; allowed: name, description, scale, arch, seeds"),
-    (_with("inits.moco", {}), r"key 'inits.moco': unknown initialisation 'moco'; allowed: "
-                              r"random, mae, supervised, mocov3, beit"),
-    (_with("inits.mae.pretrain.method", "simclr"),
-     r"key 'inits.mae.pretrain.method': unknown pretraining method 'simclr'; allowed: mae, "
-     r"mocov3, beit, supervised"),
-    (_with("inits.mae.pretrain.stepz", 3), r"unknown key 'inits.mae.pretrain.stepz'; allowed: "
-                                           r"method, data, img_size, epoch_size, mask_ratio"),
-    (_with("inits.mae.pretrain.mask_ratio", 1.5), r"key inits.mae.pretrain.mask_ratio must be in"),
-    (_with("inits.mae.pretrain.seed", -1), r"key inits.mae.pretrain.seed must be an integer >= 0"),
-    (_with("inits.mae.pretrain", None), r"key 'inits.mae': initialisation 'mae' needs weights"),
-    (_with("inits.random.checkpoint", "x.pth"), r"key 'inits.random': initialisation 'random' "
-                                                r"takes no weights"),
-    (_with("inits.random.arch", "vit_tiny"), r"key 'inits.random.arch': unknown architecture "
-                                             r"'vit_tiny'; allowed: .*vit_demo_patch8"),
-    (_with("tasks.imagenet", {"data": "x"}), r"key 'tasks.imagenet': unknown task 'imagenet'; "
-                                             r"allowed: coco, ade20k, inat2017"),
-    (_with("tasks.coco.protocol", "upernet"), r"key 'tasks.coco.protocol': protocol 'upernet' "
-                                              r"is not one of coco's; allowed: maskrcnn_fpn, "
-                                              r"maskrcnn_vitdet"),
-    (_with("tasks.coco.epochs", 3), r"unknown key 'tasks.coco.epochs'; allowed: task, protocol, "
-                                    r"data, generate, config, trust_config, search, select_on, iters"),
-    (_with("tasks.coco.generate.n_images", 3), r"unknown key 'tasks.coco.generate.n_images'; "
-                                               r"allowed: n_train, n_val, image_size, seed"),
-    (_with("tasks.ade20k.generate", {}), r"key 'tasks.ade20k' needs exactly one of 'data'"),
-    (_with("tasks.fp.k", [0, 3]), r"key 'tasks.fp.k' has 3 but init 'random' \(vit_test_patch8\) "
-                                  r"has only 2 blocks; allowed: 0..2"),
-    (_with("tasks.fp.k", None), r"key 'tasks.fp.k' is required for protocol 'partial'"),
-    (_with("seeds", [0, 0]), r"key 'seeds' lists a seed twice"),
-    (_with("inits.mae.init", ["mae"]), r"key 'inits.mae.init': unknown initialisation \['mae'\]; "
-                                       r"allowed: random, mae"),
-    (_with("inits.random.arch", {"a": 1}), r"key 'inits.random.arch': unknown architecture"),
-    (_with("inits.a\nb", {}), r"key 'inits.a\\nb': labels may hold only letters, digits"),
-    (_with("tasks.coco.generate.image_size", 64), r"key tasks.coco.generate.image_size must be "
-                                                  r"a list of integers, got 64"),
-    (_with("tasks.fp.generate.num_classes", "3"), r"key tasks.fp.generate.num_classes must be an "
-                                                  r"integer, got '3'"),
-    (_with("scale", "huge"), r"key 'scale' is 'huge'; allowed: smoke, full"),
-    (_with("name", None), r"key 'name' is required"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        (_with("colour", 1), r"unknown key 'colour'; allowed: name, description, scale, arch, seeds"),
+        (
+            _with("inits.moco", {}),
+            r"key 'inits.moco': unknown initialisation 'moco'; allowed: "
+            r"random, mae, supervised, mocov3, beit",
+        ),
+        (
+            _with("inits.mae.pretrain.method", "simclr"),
+            r"key 'inits.mae.pretrain.method': unknown pretraining method 'simclr'; allowed: mae, "
+            r"mocov3, beit, supervised",
+        ),
+        (
+            _with("inits.mae.pretrain.stepz", 3),
+            r"unknown key 'inits.mae.pretrain.stepz'; allowed: "
+            r"method, data, img_size, epoch_size, mask_ratio",
+        ),
+        (_with("inits.mae.pretrain.mask_ratio", 1.5), r"key inits.mae.pretrain.mask_ratio must be in"),
+        (_with("inits.mae.pretrain.seed", -1), r"key inits.mae.pretrain.seed must be an integer >= 0"),
+        (_with("inits.mae.pretrain", None), r"key 'inits.mae': initialisation 'mae' needs weights"),
+        (
+            _with("inits.random.checkpoint", "x.pth"),
+            r"key 'inits.random': initialisation 'random' "
+            r"takes no weights",
+        ),
+        (
+            _with("inits.random.arch", "vit_tiny"),
+            r"key 'inits.random.arch': unknown architecture "
+            r"'vit_tiny'; allowed: .*vit_demo_patch8",
+        ),
+        (
+            _with("tasks.imagenet", {"data": "x"}),
+            r"key 'tasks.imagenet': unknown task 'imagenet'; "
+            r"allowed: coco, ade20k, inat2017",
+        ),
+        (
+            _with("tasks.coco.protocol", "upernet"),
+            r"key 'tasks.coco.protocol': protocol 'upernet' "
+            r"is not one of coco's; allowed: maskrcnn_fpn, "
+            r"maskrcnn_vitdet",
+        ),
+        (
+            _with("tasks.coco.epochs", 3),
+            r"unknown key 'tasks.coco.epochs'; allowed: task, protocol, "
+            r"data, generate, config, trust_config, search, select_on, iters",
+        ),
+        (
+            _with("tasks.coco.generate.n_images", 3),
+            r"unknown key 'tasks.coco.generate.n_images'; "
+            r"allowed: n_train, n_val, image_size, seed",
+        ),
+        (_with("tasks.ade20k.generate", {}), r"key 'tasks.ade20k' needs exactly one of 'data'"),
+        (
+            _with("tasks.fp.k", [0, 3]),
+            r"key 'tasks.fp.k' has 3 but init 'random' \(vit_test_patch8\) "
+            r"has only 2 blocks; allowed: 0..2",
+        ),
+        (_with("tasks.fp.k", None), r"key 'tasks.fp.k' is required for protocol 'partial'"),
+        (_with("seeds", [0, 0]), r"key 'seeds' lists a seed twice"),
+        (
+            _with("inits.mae.init", ["mae"]),
+            r"key 'inits.mae.init': unknown initialisation \['mae'\]; "
+            r"allowed: random, mae",
+        ),
+        (_with("inits.random.arch", {"a": 1}), r"key 'inits.random.arch': unknown architecture"),
+        (_with("inits.a\nb", {}), r"key 'inits.a\\nb': labels may hold only letters, digits"),
+        (
+            _with("tasks.coco.generate.image_size", 64),
+            r"key tasks.coco.generate.image_size must be "
+            r"a list of integers, got 64",
+        ),
+        (
+            _with("tasks.fp.generate.num_classes", "3"),
+            r"key tasks.fp.generate.num_classes must be an "
+            r"integer, got '3'",
+        ),
+        (_with("scale", "huge"), r"key 'scale' is 'huge'; allowed: smoke, full"),
+        (_with("name", None), r"key 'name' is required"),
+    ],
+)
 def test_suite_errors_name_file_key_and_allowed_values(tmp_path, doc, message):
     path = write_suite(tmp_path, doc)
     with pytest.raises(BenchError, match=message) as info:
@@ -189,23 +255,37 @@ def test_suite_errors_name_file_key_and_allowed_values(tmp_path, doc, message):
 def test_suite_file_errors(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("name: a\nseeds: [0]\nname: b\n")
-    with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML at line 3: key 'name' is "
-                                         r"given twice"):
+    with pytest.raises(
+        BenchError,
+        match=r"dup.yaml: not valid YAML at line 3: key 'name' is "
+        r"given twice",
+    ):
         load_suite(path)
     path.write_text("? [a, b]\n: 1\n")
-    with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML at line 1: a mapping key must "
-                                         r"be a plain value, not a list or mapping"):
+    with pytest.raises(
+        BenchError,
+        match=r"dup.yaml: not valid YAML at line 1: a mapping key must "
+        r"be a plain value, not a list or mapping",
+    ):
         load_suite(path)
     path.write_text("[" * 5000)
     with pytest.raises(BenchError, match=r"dup.yaml: not valid YAML: nested too deeply"):
         load_suite(path)
-    with pytest.raises(BenchError, match=r"suite 'nope': no such file and not a bundled suite "
-                                         r"\(bundled: ci, demo, .*paper"):
+    with pytest.raises(
+        BenchError,
+        match=r"suite 'nope': no such file and not a bundled suite "
+        r"\(bundled: ci, demo, .*paper",
+    ):
         load_suite("nope")
-    doc = {**MATRIX, "inits": {"mae": MATRIX["inits"]["mae"],
-                               "mae_again": {"init": "mae", "pretrain": {"mask_ratio": 0.6}}}}
-    with pytest.raises(BenchError, match=r"cells mae/coco/seed0 and mae_again/coco/seed0 would "
-                                         r"write rows with the same run id"):
+    doc = {
+        **MATRIX,
+        "inits": {"mae": MATRIX["inits"]["mae"], "mae_again": {"init": "mae", "pretrain": {"mask_ratio": 0.6}}},
+    }
+    with pytest.raises(
+        BenchError,
+        match=r"cells mae/coco/seed0 and mae_again/coco/seed0 would "
+        r"write rows with the same run id",
+    ):
         plan(load_suite(write_suite(tmp_path, doc)))
 
 
@@ -215,29 +295,40 @@ def test_bundled_suites_load():
         assert plan(suite)
     paper = load_suite("paper")
     assert paper.scale == "full"
-    assert {t.task for t in paper.tasks} == {"coco", "ade20k", "inat2017", "inat2018", "inat2019",
-                                             "places205", "places365"}
+    assert {t.task for t in paper.tasks} == {
+        "coco",
+        "ade20k",
+        "inat2017",
+        "inat2018",
+        "inat2019",
+        "places205",
+        "places365",
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # Running: failures, resume
 # --------------------------------------------------------------------------------------------------
 
+
 def test_failed_cells_are_recorded_and_the_others_still_run(tmp_path, capsys):
-    doc = {"name": "fail", "arch": "vit_test_patch8", "seeds": [0],
-           "inits": {"random": {},
-                     # 8 crops per epoch < one batch of 16: the engine refuses at the start
-                     "mae": {"pretrain": {"steps": 2, "batch_size": 16, "epoch_size": 8}}},
-           "tasks": {"good": TINY_LINEAR,
-                     "bad": {**TINY_LINEAR, "protocol": "finetune",
-                             "generate": {"num_classes": 11}}}}
+    doc = {
+        "name": "fail",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {
+            "random": {},
+            # 8 crops per epoch < one batch of 16: the engine refuses at the start
+            "mae": {"pretrain": {"steps": 2, "batch_size": 16, "epoch_size": 8}},
+        },
+        "tasks": {"good": TINY_LINEAR, "bad": {**TINY_LINEAR, "protocol": "finetune", "generate": {"num_classes": 11}}},
+    }
     path = write_suite(tmp_path, doc)
     out = tmp_path / "out"
     args = add_run_arguments(argparse.ArgumentParser()).parse_args([str(path), "--out", str(out)])
     assert run_main(args) == 1  # some cells failed
     rows = {r["extra"]["cell"]: r for r in ResultsStore(out).rows()}
-    assert sorted(rows) == ["mae/bad/seed0", "mae/good/seed0", "random/bad/seed0",
-                            "random/good/seed0"]
+    assert sorted(rows) == ["mae/bad/seed0", "mae/good/seed0", "random/bad/seed0", "random/good/seed0"]
     assert rows["random/good/seed0"]["status"] == "ok"
     assert 0 <= rows["random/good/seed0"]["metrics"]["top1"] <= 100
     bad = rows["random/bad/seed0"]
@@ -245,9 +336,11 @@ def test_failed_cells_are_recorded_and_the_others_still_run(tmp_path, capsys):
     assert bad["error"] == "BenchError: num_classes must be 1..10 (one per digit), got 11"
     for name in ("mae/good/seed0", "mae/bad/seed0"):
         assert rows[name]["status"] == "failed"
-        assert rows[name]["error"].startswith("RuntimeError: pretraining cell mae/pretrain failed: "
-                                              "BenchError: dataset has 8 samples, fewer than one "
-                                              "global batch of 16")
+        assert rows[name]["error"].startswith(
+            "RuntimeError: pretraining cell mae/pretrain failed: "
+            "BenchError: dataset has 8 samples, fewer than one "
+            "global batch of 16"
+        )
     assert "Traceback" in (out / "work/random/bad/seed0/error.log").read_text()
     printed = capsys.readouterr().out
     assert "[2/5] mae/pretrain" not in printed and "[1/5] mae/pretrain: FAILED" in printed
@@ -263,31 +356,37 @@ def test_failed_cells_are_recorded_and_the_others_still_run(tmp_path, capsys):
     doc["tasks"]["good"] = {**TINY_LINEAR, "epochs": 2}
     doc["inits"]["mae"]["pretrain"]["steps"] = 3
     write_suite(tmp_path, doc)
-    with pytest.raises(BenchError, match=r"cell mae/pretrain was started in .*/work/mae/pretrain "
-                                         r"with other settings \(steps 2 -> 3\); delete that folder"):
+    with pytest.raises(
+        BenchError,
+        match=r"cell mae/pretrain was started in .*/work/mae/pretrain "
+        r"with other settings \(steps 2 -> 3\); delete that folder",
+    ):
         run_main(args)
     doc["inits"]["mae"]["pretrain"]["steps"] = 2
     write_suite(tmp_path, doc)
     args.dry_run = True
     assert run_main(args) == 0
     captured = capsys.readouterr()
-    assert "note: random/good/seed0 is done with other settings (epochs 1.0 -> 2.0); kept" \
-        in captured.err
+    assert "note: random/good/seed0 is done with other settings (epochs 1.0 -> 2.0); kept" in captured.err
     assert "4 to run" in captured.out  # the done cell is not run again; the failed ones are
     assert len(ResultsStore(out).rows()) == 4
 
 
 def test_killed_run_resumes_and_finishes_with_one_ok_row_per_cell(tmp_path, capsys):
-    doc = {"name": "kill", "arch": "vit_test_patch8", "seeds": [0],
-           "inits": {"mae": {"pretrain": {"steps": 10, "batch_size": 8, "epoch_size": 32,
-                                          "ckpt_every": 2}}},
-           "tasks": {"lin": TINY_LINEAR}}
+    doc = {
+        "name": "kill",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"mae": {"pretrain": {"steps": 10, "batch_size": 8, "epoch_size": 32, "ckpt_every": 2}}},
+        "tasks": {"lin": TINY_LINEAR},
+    }
     path = write_suite(tmp_path, doc)
     out = tmp_path / "out"
     work = out / "work" / "mae" / "pretrain"
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "bench.runner", str(path), "--out", str(out)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "bench.runner", str(path), "--out", str(out)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 60
     while not list(work.glob("checkpoint-*.pth")) and proc.poll() is None:
         assert time.monotonic() < deadline, "no training checkpoint within 60 s"
@@ -344,15 +443,23 @@ def test_ci_suite_end_to_end_then_second_run_does_nothing(tmp_path, capsys):
 # Slurm (submitit)
 # --------------------------------------------------------------------------------------------------
 
+
 def test_parse_slurm_spec():
     from bench.runner import parse_slurm
+
     assert parse_slurm("partition=gpu,nodes=2,gpus-per-node=8,time=4320") == {
-        "slurm_partition": "gpu", "nodes": 2, "gpus_per_node": 8, "tasks_per_node": 8,
-        "timeout_min": 4320}
-    assert parse_slurm("gpus-per-node=4,tasks-per-node=1") == {"gpus_per_node": 4,
-                                                                "tasks_per_node": 1}
-    with pytest.raises(BenchError, match=r"option --slurm: 'gpus=8' is not KEY=VALUE with KEY "
-                                         r"one of partition, nodes, gpus-per-node"):
+        "slurm_partition": "gpu",
+        "nodes": 2,
+        "gpus_per_node": 8,
+        "tasks_per_node": 8,
+        "timeout_min": 4320,
+    }
+    assert parse_slurm("gpus-per-node=4,tasks-per-node=1") == {"gpus_per_node": 4, "tasks_per_node": 1}
+    with pytest.raises(
+        BenchError,
+        match=r"option --slurm: 'gpus=8' is not KEY=VALUE with KEY "
+        r"one of partition, nodes, gpus-per-node",
+    ):
         parse_slurm("partition=gpu,gpus=8")
     with pytest.raises(BenchError, match=r"option --slurm: nodes must be an integer, got 'two'"):
         parse_slurm("nodes=two")
@@ -360,19 +467,32 @@ def test_parse_slurm_spec():
 
 def test_slurm_option_without_slurm_is_a_one_line_error(tmp_path):
     args = add_run_arguments(argparse.ArgumentParser()).parse_args(
-        [str(write_suite(tmp_path, MATRIX)), "--out", str(tmp_path / "out"), "--slurm",
-         "partition=gpu"])
-    with pytest.raises(BenchError, match=r"^option --slurm: cannot submit Slurm jobs from this "
-                                         r"machine \(.*\); use --local$"):
+        [str(write_suite(tmp_path, MATRIX)), "--out", str(tmp_path / "out"), "--slurm", "partition=gpu"]
+    )
+    with pytest.raises(
+        BenchError,
+        match=r"^option --slurm: cannot submit Slurm jobs from this "
+        r"machine \(.*\); use --local$",
+    ):
         run_main(args)
     assert not (tmp_path / "out").exists()
 
 
 def test_cells_run_as_submitit_jobs_and_requeue_as_the_same_cell(tmp_path, capsys):
     import submitit
+
     from bench.runner import CellJob
-    path = write_suite(tmp_path, {"name": "jobs", "arch": "vit_test_patch8", "seeds": [0],
-                                  "inits": {"random": {}}, "tasks": {"lin": TINY_LINEAR}})
+
+    path = write_suite(
+        tmp_path,
+        {
+            "name": "jobs",
+            "arch": "vit_test_patch8",
+            "seeds": [0],
+            "inits": {"random": {}},
+            "tasks": {"lin": TINY_LINEAR},
+        },
+    )
     out = tmp_path / "out"
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")  # a local stand-in for Slurm
     executor.update_parameters(timeout_min=5)

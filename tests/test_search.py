@@ -1,6 +1,7 @@
 """The paper's per-entry hyperparameter search (issue #15): `bench run` expands a suite's grids into
 candidate cells selected on a held-out part of the training set (or on val, said in the row),
 then runs the best point on the reported split; resumable like every cell."""
+
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,14 @@ from bench.core.run_record import read_run_record
 from bench.runner import plan, run_suite
 from bench.suite import load_suite
 
-TINY = {"task": "folder", "protocol": "linear", "config": "smoke", "epochs": 1, "batch_size": 8,
-        "generate": {"n_train_per_class": 10, "n_val_per_class": 2, "num_classes": 2,
-                     "image_size": 32}}
+TINY = {
+    "task": "folder",
+    "protocol": "linear",
+    "config": "smoke",
+    "epochs": 1,
+    "batch_size": 8,
+    "generate": {"n_train_per_class": 10, "n_val_per_class": 2, "num_classes": 2, "image_size": 32},
+}
 
 
 def write(tmp_path: Path, doc: dict) -> Path:
@@ -33,16 +39,20 @@ def test_search_ci_selects_the_best_heldout_point_and_reports_it(tmp_path, capsy
     assert not summary.failed, summary.failed
     rows = ResultsStore(out).rows()
     assert all(r["status"] == "ok" for r in rows) and len(rows) == 10
-    grids = {"random": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.01]},
-             "mae": {"lr": [0.5, 6.4], "weight_decay": [0.0, 0.05]}}
+    grids = {
+        "random": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.01]},
+        "mae": {"lr": [0.5, 6.4], "weight_decay": [0.0, 0.05]},
+    }
     for init, grid in grids.items():
-        candidates = [r for r in rows if r["extra"].get("search_role") == "candidate"
-                      and r["extra"]["cell"].startswith(f"{init}/")]
+        candidates = [
+            r
+            for r in rows
+            if r["extra"].get("search_role") == "candidate" and r["extra"]["cell"].startswith(f"{init}/")
+        ]
         assert len(candidates) == 4
         # each candidate trained its own point on the held-out part of the training set
         points = [r["extra"]["overrides"] for r in candidates]
-        assert points == [{"lr": a, "weight_decay": b} for a in grid["lr"]
-                          for b in grid["weight_decay"]]
+        assert points == [{"lr": a, "weight_decay": b} for a in grid["lr"] for b in grid["weight_decay"]]
         assert all(r["extra"]["select"] == "heldout" for r in candidates)
         # the final row: the argmax of the candidates' held-out top-1 (first listed on a tie)
         (final,) = [r for r in rows if r["extra"]["cell"] == f"{init}/folder/seed0"]
@@ -67,8 +77,13 @@ def test_search_ci_selects_the_best_heldout_point_and_reports_it(tmp_path, capsy
 
 @pytest.mark.slow
 def test_select_on_val_reports_the_best_candidates_row_and_says_so(tmp_path):
-    doc = {"name": "val", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}},
-           "tasks": {"t": {**TINY, "search": {"lr": [0.1, 6.4]}, "select_on": "val"}}}
+    doc = {
+        "name": "val",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"random": {}},
+        "tasks": {"t": {**TINY, "search": {"lr": [0.1, 6.4]}, "select_on": "val"}},
+    }
     out = tmp_path / "out"
     summary = run_suite(load_suite(write(tmp_path, doc)), out, tables=False)
     assert not summary.failed, summary.failed
@@ -82,43 +97,67 @@ def test_select_on_val_reports_the_best_candidates_row_and_says_so(tmp_path):
     assert "selected on val" in final["deviations"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"search": {"momentum": [0.9]}}, r"unknown key 'tasks.t.search.momentum'; allowed: lr, "),
-    ({"search": {"lr": []}}, r"key tasks.t.search.lr must be a non-empty list of finite numbers"),
-    ({"search": {"lr": [0.1, 0.1]}}, r"key tasks.t.search.lr lists a value twice"),
-    ({"search": {"lr": [float("inf")]}}, r"key tasks.t.search.lr must be a non-empty list"),
-    ({"search": {"lr": list(range(1, 9)), "weight_decay": list(range(9))}},
-     r"key 'tasks.t.search' has more than 64 points"),
-    ({"search": {"lr": [1.0]}, "select_on": "test"}, r"key tasks.t.select_on is 'test'; allowed: "
-                                                      r"heldout, val"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"search": {"momentum": [0.9]}}, r"unknown key 'tasks.t.search.momentum'; allowed: lr, "),
+        ({"search": {"lr": []}}, r"key tasks.t.search.lr must be a non-empty list of finite numbers"),
+        ({"search": {"lr": [0.1, 0.1]}}, r"key tasks.t.search.lr lists a value twice"),
+        ({"search": {"lr": [float("inf")]}}, r"key tasks.t.search.lr must be a non-empty list"),
+        (
+            {"search": {"lr": list(range(1, 9)), "weight_decay": list(range(9))}},
+            r"key 'tasks.t.search' has more than 64 points",
+        ),
+        (
+            {"search": {"lr": [1.0]}, "select_on": "test"},
+            r"key tasks.t.select_on is 'test'; allowed: "
+            r"heldout, val",
+        ),
+    ],
+)
 def test_grid_errors_are_one_line(tmp_path, change, message):
-    doc = {"name": "g", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}},
-           "tasks": {"t": {**TINY, **change}}}
+    doc = {
+        "name": "g",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"random": {}},
+        "tasks": {"t": {**TINY, **change}},
+    }
     with pytest.raises(BenchError, match=message) as info:
         load_suite(write(tmp_path, doc))
     assert "\n" not in str(info.value)
 
 
 def test_dense_search_needs_select_on_val_and_maps_to_config_keys(tmp_path):
-    doc = {"name": "d", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}},
-           "tasks": {"ade20k": {"iters": 2, "generate": {"n_train": 2},
-                                "search": {"lr": [1e-4, 1e-3]}}}}
-    with pytest.raises(BenchError, match=r"key 'tasks.ade20k.search': selecting on a held-out part "
-                                         r"of the training set is not implemented for task "
-                                         r"'ade20k'; set 'select_on: val'"):
+    doc = {
+        "name": "d",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"random": {}},
+        "tasks": {"ade20k": {"iters": 2, "generate": {"n_train": 2}, "search": {"lr": [1e-4, 1e-3]}}},
+    }
+    with pytest.raises(
+        BenchError,
+        match=r"key 'tasks.ade20k.search': selecting on a held-out part "
+        r"of the training set is not implemented for task "
+        r"'ade20k'; set 'select_on: val'",
+    ):
         load_suite(write(tmp_path, doc))
     doc["tasks"]["ade20k"]["select_on"] = "val"
     doc["inits"]["random"]["search"] = {"ade20k": {"drop_path": [0.0, 0.1], "iters": [2, 4]}}
     suite = load_suite(write(tmp_path, doc))
     names = [c.name for c in plan(suite)]
-    assert names == ["random/ade20k/search/seed0/drop_path=0.0_iters=2",
-                     "random/ade20k/search/seed0/drop_path=0.0_iters=4",
-                     "random/ade20k/search/seed0/drop_path=0.1_iters=2",
-                     "random/ade20k/search/seed0/drop_path=0.1_iters=4", "random/ade20k/seed0"]
+    assert names == [
+        "random/ade20k/search/seed0/drop_path=0.0_iters=2",
+        "random/ade20k/search/seed0/drop_path=0.0_iters=4",
+        "random/ade20k/search/seed0/drop_path=0.1_iters=2",
+        "random/ade20k/search/seed0/drop_path=0.1_iters=4",
+        "random/ade20k/seed0",
+    ]
     # --only on the final cell keeps its candidates
     assert [c.name for c in plan(suite, only="random/ade20k/seed0")] == names
     from tasks.segmentation.task import SEARCH_CFG
+
     assert SEARCH_CFG["drop_path"] == "model.backbone.drop_path_rate"
     doc["inits"]["random"]["search"] = {"nope": {"lr": [1.0]}}
     with pytest.raises(BenchError, match=r"unknown key 'inits.random.search.nope'; allowed: ade20k"):

@@ -1,5 +1,6 @@
 """ADE20K UperNet on mmseg: the RegistryViT plugin, layer decay, the configs, a short run on
 generated ADE20K-layout data with IoUMetric, mmengine resume, and input errors."""
+
 from __future__ import annotations
 
 import json
@@ -46,20 +47,47 @@ def tiny_segmentor_cfg(num_classes=150):
     norm = dict(type="BN", requires_grad=True)
     return dict(
         type="EncoderDecoder",
-        data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
-                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, size=(64, 64)),
+        data_preprocessor=dict(
+            type="SegDataPreProcessor",
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True,
+            size=(64, 64),
+        ),
         backbone=dict(type="RegistryViT", name=TINY, img_size=64, variant="fpn", drop_path_rate=0.1, use_rel_pos=True),
-        decode_head=dict(type="UPerHead", in_channels=[32] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2, 3, 6),
-                         channels=32, dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm, align_corners=False,
-                         loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
-        auxiliary_head=dict(type="FCNHead", in_channels=32, in_index=2, channels=16, num_convs=1, concat_input=False,
-                            dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm, align_corners=False,
-                            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4)),
-        train_cfg=dict(), test_cfg=dict(mode="whole"))
+        decode_head=dict(
+            type="UPerHead",
+            in_channels=[32] * 4,
+            in_index=[0, 1, 2, 3],
+            pool_scales=(1, 2, 3, 6),
+            channels=32,
+            dropout_ratio=0.1,
+            num_classes=num_classes,
+            norm_cfg=norm,
+            align_corners=False,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+        ),
+        auxiliary_head=dict(
+            type="FCNHead",
+            in_channels=32,
+            in_index=2,
+            channels=16,
+            num_convs=1,
+            concat_input=False,
+            dropout_ratio=0.1,
+            num_classes=num_classes,
+            norm_cfg=norm,
+            align_corners=False,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4),
+        ),
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
 
 
 def build_segmentor(cfg):
     from mmseg.registry import MODELS
+
     init_default_scope("mmseg")
     return MODELS.build(cfg)
 
@@ -67,6 +95,7 @@ def build_segmentor(cfg):
 # ------------------------------------------------------------------------------------------------
 # plugin + layer decay
 # ------------------------------------------------------------------------------------------------
+
 
 def test_registry_vit_in_a_plain_mmseg_config_trains_on_cpu():
     from mmengine.structures import PixelData
@@ -101,6 +130,7 @@ def test_registry_vit_in_a_plain_mmseg_config_trains_on_cpu():
 def test_with_cp_recomputes_the_encoder_blocks_and_changes_no_gradient():
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+
     x = torch.randn(2, 3, 64, 64)
     samples = []
     for i in range(2):
@@ -135,9 +165,15 @@ def test_layer_decay_gives_block_i_rate_to_the_depth_plus_one_minus_i_plus_one()
 
     model = build_segmentor(tiny_segmentor_cfg())
     base, rate, depth = 1e-3, 0.65, 2
-    ow = build_optim_wrapper(model, dict(
-        type="OptimWrapper", optimizer=dict(type="AdamW", lr=base, weight_decay=0.05),
-        constructor="ViTLayerDecayOptimizerConstructor", paramwise_cfg=dict(num_layers=depth, layer_decay_rate=rate)))
+    ow = build_optim_wrapper(
+        model,
+        dict(
+            type="OptimWrapper",
+            optimizer=dict(type="AdamW", lr=base, weight_decay=0.05),
+            constructor="ViTLayerDecayOptimizerConstructor",
+            paramwise_cfg=dict(num_layers=depth, layer_decay_rate=rate),
+        ),
+    )
     lrs = _lr_by_param(ow, model)
     for i in range(depth):
         lr, wd = lrs[f"backbone.pyramid.encoder.blocks.{i}.attn.qkv.weight"]
@@ -154,8 +190,9 @@ def test_paper_config_builds_vit_base_with_twelve_decayed_blocks():
     """The paper config as written (ViT-B/16 at 512, 768-channel UperNet): model + optimiser."""
     from mmengine.optim import build_optim_wrapper
 
-    cfg = load_config("paper_vit_base", backbone="random_vit_base_patch16", data_root="/nonexistent",
-                      work_dir="/nonexistent/work")
+    cfg = load_config(
+        "paper_vit_base", backbone="random_vit_base_patch16", data_root="/nonexistent", work_dir="/nonexistent/work"
+    )
     model = build_segmentor(cfg.model)
     enc = model.backbone.encoder
     assert (enc.depth, enc.embed_dim, tuple(enc.pos_grid)) == (12, 768, (32, 32))
@@ -171,6 +208,7 @@ def test_paper_config_builds_vit_base_with_twelve_decayed_blocks():
 # ------------------------------------------------------------------------------------------------
 # configs
 # ------------------------------------------------------------------------------------------------
+
 
 def test_paper_configs_hold_the_protocol_values():
     cfg = load_config("paper_vit_base", backbone="random_vit_base_patch16", data_root="d", work_dir="w", seed=3)
@@ -201,8 +239,9 @@ def test_paper_configs_hold_the_protocol_values():
 
 
 def test_iteration_and_crop_overrides_rescale_the_schedule_and_the_crop():
-    cfg = load_config("paper_vit_base", backbone="random_vit_base_patch16", data_root="d", work_dir="w",
-                      iters=1600, crop_size=256)
+    cfg = load_config(
+        "paper_vit_base", backbone="random_vit_base_patch16", data_root="d", work_dir="w", iters=1600, crop_size=256
+    )
     warm, poly = cfg.param_scheduler
     assert (warm.end, poly.begin, poly.end) == (15, 15, 1600)  # warmup stays 1500/160000 of training
     assert cfg.train_cfg.val_interval == 1600 and cfg.default_hooks.checkpoint.interval == 1600
@@ -214,6 +253,7 @@ def test_iteration_and_crop_overrides_rescale_the_schedule_and_the_crop():
 
 def test_channels_last_key_flag_and_auto_default(tmp_path):
     from tasks.dense.memory_format import resolve_channels_last
+
     kw = dict(backbone=TINY, data_root="d", work_dir="w")
     assert load_config("smoke", **kw).channels_last is None  # auto: the configs leave it to the device
     assert resolve_channels_last(None, "cuda") is True and resolve_channels_last(None, "cpu") is False
@@ -221,11 +261,14 @@ def test_channels_last_key_flag_and_auto_default(tmp_path):
     assert load_config("smoke", channels_last=True, **kw).channels_last is True
     assert _args(backbone=TINY, data_root="d").channels_last is None
     import argparse
+
     p = argparse.ArgumentParser()
     add_seg_arguments(p)
     assert p.parse_args(["--backbone", TINY, "--data-root", "d", "--no-channels-last"]).channels_last is False
     bad = tmp_path / "bad.py"
-    bad.write_text("_base_ = ['%s']\nchannels_last = 'yes'\n" % (Path(__file__).parents[1] / "tasks/segmentation/configs/smoke.py"))
+    bad.write_text(
+        "_base_ = ['%s']\nchannels_last = 'yes'\n" % (Path(__file__).parents[1] / "tasks/segmentation/configs/smoke.py")
+    )
     with pytest.raises(BenchError, match="key 'channels_last' must be true, false or null"):
         load_config(str(bad), trust_config=True, **kw)
     # not part of the protocol: the config hash is the same either way
@@ -236,6 +279,7 @@ def test_channels_last_key_flag_and_auto_default(tmp_path):
 # metric
 # ------------------------------------------------------------------------------------------------
 
+
 def test_confusion_miou_equals_mmseg_iou_metric():
     from mmseg.evaluation import IoUMetric
 
@@ -243,8 +287,11 @@ def test_confusion_miou_equals_mmseg_iou_metric():
     preds, labels = [], []
     for i in range(3):
         label = rng.choice([0, 1, 3, 4, 13, 20], size=(24, 32)).astype(np.uint8)  # as on disk: 0 = other
-        pred = np.where(rng.random((24, 32)) < 0.6, np.maximum(label.astype(int) - 1, 0),
-                        rng.choice([0, 2, 12, 19, 36, 149], size=(24, 32)))  # some classes absent from gt
+        pred = np.where(
+            rng.random((24, 32)) < 0.6,
+            np.maximum(label.astype(int) - 1, 0),
+            rng.choice([0, 2, 12, 19, 36, 149], size=(24, 32)),
+        )  # some classes absent from gt
         preds.append(pred)
         labels.append(label)
     ours = confusion_miou(preds, labels)
@@ -254,8 +301,12 @@ def test_confusion_miou_equals_mmseg_iou_metric():
     samples = []
     for pred, label in zip(preds, labels):
         reduced = np.where(label == 0, 255, label.astype(np.int64) - 1)  # what LoadAnnotations does
-        samples.append(dict(pred_sem_seg=dict(data=torch.from_numpy(pred)[None]),
-                            gt_sem_seg=dict(data=torch.from_numpy(reduced)[None])))
+        samples.append(
+            dict(
+                pred_sem_seg=dict(data=torch.from_numpy(pred)[None]),
+                gt_sem_seg=dict(data=torch.from_numpy(reduced)[None]),
+            )
+        )
     metric.process({}, samples)
     theirs = metric.compute_metrics(metric.results)
     for key in ("mIoU", "mAcc", "aAcc"):
@@ -267,11 +318,17 @@ def test_confusion_miou_equals_mmseg_iou_metric():
 # runs
 # ------------------------------------------------------------------------------------------------
 
+
 def test_smoke_run_trains_evaluates_and_appends_a_row(ade_root, tmp_path):
     store = tmp_path / "results"
     work = tmp_path / "work"
     row = run_segmentation(TINY, None, ade_root, config="smoke", seed=0, work_dir=work, results=store, suite="test")
-    assert (row["task"], row["protocol"], row["init"], row["backbone"]) == ("ade20k", "upernet", "random", "vit_test_patch8")
+    assert (row["task"], row["protocol"], row["init"], row["backbone"]) == (
+        "ade20k",
+        "upernet",
+        "random",
+        "vit_test_patch8",
+    )
     assert row["iterations"] == 30 and row["seed"] == 0 and row["suite"] == "test"
     m = row["metrics"]
     assert 0 < m["mIoU"] <= 100 and 0 < m["aAcc"] <= 100
@@ -284,9 +341,15 @@ def test_smoke_run_trains_evaluates_and_appends_a_row(ade_root, tmp_path):
     assert row["config_hash"] == config_hash(hashed_config(cfg))
     assert row["wall_time_s"] > 0
     assert ResultsStore(store).rows() == [row]
-    assert row["deviations"] == ["smoke config (tiny head, 64 px)", "iterations 30 < paper 160000",
-                                 "batch 4 < paper 16", "crop 64 != paper 512", "training images 16 != ADE20K 20210",
-                                 "validation images 4 != ADE20K 2000", "fp32 instead of AMP"]
+    assert row["deviations"] == [
+        "smoke config (tiny head, 64 px)",
+        "iterations 30 < paper 160000",
+        "batch 4 < paper 16",
+        "crop 64 != paper 512",
+        "training images 16 != ADE20K 20210",
+        "validation images 4 != ADE20K 2000",
+        "fp32 instead of AMP",
+    ]
 
     # per_example.npz: IoUMetric's per-image areas; summed, they give the row's mIoU exactly
     assert row["extra"]["per_example"] == str((work / PER_EXAMPLE).resolve())
@@ -294,7 +357,10 @@ def test_smoke_run_trains_evaluates_and_appends_a_row(ade_root, tmp_path):
     val = ade_root / "ADEChallengeData2016" / "annotations" / "validation"
     labels = {p.stem: np.array(Image.open(p)) for p in sorted(val.glob("*.png"))}
     assert sorted(pe["ids"].tolist()) == sorted(labels)
-    assert pe["intersect"].dtype == pe["union"].dtype == np.int64 and pe["intersect"].shape == pe["union"].shape == (4, 150)
+    assert pe["intersect"].dtype == pe["union"].dtype == np.int64 and pe["intersect"].shape == pe["union"].shape == (
+        4,
+        150,
+    )
     assert miou_percent(pe["intersect"], pe["union"]) == m["mIoU"]
     for i, name in enumerate(pe["ids"].tolist()):
         # per image, sum over classes of intersect + union = pred + label = 2 x labelled pixels (0 is ignored)
@@ -311,6 +377,7 @@ class Preempted(Exception):
 @HOOKS.register_module(force=True)
 class PreemptAt(Hook):
     """Test hook: stops training like a preemption, after the checkpoint of iteration ``at``."""
+
     priority = "LOWEST"  # after CheckpointHook (VERY_LOW)
 
     def __init__(self, at):
@@ -324,19 +391,23 @@ class PreemptAt(Hook):
 def test_resume_continues_from_the_last_checkpoint(ade_root, tmp_path):
     smoke = CONFIGS["smoke"]
     every5 = tmp_path / "every5.py"
-    every5.write_text(f"_base_ = [{str(smoke)!r}]\n"
-                      "default_hooks = dict(checkpoint=dict(interval=5), logger=dict(interval=1))\n")
+    every5.write_text(
+        f"_base_ = [{str(smoke)!r}]\ndefault_hooks = dict(checkpoint=dict(interval=5), logger=dict(interval=1))\n"
+    )
     preempted = tmp_path / "preempted.py"
     preempted.write_text(f"_base_ = [{str(every5)!r}]\ncustom_hooks = [dict(type='PreemptAt', at=10)]\n")
     work, store = tmp_path / "work", tmp_path / "results.jsonl"
 
     with pytest.raises(Preempted):
-        run_segmentation(TINY, None, ade_root, config=preempted, iters=15, work_dir=work, results=store, trust_config=True)
+        run_segmentation(
+            TINY, None, ade_root, config=preempted, iters=15, work_dir=work, results=store, trust_config=True
+        )
     assert (work / "iter_10.pth").is_file() and not (work / "iter_15.pth").exists()
     assert not store.exists()  # no row for an unfinished run
 
-    row = run_segmentation(TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store,
-                           trust_config=True)
+    row = run_segmentation(
+        TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store, trust_config=True
+    )
     assert row["iterations"] == 15 and row["extra"]["start_iter"] == 10
     log_dir = Path(row["extra"]["log_dir"])
     log = (log_dir / f"{log_dir.name}.log").read_text()  # this run's log only
@@ -346,13 +417,16 @@ def test_resume_continues_from_the_last_checkpoint(ade_root, tmp_path):
     assert len(ResultsStore(store).rows()) == 1
 
     # resuming a finished run trains nothing and evaluates the restored model: same numbers
-    again = run_segmentation(TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store,
-                           trust_config=True)
+    again = run_segmentation(
+        TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store, trust_config=True
+    )
     assert again["extra"]["start_iter"] == 15 and again["metrics"] == row["metrics"]
     assert len(ResultsStore(store).rows()) == 2
 
     # the same work dir with another schedule would restore the old one: refused
-    with pytest.raises(BenchError, match=f"{RUN_RECORD}: this folder holds a run with other settings \\(iterations 15 -> 20"):
+    with pytest.raises(
+        BenchError, match=f"{RUN_RECORD}: this folder holds a run with other settings \\(iterations 15 -> 20"
+    ):
         run_segmentation(TINY, None, ade_root, config=every5, iters=20, work_dir=work, results=store, trust_config=True)
     assert json.loads((work / RUN_RECORD).read_text())["iterations"] == 15
 
@@ -361,8 +435,10 @@ def test_resume_continues_from_the_last_checkpoint(ade_root, tmp_path):
 # bad input: one line, nothing written
 # ------------------------------------------------------------------------------------------------
 
+
 def _args(**kw):
     import argparse
+
     p = argparse.ArgumentParser()
     add_seg_arguments(p)
     argv = []
@@ -387,9 +463,20 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(ade_root, tmp_path):
     no_ann = tmp_path / "no_ann" / "ADEChallengeData2016"
     (no_ann / "images" / "training").mkdir(parents=True)
     fails(DataError, r"annotations/training: missing folder", backbone=TINY, data_root=no_ann)
-    fails(BenchError, r"crop 60x60 is not a multiple of the patch size 8", backbone=TINY, data_root=ade_root, crop_size=60)
-    fails(BenchError, r"unknown backbone 'random_vit_tset_patch8'.*did you mean random_vit_test_patch8",
-          backbone="random_vit_tset_patch8", data_root=ade_root)
+    fails(
+        BenchError, r"crop 60x60 is not a multiple of the patch size 8", backbone=TINY, data_root=ade_root, crop_size=60
+    )
+    fails(
+        BenchError,
+        r"unknown backbone 'random_vit_tset_patch8'.*did you mean random_vit_test_patch8",
+        backbone="random_vit_tset_patch8",
+        data_root=ade_root,
+    )
     fails(BenchError, r"needs --checkpoint", backbone="mae_vit_test_patch8", data_root=ade_root)
-    fails(BenchError, r"config 'paper_vit_huge': not one of smoke, paper_vit_base, paper_vit_large",
-          backbone=TINY, data_root=ade_root, config="paper_vit_huge")
+    fails(
+        BenchError,
+        r"config 'paper_vit_huge': not one of smoke, paper_vit_base, paper_vit_large",
+        backbone=TINY,
+        data_root=ade_root,
+        config="paper_vit_huge",
+    )

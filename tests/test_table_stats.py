@@ -1,5 +1,6 @@
 """Statistics in the tables: bootstrap intervals over evaluation images, paired comparisons, seed
 intervals and tests, footnotes for deviations and searches, and store faults in one line."""
+
 import json
 import math
 import os
@@ -32,16 +33,41 @@ from bench.tables import (
 )
 
 
-def row(init, seed, metrics, task="inat2017", protocol="finetune", backbone="vit_base_patch16",
-        extra=None, deviations=(), run_id=None, suite="demo"):
+def row(
+    init,
+    seed,
+    metrics,
+    task="inat2017",
+    protocol="finetune",
+    backbone="vit_base_patch16",
+    extra=None,
+    deviations=(),
+    run_id=None,
+    suite="demo",
+):
     extra = extra or {}
     return {
-        "schema": 2, "suite": suite, "task": task, "protocol": protocol, "k": None, "init": init,
+        "schema": 2,
+        "suite": suite,
+        "task": task,
+        "protocol": protocol,
+        "k": None,
+        "init": init,
         "run_id": run_id or default_run_id(suite, task, protocol, None, init, backbone, seed, extra),
-        "backbone": backbone, "checkpoint_sha256": None, "seed": seed, "metrics": metrics,
-        "status": "ok", "error": None, "iterations": 10, "wall_time_s": 1.0, "config_hash": "c",
-        "code_version": "test", "device": "cpu", "date": "2024-01-01T00:00:00+00:00",
-        "extra": extra, "deviations": list(deviations),
+        "backbone": backbone,
+        "checkpoint_sha256": None,
+        "seed": seed,
+        "metrics": metrics,
+        "status": "ok",
+        "error": None,
+        "iterations": 10,
+        "wall_time_s": 1.0,
+        "config_hash": "c",
+        "code_version": "test",
+        "device": "cpu",
+        "date": "2024-01-01T00:00:00+00:00",
+        "extra": extra,
+        "deviations": list(deviations),
     }
 
 
@@ -54,11 +80,11 @@ def correct_file(path, correct, ids=None):
 
 def cls_cell(tmp_path, name, correct, ids=None, seed=0):
     path = correct_file(tmp_path / f"{name}.npz", correct, ids)
-    return _Cell([{"seed": seed, "value": float(np.mean(correct) * 100), "per_example": str(path)}],
-                 "top1", 1000)
+    return _Cell([{"seed": seed, "value": float(np.mean(correct) * 100), "per_example": str(path)}], "top1", 1000)
 
 
 # -- intervals --------------------------------------------------------------------------------
+
 
 def test_bootstrap_interval_of_800_at_half_is_about_3_5_points():
     correct = np.zeros(800, dtype=bool)
@@ -112,12 +138,12 @@ def test_cell_interval_contains_its_estimate_and_refuses_a_file_that_disagrees(t
 
 # -- significance -----------------------------------------------------------------------------
 
+
 def test_a_clearly_better_init_is_best_a_tied_one_is_not(tmp_path):
     rng = np.random.default_rng(1)
     base = rng.random(800) < 0.5
     better = base | (rng.random(800) < 0.4)  # about 70 %
-    assert _compare(cls_cell(tmp_path, "better", better), cls_cell(tmp_path, "base", base),
-                    1000)[0] == "best"
+    assert _compare(cls_cell(tmp_path, "better", better), cls_cell(tmp_path, "base", base), 1000)[0] == "best"
     same_rate = base.copy()
     flip = rng.choice(800, 40, replace=False)
     same_rate[flip] = ~same_rate[flip]  # the same accuracy up to noise, on other images
@@ -157,8 +183,8 @@ def test_pairing_needs_the_same_ids_and_aligns_their_order(tmp_path):
 
 def test_seed_level_test_marks_best_only_when_seeds_separate():
     def cell(values):
-        return _Cell([{"seed": s, "value": v, "per_example": None} for s, v in enumerate(values)],
-                     "top1", 1000)
+        return _Cell([{"seed": s, "value": v, "per_example": None} for s, v in enumerate(values)], "top1", 1000)
+
     assert _compare(cell([70.0, 71.0, 70.5]), cell([60.0, 61.5, 60.2]), 1000)[0] == "best"
     verdict, how = _compare(cell([70.0, 62.0, 66.0]), cell([65.0, 64.0, 66.5]), 1000)
     assert verdict == "tie" and how == "paired t-test over seeds"
@@ -166,6 +192,7 @@ def test_seed_level_test_marks_best_only_when_seeds_separate():
 
 
 # -- the tables through the store ---------------------------------------------------------------
+
 
 @pytest.fixture
 def demo_store(tmp_path):
@@ -186,16 +213,33 @@ def demo_store(tmp_path):
         extra = {"per_example": f"runs/{init}.npz", "num_classes": 10}
         devs = common + (["epochs 10 < paper 90"] if init == "mae" else [])
         if init == "mae":
-            extra["search"] = {"grid": {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 0.05]},
-                               "chosen": {"lr": 0.001, "weight_decay": 0.05}, "select_on": "heldout",
-                               "metric": "top1", "failed": ["lr=0.01,weight_decay=0.0"]}
-        store.append(row(init, 0, {"top1": float(correct.mean() * 100)}, extra=extra, deviations=devs,
-                         backbone="vit_demo_patch8"))
+            extra["search"] = {
+                "grid": {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 0.05]},
+                "chosen": {"lr": 0.001, "weight_decay": 0.05},
+                "select_on": "heldout",
+                "metric": "top1",
+                "failed": ["lr=0.01,weight_decay=0.0"],
+            }
+        store.append(
+            row(
+                init, 0, {"top1": float(correct.mean() * 100)}, extra=extra, deviations=devs, backbone="vit_demo_patch8"
+            )
+        )
     for lr in (0.1, 0.01):  # the search's candidates: never shown
-        store.append(row("mae", 0, {"top1": 99.0}, extra={"search_role": "candidate", "lr": lr},
-                         run_id=f"cand{lr}", deviations=common, backbone="vit_demo_patch8"))
-    store.append(row("mae", 0, {"APbox": 20.0, "APmask": 18.0}, task="coco", protocol="maskrcnn_fpn",
-                     deviations=common))
+        store.append(
+            row(
+                "mae",
+                0,
+                {"top1": 99.0},
+                extra={"search_role": "candidate", "lr": lr},
+                run_id=f"cand{lr}",
+                deviations=common,
+                backbone="vit_demo_patch8",
+            )
+        )
+    store.append(
+        row("mae", 0, {"APbox": 20.0, "APmask": 18.0}, task="coco", protocol="maskrcnn_fpn", deviations=common)
+    )
     return store, truth
 
 
@@ -215,20 +259,26 @@ def test_demo_store_tables_mark_best_ties_and_footnotes(demo_store, tmp_path):
     mae = next(line for line in md.splitlines() if line.startswith("| mae |"))
     assert re.match(r"\| mae \| \*\*\d+\.\d\*\* \[\d+\.\d, \d+\.\d\]<sup>[a-z],[a-z]</sup> \|", mae)
     assert "99.0" not in md  # candidates left out
-    assert ("hyperparameters chosen by a search (grid of 4 over lr x weight_decay; chosen lr=0.001, "
-            "weight_decay=0.05; selected on heldout by top1; 1 candidate(s) failed)") in md
+    assert (
+        "hyperparameters chosen by a search (grid of 4 over lr x weight_decay; chosen lr=0.001, "
+        "weight_decay=0.05; selected on heldout by top1; 1 candidate(s) failed)"
+    ) in md
     assert "deviation from the paper's protocol: epochs 10 < paper 90" in md
     assert "Every run here departs from the paper's protocol: generated data; smoke scale." in md
-    assert ("The paper has no number for ViT-demo/8 (its columns here: ViT-B, ViT-H, ViT-H448, "
-            "ViT-L), so no paper column is shown for it.") in md
+    assert (
+        "The paper has no number for ViT-demo/8 (its columns here: ViT-B, ViT-H, ViT-H448, "
+        "ViT-L), so no paper column is shown for it."
+    ) in md
     assert "(paper)" not in md
     assert "Prev best (paper, Table 6" in md and "iNat 2017 75.4 (note " in md
 
     # supervised and random: top two are 0.5 points apart on the same images -> a tie
-    only_two = build_tables(store.dataframe(init=["random", "supervised"]), None,
-                            base_dir=store.path.parent)["table6_transfer_cls"]
-    marks = {init: only_two.attrs["info"][(init, "iNat 2017", "ViT-demo/8")]["mark"]
-             for init in ("random", "supervised")}
+    only_two = build_tables(store.dataframe(init=["random", "supervised"]), None, base_dir=store.path.parent)[
+        "table6_transfer_cls"
+    ]
+    marks = {
+        init: only_two.attrs["info"][(init, "iNat 2017", "ViT-demo/8")]["mark"] for init in ("random", "supervised")
+    }
     assert marks == {"random": "tie", "supervised": "tie"}
     assert "\u2248" in to_markdown(only_two) and r"$\approx$" in to_latex(only_two)
 
@@ -246,6 +296,7 @@ def test_plots_draw_intervals_chance_and_deviation_note(demo_store, tmp_path):
     from matplotlib.figure import Figure
 
     from bench.tables import _errorbars, plot_tables
+
     store, _ = demo_store
     paths = plot_tables(store.dataframe(), tmp_path / "plots", base_dir=store.path.parent)
     assert {p.name for p in paths} == {"bars_inat2017_finetune.png", "bars_coco_maskrcnn_fpn.png"}
@@ -258,14 +309,17 @@ def test_plots_draw_intervals_chance_and_deviation_note(demo_store, tmp_path):
 
 # -- store faults (issue #16) -------------------------------------------------------------------
 
+
 def test_a_bad_img_size_is_one_line_naming_store_and_line(tmp_path):
     store = ResultsStore(tmp_path)
     store.append(row("mae", 0, {"top1": 50.0}))
     store.append(row("mae", 1, {"top1": 50.0}, extra={"img_size": "big"}))
     with pytest.raises(BenchError) as e:
         run_table(store.path, tmp_path / "out", plots=False)
-    assert str(e.value) == (f"results store {store.path} line 2: row key 'extra' entry 'img_size' "
-                            "must be a whole number of pixels, got 'big'")
+    assert str(e.value) == (
+        f"results store {store.path} line 2: row key 'extra' entry 'img_size' "
+        "must be a whole number of pixels, got 'big'"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -302,6 +356,7 @@ def test_schema_1_rows_make_tables_without_deviation_notes(tmp_path):
 
 def test_chunked_resamples_are_the_rows_of_one_index_matrix():
     from bench.tables import _resampled
+
     rng = np.random.default_rng(7)
     n = 1_000_003 // 100  # 10000 images: 500 rows per chunk, so two chunks for 1000 resamples
     correct = rng.random(n) < 0.6
@@ -312,30 +367,49 @@ def test_chunked_resamples_are_the_rows_of_one_index_matrix():
 def _coco(seed, n_images=30, quality=0.8):
     """A small COCO set and detections that find each box with probability ``quality``."""
     rng = np.random.default_rng(seed)
-    images = [{"id": i + 1, "file_name": f"{i + 1}.jpg", "height": 100, "width": 100}
-              for i in range(n_images)]
+    images = [{"id": i + 1, "file_name": f"{i + 1}.jpg", "height": 100, "width": 100} for i in range(n_images)]
     anns, dets = [], []
     for img in images:
         for _ in range(2):
             x, y = rng.uniform(0, 60, 2)
             box = [float(x), float(y), 30.0, 30.0]
             cat = int(rng.integers(1, 3))
-            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": cat,
-                         "bbox": box, "area": 900.0, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img["id"],
+                    "category_id": cat,
+                    "bbox": box,
+                    "area": 900.0,
+                    "iscrowd": 0,
+                }
+            )
             if rng.random() < quality:
-                dets.append({"image_id": img["id"], "category_id": cat, "score": float(rng.random()),
-                             "bbox": [box[0] + float(rng.normal(0, 2)), box[1], 30.0, 30.0]})
+                dets.append(
+                    {
+                        "image_id": img["id"],
+                        "category_id": cat,
+                        "score": float(rng.random()),
+                        "bbox": [box[0] + float(rng.normal(0, 2)), box[1], 30.0, 30.0],
+                    }
+                )
             else:  # a false positive
-                dets.append({"image_id": img["id"], "category_id": cat, "score": float(rng.random()),
-                             "bbox": [float(x) + 40, float(y), 20.0, 20.0]})
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+                dets.append(
+                    {
+                        "image_id": img["id"],
+                        "category_id": cat,
+                        "score": float(rng.random()),
+                        "bbox": [float(x) + 40, float(y), 20.0, 20.0],
+                    }
+                )
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
     return gt, dets
 
 
 def test_detection_apbox_bootstraps_over_images_from_cocoeval_matches(tmp_path):
     pytest.importorskip("pycocotools")
     from tasks.detection.evaluation import coco_evaluate, write_per_example
+
     gt, good = _coco(0, quality=0.95)
     _, bad = _coco(0, quality=0.5)  # the same images, worse detections
     cells = {}

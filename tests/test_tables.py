@@ -1,5 +1,6 @@
 """Paper-style tables: aggregation against hand computation, LaTeX/Markdown/CSV output, plots,
 published numbers, and the `bench table` entry point."""
+
 import argparse
 import math
 import re
@@ -35,17 +36,42 @@ APBOX = {
 }
 
 
-def row(init, backbone, seed, metrics, task="coco", protocol="maskrcnn_fpn", k=None,
-        status="ok", suite="paper", extra=None, run_id=None):
+def row(
+    init,
+    backbone,
+    seed,
+    metrics,
+    task="coco",
+    protocol="maskrcnn_fpn",
+    k=None,
+    status="ok",
+    suite="paper",
+    extra=None,
+    run_id=None,
+):
     extra = extra or {}
     return {
         "schema": 2,
         "run_id": run_id or default_run_id(suite, task, protocol, k, init, backbone, seed, extra),
-        "suite": suite, "task": task, "protocol": protocol, "k": k, "init": init,
-        "backbone": backbone, "checkpoint_sha256": None, "seed": seed, "metrics": metrics,
-        "status": status, "error": None if status == "ok" else "diverged", "iterations": 100,
-        "wall_time_s": 10.0, "config_hash": "c0ffee", "code_version": "test", "device": "cpu",
-        "date": "2024-01-01T00:00:00+00:00", "extra": extra, "deviations": [],
+        "suite": suite,
+        "task": task,
+        "protocol": protocol,
+        "k": k,
+        "init": init,
+        "backbone": backbone,
+        "checkpoint_sha256": None,
+        "seed": seed,
+        "metrics": metrics,
+        "status": status,
+        "error": None if status == "ok" else "diverged",
+        "iterations": 100,
+        "wall_time_s": 10.0,
+        "config_hash": "c0ffee",
+        "code_version": "test",
+        "device": "cpu",
+        "date": "2024-01-01T00:00:00+00:00",
+        "extra": extra,
+        "deviations": [],
     }
 
 
@@ -57,23 +83,20 @@ def store(tmp_path):
             store.append(row(init, backbone, seed, {"APbox": value, "APmask": value - 5.0}))
     # a failed run and an earlier, superseded record of a finished run must not count
     store.append(row("mae", "vit_base_patch16", 7, {}, status="failed"))
-    store.append(row("supervised", "vit_large_patch16", 0, {"APbox": 10.0, "APmask": 5.0},
-                     run_id="dup"))
-    store.append(row("supervised", "vit_large_patch16", 0, {"APbox": 49.0, "APmask": 44.0},
-                     run_id="dup"))
+    store.append(row("supervised", "vit_large_patch16", 0, {"APbox": 10.0, "APmask": 5.0}, run_id="dup"))
+    store.append(row("supervised", "vit_large_patch16", 0, {"APbox": 49.0, "APmask": 44.0}, run_id="dup"))
     # ADE20K and a ViT-H448 transfer run
     store.append(row("mae", "vit_base_patch16", 0, {"mIoU": 48.0}, "ade20k", "upernet"))
-    store.append(row("mae", "vit_huge_patch14", 0, {"top1": 80.0}, "inat2017", "finetune",
-                     extra={"img_size": 448}))
+    store.append(row("mae", "vit_huge_patch14", 0, {"top1": 80.0}, "inat2017", "finetune", extra={"img_size": 448}))
     store.append(row("mae", "vit_huge_patch14", 0, {"top1": 79.0}, "inat2017", "finetune"))
     # partial fine-tuning curve and a mask-ratio sweep of linear probing
     for init, base in (("mae", 73.0), ("mocov3", 76.0)):
         for k in (0, 1, 4):
-            store.append(row(init, "vit_large_patch16", 0, {"top1": base + 2 * k},
-                             "imagenet", "partial", k=k))
+            store.append(row(init, "vit_large_patch16", 0, {"top1": base + 2 * k}, "imagenet", "partial", k=k))
     for ratio, top1 in ((0.5, 60.0), (0.75, 65.0), (0.9, 62.0)):
-        store.append(row("mae", "vit_demo_patch8", 0, {"top1": top1}, "imagenet", "linear",
-                         extra={"mask_ratio": ratio}))
+        store.append(
+            row("mae", "vit_demo_patch8", 0, {"top1": top1}, "imagenet", "linear", extra={"mask_ratio": ratio})
+        )
     return store
 
 
@@ -114,8 +137,7 @@ def test_aggregation_matches_hand_computation(store):
 
 def test_other_tables_and_labels(store):
     tables = build_tables(store.dataframe(), load_reference())
-    assert set(tables) == {"table4_coco", "table5_ade20k", "table6_transfer_cls", "linear_probe",
-                           "partial_finetune"}
+    assert set(tables) == {"table4_coco", "table5_ade20k", "table6_transfer_cls", "linear_probe", "partial_finetune"}
     t6 = tables["table6_transfer_cls"]
     assert t6.loc["mae", ("iNat 2017", "ViT-H448", "mean")] == 80.0
     assert t6.loc["mae", ("iNat 2017", "ViT-H448", "published")] == 83.4
@@ -125,8 +147,7 @@ def test_other_tables_and_labels(store):
     assert partial.loc["mae", ("ImageNet ViT-L", "k=4", "mean")] == 81.0
     assert partial.loc["mae", ("ImageNet ViT-L", "k=0", "published")] == 73.5
     assert partial.loc["mae", ("ImageNet ViT-L", "k=1", "published")] == 81.0
-    assert list(dict.fromkeys(partial.columns.get_level_values("column"))) == \
-        ["k=0", "k=1", "k=4"]
+    assert list(dict.fromkeys(partial.columns.get_level_values("column"))) == ["k=0", "k=1", "k=4"]
     # three mask ratios of one init are three rows, not one averaged cell
     assert list(tables["linear_probe"].index) == ["mae mask=0.5", "mae mask=0.75", "mae mask=0.9"]
     assert tables["table5_ade20k"].loc["mae", ("mIoU", "ViT-B", "published")] == 48.1
@@ -154,7 +175,7 @@ def test_latex_is_balanced_escaped_and_bolds_only_the_tested_best(store):
     assert r"\caption{COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4). Cells: mean [95 \% interval]" in tex
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
     spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
-    body = tex[tex.index(r"\toprule") + 8:tex.index(r"\bottomrule")]
+    body = tex[tex.index(r"\toprule") + 8 : tex.index(r"\bottomrule")]
     rows = [ln for ln in body.splitlines() if ln.rstrip().endswith(r"\\")]
     assert len(rows) == 2 + len(t.index)  # two header rows, one per init
     for line in rows:
@@ -177,6 +198,7 @@ def test_latex_is_balanced_escaped_and_bolds_only_the_tested_best(store):
 
 def test_latex_minus_signs_and_markdown_minus():
     from bench.tables import _fmt
+
     assert _fmt(-0.7, 1, "tex") == "$-$0.7" and _fmt(-0.7, 1) == "\u22120.7"
     assert _fmt(-0.04, 1) == "0.0"  # no negative zero
     assert _fmt(2.25, 1) == "2.2" and _fmt(2.35, 1) == "2.4"
@@ -197,6 +219,7 @@ def test_markdown_table_has_header_separator_and_even_rows(store):
 
 def test_write_tables_csv_is_rounded_with_raw_values_and_atomic(store, tmp_path):
     import os
+
     tables = build_tables(store.dataframe(), load_reference())
     out = tmp_path / "out"
     old = os.umask(0o027)
@@ -204,16 +227,30 @@ def test_write_tables_csv_is_rounded_with_raw_values_and_atomic(store, tmp_path)
         paths = write_tables(tables, out)
     finally:
         os.umask(old)
-    assert sorted(p.name for p in paths) == sorted(
-        f"{name}.{fmt}" for name in tables for fmt in ("csv", "tex", "md"))
+    assert sorted(p.name for p in paths) == sorted(f"{name}.{fmt}" for name in tables for fmt in ("csv", "tex", "md"))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     assert {p.stat().st_mode & 0o777 for p in paths} == {0o640}  # the umask, not mkstemp's 0600
     csv = pd.read_csv(out / "table4_coco.csv")
-    assert list(csv.columns) == ["init", "group", "column", "mean", "ci_low", "ci_high", "n",
-                                 "delta", "published", "interval", "mark", "notes", "mean_raw",
-                                 "std_raw", "ci_low_raw", "ci_high_raw", "delta_raw"]
-    cell = csv[(csv["init"] == "supervised") & (csv["group"] == "APbox")
-               & (csv["column"] == "ViT-B")].iloc[0]
+    assert list(csv.columns) == [
+        "init",
+        "group",
+        "column",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+        "delta",
+        "published",
+        "interval",
+        "mark",
+        "notes",
+        "mean_raw",
+        "std_raw",
+        "ci_low_raw",
+        "ci_high_raw",
+        "delta_raw",
+    ]
+    cell = csv[(csv["init"] == "supervised") & (csv["group"] == "APbox") & (csv["column"] == "ViT-B")].iloc[0]
     assert cell["mean_raw"] == pytest.approx(144.5 / 3, abs=1e-12)
     assert cell["mean"] == 48.2
     assert cell["std_raw"] == pytest.approx(1.2583057)
@@ -229,8 +266,12 @@ def test_write_tables_csv_is_rounded_with_raw_values_and_atomic(store, tmp_path)
 def test_plots_are_non_empty_pngs_and_skipped_without_data(store, tmp_path):
     paths = plot_tables(store.dataframe(), tmp_path / "plots")
     names = {p.name for p in paths}
-    assert {"bars_coco_maskrcnn_fpn.png", "bars_ade20k_upernet.png",
-            "partial_imagenet_ViT-L.png", "mask_ratio_imagenet.png"} <= names
+    assert {
+        "bars_coco_maskrcnn_fpn.png",
+        "bars_ade20k_upernet.png",
+        "partial_imagenet_ViT-L.png",
+        "mask_ratio_imagenet.png",
+    } <= names
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -252,8 +293,19 @@ def test_run_table_with_no_match_names_file_and_filters(store, tmp_path):
 
 def test_run_table_through_cli_arguments(store, tmp_path, capsys):
     parser = add_table_arguments(argparse.ArgumentParser(prog="bench table"))
-    args = parser.parse_args(["--results", str(store.path), "--out", str(tmp_path / "t"),
-                              "--task", "coco", "--formats", "md,csv", "--no-plots"])
+    args = parser.parse_args(
+        [
+            "--results",
+            str(store.path),
+            "--out",
+            str(tmp_path / "t"),
+            "--task",
+            "coco",
+            "--formats",
+            "md,csv",
+            "--no-plots",
+        ]
+    )
     assert table_main(args) == 0
     printed = capsys.readouterr().out.split()
     expected = [str(tmp_path / "t" / f"table4_coco.{f}") for f in ("md", "csv")]
@@ -281,25 +333,73 @@ def test_reference_csv_is_well_formed_and_bad_values_are_refused(tmp_path):
 # extra['img_size'] is the real training input: 1024 for the paper's COCO recipe, 512 for ADE20K.
 def dense_row(task, protocol, init, arch, seed, metrics, extra):
     from bench.core.results import make_row
-    return make_row(task=task, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
-                    suite="paper", checkpoint=None, config={"model": arch}, iterations=100,
-                    wall_time_s=12.5,
-                    extra=dict(backbone_name=f"{init}_{arch}", config="paper", work_dir="/w",
-                               start_iter=0, batch_size=16, world_size=8, cfg_options={}, **extra))
+
+    return make_row(
+        task=task,
+        protocol=protocol,
+        init=init,
+        backbone=arch,
+        seed=seed,
+        metrics=metrics,
+        suite="paper",
+        checkpoint=None,
+        config={"model": arch},
+        iterations=100,
+        wall_time_s=12.5,
+        extra=dict(
+            backbone_name=f"{init}_{arch}",
+            config="paper",
+            work_dir="/w",
+            start_iter=0,
+            batch_size=16,
+            world_size=8,
+            cfg_options={},
+            **extra,
+        ),
+    )
 
 
 def det_row(init, arch, seed, apbox, img_size=1024, variant="fpn"):
-    return dense_row("coco", f"maskrcnn_{variant}", init, arch, seed,
-                     {"APbox": apbox, "APmask": apbox - 4.0, "APbox50": apbox + 20.0},
-                     dict(variant=variant, img_size=img_size, lr=1e-4, layer_decay=0.7, drop_path=0.1,
-                          fp32_fallback=False, num_train_images=118287, num_val_images=5000,
-                          num_categories=80, nan_metrics=[], log_file="/w/log", dets_out=None))
+    return dense_row(
+        "coco",
+        f"maskrcnn_{variant}",
+        init,
+        arch,
+        seed,
+        {"APbox": apbox, "APmask": apbox - 4.0, "APbox50": apbox + 20.0},
+        dict(
+            variant=variant,
+            img_size=img_size,
+            lr=1e-4,
+            layer_decay=0.7,
+            drop_path=0.1,
+            fp32_fallback=False,
+            num_train_images=118287,
+            num_val_images=5000,
+            num_categories=80,
+            nan_metrics=[],
+            log_file="/w/log",
+            dets_out=None,
+        ),
+    )
 
 
 def seg_row(init, arch, seed, miou, crop=512):
-    return dense_row("ade20k", "upernet", init, arch, seed, {"mIoU": miou, "aAcc": 80.0, "mAcc": 60.0},
-                     {"img_size": crop, "crop_size": [crop, crop], "log_dir": "/w/logs",
-                      "log_file": "/w/log", "fp32_fallback": False})
+    return dense_row(
+        "ade20k",
+        "upernet",
+        init,
+        arch,
+        seed,
+        {"mIoU": miou, "aAcc": 80.0, "mAcc": 60.0},
+        {
+            "img_size": crop,
+            "crop_size": [crop, crop],
+            "log_dir": "/w/logs",
+            "log_file": "/w/log",
+            "fp32_fallback": False,
+        },
+    )
 
 
 def test_real_resolution_dense_rows_get_the_papers_numbers(tmp_path):
@@ -344,8 +444,17 @@ def test_real_resolution_dense_rows_get_the_papers_numbers(tmp_path):
 def test_classification_rows_at_their_recorded_input_size_get_the_papers_numbers(tmp_path):
     store = ResultsStore(tmp_path / "runs.jsonl")
     for img_size, top1 in ((224, 79.0), (448, 83.0)):  # run_classification records extra.img_size
-        store.append(row("mae", "vit_huge_patch14", 0, {"top1": top1, "top5": 95.0}, "inat2017",
-                         "finetune", extra={"img_size": img_size, "epochs": 100}))
+        store.append(
+            row(
+                "mae",
+                "vit_huge_patch14",
+                0,
+                {"top1": top1, "top5": 95.0},
+                "inat2017",
+                "finetune",
+                extra={"img_size": img_size, "epochs": 100},
+            )
+        )
     t6 = build_tables(store.dataframe(), load_reference())["table6_transfer_cls"]
     assert t6.loc["mae", ("iNat 2017", "ViT-H", "published")] == 79.3
     assert t6.loc["mae", ("iNat 2017", "ViT-H448", "published")] == 83.4
@@ -355,6 +464,7 @@ def test_every_published_number_finds_its_cell(tmp_path):
     """One result row per reference entry, at the input size the paper used: every published
     number lands beside a mean, in the table its task declares."""
     from tasks.registry import TASKS
+
     ref = load_reference()
     # Table 7's '<protocol>@<target>' rows are for reading: no run records such a protocol
     runnable = [p in TASKS[t].tables for t, p in zip(ref["task"], ref["protocol"])]
@@ -369,10 +479,8 @@ def test_every_published_number_finds_its_cell(tmp_path):
         rows.setdefault(key, {})[r.metric] = r.value
     store = ResultsStore(tmp_path / "runs.jsonl")
     for i, ((task, protocol, init, backbone, img_size, k), metrics) in enumerate(rows.items()):
-        store.append(row(init, backbone, 0, metrics, task, protocol, k=k,
-                         extra={"img_size": img_size}, run_id=f"r{i}"))
+        store.append(row(init, backbone, 0, metrics, task, protocol, k=k, extra={"img_size": img_size}, run_id=f"r{i}"))
     tables = build_tables(store.dataframe(), ref)
     cells = pd.concat([table_to_long(t) for t in tables.values()])
     assert len(cells) == len(ref)
     assert (cells["published"] == cells["mean"]).all(), cells[cells["published"] != cells["mean"]]
-

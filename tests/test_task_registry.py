@@ -1,5 +1,6 @@
 """The task registry: every task declared once (tasks/<family>/task.py), read by the suites, the
 runner, the CLI and the tables; generators write what readers read; cheap to import."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ from tasks.registry import COMMANDS, TABLES, TASKS, get_task, runnable_tasks
 from tasks.spec import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {"coco": {"n_train": 2, "n_val": 1, "image_size": [64, 64]},
-         "ade20k": {"n_train": 2, "n_val": 1, "image_size": [32, 32]}}
+SMALL = {
+    "coco": {"n_train": 2, "n_val": 1, "image_size": [64, 64]},
+    "ade20k": {"n_train": 2, "n_val": 1, "image_size": [32, 32]},
+}
 SMALL_CLS = {"n_train_per_class": 2, "n_val_per_class": 1, "num_classes": 2, "image_size": 16}
 
 
@@ -27,8 +30,14 @@ def test_catalogue():
     assert [c.name for c in COMMANDS] == ["det", "seg", "cls"]
     names = [t.name for t in TABLES]
     assert len(names) == len(set(names))  # one Table object per file name
-    assert set(names) == {"table3_imagenet", "table4_coco", "table5_ade20k", "table6_transfer_cls",
-                          "linear_probe", "partial_finetune"}
+    assert set(names) == {
+        "table3_imagenet",
+        "table4_coco",
+        "table5_ade20k",
+        "table6_transfer_cls",
+        "linear_probe",
+        "partial_finetune",
+    }
     for spec in TASKS.values():
         assert spec.tables and set(spec.tables) <= set(spec.protocols)
 
@@ -37,14 +46,17 @@ def test_get_task_names_the_allowed_tasks():
     assert get_task("ade20k") is TASKS["ade20k"]
     with pytest.raises(BenchError) as e:
         get_task("lvis")
-    assert str(e.value) == ("unknown task 'lvis'; allowed: coco, ade20k, imagenet, inat2017, inat2018, "
-                            "inat2019, places205, places365, folder, digits")
+    assert str(e.value) == (
+        "unknown task 'lvis'; allowed: coco, ade20k, imagenet, inat2017, inat2018, "
+        "inat2019, places205, places365, folder, digits"
+    )
 
 
 def test_declarations_match_the_code_they_name():
     from tasks.classification.protocols import PROTOCOLS
     from tasks.detection.run import PROTOCOL_OF_VARIANT
     from tasks.detection.task import VARIANTS
+
     assert VARIANTS == {p: v for v, p in PROTOCOL_OF_VARIANT.items()}
     for spec in TASKS.values():
         if spec.family == "classification":
@@ -70,8 +82,13 @@ def test_generator_writes_what_the_reader_reads(tmp_path, name):
 
 
 def test_suites_accept_each_tasks_own_keys_only(tmp_path):
-    doc = {"name": "t", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}},
-           "tasks": {name: {"generate": {}} for name in runnable_tasks()}}
+    doc = {
+        "name": "t",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"random": {}},
+        "tasks": {name: {"generate": {}} for name in runnable_tasks()},
+    }
     doc["tasks"]["coco"]["iters"] = 5
     doc["tasks"]["folder"].update(epochs=1, batch_size=4, bf16=True)
     path = tmp_path / "suite.yaml"
@@ -81,14 +98,19 @@ def test_suites_accept_each_tasks_own_keys_only(tmp_path):
     assert all(t.spec is TASKS[t.task] for t in suite.tasks)
     doc["tasks"] = {"ade20k": {"generate": {}, "epochs": 1}}
     path.write_text(yaml.safe_dump(doc))
-    with pytest.raises(BenchError, match=r"unknown key 'tasks.ade20k.epochs'; allowed: task, protocol, data, "
-                                         r"generate, config, trust_config, search, select_on, iters$"):
+    with pytest.raises(
+        BenchError,
+        match=r"unknown key 'tasks.ade20k.epochs'; allowed: task, protocol, data, "
+        r"generate, config, trust_config, search, select_on, iters$",
+    ):
         load_suite(path)
 
 
 def test_registry_and_help_do_not_import_mm_libraries():
-    code = ("import sys, tasks.registry, bench.cli; bench.cli.build_parser(['--help']); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mmdet', 'mmseg', 'mmcv', 'mmengine')))")
+    code = (
+        "import sys, tasks.registry, bench.cli; bench.cli.build_parser(['--help']); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mmdet', 'mmseg', 'mmcv', 'mmengine')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -98,9 +120,16 @@ def test_a_suite_picks_the_detection_engine_per_task(tmp_path, monkeypatch):
     import bench.runner as runner
     import tasks.detection.run as det_run
 
-    doc = {"name": "t", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}},
-           "tasks": {"d2": {"task": "coco", "engine": "detectron2", "generate": {"n_train": 2, "n_val": 1}},
-                     "mm": {"task": "coco", "generate": {"n_train": 2, "n_val": 1}}}}
+    doc = {
+        "name": "t",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"random": {}},
+        "tasks": {
+            "d2": {"task": "coco", "engine": "detectron2", "generate": {"n_train": 2, "n_val": 1}},
+            "mm": {"task": "coco", "generate": {"n_train": 2, "n_val": 1}},
+        },
+    }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(doc))
     suite = load_suite(path)

@@ -1,4 +1,5 @@
 """The encoder equals timm's ViT; MAE masking, loss and position embeddings are the official ones."""
+
 from functools import partial
 
 import numpy as np
@@ -44,7 +45,7 @@ def _official_sincos(embed_dim, grid_size, cls_token=False):
 
     def one_d(d, pos):
         omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
-        omega = 1.0 / 10000 ** omega
+        omega = 1.0 / 10000**omega
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
@@ -134,6 +135,7 @@ def test_zero_rel_pos_table_changes_nothing():
 
 def test_window_attention_equals_global_when_one_window_covers_the_grid():
     from backbones.vit import Block
+
     tokens = torch.randn(2, 16, 64)  # a 4x4 grid, no cls token
     windowed = Block(64, 4, window_size=4).eval()
     glob = Block(64, 4).eval()
@@ -146,6 +148,7 @@ def test_window_attention_equals_global_when_one_window_covers_the_grid():
 
 def test_rel_pos_table_resize_keeps_values_on_same_grid_and_cls_rows():
     from backbones.vit import num_relative_distances, resize_rel_pos_table
+
     t = torch.randn(num_relative_distances((4, 4)), 3)
     assert resize_rel_pos_table(t, (4, 4), (4, 4)) is t
     r = resize_rel_pos_table(t, (4, 4), (6, 6))
@@ -157,6 +160,7 @@ def test_cpu_bf16_attention_runs_in_fp32_and_keeps_bias_and_gradients():
     import torch.nn.functional as F
 
     from backbones.vit import attention
+
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 17, 8).bfloat16().requires_grad_() for _ in range(3))
     bias = torch.randn(1, 3, 17, 17)
@@ -195,6 +199,7 @@ def _decomposed_reference(attn_mod, x, grid):
 
 def test_decomposed_rel_pos_equals_its_definition_and_learns():
     from backbones.vit import Attention
+
     torch.manual_seed(0)
     attn = Attention(16, 2, rel_pos_grid=(3, 4), rel_pos_type="decomposed")
     assert attn.rel_pos_h.shape == (5, 8) and attn.rel_pos_w.shape == (7, 8)  # (2*size-1, head_dim)
@@ -216,7 +221,9 @@ def test_decomposed_rel_pos_keys_zero_init_and_other_options_unchanged():
     extra = set(dec.state_dict()) - set(plain.state_dict())
     assert extra == {f"blocks.{i}.attn.rel_pos_{a}" for i in range(3) for a in "hw"}
     assert dec.blocks[0].attn.rel_pos_h.shape == (2 * 4 - 1, 64 // 4)
-    assert set(beit.state_dict()) - set(plain.state_dict()) == {f"blocks.{i}.attn.relative_position_bias_table" for i in range(3)}
+    assert set(beit.state_dict()) - set(plain.state_dict()) == {
+        f"blocks.{i}.attn.relative_position_bias_table" for i in range(3)
+    }
     dec.load_state_dict(plain.state_dict(), strict=False)  # zero tables: the plain ViT's function
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(dec.forward_features(x), plain.forward_features(x), atol=1e-5, rtol=0)

@@ -36,6 +36,7 @@ Output: ``<out>/pretrain.pth`` with the encoder in our names (the shared table e
 block, no ``pos_embed``), loadable by ``build_backbone('beit_<arch>', checkpoint=...)``; the
 tokenizer in ``<out>/tokenizer.pth``.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,18 +48,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.core.checkpoint import load_checkpoint_file, save_atomic
 from backbones.vit import Block, VisionTransformer
-from bench.core.engine import TrainConfig, fit, pick_device
+from bench.core.checkpoint import load_checkpoint_file, save_atomic
 from bench.core.determinism import seed_everything
+from bench.core.engine import TrainConfig, fit, pick_device
 from bench.core.errors import BenchError, CheckpointError
 
 from .common import encoder_config, export_backbone, image_dataset, input_size
 
 # unilm beit/README.md (ImageNet-1k pretraining of BEiT-base) and run_beit_pretraining.py defaults
-PAPER = dict(epochs=800, batch_size=2048, blr=1.5e-3 * 256 / 2048, warmup_epochs=10, betas=(0.9, 0.98),
-             weight_decay=0.05, clip_grad=3.0, drop_path_rate=0.1, num_mask_patches=75, grid=14,
-             min_mask_patches_per_block=16, layer_scale=0.1, vocab_size=8192)
+PAPER = dict(
+    epochs=800,
+    batch_size=2048,
+    blr=1.5e-3 * 256 / 2048,
+    warmup_epochs=10,
+    betas=(0.9, 0.98),
+    weight_decay=0.05,
+    clip_grad=3.0,
+    drop_path_rate=0.1,
+    num_mask_patches=75,
+    grid=14,
+    min_mask_patches_per_block=16,
+    layer_scale=0.1,
+    vocab_size=8192,
+)
 TOKENIZER_FORMAT = "maebench-vq-tokenizer"
 
 
@@ -72,8 +85,15 @@ class BlockMaskingGenerator:
     if it adds between 1 and the remaining budget new patches (10 tries per block). Uses Python's
     ``random`` as the official code does (seeded per sample by the engine)."""
 
-    def __init__(self, grid, num_masking_patches: int, min_num_patches: int = 4, max_num_patches: int | None = None,
-                 min_aspect: float = 0.3, max_aspect: float | None = None):
+    def __init__(
+        self,
+        grid,
+        num_masking_patches: int,
+        min_num_patches: int = 4,
+        max_num_patches: int | None = None,
+        min_aspect: float = 0.3,
+        max_aspect: float | None = None,
+    ):
         self.height, self.width = (grid, grid) if isinstance(grid, int) else tuple(grid)
         self.num_masking_patches = num_masking_patches
         self.min_num_patches = min_num_patches
@@ -91,9 +111,9 @@ class BlockMaskingGenerator:
             if w < self.width and h < self.height:
                 top = random.randint(0, self.height - h)
                 left = random.randint(0, self.width - w)
-                already = int(mask[top: top + h, left: left + w].sum())
+                already = int(mask[top : top + h, left : left + w].sum())
                 if 0 < h * w - already <= max_mask_patches:
-                    region = mask[top: top + h, left: left + w]
+                    region = mask[top : top + h, left : left + w]
                     delta += int((region == 0).sum())
                     region[:] = 1
                 if delta > 0:
@@ -135,11 +155,17 @@ class BeitTransform:
         from torchvision import transforms as T
 
         from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
-        self.image = as_tensor_transform(T.Compose([
-            T.RandomHorizontalFlip(),
-            T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+
+        self.image = as_tensor_transform(
+            T.Compose(
+                [
+                    T.RandomHorizontalFlip(),
+                    T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                    T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                ]
+            )
+        )
         self.masking = masking
 
     def __call__(self, img):
@@ -155,14 +181,31 @@ class BeitTransform:
 class VQTokenizer(nn.Module):
     """Image (B, C, H, W) -> one discrete code per ``patch_size`` x ``patch_size`` patch."""
 
-    def __init__(self, patch_size: int = 16, vocab_size: int = 512, hidden: int = 32, code_dim: int = 32,
-                 beta: float = 0.25, in_chans: int = 3, usage_decay: float = 0.9, dead_usage: float = 0.03):
+    def __init__(
+        self,
+        patch_size: int = 16,
+        vocab_size: int = 512,
+        hidden: int = 32,
+        code_dim: int = 32,
+        beta: float = 0.25,
+        in_chans: int = 3,
+        usage_decay: float = 0.9,
+        dead_usage: float = 0.03,
+    ):
         super().__init__()
         levels = int(round(math.log2(patch_size)))
-        if 2 ** levels != patch_size or levels < 1:
+        if 2**levels != patch_size or levels < 1:
             raise BenchError(f"the VQ tokenizer needs a power-of-two patch size >= 2, got {patch_size}")
-        self.config = dict(patch_size=patch_size, vocab_size=vocab_size, hidden=hidden, code_dim=code_dim,
-                           beta=beta, in_chans=in_chans, usage_decay=usage_decay, dead_usage=dead_usage)
+        self.config = dict(
+            patch_size=patch_size,
+            vocab_size=vocab_size,
+            hidden=hidden,
+            code_dim=code_dim,
+            beta=beta,
+            in_chans=in_chans,
+            usage_decay=usage_decay,
+            dead_usage=dead_usage,
+        )
         self.usage_decay, self.dead_usage = usage_decay, dead_usage
         self.patch_size, self.vocab_size, self.beta = patch_size, vocab_size, beta
         # stride-2 4x4 convs from the pixels down to the patch grid (no full-resolution hidden layer:
@@ -228,13 +271,23 @@ class VQTokenizer(nn.Module):
         p = counts / counts.sum()
         perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
         loss = recon_loss + codebook_loss + self.beta * commit_loss
-        return loss, {"recon": recon_loss.detach(), "perplexity": perplexity, "codes_used": (counts > 0).sum(),
-                      "restarted": restarted}
+        return loss, {
+            "recon": recon_loss.detach(),
+            "perplexity": perplexity,
+            "codes_used": (counts > 0).sum(),
+            "restarted": restarted,
+        }
 
 
 def save_tokenizer(tok: VQTokenizer, path: str | Path) -> Path:
-    return save_atomic({"format": TOKENIZER_FORMAT, "config": dict(tok.config),
-                        "model": {k: v.detach().cpu() for k, v in tok.state_dict().items()}}, path)
+    return save_atomic(
+        {
+            "format": TOKENIZER_FORMAT,
+            "config": dict(tok.config),
+            "model": {k: v.detach().cpu() for k, v in tok.state_dict().items()},
+        },
+        path,
+    )
 
 
 def load_tokenizer(path: str | Path, trust: bool = False) -> VQTokenizer:
@@ -242,13 +295,16 @@ def load_tokenizer(path: str | Path, trust: bool = False) -> VQTokenizer:
     obj = load_checkpoint_file(path, trust=trust)
     if not isinstance(obj, dict) or obj.get("format") != TOKENIZER_FORMAT or "config" not in obj or "model" not in obj:
         keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"tokenizer {path} is not a {TOKENIZER_FORMAT} file ({{'format', 'config', 'model'}}; "
-                              f"found {keys}); DALL-E's encoder.pkl is not supported")
+        raise CheckpointError(
+            f"tokenizer {path} is not a {TOKENIZER_FORMAT} file ({{'format', 'config', 'model'}}; "
+            f"found {keys}); DALL-E's encoder.pkl is not supported"
+        )
     try:
         tok = VQTokenizer(**obj["config"])
     except TypeError as e:
         raise CheckpointError(f"tokenizer {path}: bad 'config': {e}") from None
     from bench.core.checkpoint import load_state_dict_checked
+
     load_state_dict_checked(tok, obj["model"], path)
     return tok.eval()
 
@@ -331,29 +387,65 @@ class BeitPretrainModel(nn.Module):
 TOKENIZER_TRAIN = dict(blr=1e-3, weight_decay=0.0, betas=(0.9, 0.99), epochs=4, warmup_epochs=0.5)
 
 
-def train_tokenizer(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
-                    epoch_size: int = 1024, resume: bool = True, vocab_size: int = 512, hidden: int = 32,
-                    code_dim: int = 32, **train) -> Path:
+def train_tokenizer(
+    arch: str,
+    out_dir: str | Path,
+    *,
+    data: str = "embedded",
+    img_size: int | None = None,
+    epoch_size: int = 1024,
+    resume: bool = True,
+    vocab_size: int = 512,
+    hidden: int = 32,
+    code_dim: int = 32,
+    **train,
+) -> Path:
     """Stage 1: train a VQ tokenizer for ``arch``'s patch size on ``fit``; write ``<out>/tokenizer.pth``."""
     cfg_enc = encoder_config("beit", arch, img_size)
     tok = VQTokenizer(patch_size=cfg_enc["patch_size"], vocab_size=vocab_size, hidden=hidden, code_dim=code_dim)
     dataset = image_dataset(data, BeitTransform(input_size(cfg_enc), None), epoch_size)
-    cfg = TrainConfig(out_dir=str(Path(out_dir) / "tokenizer"), desc=f"beit tokenizer {arch}", **{**TOKENIZER_TRAIN, **train})
+    cfg = TrainConfig(
+        out_dir=str(Path(out_dir) / "tokenizer"), desc=f"beit tokenizer {arch}", **{**TOKENIZER_TRAIN, **train}
+    )
 
     def loss_fn(m, imgs):
         return m(imgs)
 
-    fit(tok, dataset, loss_fn, cfg, resume=resume,
-        settings={"method": "beit-tokenizer", "arch": arch, "data": data, "vocab_size": vocab_size,
-                  "hidden": hidden, "code_dim": code_dim})
+    fit(
+        tok,
+        dataset,
+        loss_fn,
+        cfg,
+        resume=resume,
+        settings={
+            "method": "beit-tokenizer",
+            "arch": arch,
+            "data": data,
+            "vocab_size": vocab_size,
+            "hidden": hidden,
+            "code_dim": code_dim,
+        },
+    )
     return save_tokenizer(tok.cpu(), Path(out_dir) / "tokenizer.pth")
 
 
-def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
-                  epoch_size: int = 1024, resume: bool = True, tokenizer: str | Path | None = None,
-                  trust_checkpoint: bool = False, vocab_size: int = 512, tokenizer_train: dict | None = None,
-                  mask_ratio: float = 0.4, min_block: int | None = None, shared_rel_pos: bool = True,
-                  **train) -> Path:
+def pretrain_beit(
+    arch: str,
+    out_dir: str | Path,
+    *,
+    data: str = "embedded",
+    img_size: int | None = None,
+    epoch_size: int = 1024,
+    resume: bool = True,
+    tokenizer: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    vocab_size: int = 512,
+    tokenizer_train: dict | None = None,
+    mask_ratio: float = 0.4,
+    min_block: int | None = None,
+    shared_rel_pos: bool = True,
+    **train,
+) -> Path:
     """BEiT pretraining (tokenizer first unless ``tokenizer`` is given); returns ``<out>/pretrain.pth``.
     ``tokenizer_train``: ``TrainConfig`` fields for stage 1 (default ``TOKENIZER_TRAIN``; batch size,
     device, seed and progress follow ``train``). ``train``: ``TrainConfig`` fields for stage 2."""
@@ -367,13 +459,25 @@ def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img
         tok = load_tokenizer(out / "tokenizer.pth")
     else:
         seed_everything(train.get("seed", 0))  # initial weights follow from the seed
-        shared = {k: train[k] for k in ("batch_size", "device", "seed", "progress", "num_workers", "bf16") if k in train}
-        path = train_tokenizer(arch, out, data=data, img_size=img_size, epoch_size=epoch_size, resume=resume,
-                               vocab_size=vocab_size, **{**shared, **(tokenizer_train or {})})
+        shared = {
+            k: train[k] for k in ("batch_size", "device", "seed", "progress", "num_workers", "bf16") if k in train
+        }
+        path = train_tokenizer(
+            arch,
+            out,
+            data=data,
+            img_size=img_size,
+            epoch_size=epoch_size,
+            resume=resume,
+            vocab_size=vocab_size,
+            **{**shared, **(tokenizer_train or {})},
+        )
         tok = load_tokenizer(path)
     if tok.patch_size != cfg_enc["patch_size"]:
-        raise BenchError(f"tokenizer {tokenizer} makes one code per {tok.patch_size} px, but {arch} has "
-                         f"{cfg_enc['patch_size']} px patches")
+        raise BenchError(
+            f"tokenizer {tokenizer} makes one code per {tok.patch_size} px, but {arch} has "
+            f"{cfg_enc['patch_size']} px patches"
+        )
     tok.requires_grad_(False).eval()
 
     seed_everything(train.get("seed", 0))
@@ -393,10 +497,27 @@ def pretrain_beit(arch: str, out_dir: str | Path, *, data: str = "embedded", img
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"mlm_acc": acc.detach()}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block,
-        settings={"method": "beit", "arch": arch, "data": data, "mask_ratio": mask_ratio,
-                  "min_block": min_block, "shared_rel_pos": shared_rel_pos, "vocab_size": tok.vocab_size,
-                  "tokenizer": None if tokenizer is None else str(tokenizer)})
-    return export_backbone(model.encoder, out, "beit",
-                           extra={"method": dict(vocab_size=tok.vocab_size, mask_ratio=mask_ratio,
-                                                 shared_rel_pos=shared_rel_pos)})
+    fit(
+        model,
+        dataset,
+        loss_fn,
+        cfg,
+        resume=resume,
+        block_type=Block,
+        settings={
+            "method": "beit",
+            "arch": arch,
+            "data": data,
+            "mask_ratio": mask_ratio,
+            "min_block": min_block,
+            "shared_rel_pos": shared_rel_pos,
+            "vocab_size": tok.vocab_size,
+            "tokenizer": None if tokenizer is None else str(tokenizer),
+        },
+    )
+    return export_backbone(
+        model.encoder,
+        out,
+        "beit",
+        extra={"method": dict(vocab_size=tok.vocab_size, mask_ratio=mask_ratio, shared_rel_pos=shared_rel_pos)},
+    )

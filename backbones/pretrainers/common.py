@@ -1,5 +1,6 @@
 """Pieces shared by the pretrainers: the encoder each initialisation trains (the same architecture
 the registry builds for it) and the image datasets (embedded photos or an image folder)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +16,7 @@ def encoder_config(init: str, arch: str, img_size: int | None = None) -> dict:
     (architecture preset + the initialisation's overrides), so an export always loads back."""
     from backbones.registry import INITS
     from backbones.vit import arch_config
+
     cfg = arch_config(arch)
     spec = INITS[init]
     cfg.update(spec.arch_overrides)
@@ -37,6 +39,7 @@ def image_dataset(data: str | None, transform, epoch_size: int = 1024):
     every image under the folder ``data`` (labels ignored). ``transform`` gets a uint8 tensor when it
     says so (``tensor_input``), else a PIL image, and may return a tuple (two views, image + mask)."""
     from bench.core.data import Digits, EmbeddedCrops, ImageFolderImages
+
     if data in ("embedded", "", None):
         return EmbeddedCrops(transform, epoch_size)
     if data == "digits":

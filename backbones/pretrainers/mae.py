@@ -8,6 +8,7 @@ The mask noise is part of the data (``MaskNoise``): every sample carries its own
 sample's mask is the same whatever the rank, world size, worker count or resume point; N processes
 with batch B follow one process with batch N B.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,6 +36,7 @@ def build_mae(arch: str, img_size: int | None = None, norm_pix_loss: bool = True
     kw = dict(norm_pix_loss=norm_pix_loss, **decoder)
     if img_size:
         from backbones.vit import arch_config
+
         p = arch_config(arch)["patch_size"]
         if img_size % p:
             raise BenchError(f"--img-size {img_size} is not divisible by the patch size {p} of {arch}")
@@ -66,9 +68,18 @@ class MaskNoise(Dataset):
         return self.dataset[i], torch.rand(self.num_patches)
 
 
-def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
-                 mask_ratio: float = 0.75, norm_pix_loss: bool = True, epoch_size: int = 1024,
-                 resume: bool = True, **train) -> Path:
+def pretrain_mae(
+    arch: str,
+    out_dir: str | Path,
+    *,
+    data: str = "embedded",
+    img_size: int | None = None,
+    mask_ratio: float = 0.75,
+    norm_pix_loss: bool = True,
+    epoch_size: int = 1024,
+    resume: bool = True,
+    **train,
+) -> Path:
     """Pretrain and return the path of the exported backbone checkpoint."""
     check_mask_ratio(mask_ratio)
     seed_everything(train.get("seed", 0))  # initial weights follow from the seed
@@ -82,7 +93,21 @@ def pretrain_mae(arch: str, out_dir: str | Path, *, data: str = "embedded", img_
         loss, _, _ = m(imgs, mask_ratio=mask_ratio, noise=noise)
         return loss, {}
 
-    fit(model, dataset, loss_fn, cfg, groups=mae_param_groups(model, cfg.weight_decay), resume=resume,
-        block_type=Block, settings={"method": "mae", "arch": arch, "data": data, "img_size": size,
-                                    "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss})
+    fit(
+        model,
+        dataset,
+        loss_fn,
+        cfg,
+        groups=mae_param_groups(model, cfg.weight_decay),
+        resume=resume,
+        block_type=Block,
+        settings={
+            "method": "mae",
+            "arch": arch,
+            "data": data,
+            "img_size": size,
+            "mask_ratio": mask_ratio,
+            "norm_pix_loss": norm_pix_loss,
+        },
+    )
     return export_backbone(model, out_dir, "mae", extra={"mask_ratio": mask_ratio})

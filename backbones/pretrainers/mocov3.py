@@ -40,6 +40,7 @@ follow the loss trajectory of one process with batch N B (tested with 2 gloo pro
 Output: ``<out>/pretrain.pth`` with the base encoder (``head.*`` = projector, dropped on load) for
 ``build_backbone('mocov3_<arch>', checkpoint=...)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,15 +52,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbones.vit import Block, VisionTransformer
-from bench.core.engine import TrainConfig, fit, unwrap
 from bench.core.determinism import seed_everything
 from bench.core.distributed import all_gather_nograd, convert_sync_batchnorm, rank_world
+from bench.core.engine import TrainConfig, fit, unwrap
 
 from .common import encoder_config, export_backbone, image_dataset, input_size
 
 # facebookresearch/moco-v3 CONFIG.md (ViT-S / ViT-B, 300 epochs)
-PAPER = dict(optimizer="adamw", blr=1.5e-4, weight_decay=0.1, betas=(0.9, 0.999), batch_size=4096,
-             epochs=300, warmup_epochs=40, temperature=0.2, m0=0.99, dim=256, mlp_dim=4096, crop_min=0.08)
+PAPER = dict(
+    optimizer="adamw",
+    blr=1.5e-4,
+    weight_decay=0.1,
+    betas=(0.9, 0.999),
+    batch_size=4096,
+    epochs=300,
+    warmup_epochs=40,
+    temperature=0.2,
+    m0=0.99,
+    dim=256,
+    mlp_dim=4096,
+    crop_min=0.08,
+)
 
 
 def build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, last_bn: bool = True) -> nn.Sequential:
@@ -80,8 +93,9 @@ def build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, la
 def mocov3_sincos_pos_embed(embed_dim: int, grid, temperature: float = 10000.0) -> torch.Tensor:
     """(1, 1 + h*w, D): moco-v3 ``vits.py`` ``build_2d_sincos_position_embedding`` (cls slot zero)."""
     h, w = grid
-    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
-                                    indexing="ij")
+    grid_w, grid_h = torch.meshgrid(
+        torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="ij"
+    )
     assert embed_dim % 4 == 0, "2-D sin-cos position embedding needs embed_dim divisible by 4"
     pos_dim = embed_dim // 4
     omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim)
@@ -99,8 +113,9 @@ def momentum_at(progress: float, m0: float = 0.99) -> float:
 class MoCoV3(nn.Module):
     """Base + momentum ViT encoders with projector heads, and the predictor."""
 
-    def __init__(self, encoder_cfg: dict, dim: int = 256, mlp_dim: int = 4096, T: float = 0.2,
-                 stop_grad_conv1: bool = True):
+    def __init__(
+        self, encoder_cfg: dict, dim: int = 256, mlp_dim: int = 4096, T: float = 0.2, stop_grad_conv1: bool = True
+    ):
         super().__init__()
         self.T = T
         self.arch = dict(encoder_cfg)
@@ -170,9 +185,11 @@ class GaussianBlur:
         s = random.uniform(*self.sigma) * self.scale
         if isinstance(img, torch.Tensor):
             from torchvision.transforms.v2 import functional as TF
+
             k = 2 * math.ceil(3 * s) + 1
             return TF.gaussian_blur(img, [k, k], [s, s])
         from PIL import ImageFilter
+
         return img.filter(ImageFilter.GaussianBlur(radius=s))
 
 
@@ -181,6 +198,7 @@ class TwoCropsTransform:
 
     def __init__(self, t1, t2):
         from bench.core.data import wants_tensor
+
         self.t1, self.t2 = t1, t2
         self.tensor_input = wants_tensor(t1) and wants_tensor(t2)
 
@@ -196,26 +214,33 @@ def mocov3_transform(img_size: int, crop_min: float = 0.08) -> TwoCropsTransform
     from torchvision.transforms import v2
 
     from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorTransform
+
     blur = GaussianBlur((0.1, 2.0), scale=img_size / 224)
     bicubic = T.InterpolationMode.BICUBIC
 
     def view(blur_p: float, solarize_p: float):
-        reference = T.Compose([
-            T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=bicubic),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([blur], p=blur_p),
-            T.RandomSolarize(128, p=solarize_p),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        tensor_ops = v2.Compose([
-            v2.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=bicubic, antialias=True),
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([blur], p=blur_p),
-            v2.RandomSolarize(128, p=solarize_p),
-            v2.RandomHorizontalFlip()])
+        reference = T.Compose(
+            [
+                T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=bicubic),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([blur], p=blur_p),
+                T.RandomSolarize(128, p=solarize_p),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+        tensor_ops = v2.Compose(
+            [
+                v2.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=bicubic, antialias=True),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([blur], p=blur_p),
+                v2.RandomSolarize(128, p=solarize_p),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
         return TensorTransform(reference, tensor_ops, IMAGENET_MEAN, IMAGENET_STD)
 
     return TwoCropsTransform(view(1.0, 0.0), view(0.1, 0.2))
@@ -234,21 +259,36 @@ def momentum_hook(model: MoCoV3, m0: float = 0.99):
     """``fit``'s ``after_step``: after optimizer step ``step`` of ``total``, EMA-update the momentum
     encoder with ``momentum_at(step / total, m0)`` (see the module docstring for the alignment with
     the official per-iteration schedule)."""
+
     def after_step(step: int, total: int):
         unwrap(model).update_momentum_encoder(momentum_at(step / total, m0))
+
     return after_step
 
 
 # --------------------------------------------------------------------------------------------------
 # pretrain_mocov3
 # --------------------------------------------------------------------------------------------------
-def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
-                    epoch_size: int = 1024, resume: bool = True, dim: int = 256, mlp_dim: int = 4096,
-                    temperature: float = 0.2, m0: float = 0.99, stop_grad_conv1: bool = True, crop_min: float = 0.08,
-                    **train) -> Path:
+def pretrain_mocov3(
+    arch: str,
+    out_dir: str | Path,
+    *,
+    data: str = "embedded",
+    img_size: int | None = None,
+    epoch_size: int = 1024,
+    resume: bool = True,
+    dim: int = 256,
+    mlp_dim: int = 4096,
+    temperature: float = 0.2,
+    m0: float = 0.99,
+    stop_grad_conv1: bool = True,
+    crop_min: float = 0.08,
+    **train,
+) -> Path:
     """Pretrain with MoCo v3 on ``fit``; return the path of the exported backbone checkpoint.
     ``train``: ``TrainConfig`` fields (batch_size, epochs/steps, blr, weight_decay, betas, ...)."""
     from bench.core.errors import BenchError
+
     if not 0.0 <= m0 <= 1.0:
         raise BenchError(f"MoCo momentum m0 must be in [0, 1], got {m0}")
     if temperature <= 0:
@@ -262,11 +302,38 @@ def pretrain_mocov3(arch: str, out_dir: str | Path, *, data: str = "embedded", i
     train.setdefault("betas", PAPER["betas"])
     cfg = TrainConfig(out_dir=str(out_dir), desc=f"mocov3 {arch}", **train)
 
-    fit(model, dataset, mocov3_loss, cfg, after_step=momentum_hook(model, m0), resume=resume,
-        settings={"method": "mocov3", "arch": arch, "data": data, "dim": dim, "mlp_dim": mlp_dim,
-                  "temperature": temperature, "m0": m0, "stop_grad_conv1": stop_grad_conv1,
-                  "crop_min": crop_min},
-        block_type=Block)
-    return export_backbone(model.base_encoder, out_dir, "mocov3",
-                           extra={"method": dict(dim=dim, mlp_dim=mlp_dim, temperature=temperature, m0=m0, stop_grad_conv1=stop_grad_conv1,
-                                                 crop_min=crop_min)})
+    fit(
+        model,
+        dataset,
+        mocov3_loss,
+        cfg,
+        after_step=momentum_hook(model, m0),
+        resume=resume,
+        settings={
+            "method": "mocov3",
+            "arch": arch,
+            "data": data,
+            "dim": dim,
+            "mlp_dim": mlp_dim,
+            "temperature": temperature,
+            "m0": m0,
+            "stop_grad_conv1": stop_grad_conv1,
+            "crop_min": crop_min,
+        },
+        block_type=Block,
+    )
+    return export_backbone(
+        model.base_encoder,
+        out_dir,
+        "mocov3",
+        extra={
+            "method": dict(
+                dim=dim,
+                mlp_dim=mlp_dim,
+                temperature=temperature,
+                m0=m0,
+                stop_grad_conv1=stop_grad_conv1,
+                crop_min=crop_min,
+            )
+        },
+    )

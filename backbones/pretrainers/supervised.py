@@ -25,6 +25,7 @@ erasing and the weight EMA are not used. The crop is DeiT's RandomResizedCrop(0.
 Output: ``<out>/pretrain.pth`` (classifier ``head.*`` included, dropped on load) for
 ``build_backbone('supervised_<arch>', checkpoint=...)``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,19 +35,31 @@ import torch
 import torch.nn.functional as F
 
 from backbones.vit import Block, VisionTransformer
-from bench.core.engine import TrainConfig, fit
 from bench.core.determinism import seed_everything
+from bench.core.engine import TrainConfig, fit
 from bench.core.errors import BenchError, DataError
 
 from .common import encoder_config, export_backbone, input_size
 
 # MAE paper appendix A.2 / Table 11 (supervised ViT-B from scratch)
-PAPER = dict(blr=1e-4, weight_decay=0.3, betas=(0.9, 0.95), epochs=300, warmup_epochs=20, batch_size=4096,
-             smoothing=0.1, mixup=0.8, cutmix=1.0, drop_path_rate=0.1, crop_min=0.08)
+PAPER = dict(
+    blr=1e-4,
+    weight_decay=0.3,
+    betas=(0.9, 0.95),
+    epochs=300,
+    warmup_epochs=20,
+    batch_size=4096,
+    smoothing=0.1,
+    mixup=0.8,
+    cutmix=1.0,
+    drop_path_rate=0.1,
+    crop_min=0.08,
+)
 
 
 def embedded_class_names() -> list[str]:
     from bench.core.data import SKIMAGE_COLOR, SKIMAGE_GRAY
+
     return list(SKIMAGE_COLOR + SKIMAGE_GRAY + ("china", "flower"))  # sklearn load_sample_images order
 
 
@@ -57,10 +70,12 @@ class EmbeddedLabelled:
 
     def __init__(self, transform, length: int = 1024):
         from bench.core.data import embedded_photos, wants_tensor
+
         if wants_tensor(transform):
             self.images = [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in embedded_photos()]
         else:
             from PIL import Image
+
             self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
         self.classes = embedded_class_names()
         assert len(self.classes) == len(self.images)
@@ -79,6 +94,7 @@ def image_folder(root: str | Path, transform):
     dataset (``bench.core.data.read_class_folders`` + ``LabelledImages``: the readers of every task),
     with one-line DataErrors."""
     from bench.core.data import LabelledImages, read_class_folders
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
@@ -86,7 +102,9 @@ def image_folder(root: str | Path, transform):
         root = root / "train"
     classes, samples = read_class_folders(root)
     if len(classes) < 2:
-        raise DataError(f"image folder {root} has {len(classes)} class folder(s); supervised pretraining needs at least 2")
+        raise DataError(
+            f"image folder {root} has {len(classes)} class folder(s); supervised pretraining needs at least 2"
+        )
     return LabelledImages(samples, classes, transform)
 
 
@@ -97,17 +115,35 @@ def supervised_transform(img_size: int, crop_min: float = 0.08):
     from torchvision import transforms as T
 
     from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
-    return as_tensor_transform(T.Compose([
-        T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+
+    return as_tensor_transform(
+        T.Compose(
+            [
+                T.RandomResizedCrop(img_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+    )
 
 
-def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded", img_size: int | None = None,
-                        epoch_size: int = 1024, resume: bool = True, num_classes: int | None = None,
-                        smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0, crop_min: float = 0.08,
-                        drop_path_rate: float = 0.0, **train) -> Path:
+def pretrain_supervised(
+    arch: str,
+    out_dir: str | Path,
+    *,
+    data: str = "embedded",
+    img_size: int | None = None,
+    epoch_size: int = 1024,
+    resume: bool = True,
+    num_classes: int | None = None,
+    smoothing: float = 0.1,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    crop_min: float = 0.08,
+    drop_path_rate: float = 0.0,
+    **train,
+) -> Path:
     """Supervised classification pretraining on ``fit``; returns ``<out>/pretrain.pth``.
     ``num_classes`` defaults to the dataset's; given, it must match."""
     cfg_enc = encoder_config("supervised", arch, img_size)
@@ -116,6 +152,7 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
         dataset = EmbeddedLabelled(tf, epoch_size)
     elif data == "digits":  # the pretraining split with its labels (the labelled/eval splits stay unseen)
         from bench.core.data import Digits
+
         dataset = Digits("pretrain", tf, labels=True)
     else:
         dataset = image_folder(data, tf)
@@ -129,6 +166,7 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
     mix = None
     if mixup > 0 or cutmix > 0:
         from timm.data import Mixup
+
         if train.get("batch_size", TrainConfig.batch_size) % 2:
             raise BenchError("mixup/cutmix need an even --batch-size")
         mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=K)
@@ -148,9 +186,28 @@ def pretrain_supervised(arch: str, out_dir: str | Path, *, data: str = "embedded
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"acc": acc.detach()}
 
-    fit(model, dataset, loss_fn, cfg, resume=resume, block_type=Block,
-        settings={"method": "supervised", "arch": arch, "data": data, "classes": classes,
-                  "smoothing": smoothing, "mixup": mixup, "cutmix": cutmix, "crop_min": crop_min,
-                  "drop_path_rate": drop_path_rate})
-    return export_backbone(model, out_dir, "supervised",
-                           extra={"classes": classes, "method": dict(smoothing=smoothing, mixup=mixup, cutmix=cutmix)})
+    fit(
+        model,
+        dataset,
+        loss_fn,
+        cfg,
+        resume=resume,
+        block_type=Block,
+        settings={
+            "method": "supervised",
+            "arch": arch,
+            "data": data,
+            "classes": classes,
+            "smoothing": smoothing,
+            "mixup": mixup,
+            "cutmix": cutmix,
+            "crop_min": crop_min,
+            "drop_path_rate": drop_path_rate,
+        },
+    )
+    return export_backbone(
+        model,
+        out_dir,
+        "supervised",
+        extra={"classes": classes, "method": dict(smoothing=smoothing, mixup=mixup, cutmix=cutmix)},
+    )

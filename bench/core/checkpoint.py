@@ -10,6 +10,7 @@
   ``load_checkpoint_file(..., sha256=...)`` refuses a file whose bytes changed: ``torch.load`` does not
   check the zip CRCs, so flipped bytes inside a tensor would otherwise load as wrong weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,6 +55,7 @@ def read_checksums(path: str | Path) -> dict[str, str]:
 
 def write_checksums(path: str | Path, sums: dict[str, str]) -> None:
     from bench.core.io import atomic_write_text
+
     atomic_write_text(path, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
 
 
@@ -75,15 +77,20 @@ def load_checkpoint_file(path: str | Path, trust: bool = False, sha256: str | No
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     if sha256 is not None and file_sha256(path) != sha256:
-        raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 differs from the one recorded when it was saved")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its sha256 differs from the one recorded when it was saved"
+        )
     if path.suffix != ".safetensors":
         _check_format(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {first_line(e, limit=300)}") from None
+            raise CheckpointError(
+                f"checkpoint {path} is not a readable safetensors file: {first_line(e, limit=300)}"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -92,16 +99,32 @@ def load_checkpoint_file(path: str | Path, trust: bool = False, sha256: str | No
         if not trust:
             raise CheckpointError(
                 f"checkpoint {path} contains pickled Python objects that need arbitrary code to load; "
-                f"if you trust its source, pass --trust-checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError,
-            AttributeError, OverflowError, MemoryError, RecursionError) as e:
+                f"if you trust its source, pass --trust-checkpoint"
+            ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+    ) as e:
         # a flipped byte in the pickle stream: the weights-only unpickler fails in any of these ways
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {type(e).__name__}: "
-                              f"{first_line(e, limit=300)}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated: {type(e).__name__}: {first_line(e, limit=300)}"
+        ) from None
     try:  # trusted by the user
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded even with --trust-checkpoint: {first_line(e, limit=300)}") from None
+        raise CheckpointError(
+            f"checkpoint {path} could not be loaded even with --trust-checkpoint: {first_line(e, limit=300)}"
+        ) from None
 
 
 def unwrap_state_dict(obj, path="checkpoint", containers=KNOWN_CONTAINERS) -> tuple[dict, str]:
@@ -114,8 +137,9 @@ def unwrap_state_dict(obj, path="checkpoint", containers=KNOWN_CONTAINERS) -> tu
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, ""
     keys = list(obj)[:10]
-    raise CheckpointError(f"checkpoint {path}: unknown layout, top-level keys {keys}; expected a state dict "
-                          f"or one of {list(containers)}")
+    raise CheckpointError(
+        f"checkpoint {path}: unknown layout, top-level keys {keys}; expected a state dict or one of {list(containers)}"
+    )
 
 
 def load_state_dict_checked(model: torch.nn.Module, sd: dict, path="checkpoint", allow_missing=(), strict=True):
@@ -127,11 +151,14 @@ def load_state_dict_checked(model: torch.nn.Module, sd: dict, path="checkpoint",
             raise CheckpointError(f"checkpoint {path}: key {k!r} holds a {type(v).__name__}, not a tensor")
         if k in own and own[k].is_floating_point() and not v.is_floating_point():
             # load_state_dict would copy_() it: complex drops its imaginary part, ints become floats
-            raise CheckpointError(f"checkpoint {path}: key {k!r} holds {v.dtype} values where the model has "
-                                  f"{own[k].dtype} weights")
+            raise CheckpointError(
+                f"checkpoint {path}: key {k!r} holds {v.dtype} values where the model has {own[k].dtype} weights"
+            )
         if k in own and tuple(own[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"checkpoint {path} is for another architecture: key {k!r} has shape "
-                                  f"{tuple(v.shape)} in the file but {tuple(own[k].shape)} in the model")
+            raise CheckpointError(
+                f"checkpoint {path} is for another architecture: key {k!r} has shape "
+                f"{tuple(v.shape)} in the file but {tuple(own[k].shape)} in the model"
+            )
     missing = [k for k in own if k not in sd and not k.startswith(tuple(allow_missing))]
     unexpected = [k for k in sd if k not in own]
     if strict and (missing or unexpected):
@@ -174,8 +201,10 @@ def file_size_bound(obj) -> int:
 def check_disk_space(folder: Path, need_bytes: int):
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
-        raise CheckpointError(f"not enough disk space in {folder} to write a checkpoint: need about "
-                              f"{need_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free")
+        raise CheckpointError(
+            f"not enough disk space in {folder} to write a checkpoint: need about "
+            f"{need_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"
+        )
 
 
 class _HashingWriter:
@@ -209,6 +238,7 @@ def save_atomic(obj, path: str | Path, *, checksums: str | Path | None = None) -
         writer = _HashingWriter(f)
         if path.suffix == ".safetensors":
             from safetensors.torch import save
+
             writer.write(save({k: v.contiguous() for k, v in obj.items()}))
         else:
             torch.save(obj, writer)

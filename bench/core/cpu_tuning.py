@@ -9,6 +9,7 @@ in again; measured on this 2-core machine, the MAE ViT-B bf16 step ran at 6.98 i
 heap, freed memory is kept (trimmed only beyond 1 GiB), and the heap grows 256 MiB at a time.
 No-op where the C library is not glibc.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -6,6 +6,7 @@ scikit-learn ships two sample photos, and scikit-learn's 1,797 handwritten digit
 a small real dataset with labels, split into unlabelled pretraining images and disjoint labelled sets. Everything in the demo (pretraining crops, backgrounds of the
 generated COCO / ADE20K / classification sets) is cut from these.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,16 @@ from pathlib import Path
 import numpy as np
 
 # Real colour photographs in skimage.data (no download: they are inside the wheel).
-SKIMAGE_COLOR = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                 "immunohistochemistry", "retina", "stereo_motorcycle")
+SKIMAGE_COLOR = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "stereo_motorcycle",
+)
 # Real grey photographs, replicated to 3 channels.
 SKIMAGE_GRAY = ("camera", "coins", "moon", "page", "text", "clock", "brick", "grass", "gravel")
 
@@ -76,6 +85,7 @@ def class_folders(directory: str | Path) -> list[str]:
     """The sorted names of the sub-folders of ``directory`` (ImageFolder classes), hidden ones left
     out; a missing or unlistable folder is a one-line ``DataError``."""
     from bench.core.errors import DataError
+
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: folder not found")
@@ -92,6 +102,7 @@ def read_class_folders(root: str | Path, classes: list[str] | None = None) -> tu
     hidden names left out). With ``classes`` given (a train split's), a folder outside them is an error.
     A class folder without images is a one-line ``DataError``."""
     from bench.core.errors import DataError
+
     root = Path(root)
     names = class_folders(root)
     if classes is None:
@@ -154,7 +165,9 @@ def load_rgb(path: str | Path):
 
 def _load_rgb_pil(path: str | Path):
     from PIL import Image
+
     from bench.core.errors import DataError
+
     try:
         with Image.open(path) as img:
             img.load()
@@ -177,6 +190,7 @@ def pil_to_uint8(img):
     """An RGB PIL image as a (3, H, W) uint8 tensor (channels-last in memory, as torchvision's
     decoders return it: the layout torch's uint8 antialiased resize is fast on)."""
     import torch
+
     return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -185,6 +199,7 @@ def _png_is_plain(data) -> bool:
     limit: the PNGs torchvision decodes exactly as ``load_rgb`` does. Alpha, 16-bit, low-bit RGB
     and transparent palettes go through PIL (white background, min-max scaling of wide greys)."""
     from PIL import Image
+
     if len(data) < 33 or bytes(data[12:16]) != b"IHDR":
         return False
     width, height = int.from_bytes(bytes(data[16:20]), "big"), int.from_bytes(bytes(data[20:24]), "big")
@@ -195,20 +210,26 @@ def _png_is_plain(data) -> bool:
         return False  # PIL warns (or refuses a decompression bomb): leave that to it
     pos = 8
     while pos + 8 <= len(data):  # chunks before the image data; tRNS must precede IDAT
-        kind = bytes(data[pos + 4:pos + 8])
+        kind = bytes(data[pos + 4 : pos + 8])
         if kind == b"tRNS":
             return False
         if kind in (b"IDAT", b"IEND"):
             return True
-        pos += 12 + int.from_bytes(bytes(data[pos:pos + 4]), "big")
+        pos += 12 + int.from_bytes(bytes(data[pos : pos + 4]), "big")
     return False
 
 
 # libjpeg's warnings for damaged entropy-coded data: it goes on and returns an image (grey or shifted
 # blocks from the damage on), printing the message on stderr without the file's name. Pillow drops
 # these warnings altogether.
-LIBJPEG_CORRUPT = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
-                   "Unsupported marker type", "Inconsistent progression sequence", "Huffman table 0x")
+LIBJPEG_CORRUPT = (
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Invalid SOS parameters",
+    "Unsupported marker type",
+    "Inconsistent progression sequence",
+    "Huffman table 0x",
+)
 _stderr_lock = threading.Lock()
 _stderr_file: dict[int, object] = {}  # pid -> a temp file that receives fd 2 during one decode
 
@@ -217,6 +238,7 @@ def _with_c_stderr(fn):
     """``(fn(), what C code wrote to stderr meanwhile)``: fd 2 is pointed at a temp file for the call
     (one file per process, reused), so libjpeg's messages can be read and tied to the file decoded."""
     import sys
+
     with _stderr_lock:
         f = _stderr_file.get(os.getpid())
         if f is None:
@@ -246,8 +268,11 @@ def _decode_jpeg_checked(raw, mode, path):
     """torchvision's ``decode_jpeg``, with libjpeg's corrupt-data warnings raised as a ``DataError``
     naming ``path`` (any other C-level stderr output is passed on)."""
     import sys
+
     from torchvision.io import decode_jpeg
+
     from bench.core.errors import DataError
+
     img, text = _with_c_stderr(lambda: decode_jpeg(raw, mode=mode))
     message = _corrupt_message(text)
     if message is not None:
@@ -261,8 +286,10 @@ def check_jpeg(path: str | Path) -> None:
     """Raise a one-line ``DataError`` naming ``path`` when it is a JPEG whose data libjpeg reports
     corrupt or cut short; other files (and unreadable ones: the caller reports those) pass."""
     import warnings
+
     import torch
     from torchvision.io import ImageReadMode
+
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except (OSError, ValueError):
@@ -282,9 +309,11 @@ def _torchvision_decode(data, path=None):
     differ from ``load_rgb``'s (CMYK/YCCK JPEGs, PNGs with alpha / 16 bit, anything it rejects). A
     JPEG whose data libjpeg reports corrupt is a ``DataError`` naming ``path``."""
     import warnings
+
     import torch
-    from torchvision.io import ImageReadMode, decode_png
     from PIL import Image
+    from torchvision.io import ImageReadMode, decode_png
+
     raw = torch.from_numpy(data)
     try:
         with warnings.catch_warnings():
@@ -334,14 +363,22 @@ def _v2_equivalent(steps):
     None when a step has no exact v2 counterpart (RandAugment, timm's random interpolation, ...)."""
     from torchvision import transforms as T
     from torchvision.transforms import v2
-    tensor_modes = (T.InterpolationMode.NEAREST, T.InterpolationMode.NEAREST_EXACT,
-                    T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC)
+
+    tensor_modes = (
+        T.InterpolationMode.NEAREST,
+        T.InterpolationMode.NEAREST_EXACT,
+        T.InterpolationMode.BILINEAR,
+        T.InterpolationMode.BICUBIC,
+    )
     geometric, mean, std, to_tensor = [], None, None, False
     for t in steps:
         name = type(t).__name__
         if not to_tensor and type(t) is T.RandomResizedCrop and t.interpolation in tensor_modes:
-            geometric.append(v2.RandomResizedCrop(t.size, scale=t.scale, ratio=t.ratio,
-                                                  interpolation=t.interpolation, antialias=True))
+            geometric.append(
+                v2.RandomResizedCrop(
+                    t.size, scale=t.scale, ratio=t.ratio, interpolation=t.interpolation, antialias=True
+                )
+            )
         elif not to_tensor and type(t) is T.Resize and t.interpolation in tensor_modes:
             geometric.append(v2.Resize(t.size, interpolation=t.interpolation, max_size=t.max_size, antialias=True))
         elif not to_tensor and type(t) is T.CenterCrop:
@@ -370,6 +407,7 @@ class TensorTransform:
 
     def __init__(self, reference, tensor_ops, mean=None, std=None):
         import torch
+
         self.reference, self.tensor_ops = reference, tensor_ops
         self.transforms = getattr(reference, "transforms", [reference])
         self.scale = self.shift = None
@@ -380,6 +418,7 @@ class TensorTransform:
 
     def __call__(self, img):
         import torch
+
         if not isinstance(img, torch.Tensor):
             return self.reference(img)
         if img.dtype != torch.uint8 or img.ndim != 3:
@@ -412,11 +451,15 @@ def pretrain_transform(img_size: int, scale=(0.2, 1.0), tensor: bool = True):
     ``tensor=True``: a ``TensorTransform`` (uint8 tensors through v2, PIL images through the v1
     pipeline); ``tensor=False``: the plain v1 PIL pipeline."""
     from torchvision import transforms as T
-    reference = T.Compose([
-        T.RandomResizedCrop(img_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    reference = T.Compose(
+        [
+            T.RandomResizedCrop(img_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     return as_tensor_transform(reference) if tensor else reference
 
 
@@ -428,9 +471,11 @@ class EmbeddedCrops:
     def __init__(self, transform, length: int = 1024):
         if wants_tensor(transform):
             import torch
+
             self.images = [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in embedded_photos()]
         else:
             from PIL import Image
+
             self.images = [Image.fromarray(np.ascontiguousarray(a)) for a in embedded_photos()]
         self.transform, self.length = transform, length
 
@@ -451,7 +496,9 @@ class ImageFolderImages:
 
     def __init__(self, root: str | Path, transform):
         import warnings
+
         from bench.core.errors import DataError
+
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist")
@@ -469,7 +516,9 @@ class ImageFolderImages:
                 self.bad.add(i)
                 problems.append(e)
         else:
-            raise DataError(f"image folder {root}: none of its {len(files)} image files can be read (first: {files[0]})")
+            raise DataError(
+                f"image folder {root}: none of its {len(files)} image files can be read (first: {files[0]})"
+            )
         for e in problems:
             warnings.warn(self._skip_message(e), stacklevel=2)
 
@@ -477,14 +526,18 @@ class ImageFolderImages:
         return decode_rgb(self.files[i]) if wants_tensor(self.transform) else load_rgb(self.files[i])
 
     def _skip_message(self, error) -> str:
-        return f"image folder {self.root}: skipping 1 unreadable image ({error}); its samples use the next readable file"
+        return (
+            f"image folder {self.root}: skipping 1 unreadable image ({error}); its samples use the next readable file"
+        )
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
         import warnings
+
         from bench.core.errors import DataError
+
         n = len(self.files)
         for k in range(n):
             j = (i + k) % n
@@ -503,8 +556,8 @@ class ImageFolderImages:
 # --------------------------------------------------------------------------------------------------
 # scikit-learn's handwritten digits: unlabelled pretraining images and disjoint labelled splits
 # --------------------------------------------------------------------------------------------------
-DIGITS_SIZE = 64              # the 8x8 scans are upscaled once to this many pixels (bicubic)
-DIGITS_PER_CLASS = {"labelled": 10, "eval": 80}   # per digit; every other image is "pretrain"
+DIGITS_SIZE = 64  # the 8x8 scans are upscaled once to this many pixels (bicubic)
+DIGITS_PER_CLASS = {"labelled": 10, "eval": 80}  # per digit; every other image is "pretrain"
 DIGITS_SPLITS = ("pretrain", "labelled", "eval")
 
 
@@ -516,6 +569,7 @@ def _digits():
     import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) * (255.0 / 16.0))[:, None]  # values 0..16 -> 0..255
     x = F.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bicubic", align_corners=False)
@@ -527,13 +581,14 @@ def _digits():
         idx = rng.permutation(np.flatnonzero(d.target == c))
         n_lab = DIGITS_PER_CLASS["labelled"]
         split[idx[:n_lab]] = "labelled"
-        split[idx[n_lab:n_lab + DIGITS_PER_CLASS["eval"]]] = "eval"
+        split[idx[n_lab : n_lab + DIGITS_PER_CLASS["eval"]]] = "eval"
     return x, labels, split
 
 
 def digits_split(split: str):
     """(images (N, 3, 64, 64) uint8, labels (N,), indices into ``load_digits()``) of one split."""
     from bench.core.errors import BenchError
+
     if split not in DIGITS_SPLITS:
         raise BenchError(f"unknown digits split {split!r}; known: {', '.join(DIGITS_SPLITS)}")
     x, y, names = _digits()
@@ -556,6 +611,7 @@ class Digits:
             self.images = list(x)
         else:
             from PIL import Image
+
             self.images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in x]
         self.targets = y.tolist()
         self.split, self.transform, self.labels = split, transform, labels
@@ -573,7 +629,9 @@ def write_digits_folder(root: str | Path, train: str = "labelled", val: str = "e
     <index>.png``, 64 px RGB): ``train`` = the 100 labelled images, ``val`` = the 800 eval images,
     both disjoint from the pretraining split. Written atomically per file; existing files are kept."""
     from PIL import Image
+
     from bench.core.io import atomic_open
+
     root = Path(root)
     for folder, split in (("train", train), ("val", val)):
         x, y, idx = digits_split(split)

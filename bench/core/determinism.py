@@ -7,6 +7,7 @@ On GPU, cuDNN/cuBLAS kernel selection and atomics in some backward kernels (e.g.
 the ROI-align backward of detection) can differ run to run; set ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
 and ``torch.use_deterministic_algorithms(True)`` for bitwise repeatability at some speed cost.
 """
+
 from __future__ import annotations
 
 import random
@@ -17,5 +18,5 @@ import torch
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

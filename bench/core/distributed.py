@@ -19,6 +19,7 @@ values, so one code path gives the single-process numbers. So do the pieces that
 equal one process with the global batch: ``all_gather_nograd`` (MoCo v3's keys of every rank) and
 ``convert_sync_batchnorm`` (BatchNorm statistics over the global batch, on CPU/gloo too).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -41,9 +42,14 @@ def launch_env(environ=None) -> dict | None:
     job sets its own variables)."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return dict(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-                    local_rank=int(env.get("LOCAL_RANK", 0)), master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-                    master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)), source="torchrun")
+        return dict(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
+            source="torchrun",
+        )
     if "SLURM_PROCID" in env:
         # tasks of this job step (srun); SLURM_NTASKS alone also counts an sbatch allocation that
         # runs the command once, without srun, which would wait forever for absent ranks
@@ -52,9 +58,14 @@ def launch_env(environ=None) -> dict | None:
         if addr is None and world > 1:
             nodes = env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "")))
             addr = _first_host(nodes)
-        return dict(rank=int(env["SLURM_PROCID"]), world_size=world, local_rank=int(env.get("SLURM_LOCALID", 0)),
-                    master_addr=addr or "127.0.0.1", master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
-                    source="slurm")
+        return dict(
+            rank=int(env["SLURM_PROCID"]),
+            world_size=world,
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            master_addr=addr or "127.0.0.1",
+            master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
+            source="slurm",
+        )
     return None
 
 
@@ -62,14 +73,17 @@ def _first_host(nodelist: str) -> str:
     if not nodelist:
         return "127.0.0.1"
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        ).stdout.split()
         return out[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         if "[" not in nodelist:  # a single plain host name, or "a,b"
             return nodelist.split(",")[0]
-        raise RuntimeError(f"cannot resolve the master host of Slurm node list {nodelist!r}: "
-                           f"`scontrol` is not available; set MASTER_ADDR")
+        raise RuntimeError(
+            f"cannot resolve the master host of Slurm node list {nodelist!r}: "
+            f"`scontrol` is not available; set MASTER_ADDR"
+        ) from None
 
 
 def launch_world_size(environ=None) -> int:
@@ -91,13 +105,23 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
     if not dist.is_available():
         raise RuntimeError("launched with several processes but this torch build has no torch.distributed")
     # env:// reads these; torchrun has set them already, Slurm has not
-    os.environ.update(RANK=str(env["rank"]), WORLD_SIZE=str(env["world_size"]), LOCAL_RANK=str(env["local_rank"]),
-                      MASTER_ADDR=str(env["master_addr"]), MASTER_PORT=str(env["master_port"]))
+    os.environ.update(
+        RANK=str(env["rank"]),
+        WORLD_SIZE=str(env["world_size"]),
+        LOCAL_RANK=str(env["local_rank"]),
+        MASTER_ADDR=str(env["master_addr"]),
+        MASTER_PORT=str(env["master_port"]),
+    )
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env["local_rank"])
-    dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method="env://", rank=env["rank"],
-                            world_size=env["world_size"], timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        backend or ("nccl" if cuda else "gloo"),
+        init_method="env://",
+        rank=env["rank"],
+        world_size=env["world_size"],
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
     atexit.register(_destroy)
     return env["rank"], env["world_size"], env["local_rank"]
 
@@ -278,8 +302,10 @@ class _GlooSyncBatchNorm:
         local = torch.cat([xd.new_full((1,), x.numel() // c), xd.sum(dims), (xd * xd).sum(dims)])
         n, s, ss = _AllReduceSum.apply(local).split([1, c, c])
         if n.item() <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)} "
-                             f"on each of {dist.get_world_size()} ranks")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {list(x.shape)} "
+                f"on each of {dist.get_world_size()} ranks"
+            )
         mean = s / n
         var = (ss / n - mean * mean).clamp(min=0)  # biased, as BatchNorm normalises with
         shape = [1, c] + [1] * (x.dim() - 2)

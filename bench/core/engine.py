@@ -39,6 +39,7 @@ What ``fit`` guarantees:
   before), and at the end ``fit`` hands back the plain module with the full trained weights on
   every rank. One process: ignored (noted in the start line).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,23 +70,23 @@ from bench.core.run_record import check_run_record, write_run_record
 @dataclass
 class TrainConfig:
     out_dir: str
-    batch_size: int = 32            # per process, per micro-step
-    epochs: float = 1.0             # used when steps == 0
-    steps: int = 0                  # optimizer steps (0: from epochs)
+    batch_size: int = 32  # per process, per micro-step
+    epochs: float = 1.0  # used when steps == 0
+    steps: int = 0  # optimizer steps (0: from epochs)
     accum_iter: int = 1
-    blr: float = 1.5e-4             # base lr: lr = blr * global_batch / 256 (MAE, MoCo v3, BEiT, DeiT)
-    lr: float | None = None         # absolute lr (overrides blr)
+    blr: float = 1.5e-4  # base lr: lr = blr * global_batch / 256 (MAE, MoCo v3, BEiT, DeiT)
+    lr: float | None = None  # absolute lr (overrides blr)
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
     warmup_steps: int | None = None
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.95)
-    optimizer: str = "adamw"        # adamw | sgd | lars (linear probe)
-    momentum: float = 0.9           # sgd / lars
+    optimizer: str = "adamw"  # adamw | sgd | lars (linear probe)
+    momentum: float = 0.9  # sgd / lars
     clip_grad: float | None = None
-    bf16: bool | None = None       # bfloat16 autocast; None: on for CUDA, off for CPU
+    bf16: bool | None = None  # bfloat16 autocast; None: on for CUDA, off for CPU
     seed: int = 0
-    ckpt_every: int = 0             # optimizer steps between checkpoints (0: only at the end)
+    ckpt_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     keep_last: int = 2
     num_workers: int = 0
     max_nonfinite: int = 0
@@ -93,8 +94,8 @@ class TrainConfig:
     desc: str = "train"
     device: str = "auto"
     grad_checkpointing: bool = False  # recompute ViT blocks in backward (activation memory -> compute)
-    compile: str | None = None      # torch.compile backend for the model's forward (e.g. 'inductor'); None: eager
-    fsdp: bool = False              # under a process group: FSDP2 (params, grads, AdamW state sharded) instead of DDP
+    compile: str | None = None  # torch.compile backend for the model's forward (e.g. 'inductor'); None: eager
+    fsdp: bool = False  # under a process group: FSDP2 (params, grads, AdamW state sharded) instead of DDP
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -134,7 +135,7 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             random.seed(seed)
-            np.random.seed(seed % (2 ** 32))
+            np.random.seed(seed % (2**32))
             try:
                 return self.dataset[index]
             finally:
@@ -146,8 +147,17 @@ class EpochBatchSampler(Sampler):
     """Batches of ``(index, seed)`` for one epoch, from batch ``start``; rank ``r`` of ``world``
     takes the r-th slice of every global batch. The last incomplete global batch is dropped."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                 world: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+    ):
         self.n, self.bs, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
         self.rank, self.world, self.shuffle = rank, world, shuffle
 
@@ -175,8 +185,17 @@ class RunBatchSampler(Sampler):
     serves the whole run, so its workers start once and keep prefetching across epoch boundaries
     (a loader per epoch would stall at every epoch start while new workers spawn)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, count: int, rank: int = 0, world: int = 1,
-                 shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        count: int,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+    ):
         self.n, self.bs, self.seed, self.start, self.count = n, batch_size, seed, start, count
         self.rank, self.world, self.shuffle = rank, world, shuffle
         self.bpe = n // (batch_size * world)
@@ -190,7 +209,9 @@ class RunBatchSampler(Sampler):
         epoch, first = divmod(self.start, self.bpe)
         left = self.count
         while left > 0:
-            for batch in EpochBatchSampler(self.n, self.bs, self.seed, epoch, first, self.rank, self.world, self.shuffle):
+            for batch in EpochBatchSampler(
+                self.n, self.bs, self.seed, epoch, first, self.rank, self.world, self.shuffle
+            ):
                 yield batch
                 left -= 1
                 if left == 0:
@@ -206,6 +227,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float
     (pos_embed, cls_token, mask_token, relative position tables), optional layer-wise lr decay
     (``lr_scale`` = decay^(L - layer), blocks by ``model.group_matcher``)."""
     from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     if layer_decay is not None and layer_decay != 1.0:
         return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
@@ -220,7 +242,11 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("batch_size", "accum_iter", "keep_last"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    for name, flag in (("num_workers", "--workers"), ("ckpt_every", "--ckpt-every"), ("max_nonfinite", "--max-nonfinite")):
+    for name, flag in (
+        ("num_workers", "--workers"),
+        ("ckpt_every", "--ckpt-every"),
+        ("max_nonfinite", "--max-nonfinite"),
+    ):
         if getattr(cfg, name) < 0:
             raise BenchError(f"{flag} must be >= 0, got {getattr(cfg, name)}")
     for name in ("lr", "blr"):
@@ -228,16 +254,18 @@ def check_config(cfg: TrainConfig) -> None:
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise BenchError(f"--{name} must be a finite number >= 0, got {v}")
     if cfg.steps < 0 or (cfg.steps == 0 and not (cfg.epochs > 0 and math.isfinite(cfg.epochs))):
-        raise BenchError(f"--steps must be >= 1 or --epochs a finite number > 0, got steps {cfg.steps}, "
-                         f"epochs {cfg.epochs}")
+        raise BenchError(
+            f"--steps must be >= 1 or --epochs a finite number > 0, got steps {cfg.steps}, epochs {cfg.epochs}"
+        )
     if not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
         raise BenchError(f"--warmup-epochs must be a finite number >= 0, got {cfg.warmup_epochs}")
 
 
 def _fusable(groups) -> bool:
     params = [p for g in groups for p in g["params"]]
-    return all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
-               for p in params)
+    return all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params
+    )
 
 
 def make_optimizer(groups, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -249,6 +277,7 @@ def make_optimizer(groups, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "lars":
         from timm.optim import Lars
+
         return Lars(groups, lr=lr, momentum=cfg.momentum)
     raise BenchError(f"unknown optimizer {cfg.optimizer!r} (adamw, sgd, lars)")
 
@@ -270,10 +299,12 @@ def enable_grad_checkpointing(model: torch.nn.Module, block_type: type) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, block_type) and not getattr(m, "_grad_checkpointing", False):
+
             def forward(*args, _fwd=m.forward, **kw):
                 if torch.is_grad_enabled():
                     return checkpoint(_fwd, *args, use_reentrant=False, **kw)
                 return _fwd(*args, **kw)
+
             m.forward, m._grad_checkpointing = forward, True
             n += 1
     return n
@@ -311,8 +342,9 @@ class FSDPSharding:
                 dist.broadcast(t, 0)
         # what to restore: each module's class, attribute names and hook ids before sharding, and its
         # parameter objects (emptied while sharded, refilled at release: references to them stay valid)
-        self._before = {m: (type(m), set(vars(m)), {k: set(d) for k, d in _hook_dicts(m).items()})
-                        for m in model.modules()}
+        self._before = {
+            m: (type(m), set(vars(m)), {k: set(d) for k, d in _hook_dicts(m).items()}) for m in model.modules()
+        }
         self._params = {(m, name): p for m in model.modules() for name, p in m._parameters.items() if p is not None}
         blocks = [m for m in model.modules() if block_type is not None and isinstance(m, block_type)]
         for b in blocks:
@@ -343,8 +375,12 @@ class FSDPSharding:
         """Collective. On rank 0: the model and optimizer state dicts in the unsharded on-disk format
         of a single process (``state_dict()`` / ``opt.state_dict()``: integer parameter ids); ``{}``
         on the other ranks."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
         self.reshard()
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd = get_model_state_dict(self.model, options=opts)
@@ -354,20 +390,28 @@ class FSDPSharding:
         if not osd:
             return model_sd, osd
         ids = {name: i for i, name in enumerate(order)}
-        return model_sd, {"state": {ids[n]: v for n, v in osd["state"].items()},
-                          "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]}
+        return model_sd, {
+            "state": {ids[n]: v for n, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]],
+        }
 
     def load(self, model_sd: dict, opt: torch.optim.Optimizer, opt_sd: dict, order: list[str]):
         """Every rank: load a full (single-process format) checkpoint into the shards."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
         self.reshard()
         set_model_state_dict(self.model, model_sd, options=StateDictOptions(full_state_dict=True))
         if not opt_sd["state"]:
             opt.load_state_dict(opt_sd)
             return
-        fqn = {"state": {order[i]: v for i, v in opt_sd["state"].items()},
-               "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in opt_sd["param_groups"]]}
+        fqn = {
+            "state": {order[i]: v for i, v in opt_sd["state"].items()},
+            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in opt_sd["param_groups"]],
+        }
         # strict=False: a trainable parameter that never had a gradient has no AdamW state
         set_optimizer_state_dict(self.model, opt, fqn, options=StateDictOptions(full_state_dict=True, strict=False))
 
@@ -375,6 +419,7 @@ class FSDPSharding:
     def release(self):
         """Collective: back to the plain module, full parameters on every rank."""
         from torch.distributed.tensor import DTensor
+
         self.reshard()
         for m in self.model.modules():  # same order on every rank: one all-gather per parameter
             for name, p in list(m._parameters.items()):
@@ -396,9 +441,11 @@ class FSDPSharding:
 
 def local_state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
     """Bytes of this rank's parameters and optimizer state tensors (the local shard of a ``DTensor``)."""
+
     def nbytes(t):
         t = t.to_local() if hasattr(t, "to_local") else t
         return t.numel() * t.element_size()
+
     out = {"params": sum(nbytes(p) for p in model.parameters()), "optimizer": 0}
     if opt is not None:
         out["optimizer"] = sum(nbytes(v) for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
@@ -407,7 +454,11 @@ def local_state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer | None 
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     return torch.device(name)
 
 
@@ -420,21 +471,39 @@ def autocast(device: torch.device, enabled: bool):
 # ------------------------------------------------------------------------------------------------
 # Checkpoints and the run record
 # ------------------------------------------------------------------------------------------------
-CHECKPOINT_NAME = "checkpoint-{:07d}.pth"    # the only files the engine writes, prunes and resumes from
+CHECKPOINT_NAME = "checkpoint-{:07d}.pth"  # the only files the engine writes, prunes and resumes from
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{7,})\.pth$")
-CHECKSUMS = "checkpoints.sha256"             # sha256sum format, one line per kept checkpoint
-RUN_RECORD = "train_settings.json"           # what a resumed run must match
+CHECKSUMS = "checkpoints.sha256"  # sha256sum format, one line per kept checkpoint
+RUN_RECORD = "train_settings.json"  # what a resumed run must match
 # TrainConfig fields that may change between a run and its resumption: where and how it runs, not what
-NOT_RECORDED = ("out_dir", "progress", "desc", "device", "num_workers", "ckpt_every", "keep_last",
-                "max_nonfinite", "grad_checkpointing", "compile", "fsdp")
+NOT_RECORDED = (
+    "out_dir",
+    "progress",
+    "desc",
+    "device",
+    "num_workers",
+    "ckpt_every",
+    "keep_last",
+    "max_nonfinite",
+    "grad_checkpointing",
+    "compile",
+    "fsdp",
+)
 
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def _set_rng_state(s: dict):
@@ -521,20 +590,29 @@ LossFn = Callable[[torch.nn.Module, object], tuple]
 @dataclass
 class _Window:
     """What the micro-batches of one optimizer step have produced so far."""
-    bad: bool = False                               # a non-finite loss on some rank: the step is skipped
+
+    bad: bool = False  # a non-finite loss on some rank: the step is skipped
     bad_logs: list = field(default_factory=list)
-    loss: float = 0.0                               # sums over the finite micro-batches
+    loss: float = 0.0  # sums over the finite micro-batches
     n: int = 0
     terms: dict = field(default_factory=dict)
-    last_logs: dict = field(default_factory=dict)   # the last micro-batch's terms as loss_fn returned them
+    last_logs: dict = field(default_factory=dict)  # the last micro-batch's terms as loss_fn returned them
 
 
 class Trainer:
     """The state of one ``fit`` run: the wrapped model, optimizer, schedule and counters. Every
     method is called on every rank (several contain collectives); only rank 0 writes files."""
 
-    def __init__(self, model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, groups=None,
-                 block_type: type | None = None, extra_state: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset: Dataset,
+        cfg: TrainConfig,
+        *,
+        groups=None,
+        block_type: type | None = None,
+        extra_state: dict | None = None,
+    ):
         self.cfg, self.dataset, self.extra_state = cfg, dataset, extra_state or {}
         self.out = Path(cfg.out_dir)
         self.rank, self.world = rank_world()
@@ -543,7 +621,7 @@ class Trainer:
         self.bf16 = cfg.bf16 if cfg.bf16 is not None else self.device.type == "cuda"
         torch.manual_seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
-        np.random.seed((cfg.seed + self.rank) % 2 ** 32)
+        np.random.seed((cfg.seed + self.rank) % 2**32)
         model.to(self.device)
         if cfg.grad_checkpointing:
             if block_type is None:
@@ -569,8 +647,9 @@ class Trainer:
         self.bpe = micro_batches_per_epoch(len(dataset), cfg.batch_size, self.world)
         self.steps_per_epoch = max(1, self.bpe // cfg.accum_iter)
         self.total = cfg.steps or max(1, int(round(cfg.epochs * self.steps_per_epoch)))
-        self.warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
-                       else int(round(cfg.warmup_epochs * self.steps_per_epoch)))
+        self.warmup = (
+            cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        )
 
         self.step, self.micro, self.nonfinite, self.history = 0, 0, 0, []
         self.resumed_from = None
@@ -606,8 +685,10 @@ class Trainer:
         self.step, self.micro, self.nonfinite = state["step"], state["micro"], state.get("nonfinite", 0)
         rngs = state.get("rng_ranks") or [state["rng"]]
         if len(rngs) != self.world and self.rank == 0:
-            warnings.warn(f"resuming a {len(rngs)}-process run with {self.world} processes: data order is "
-                          f"unchanged, random streams inside the model (e.g. masks) differ")
+            warnings.warn(
+                f"resuming a {len(rngs)}-process run with {self.world} processes: data order is "
+                f"unchanged, random streams inside the model (e.g. masks) differ"
+            )
         if self.rank < len(rngs):  # another world size: data order is still exact (by position), model RNG is not
             _set_rng_state(rngs[self.rank])
         for k, obj in self.extra_state.items():
@@ -624,17 +705,26 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             clean_stale_temps(self.out)  # temp files of a killed earlier run
             write_run_record(self.out / RUN_RECORD, record)
-            print(f"[{cfg.desc}] world {self.world} x batch {cfg.batch_size} x accum {cfg.accum_iter} = global batch "
-                  f"{self.global_batch}; lr {self.lr:.3g} (blr {cfg.blr:g} x {self.global_batch}/256)"
-                  f"{' [given]' if cfg.lr is not None else ''}; {self.total} steps, {self.steps_per_epoch} per epoch, "
-                  f"warmup {self.warmup}{self.wrapper}"
-                  + (f"; resumed at step {self.step} from {self.resumed_from.name}" if self.resumed_from else ""),
-                  flush=True)
+            print(
+                f"[{cfg.desc}] world {self.world} x batch {cfg.batch_size} x accum {cfg.accum_iter} = global batch "
+                f"{self.global_batch}; lr {self.lr:.3g} (blr {cfg.blr:g} x {self.global_batch}/256)"
+                f"{' [given]' if cfg.lr is not None else ''}; {self.total} steps, {self.steps_per_epoch} per epoch, "
+                f"warmup {self.warmup}{self.wrapper}"
+                + (f"; resumed at step {self.step} from {self.resumed_from.name}" if self.resumed_from else ""),
+                flush=True,
+            )
             _write_log(self.out / "log.jsonl", self.history)
             self.log = open(self.out / "log.jsonl", "a")
         from tqdm import tqdm
-        self.bar = tqdm(total=self.total, initial=self.step, desc=cfg.desc, disable=not cfg.progress or self.rank != 0,
-                        dynamic_ncols=True, mininterval=0.5)
+
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            desc=cfg.desc,
+            disable=not cfg.progress or self.rank != 0,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
         self.model.train()
         self.t0 = time.perf_counter()
 
@@ -642,13 +732,25 @@ class Trainer:
         """Every remaining micro-batch of the run, on the device (a skipped step still counts). One
         DataLoader serves them all, so its workers start once."""
         cfg = self.cfg
-        sampler = RunBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.micro,
-                                  self.total * cfg.accum_iter - self.micro, self.rank, self.world)
-        loader = DataLoader(SeededDataset(self.dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
-                            collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if cfg.num_workers else None,
-                            # its own generator: creating a loader must not draw from the global RNG
-                            generator=torch.Generator().manual_seed(cfg.seed))
+        sampler = RunBatchSampler(
+            len(self.dataset),
+            cfg.batch_size,
+            cfg.seed,
+            self.micro,
+            self.total * cfg.accum_iter - self.micro,
+            self.rank,
+            self.world,
+        )
+        loader = DataLoader(
+            SeededDataset(self.dataset),
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if cfg.num_workers else None,
+            # its own generator: creating a loader must not draw from the global RNG
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
         if self.step >= self.total:
             return
         batches = iter(loader)
@@ -682,8 +784,13 @@ class Trainer:
                 bad_ranks = [r for r, f in enumerate(flags) if f]
             if bad_ranks:
                 w.bad = True
-                w.bad_logs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
-                                   **({"ranks": bad_ranks} if self.ddp else {})})
+                w.bad_logs.append(
+                    {
+                        "loss": float(loss.detach()),
+                        **{k: float(v) for k, v in logs.items()},
+                        **({"ranks": bad_ranks} if self.ddp else {}),
+                    }
+                )
             else:
                 (loss / cfg.accum_iter).backward()
                 w.loss += float(loss.detach())
@@ -714,10 +821,13 @@ class Trainer:
                 self.save()
                 raise NonFiniteLossError(
                     f"non-finite loss at step {self.step} ({w.bad_logs[-1]}); state saved in {self.out}; "
-                    f"pass --max-nonfinite N to skip up to N such steps")
+                    f"pass --max-nonfinite N to skip up to N such steps"
+                )
             if self.rank == 0:
-                warnings.warn(f"step {self.step}: non-finite loss {w.bad_logs[-1]}, step skipped "
-                              f"({self.nonfinite}/{cfg.max_nonfinite})")
+                warnings.warn(
+                    f"step {self.step}: non-finite loss {w.bad_logs[-1]}, step skipped "
+                    f"({self.nonfinite}/{cfg.max_nonfinite})"
+                )
         else:
             if cfg.clip_grad:  # FSDP: DTensor gradients, the norm is over the whole model (tested)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
@@ -729,15 +839,24 @@ class Trainer:
     def log_step(self):
         """Append the step to the history, ``log.jsonl`` and the progress bar."""
         g = self.opt.param_groups[0]
-        rec = {"step": self.step, "epoch": self.micro / self.bpe, "loss": self.last_loss, "lr": g["lr"] / g["lr_scale"],
-               **{k: float(v) for k, v in self.terms.items()}}
+        rec = {
+            "step": self.step,
+            "epoch": self.micro / self.bpe,
+            "loss": self.last_loss,
+            "lr": g["lr"] / g["lr_scale"],
+            **{k: float(v) for k, v in self.terms.items()},
+        }
         self.history.append(rec)
         if self.log is not None:
             self.log.write(json.dumps(rec) + "\n")
             self.log.flush()
         elapsed = time.perf_counter() - self.t0
-        self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{rec['lr']:.2e}",
-                             img_s=f"{self.seen / max(elapsed, 1e-9):.1f}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{self.last_loss:.4f}",
+            lr=f"{rec['lr']:.2e}",
+            img_s=f"{self.seen / max(elapsed, 1e-9):.1f}",
+            refresh=False,
+        )
         self.bar.update(1)
 
     # -- save ----------------------------------------------------------------------------------
@@ -751,11 +870,19 @@ class Trainer:
             return
         if self.sharding is None:
             model_sd, opt_sd = unwrap(self.model).state_dict(), self.opt.state_dict()
-        ckpt = {"model": model_sd, "optimizer": opt_sd, "step": self.step, "micro": self.micro,
-                "nonfinite": self.nonfinite, "rng": rngs[0] if self.ddp else _rng_state(), "config": self.cfg.to_json(),
-                "history": self.history, **({"rng_ranks": rngs} if self.ddp else {}),
-                "arch": getattr(unwrap(self.model), "arch", None),
-                "extra": {k: obj.state_dict() for k, obj in self.extra_state.items()}}
+        ckpt = {
+            "model": model_sd,
+            "optimizer": opt_sd,
+            "step": self.step,
+            "micro": self.micro,
+            "nonfinite": self.nonfinite,
+            "rng": rngs[0] if self.ddp else _rng_state(),
+            "config": self.cfg.to_json(),
+            "history": self.history,
+            **({"rng_ranks": rngs} if self.ddp else {}),
+            "arch": getattr(unwrap(self.model), "arch", None),
+            "extra": {k: obj.state_dict() for k, obj in self.extra_state.items()},
+        }
         save_atomic(ckpt, self.out / CHECKPOINT_NAME.format(self.step), checksums=self.out / CHECKSUMS)
         prune_checkpoints(self.out, self.cfg.keep_last)
 
@@ -781,10 +908,20 @@ def micro_batches_per_epoch(n: int, batch_size: int, world: int) -> int:
     return n // (batch_size * world)
 
 
-def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *,
-        groups: list[dict] | None = None, after_step: Callable[[int, int], None] | None = None,
-        collate_fn=None, extra_state: dict | None = None, resume: bool = True,
-        block_type: type | None = None, settings: dict | None = None) -> FitResult:
+def fit(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    *,
+    groups: list[dict] | None = None,
+    after_step: Callable[[int, int], None] | None = None,
+    collate_fn=None,
+    extra_state: dict | None = None,
+    resume: bool = True,
+    block_type: type | None = None,
+    settings: dict | None = None,
+) -> FitResult:
     """Train ``model`` on ``dataset``. ``loss_fn(model, batch) -> (loss, {name: float})``.
 
     ``groups``: optimizer parameter groups (default: ``param_groups(model, cfg.weight_decay)``),
@@ -799,8 +936,9 @@ def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCon
     check_config(cfg)
     record = run_settings(cfg, model, dataset, settings)
     if resume and checkpoint_paths(Path(cfg.out_dir)):  # before anything is loaded or written
-        check_run_record(Path(cfg.out_dir) / RUN_RECORD, record,
-                         hint="use the same settings, another output folder, or --no-resume")
+        check_run_record(
+            Path(cfg.out_dir) / RUN_RECORD, record, hint="use the same settings, another output folder, or --no-resume"
+        )
     micro_batches_per_epoch(len(dataset), cfg.batch_size, rank_world()[1])
 
     trainer = Trainer(model, dataset, cfg, groups=groups, block_type=block_type, extra_state=extra_state)

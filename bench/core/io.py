@@ -5,6 +5,7 @@ The file gets the mode a plain ``open`` would give it (0666 less the umask), not
 0600. A temp file left by a killed process (``.<name>.<random>.tmp``, older than this process) is
 removed the next time the same target is written, or by ``clean_stale_temps`` for a whole folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,7 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", *, before_replace: Callable[[], None] | None = None,
-                **open_kwargs):
+def atomic_open(path: str | Path, mode: str = "w", *, before_replace: Callable[[], None] | None = None, **open_kwargs):
     """``with atomic_open(p, 'wb') as f: ...`` — ``p`` appears only if the block completes.
     ``before_replace`` runs after the data is on disk and before the rename (e.g. to record a checksum)."""
     path = Path(path)
@@ -58,6 +58,7 @@ def atomic_open(path: str | Path, mode: str = "w", *, before_replace: Callable[[
         if parent.exists():
             if not parent.is_dir():
                 from bench.core.errors import BenchError
+
                 raise BenchError(f"cannot write {path}: {parent} is an existing file, not a folder")
             break
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +95,7 @@ def load_json(path: str | Path, what: str = "file"):
     """``json.load`` of ``path`` with one-line ``DataError``s naming it: ``<path>: <what> not found``,
     ``<path>: not valid JSON (<reason> at line L column C)``, ``<path>: cannot read (<reason>)``."""
     from bench.core.errors import DataError
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
@@ -101,8 +103,9 @@ def load_json(path: str | Path, what: str = "file"):
         with open(path, "rb") as f:
             return json.load(f)
     except json.JSONDecodeError as e:  # "Unterminated string starting at" already ends in "at"
-        raise DataError(f"{path}: not valid JSON ({e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno})") \
-            from None
+        raise DataError(
+            f"{path}: not valid JSON ({e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno})"
+        ) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.reason})") from None
     except (RecursionError, ValueError) as e:  # nesting too deep, or an int over Python's digit limit

@@ -38,6 +38,7 @@ store's folder, or absolute), which the tables bootstrap over.
 ("smoke scale", "generated data", "epochs 10 < paper 90"); the tables print a mark and a footnote
 for each. Schema 2 added it: a schema-1 row (written before) reads as ``deviations=[]``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -98,6 +99,7 @@ IDENTITY_EXTRA_KEYS = ("img_size", "mask_ratio", "engine")
 # Building a row
 # ----------------------------------------------------------------------------------------------
 
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (checkpoints can be several GB)."""
     path = Path(path)
@@ -123,15 +125,15 @@ def config_hash(config: Any) -> str:
     if config is None:
         return ""
     try:
-        text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                          default=_json_default)
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as e:
         raise BenchError(f"run config (key 'config') cannot be hashed as JSON: {e}") from None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def default_run_id(suite: str, task: str, protocol: str, k: int | None, init: str,
-                   backbone: str, seed: int, extra: dict | None = None) -> str:
+def default_run_id(
+    suite: str, task: str, protocol: str, k: int | None, init: str, backbone: str, seed: int, extra: dict | None = None
+) -> str:
     """Stable id of a run: sha256 of (suite, task, protocol, k, init, backbone, seed), 16 hex.
 
     ``extra['img_size']``, ``extra['mask_ratio']`` and ``extra['engine']`` (COCO: mmdet or
@@ -153,14 +155,16 @@ def code_version() -> str:
     version as ``maebench <version>``."""
     repo = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=repo, capture_output=True, text=True, timeout=10
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     try:
         from importlib.metadata import PackageNotFoundError, version
+
         return f"maebench {version('maebench')}"
     except PackageNotFoundError:
         return "maebench unknown"
@@ -171,6 +175,7 @@ def device_name() -> str:
     """The CUDA device name when a GPU is visible, else the CPU model."""
     try:
         import torch
+
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except Exception:  # a broken CUDA setup must not lose a finished run's row
@@ -189,12 +194,26 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def make_row(*, task: str, protocol: str, init: str, backbone: str, seed: int,
-             metrics: dict[str, float], suite: str = "adhoc", k: int | None = None,
-             checkpoint: str | os.PathLike | None = None, config: Any = None,
-             iterations: int = 0, wall_time_s: float = 0.0, status: str = "ok",
-             error: str | None = None, extra: dict | None = None,
-             run_id: str | None = None, deviations: Any = ()) -> dict:
+def make_row(
+    *,
+    task: str,
+    protocol: str,
+    init: str,
+    backbone: str,
+    seed: int,
+    metrics: dict[str, float],
+    suite: str = "adhoc",
+    k: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    config: Any = None,
+    iterations: int = 0,
+    wall_time_s: float = 0.0,
+    status: str = "ok",
+    error: str | None = None,
+    extra: dict | None = None,
+    run_id: str | None = None,
+    deviations: Any = (),
+) -> dict:
     """A complete results row. Fills code_version, device, date, checkpoint_sha256 (sha256 of
     the file at ``checkpoint``), config_hash and, unless given, run_id. ``deviations``: the ways
     this run departs from the paper's protocol (duplicates dropped, order kept)."""
@@ -232,6 +251,7 @@ def make_row(*, task: str, protocol: str, init: str, backbone: str, seed: int,
 # Validation
 # ----------------------------------------------------------------------------------------------
 
+
 def validate_row(row: Any, where: str) -> None:
     """Raise BenchError (naming ``where`` and the key) unless ``row`` is a well-formed row."""
     if not isinstance(row, dict):
@@ -245,43 +265,38 @@ def validate_row(row: Any, where: str) -> None:
         value = row[key]
         if isinstance(value, bool) or not isinstance(value, types):
             names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-            raise BenchError(f"{where}: row key {key!r} must be {names}, "
-                             f"got {type(value).__name__} {value!r:.60}")
+            raise BenchError(f"{where}: row key {key!r} must be {names}, got {type(value).__name__} {value!r:.60}")
     for i, phrase in enumerate(row["deviations"]):
         if not isinstance(phrase, str) or not phrase.strip():
-            raise BenchError(f"{where}: row key 'deviations' entry {i} must be a non-empty string, "
-                             f"got {phrase!r:.60}")
+            raise BenchError(f"{where}: row key 'deviations' entry {i} must be a non-empty string, got {phrase!r:.60}")
         if len(phrase) > MAX_DEVIATION_CHARS:
-            raise BenchError(f"{where}: row key 'deviations' entry {i} is longer than "
-                             f"{MAX_DEVIATION_CHARS} characters")
+            raise BenchError(f"{where}: row key 'deviations' entry {i} is longer than {MAX_DEVIATION_CHARS} characters")
     if len(row["deviations"]) > MAX_DEVIATIONS:
-        raise BenchError(f"{where}: row key 'deviations' has {len(row['deviations'])} entries, "
-                         f"at most {MAX_DEVIATIONS}")
+        raise BenchError(
+            f"{where}: row key 'deviations' has {len(row['deviations'])} entries, at most {MAX_DEVIATIONS}"
+        )
     if row["schema"] != SCHEMA_VERSION:
-        raise BenchError(f"{where}: row key 'schema' is {row['schema']}, this version writes "
-                         f"{SCHEMA_VERSION}")
+        raise BenchError(f"{where}: row key 'schema' is {row['schema']}, this version writes {SCHEMA_VERSION}")
     for key in NON_EMPTY:
         if not row[key].strip():
             raise BenchError(f"{where}: row key {key!r} must not be empty")
     if row["status"] not in STATUSES:
-        raise BenchError(f"{where}: row key 'status' must be one of {STATUSES}, "
-                         f"got {row['status']!r}")
+        raise BenchError(f"{where}: row key 'status' must be one of {STATUSES}, got {row['status']!r}")
     if row["status"] == "failed" and not row["error"]:
         raise BenchError(f"{where}: row key 'error' must say why a failed run failed")
     if isinstance(row["k"], float) and row["k"] != 0.5:
-        raise BenchError(f"{where}: row key 'k' must be int or None, or 0.5 for the last block's MLP only, "
-                         f"got {row['k']!r}")
+        raise BenchError(
+            f"{where}: row key 'k' must be int or None, or 0.5 for the last block's MLP only, got {row['k']!r}"
+        )
     if row["protocol"] == "partial" and row["k"] is None:
-        raise BenchError(f"{where}: row key 'k' (number of fine-tuned blocks) is required "
-                         "for protocol 'partial'")
+        raise BenchError(f"{where}: row key 'k' (number of fine-tuned blocks) is required for protocol 'partial'")
     for name, value in row["metrics"].items():
         if name in FIELDS:
-            raise BenchError(f"{where}: metric name {name!r} (key 'metrics') clashes with a "
-                             "row field")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not abs(value) <= FLOAT_MAX:  # NaN, inf, and ints no float can hold
-            raise BenchError(f"{where}: row key 'metrics' entry {name!r} must be a finite "
-                             f"number, got {value!r}")
+            raise BenchError(f"{where}: metric name {name!r} (key 'metrics') clashes with a row field")
+        if (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= FLOAT_MAX
+        ):  # NaN, inf, and ints no float can hold
+            raise BenchError(f"{where}: row key 'metrics' entry {name!r} must be a finite number, got {value!r}")
     try:
         json.dumps(row["extra"], allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -291,8 +306,12 @@ def validate_row(row: Any, where: str) -> None:
 def upgrade_row(row: Any) -> Any:
     """A row of an older readable schema in the current form (schema 1: ``deviations=[]``);
     anything else unchanged, for ``validate_row`` to judge."""
-    if isinstance(row, dict) and row.get("schema") == 1 and not isinstance(row["schema"], bool) \
-            and "deviations" not in row:
+    if (
+        isinstance(row, dict)
+        and row.get("schema") == 1
+        and not isinstance(row["schema"], bool)
+        and "deviations" not in row
+    ):
         return {**row, "schema": SCHEMA_VERSION, "deviations": []}
     return row
 
@@ -300,6 +319,7 @@ def upgrade_row(row: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # The store
 # ----------------------------------------------------------------------------------------------
+
 
 class ResultsStore:
     """Append-only JSONL results file. ``ResultsStore('results/demo')`` uses
@@ -362,8 +382,11 @@ class ResultsStore:
                 end = start + cut + 1
                 break
             end = start
-        warnings.warn(f"results store {self.path}: dropped an incomplete last line "
-                      f"({size - end} bytes, a write cut short) before appending", stacklevel=3)
+        warnings.warn(
+            f"results store {self.path}: dropped an incomplete last line "
+            f"({size - end} bytes, a write cut short) before appending",
+            stacklevel=3,
+        )
         os.ftruncate(fd, end)
 
     # -- reading --------------------------------------------------------------------------------
@@ -380,8 +403,15 @@ class ResultsStore:
         except OSError as e:
             raise BenchError(f"results store {self.path}: cannot read ({e.strerror})") from None
         if not stat.S_ISREG(st.st_mode):
-            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+            kind = (
+                "a folder"
+                if stat.S_ISDIR(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(st.st_mode)
+                else "a device"
+            )
             raise BenchError(f"results store {self.path} is {kind}, not a regular file")
         return True
 
@@ -406,9 +436,11 @@ class ResultsStore:
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline
         if tail.strip():
-            warnings.warn(f"results store {self.path}: ignoring incomplete last line "
-                          f"{len(lines) + 1} (no trailing newline; a write was cut short)",
-                          stacklevel=3)
+            warnings.warn(
+                f"results store {self.path}: ignoring incomplete last line "
+                f"{len(lines) + 1} (no trailing newline; a write was cut short)",
+                stacklevel=3,
+            )
         out = []
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():
@@ -418,10 +450,16 @@ class ResultsStore:
                 row = json.loads(raw)
             except (ValueError, RecursionError) as e:  # also: bad UTF-8, ints over 4300 digits, deep nesting
                 raise BenchError(f"{where}: not valid JSON ({e})") from None
-            if isinstance(row, dict) and isinstance(row.get("schema"), int) \
-                    and not isinstance(row["schema"], bool) and row["schema"] > SCHEMA_VERSION:
-                raise BenchError(f"results store {self.path} was written by a newer version "
-                                 f"(schema {row['schema']} > {SCHEMA_VERSION}, line {number})")
+            if (
+                isinstance(row, dict)
+                and isinstance(row.get("schema"), int)
+                and not isinstance(row["schema"], bool)
+                and row["schema"] > SCHEMA_VERSION
+            ):
+                raise BenchError(
+                    f"results store {self.path} was written by a newer version "
+                    f"(schema {row['schema']} > {SCHEMA_VERSION}, line {number})"
+                )
             row = upgrade_row(row)
             validate_row(row, where=where)
             out.append((number, row))
@@ -445,8 +483,7 @@ class ResultsStore:
 
         for key in filters:
             if key not in FIELDS:
-                raise BenchError(f"results store {self.path}: cannot filter on unknown key "
-                                 f"{key!r}")
+                raise BenchError(f"results store {self.path}: cannot filter on unknown key {key!r}")
         records = []
         for row in self.rows():
             if not all(_matches(row[key], want) for key, want in filters.items()):
@@ -470,4 +507,3 @@ def _matches(value: Any, want: Any) -> bool:
     if isinstance(want, (list, tuple, set, frozenset)):
         return value in want
     return value == want
-

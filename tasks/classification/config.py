@@ -4,6 +4,7 @@ the CLI's ``--help`` and the suite loader need (``PROTOCOLS``, ``recipe``, ``loa
 
 Each protocol is a YAML file in ``configs/`` whose comments give the source of every value.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,16 +21,44 @@ MLP = "mlp"  # k for "only the MLP sub-block of the last block" (Sec. 4.3: 79.1%
 
 # Every key a protocol config may hold, with the types its value may take (None: may be null).
 KEYS: dict[str, tuple] = {
-    "protocol": (str,), "img_size": (int, None), "global_pool": (str,), "drop_path": (float,),
-    "head_init_std": (float,), "optimizer": (str,), "betas": (list,), "momentum": (float,),
-    "blr": (float,), "lr": (float, None), "min_lr": (float,), "weight_decay": (float,),
-    "layer_decay": (float, None), "batch_size": (int,), "accum_iter": (int,), "epochs": (float,),
-    "warmup_epochs": (float,), "clip_grad": (float, None), "smoothing": (float,), "mixup": (float,),
-    "cutmix": (float,), "mixup_prob": (float,), "mixup_switch_prob": (float,), "mixup_mode": (str,),
-    "auto_augment": (str, None), "color_jitter": (float, None), "reprob": (float,), "remode": (str,),
-    "recount": (int,), "crop_scale": (list,), "hflip": (float,), "interpolation": (str,),
-    "crop_pct": (float, None), "cache_features": (bool,), "eval_batch_size": (int,), "num_workers": (int,),
-    "ckpt_every": (int,), "sweep": (list,),
+    "protocol": (str,),
+    "img_size": (int, None),
+    "global_pool": (str,),
+    "drop_path": (float,),
+    "head_init_std": (float,),
+    "optimizer": (str,),
+    "betas": (list,),
+    "momentum": (float,),
+    "blr": (float,),
+    "lr": (float, None),
+    "min_lr": (float,),
+    "weight_decay": (float,),
+    "layer_decay": (float, None),
+    "batch_size": (int,),
+    "accum_iter": (int,),
+    "epochs": (float,),
+    "warmup_epochs": (float,),
+    "clip_grad": (float, None),
+    "smoothing": (float,),
+    "mixup": (float,),
+    "cutmix": (float,),
+    "mixup_prob": (float,),
+    "mixup_switch_prob": (float,),
+    "mixup_mode": (str,),
+    "auto_augment": (str, None),
+    "color_jitter": (float, None),
+    "reprob": (float,),
+    "remode": (str,),
+    "recount": (int,),
+    "crop_scale": (list,),
+    "hflip": (float,),
+    "interpolation": (str,),
+    "crop_pct": (float, None),
+    "cache_features": (bool,),
+    "eval_batch_size": (int,),
+    "num_workers": (int,),
+    "ckpt_every": (int,),
+    "sweep": (list,),
 }
 FILE_ONLY_KEYS = ("inherit", "per_arch")
 
@@ -71,6 +100,7 @@ def _check_value(key: str, value: Any, where: str) -> Any:
             pass
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+
     def is_a(t) -> bool:  # bool is an int to Python, never here
         return t is not None and (t is bool if isinstance(value, bool) else isinstance(value, t))
 
@@ -98,8 +128,10 @@ def _load_file(path: Path, seen: tuple = ()) -> dict:
         raise BenchError(f"{path}: key 'per_arch' must map architecture names to mappings")
     for key, value in data.items():
         base[key] = _check_value(key, value, str(path))
-    per_arch = {arch: {key: _check_value(key, value, f"{path} per_arch.{arch}") for key, value in values.items()}
-                for arch, values in per_arch.items()}
+    per_arch = {
+        arch: {key: _check_value(key, value, f"{path} per_arch.{arch}") for key, value in values.items()}
+        for arch, values in per_arch.items()
+    }
     base["per_arch"] = per_arch
     return base
 
@@ -109,8 +141,9 @@ def protocol_config_path(protocol: str, k: int | str | None = None) -> Path:
     return CONFIG_DIR / f"{recipe(protocol, k)}.yaml"
 
 
-def load_config(protocol: str, arch: str | None = None, k: int | str | None = None,
-                overrides: str | Path | dict | None = None) -> dict:
+def load_config(
+    protocol: str, arch: str | None = None, k: int | str | None = None, overrides: str | Path | dict | None = None
+) -> dict:
     """The flat config of a run: ``configs/<recipe>.yaml`` (with ``inherit``), then its
     ``per_arch[arch]`` values, then ``overrides`` (a dict, a YAML path, or the name of a file in
     ``configs/`` such as ``'smoke'``; its optional ``per_protocol: {linear: {...}}`` applies to runs
@@ -132,7 +165,8 @@ def load_config(protocol: str, arch: str | None = None, k: int | str | None = No
                 raise BenchError(f"{where}: key {key!r} is only allowed in the protocol files of {CONFIG_DIR}")
         per_protocol = data.pop("per_protocol", {})
         if not isinstance(per_protocol, dict) or not all(
-                name in PROTOCOLS and isinstance(v, dict) for name, v in per_protocol.items()):
+            name in PROTOCOLS and isinstance(v, dict) for name, v in per_protocol.items()
+        ):
             raise BenchError(f"{where}: key 'per_protocol' must map {', '.join(PROTOCOLS)} to mappings")
         for key, value in list(data.items()) + list(per_protocol.get(cfg["protocol"], {}).items()):
             if key == "protocol" and value != cfg["protocol"]:
@@ -208,10 +242,35 @@ def check_k(protocol: str, k, depth: int) -> int | str | None:
 # --------------------------------------------------------------------------------------------------
 # Keys that change what is trained or measured (not num_workers, eval batch, checkpoint cadence;
 # accum_iter only splits the same global batch).
-RECIPE_KEYS = ("img_size", "global_pool", "drop_path", "head_init_std", "optimizer", "betas", "momentum",
-               "min_lr", "weight_decay", "layer_decay", "warmup_epochs", "clip_grad", "smoothing", "mixup",
-               "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "auto_augment", "color_jitter",
-               "reprob", "remode", "recount", "crop_scale", "hflip", "interpolation", "crop_pct")
+RECIPE_KEYS = (
+    "img_size",
+    "global_pool",
+    "drop_path",
+    "head_init_std",
+    "optimizer",
+    "betas",
+    "momentum",
+    "min_lr",
+    "weight_decay",
+    "layer_decay",
+    "warmup_epochs",
+    "clip_grad",
+    "smoothing",
+    "mixup",
+    "cutmix",
+    "mixup_prob",
+    "mixup_switch_prob",
+    "mixup_mode",
+    "auto_augment",
+    "color_jitter",
+    "reprob",
+    "remode",
+    "recount",
+    "crop_scale",
+    "hflip",
+    "interpolation",
+    "crop_pct",
+)
 
 
 def _fmt(value) -> str:

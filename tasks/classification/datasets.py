@@ -27,6 +27,7 @@ Generators (``make_*``) write the same formats from scikit-learn's handwritten d
 8x8 images, 10 classes), upsampled and drawn over crops of the bundled real photographs; the label of
 every image is its digit, and the class names are real species / place names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.core.data import LabelledImages, class_folders, embedded_photos, list_images
-from bench.core.data import load_rgb  # noqa: F401  (re-exported by tasks.classification)
+from bench.core.data import (
+    LabelledImages,
+    class_folders,
+    embedded_photos,
+    list_images,
+    load_rgb,  # noqa: F401  (re-exported by tasks.classification)
+)
 from bench.core.errors import BenchError, DataError
 from bench.core.io import load_json
 
@@ -54,10 +60,14 @@ INAT_YEARS = (2017, 2018, 2019)
 PLACES365_CATEGORIES = "categories_places365.txt"
 PLACES365_LISTS = {"train": "places365_train_standard.txt", "val": "places365_val.txt"}
 # Image folders in order of preference: as the official tars unpack, then torchvision's names.
-PLACES365_IMAGE_DIRS = {"train": ("data_256", "data_256_standard", "data_large", "data_large_standard"),
-                        "val": ("val_256", "val_large")}
-PLACES205_LISTS = {"train": "trainvalsplit_places205/train_places205.csv",
-                   "val": "trainvalsplit_places205/val_places205.csv"}
+PLACES365_IMAGE_DIRS = {
+    "train": ("data_256", "data_256_standard", "data_large", "data_large_standard"),
+    "val": ("val_256", "val_large"),
+}
+PLACES205_LISTS = {
+    "train": "trainvalsplit_places205/train_places205.csv",
+    "val": "trainvalsplit_places205/val_places205.csv",
+}
 PLACES205_IMAGE_DIRS = ("images256", "data/vision/torralba/deeplearning/images256")
 
 
@@ -133,8 +143,11 @@ def _contiguous_index(ids: list[int], source: Path) -> dict[int, int]:
     """Map sorted label ids to 0..C-1, warning when they are not already 0..C-1."""
     ids = sorted(ids)
     if ids != list(range(len(ids))):
-        warnings.warn(f"{source}: the {len(ids)} category ids are not contiguous 0..{len(ids) - 1}; "
-                      f"mapped them to 0..{len(ids) - 1} in id order", stacklevel=3)
+        warnings.warn(
+            f"{source}: the {len(ids)} category ids are not contiguous 0..{len(ids) - 1}; "
+            f"mapped them to 0..{len(ids) - 1} in id order",
+            stacklevel=3,
+        )
     return {cid: i for i, cid in enumerate(ids)}
 
 
@@ -158,8 +171,7 @@ def _check_files_exist(samples: list[tuple[Path, int]], listing: Path, image_roo
             missing.append(path)
     if missing:
         shown = ", ".join(_short(os.path.relpath(p, image_root), 200) for p in missing[:5])
-        raise DataError(f"{listing}: {len(missing)} listed image file(s) missing under {image_root}, "
-                        f"first: {shown}")
+        raise DataError(f"{listing}: {len(missing)} listed image file(s) missing under {image_root}, first: {shown}")
 
 
 def _first_existing_dir(root: Path, candidates: tuple[str, ...], what: str) -> Path:
@@ -180,8 +192,9 @@ def _field(record, key: str, kind: type, path: Path, where: str):
         raise DataError(f"{path}: {where} has no {key!r}")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataError(f"{path}: {where}.{key} must be {'an integer' if kind is int else 'a string'}, "
-                        f"got {_short(value)}")
+        raise DataError(
+            f"{path}: {where}.{key} must be {'an integer' if kind is int else 'a string'}, got {_short(value)}"
+        )
     return value
 
 
@@ -219,15 +232,16 @@ def _inat_records(path: Path) -> tuple[dict[int, str], list[tuple[str, int]]]:
         if iid not in file_names:
             raise DataError(f"{path}: annotations[{i}].image_id {iid} is not in 'images'")
         if labels.get(iid, cid) != cid:
-            raise DataError(f"{path}: annotations[{i}] gives image {iid} a second category "
-                            f"({labels[iid]} and {cid})")
+            raise DataError(f"{path}: annotations[{i}] gives image {iid} a second category ({labels[iid]} and {cid})")
         labels[iid] = cid
 
     unlabelled = [iid for iid in file_names if iid not in labels]
     if unlabelled:
         first = unlabelled[0]
-        raise DataError(f"{path}: {len(unlabelled)} image(s) have no annotation, first: "
-                        f"id {first} ({_short(file_names[first], 120)})")
+        raise DataError(
+            f"{path}: {len(unlabelled)} image(s) have no annotation, first: "
+            f"id {first} ({_short(file_names[first], 120)})"
+        )
     if not file_names:
         raise DataError(f"{path}: 'images' is empty")
     return categories, [(file_names[iid], labels[iid]) for iid in file_names]
@@ -249,8 +263,7 @@ def _read_inat(root: Path, year: int, splits: tuple[str, ...]) -> dict[str, Clas
         for file_name, cid in items:
             if cid not in index:
                 where = "'categories'" if split == "train" else f"the train categories ({train_json.name})"
-                raise DataError(f"{json_path}: category_id {cid} (image {_short(file_name, 120)}) "
-                                f"is not in {where}")
+                raise DataError(f"{json_path}: category_id {cid} (image {_short(file_name, 120)}) is not in {where}")
             samples.append((root / file_name, index[cid]))
         _check_files_exist(samples, json_path, root)
         out[split] = ClassificationSplit(samples, classes, f"inat{year}/{split}")
@@ -299,8 +312,9 @@ def _read_places365(root: Path, splits: tuple[str, ...]) -> dict[str, Classifica
         listing = root / PLACES365_LISTS[split]
         entries = _read_list(listing)
         image_dir = _first_existing_dir(root, PLACES365_IMAGE_DIRS[split], f"Places365 {split}")
-        samples = _list_samples(entries, index, listing, image_dir,
-                                f"is not a category of {categories_path.name} (the train label set)")
+        samples = _list_samples(
+            entries, index, listing, image_dir, f"is not a category of {categories_path.name} (the train label set)"
+        )
         out[split] = ClassificationSplit(samples, classes, f"places365/{split}")
     return out
 
@@ -343,8 +357,9 @@ def _read_places205(root: Path, splits: tuple[str, ...]) -> dict[str, Classifica
     for lineno, image, label in train_entries:
         folder = _places205_class(image, train_listing, lineno)
         if folder_of.setdefault(label, folder) != folder or label_of.setdefault(folder, label) != label:
-            raise DataError(f"{train_listing}:{lineno}: label {label} and folder {_short(folder)} "
-                            f"disagree with an earlier line")
+            raise DataError(
+                f"{train_listing}:{lineno}: label {label} and folder {_short(folder)} disagree with an earlier line"
+            )
     index = _contiguous_index(list(folder_of), train_listing)
     classes = [folder_of[label] for label in sorted(folder_of)]
     image_dir = _first_existing_dir(root, PLACES205_IMAGE_DIRS, "Places205")
@@ -353,8 +368,9 @@ def _read_places205(root: Path, splits: tuple[str, ...]) -> dict[str, Classifica
     for split in splits:
         listing = root / PLACES205_LISTS[split]
         entries = train_entries if split == "train" else _read_list(listing)
-        samples = _list_samples(entries, index, listing, image_dir,
-                                f"does not occur in {train_listing.name} (the train label set)")
+        samples = _list_samples(
+            entries, index, listing, image_dir, f"does not occur in {train_listing.name} (the train label set)"
+        )
         out[split] = ClassificationSplit(samples, classes, f"places205/{split}")
     return out
 
@@ -376,8 +392,10 @@ def _check_not_linked_inside(folder: Path, root: Path) -> None:
         return
     target, real_root = Path(os.path.realpath(folder)), Path(os.path.realpath(root))
     if target == real_root or real_root in target.parents:
-        raise DataError(f"{folder}: is a symlink into the dataset itself ({target}); the same images would "
-                        f"be read twice (e.g. in train and val)")
+        raise DataError(
+            f"{folder}: is a symlink into the dataset itself ({target}); the same images would "
+            f"be read twice (e.g. in train and val)"
+        )
 
 
 def _read_image_folder(root: Path, splits: tuple[str, ...], name: str = "folder") -> dict[str, ClassificationSplit]:
@@ -393,8 +411,9 @@ def _read_image_folder(root: Path, splits: tuple[str, ...], name: str = "folder"
         samples = []
         for name in class_folders(split_dir):
             if name not in index:
-                raise DataError(f"{split_dir / name}: class {_short(name)} is not a train class "
-                                f"(no folder {root / 'train' / name})")
+                raise DataError(
+                    f"{split_dir / name}: class {_short(name)} is not a train class (no folder {root / 'train' / name})"
+                )
             _check_not_linked_inside(split_dir / name, root)
             images = list_images(split_dir / name, skip_hidden=True)
             if split == "train" and not images:
@@ -432,8 +451,10 @@ def _read(dataset: str, root: str | Path, splits: tuple[str, ...]) -> dict[str, 
         raise BenchError(f"unknown dataset {_short(dataset)}; expected one of {', '.join(DATASETS)}")
     classes = next(iter(out.values())).classes
     if len(classes) < 2:
-        raise DataError(f"{root}: {dataset} has {len(classes)} class ({_short(classes)}); classification needs "
-                        f"at least 2 (with one, every prediction is right)")
+        raise DataError(
+            f"{root}: {dataset} has {len(classes)} class ({_short(classes)}); classification needs "
+            f"at least 2 (with one, every prediction is right)"
+        )
     if len(out) == 2:
         _check_disjoint(out["train"], out["val"], root)
     return out
@@ -444,8 +465,10 @@ def _check_disjoint(train: ClassificationSplit, val: ClassificationSplit, root: 
     seen = {os.path.normpath(p) for p, _ in train.samples}
     both = [p for p, _ in val.samples if os.path.normpath(p) in seen]
     if both:
-        raise DataError(f"{root}: {len(both)} image(s) are in both train and val, first: "
-                        f"{_short(os.path.relpath(both[0], root), 200)}")
+        raise DataError(
+            f"{root}: {len(both)} image(s) are in both train and val, first: "
+            f"{_short(os.path.relpath(both[0], root), 200)}"
+        )
 
 
 # The held-out part of a training split, for hyperparameter selection that never looks at val: a fixed
@@ -454,8 +477,9 @@ HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 0
 
 
-def heldout_split(split: ClassificationSplit, fraction: float = HELDOUT_FRACTION,
-                  seed: int = HELDOUT_SEED) -> tuple[ClassificationSplit, ClassificationSplit]:
+def heldout_split(
+    split: ClassificationSplit, fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED
+) -> tuple[ClassificationSplit, ClassificationSplit]:
     """(rest, held out) of a training ``split``, stratified by class: ``round(fraction * n)`` images of
     each class with n >= 2 images (at least 1, never all of them) are held out, drawn with
     ``numpy.random.default_rng(seed)`` over the reader's (sorted) order. Both keep the split's classes."""
@@ -475,8 +499,10 @@ def heldout_split(split: ClassificationSplit, fraction: float = HELDOUT_FRACTION
         raise DataError(f"{split.name}: no class has 2 or more images, so nothing can be held out for selection")
     rest = [s for i, s in enumerate(split.samples) if i not in held]
     out = [s for i, s in enumerate(split.samples) if i in held]
-    return (ClassificationSplit(rest, split.classes, f"{split.name}-minus-heldout"),
-            ClassificationSplit(out, split.classes, f"{split.name}-heldout"))
+    return (
+        ClassificationSplit(rest, split.classes, f"{split.name}-minus-heldout"),
+        ClassificationSplit(out, split.classes, f"{split.name}-heldout"),
+    )
 
 
 def read_split(dataset: str, root: str | Path, split: str) -> ClassificationSplit:
@@ -516,36 +542,70 @@ MAX_PER_CLASS = 174  # the rarest digit (8) has 174 images
 # Amphibians, Fungi), so every year can hold them.
 INAT_SPECIES = (
     ("Abies concolor", "Plantae", "Plantae", "Tracheophyta", "Pinopsida", "Pinales", "Pinaceae", "Abies"),
-    ("Amanita muscaria", "Fungi", "Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales",
-     "Amanitaceae", "Amanita"),
-    ("Cardinalis cardinalis", "Aves", "Animalia", "Chordata", "Aves", "Passeriformes", "Cardinalidae",
-     "Cardinalis"),
-    ("Danaus plexippus", "Insecta", "Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae",
-     "Danaus"),
-    ("Lithobates catesbeianus", "Amphibia", "Animalia", "Chordata", "Amphibia", "Anura", "Ranidae",
-     "Lithobates"),
-    ("Rosa californica", "Plantae", "Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae",
-     "Rosa"),
-    ("Sceloporus occidentalis", "Reptilia", "Animalia", "Chordata", "Reptilia", "Squamata",
-     "Phrynosomatidae", "Sceloporus"),
-    ("Terrapene carolina", "Reptilia", "Animalia", "Chordata", "Reptilia", "Testudines", "Emydidae",
-     "Terrapene"),
-    ("Tetraneuris scaposa", "Plantae", "Plantae", "Tracheophyta", "Magnoliopsida", "Asterales",
-     "Asteraceae", "Tetraneuris"),
-    ("Yucca schidigera", "Plantae", "Plantae", "Tracheophyta", "Liliopsida", "Asparagales",
-     "Asparagaceae", "Yucca"),
+    ("Amanita muscaria", "Fungi", "Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita"),
+    ("Cardinalis cardinalis", "Aves", "Animalia", "Chordata", "Aves", "Passeriformes", "Cardinalidae", "Cardinalis"),
+    ("Danaus plexippus", "Insecta", "Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Danaus"),
+    ("Lithobates catesbeianus", "Amphibia", "Animalia", "Chordata", "Amphibia", "Anura", "Ranidae", "Lithobates"),
+    ("Rosa californica", "Plantae", "Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa"),
+    (
+        "Sceloporus occidentalis",
+        "Reptilia",
+        "Animalia",
+        "Chordata",
+        "Reptilia",
+        "Squamata",
+        "Phrynosomatidae",
+        "Sceloporus",
+    ),
+    ("Terrapene carolina", "Reptilia", "Animalia", "Chordata", "Reptilia", "Testudines", "Emydidae", "Terrapene"),
+    (
+        "Tetraneuris scaposa",
+        "Plantae",
+        "Plantae",
+        "Tracheophyta",
+        "Magnoliopsida",
+        "Asterales",
+        "Asteraceae",
+        "Tetraneuris",
+    ),
+    ("Yucca schidigera", "Plantae", "Plantae", "Tracheophyta", "Liliopsida", "Asparagales", "Asparagaceae", "Yucca"),
 )
-INAT2019_GROUPS = {"Plantae": "Plants", "Aves": "Birds", "Insecta": "Insects", "Reptilia": "Reptiles",
-                   "Amphibia": "Amphibians", "Fungi": "Fungi"}
+INAT2019_GROUPS = {
+    "Plantae": "Plants",
+    "Aves": "Birds",
+    "Insecta": "Insects",
+    "Reptilia": "Reptiles",
+    "Amphibia": "Amphibians",
+    "Fungi": "Fungi",
+}
 INAT_IMAGE_DIRS = {2017: "train_val_images", 2018: "train_val2018", 2019: "train_val2019"}
 
 # Real Places365 categories (checked against categories_places365.txt), in its alphabetical order.
-PLACES365_CLASSES = ("/a/airfield", "/b/beach", "/c/coast", "/f/field/wild", "/f/forest_path",
-                     "/h/highway", "/k/kitchen", "/l/library/indoor", "/m/mountain",
-                     "/s/swimming_pool/outdoor")
+PLACES365_CLASSES = (
+    "/a/airfield",
+    "/b/beach",
+    "/c/coast",
+    "/f/field/wild",
+    "/f/forest_path",
+    "/h/highway",
+    "/k/kitchen",
+    "/l/library/indoor",
+    "/m/mountain",
+    "/s/swimming_pool/outdoor",
+)
 # Real Places205 categories, as folders of images256/.
-PLACES205_CLASSES = ("a/abbey", "a/airport_terminal", "c/coast", "f/field/wild", "f/forest_path",
-                     "h/highway", "k/kitchen", "m/mountain", "o/ocean", "s/swimming_pool/outdoor")
+PLACES205_CLASSES = (
+    "a/abbey",
+    "a/airport_terminal",
+    "c/coast",
+    "f/field/wild",
+    "f/forest_path",
+    "h/highway",
+    "k/kitchen",
+    "m/mountain",
+    "o/ocean",
+    "s/swimming_pool/outdoor",
+)
 FOLDER_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -557,7 +617,7 @@ def render_digit(digit: np.ndarray, rng: np.random.Generator, size: int) -> np.n
     h, w = photo.shape[:2]
     side = int(rng.integers(min(h, w) // 4, min(h, w) // 2 + 1))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    background = Image.fromarray(np.ascontiguousarray(photo[y:y + side, x:x + side]))
+    background = Image.fromarray(np.ascontiguousarray(photo[y : y + side, x : x + side]))
     background = np.asarray(background.resize((size, size), Image.BILINEAR), dtype=np.float32)
     ink = Image.fromarray((np.asarray(digit, dtype=np.float32) * (255.0 / 16.0)).astype(np.uint8))
     alpha = np.asarray(ink.resize((size, size), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
@@ -571,8 +631,10 @@ def _digit_sets(num_classes: int, n_train: int, n_val: int, image_size: int, see
     if not 1 <= num_classes <= MAX_CLASSES:
         raise BenchError(f"num_classes must be 1..{MAX_CLASSES} (one per digit), got {num_classes}")
     if n_train < 1 or n_val < 1 or n_train + n_val > MAX_PER_CLASS:
-        raise BenchError(f"need n_train_per_class >= 1, n_val_per_class >= 1 and their sum <= "
-                         f"{MAX_PER_CLASS} (the rarest digit), got {n_train} and {n_val}")
+        raise BenchError(
+            f"need n_train_per_class >= 1, n_val_per_class >= 1 and their sum <= "
+            f"{MAX_PER_CLASS} (the rarest digit), got {n_train} and {n_val}"
+        )
     if image_size < 8:
         raise BenchError(f"image_size must be at least 8, got {image_size}")
     from sklearn.datasets import load_digits
@@ -582,7 +644,7 @@ def _digit_sets(num_classes: int, n_train: int, n_val: int, image_size: int, see
     sets = {"train": [], "val": []}
     for label in range(num_classes):
         chosen = rng.permutation(np.flatnonzero(digits.target == label))
-        for split, indices in (("train", chosen[:n_train]), ("val", chosen[n_train:n_train + n_val])):
+        for split, indices in (("train", chosen[:n_train]), ("val", chosen[n_train : n_train + n_val])):
             for i in indices:
                 sets[split].append((render_digit(digits.images[i], rng, image_size), label))
     return sets
@@ -612,9 +674,15 @@ def _new_folder(root: str | Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_inat_dataset(root: str | Path, year: int = 2018, n_train_per_class: int = 40,
-                      n_val_per_class: int = 10, num_classes: int = 10, image_size: int = 32,
-                      seed: int = 0) -> Path:
+def make_inat_dataset(
+    root: str | Path,
+    year: int = 2018,
+    n_train_per_class: int = 40,
+    n_val_per_class: int = 10,
+    num_classes: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
     """Write an iNaturalist ``year`` set at ``root``: ``train{year}.json``, ``val{year}.json`` and the
     images under the year's folder, with the fields documented in visipedia/inat_comp."""
     if year not in INAT_YEARS:
@@ -645,22 +713,44 @@ def make_inat_dataset(root: str | Path, year: int = 2018, n_train_per_class: int
                 digest = hashlib.md5(f"{seed}/{year}/{image_id}".encode()).hexdigest()
                 file_name = f"{folder(label)}/{digest}.jpg"
                 _save_jpeg(image, tmp / file_name)
-                images.append({"id": image_id, "width": image_size, "height": image_size,
-                               "file_name": file_name, "license": 1,
-                               "rights_holder": "scikit-learn digits (UCI)"})
+                images.append(
+                    {
+                        "id": image_id,
+                        "width": image_size,
+                        "height": image_size,
+                        "file_name": file_name,
+                        "license": 1,
+                        "rights_holder": "scikit-learn digits (UCI)",
+                    }
+                )
                 annotations.append({"id": image_id, "image_id": image_id, "category_id": label})
                 image_id += 1
-            data = {"info": {"year": year, "version": "1.0",
-                             "description": f"iNaturalist {year} format, handwritten digits content",
-                             "contributor": "maebench", "url": "", "date_created": ""},
-                    "images": images, "categories": categories, "annotations": annotations,
-                    "licenses": [{"id": 1, "name": "BSD-3-Clause", "url": ""}]}
+            data = {
+                "info": {
+                    "year": year,
+                    "version": "1.0",
+                    "description": f"iNaturalist {year} format, handwritten digits content",
+                    "contributor": "maebench",
+                    "url": "",
+                    "date_created": "",
+                },
+                "images": images,
+                "categories": categories,
+                "annotations": annotations,
+                "licenses": [{"id": 1, "name": "BSD-3-Clause", "url": ""}],
+            }
             (tmp / f"{split}{year}.json").write_text(json.dumps(data), encoding="utf-8")
     return Path(root)
 
 
-def make_places365_dataset(root: str | Path, n_train_per_class: int = 40, n_val_per_class: int = 10,
-                           num_classes: int = 10, image_size: int = 32, seed: int = 0) -> Path:
+def make_places365_dataset(
+    root: str | Path,
+    n_train_per_class: int = 40,
+    n_val_per_class: int = 10,
+    num_classes: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
     """Write a Places365-Standard set at ``root``: ``categories_places365.txt``,
     ``places365_train_standard.txt`` + ``data_256/`` and ``places365_val.txt`` + ``val_256/``."""
     sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
@@ -668,7 +758,8 @@ def make_places365_dataset(root: str | Path, n_train_per_class: int = 40, n_val_
     with _new_folder(root) as tmp:
         # Like the real file: '<name> <id>' lines, no newline after the last one.
         (tmp / PLACES365_CATEGORIES).write_text(
-            "\n".join(f"{name} {i}" for i, name in enumerate(names)), encoding="utf-8")
+            "\n".join(f"{name} {i}" for i, name in enumerate(names)), encoding="utf-8"
+        )
         lines, counts = [], [0] * num_classes
         for image, label in sets["train"]:
             counts[label] += 1
@@ -688,8 +779,14 @@ def make_places365_dataset(root: str | Path, n_train_per_class: int = 40, n_val_
     return Path(root)
 
 
-def make_places205_dataset(root: str | Path, n_train_per_class: int = 40, n_val_per_class: int = 10,
-                           num_classes: int = 10, image_size: int = 32, seed: int = 0) -> Path:
+def make_places205_dataset(
+    root: str | Path,
+    n_train_per_class: int = 40,
+    n_val_per_class: int = 10,
+    num_classes: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
     """Write a Places205 set at ``root``: ``trainvalsplit_places205/{train,val}_places205.csv`` and the
     images under ``data/vision/torralba/deeplearning/images256/`` (as the official tar unpacks)."""
     sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
@@ -709,8 +806,14 @@ def make_places205_dataset(root: str | Path, n_train_per_class: int = 40, n_val_
     return Path(root)
 
 
-def make_image_folder(root: str | Path, n_train_per_class: int = 40, n_val_per_class: int = 10,
-                      num_classes: int = 10, image_size: int = 32, seed: int = 0) -> Path:
+def make_image_folder(
+    root: str | Path,
+    n_train_per_class: int = 40,
+    n_val_per_class: int = 10,
+    num_classes: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
     """Write ``root/{train,val}/<digit>_<name>/<n>.jpg`` (``0_zero`` ... so sorted order is digit order)."""
     sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
     with _new_folder(root) as tmp:
@@ -720,19 +823,29 @@ def make_image_folder(root: str | Path, n_train_per_class: int = 40, n_val_per_c
     return Path(root)
 
 
-def make_digits_dataset(root: str | Path, n_train_per_class: int | None = None, n_val_per_class: int | None = None,
-                        num_classes: int = 10, image_size: int | None = None) -> Path:
+def make_digits_dataset(
+    root: str | Path,
+    n_train_per_class: int | None = None,
+    n_val_per_class: int | None = None,
+    num_classes: int = 10,
+    image_size: int | None = None,
+) -> Path:
     """Write ``root/{train,val}/<digit>/<index>.png``: scikit-learn's real handwritten digits, train =
     the labelled images, val = the eval images of ``bench.core.data.Digits`` (10 and 80 per digit, 64 px),
     both disjoint from its pretraining split (``bench pretrain --data digits``). The options take the
     first ``n`` images of each of the first ``num_classes`` digits, or resize them (bicubic), as the
     other generators' options do; left at None they keep the whole split at 64 px."""
     from bench.core.data import DIGITS_PER_CLASS, write_digits_folder
+
     keep = {"train": n_train_per_class, "val": n_val_per_class}
-    for split, n, most in (("train", n_train_per_class, DIGITS_PER_CLASS["labelled"]),
-                           ("val", n_val_per_class, DIGITS_PER_CLASS["eval"])):
+    for split, n, most in (
+        ("train", n_train_per_class, DIGITS_PER_CLASS["labelled"]),
+        ("val", n_val_per_class, DIGITS_PER_CLASS["eval"]),
+    ):
         if n is not None and not 1 <= n <= most:
-            raise BenchError(f"digits: {split} has {most} images per digit; n_{split}_per_class must be 1..{most}, got {n}")
+            raise BenchError(
+                f"digits: {split} has {most} images per digit; n_{split}_per_class must be 1..{most}, got {n}"
+            )
     if not 2 <= num_classes <= MAX_CLASSES:
         raise BenchError(f"digits: num_classes must be 2..{MAX_CLASSES}, got {num_classes}")
     if image_size is not None and image_size < 8:
@@ -755,13 +868,15 @@ def make_digits_dataset(root: str | Path, n_train_per_class: int | None = None, 
     return Path(root)
 
 
-GENERATORS = {"inat2017": lambda root, **kw: make_inat_dataset(root, 2017, **kw),
-              "inat2018": lambda root, **kw: make_inat_dataset(root, 2018, **kw),
-              "inat2019": lambda root, **kw: make_inat_dataset(root, 2019, **kw),
-              "places205": make_places205_dataset,
-              "places365": make_places365_dataset,
-              "folder": make_image_folder,
-              "digits": make_digits_dataset}
+GENERATORS = {
+    "inat2017": lambda root, **kw: make_inat_dataset(root, 2017, **kw),
+    "inat2018": lambda root, **kw: make_inat_dataset(root, 2018, **kw),
+    "inat2019": lambda root, **kw: make_inat_dataset(root, 2019, **kw),
+    "places205": make_places205_dataset,
+    "places365": make_places365_dataset,
+    "folder": make_image_folder,
+    "digits": make_digits_dataset,
+}
 
 
 def make_dataset(dataset: str, root: str | Path, **kwargs) -> Path:

@@ -20,6 +20,7 @@ user overrides). This module turns a config into the pieces ``bench.core.engine.
 * ``evaluate`` -> top-1 / top-5 in percent, counted directly.
 * ``extract_features`` -> frozen pre-logit features for the cached linear probe.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,10 +68,18 @@ def trainable_prefixes(protocol: str, k, depth: int) -> tuple[str, ...] | None:
     return blocks + ("norm.", "fc_norm.", "head.")
 
 
-def build_classifier(backbone_name: str, checkpoint: str | Path | None, protocol: str, num_classes: int,
-                     img_size: int | None = None, k: int | str | None = None, drop_path: float | None = None,
-                     global_pool: str | None = None, head_init_std: float | None = None,
-                     trust_checkpoint: bool = False) -> nn.Module:
+def build_classifier(
+    backbone_name: str,
+    checkpoint: str | Path | None,
+    protocol: str,
+    num_classes: int,
+    img_size: int | None = None,
+    k: int | str | None = None,
+    drop_path: float | None = None,
+    global_pool: str | None = None,
+    head_init_std: float | None = None,
+    trust_checkpoint: bool = False,
+) -> nn.Module:
     """A ViT classifier for ``protocol`` with the encoder of ``backbone_name`` / ``checkpoint``.
 
     Defaults for ``drop_path``, ``global_pool`` and ``head_init_std`` come from the protocol's
@@ -96,8 +105,15 @@ def build_classifier(backbone_name: str, checkpoint: str | Path | None, protocol
     global_pool = defaults["global_pool"] if global_pool is None else global_pool
     head_init_std = defaults["head_init_std"] if head_init_std is None else head_init_std
 
-    model = build_backbone(backbone_name, checkpoint, trust_checkpoint=trust_checkpoint, img_size=img_size,
-                           drop_path_rate=drop_path, global_pool=global_pool, num_classes=num_classes)
+    model = build_backbone(
+        backbone_name,
+        checkpoint,
+        trust_checkpoint=trust_checkpoint,
+        img_size=img_size,
+        drop_path_rate=drop_path,
+        global_pool=global_pool,
+        num_classes=num_classes,
+    )
     nn.init.trunc_normal_(model.head.weight, std=head_init_std)  # MAE main_finetune / main_linprobe
     nn.init.zeros_(model.head.bias)
     if rec == "linear":
@@ -126,9 +142,10 @@ def param_groups_for(protocol: str, model: nn.Module, cfg: dict) -> list[dict]:
     """
     if protocol == "linear":
         params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg["weight_decay"],
-                   "always_adapt": True},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "always_adapt": False}]
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg["weight_decay"], "always_adapt": True},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "always_adapt": False},
+        ]
         return [g for g in groups if g["params"]]
     return param_groups(model, cfg["weight_decay"], cfg["layer_decay"])
 
@@ -146,9 +163,15 @@ def make_loss_fn(cfg: dict, num_classes: int):
 
     mixup = None
     if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
-        mixup = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
-                      switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
-                      label_smoothing=cfg["smoothing"], num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=cfg["mixup"],
+            cutmix_alpha=cfg["cutmix"],
+            prob=cfg["mixup_prob"],
+            switch_prob=cfg["mixup_switch_prob"],
+            mode=cfg["mixup_mode"],
+            label_smoothing=cfg["smoothing"],
+            num_classes=num_classes,
+        )
         criterion = SoftTargetCrossEntropy()
     elif cfg["smoothing"] > 0:
         criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
@@ -183,6 +206,7 @@ def posterize_keep_bits(img, bits_to_keep, **_):
     fine-tuning run after a few thousand images.
     """
     from PIL import ImageOps
+
     if bits_to_keep >= 8:
         return img
     if bits_to_keep >= 1:
@@ -194,9 +218,19 @@ def train_transform(cfg: dict, img_size: int):
     """RandomResizedCrop + flip (+ RandAug, random erasing) via timm ``create_transform``."""
     from timm.data import create_transform
     from timm.data.auto_augment import RandAugment
-    tf = create_transform(img_size, is_training=True, scale=tuple(cfg["crop_scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"],
-                          auto_augment=cfg["auto_augment"], interpolation=cfg["interpolation"],
-                          re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"])
+
+    tf = create_transform(
+        img_size,
+        is_training=True,
+        scale=tuple(cfg["crop_scale"]),
+        hflip=cfg["hflip"],
+        color_jitter=cfg["color_jitter"],
+        auto_augment=cfg["auto_augment"],
+        interpolation=cfg["interpolation"],
+        re_prob=cfg["reprob"],
+        re_mode=cfg["remode"],
+        re_count=cfg["recount"],
+    )
     for t in getattr(tf, "transforms", []):
         if isinstance(t, RandAugment):
             for op in t.ops:
@@ -210,9 +244,14 @@ def eval_transform(cfg: dict, img_size: int):
     in ``bench.core.data.TensorTransform`` so readers decode with torchvision and resize uint8 tensors
     with ``torchvision.transforms.v2`` (same steps and sizes; PIL images still go through timm's)."""
     from timm.data import create_transform
+
     from bench.core.data import as_tensor_transform
-    return as_tensor_transform(create_transform(img_size, is_training=False, interpolation=cfg["interpolation"],
-                                                crop_pct=_crop_pct(cfg, img_size)))
+
+    return as_tensor_transform(
+        create_transform(
+            img_size, is_training=False, interpolation=cfg["interpolation"], crop_pct=_crop_pct(cfg, img_size)
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,8 +263,15 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16: bool = False,
-             num_workers: int = 0, per_example: bool = False):
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    *,
+    bf16: bool = False,
+    num_workers: int = 0,
+    per_example: bool = False,
+):
     """Top-1 / top-5 accuracy in percent over ``dataset`` of (input, label), counted directly
     (top-5 is top-min(5, C) when there are fewer than 5 classes). Leaves ``model`` in eval mode.
     Under torchrun each rank scores every world-th sample and the counts are summed over ranks,
@@ -238,11 +284,11 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16:
     from torch.utils.data import Subset
 
     from bench.core.distributed import gather_accuracy, gather_objects, shard_indices
+
     device = _device_of(model)
     model.eval()
     indices = shard_indices(len(dataset))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     hits1, hits5 = [], []
     for x, y in loader:
         with autocast(device, bf16):
@@ -268,8 +314,9 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16: bool = False,
-                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16: bool = False, num_workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-logit features (what the head sees: pooled token after norm / fc_norm) and labels of
     ``dataset``, in order, as float32 / int64 CPU tensors."""
     device = _device_of(model)

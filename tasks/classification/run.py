@@ -17,6 +17,7 @@ evaluated split's order) and ``result.json`` (the row).
 Re-running with the same ``out_dir`` continues from the newest checkpoint (``resume=True``); a
 different config in an existing ``out_dir`` is refused rather than silently mixed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,7 @@ SELECT = (None, "heldout")
 
 def _per_process_batch(global_batch: int, accum_iter: int, world: int) -> int:
     if global_batch % (accum_iter * world):
-        raise BenchError(f"batch_size {global_batch} is not divisible by accum_iter {accum_iter} x "
-                         f"{world} process(es)")
+        raise BenchError(f"batch_size {global_batch} is not divisible by accum_iter {accum_iter} x {world} process(es)")
     return global_batch // (accum_iter * world)
 
 
@@ -45,27 +45,48 @@ def check_finite(model, out_dir: Path) -> None:
     """Refuse to evaluate a model with NaN / inf weights or buffers (a diverged run, or non-finite
     pretrained weights that training did not touch): its top-1 would be recorded as a result."""
     import torch
+
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteLossError(f"{out_dir}: the trained model has non-finite values in {name!r}; "
-                                     f"no result is recorded")
+            raise NonFiniteLossError(
+                f"{out_dir}: the trained model has non-finite values in {name!r}; no result is recorded"
+            )
 
 
 def _check_k_recordable(k) -> None:
     from bench.core.results import FIELDS
+
     if k == C.MLP and not isinstance(0.5, FIELDS["k"]):
-        raise BenchError("--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
-                         "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet")
+        raise BenchError(
+            "--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
+            "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet"
+        )
 
 
-def run_classification(protocol: str, dataset: str, data_root: str | Path, backbone: str,
-                       checkpoint: str | Path | None = None, *, k: int | str | None = None, seed: int = 0,
-                       out_dir: str | Path, config: str | Path | dict | None = None,
-                       epochs: float | None = None, batch_size: int | None = None,
-                       overrides: dict | None = None, select: str | None = None, bf16: bool | None = None,
-                       resume: bool = True, results: str | Path | None = None, suite: str = "adhoc",
-                       trust_checkpoint: bool = False, progress: bool = True, device: str = "auto",
-                       fsdp: bool = False) -> dict:
+def run_classification(
+    protocol: str,
+    dataset: str,
+    data_root: str | Path,
+    backbone: str,
+    checkpoint: str | Path | None = None,
+    *,
+    k: int | str | None = None,
+    seed: int = 0,
+    out_dir: str | Path,
+    config: str | Path | dict | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    overrides: dict | None = None,
+    select: str | None = None,
+    bf16: bool | None = None,
+    resume: bool = True,
+    results: str | Path | None = None,
+    suite: str = "adhoc",
+    trust_checkpoint: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    fsdp: bool = False,
+) -> dict:
     """Train and evaluate one (protocol, dataset, backbone, k, seed) and return its results row
     (appended to ``ResultsStore(results)`` when given).
 
@@ -85,14 +106,13 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
     """
     from torch.utils.data import TensorDataset
 
-    from backbones.vit import Block
-    from bench.core.determinism import seed_everything
-    from tasks.classification import protocols as P
     from backbones.registry import parse_name
-    from backbones.vit import arch_config
+    from backbones.vit import Block, arch_config
+    from bench.core.determinism import seed_everything
     from bench.core.distributed import convert_sync_batchnorm, rank_world
     from bench.core.engine import TrainConfig, check_config, fit, micro_batches_per_epoch, pick_device, worker_error
     from bench.core.results import ResultsStore, make_row
+    from tasks.classification import protocols as P
     from tasks.classification.datasets import ImageDataset, heldout_split, read_splits
 
     t_start = time.perf_counter()
@@ -127,28 +147,60 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         train_split, val_split = heldout_split(train_split)
     num_classes = train_split.num_classes
     seed_everything(seed)  # the new head's (and a random init's) weights follow from the seed
-    model = P.build_classifier(backbone, checkpoint, protocol, num_classes, img_size=cfg["img_size"], k=k,
-                               drop_path=cfg["drop_path"], global_pool=cfg["global_pool"],
-                               head_init_std=cfg["head_init_std"], trust_checkpoint=trust_checkpoint)
+    model = P.build_classifier(
+        backbone,
+        checkpoint,
+        protocol,
+        num_classes,
+        img_size=cfg["img_size"],
+        k=k,
+        drop_path=cfg["drop_path"],
+        global_pool=cfg["global_pool"],
+        head_init_std=cfg["head_init_std"],
+        trust_checkpoint=trust_checkpoint,
+    )
     # under DDP only: the linear probe's BatchNorm1d normalises over the global batch, as one process
     # would (also the head trained on cached features, which is model.head)
     model = convert_sync_batchnorm(model)
     img_size = model.pos_grid[0] * model.patch_size
     workers = min(cfg["num_workers"], os.cpu_count() or 1)
     cache = rec == "linear" and cfg["cache_features"]
-    cfg_record = {**cfg, "recipe": rec, "k": k, "backbone": backbone, "dataset": dataset,
-                  "num_classes": num_classes, "img_size": img_size}
+    cfg_record = {
+        **cfg,
+        "recipe": rec,
+        "k": k,
+        "backbone": backbone,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "img_size": img_size,
+    }
     if select is not None:  # a selection run and the reported run never share a folder
         cfg_record["select"] = select
 
     out = Path(out_dir)
     train_cfg = TrainConfig(
-        out_dir=str(out), batch_size=micro_batch, epochs=cfg["epochs"], accum_iter=cfg["accum_iter"],
-        blr=cfg["blr"], lr=cfg["lr"], min_lr=cfg["min_lr"], warmup_epochs=cfg["warmup_epochs"],
-        weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]), optimizer=cfg["optimizer"],
-        momentum=cfg["momentum"], clip_grad=cfg["clip_grad"], bf16=bf16, seed=seed,
-        ckpt_every=cfg["ckpt_every"], num_workers=workers, progress=progress,
-        desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}", device=device, fsdp=fsdp)
+        out_dir=str(out),
+        batch_size=micro_batch,
+        epochs=cfg["epochs"],
+        accum_iter=cfg["accum_iter"],
+        blr=cfg["blr"],
+        lr=cfg["lr"],
+        min_lr=cfg["min_lr"],
+        warmup_epochs=cfg["warmup_epochs"],
+        weight_decay=cfg["weight_decay"],
+        betas=tuple(cfg["betas"]),
+        optimizer=cfg["optimizer"],
+        momentum=cfg["momentum"],
+        clip_grad=cfg["clip_grad"],
+        bf16=bf16,
+        seed=seed,
+        ckpt_every=cfg["ckpt_every"],
+        num_workers=workers,
+        progress=progress,
+        desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}",
+        device=device,
+        fsdp=fsdp,
+    )
     # everything the engine would refuse is refused before the first file is written
     check_config(train_cfg)
     micro_batches_per_epoch(len(train_split), micro_batch, world)
@@ -166,27 +218,47 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         feats = _load_features(feats_path, len(train_split))
         if feats is None:
             try:
-                feats = P.extract_features(model, ImageDataset(train_split, P.eval_transform(cfg, img_size)),
-                                           cfg["eval_batch_size"], bf16=bf16, num_workers=workers)
+                feats = P.extract_features(
+                    model,
+                    ImageDataset(train_split, P.eval_transform(cfg, img_size)),
+                    cfg["eval_batch_size"],
+                    bf16=bf16,
+                    num_workers=workers,
+                )
             except BenchError as e:  # a bad image, read in a loader worker
                 raise worker_error(e) from None
             if rank == 0:
                 from bench.core.checkpoint import save_atomic
+
                 save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
         head = model.head
         train_cfg.num_workers = 0
-        fitted = fit(head, TensorDataset(*feats), P.make_loss_fn(cfg, num_classes), train_cfg,
-                     groups=P.param_groups_for("linear", head, cfg), resume=resume)
+        fitted = fit(
+            head,
+            TensorDataset(*feats),
+            P.make_loss_fn(cfg, num_classes),
+            train_cfg,
+            groups=P.param_groups_for("linear", head, cfg),
+            resume=resume,
+        )
     else:
         train_set = ImageDataset(train_split, P.train_transform(cfg, img_size))
-        fitted = fit(model, train_set, P.make_loss_fn(cfg, num_classes), train_cfg,
-                     groups=P.param_groups_for(rec, model, cfg), resume=resume, block_type=Block)
+        fitted = fit(
+            model,
+            train_set,
+            P.make_loss_fn(cfg, num_classes),
+            train_cfg,
+            groups=P.param_groups_for(rec, model, cfg),
+            resume=resume,
+            block_type=Block,
+        )
 
     model.to(pick_device(device))
     check_finite(model, out)
     try:
-        metrics, correct, correct5 = P.evaluate(model, val_set, cfg["eval_batch_size"], bf16=bf16,
-                                                num_workers=workers, per_example=True)
+        metrics, correct, correct5 = P.evaluate(
+            model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers, per_example=True
+        )
     except BenchError as e:  # a bad image, read in a loader worker
         raise worker_error(e) from None
     per_example = out / "per_example.npz"
@@ -195,18 +267,42 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
         write_per_example(per_example, ids, correct, correct5)
     wall = time.perf_counter() - t_start
     lr = cfg["lr"] if cfg["lr"] is not None else cfg["blr"] * cfg["batch_size"] / 256
-    extra = {"img_size": img_size, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": lr,
-             "recipe": rec, "num_classes": num_classes, "n_train": len(train_split), "n_val": len(val_split),
-             "global_pool": cfg["global_pool"], "cache_features": cache, "bf16": bf16,
-             "final_loss": fitted.final_loss if math.isfinite(fitted.final_loss) else None,
-             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-             "out_dir": str(out), "select": select, "per_example": str(per_example.resolve())}
+    extra = {
+        "img_size": img_size,
+        "epochs": cfg["epochs"],
+        "batch_size": cfg["batch_size"],
+        "lr": lr,
+        "recipe": rec,
+        "num_classes": num_classes,
+        "n_train": len(train_split),
+        "n_val": len(val_split),
+        "global_pool": cfg["global_pool"],
+        "cache_features": cache,
+        "bf16": bf16,
+        "final_loss": fitted.final_loss if math.isfinite(fitted.final_loss) else None,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "out_dir": str(out),
+        "select": select,
+        "per_example": str(per_example.resolve()),
+    }
     if select == "heldout":
         extra["heldout_size"] = len(val_split)
-    row = make_row(task=dataset, protocol=protocol, init=init, backbone=arch, seed=seed, metrics=metrics,
-                   suite=suite, k=0.5 if k == P.MLP else k, checkpoint=checkpoint, config=cfg_record,
-                   iterations=fitted.steps, wall_time_s=wall, extra=extra,
-                   deviations=C.paper_deviations(cfg, protocol, arch, k))
+    row = make_row(
+        task=dataset,
+        protocol=protocol,
+        init=init,
+        backbone=arch,
+        seed=seed,
+        metrics=metrics,
+        suite=suite,
+        k=0.5 if k == P.MLP else k,
+        checkpoint=checkpoint,
+        config=cfg_record,
+        iterations=fitted.steps,
+        wall_time_s=wall,
+        extra=extra,
+        deviations=C.paper_deviations(cfg, protocol, arch, k),
+    )
     if rank == 0:
         atomic_write_json(row, out / "result.json", indent=1, sort_keys=True, default=str)
         if results is not None:
@@ -217,9 +313,14 @@ def run_classification(protocol: str, dataset: str, data_root: str | Path, backb
 def write_per_example(path: Path, ids, correct, correct5) -> Path:
     """``per_example.npz`` (atomically): ``ids`` (N,) str, ``correct`` / ``correct5`` (N,) bool."""
     import numpy as np
+
     with atomic_open(path, "wb") as f:
-        np.savez(f, ids=np.asarray(ids, dtype=str), correct=np.asarray(correct, dtype=bool),
-                 correct5=np.asarray(correct5, dtype=bool))
+        np.savez(
+            f,
+            ids=np.asarray(ids, dtype=str),
+            correct=np.asarray(correct, dtype=bool),
+            correct5=np.asarray(correct5, dtype=bool),
+        )
     return path
 
 
@@ -228,6 +329,7 @@ def _load_features(path: Path, n: int):
         return None
     from bench.core.checkpoint import load_checkpoint_file
     from bench.core.errors import CheckpointError
+
     try:
         obj = load_checkpoint_file(path)
         feats, labels = obj["features"], obj["labels"]
@@ -241,33 +343,52 @@ def _load_features(path: Path, n: int):
 # --------------------------------------------------------------------------------------------------
 def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``bench cls``."""
-    parser.add_argument("--protocol", required=True, choices=C.PROTOCOLS,
-                        help="finetune (Table 6), linear (linear probe), partial (the last k blocks, Fig. 9)")
-    parser.add_argument("--dataset", required=True, choices=DATASETS,
-                        help="which dataset's on-disk format --data-root holds")
+    parser.add_argument(
+        "--protocol",
+        required=True,
+        choices=C.PROTOCOLS,
+        help="finetune (Table 6), linear (linear probe), partial (the last k blocks, Fig. 9)",
+    )
+    parser.add_argument(
+        "--dataset", required=True, choices=DATASETS, help="which dataset's on-disk format --data-root holds"
+    )
     parser.add_argument("--data-root", required=True, help="dataset folder in its official layout")
     parser.add_argument("--backbone", required=True, help="<init>_<arch>, e.g. mae_vit_base_patch16")
     parser.add_argument("--checkpoint", default=None, help="pretrained weights (not for random_*)")
-    parser.add_argument("--k", default=None,
-                        help="partial: number of last blocks to tune (0 = linear probe, depth = full), or 'mlp'")
-    parser.add_argument("--config", default=None,
-                        help="YAML overriding the protocol config, or a name in tasks/classification/configs (smoke)")
+    parser.add_argument(
+        "--k", default=None, help="partial: number of last blocks to tune (0 = linear probe, depth = full), or 'mlp'"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML overriding the protocol config, or a name in tasks/classification/configs (smoke)",
+    )
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: the protocol's)")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the run (head init, data order)")
     parser.add_argument("--out", default=None, help="run folder (default runs/cls/<dataset>-<protocol>-<backbone>...)")
     parser.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
     parser.add_argument("--suite", default="adhoc", help="suite name recorded in the results row")
-    parser.add_argument("--bf16", action="store_true", default=None,
-                        help="bfloat16 autocast (default: on for CUDA, off for CPU)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from the newest readable checkpoint in --out (default); --no-resume "
-                             "starts over")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow a checkpoint that needs arbitrary unpickling (only for files you trust)")
+    parser.add_argument(
+        "--bf16", action="store_true", default=None, help="bfloat16 autocast (default: on for CUDA, off for CPU)"
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the newest readable checkpoint in --out (default); --no-resume starts over",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that needs arbitrary unpickling (only for files you trust)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--fsdp", action="store_true",
-                        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP")
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP",
+    )
     return parser
 
 
@@ -279,14 +400,30 @@ def default_out_dir(args) -> Path:
 def cls_main(args: argparse.Namespace) -> int:
     """Run ``bench cls`` from parsed arguments; prints the result line and returns exit status 0
     (errors are ``BenchError`` for the CLI to print)."""
-    row = run_classification(args.protocol, args.dataset, args.data_root, args.backbone, args.checkpoint,
-                             k=C.parse_k(args.k), seed=args.seed, out_dir=args.out or default_out_dir(args),
-                             config=args.config, epochs=args.epochs, batch_size=args.batch_size, bf16=args.bf16,
-                             resume=args.resume, results=args.results, suite=args.suite,
-                             trust_checkpoint=args.trust_checkpoint, device=args.device,
-                             fsdp=getattr(args, "fsdp", False))
+    row = run_classification(
+        args.protocol,
+        args.dataset,
+        args.data_root,
+        args.backbone,
+        args.checkpoint,
+        k=C.parse_k(args.k),
+        seed=args.seed,
+        out_dir=args.out or default_out_dir(args),
+        config=args.config,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        bf16=args.bf16,
+        resume=args.resume,
+        results=args.results,
+        suite=args.suite,
+        trust_checkpoint=args.trust_checkpoint,
+        device=args.device,
+        fsdp=getattr(args, "fsdp", False),
+    )
     m = row["metrics"]
-    print(f"{row['task']} {row['protocol']}{'' if row['k'] is None else ' k=' + str(row['k'])} "
-          f"{row['init']}_{row['backbone']}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  "
-          f"({row['iterations']} steps, {row['wall_time_s']:.0f} s; row in {Path(row['extra']['out_dir']) / 'result.json'})")
+    print(
+        f"{row['task']} {row['protocol']}{'' if row['k'] is None else ' k=' + str(row['k'])} "
+        f"{row['init']}_{row['backbone']}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  "
+        f"({row['iterations']} steps, {row['wall_time_s']:.0f} s; row in {Path(row['extra']['out_dir']) / 'result.json'})"
+    )
     return 0

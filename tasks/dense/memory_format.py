@@ -18,6 +18,7 @@ heads), and a guard for mmcv's RoI ops.
   input NCHW (no copy when it already is).
 ``tasks.dense.mm_runner.DenseRunner`` applies both to the model it builds, before DDP wraps it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,9 @@ def set_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     channels-last or contiguous layout; in place (parameters keep their identity, so an optimizer
     built before still holds them). Returns ``model``."""
     from timm.layers import LayerNorm2d
+
     from backbones.adapters import ViTPyramid
+
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     for m in model.modules():

@@ -11,6 +11,7 @@ its rule to a ``RegistryViT`` (mmseg's know only its ``backbone.layers.N`` names
 Weights are loaded at construction by the registry (with its converters and safe loading), so
 ``init_weights`` does nothing for the encoder: mmengine would otherwise re-initialise it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -48,16 +49,34 @@ class RegistryViT(BaseModule):
     weights, for weights loaded later (``load_from``) or FLOP counts.
     """
 
-    def __init__(self, name: str, checkpoint: str | None = None, img_size: int | Sequence[int] = 512,
-                 variant: str = "fpn", out_indices: Sequence[int] | None = None, out_channels: int = 256,
-                 drop_path_rate: float = 0.1, use_rel_pos: bool | str = True, window_size: int = 0,
-                 global_blocks: Sequence[int] = (), norm: str = "BN", trust_checkpoint: bool = False,
-                 with_cp: bool = False, structure_only: bool = False, pretrained: str | None = None,
-                 init_cfg=None):
+    def __init__(
+        self,
+        name: str,
+        checkpoint: str | None = None,
+        img_size: int | Sequence[int] = 512,
+        variant: str = "fpn",
+        out_indices: Sequence[int] | None = None,
+        out_channels: int = 256,
+        drop_path_rate: float = 0.1,
+        use_rel_pos: bool | str = True,
+        window_size: int = 0,
+        global_blocks: Sequence[int] = (),
+        norm: str = "BN",
+        trust_checkpoint: bool = False,
+        with_cp: bool = False,
+        structure_only: bool = False,
+        pretrained: str | None = None,
+        init_cfg=None,
+    ):
         checkpoint = _weights_file(name, checkpoint, pretrained, init_cfg, structure_only)
         super().__init__(init_cfg=None)  # the weights come from checkpoint, never from mmengine's init
-        kw = dict(img_size=img_size, drop_path_rate=drop_path_rate, use_rel_pos=use_rel_pos,
-                  window_size=window_size, global_blocks=tuple(global_blocks))
+        kw = dict(
+            img_size=img_size,
+            drop_path_rate=drop_path_rate,
+            use_rel_pos=use_rel_pos,
+            window_size=window_size,
+            global_blocks=tuple(global_blocks),
+        )
         if structure_only:
             encoder = _structure(name, **kw)
         else:
@@ -67,6 +86,7 @@ class RegistryViT(BaseModule):
         if with_cp:  # mmcv's name: recompute every block in backward (activation memory -> compute)
             from backbones.vit import Block
             from bench.core.engine import enable_grad_checkpointing
+
             enable_grad_checkpointing(encoder, Block)
         self.pyramid = ViTPyramid(encoder, variant, out_indices, out_channels, norm)
         self.num_layers = encoder.depth
@@ -104,25 +124,37 @@ def _weights_file(name: str, checkpoint, pretrained, init_cfg, structure_only: b
     if init_cfg is not None:
         cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
         for c in cfgs:
-            if not (isinstance(c, dict) and c.get("type") == "Pretrained" and c.get("checkpoint")
-                    and c.get("prefix") is None):
-                raise BenchError(f"{where}: key 'init_cfg' {c!r} is not supported: the encoder's weights come from "
-                                 f"key 'checkpoint' (any layout `bench backbones` converts); "
-                                 f"init_cfg=dict(type='Pretrained', checkpoint=FILE) means the same")
+            if not (
+                isinstance(c, dict)
+                and c.get("type") == "Pretrained"
+                and c.get("checkpoint")
+                and c.get("prefix") is None
+            ):
+                raise BenchError(
+                    f"{where}: key 'init_cfg' {c!r} is not supported: the encoder's weights come from "
+                    f"key 'checkpoint' (any layout `bench backbones` converts); "
+                    f"init_cfg=dict(type='Pretrained', checkpoint=FILE) means the same"
+                )
             named["init_cfg.checkpoint"] = str(c["checkpoint"])
     if len(set(named.values())) > 1:
-        raise BenchError(f"{where}: two weights files, {', '.join(f'{k}={v!r}' for k, v in named.items())}; keep one "
-                         f"(key 'checkpoint'; with mmseg's _base_ configs set model.pretrained=None)")
+        raise BenchError(
+            f"{where}: two weights files, {', '.join(f'{k}={v!r}' for k, v in named.items())}; keep one "
+            f"(key 'checkpoint'; with mmseg's _base_ configs set model.pretrained=None)"
+        )
     file = next(iter(named.values()), None)
     if structure_only:
         if file is not None:
-            raise BenchError(f"{where}: structure_only=True builds random weights, but "
-                             f"{next(iter(named))}={file!r} names a weights file; drop one of them")
+            raise BenchError(
+                f"{where}: structure_only=True builds random weights, but "
+                f"{next(iter(named))}={file!r} names a weights file; drop one of them"
+            )
         return None
     if file is None and INITS[init].needs_checkpoint:
-        raise BenchError(f"{where}: key 'checkpoint' is not set, and {init}_ weights come from a file "
-                         f"(official: {INITS[init].official_files or 'see README'}); set checkpoint=FILE, or "
-                         f"structure_only=True for the architecture with random weights (weights loaded later)")
+        raise BenchError(
+            f"{where}: key 'checkpoint' is not set, and {init}_ weights come from a file "
+            f"(official: {INITS[init].official_files or 'see README'}); set checkpoint=FILE, or "
+            f"structure_only=True for the architecture with random weights (weights loaded later)"
+        )
     return file
 
 
@@ -130,6 +162,7 @@ def _structure(name: str, **overrides):
     """The encoder ``build_backbone(name, checkpoint)`` would give, with random weights: the same
     architecture keywords (the init's own, e.g. BEiT's layer scale) and no file."""
     from backbones.vit import VisionTransformer, arch_config
+
     init, arch = parse_name(name)
     spec = INITS[init]
     cfg = arch_config(arch)
@@ -155,19 +188,27 @@ def other_init(init: str, obj) -> str | None:
     the decoder (``decoder_*``, ``mask_token``); a supervised classifier has ``head.weight`` and no
     decoder (MAE's fine-tuned files also have ``fc_norm``)."""
     from bench.core.checkpoint import unwrap_state_dict
+
     if isinstance(obj, dict) and isinstance(obj.get("init"), str) and obj["init"] != init:
         return f"it was written by `bench pretrain --method {obj['init']}` (its key 'init')"
     try:
         sd, _ = unwrap_state_dict(obj)
     except Exception:  # the converter already accepted it; nothing more to say
         return None
-    keys = {k[len("module."):] if k.startswith("module.") else k for k in sd}
+    keys = {k[len("module.") :] if k.startswith("module.") else k for k in sd}
     has_decoder = any(k in keys for k in _MAE_PRETRAIN_KEYS)
     head = next((k for k in ("head.weight", "head.layers.head.weight") if k in keys), None)
-    if init == "mae" and head and not has_decoder and "fc_norm.weight" not in keys and not any(
-            k.startswith("neck.") for k in keys):
-        return (f"it has a classifier ({head} {tuple(sd.get(head, sd.get('module.' + head)).shape)}) and no MAE "
-                f"decoder, as a supervised checkpoint does")
+    if (
+        init == "mae"
+        and head
+        and not has_decoder
+        and "fc_norm.weight" not in keys
+        and not any(k.startswith("neck.") for k in keys)
+    ):
+        return (
+            f"it has a classifier ({head} {tuple(sd.get(head, sd.get('module.' + head)).shape)}) and no MAE "
+            f"decoder, as a supervised checkpoint does"
+        )
     if init == "supervised" and has_decoder:
         return "it has an MAE decoder (decoder_* / mask_token), as an MAE pretraining checkpoint does"
     return None
@@ -179,12 +220,15 @@ def warn_if_other_init(name: str, checkpoint, trust_checkpoint: bool = False) ->
     from pathlib import Path
 
     from backbones.registry import read_checkpoint
+
     init, arch = parse_name(name)
     why = other_init(init, read_checkpoint(Path(checkpoint), trust=trust_checkpoint))
     if why is None:
         return None
-    text = (f"RegistryViT(name={name!r}): checkpoint {checkpoint} loaded as {init}_ weights, but {why}; "
-            f"if it is not {init}, name the backbone after its initialisation (`bench backbones`)")
+    text = (
+        f"RegistryViT(name={name!r}): checkpoint {checkpoint} loaded as {init}_ weights, but {why}; "
+        f"if it is not {init}, name the backbone after its initialisation (`bench backbones`)"
+    )
     warnings.warn(text, CheckpointLayoutWarning, stacklevel=3)
     return text
 
@@ -202,8 +246,10 @@ def check_model(model) -> None:
     if not isinstance(backbone, RegistryViT):
         return
     strides, channels = backbone.strides, backbone.channels
-    where = f"RegistryViT(name={backbone.encoder.init_name}_{backbone.encoder.arch_name}, patch " \
-            f"{backbone.encoder.patch_size}, variant {backbone.pyramid.variant!r})"
+    where = (
+        f"RegistryViT(name={backbone.encoder.init_name}_{backbone.encoder.arch_name}, patch "
+        f"{backbone.encoder.patch_size}, variant {backbone.pyramid.variant!r})"
+    )
     neck = getattr(model, "neck", None)
     start = int(getattr(neck, "start_level", 0) or 0)
     levels = strides[start:]
@@ -219,14 +265,18 @@ def check_model(model) -> None:
         if gen is not None and hasattr(gen, "strides"):
             got = [int(s[0]) if isinstance(s, (tuple, list)) else int(s) for s in gen.strides]
             if got != expected(len(got)):
-                raise BenchError(f"{where} gives feature maps at strides {strides}, but model.{mod_name}."
-                                 f"anchor_generator.strides is {got}; set it to {expected(len(got))}")
+                raise BenchError(
+                    f"{where} gives feature maps at strides {strides}, but model.{mod_name}."
+                    f"anchor_generator.strides is {got}; set it to {expected(len(got))}"
+                )
         fs = getattr(mod, "featmap_strides", None)
         if fs is not None and mod_name.endswith("roi_extractor"):
             got = [int(s) for s in fs]
             if got != expected(len(got)):
-                raise BenchError(f"{where} gives feature maps at strides {strides}, but model.{mod_name}."
-                                 f"featmap_strides is {got}; set it to {expected(len(got))}")
+                raise BenchError(
+                    f"{where} gives feature maps at strides {strides}, but model.{mod_name}."
+                    f"featmap_strides is {got}; set it to {expected(len(got))}"
+                )
     if neck is None:
         for head_name in ("decode_head", "auxiliary_head"):
             heads = getattr(model, head_name, None)
@@ -239,18 +289,22 @@ def check_model(model) -> None:
                 if list(got) != want:
                     key = head_name if not isinstance(heads, torch.nn.ModuleList) else f"{head_name}[{i}]"
                     val = want if isinstance(head.in_channels, (list, tuple)) else want[0]
-                    raise BenchError(f"{where} gives {channels} channels, but model.{key}.in_channels is "
-                                     f"{head.in_channels} (in_index {head.in_index}); set it to {val}")
+                    raise BenchError(
+                        f"{where} gives {channels} channels, but model.{key}.in_channels is "
+                        f"{head.in_channels} (in_index {head.in_index}); set it to {val}"
+                    )
     else:
         in_ch = getattr(neck, "in_channels", None)
-        if isinstance(in_ch, (list, tuple)) and list(in_ch) != channels[:len(in_ch)]:
-            raise BenchError(f"{where} gives {channels} channels, but model.neck.in_channels is {list(in_ch)}; "
-                             f"set it to {channels}")
+        if isinstance(in_ch, (list, tuple)) and list(in_ch) != channels[: len(in_ch)]:
+            raise BenchError(
+                f"{where} gives {channels} channels, but model.neck.in_channels is {list(in_ch)}; set it to {channels}"
+            )
 
 
 class RegistryViTCheckHook(Hook):
     """``custom_hooks=[dict(type='RegistryViTCheckHook')]``: ``check_model`` before any run of an
     mmengine ``Runner`` (bench's own runner does it without the hook)."""
+
     priority = "VERY_HIGH"
 
     def before_run(self, runner) -> None:
@@ -276,8 +330,13 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 # detectron2's norm types (solver/build.py get_default_optimizer_params), for no_decay='vitdet'
-_NORM_TYPES = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.modules.instancenorm._InstanceNorm,
-               torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
+_NORM_TYPES = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+)
 NO_DECAY_RULES = ("mae", "vitdet")
 
 
@@ -288,8 +347,11 @@ def no_decay_names(module, rule: str = "mae") -> set[str]:
     (``weight_decay_norm=0``, ``overrides={'pos_embed': {'weight_decay': 0.0}}``; biases and
     relative position tables decay)."""
     if rule == "mae":
-        return {n for n, p in module.named_parameters()
-                if p.ndim == 1 or n.endswith(("pos_embed", "cls_token", "relative_position_bias_table"))}
+        return {
+            n
+            for n, p in module.named_parameters()
+            if p.ndim == 1 or n.endswith(("pos_embed", "cls_token", "relative_position_bias_table"))
+        }
     if rule == "vitdet":
         out = set()
         for mname, m in module.named_modules():
@@ -318,8 +380,13 @@ def layer_decay_groups(module, base_lr: float, base_wd: float, paramwise_cfg: di
         key = (lid, no_decay)
         if key not in groups:
             scale = rate ** (num_layers + 1 - lid)
-            groups[key] = {"params": [], "lr": base_lr * scale, "lr_scale": scale,
-                           "weight_decay": 0.0 if no_decay else base_wd, "param_names": []}
+            groups[key] = {
+                "params": [],
+                "lr": base_lr * scale,
+                "lr_scale": scale,
+                "weight_decay": 0.0 if no_decay else base_wd,
+                "param_names": [],
+            }
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     return [groups[k] for k in sorted(groups)]
@@ -354,8 +421,10 @@ def _mmseg_compatible(base):
                 params.append(g)
 
     Compatible.__name__ = Compatible.__qualname__ = base.__name__
-    Compatible.__doc__ = (f"mmseg's ``{base.__name__}``; for a ``RegistryViT`` backbone the rule of "
-                          f"``ViTLayerDecayOptimizerConstructor`` (tasks/dense/mm_backbone.py).")
+    Compatible.__doc__ = (
+        f"mmseg's ``{base.__name__}``; for a ``RegistryViT`` backbone the rule of "
+        f"``ViTLayerDecayOptimizerConstructor`` (tasks/dense/mm_backbone.py)."
+    )
     return Compatible
 
 
@@ -363,10 +432,12 @@ def _register():
     from mmdet.registry import MODELS as DET_MODELS
     from mmseg.registry import MODELS as SEG_MODELS
     from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as SEG_CONSTRUCTORS
+
     for reg in (SEG_MODELS, DET_MODELS):
         if "RegistryViT" not in reg.module_dict:
             reg.register_module(module=RegistryViT)
     import mmseg.engine.optimizers  # noqa: F401  registers mmseg's constructors first
+
     for cname in ("LayerDecayOptimizerConstructor", "LearningRateDecayOptimizerConstructor"):
         base = SEG_CONSTRUCTORS.get(cname)
         if base is not None and not getattr(base, "_registry_vit_aware", False):

@@ -18,6 +18,7 @@
   refuse a CPU model); here the wrapper gets ``device_ids=None`` and SyncBN becomes
   ``bench.core.distributed``'s gloo SyncBatchNorm, so CPU runs (and the tests) take the GPU path.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,6 +46,7 @@ class _TerminalFilter(logging.Filter):
 class RunWatch(Hook):
     """Records the iteration training starts at (after a resume) and stops on a non-finite loss,
     before that iteration's checkpoint is written."""
+
     priority = "VERY_HIGH"
 
     def __init__(self):
@@ -57,8 +59,10 @@ class RunWatch(Hook):
         loss = (outputs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             terms = ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items())
-            raise NonFiniteLossError(f"{runner.work_dir}: non-finite loss at iteration {runner.iter + 1} ({terms}); "
-                                     f"the last checkpoint there is intact")
+            raise NonFiniteLossError(
+                f"{runner.work_dir}: non-finite loss at iteration {runner.iter + 1} ({terms}); "
+                f"the last checkpoint there is intact"
+            )
 
 
 @HOOKS.register_module()
@@ -69,8 +73,10 @@ class BenchCheckpointHook(CheckpointHook):
     def _save_checkpoint_with_step(self, runner, step, meta):
         super()._save_checkpoint_with_step(runner, step, meta)
         from mmengine.dist import is_main_process
+
         if is_main_process():
             from bench.core.io import atomic_write_text
+
             atomic_write_text(Path(runner.work_dir) / "last_checkpoint", Path(self.last_ckpt).name)
 
 
@@ -81,6 +87,7 @@ class DenseRunner(Runner):
     def from_cfg(cls, cfg):
         """mmengine's ``from_cfg`` on a copy of ``cfg`` with sampler-index resume and our checkpoint hook."""
         from tasks.dense.resume import skip_trained_batches_on_resume
+
         cfg = copy.deepcopy(cfg)
         skip_trained_batches_on_resume(cfg)
         ck = (cfg.get("default_hooks") or {}).get("checkpoint")
@@ -117,17 +124,24 @@ class DenseRunner(Runner):
     def setup_env(self, env_cfg):
         if self.distributed:
             from bench.core.distributed import init_distributed
+
             init_distributed()
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
         import torch.distributed as dist
+
         if self.distributed and dist.get_backend() == "gloo":
             from bench.core.distributed import convert_sync_batchnorm
+
             model = convert_sync_batchnorm(model)
             if model_wrapper_cfg is None:
-                model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
-                                         find_unused_parameters=self.cfg.get("find_unused_parameters", False))
+                model_wrapper_cfg = dict(
+                    type="MMDistributedDataParallel",
+                    device_ids=None,
+                    broadcast_buffers=False,
+                    find_unused_parameters=self.cfg.get("find_unused_parameters", False),
+                )
         return super().wrap_model(model_wrapper_cfg, model)
 
     def build_model(self, model):
@@ -136,6 +150,7 @@ class DenseRunner(Runner):
         import sys
 
         from mmengine.device import get_device
+
         model = super().build_model(model)
         plugin = sys.modules.get("tasks.dense.mm_backbone")  # a RegistryViT exists only once it is imported
         if plugin is not None:
@@ -152,6 +167,7 @@ class DenseRunner(Runner):
         from mmengine.runner.checkpoint import _load_checkpoint
 
         from tasks.dense.runner import resume_candidates
+
         self._has_loaded = True  # searched once: a fresh run stays fresh when val()/test() come later
         for path in resume_candidates(self.work_dir):
             try:
@@ -159,8 +175,11 @@ class DenseRunner(Runner):
                 if not (isinstance(ckpt, dict) and "state_dict" in ckpt and "iter" in ckpt.get("meta", {})):
                     raise CheckpointError("not an mmengine training checkpoint (no 'state_dict' / 'meta.iter')")
             except Exception as e:  # truncated zip, refused pickle, empty file, ...
-                self.logger.warning(f"{path}: unreadable checkpoint, falling back to the one before "
-                                    f"({first_line(e, with_type=True, limit=200)})", extra=TERMINAL)
+                self.logger.warning(
+                    f"{path}: unreadable checkpoint, falling back to the one before "
+                    f"({first_line(e, with_type=True, limit=200)})",
+                    extra=TERMINAL,
+                )
                 continue
             self._preloaded = (str(path), ckpt)
             self.logger.info(f"resuming from {path}")
@@ -175,6 +194,7 @@ class DenseRunner(Runner):
         # the file load_or_resume has just read: not read (a checkpoint can be GBs) a second time
         from mmengine.model import is_model_wrapper
         from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
         self._preloaded = None
         checkpoint = pre[1]
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
@@ -188,6 +208,7 @@ class DenseRunner(Runner):
         """mmengine's save into ``.<filename>.tmp``, fsync, rename: never half a checkpoint; a failed
         write (a full disk) is a CheckpointError naming the file, the earlier checkpoints intact."""
         from mmengine.dist import is_main_process
+
         if not is_main_process():
             return
         final = Path(out_dir) / filename
@@ -202,8 +223,10 @@ class DenseRunner(Runner):
             os.replace(tmp, final)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise CheckpointError(f"{final}: cannot write checkpoint ({first_line(e, with_type=True)}); "
-                                  f"the earlier checkpoints in {out_dir} are intact") from None
+            raise CheckpointError(
+                f"{final}: cannot write checkpoint ({first_line(e, with_type=True)}); "
+                f"the earlier checkpoints in {out_dir} are intact"
+            ) from None
 
 
 __all__ = ["DenseRunner", "RunWatch", "BenchCheckpointHook", "TERMINAL", "enable_mmengine_checkpoints", "BenchError"]

@@ -24,6 +24,7 @@ Everything else (a ``__reduce__`` calling ``os.system``, an ``argparse.Namespace
 class) is still refused by torch. Nothing in site-packages is changed; the allowlist is
 process-wide and idempotent.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -36,8 +37,20 @@ from mmengine.logging import HistoryBuffer
 HISTORY_BUFFER_STATISTICS = ("min", "max", "current", "mean")
 
 # numpy dtypes a checkpoint's logs and arrays can have.
-_NUMPY_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-                 np.uint64, np.float16, np.float32, np.float64)
+_NUMPY_DTYPES = (
+    np.bool_,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+)
 
 
 def history_buffer_statistic(obj, name):
@@ -48,7 +61,8 @@ def history_buffer_statistic(obj, name):
     what = obj.__name__ if isinstance(obj, type) else type(obj).__name__ + " instance"
     raise pickle.UnpicklingError(
         f"checkpoint calls getattr({what}, {name!r}); only getattr(HistoryBuffer, s) for s in "
-        f"{HISTORY_BUFFER_STATISTICS} is allowed")
+        f"{HISTORY_BUFFER_STATISTICS} is allowed"
+    )
 
 
 def mmengine_safe_globals() -> list:
@@ -56,8 +70,15 @@ def mmengine_safe_globals() -> list:
     array_rebuild = np.zeros(1).__reduce__()[0]  # numpy._core.multiarray._reconstruct
     scalar_rebuild = np.float64(0).__reduce__()[0]  # numpy._core.multiarray.scalar
     dtype_classes = sorted({type(np.dtype(t)) for t in _NUMPY_DTYPES}, key=lambda c: c.__name__)
-    return [HistoryBuffer, np.ndarray, np.dtype, array_rebuild, scalar_rebuild, *dtype_classes,
-            (history_buffer_statistic, "builtins.getattr")]
+    return [
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        array_rebuild,
+        scalar_rebuild,
+        *dtype_classes,
+        (history_buffer_statistic, "builtins.getattr"),
+    ]
 
 
 def enable_mmengine_checkpoints() -> None:

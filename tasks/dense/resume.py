@@ -23,6 +23,7 @@ run; only the random augmentation draws differ (mmengine's replay reproduced tho
 all the work again). ``skip_trained_batches_on_resume(cfg)`` wires both into a config; ``DenseRunner``
 calls it for every ``bench seg`` / ``bench det`` run whose training sampler is endless.
 """
+
 from __future__ import annotations
 
 import collections
@@ -53,8 +54,9 @@ class ResumableBatchSampler:
 
     def seek(self, k: int) -> None:
         if k < self.position - len(self._recent):
-            raise RuntimeError(f"cannot go back to batch {k}: drawn {self.position}, only the last "
-                               f"{len(self._recent)} are recorded")
+            raise RuntimeError(
+                f"cannot go back to batch {k}: drawn {self.position}, only the last {len(self._recent)} are recorded"
+            )
         self._start = k
 
     def _draw(self):
@@ -63,8 +65,9 @@ class ResumableBatchSampler:
         try:
             batch = next(self._stream)
         except StopIteration:
-            raise RuntimeError("ResumableBatchSampler needs an endless sampler (InfiniteSampler); "
-                               "this one ran out") from None
+            raise RuntimeError(
+                "ResumableBatchSampler needs an endless sampler (InfiniteSampler); this one ran out"
+            ) from None
         self.position += 1
         self._recent.append(batch)
         return batch
@@ -73,7 +76,7 @@ class ResumableBatchSampler:
         start, self._start = self._start, None
         if start is not None:
             first_recorded = self.position - len(self._recent)
-            yield from list(self._recent)[max(start - first_recorded, 0):]
+            yield from list(self._recent)[max(start - first_recorded, 0) :]
             while self.position < start:
                 self._draw()
         while True:
@@ -113,9 +116,12 @@ class SkipTrainedBatches(Hook):
             return
         batch_sampler.seek(loop.iter)
         loop.dataloader_iterator = _SkipFirst(iter(loop.dataloader), loop.iter)
-        print_log(f"resumed at iteration {loop.iter}: the data stream continues at batch {loop.iter} "
-                  f"(sampler indices only; the {loop.iter} batches before it are not loaded again)",
-                  logger="current", level=logging.INFO)
+        print_log(
+            f"resumed at iteration {loop.iter}: the data stream continues at batch {loop.iter} "
+            f"(sampler indices only; the {loop.iter} batches before it are not loaded again)",
+            logger="current",
+            level=logging.INFO,
+        )
 
 
 def skip_trained_batches_on_resume(cfg) -> bool:

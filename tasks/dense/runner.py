@@ -22,6 +22,7 @@ differs: their data checks, named configs and variants, metrics and row extras. 
 Only ``run_dense`` needs mmengine (imported when called); the rest works on plain dicts too, so
 another engine (detectron2) can share the record, resume guard, schedule rules and row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,23 @@ CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pth$")
 # evaluator, optimiser, schedule, batch. Paths (data root, checkpoint, annotation and output files),
 # loader workers, hooks, logging and the seed (a row field of its own) are left out, so the seeds of
 # one protocol share a config_hash whatever machine or folder they ran in.
-HASHED_KEYS = ("model", "train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator",
-               "test_evaluator", "optim_wrapper", "param_scheduler", "train_cfg", "auto_scale_lr")
+HASHED_KEYS = (
+    "model",
+    "train_dataloader",
+    "val_dataloader",
+    "test_dataloader",
+    "val_evaluator",
+    "test_evaluator",
+    "optim_wrapper",
+    "param_scheduler",
+    "train_cfg",
+    "auto_scale_lr",
+)
 _LOADER_RUNTIME_KEYS = ("num_workers", "persistent_workers", "pin_memory", "prefetch_factor")
 _EVALUATOR_PATH_KEYS = ("ann_file", "outfile", "outfile_prefix")
 # Settings a user sets by option; the run record holds them, and a resume with other values is refused
 # naming them (before the config hash, which changes with most of them too).
-EXPLICIT_KEYS = ("backbone", "checkpoint", "seed", "iterations", "batch_size", "variant", "crop_size",
-                 "cfg_options")
+EXPLICIT_KEYS = ("backbone", "checkpoint", "seed", "iterations", "batch_size", "variant", "crop_size", "cfg_options")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,14 +72,22 @@ def check_config_trust(path: str | os.PathLike, shipped_dir: str | os.PathLike, 
     path = Path(path).resolve()
     if trust_config or path.is_relative_to(Path(shipped_dir).resolve()):
         return path
-    raise BenchError(f"{path}: config file outside the package; reading it runs it as Python code "
-                     f"(mmengine), so pass --trust-config (suite key 'trust_config: true') if you trust it")
+    raise BenchError(
+        f"{path}: config file outside the package; reading it runs it as Python code "
+        f"(mmengine), so pass --trust-config (suite key 'trust_config: true') if you trust it"
+    )
 
 
-def read_config(path: str | os.PathLike, *, shipped_dir, trust_config: bool = False,
-                required=("model", "train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")):
+def read_config(
+    path: str | os.PathLike,
+    *,
+    shipped_dir,
+    trust_config: bool = False,
+    required=("model", "train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"),
+):
     """``mmengine.Config.fromfile`` behind the trust gate, with one-line errors naming the file."""
     from mmengine.config import Config
+
     path = check_config_trust(path, shipped_dir, trust_config)
     try:
         cfg = Config.fromfile(str(path))
@@ -79,8 +97,9 @@ def read_config(path: str | os.PathLike, *, shipped_dir, trust_config: bool = Fa
     return cfg
 
 
-def check_structure(cfg, where, required=("model", "train_dataloader", "train_cfg", "optim_wrapper",
-                                          "param_scheduler")) -> None:
+def check_structure(
+    cfg, where, required=("model", "train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
+) -> None:
     """What both dense tasks need of a config: the keys, our backbone plugin, an iteration loop."""
     for key in required:
         if key not in cfg:
@@ -100,8 +119,10 @@ def apply_cfg_options(cfg, options: dict | None, where) -> dict:
     try:
         cfg.merge_from_dict(dict(options))
     except Exception as e:  # a key through a list, a type clash, ...
-        raise BenchError(f"--cfg-options {' '.join(f'{k}={v}' for k, v in options.items())}: "
-                         f"cannot apply to {where} ({first_line(e)})") from None
+        raise BenchError(
+            f"--cfg-options {' '.join(f'{k}={v}' for k, v in options.items())}: "
+            f"cannot apply to {where} ({first_line(e)})"
+        ) from None
     check_structure(cfg, f"{where} with --cfg-options")
     return json.loads(json.dumps(dict(options), sort_keys=True, default=str))
 
@@ -157,15 +178,18 @@ def scale_schedule(cfg, iters: int, where) -> None:
             s["milestones"] = [scaled(m) for m in s["milestones"]]
 
 
-def set_batch_and_schedule(cfg, where, *, iters: int | None, batch_size: int | None,
-                           ckpt_interval: int | None, world_size: int) -> dict:
+def set_batch_and_schedule(
+    cfg, where, *, iters: int | None, batch_size: int | None, ckpt_interval: int | None, world_size: int
+) -> dict:
     """The total batch (config key ``total_batch_size``, else ``train_dataloader.batch_size``; the
     lr is for it) split over ``world_size`` processes; another ``batch_size`` scales the lr linearly
     (mmengine ``auto_scale_lr``) and, without ``iters``, the iterations to keep the epochs. Then the
     schedule (``scale_schedule``) and the checkpoint interval. Returns the batch facts."""
     base = int(cfg.get("total_batch_size", cfg["train_dataloader"]["batch_size"]))
     total = base if batch_size is None else int(batch_size)
-    source = "--batch-size" if batch_size is not None else f"{where}: key 'train_dataloader.batch_size' (the global batch)"
+    source = (
+        "--batch-size" if batch_size is not None else f"{where}: key 'train_dataloader.batch_size' (the global batch)"
+    )
     if total < 1 or total % world_size:
         raise BenchError(f"{source} {total}: must be a positive multiple of the {world_size} processes")
     cfg["train_dataloader"]["batch_size"] = total // world_size
@@ -207,6 +231,7 @@ def amp_fallback(cfg, cuda: bool) -> bool:
 def launch_rank() -> int:
     """This process's rank under torchrun / srun (0 without a launcher)."""
     from bench.core.distributed import launch_env
+
     return int((launch_env() or {"rank": 0})["rank"])
 
 
@@ -223,8 +248,9 @@ def resume_candidates(work_dir: str | os.PathLike) -> list[Path]:
     its file name, looked up in ``work_dir`` itself, so a copied or moved folder resumes from its
     own files), then every ``iter_N.pth`` newest first."""
     work_dir = Path(work_dir)
-    found = sorted((p for p in work_dir.glob("iter_*.pth") if checkpoint_step(p) is not None),
-                   key=checkpoint_step, reverse=True)
+    found = sorted(
+        (p for p in work_dir.glob("iter_*.pth") if checkpoint_step(p) is not None), key=checkpoint_step, reverse=True
+    )
     try:
         named = (work_dir / "last_checkpoint").read_text().strip()
     except (OSError, UnicodeDecodeError):
@@ -251,14 +277,17 @@ def check_record(work_dir: Path, record: dict, resume: bool) -> None:
     """The resume guard (``bench.core.run_record``): a folder whose checkpoints belong to a run with
     other settings is refused, naming the first differing option before the config hash."""
     from bench.core.run_record import check_run_record, read_run_record
+
     if not resume or not has_checkpoints(work_dir):
         return  # nothing to continue: the record is rewritten
     path = Path(work_dir) / RUN_RECORD
     hint = "use the same settings, another --out folder, or --no-resume"
     old = read_run_record(path)
     if old is None:
-        raise BenchError(f"{work_dir}: holds checkpoints but no run record ({RUN_RECORD}), so what they "
-                         f"belong to is unknown; use another --out folder or --no-resume")
+        raise BenchError(
+            f"{work_dir}: holds checkpoints but no run record ({RUN_RECORD}), so what they "
+            f"belong to is unknown; use another --out folder or --no-resume"
+        )
     check_run_record(path, {**old, **{k: v for k, v in record.items() if k in EXPLICIT_KEYS}}, hint=hint)
     check_run_record(path, record, hint=hint)
 
@@ -266,8 +295,16 @@ def check_record(work_dir: Path, record: dict, resume: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 # The run (mmengine)
 # --------------------------------------------------------------------------------------------------
-def run_dense(cfg, *, name: str, record: dict, resume: bool, register: Callable[[], None],
-              evaluate: Callable[[Any], dict], hooks=()) -> tuple[Any, dict, float]:
+def run_dense(
+    cfg,
+    *,
+    name: str,
+    record: dict,
+    resume: bool,
+    register: Callable[[], None],
+    evaluate: Callable[[Any], dict],
+    hooks=(),
+) -> tuple[Any, dict, float]:
     """Build the runner of ``cfg`` (``tasks.dense.mm_runner.DenseRunner``; ``name``: 'det' / 'seg'), train (resuming from the
     newest readable checkpoint with ``resume``), then ``evaluate(runner)``. Returns ``(runner,
     metrics, wall seconds)``; ``runner.run_watch.start_iter`` is where training started.
@@ -296,6 +333,7 @@ def run_dense(cfg, *, name: str, record: dict, resume: bool, register: Callable[
             register()  # mmseg / mmdet: their import-time warnings are caught too
             from bench.core.run_record import write_run_record
             from tasks.dense.mm_runner import DenseRunner, RunWatch, enable_mmengine_checkpoints
+
             enable_mmengine_checkpoints()  # mmengine's own checkpoints under torch's weights_only loading
             try:
                 runner = DenseRunner.from_cfg(cfg)
@@ -343,19 +381,57 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def dense_row(*, task: str, protocol: str, init: str, arch: str, backbone: str, seed: int, metrics: dict,
-              suite: str, checkpoint, hashed: dict, iterations: int, wall_time_s: float, config_name: str,
-              work_dir, start_iter: int, batch_size: int, world_size: int, cfg_options: dict,
-              extra: dict | None = None, deviations=()) -> dict:
+def dense_row(
+    *,
+    task: str,
+    protocol: str,
+    init: str,
+    arch: str,
+    backbone: str,
+    seed: int,
+    metrics: dict,
+    suite: str,
+    checkpoint,
+    hashed: dict,
+    iterations: int,
+    wall_time_s: float,
+    config_name: str,
+    work_dir,
+    start_iter: int,
+    batch_size: int,
+    world_size: int,
+    cfg_options: dict,
+    extra: dict | None = None,
+    deviations=(),
+) -> dict:
     """The results row of a dense run; ``extra``: the family's own fields; ``deviations``: how the
     run departs from the paper's protocol (e.g. ``paper_deviations``)."""
     from bench.core.results import make_row
-    return make_row(task=task, protocol=protocol, init=init, backbone=arch, seed=int(seed), metrics=metrics,
-                    suite=suite, checkpoint=checkpoint, config=hashed, iterations=int(iterations),
-                    wall_time_s=wall_time_s, deviations=list(deviations),
-                    extra=dict(backbone_name=backbone, config=config_name, work_dir=str(work_dir),
-                               start_iter=int(start_iter or 0), batch_size=int(batch_size),
-                               world_size=int(world_size), cfg_options=cfg_options, **(extra or {})))
+
+    return make_row(
+        task=task,
+        protocol=protocol,
+        init=init,
+        backbone=arch,
+        seed=int(seed),
+        metrics=metrics,
+        suite=suite,
+        checkpoint=checkpoint,
+        config=hashed,
+        iterations=int(iterations),
+        wall_time_s=wall_time_s,
+        deviations=list(deviations),
+        extra=dict(
+            backbone_name=backbone,
+            config=config_name,
+            work_dir=str(work_dir),
+            start_iter=int(start_iter or 0),
+            batch_size=int(batch_size),
+            world_size=int(world_size),
+            cfg_options=cfg_options,
+            **(extra or {}),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,32 +439,80 @@ def dense_row(*, task: str, protocol: str, init: str, arch: str, backbone: str, 
 # --------------------------------------------------------------------------------------------------
 def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
     from mmengine.config import DictAction
-    p.add_argument("--iters", type=int, default=None,
-                   help="training iterations (default: the config's); warm-up, lr steps and intervals keep "
-                        "their fraction of training")
-    p.add_argument("--ckpt-interval", type=int, default=None, help="iterations between checkpoints (default: the config's)")
+
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="training iterations (default: the config's); warm-up, lr steps and intervals keep "
+        "their fraction of training",
+    )
+    p.add_argument(
+        "--ckpt-interval", type=int, default=None, help="iterations between checkpoints (default: the config's)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the run (weights of new layers, data order)")
-    p.add_argument("--out", "--work-dir", dest="work_dir", default=None, metavar="DIR",
-                   help=f"the run's folder: checkpoints, run record, log file (default {default_out})")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue the run in --out from its newest readable checkpoint (default; a truncated "
-                        "or unreadable one is skipped for the one before it; a folder holding a run with other "
-                        "settings is refused). --no-resume deletes the folder's checkpoints and starts over")
+    p.add_argument(
+        "--out",
+        "--work-dir",
+        dest="work_dir",
+        default=None,
+        metavar="DIR",
+        help=f"the run's folder: checkpoints, run record, log file (default {default_out})",
+    )
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue the run in --out from its newest readable checkpoint (default; a truncated "
+        "or unreadable one is skipped for the one before it; a folder holding a run with other "
+        "settings is refused). --no-resume deletes the folder's checkpoints and starts over",
+    )
     p.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
     p.add_argument("--suite", default="adhoc", help="suite name recorded in the row")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a backbone checkpoint that needs arbitrary unpickling")
-    p.add_argument("--trust-config", action="store_true",
-                   help="allow a --config file from outside the package (mmengine runs it as Python when reading it)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
-                   help="override config keys (mmengine syntax, e.g. optim_wrapper.optimizer.lr=2e-4), applied "
-                        "after bench's own settings; recorded in the run record and the row")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last (NHWC) convolutions in the pyramid and heads (default: the config's "
-                        "channels_last; unset = on for CUDA, off on CPU)")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow a backbone checkpoint that needs arbitrary unpickling"
+    )
+    p.add_argument(
+        "--trust-config",
+        action="store_true",
+        help="allow a --config file from outside the package (mmengine runs it as Python when reading it)",
+    )
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        default=None,
+        metavar="KEY=VALUE",
+        help="override config keys (mmengine syntax, e.g. optim_wrapper.optimizer.lr=2e-4), applied "
+        "after bench's own settings; recorded in the run record and the row",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last (NHWC) convolutions in the pyramid and heads (default: the config's "
+        "channels_last; unset = on for CUDA, off on CPU)",
+    )
 
 
-__all__ = ["RUN_RECORD", "HASHED_KEYS", "check_config_trust", "read_config", "check_structure", "apply_cfg_options",
-           "hashed_config", "scale_schedule", "set_batch_and_schedule", "set_lr_for_init", "amp_fallback", "launch_rank",
-           "resume_candidates", "clear_checkpoints", "check_record", "run_dense", "paper_deviations", "dense_row",
-           "add_dense_arguments"]
+__all__ = [
+    "RUN_RECORD",
+    "HASHED_KEYS",
+    "check_config_trust",
+    "read_config",
+    "check_structure",
+    "apply_cfg_options",
+    "hashed_config",
+    "scale_schedule",
+    "set_batch_and_schedule",
+    "set_lr_for_init",
+    "amp_fallback",
+    "launch_rank",
+    "resume_candidates",
+    "clear_checkpoints",
+    "check_record",
+    "run_dense",
+    "paper_deviations",
+    "dense_row",
+    "add_dense_arguments",
+]

@@ -24,6 +24,7 @@ two differ by under a pixel.
 ``DataError`` with one line naming the file and key at fault. ``check_same_categories`` compares the
 categories of a train and a val file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,9 +75,15 @@ CROWD_EVERY = 4  # the images at (0-based) index 1, 5, 9, ... of each split hold
 # generator
 # --------------------------------------------------------------------------------------------------
 
-def make_coco_dataset(root: str | Path, n_train: int = 16, n_val: int = 8,
-                      image_size: tuple[int, int] = (128, 128), seed: int = 0,
-                      overwrite: bool = False) -> Path:
+
+def make_coco_dataset(
+    root: str | Path,
+    n_train: int = 16,
+    n_val: int = 8,
+    image_size: tuple[int, int] = (128, 128),
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """Write a small COCO 2017-layout instance dataset under ``root`` and return ``root``.
 
     ``image_size`` is ``(height, width)``; every image has that size. The output depends only on
@@ -90,8 +97,9 @@ def make_coco_dataset(root: str | Path, n_train: int = 16, n_val: int = 8,
     if n_train < 1 or n_val < 1:
         raise DataError(f"{root}: n_train and n_val must be >= 1 (got {n_train}, {n_val})")
     if min(height, width) < 2 * MIN_OBJECT_SIZE + 8:
-        raise DataError(f"{root}: image_size {image_size} is too small; the shorter side must be "
-                        f">= {2 * MIN_OBJECT_SIZE + 8}")
+        raise DataError(
+            f"{root}: image_size {image_size} is too small; the shorter side must be >= {2 * MIN_OBJECT_SIZE + 8}"
+        )
     targets = [root / "annotations", *(root / s for s in SPLITS)]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
@@ -105,8 +113,7 @@ def make_coco_dataset(root: str | Path, n_train: int = 16, n_val: int = 8,
         for split_index, (split, n) in enumerate(zip(SPLITS, (n_train, n_val))):
             rng = np.random.default_rng([seed, split_index])
             first_image_id = 1 + split_index * VAL_IMAGE_ID_OFFSET
-            dataset, next_ann_id = _make_split(tmp / split, n, height, width, rng,
-                                               first_image_id, next_ann_id)
+            dataset, next_ann_id = _make_split(tmp / split, n, height, width, rng, first_image_id, next_ann_id)
             with open(tmp / "annotations" / f"instances_{split}.json", "w") as f:
                 json.dump(dataset, f, separators=(",", ":"))
         for t in existing:
@@ -118,8 +125,15 @@ def make_coco_dataset(root: str | Path, n_train: int = 16, n_val: int = 8,
     return root
 
 
-def _make_split(image_dir: Path, n_images: int, height: int, width: int, rng: np.random.Generator,
-                first_image_id: int, next_ann_id: int) -> tuple[dict, int]:
+def _make_split(
+    image_dir: Path,
+    n_images: int,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    first_image_id: int,
+    next_ann_id: int,
+) -> tuple[dict, int]:
     image_dir.mkdir()
     photos = embedded_photos()
     cat_ids = [c["id"] for c in SHAPE_CATEGORIES]
@@ -139,32 +153,54 @@ def _make_split(image_dir: Path, n_images: int, height: int, width: int, rng: np
             if not cat_queue:
                 cat_queue = list(rng.permutation(cat_ids))
             cat_id = int(cat_queue[-1])
-            placed = _place(lambda: _shape(cat_id, height, width, rng), taken, rng, height, width)
+            placed = _place(lambda: _shape(cat_id, height, width, rng), taken, rng, height, width)  # noqa: B023 (called here)
             if placed is not None:
                 cat_queue.pop()
                 instances.append((cat_id, *placed, 0))
         for cat_id, segmentation, rle, iscrowd in instances:
             mask = mask_utils.decode(rle).astype(bool)
             _paint(img, mask, cat_id, rng)
-            annotations.append({
-                "segmentation": segmentation,
-                "area": float(mask_utils.area(rle)),
-                "iscrowd": iscrowd,
-                "image_id": image_id,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "category_id": cat_id,
-                "id": next_ann_id,
-            })
+            annotations.append(
+                {
+                    "segmentation": segmentation,
+                    "area": float(mask_utils.area(rle)),
+                    "iscrowd": iscrowd,
+                    "image_id": image_id,
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "category_id": cat_id,
+                    "id": next_ann_id,
+                }
+            )
             next_ann_id += 1
         Image.fromarray(img).save(image_dir / file_name, quality=92, subsampling=0)
-        images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": height,
-                       "width": width, "date_captured": "", "flickr_url": "", "id": image_id})
+        images.append(
+            {
+                "license": 1,
+                "file_name": file_name,
+                "coco_url": "",
+                "height": height,
+                "width": width,
+                "date_captured": "",
+                "flickr_url": "",
+                "id": image_id,
+            }
+        )
     dataset = {
-        "info": {"description": "maebench shapes on real photos, COCO 2017 layout",
-                 "url": "", "version": "1.0", "year": 2017, "contributor": "maebench",
-                 "date_created": ""},
-        "licenses": [{"url": "https://scikit-image.org/docs/stable/api/skimage.data.html", "id": 1,
-                      "name": "backgrounds: scikit-image / scikit-learn sample photographs"}],
+        "info": {
+            "description": "maebench shapes on real photos, COCO 2017 layout",
+            "url": "",
+            "version": "1.0",
+            "year": 2017,
+            "contributor": "maebench",
+            "date_created": "",
+        },
+        "licenses": [
+            {
+                "url": "https://scikit-image.org/docs/stable/api/skimage.data.html",
+                "id": 1,
+                "name": "backgrounds: scikit-image / scikit-learn sample photographs",
+            }
+        ],
         "images": images,
         "annotations": annotations,
         "categories": [dict(c) for c in SHAPE_CATEGORIES],
@@ -178,7 +214,7 @@ def _background(photo: np.ndarray, height: int, width: int, rng: np.random.Gener
     scale = min(ph / height, pw / width) * rng.uniform(0.3, 1.0)
     ch, cw = max(1, int(height * scale)), max(1, int(width * scale))
     y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
-    crop = Image.fromarray(np.ascontiguousarray(photo[y0:y0 + ch, x0:x0 + cw]))
+    crop = Image.fromarray(np.ascontiguousarray(photo[y0 : y0 + ch, x0 : x0 + cw]))
     return np.array(crop.resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
@@ -193,8 +229,7 @@ def _place(make, taken, rng, height, width, attempts: int = 30):
         x0 = rng.uniform(1, width - 1 - bw)
         y0 = rng.uniform(1, height - 1 - bh)
         box = (x0, y0, x0 + bw, y0 + bh)
-        if any(box[0] < t[2] + 2 and t[0] < box[2] + 2 and box[1] < t[3] + 2 and t[1] < box[3] + 2
-               for t in taken):
+        if any(box[0] < t[2] + 2 and t[0] < box[2] + 2 and box[1] < t[3] + 2 and t[1] < box[3] + 2 for t in taken):
             continue
         cx, cy = x0 + bw / 2, y0 + bh / 2
         if kind == "polygon":
@@ -223,8 +258,7 @@ def _shape(cat_id: int, height: int, width: int, rng: np.random.Generator):
     theta = rng.uniform(0, 2 * math.pi)
     if cat_id == 18:  # ring: an annulus, stored as compressed RLE (a polygon cannot hold the hole)
         inner = r * rng.uniform(0.45, 0.6)
-        return "mask", (lambda x, y: (x * x + y * y <= r * r) & (x * x + y * y >= inner * inner)), \
-            (2 * r, 2 * r)
+        return "mask", (lambda x, y: (x * x + y * y <= r * r) & (x * x + y * y >= inner * inner)), (2 * r, 2 * r)
     if cat_id == 1:  # disc: an ellipse
         b = r * rng.uniform(0.6, 1.0)
         angles = np.linspace(0, 2 * math.pi, 28, endpoint=False)
@@ -295,6 +329,7 @@ def uncompressed_rle_counts(mask: np.ndarray) -> list[int]:
 # validator
 # --------------------------------------------------------------------------------------------------
 
+
 def _check_id(value, ann_file, where: str, key: str = "id"):
     """COCO ids are integers (strings tolerated); anything else is named."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -302,8 +337,9 @@ def _check_id(value, ann_file, where: str, key: str = "id"):
     return value
 
 
-def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
-                  require_images: bool = True, skip_degenerate: bool = True) -> dict:
+def validate_coco(
+    ann_file: str | Path, image_dir: str | Path | None, *, require_images: bool = True, skip_degenerate: bool = True
+) -> dict:
     """Check a COCO instances file (and its images) and return a summary.
 
     Raises ``DataError`` (one line naming ``ann_file`` or ``image_dir`` and the key at fault) when:
@@ -328,12 +364,12 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
     ann_file = Path(ann_file)
     data = load_json(ann_file, "annotation file")
     if not isinstance(data, dict):
-        raise DataError(f"{ann_file}: not a COCO instances file: top level is a "
-                        f"{type(data).__name__}, not an object")
+        raise DataError(f"{ann_file}: not a COCO instances file: top level is a {type(data).__name__}, not an object")
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
-        raise DataError(f"{ann_file}: not a COCO instances file: missing top-level key(s) "
-                        + ", ".join(repr(k) for k in missing))
+        raise DataError(
+            f"{ann_file}: not a COCO instances file: missing top-level key(s) " + ", ".join(repr(k) for k in missing)
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
             raise DataError(f"{ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
@@ -343,7 +379,9 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
         _require_keys(img, ("id", "file_name", "height", "width"), ann_file, f"images[{i}]")
         _check_id(img["id"], ann_file, f"images[{i}]")
         if not isinstance(img["file_name"], str):
-            raise DataError(f"{ann_file}: images[{i}] 'file_name' must be a string, got {type(img['file_name']).__name__}")
+            raise DataError(
+                f"{ann_file}: images[{i}] 'file_name' must be a string, got {type(img['file_name']).__name__}"
+            )
         if img["id"] in images:
             raise DataError(f"{ann_file}: images[{i}] repeats image id {img['id']}")
         images[img["id"]] = (img["height"], img["width"])
@@ -360,8 +398,7 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
     kept, degenerate = [], []
     num_crowd = num_polygon = num_rle = 0
     for i, ann in enumerate(data["annotations"]):
-        _require_keys(ann, ("id", "image_id", "category_id", "bbox"), ann_file,
-                      f"annotations[{i}]")
+        _require_keys(ann, ("id", "image_id", "category_id", "bbox"), ann_file, f"annotations[{i}]")
         aid = _check_id(ann["id"], ann_file, f"annotations[{i}]")
         _check_id(ann["image_id"], ann_file, f"annotation id {aid}", "image_id")
         _check_id(ann["category_id"], ann_file, f"annotation id {aid}", "category_id")
@@ -369,16 +406,20 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
             raise DataError(f"{ann_file}: annotations[{i}] repeats annotation id {aid}")
         ann_ids.add(aid)
         if ann["image_id"] not in images:
-            raise DataError(f"{ann_file}: annotation id {aid} has image_id {ann['image_id']}, "
-                            "which is not in 'images'")
+            raise DataError(f"{ann_file}: annotation id {aid} has image_id {ann['image_id']}, which is not in 'images'")
         if ann["category_id"] not in categories:
-            raise DataError(f"{ann_file}: annotation id {aid} has category_id "
-                            f"{ann['category_id']}, which is not in 'categories'")
+            raise DataError(
+                f"{ann_file}: annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
+            )
         bbox = ann["bbox"]
-        if (not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-            raise DataError(f"{ann_file}: annotation id {aid} 'bbox' must be 4 finite numbers "
-                            f"[x, y, w, h], got {str(bbox)[:60]}")
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+        ):
+            raise DataError(
+                f"{ann_file}: annotation id {aid} 'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:60]}"
+            )
         if bbox[2] <= 0 or bbox[3] <= 0:
             degenerate.append(aid)
             if skip_degenerate:
@@ -387,33 +428,45 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path | None, *,
         if isinstance(segm, list) and segm:
             for k, poly in enumerate(segm):
                 if not isinstance(poly, list) or len(poly) % 2:
-                    raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' polygon {k} "
-                                    "must be a flat list [x1, y1, x2, y2, ...] of even length")
+                    raise DataError(
+                        f"{ann_file}: annotation id {aid} 'segmentation' polygon {k} "
+                        "must be a flat list [x1, y1, x2, y2, ...] of even length"
+                    )
                 if len(poly) < 6:
-                    raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' polygon {k} "
-                                    f"has {len(poly) // 2} point(s); a polygon needs at least 3")
+                    raise DataError(
+                        f"{ann_file}: annotation id {aid} 'segmentation' polygon {k} "
+                        f"has {len(poly) // 2} point(s); a polygon needs at least 3"
+                    )
             num_polygon += 1
         elif isinstance(segm, dict):
             if "counts" not in segm or "size" not in segm:
-                raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' RLE needs "
-                                "'counts' and 'size'")
+                raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' RLE needs 'counts' and 'size'")
             h, w = images[ann["image_id"]]
             if not isinstance(segm["size"], list) or len(segm["size"]) != 2:
-                raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' RLE 'size' must be "
-                                f"[height, width], got {str(segm['size'])[:40]}")
+                raise DataError(
+                    f"{ann_file}: annotation id {aid} 'segmentation' RLE 'size' must be "
+                    f"[height, width], got {str(segm['size'])[:40]}"
+                )
             if list(segm["size"]) != [h, w]:
-                raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' size "
-                                f"{segm['size']} is not its image's [height, width] [{h}, {w}]")
+                raise DataError(
+                    f"{ann_file}: annotation id {aid} 'segmentation' size "
+                    f"{segm['size']} is not its image's [height, width] [{h}, {w}]"
+                )
             num_rle += 1
         elif segm is not None and segm != []:
-            raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' must be a list of "
-                            f"polygons or an RLE dict, got {type(segm).__name__}")
+            raise DataError(
+                f"{ann_file}: annotation id {aid} 'segmentation' must be a list of "
+                f"polygons or an RLE dict, got {type(segm).__name__}"
+            )
         num_crowd += bool(ann.get("iscrowd", 0))
         kept.append(ann)
 
     if degenerate and skip_degenerate:
-        warnings.warn(f"{ann_file}: skipping {len(degenerate)} annotation(s) with a degenerate "
-                      f"'bbox' (w or h <= 0), ids {_first(degenerate)}", stacklevel=2)
+        warnings.warn(
+            f"{ann_file}: skipping {len(degenerate)} annotation(s) with a degenerate "
+            f"'bbox' (w or h <= 0), ids {_first(degenerate)}",
+            stacklevel=2,
+        )
 
     if require_images:
         if image_dir is None:
@@ -463,8 +516,9 @@ def _check_image_files(images: list, image_dir: Path, ann_file: Path) -> None:
             continue
         missing.append(name)
     if missing:
-        raise DataError(f"{image_dir}: {len(missing)} image file(s) listed in {ann_file} 'images' "
-                        f"are missing: {_first(missing)}")
+        raise DataError(
+            f"{image_dir}: {len(missing)} image file(s) listed in {ann_file} 'images' are missing: {_first(missing)}"
+        )
 
 
 def check_same_categories(train: str | Path | Mapping, val: str | Path | Mapping) -> list[dict]:
@@ -473,12 +527,12 @@ def check_same_categories(train: str | Path | Mapping, val: str | Path | Mapping
     Raises ``DataError`` naming the ids present in only one of them, or an id whose name differs.
     Returns the categories sorted by id.
     """
+
     def cats(src):
         data = load_json(src, "annotation file") if not isinstance(src, Mapping) else src
         name = str(src) if not isinstance(src, Mapping) else "<dict>"
         if not isinstance(data, Mapping) or not isinstance(data.get("categories"), list):
-            raise DataError(f"{name}: not a COCO instances file: missing top-level key "
-                            "'categories'")
+            raise DataError(f"{name}: not a COCO instances file: missing top-level key 'categories'")
         for i, c in enumerate(data["categories"]):
             _require_keys(c, ("id", "name"), Path(name), f"categories[{i}]")
             _check_id(c["id"], Path(name), f"categories[{i}]")
@@ -489,13 +543,16 @@ def check_same_categories(train: str | Path | Mapping, val: str | Path | Mapping
     only_train = sorted(set(train_cats) - set(val_cats))
     only_val = sorted(set(val_cats) - set(train_cats))
     if only_train or only_val:
-        raise DataError(f"{val_name}: 'categories' ids differ from {train_name}: only in train "
-                        f"{only_train}, only in val {only_val}")
+        raise DataError(
+            f"{val_name}: 'categories' ids differ from {train_name}: only in train {only_train}, only in val {only_val}"
+        )
     for cid in sorted(train_cats):
         if train_cats[cid]["name"] != val_cats[cid]["name"]:
-            raise DataError(f"{val_name}: 'categories' id {cid} is named "
-                            f"{val_cats[cid]['name']!r}, but {train_cats[cid]['name']!r} in "
-                            f"{train_name}")
+            raise DataError(
+                f"{val_name}: 'categories' id {cid} is named "
+                f"{val_cats[cid]['name']!r}, but {train_cats[cid]['name']!r} in "
+                f"{train_name}"
+            )
     return [train_cats[k] for k in sorted(train_cats)]
 
 

@@ -28,6 +28,7 @@ images it equals ``coco_evaluate``'s APbox, tests/test_detection.py). Arrays:
 * ``det_score`` (M,) float64; ``det_tp`` (M, T) bool: matched to a counted ground truth at threshold t;
   ``det_ignore`` (M, T) bool: matched to a crowd / ignored one (neither true nor false positive).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,20 @@ from bench.core.errors import BenchError, DataError
 from tasks.detection.coco_data import atomic_write_json, coco_from_dict, load_json, validate_coco
 
 IOU_TYPES = ("bbox", "segm")
-_STATS = ("AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l", "AR1", "AR10", "AR100", "AR_s", "AR_m",
-          "AR_l")  # the order of COCOeval.stats for bbox / segm
+_STATS = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_s",
+    "AP_m",
+    "AP_l",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_s",
+    "AR_m",
+    "AR_l",
+)  # the order of COCOeval.stats for bbox / segm
 _TAG = {"bbox": "box", "segm": "mask"}
 
 
@@ -57,9 +70,13 @@ def metric_names(iou_type: str) -> list[str]:
     return [name[:2] + tag + name[2:] for name in _STATS]
 
 
-def coco_evaluate(gt: str | Path | Mapping | COCO, detections: Sequence[dict] | str | Path,
-                  iou_types: Sequence[str] = IOU_TYPES, *,
-                  verbose: bool = False) -> dict[str, float]:
+def coco_evaluate(
+    gt: str | Path | Mapping | COCO,
+    detections: Sequence[dict] | str | Path,
+    iou_types: Sequence[str] = IOU_TYPES,
+    *,
+    verbose: bool = False,
+) -> dict[str, float]:
     """Evaluate ``detections`` against ``gt`` with pycocotools and return metrics in percent.
 
     ``gt`` is a COCO instances file (checked with ``validate_coco``), a loaded dict, or a
@@ -82,8 +99,7 @@ def coco_evaluate(gt: str | Path | Mapping | COCO, detections: Sequence[dict] | 
 
     out: dict[str, float] = {}
     if not dets:  # COCO.loadRes cannot take an empty list
-        warnings.warn(f"{source}: no detections; all {', '.join(iou_types)} metrics are 0.0",
-                      stacklevel=2)
+        warnings.warn(f"{source}: no detections; all {', '.join(iou_types)} metrics are 0.0", stacklevel=2)
         for iou_type in iou_types:
             out.update(dict.fromkeys(metric_names(iou_type), 0.0))
         return out
@@ -106,8 +122,7 @@ def _result(det: dict, iou_type: str) -> dict:
     """A fresh copy of ``det`` for ``COCO.loadRes`` (which adds keys to what it gets): plain
     numbers, and only the field of ``iou_type`` (a segm result with a bbox would get the box area
     for the small / medium / large split)."""
-    out = {"image_id": det["image_id"], "category_id": det["category_id"],
-           "score": float(det["score"])}
+    out = {"image_id": det["image_id"], "category_id": det["category_id"], "score": float(det["score"])}
     if iou_type == "bbox":
         out["bbox"] = [float(v) for v in det["bbox"]]
     else:
@@ -131,8 +146,7 @@ def _load_detections(detections) -> tuple[list, str]:
     else:
         dets, source = detections, "detections"
     if not isinstance(dets, (list, tuple)):
-        raise DataError(f"{source}: detections must be a list of result objects, "
-                        f"got {type(dets).__name__}")
+        raise DataError(f"{source}: detections must be a list of result objects, got {type(dets).__name__}")
     return list(dets), source
 
 
@@ -150,26 +164,28 @@ def _check_detections(dets: list, coco_gt: COCO, iou_types: tuple, source: str) 
                 raise DataError(f"{source}: detection [{i}] is missing key '{key}'")
         if "bbox" in iou_types and (not hasattr(d["bbox"], "__len__") or len(d["bbox"]) != 4):
             raise DataError(f"{source}: detection [{i}] 'bbox' must be [x, y, w, h]")
-        if "segm" in iou_types and not (isinstance(d["segmentation"], dict)
-                                        and "counts" in d["segmentation"]
-                                        and "size" in d["segmentation"]):
-            raise DataError(f"{source}: detection [{i}] 'segmentation' must be an RLE dict with "
-                            "'counts' and 'size'")
+        if "segm" in iou_types and not (
+            isinstance(d["segmentation"], dict) and "counts" in d["segmentation"] and "size" in d["segmentation"]
+        ):
+            raise DataError(f"{source}: detection [{i}] 'segmentation' must be an RLE dict with 'counts' and 'size'")
         if d["image_id"] not in img_ids:
             unknown_img.add(d["image_id"])
         if d["category_id"] not in cat_ids:
             unknown_cat.add(d["category_id"])
     if unknown_img:
-        raise DataError(f"{source}: 'image_id' {sorted(unknown_img)[:5]} not in the ground truth "
-                        f"images ({len(unknown_img)} unknown id(s))")
+        raise DataError(
+            f"{source}: 'image_id' {sorted(unknown_img)[:5]} not in the ground truth "
+            f"images ({len(unknown_img)} unknown id(s))"
+        )
     if unknown_cat:
-        raise DataError(f"{source}: 'category_id' {sorted(unknown_cat)[:5]} not in the ground "
-                        f"truth categories {sorted(cat_ids)[:10]} (use COCO category ids, not "
-                        "label indices)")
+        raise DataError(
+            f"{source}: 'category_id' {sorted(unknown_cat)[:5]} not in the ground "
+            f"truth categories {sorted(cat_ids)[:10]} (use COCO category ids, not "
+            "label indices)"
+        )
 
 
-def instances_to_coco_results(image_id: int, boxes_xyxy, scores, category_ids,
-                              masks=None) -> list[dict]:
+def instances_to_coco_results(image_id: int, boxes_xyxy, scores, category_ids, masks=None) -> list[dict]:
     """COCO result dicts for one image from model output.
 
     ``boxes_xyxy`` (N, 4) in pixels of the original image, ``scores`` (N,), ``category_ids`` (N,)
@@ -186,16 +202,21 @@ def instances_to_coco_results(image_id: int, boxes_xyxy, scores, category_ids,
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3 or len(masks) != len(boxes):
             raise ValueError(f"masks must be (N, H, W) with N={len(boxes)}, got {masks.shape}")
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) \
-            if len(masks) else []
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) if len(masks) else []
     out = []
     for k in range(len(boxes)):
         x0, y0, x1, y1 = boxes[k].tolist()
-        det = {"image_id": int(image_id), "category_id": int(cats[k]),
-               "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[k])}
+        det = {
+            "image_id": int(image_id),
+            "category_id": int(cats[k]),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": float(scores[k]),
+        }
         if rles is not None:
-            det["segmentation"] = {"size": [int(v) for v in rles[k]["size"]],
-                                   "counts": rles[k]["counts"].decode("ascii")}
+            det["segmentation"] = {
+                "size": [int(v) for v in rles[k]["size"]],
+                "counts": rles[k]["counts"].decode("ascii"),
+            }
         out.append(det)
     return out
 
@@ -220,8 +241,7 @@ def _plain(obj):
     return obj
 
 
-__all__ = ["IOU_TYPES", "coco_evaluate", "instances_to_coco_results", "metric_names",
-           "write_detections_json"]
+__all__ = ["IOU_TYPES", "coco_evaluate", "instances_to_coco_results", "metric_names", "write_detections_json"]
 
 
 def per_image_box_matches(gt, detections) -> dict[str, np.ndarray]:
@@ -262,11 +282,14 @@ def per_image_box_matches(gt, detections) -> dict[str, np.ndarray]:
                 rows["det_tp"] += list((np.asarray(e["dtMatches"]) > 0).T.reshape(n, t))
                 rows["det_ignore"] += list(np.asarray(e["dtIgnore"], dtype=bool).T.reshape(n, t))
     t = len(out["iou_thresholds"])
-    out.update(gt_count=gt_count, det_image=np.array(rows["det_image"], dtype=np.int64),
-               det_category=np.array(rows["det_category"], dtype=np.int64),
-               det_score=np.array(rows["det_score"], dtype=np.float64),
-               det_tp=np.array(rows["det_tp"], dtype=bool).reshape(-1, t),
-               det_ignore=np.array(rows["det_ignore"], dtype=bool).reshape(-1, t))
+    out.update(
+        gt_count=gt_count,
+        det_image=np.array(rows["det_image"], dtype=np.int64),
+        det_category=np.array(rows["det_category"], dtype=np.int64),
+        det_score=np.array(rows["det_score"], dtype=np.float64),
+        det_tp=np.array(rows["det_tp"], dtype=bool).reshape(-1, t),
+        det_ignore=np.array(rows["det_ignore"], dtype=bool).reshape(-1, t),
+    )
     out["det_tp"] &= ~out["det_ignore"]
     return out
 

@@ -14,15 +14,16 @@
   it runs in mmengine's test loop and gathers results across GPUs; it may share an ``Evaluator``
   with mmdet's ``CocoMetric`` (the tests do, to check both give the same numbers).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from mmdet.registry import METRICS, MODELS
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
-from mmdet.registry import METRICS, MODELS
 from timm.layers import LayerNorm2d
 
 from tasks.detection.evaluation import coco_evaluate, instances_to_coco_results, write_detections_json
@@ -43,11 +44,17 @@ class BenchCocoMetric(BaseMetric):
     ``outfile``: also write the COCO-format detections there (atomically). Metrics that
     COCOeval reports as -1 (no ground truth of that size) come back as NaN."""
 
-    default_prefix = 'bench'
+    default_prefix = "bench"
 
-    def __init__(self, ann_file: str | None = None, cat_ids: Sequence[int] = (), outfile: str | None = None,
-                 iou_types: Sequence[str] = ('bbox', 'segm'), collect_device: str = 'cpu',
-                 prefix: str | None = None):
+    def __init__(
+        self,
+        ann_file: str | None = None,
+        cat_ids: Sequence[int] = (),
+        outfile: str | None = None,
+        iou_types: Sequence[str] = ("bbox", "segm"),
+        collect_device: str = "cpu",
+        prefix: str | None = None,
+    ):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file, self.cat_ids = ann_file, [int(c) for c in cat_ids]
         self.outfile, self.iou_types = outfile, tuple(iou_types)
@@ -55,12 +62,15 @@ class BenchCocoMetric(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
-            pred = sample['pred_instances']
-            labels = pred['labels'].cpu().numpy()
-            masks = pred['masks'].cpu().numpy() if 'masks' in pred else None
+            pred = sample["pred_instances"]
+            labels = pred["labels"].cpu().numpy()
+            masks = pred["masks"].cpu().numpy() if "masks" in pred else None
             cats = [self.cat_ids[int(k)] for k in labels]
-            self.results.append(instances_to_coco_results(
-                sample['img_id'], pred['bboxes'].cpu().numpy(), pred['scores'].cpu().numpy(), cats, masks))
+            self.results.append(
+                instances_to_coco_results(
+                    sample["img_id"], pred["bboxes"].cpu().numpy(), pred["scores"].cpu().numpy(), cats, masks
+                )
+            )
 
     def compute_metrics(self, results: list) -> dict:
         dets = [d for per_image in results for d in per_image]
@@ -72,14 +82,14 @@ class BenchCocoMetric(BaseMetric):
 
 
 def _register():
-    if 'LN2d' not in MODELS.module_dict:
-        MODELS.register_module(name='LN2d', module=LayerNorm2d)
-    if 'LastLevelMaxPool' not in MODELS.module_dict:
+    if "LN2d" not in MODELS.module_dict:
+        MODELS.register_module(name="LN2d", module=LayerNorm2d)
+    if "LastLevelMaxPool" not in MODELS.module_dict:
         MODELS.register_module(module=LastLevelMaxPool)
-    if 'BenchCocoMetric' not in METRICS.module_dict:
+    if "BenchCocoMetric" not in METRICS.module_dict:
         METRICS.register_module(module=BenchCocoMetric)
 
 
 _register()
 
-__all__ = ['BenchCocoMetric', 'LastLevelMaxPool']
+__all__ = ["BenchCocoMetric", "LastLevelMaxPool"]

@@ -1,4 +1,5 @@
 """COCO detection + instance segmentation with Mask R-CNN (He et al. 2021, Table 4), declared once."""
+
 from __future__ import annotations
 
 from tasks.spec import Command, Table, TaskSpec, TransferRun
@@ -9,26 +10,45 @@ VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
 ENGINES = ("mmdet", "detectron2")
 
 TABLE4 = Table("table4_coco", "COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4)")
-DET = Command("det", "COCO detection + instance segmentation (Mask R-CNN)",
-              "tasks.detection.run:add_det_arguments", "tasks.detection.run:det_main")
+DET = Command(
+    "det",
+    "COCO detection + instance segmentation (Mask R-CNN)",
+    "tasks.detection.run:add_det_arguments",
+    "tasks.detection.run:det_main",
+)
 
 
 def run_coco(r: TransferRun) -> dict:
     from tasks.detection.run import run_detection
+
     engine = r.engine or ENGINES[0]
-    return run_detection(r.backbone, r.checkpoint, r.data_root, variant=VARIANTS[r.protocol],
-                         work_dir=r.work_dir, seed=r.seed, resume=True, results=None, suite=r.suite,
-                         trust_checkpoint=r.trust_checkpoint, trust_config=r.trust_config,
-                         engine=engine, **r.given("config", "iters"))
+    return run_detection(
+        r.backbone,
+        r.checkpoint,
+        r.data_root,
+        variant=VARIANTS[r.protocol],
+        work_dir=r.work_dir,
+        seed=r.seed,
+        resume=True,
+        results=None,
+        suite=r.suite,
+        trust_checkpoint=r.trust_checkpoint,
+        trust_config=r.trust_config,
+        engine=engine,
+        **r.given("config", "iters"),
+    )
 
 
 def read_coco(root):
     from tasks.detection.run import check_coco_root
+
     return check_coco_root(root)
 
 
 COCO = TaskSpec(
-    name="coco", family="detection", title="COCO",
+    name="coco",
+    family="detection",
+    title="COCO",
     protocols=tuple(VARIANTS),
     img_size=1024,  # the LSJ crop of the paper's recipe (tasks/detection/configs/coco_lsj_100e.py)
     metrics=("APbox", "APmask"),

@@ -3,6 +3,7 @@
 ``ade_data`` has the class names, a generator for small ADE20K-layout datasets, a validator for an
 ADE20K folder (generated or the real ADEChallengeData2016) and a plain-numpy mIoU reference.
 """
+
 from tasks.segmentation.ade_data import (
     ADE20K_CLASSES,
     ADE20K_PALETTE,

@@ -14,6 +14,7 @@ Label values: 0 = "other" (ignored in training and evaluation), 1..150 = the cla
 (img_suffix '.jpg', seg_map_suffix '.png', reduce_zero_label=True) maps 0 to 255 (ignore) and v to
 v - 1, so models predict 0..149.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,53 +33,310 @@ from bench.core.errors import BenchError, DataError
 # the order of objectInfo150.csv (Idx 1..150). Kept byte-for-byte as mmseg has them, including the
 # trailing space of 'bed ': mmseg accepts a metainfo ``classes`` only if every name is one of its own.
 ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed ", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
-    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing",
-    "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
-    "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
-    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
-    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth",
-    "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister",
-    "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
-    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
-    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
-    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed ",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 
 # mmsegmentation 1.2.2's ADE20KDataset.METAINFO['palette']: one RGB colour per class, same order.
 ADE20K_PALETTE = (
-    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80),  # 1-6
-    (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7),  # 7-12
-    (150, 5, 61), (120, 120, 70), (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4),  # 13-18
-    (255, 51, 7), (204, 70, 3), (0, 102, 200), (61, 230, 250), (255, 6, 51), (11, 102, 255),  # 19-24
-    (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220), (255, 9, 92), (112, 9, 255),  # 25-30
-    (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10), (7, 255, 255),  # 31-36
-    (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),  # 37-42
-    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255),  # 43-48
-    (140, 140, 140), (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0),  # 49-54
-    (153, 255, 0), (0, 0, 255), (255, 71, 0), (0, 235, 255), (0, 173, 255), (31, 0, 255),  # 55-60
-    (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255), (0, 255, 112), (0, 255, 133),  # 61-66
-    (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0), (0, 143, 255), (51, 255, 0),  # 67-72
-    (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0), (0, 255, 153),  # 73-78
-    (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20),  # 79-84
-    (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194),  # 85-90
-    (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255), (0, 194, 255), (0, 122, 255),  # 91-96
-    (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0), (143, 255, 0), (82, 0, 255),  # 97-102
-    (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255), (0, 255, 92), (184, 0, 255),  # 103-108
-    (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112), (92, 255, 0), (0, 224, 255),  # 109-114
-    (112, 224, 255), (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0), (255, 0, 163),  # 115-120
-    (255, 204, 0), (255, 0, 143), (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255),  # 121-126
-    (255, 0, 122), (255, 245, 0), (10, 190, 212), (214, 255, 0), (0, 204, 255), (20, 0, 255),  # 127-132
-    (255, 255, 0), (0, 153, 255), (0, 41, 255), (0, 255, 204), (41, 0, 255), (41, 255, 0),  # 133-138
-    (173, 0, 255), (0, 245, 255), (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255),  # 139-144
-    (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255),  # 145-150
+    (120, 120, 120),
+    (180, 120, 120),
+    (6, 230, 230),
+    (80, 50, 50),
+    (4, 200, 3),
+    (120, 120, 80),  # 1-6
+    (140, 140, 140),
+    (204, 5, 255),
+    (230, 230, 230),
+    (4, 250, 7),
+    (224, 5, 255),
+    (235, 255, 7),  # 7-12
+    (150, 5, 61),
+    (120, 120, 70),
+    (8, 255, 51),
+    (255, 6, 82),
+    (143, 255, 140),
+    (204, 255, 4),  # 13-18
+    (255, 51, 7),
+    (204, 70, 3),
+    (0, 102, 200),
+    (61, 230, 250),
+    (255, 6, 51),
+    (11, 102, 255),  # 19-24
+    (255, 7, 71),
+    (255, 9, 224),
+    (9, 7, 230),
+    (220, 220, 220),
+    (255, 9, 92),
+    (112, 9, 255),  # 25-30
+    (8, 255, 214),
+    (7, 255, 224),
+    (255, 184, 6),
+    (10, 255, 71),
+    (255, 41, 10),
+    (7, 255, 255),  # 31-36
+    (224, 255, 8),
+    (102, 8, 255),
+    (255, 61, 6),
+    (255, 194, 7),
+    (255, 122, 8),
+    (0, 255, 20),  # 37-42
+    (255, 8, 41),
+    (255, 5, 153),
+    (6, 51, 255),
+    (235, 12, 255),
+    (160, 150, 20),
+    (0, 163, 255),  # 43-48
+    (140, 140, 140),
+    (250, 10, 15),
+    (20, 255, 0),
+    (31, 255, 0),
+    (255, 31, 0),
+    (255, 224, 0),  # 49-54
+    (153, 255, 0),
+    (0, 0, 255),
+    (255, 71, 0),
+    (0, 235, 255),
+    (0, 173, 255),
+    (31, 0, 255),  # 55-60
+    (11, 200, 200),
+    (255, 82, 0),
+    (0, 255, 245),
+    (0, 61, 255),
+    (0, 255, 112),
+    (0, 255, 133),  # 61-66
+    (255, 0, 0),
+    (255, 163, 0),
+    (255, 102, 0),
+    (194, 255, 0),
+    (0, 143, 255),
+    (51, 255, 0),  # 67-72
+    (0, 82, 255),
+    (0, 255, 41),
+    (0, 255, 173),
+    (10, 0, 255),
+    (173, 255, 0),
+    (0, 255, 153),  # 73-78
+    (255, 92, 0),
+    (255, 0, 255),
+    (255, 0, 245),
+    (255, 0, 102),
+    (255, 173, 0),
+    (255, 0, 20),  # 79-84
+    (255, 184, 184),
+    (0, 31, 255),
+    (0, 255, 61),
+    (0, 71, 255),
+    (255, 0, 204),
+    (0, 255, 194),  # 85-90
+    (0, 255, 82),
+    (0, 10, 255),
+    (0, 112, 255),
+    (51, 0, 255),
+    (0, 194, 255),
+    (0, 122, 255),  # 91-96
+    (0, 255, 163),
+    (255, 153, 0),
+    (0, 255, 10),
+    (255, 112, 0),
+    (143, 255, 0),
+    (82, 0, 255),  # 97-102
+    (163, 255, 0),
+    (255, 235, 0),
+    (8, 184, 170),
+    (133, 0, 255),
+    (0, 255, 92),
+    (184, 0, 255),  # 103-108
+    (255, 0, 31),
+    (0, 184, 255),
+    (0, 214, 255),
+    (255, 0, 112),
+    (92, 255, 0),
+    (0, 224, 255),  # 109-114
+    (112, 224, 255),
+    (70, 184, 160),
+    (163, 0, 255),
+    (153, 0, 255),
+    (71, 255, 0),
+    (255, 0, 163),  # 115-120
+    (255, 204, 0),
+    (255, 0, 143),
+    (0, 255, 235),
+    (133, 255, 0),
+    (255, 0, 235),
+    (245, 0, 255),  # 121-126
+    (255, 0, 122),
+    (255, 245, 0),
+    (10, 190, 212),
+    (214, 255, 0),
+    (0, 204, 255),
+    (20, 0, 255),  # 127-132
+    (255, 255, 0),
+    (0, 153, 255),
+    (0, 41, 255),
+    (0, 255, 204),
+    (41, 0, 255),
+    (41, 255, 0),  # 133-138
+    (173, 0, 255),
+    (0, 245, 255),
+    (71, 0, 255),
+    (122, 0, 255),
+    (0, 255, 184),
+    (0, 92, 255),  # 139-144
+    (184, 255, 0),
+    (0, 133, 255),
+    (255, 214, 0),
+    (25, 194, 194),
+    (102, 255, 0),
+    (92, 0, 255),  # 145-150
 )
 
 NUM_CLASSES = len(ADE20K_CLASSES)  # 150
@@ -95,6 +353,7 @@ MAX_SHAPES = 3
 # --------------------------------------------------------------------------------------------
 # Generator
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -146,7 +405,7 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     out = np.zeros_like(mask)
     for dy in range(2 * radius + 1):
         for dx in range(2 * radius + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
+            out |= padded[dy : dy + h, dx : dx + w]
     return out
 
 
@@ -159,12 +418,13 @@ def _photo_region(rng: np.random.Generator, photo: np.ndarray, size: tuple[int, 
     ch, cw = max(1, min(ph, round(h * scale))), max(1, min(pw, round(w * scale)))
     top = int(rng.integers(0, ph - ch + 1))
     left = int(rng.integers(0, pw - cw + 1))
-    crop = Image.fromarray(np.ascontiguousarray(photo[top:top + ch, left:left + cw]))
+    crop = Image.fromarray(np.ascontiguousarray(photo[top : top + ch, left : left + cw]))
     return np.asarray(crop.resize((w, h), Image.BILINEAR), dtype=np.float64)
 
 
-def _thing_texture(rng: np.random.Generator, class_index: int, position: int, n_positions: int,
-                   size: tuple[int, int]) -> np.ndarray:
+def _thing_texture(
+    rng: np.random.Generator, class_index: int, position: int, n_positions: int, size: tuple[int, int]
+) -> np.ndarray:
     """HxWx3 float image: the class's palette colour under stripes whose angle and period depend
     on the class's position in the generator's class list, plus a little noise."""
     h, w = size
@@ -178,9 +438,12 @@ def _thing_texture(rng: np.random.Generator, class_index: int, position: int, n_
     return img + rng.normal(0.0, 6.0, size=(h, w, 3))
 
 
-def render_ade20k_sample(rng: np.random.Generator, image_size: tuple[int, int] = (128, 128),
-                         classes=DEFAULT_THING_CLASSES, stuff_classes=DEFAULT_STUFF_CLASSES
-                         ) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
+def render_ade20k_sample(
+    rng: np.random.Generator,
+    image_size: tuple[int, int] = (128, 128),
+    classes=DEFAULT_THING_CLASSES,
+    stuff_classes=DEFAULT_STUFF_CLASSES,
+) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
     """One generated sample: (HxWx3 uint8 image, HxW uint8 label, shapes drawn).
 
     Background: one or two horizontal bands (top / bottom), each a random crop of a real photo
@@ -203,7 +466,7 @@ def render_ade20k_sample(rng: np.random.Generator, image_size: tuple[int, int] =
     band_classes = rng.choice(len(stuff_classes), size=n_bands, replace=False)
     edges = [0, h] if n_bands == 1 else [0, int(rng.integers(h // 4, 3 * h // 4 + 1)), h]
     for j, top, bottom in zip(band_classes, edges[:-1], edges[1:]):
-        own_photos = photos[j::len(stuff_classes)]
+        own_photos = photos[j :: len(stuff_classes)]
         photo = own_photos[int(rng.integers(len(own_photos)))]
         region = _photo_region(rng, photo, (bottom - top, w))
         tint = np.asarray(ADE20K_PALETTE[stuff_classes[j] - 1], dtype=np.float64)
@@ -252,10 +515,16 @@ def _write_pair(data_root: Path, split: str, index: int, image: np.ndarray, labe
     Image.fromarray(label).save(data_root / "annotations" / split / f"{stem}.png")
 
 
-def make_ade20k_dataset(root: str | Path, n_train: int = 40, n_val: int = 10,
-                        image_size: tuple[int, int] = (128, 128), seed: int = 0,
-                        classes=DEFAULT_THING_CLASSES, stuff_classes=DEFAULT_STUFF_CLASSES,
-                        overwrite: bool = False) -> Path:
+def make_ade20k_dataset(
+    root: str | Path,
+    n_train: int = 40,
+    n_val: int = 10,
+    image_size: tuple[int, int] = (128, 128),
+    seed: int = 0,
+    classes=DEFAULT_THING_CLASSES,
+    stuff_classes=DEFAULT_STUFF_CLASSES,
+    overwrite: bool = False,
+) -> Path:
     """Write a small ADE20K-layout dataset to ``root/ADEChallengeData2016`` and return that path
     (the ``data_root`` of an mmseg ADE20KDataset config).
 
@@ -287,8 +556,7 @@ def make_ade20k_dataset(root: str | Path, n_train: int = 40, n_val: int = 10,
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "annotations" / split).mkdir(parents=True)
             for index in range(1, count + 1):
-                image, label, _ = render_ade20k_sample(sample_rng(seed, split, index), (h, w),
-                                                       classes, stuff_classes)
+                image, label, _ = render_ade20k_sample(sample_rng(seed, split, index), (h, w), classes, stuff_classes)
                 _write_pair(tmp, split, index, image, label)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=".ADEChallengeData2016.old-", dir=root))
@@ -306,6 +574,7 @@ def make_ade20k_dataset(root: str | Path, n_train: int = 40, n_val: int = 10,
 # --------------------------------------------------------------------------------------------
 # Validator
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ADE20KSplitSummary:
@@ -357,8 +626,7 @@ def ade20k_pairs(root: str | Path, split: str = "training") -> list[tuple[Path, 
     ann_dir = data_root / "annotations" / split
     for folder in (img_dir, ann_dir):
         if not folder.is_dir():
-            raise DataError(f"{folder}: missing folder (expected ADEChallengeData2016/"
-                            f"{folder.parent.name}/{split})")
+            raise DataError(f"{folder}: missing folder (expected ADEChallengeData2016/{folder.parent.name}/{split})")
     images = _stems(img_dir, ".jpg")
     labels = _stems(ann_dir, ".png")
     if not images:
@@ -367,11 +635,9 @@ def ade20k_pairs(root: str | Path, split: str = "training") -> list[tuple[Path, 
     no_image = sorted(set(labels) - set(images))
     problems = []
     if no_label:
-        problems.append(f"{len(no_label)} image(s) in {img_dir} have no .png label in {ann_dir}: "
-                        f"{_names(no_label)}")
+        problems.append(f"{len(no_label)} image(s) in {img_dir} have no .png label in {ann_dir}: {_names(no_label)}")
     if no_image:
-        problems.append(f"{len(no_image)} label(s) in {ann_dir} have no .jpg image in {img_dir}: "
-                        f"{_names(no_image)}")
+        problems.append(f"{len(no_image)} label(s) in {ann_dir} have no .jpg image in {img_dir}: {_names(no_image)}")
     if problems:
         raise DataError("; ".join(problems))
     return [(images[s], labels[s]) for s in sorted(images)]
@@ -384,8 +650,9 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({e})") from None
 
 
-def validate_ade20k(root: str | Path, split: str = "training", check_values: bool = True,
-                    value_sample: int | None = None) -> ADE20KSplitSummary:
+def validate_ade20k(
+    root: str | Path, split: str = "training", check_values: bool = True, value_sample: int | None = None
+) -> ADE20KSplitSummary:
     """Check one split of an ADE20K folder (``root`` is ADEChallengeData2016, or its parent).
 
     Always (headers only, cheap): images/<split> and annotations/<split> exist, every .jpg has a
@@ -400,14 +667,17 @@ def validate_ade20k(root: str | Path, split: str = "training", check_values: boo
     for image_path, label_path in pairs:
         with _open(label_path) as label:
             if label.mode not in ("L", "P"):
-                raise DataError(f"{label_path}: label must be a single-channel uint8 PNG "
-                                f"(PIL mode 'L'), got mode {label.mode!r}")
+                raise DataError(
+                    f"{label_path}: label must be a single-channel uint8 PNG (PIL mode 'L'), got mode {label.mode!r}"
+                )
             label_size = label.size
         with _open(image_path) as image:
             image_size = image.size
         if label_size != image_size:
-            raise DataError(f"{label_path}: label is {label_size[0]}x{label_size[1]} (WxH) but "
-                            f"its image {image_path.name} is {image_size[0]}x{image_size[1]}")
+            raise DataError(
+                f"{label_path}: label is {label_size[0]}x{label_size[1]} (WxH) but "
+                f"its image {image_path.name} is {image_size[0]}x{image_size[1]}"
+            )
 
     counts = np.zeros(256, dtype=np.int64)
     checked = []
@@ -425,22 +695,30 @@ def validate_ade20k(root: str | Path, split: str = "training", check_values: boo
                 except (OSError, ValueError, SyntaxError) as e:
                     raise DataError(f"{path}: cannot decode image ({e})") from None
         file_counts = np.bincount(values.ravel(), minlength=256)
-        bad = np.flatnonzero(file_counts[NUM_CLASSES + 1:])
+        bad = np.flatnonzero(file_counts[NUM_CLASSES + 1 :])
         if bad.size:
-            raise DataError(f"{label_path}: label value {NUM_CLASSES + 1 + int(bad[0])} > "
-                            f"{NUM_CLASSES} (ADE20K labels are 0 = other, 1..{NUM_CLASSES} = classes)")
+            raise DataError(
+                f"{label_path}: label value {NUM_CLASSES + 1 + int(bad[0])} > "
+                f"{NUM_CLASSES} (ADE20K labels are 0 = other, 1..{NUM_CLASSES} = classes)"
+            )
         counts += file_counts
-    return ADE20KSplitSummary(data_root=_resolve_data_root(Path(root)), split=split,
-                              num_images=len(pairs), num_value_checked=len(checked),
-                              pixel_counts=tuple(int(n) for n in counts[:NUM_CLASSES + 1]))
+    return ADE20KSplitSummary(
+        data_root=_resolve_data_root(Path(root)),
+        split=split,
+        num_images=len(pairs),
+        num_value_checked=len(checked),
+        pixel_counts=tuple(int(n) for n in counts[: NUM_CLASSES + 1]),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Reference metric
 # --------------------------------------------------------------------------------------------
 
-def confusion_miou(pred_list, label_list, num_classes: int = NUM_CLASSES,
-                   reduce_zero_label: bool = True, ignore_index: int = 255) -> dict:
+
+def confusion_miou(
+    pred_list, label_list, num_classes: int = NUM_CLASSES, reduce_zero_label: bool = True, ignore_index: int = 255
+) -> dict:
     """mIoU / aAcc / per-class IoU from one confusion matrix over all images, in percent.
 
     ``pred_list[i]`` holds predicted class ids 0..num_classes-1; ``label_list[i]`` the label map
@@ -464,23 +742,24 @@ def confusion_miou(pred_list, label_list, num_classes: int = NUM_CLASSES,
         pred = np.asarray(pred).astype(np.int64)
         label = np.asarray(label).astype(np.int64)
         if pred.shape != label.shape:
-            raise ValueError(f"pred_list[{i}] has shape {pred.shape} but label_list[{i}] "
-                             f"has {label.shape}")
+            raise ValueError(f"pred_list[{i}] has shape {pred.shape} but label_list[{i}] has {label.shape}")
         if reduce_zero_label:
             label = np.where(label == 0, ignore_index, label - 1)
         keep = label != ignore_index
         pred, label = pred[keep], label[keep]
         if label.size and (label.min() < 0 or label.max() >= num_classes):
             bad = label[(label < 0) | (label >= num_classes)][0]
-            raise DataError(f"label_list[{i}]: label value {bad + int(reduce_zero_label)} is not a "
-                            f"class (0..{num_classes - 1}"
-                            f"{' after reduce_zero_label' if reduce_zero_label else ''}) "
-                            f"nor ignore_index {ignore_index}")
+            raise DataError(
+                f"label_list[{i}]: label value {bad + int(reduce_zero_label)} is not a "
+                f"class (0..{num_classes - 1}"
+                f"{' after reduce_zero_label' if reduce_zero_label else ''}) "
+                f"nor ignore_index {ignore_index}"
+            )
         if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
             raise ValueError(f"pred_list[{i}]: predicted ids must be in 0..{num_classes - 1}")
-        confusion += np.bincount(label * num_classes + pred,
-                                 minlength=num_classes * num_classes).reshape(num_classes,
-                                                                              num_classes)
+        confusion += np.bincount(label * num_classes + pred, minlength=num_classes * num_classes).reshape(
+            num_classes, num_classes
+        )
     intersect = np.diag(confusion).astype(np.float64)
     area_label = confusion.sum(axis=1).astype(np.float64)
     area_pred = confusion.sum(axis=0).astype(np.float64)
@@ -493,5 +772,11 @@ def confusion_miou(pred_list, label_list, num_classes: int = NUM_CLASSES,
     def nanmean(x):
         return float(np.mean(x[~np.isnan(x)])) if (~np.isnan(x)).any() else float("nan")
 
-    return {"mIoU": nanmean(iou), "mAcc": nanmean(acc), "aAcc": float(a_acc),
-            "IoU": iou, "Acc": acc, "confusion": confusion}
+    return {
+        "mIoU": nanmean(iou),
+        "mAcc": nanmean(acc),
+        "aAcc": float(a_acc),
+        "IoU": iou,
+        "Acc": acc,
+        "confusion": confusion,
+    }

@@ -9,6 +9,7 @@ over the processes as mmengine gathers ``results``).
 ``write_per_example`` stores them as ``per_example.npz`` (``ids`` (N,) str, ``intersect`` and
 ``union`` (N, C) int64); ``miou_percent`` recomputes IoUMetric's mIoU from such arrays.
 """
+
 from __future__ import annotations
 
 import os

@@ -24,6 +24,7 @@ The data is never downloaded: ``data_root`` is ADEChallengeData2016 (or its pare
 ``validate_ade20k`` before anything is built; ``make_ade20k_dataset`` writes small sets in that
 layout for tests and demos.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ PER_EXAMPLE = "per_example.npz"  # in the work dir: per-image intersect / union 
 # The config of one run
 # --------------------------------------------------------------------------------------------
 
+
 def resolve_config(config: str | os.PathLike) -> tuple[Path, str]:
     """(config file, its display name) for ``config``: a name of ``CONFIGS`` or a config file."""
     if str(config) in CONFIGS:
@@ -108,10 +110,23 @@ def _apply_crop_size(cfg, crop: tuple[int, int]) -> None:
         cfg.model.test_cfg.stride = (2 * h // 3, 2 * w // 3)
 
 
-def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, seed: int = 0,
-                iters: int | None = None, crop_size=None, resume: bool = True,
-                trust_checkpoint: bool = False, channels_last: bool | None = None,
-                ckpt_interval: int | None = None, trust_config: bool = False, cfg_options: dict | None = None):
+def load_config(
+    config,
+    *,
+    backbone: str,
+    checkpoint=None,
+    data_root,
+    work_dir,
+    seed: int = 0,
+    iters: int | None = None,
+    crop_size=None,
+    resume: bool = True,
+    trust_checkpoint: bool = False,
+    channels_last: bool | None = None,
+    ckpt_interval: int | None = None,
+    trust_config: bool = False,
+    cfg_options: dict | None = None,
+):
     """The mmengine ``Config`` of one run, every override applied and checked (``cfg_options``
     last); builds nothing.
 
@@ -129,14 +144,21 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
     path, _ = resolve_config(config)
     init, arch = parse_name(backbone)  # BenchError with close names for an unknown backbone
     spec = arch_config(arch)
-    cfg = read_config(path, shipped_dir=CONFIG_DIR, trust_config=trust_config,
-                      required=("model", "train_dataloader", "val_dataloader", "train_cfg", "param_scheduler",
-                                "optim_wrapper"))
+    cfg = read_config(
+        path,
+        shipped_dir=CONFIG_DIR,
+        trust_config=trust_config,
+        required=("model", "train_dataloader", "val_dataloader", "train_cfg", "param_scheduler", "optim_wrapper"),
+    )
     if cfg.get("arch") not in (None, arch):
-        raise BenchError(f"config {path}: key 'arch' is {cfg.arch!r}, backbone {backbone!r} is {arch!r} "
-                         f"(use a config for {arch}, or smoke)")
+        raise BenchError(
+            f"config {path}: key 'arch' is {cfg.arch!r}, backbone {backbone!r} is {arch!r} "
+            f"(use a config for {arch}, or smoke)"
+        )
     if INITS[init].needs_checkpoint and checkpoint is None:
-        raise BenchError(f"backbone {backbone!r} needs --checkpoint (official files: {INITS[init].official_files or 'see README'})")
+        raise BenchError(
+            f"backbone {backbone!r} needs --checkpoint (official files: {INITS[init].official_files or 'see README'})"
+        )
     if checkpoint is not None:
         checkpoint = Path(checkpoint).resolve()
         if not checkpoint.is_file():
@@ -166,8 +188,9 @@ def load_config(config, *, backbone: str, checkpoint=None, data_root, work_dir, 
     # the config's batch is the global batch (the paper's 16), split over the processes of a
     # torchrun / srun (DDP through mmengine's Runner, process group from bench.core.distributed)
     world = launch_world_size()
-    set_batch_and_schedule(cfg, f"config {path}", iters=iters, batch_size=None, ckpt_interval=ckpt_interval,
-                           world_size=world)
+    set_batch_and_schedule(
+        cfg, f"config {path}", iters=iters, batch_size=None, ckpt_interval=ckpt_interval, world_size=world
+    )
     cfg.launcher = "pytorch" if world > 1 else "none"
 
     # data, work dir, seed, resume
@@ -192,11 +215,13 @@ def set_data_root(cfg, data_root) -> None:
 # Running
 # --------------------------------------------------------------------------------------------
 
+
 def _last_validation_hook():
     from mmengine.hooks import Hook
 
     class LastValidation(Hook):
         """The metrics of the last validation and the iteration they were taken at."""
+
         priority = "LOWEST"
 
         def __init__(self):
@@ -208,11 +233,25 @@ def _last_validation_hook():
     return LastValidation()
 
 
-def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", seed: int = 0,
-                     iters: int | None = None, work_dir, resume: bool = True, results=None,
-                     suite: str = "adhoc", trust_checkpoint: bool = False, crop_size=None,
-                     channels_last: bool | None = None, ckpt_interval: int | None = None,
-                     trust_config: bool = False, cfg_options: dict | None = None) -> dict | None:
+def run_segmentation(
+    backbone: str,
+    checkpoint,
+    data_root,
+    *,
+    config="smoke",
+    seed: int = 0,
+    iters: int | None = None,
+    work_dir,
+    resume: bool = True,
+    results=None,
+    suite: str = "adhoc",
+    trust_checkpoint: bool = False,
+    crop_size=None,
+    channels_last: bool | None = None,
+    ckpt_interval: int | None = None,
+    trust_config: bool = False,
+    cfg_options: dict | None = None,
+) -> dict | None:
     """Fine-tune ``backbone`` (a registry name, weights from ``checkpoint``) with UperNet on the
     ADE20K folder ``data_root``; return the results row (and append it to the store ``results``,
     a folder or ``.jsonl`` file, when given); None on ranks other than 0 under torchrun / srun.
@@ -226,12 +265,26 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     from bench.core.distributed import launch_world_size
     from bench.core.results import ResultsStore, config_hash
 
-    cfg = load_config(config, backbone=backbone, checkpoint=checkpoint, data_root=data_root, work_dir=work_dir,
-                      seed=seed, iters=iters, crop_size=crop_size, resume=resume, trust_checkpoint=trust_checkpoint,
-                      channels_last=channels_last, ckpt_interval=ckpt_interval, trust_config=trust_config,
-                      cfg_options=cfg_options)
-    summaries = {split: validate_ade20k(data_root, split, value_sample=VALUE_SAMPLE)  # DataError naming the
-                 for split in ("training", "validation")}                          # first file at fault
+    cfg = load_config(
+        config,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        data_root=data_root,
+        work_dir=work_dir,
+        seed=seed,
+        iters=iters,
+        crop_size=crop_size,
+        resume=resume,
+        trust_checkpoint=trust_checkpoint,
+        channels_last=channels_last,
+        ckpt_interval=ckpt_interval,
+        trust_config=trust_config,
+        cfg_options=cfg_options,
+    )
+    summaries = {
+        split: validate_ade20k(data_root, split, value_sample=VALUE_SAMPLE)  # DataError naming the
+        for split in ("training", "validation")
+    }  # first file at fault
     summary = summaries["validation"]
     set_data_root(cfg, summary.data_root)  # data_root may be the parent of ADEChallengeData2016
     init, arch = parse_name(backbone)
@@ -241,9 +294,16 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
     hashed = hashed_config(cfg)
     iterations = int(cfg.train_cfg.max_iters)
     batch = int(cfg.get("total_batch_size", cfg.auto_scale_lr.base_batch_size))
-    record = {"backbone": backbone, "checkpoint": cfg.model.backbone.checkpoint, "seed": int(seed),
-              "iterations": iterations, "batch_size": batch, "crop_size": list(crop),
-              "cfg_options": cfg.cfg_options, "config_hash": config_hash(hashed)}
+    record = {
+        "backbone": backbone,
+        "checkpoint": cfg.model.backbone.checkpoint,
+        "seed": int(seed),
+        "iterations": iterations,
+        "batch_size": batch,
+        "crop_size": list(crop),
+        "cfg_options": cfg.cfg_options,
+        "config_hash": config_hash(hashed),
+    }
 
     # per-image areas for per_example.npz: IoUMetric with its areas kept, the same metrics (after the
     # config hash, which names the protocol's metric)
@@ -255,6 +315,7 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
 
         import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT + ViTLayerDecayOptimizerConstructor
         import tasks.segmentation.per_image  # noqa: F401  registers PerImageIoUMetric
+
         register_all_modules(init_default_scope=False)
 
     last = _last_validation_hook()
@@ -264,36 +325,73 @@ def run_segmentation(backbone: str, checkpoint, data_root, *, config="smoke", se
             last.metrics, last.metrics_iter = dict(runner.val()), runner.iter
         return last.metrics
 
-    runner, metrics, wall = run_dense(cfg, name="seg", record=record, resume=resume, register=register,
-                                      evaluate=evaluate, hooks=[last])
+    runner, metrics, wall = run_dense(
+        cfg, name="seg", record=record, resume=resume, register=register, evaluate=evaluate, hooks=[last]
+    )
     if launch_rank() != 0:  # under torchrun / srun: rank 0 alone reports and stores the row
         return None
     # IoUMetric reports percent rounded to 2 decimals, as float32: keep exactly those 2 decimals
     metrics = {k: round(float(metrics[k]), 2) for k in ("mIoU", "aAcc", "mAcc") if k in metrics}
     if not all(math.isfinite(v) for v in metrics.values()):
         raise BenchError(f"work dir {cfg.work_dir}: validation gave non-finite metrics {metrics}")
-    extra = {"img_size": crop[0], "crop_size": list(crop), "log_dir": str(runner.log_dir),
-             "log_file": runner.log_file, "fp32_fallback": fp32_fallback}
+    extra = {
+        "img_size": crop[0],
+        "crop_size": list(crop),
+        "log_dir": str(runner.log_dir),
+        "log_file": runner.log_file,
+        "fp32_fallback": fp32_fallback,
+    }
     per_image = getattr(runner.val_evaluator.metrics[0], "per_image", None)
     if per_image:
         from tasks.segmentation.per_image import write_per_example
+
         extra["per_example"] = str(write_per_example(Path(cfg.work_dir) / PER_EXAMPLE, per_image))
-    deviations = segmentation_deviations(config_name=config_name, iterations=int(runner.iter), batch_size=batch,
-                                         crop=crop, amp=cfg.optim_wrapper.get("type") == "AmpOptimWrapper",
-                                         cfg_options=cfg.cfg_options,
-                                         num_images={k: v.num_images for k, v in summaries.items()})
-    row = dense_row(task="ade20k", protocol="upernet", init=init, arch=arch, backbone=backbone, seed=seed,
-                    metrics=metrics, suite=suite, checkpoint=cfg.model.backbone.checkpoint, hashed=hashed,
-                    iterations=runner.iter, wall_time_s=wall, config_name=config_name, work_dir=cfg.work_dir,
-                    start_iter=runner.run_watch.start_iter, batch_size=batch, world_size=launch_world_size(),
-                    cfg_options=cfg.cfg_options, extra=extra, deviations=deviations)
+    deviations = segmentation_deviations(
+        config_name=config_name,
+        iterations=int(runner.iter),
+        batch_size=batch,
+        crop=crop,
+        amp=cfg.optim_wrapper.get("type") == "AmpOptimWrapper",
+        cfg_options=cfg.cfg_options,
+        num_images={k: v.num_images for k, v in summaries.items()},
+    )
+    row = dense_row(
+        task="ade20k",
+        protocol="upernet",
+        init=init,
+        arch=arch,
+        backbone=backbone,
+        seed=seed,
+        metrics=metrics,
+        suite=suite,
+        checkpoint=cfg.model.backbone.checkpoint,
+        hashed=hashed,
+        iterations=runner.iter,
+        wall_time_s=wall,
+        config_name=config_name,
+        work_dir=cfg.work_dir,
+        start_iter=runner.run_watch.start_iter,
+        batch_size=batch,
+        world_size=launch_world_size(),
+        cfg_options=cfg.cfg_options,
+        extra=extra,
+        deviations=deviations,
+    )
     if results is not None:
         ResultsStore(results).append(row)
     return row
 
 
-def segmentation_deviations(*, config_name: str, iterations: int, batch_size: int, crop, amp: bool,
-                            cfg_options: dict | None = None, num_images: dict | None = None) -> list[str]:
+def segmentation_deviations(
+    *,
+    config_name: str,
+    iterations: int,
+    batch_size: int,
+    crop,
+    amp: bool,
+    cfg_options: dict | None = None,
+    num_images: dict | None = None,
+) -> list[str]:
     """How an ADE20K run departs from the paper's protocol (the row's ``deviations``)."""
     out = []
     if config_name == "smoke":
@@ -314,32 +412,72 @@ def segmentation_deviations(*, config_name: str, iterations: int, batch_size: in
 # Command line: bench seg
 # --------------------------------------------------------------------------------------------
 
+
 def add_seg_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", required=True, help="registry name <init>_<arch>, e.g. mae_vit_base_patch16 (`bench backbones`)")
-    p.add_argument("--checkpoint", default=None, help="backbone weights (official release file or `bench pretrain` output)")
+    p.add_argument(
+        "--backbone", required=True, help="registry name <init>_<arch>, e.g. mae_vit_base_patch16 (`bench backbones`)"
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="backbone weights (official release file or `bench pretrain` output)"
+    )
     p.add_argument("--data-root", required=True, help="ADEChallengeData2016 folder (or its parent); never downloaded")
-    p.add_argument("--config", default="smoke",
-                   help=f"{' | '.join(CONFIGS)} | path to an mmengine config .py, with --trust-config (default smoke)")
-    p.add_argument("--crop-size", type=int, default=None, help="square training crop (default: the config's; a multiple of the patch size)")
+    p.add_argument(
+        "--config",
+        default="smoke",
+        help=f"{' | '.join(CONFIGS)} | path to an mmengine config .py, with --trust-config (default smoke)",
+    )
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="square training crop (default: the config's; a multiple of the patch size)",
+    )
     add_dense_arguments(p, default_out="work_dirs/seg_<config>_<backbone>_seed<seed>")
 
 
 def seg_main(args) -> int:
     config_name = Path(args.config).stem if str(args.config).endswith(".py") else args.config
     work_dir = args.work_dir or f"work_dirs/seg_{config_name}_{args.backbone}_seed{args.seed}"
-    row = run_segmentation(args.backbone, args.checkpoint, args.data_root, config=args.config, seed=args.seed,
-                           iters=args.iters, work_dir=work_dir, resume=args.resume, results=args.results,
-                           suite=args.suite, trust_checkpoint=args.trust_checkpoint, crop_size=args.crop_size,
-                           channels_last=args.channels_last, ckpt_interval=args.ckpt_interval,
-                           trust_config=args.trust_config, cfg_options=args.cfg_options)
+    row = run_segmentation(
+        args.backbone,
+        args.checkpoint,
+        args.data_root,
+        config=args.config,
+        seed=args.seed,
+        iters=args.iters,
+        work_dir=work_dir,
+        resume=args.resume,
+        results=args.results,
+        suite=args.suite,
+        trust_checkpoint=args.trust_checkpoint,
+        crop_size=args.crop_size,
+        channels_last=args.channels_last,
+        ckpt_interval=args.ckpt_interval,
+        trust_config=args.trust_config,
+        cfg_options=args.cfg_options,
+    )
     if row is None:  # not rank 0
         return 0
     m = row["metrics"]
     where = f"appended to {args.results}" if args.results else "not stored (no --results)"
-    print(f"ADE20K UperNet {row['init']} {row['backbone']} seed {row['seed']}: mIoU {m['mIoU']:.2f}  aAcc {m['aAcc']:.2f}  "
-          f"({row['iterations']} iterations, {row['wall_time_s']:.0f} s; {where}; work dir {work_dir})")
+    print(
+        f"ADE20K UperNet {row['init']} {row['backbone']} seed {row['seed']}: mIoU {m['mIoU']:.2f}  aAcc {m['aAcc']:.2f}  "
+        f"({row['iterations']} iterations, {row['wall_time_s']:.0f} s; {where}; work dir {work_dir})"
+    )
     return 0
 
 
-__all__ = ["CONFIGS", "RUN_RECORD", "PAPER", "PER_EXAMPLE", "add_seg_arguments", "seg_main", "run_segmentation",
-           "resolve_config", "load_config", "hashed_config", "set_data_root", "segmentation_deviations"]
+__all__ = [
+    "CONFIGS",
+    "RUN_RECORD",
+    "PAPER",
+    "PER_EXAMPLE",
+    "add_seg_arguments",
+    "seg_main",
+    "run_segmentation",
+    "resolve_config",
+    "load_config",
+    "hashed_config",
+    "set_data_root",
+    "segmentation_deviations",
+]

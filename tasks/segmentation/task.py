@@ -1,44 +1,67 @@
 """ADE20K semantic segmentation with UperNet (He et al. 2021, Table 5), declared once."""
+
 from __future__ import annotations
 
 from tasks.spec import Command, Table, TaskSpec, TransferRun
 
 TABLE5 = Table("table5_ade20k", "ADE20K UperNet, mIoU (cf. MAE Table 5)")
-SEG = Command("seg", "ADE20K semantic segmentation (UperNet)",
-              "tasks.segmentation.run:add_seg_arguments", "tasks.segmentation.run:seg_main")
+SEG = Command(
+    "seg",
+    "ADE20K semantic segmentation (UperNet)",
+    "tasks.segmentation.run:add_seg_arguments",
+    "tasks.segmentation.run:seg_main",
+)
 
 
 # A search's hyperparameters -> the mmengine config keys they set (after the config's own values)
-SEARCH_CFG = {"lr": "optim_wrapper.optimizer.lr",
-              "weight_decay": "optim_wrapper.optimizer.weight_decay",
-              "layer_decay": "optim_wrapper.paramwise_cfg.layer_decay_rate",
-              "drop_path": "model.backbone.drop_path_rate"}
+SEARCH_CFG = {
+    "lr": "optim_wrapper.optimizer.lr",
+    "weight_decay": "optim_wrapper.optimizer.weight_decay",
+    "layer_decay": "optim_wrapper.paramwise_cfg.layer_decay_rate",
+    "drop_path": "model.backbone.drop_path_rate",
+}
 
 
 def run_ade20k(r: TransferRun) -> dict:
     from bench.core.errors import BenchError
     from tasks.segmentation.run import run_segmentation
+
     if r.select is not None:
-        raise BenchError(f"ade20k: select={r.select!r} (a held-out split of the training set) is "
-                         "not implemented; search with select_on: val")
+        raise BenchError(
+            f"ade20k: select={r.select!r} (a held-out split of the training set) is "
+            "not implemented; search with select_on: val"
+        )
     options = r.given("config", "iters")
     overrides = dict(r.overrides)
     if "iters" in overrides:
         options["iters"] = int(overrides.pop("iters"))
     cfg_options = {SEARCH_CFG[name]: value for name, value in overrides.items()}
-    return run_segmentation(r.backbone, r.checkpoint, r.data_root, work_dir=r.work_dir, seed=r.seed,
-                            resume=True, results=None, suite=r.suite,
-                            trust_checkpoint=r.trust_checkpoint, trust_config=r.trust_config,
-                            cfg_options=cfg_options or None, **options)
+    return run_segmentation(
+        r.backbone,
+        r.checkpoint,
+        r.data_root,
+        work_dir=r.work_dir,
+        seed=r.seed,
+        resume=True,
+        results=None,
+        suite=r.suite,
+        trust_checkpoint=r.trust_checkpoint,
+        trust_config=r.trust_config,
+        cfg_options=cfg_options or None,
+        **options,
+    )
 
 
 def read_ade20k(root):
     from tasks.segmentation.ade_data import validate_ade20k
+
     return {split: validate_ade20k(root, split) for split in ("training", "validation")}
 
 
 ADE20K = TaskSpec(
-    name="ade20k", family="segmentation", title="ADE20K",
+    name="ade20k",
+    family="segmentation",
+    title="ADE20K",
     protocols=("upernet",),
     img_size=512,  # the paper's 512x512 crop (tasks/segmentation/configs/paper_vit_base.py)
     metrics=("mIoU",),

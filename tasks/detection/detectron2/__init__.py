@@ -10,11 +10,12 @@ In a LazyConfig (``from detectron2.config import LazyCall as L``)::
 Importing this package without a working detectron2 (not installed, or built without its
 compiled ops) is a ``BenchError`` whose one line says how to install it.
 """
+
 from tasks.detection.detectron2.install import require_detectron2
 
 require_detectron2()
 
-from tasks.detection.detectron2.backbone import RegistryBackbone, check_feature_strides
-from tasks.detection.detectron2.run import run_detectron2
+from tasks.detection.detectron2.backbone import RegistryBackbone, check_feature_strides  # noqa: E402
+from tasks.detection.detectron2.run import run_detectron2  # noqa: E402
 
 __all__ = ["RegistryBackbone", "check_feature_strides", "require_detectron2", "run_detectron2"]

@@ -15,6 +15,7 @@ for ``p2..p6`` fail by name (``check_feature_strides``) instead of using anchors
 Defaults are ViTDet-B's (``mask_rcnn_vitdet_b_100ep.py``); ``global_blocks=None`` means ViTDet's
 rule, the 4 evenly spaced blocks (2, 5, 8, 11 for depth 12; 5, 11, 17, 23 for 24).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,23 +41,47 @@ class RegistryBackbone(Backbone):
     ``norm``: the norm inside the fpn adapter's x4 branch (``'BN'``, ``'SyncBN'``, ``'LN'``).
     """
 
-    def __init__(self, name: str, checkpoint: str | None = None, *, variant: str = "simple", img_size: int = 1024,
-                 out_channels: int = 256, drop_path_rate: float = 0.1, use_rel_pos: bool | str = "decomposed",
-                 window_size: int = 14, global_blocks: Sequence[int] | None = None,
-                 out_indices: Sequence[int] | None = None, norm: str = "BN", top_block: bool | None = None,
-                 square_pad: int = 0, trust_checkpoint: bool = False):
+    def __init__(
+        self,
+        name: str,
+        checkpoint: str | None = None,
+        *,
+        variant: str = "simple",
+        img_size: int = 1024,
+        out_channels: int = 256,
+        drop_path_rate: float = 0.1,
+        use_rel_pos: bool | str = "decomposed",
+        window_size: int = 14,
+        global_blocks: Sequence[int] | None = None,
+        out_indices: Sequence[int] | None = None,
+        norm: str = "BN",
+        top_block: bool | None = None,
+        square_pad: int = 0,
+        trust_checkpoint: bool = False,
+    ):
         super().__init__()
         if variant not in ("simple", "fpn"):
-            raise BenchError(f"RegistryBackbone: variant {variant!r}: choose 'simple' (ViTDet) or 'fpn' (Li et al. 2021)")
+            raise BenchError(
+                f"RegistryBackbone: variant {variant!r}: choose 'simple' (ViTDet) or 'fpn' (Li et al. 2021)"
+            )
         depth = arch_config(parse_name(name)[1])["depth"]
         if global_blocks is None:
             global_blocks = evenly_spaced_blocks(depth)
         bad = [b for b in global_blocks if not 0 <= b < depth]
         if bad:
-            raise BenchError(f"RegistryBackbone: global_blocks {list(global_blocks)} do not fit {name} ({depth} blocks)")
-        encoder = build_backbone(name, checkpoint, trust_checkpoint=trust_checkpoint, img_size=img_size,
-                                 drop_path_rate=drop_path_rate, use_rel_pos=use_rel_pos, window_size=window_size,
-                                 global_blocks=tuple(global_blocks))
+            raise BenchError(
+                f"RegistryBackbone: global_blocks {list(global_blocks)} do not fit {name} ({depth} blocks)"
+            )
+        encoder = build_backbone(
+            name,
+            checkpoint,
+            trust_checkpoint=trust_checkpoint,
+            img_size=img_size,
+            drop_path_rate=drop_path_rate,
+            use_rel_pos=use_rel_pos,
+            window_size=window_size,
+            global_blocks=tuple(global_blocks),
+        )
         self.pyramid = ViTPyramid(encoder, variant, out_indices, out_channels, norm)
         self.num_layers = depth
         strides = self.pyramid.strides
@@ -85,8 +110,10 @@ class RegistryBackbone(Backbone):
         return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
 
     def output_shape(self) -> dict[str, ShapeSpec]:
-        return {k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-                for k in self._out_features}
+        return {
+            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
+            for k in self._out_features
+        }
 
     def forward(self, x):
         feats = list(self.pyramid(x))
@@ -99,6 +126,7 @@ def last_level_max_pool(in_feature: str = "p5"):
     """detectron2's ``LastLevelMaxPool`` (FPN ``top_block``) reading ``in_feature``: its own is fixed
     to ``p5``, the stride-32 map of a patch-16 ViT; a patch-8 one has it as ``p4``."""
     from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
     top = LastLevelMaxPool()
     top.in_feature = in_feature
     return top
@@ -125,7 +153,9 @@ def check_feature_strides(model) -> None:
     def strides_of(names, key):
         missing = [n for n in names if n not in shapes]
         if missing:
-            raise BenchError(f"model.{key} {list(names)}: the backbone has no feature {missing[0]!r}; it outputs {have}")
+            raise BenchError(
+                f"model.{key} {list(names)}: the backbone has no feature {missing[0]!r}; it outputs {have}"
+            )
         return [shapes[n].stride for n in names]
 
     rpn = getattr(model, "proposal_generator", None)
@@ -133,8 +163,10 @@ def check_feature_strides(model) -> None:
         want = strides_of(rpn.in_features, "proposal_generator.in_features")
         got = [int(s) for s in getattr(rpn.anchor_generator, "strides", want)]
         if got != want:
-            raise BenchError(f"model.proposal_generator.anchor_generator.strides {got} != the strides {want} of the "
-                             f"backbone features {list(rpn.in_features)}: anchors would be at the wrong scale")
+            raise BenchError(
+                f"model.proposal_generator.anchor_generator.strides {got} != the strides {want} of the "
+                f"backbone features {list(rpn.in_features)}: anchors would be at the wrong scale"
+            )
     heads = getattr(model, "roi_heads", None)
     for kind in ("box", "mask", "keypoint"):
         names = getattr(heads, f"{kind}_in_features", None) if heads is not None else None
@@ -144,6 +176,10 @@ def check_feature_strides(model) -> None:
         want = strides_of(names, f"roi_heads.{kind}_in_features")
         scales = [float(1.0 / s) for s in want]
         got = [float(lvl.spatial_scale) for lvl in pooler.level_poolers]
-        if len(got) != len(scales) or any(not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, scales, strict=True)):
-            raise BenchError(f"model.roi_heads.{kind}_pooler.scales {[round(g, 6) for g in got]} != 1/stride "
-                             f"{[round(s, 6) for s in scales]} of the backbone features {list(names)}")
+        if len(got) != len(scales) or any(
+            not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, scales, strict=True)
+        ):
+            raise BenchError(
+                f"model.roi_heads.{kind}_pooler.scales {[round(g, 6) for g in got]} != 1/stride "
+                f"{[round(s, 6) for s in scales]} of the backbone features {list(names)}"
+            )

@@ -6,6 +6,7 @@ engine's ``bench.perf.random_det_samples``: ``boxes`` per image, sides 5-40 %, i
     loss_of(model).backward()          # one training step's forward + backward
     perf_step(...)                     # -> {'img_s', 'step_s', 'gflop_img', 'gflop_s'}
 """
+
 from __future__ import annotations
 
 import time
@@ -29,18 +30,30 @@ def random_batch(batch_size: int, size: int, boxes: int, num_classes: int, seed:
         xy = rng.uniform(0, 1, (boxes, 2)) * (size - wh)
         bb = np.concatenate([xy, xy + wh], 1).astype(np.float32)
         c, r = (bb[:, :2] + bb[:, 2:]) / 2, wh / 2
-        masks = (((xx[None] - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2
-                 + ((yy[None] - c[:, 1, None, None]) / r[:, 1, None, None]) ** 2 <= 1)
-        inst = Instances((size, size), gt_boxes=Boxes(torch.from_numpy(bb)),
-                         gt_classes=torch.from_numpy(rng.integers(0, num_classes, boxes)),
-                         gt_masks=BitMasks(torch.from_numpy(masks)))
+        masks = ((xx[None] - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2 + (
+            (yy[None] - c[:, 1, None, None]) / r[:, 1, None, None]
+        ) ** 2 <= 1
+        inst = Instances(
+            (size, size),
+            gt_boxes=Boxes(torch.from_numpy(bb)),
+            gt_classes=torch.from_numpy(rng.integers(0, num_classes, boxes)),
+            gt_masks=BitMasks(torch.from_numpy(masks)),
+        )
         img = torch.from_numpy(rng.uniform(0, 255, (3, size, size)).astype(np.float32))
         out.append({"image": img, "instances": inst, "height": size, "width": size})
     return out
 
 
-def build_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch16", img_size=512, batch_size=1,
-               boxes=8, num_classes=80, trust_config=False):
+def build_step(
+    config="vit_b",
+    variant="vitdet",
+    backbone="random_vit_base_patch16",
+    img_size=512,
+    batch_size=1,
+    boxes=8,
+    num_classes=80,
+    trust_config=False,
+):
     """(model in train mode, ``loss_of(model) -> summed loss``, title) for one training step of the
     named config (``smoke``, ``vit_b``, ``vit_l`` or a LazyConfig file, read only with
     ``trust_config``) at ``img_size``."""
@@ -55,8 +68,10 @@ def build_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch
     arch = parse_name(backbone)[1]
     stride = 32 * arch_config(arch)["patch_size"] // 16
     if img_size < 2 * stride or img_size % stride:
-        raise BenchError(f"--img-size {img_size}: must be a multiple of {stride} (the stride-32 level of {backbone}) "
-                         f"and at least {2 * stride}")
+        raise BenchError(
+            f"--img-size {img_size}: must be a multiple of {stride} (the stride-32 level of {backbone}) "
+            f"and at least {2 * stride}"
+        )
     path, name = resolve_config(config, variant, arch)
     cfg = load_lazy_config(path, trust_config)
     node, _ = registry_backbone_node(cfg, path)
@@ -74,8 +89,16 @@ def build_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch
     return model, loss_of, f"detectron2 Mask R-CNN ({name}) on {backbone} @ {img_size}, {boxes} boxes/img"
 
 
-def perf_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch16", img_size=512, batch_size=1,
-              boxes=8, iters=2, bf16=False) -> dict:
+def perf_step(
+    config="vit_b",
+    variant="vitdet",
+    backbone="random_vit_base_patch16",
+    img_size=512,
+    batch_size=1,
+    boxes=8,
+    iters=2,
+    bf16=False,
+) -> dict:
     """img/s and FLOPs of the training step (forward, backward, AdamW; after one warm-up step):
     ``{'img_s', 'step_s' (median), 'gflop_img' (fwd+bwd, torch's flop counter), 'gflop_s'}``."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -98,4 +121,6 @@ def perf_step(config="vit_b", variant="vitdet", backbone="random_vit_base_patch1
         if i:
             times.append(time.perf_counter() - t)
     t = sorted(times)[len(times) // 2]
-    return dict(title=title, img_s=batch_size / t, step_s=t, gflop_img=flops / batch_size / 1e9, gflop_s=flops / t / 1e9)
+    return dict(
+        title=title, img_s=batch_size / t, step_s=t, gflop_img=flops / batch_size / 1e9, gflop_s=flops / t / 1e9
+    )

@@ -20,6 +20,7 @@ other settings is refused (``bench.core.run_record``). Evaluation: detectron2's 
 val2017 gives the AP numbers, the AR numbers come from ``coco_evaluate`` on the detections
 COCOEvaluator wrote (the two agree exactly on AP: tests/test_detectron2.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,7 +41,11 @@ VARIANTS = ("fpn", "vitdet")
 PROTOCOL_OF_VARIANT = {"fpn": "maskrcnn_fpn", "vitdet": "maskrcnn_vitdet"}
 NAMED_CONFIGS = {
     "fpn": {"smoke": "smoke_fpn.py", "vit_b": "mask_rcnn_vit_fpn_b_100ep.py", "vit_l": "mask_rcnn_vit_fpn_l_100ep.py"},
-    "vitdet": {"smoke": "smoke_vitdet.py", "vit_b": "mask_rcnn_vitdet_b_100ep.py", "vit_l": "mask_rcnn_vitdet_l_100ep.py"},
+    "vitdet": {
+        "smoke": "smoke_vitdet.py",
+        "vit_b": "mask_rcnn_vitdet_b_100ep.py",
+        "vit_l": "mask_rcnn_vitdet_l_100ep.py",
+    },
 }
 RUN_RECORD = "bench_d2_run.json"
 _CKPT = re.compile(r"^model_(\d+|final)\.pth$")
@@ -58,15 +63,19 @@ def resolve_config(config, variant: str, arch: str) -> tuple[Path, str]:
         raise BenchError(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}")
     if config is None or str(config) == "auto":
         if arch not in AUTO_CONFIG_OF_ARCH:
-            raise BenchError(f"no detectron2 protocol config for architecture {arch!r}; pass --config smoke|vit_b|vit_l|FILE.py")
+            raise BenchError(
+                f"no detectron2 protocol config for architecture {arch!r}; pass --config smoke|vit_b|vit_l|FILE.py"
+            )
         config = AUTO_CONFIG_OF_ARCH[arch]
     name = str(config)
     if name in NAMED_CONFIGS[variant]:
         return CONFIG_DIR / NAMED_CONFIGS[variant][name], f"d2:{variant}:{name}"
     path = Path(config)
     if path.suffix not in (".py", ".yaml") or not path.is_file():
-        raise BenchError(f"--config {name!r}: neither a config name ({', '.join(NAMED_CONFIGS[variant])}) "
-                         f"nor an existing detectron2 LazyConfig (.py / .yaml) file")
+        raise BenchError(
+            f"--config {name!r}: neither a config name ({', '.join(NAMED_CONFIGS[variant])}) "
+            f"nor an existing detectron2 LazyConfig (.py / .yaml) file"
+        )
     return path, str(path)
 
 
@@ -77,8 +86,7 @@ def load_lazy_config(path: Path, trust_config: bool = False):
     path = Path(path)
     if CONFIG_DIR not in path.resolve().parents and not trust_config:
         # a .py runs when loaded; a .yaml's `_target_`s name any callable, called by instantiate
-        raise BenchError(f"{path}: a LazyConfig runs arbitrary code when loaded; if you trust it, pass "
-                         f"--trust-config")
+        raise BenchError(f"{path}: a LazyConfig runs arbitrary code when loaded; if you trust it, pass --trust-config")
     try:
         cfg = LazyConfig.load(str(path))
     except BenchError:
@@ -96,12 +104,17 @@ def registry_backbone_node(cfg, path) -> tuple[object, str]:
     from tasks.detection.detectron2.backbone import RegistryBackbone
 
     bb = cfg.model.get("backbone")
-    for node, key in ((bb, "model.backbone"), (bb.get("bottom_up") if bb is not None else None, "model.backbone.bottom_up")):
+    for node, key in (
+        (bb, "model.backbone"),
+        (bb.get("bottom_up") if bb is not None else None, "model.backbone.bottom_up"),
+    ):
         if node is not None and node.get("_target_") in (RegistryBackbone, _qualname(RegistryBackbone)):
             return node, key
     got = None if bb is None else bb.get("_target_")
-    raise BenchError(f"{path}: key 'model.backbone' must be L(RegistryBackbone)(...) or an FPN whose bottom_up is one "
-                     f"(got {_plain(got)!r})")
+    raise BenchError(
+        f"{path}: key 'model.backbone' must be L(RegistryBackbone)(...) or an FPN whose bottom_up is one "
+        f"(got {_plain(got)!r})"
+    )
 
 
 def _qualname(obj) -> str:
@@ -139,8 +152,10 @@ def _scale_schedule(cfg, iters: int) -> None:
         # fvcore wants 0 < m1 < m2 < ... < num_updates: scaled, then kept apart by one iteration
         n = len(sched.milestones)
         if iters < n + 1:
-            raise BenchError(f"--iters {iters}: the step schedule (lr_multiplier) has {n} milestones and needs at "
-                             f"least {n + 1} iterations")
+            raise BenchError(
+                f"--iters {iters}: the step schedule (lr_multiplier) has {n} milestones and needs at "
+                f"least {n + 1} iterations"
+            )
         ms, prev = [], 0
         for i, m in enumerate(sched.milestones):
             prev = min(max(prev + 1, int(round(m * iters / old))), iters - (n - i))
@@ -212,10 +227,23 @@ def newest_readable_checkpoint(checkpointer, work_dir: Path) -> int | None:
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
-def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitdet", config="auto", seed: int = 0,
-                   iters: int | None = None, batch_size: int | None = None, work_dir, resume: bool = True,
-                   trust_checkpoint: bool = False, trust_config: bool = False, overrides: Sequence[str] = (),
-                   ckpt_interval: int | None = None) -> dict | None:
+def run_detectron2(
+    backbone: str,
+    checkpoint,
+    data_root,
+    *,
+    variant: str = "vitdet",
+    config="auto",
+    seed: int = 0,
+    iters: int | None = None,
+    batch_size: int | None = None,
+    work_dir,
+    resume: bool = True,
+    trust_checkpoint: bool = False,
+    trust_config: bool = False,
+    overrides: Sequence[str] = (),
+    ckpt_interval: int | None = None,
+) -> dict | None:
     """Train Mask R-CNN with detectron2 on ``data_root``/train2017 and evaluate on val2017.
 
     Returns (rank 0; None on other ranks) ``{'metrics': {APbox, APbox50, ..., APmask, ...} (percent,
@@ -261,6 +289,7 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     cfg = load_lazy_config(path, trust_config)
     if overrides:
         from detectron2.config import LazyConfig
+
         try:
             cfg = LazyConfig.apply_overrides(cfg, list(overrides))
         except Exception as e:  # a key that does not exist, a value that does not parse
@@ -277,8 +306,10 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     lff = cfg.optimizer.params.get("lr_factor_func")
     if isinstance(lff, functools.partial) and "num_layers" in lff.keywords:  # layer decay over this depth
         from backbones.vit import arch_config
-        cfg.optimizer.params.lr_factor_func = functools.partial(lff.func, *lff.args,
-                                                                **dict(lff.keywords, num_layers=arch_config(arch)["depth"]))
+
+        cfg.optimizer.params.lr_factor_func = functools.partial(
+            lff.func, *lff.args, **dict(lff.keywords, num_layers=arch_config(arch)["depth"])
+        )
     world = comm.get_world_size()
     total = int(batch_size or cfg.dataloader.train.total_batch_size)
     if total % world:
@@ -312,8 +343,18 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     for split in ("train", "test"):
         hashable["dataloader"][split]["dataset"].pop("names", None)
     from bench.core.results import config_hash
-    record = dict(engine="detectron2", backbone=backbone, variant=variant, config=config_name, overrides=list(overrides),
-                  config_hash=config_hash(hashable), max_iter=max_iter, total_batch_size=total, seed=int(seed))
+
+    record = dict(
+        engine="detectron2",
+        backbone=backbone,
+        variant=variant,
+        config=config_name,
+        overrides=list(overrides),
+        config_hash=config_hash(hashable),
+        max_iter=max_iter,
+        total_batch_size=total,
+        seed=int(seed),
+    )
     check_run_record(work_dir / RUN_RECORD, record, resume=resume)
 
     seed_all_rng(int(seed) + comm.get_rank())
@@ -344,13 +385,19 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
         write_run_record(work_dir / RUN_RECORD, record)
         _log_to(log_file)
     checkpointer = _atomic_checkpointer(model, work_dir, trainer=trainer)
-    trainer.register_hooks([
-        hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.PeriodicWriter([CommonMetricPrinter(max_iter), JSONWriter(str(work_dir / "metrics.json"))],
-                             period=int(cfg.train.log_period)) if comm.is_main_process() else None,
-    ])
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.PeriodicWriter(
+                [CommonMetricPrinter(max_iter), JSONWriter(str(work_dir / "metrics.json"))],
+                period=int(cfg.train.log_period),
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
     start_iter = 0
     if resume:
         it = newest_readable_checkpoint(checkpointer, work_dir)
@@ -382,15 +429,38 @@ def run_detectron2(backbone: str, checkpoint, data_root, *, variant: str = "vitd
     layer_decay = float(lff.keywords.get("lr_decay_rate", 1.0)) if isinstance(lff, functools.partial) else 1.0
     return dict(
         metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
-        protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]), init=init, arch=arch,
-        iterations=max_iter, wall_time_s=time.time() - t0, config=hashable, data=data,
-        extra=dict(engine="detectron2", backbone_name=backbone, variant=variant, config=config_name, lr=lr,
-                   batch_size=total, world_size=world, start_iter=start_iter, amp=amp, mask_format=mask_format,
-                   img_size=int(bb_node.get("img_size", 1024)), layer_decay=layer_decay,
-                   drop_path=float(bb_node.get("drop_path_rate", 0.0)),
-                   fp32_fallback=bool(cfg.train.amp.enabled) and not amp, log_file=str(log_file),
-                   num_train_images=data["num_train"], num_val_images=data["num_val"], num_categories=num_classes,
-                   nan_metrics=nan, work_dir=str(work_dir), dets_out=str(dets_file), per_example=str(per_example)))
+        protocol=cfg.get("protocol", PROTOCOL_OF_VARIANT[variant]),
+        init=init,
+        arch=arch,
+        iterations=max_iter,
+        wall_time_s=time.time() - t0,
+        config=hashable,
+        data=data,
+        extra=dict(
+            engine="detectron2",
+            backbone_name=backbone,
+            variant=variant,
+            config=config_name,
+            lr=lr,
+            batch_size=total,
+            world_size=world,
+            start_iter=start_iter,
+            amp=amp,
+            mask_format=mask_format,
+            img_size=int(bb_node.get("img_size", 1024)),
+            layer_decay=layer_decay,
+            drop_path=float(bb_node.get("drop_path_rate", 0.0)),
+            fp32_fallback=bool(cfg.train.amp.enabled) and not amp,
+            log_file=str(log_file),
+            num_train_images=data["num_train"],
+            num_val_images=data["num_val"],
+            num_categories=num_classes,
+            nan_metrics=nan,
+            work_dir=str(work_dir),
+            dets_out=str(dets_file),
+            per_example=str(per_example),
+        ),
+    )
 
 
 def _join_process_group() -> None:
@@ -409,8 +479,9 @@ def _join_process_group() -> None:
     raw = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
     per_machine = int(raw) if raw.isdigit() else world
     if per_machine < 1 or world % per_machine:
-        raise BenchError(f"{world} processes do not split into machines of {per_machine} (LOCAL_WORLD_SIZE / "
-                         f"SLURM_NTASKS_PER_NODE)")
+        raise BenchError(
+            f"{world} processes do not split into machines of {per_machine} (LOCAL_WORLD_SIZE / SLURM_NTASKS_PER_NODE)"
+        )
     comm.create_local_process_group(per_machine)
 
 
@@ -447,5 +518,11 @@ def metrics_from_coco_evaluator(results: dict) -> dict[str, float]:
     return out
 
 
-__all__ = ["run_detectron2", "resolve_config", "load_lazy_config", "metrics_from_coco_evaluator",
-           "newest_readable_checkpoint", "NAMED_CONFIGS"]
+__all__ = [
+    "run_detectron2",
+    "resolve_config",
+    "load_lazy_config",
+    "metrics_from_coco_evaluator",
+    "newest_readable_checkpoint",
+    "NAMED_CONFIGS",
+]

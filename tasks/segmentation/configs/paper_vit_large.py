@@ -16,22 +16,23 @@
 # repository's own ViT-B -> ViT-L change for ImageNet fine-tuning (facebookresearch/mae FINETUNE.md:
 # --layer_decay 0.65 for ViT-B, 0.75 for ViT-L); the lr is 1e-4 for every initialisation. Both are
 # our choices, to be searched as [MAE] did.
-_base_ = ['./paper_vit_base.py']
+_base_ = ["./paper_vit_base.py"]
 
-arch = 'vit_large_patch16'
+arch = "vit_large_patch16"
 num_layers = 24
 embed_dim = 1024
 
 model = dict(
     backbone=dict(
-        name='mae_vit_large_patch16',  # replaced by run.py with --backbone
+        name="mae_vit_large_patch16",  # replaced by run.py with --backbone
         out_indices=[7, 11, 15, 23],  # [BEiT-L] out_indices for 24 blocks
-        drop_path_rate=0.2),  # [BEiT-L] drop_path_rate=0.2
+        drop_path_rate=0.2,
+    ),  # [BEiT-L] drop_path_rate=0.2
     decode_head=dict(in_channels=[1024] * 4, channels=1024),  # [BEiT-L] channels=1024
-    auxiliary_head=dict(in_channels=1024))
+    auxiliary_head=dict(in_channels=1024),
+)
 
-optim_wrapper = dict(
-    paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.75))  # ours (see above); 24 blocks
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.75))  # ours (see above); 24 blocks
 # No public ViT-L value for any initialisation: one lr (optimizer.lr, 1e-4) for all. _delete_ drops
 # the ViT-B values inherited from paper_vit_base.py (BEiT's 7e-4 is for ViT-B with layer decay 0.65).
 lr_by_init = dict(_delete_=True)

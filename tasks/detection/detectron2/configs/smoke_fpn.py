@@ -2,9 +2,9 @@
 # shrunk as the mmdet engine's tasks/detection/configs/smoke_fpn.py is: random_vit_test_patch8,
 # 64 px, 32-channel FPN and heads, BN instead of SyncBN (one process), 60 iterations at batch 2.
 # Features p1..p4 (+ p5 from the FPN) at strides 2..32. Not a protocol.
+import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-import detectron2.data.transforms as T
 
 from tasks.detection.detectron2.backbone import last_level_max_pool
 
@@ -14,8 +14,15 @@ image_size = 64
 channels = 32
 features = ["p1", "p2", "p3", "p4", "p5"]
 
-model.backbone.bottom_up.update(name="random_vit_test_patch8", img_size=image_size, window_size=4, global_blocks=(1,),
-                                drop_path_rate=0.0, norm="BN", square_pad=image_size)
+model.backbone.bottom_up.update(
+    name="random_vit_test_patch8",
+    img_size=image_size,
+    window_size=4,
+    global_blocks=(1,),
+    drop_path_rate=0.0,
+    norm="BN",
+    square_pad=image_size,
+)
 model.backbone.in_features = features[:4]
 model.backbone.out_channels = channels
 model.backbone.norm = "BN"

@@ -6,10 +6,10 @@
 # and RoI poolers use those. Not a protocol: numbers from it only show the pipeline works.
 from functools import partial
 
-from detectron2.config import LazyCall as L
-from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
-from detectron2.layers import ShapeSpec
 import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 
 from .mask_rcnn_vitdet_b_100ep import dataloader, lr_multiplier, model, optimizer, train
 
@@ -17,8 +17,15 @@ image_size = 64
 channels = 32
 features = ["p1", "p2", "p3", "p4", "p5"]
 
-model.backbone.update(name="random_vit_test_patch8", img_size=image_size, window_size=4, global_blocks=(1,),
-                      out_channels=channels, drop_path_rate=0.0, square_pad=image_size)
+model.backbone.update(
+    name="random_vit_test_patch8",
+    img_size=image_size,
+    window_size=4,
+    global_blocks=(1,),
+    out_channels=channels,
+    drop_path_rate=0.0,
+    square_pad=image_size,
+)
 model.proposal_generator.in_features = features
 model.proposal_generator.head.in_channels = channels
 model.proposal_generator.anchor_generator.strides = [2, 4, 8, 16, 32]
