@@ -63,6 +63,12 @@ def test_schedule_keeps_its_shape_and_batch_scales_iterations():
     assert cfg["train_cfg"]["val_interval"] == 200 and cfg["default_hooks"]["checkpoint"]["interval"] == 500
     scale_schedule(cfg, 3, "c.py")
     assert cfg["param_scheduler"][0]["end"] == 1 and cfg["param_scheduler"][1]["milestones"] == [2, 3]
+    one = dict(cfg, param_scheduler=[dict(s) for s in cfg["param_scheduler"]])
+    scale_schedule(one, 1, "c.py")  # --iters 1: the warm-up only; the emptied decay phase is dropped
+    assert [(s["type"], s["begin"], s["end"]) for s in one["param_scheduler"]] == [
+        ("LinearLR", 0, 1),
+        ("MultiStepLR", 0, 1),
+    ]
     with pytest.raises(BenchError, match="--batch-size 3: must be a positive multiple of the 2 processes"):
         set_batch_and_schedule(dict(cfg), "c.py", iters=None, batch_size=3, ckpt_interval=None, world_size=2)
     cfg["param_scheduler"][0]["by_epoch"] = True

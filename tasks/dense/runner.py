@@ -176,6 +176,9 @@ def scale_schedule(cfg, iters: int, where) -> None:
                 s[key] = scaled(s[key])
         if "milestones" in s:
             s["milestones"] = [scaled(m) for m in s["milestones"]]
+    # A very short run can squeeze a phase (e.g. the decay after a 1-iteration warm-up) to nothing;
+    # mmengine refuses a scheduler with begin == end, and an empty phase changes no lr anyway.
+    cfg["param_scheduler"] = [s for s in cfg["param_scheduler"] if s.get("end") is None or s.get("begin", 0) < s["end"]]
 
 
 def set_batch_and_schedule(
