@@ -51,6 +51,7 @@ from tasks.dense.runner import (
     add_dense_arguments,
     amp_fallback,
     apply_cfg_options,
+    check_outputs,
     dense_row,
     hashed_config,
     launch_rank,
@@ -662,6 +663,7 @@ def det_main(args: argparse.Namespace) -> int:
     engine = getattr(args, "engine", DEFAULT_ENGINE)
     tag = "" if engine == DEFAULT_ENGINE else f"_{engine}"
     work_dir = args.work_dir or f"work_dirs/det/{args.backbone}_{args.variant or 'fpn'}{tag}_s{args.seed}"
+    check_outputs(work_dir, args.results, args.dets_out)
     row = run_detection(
         args.backbone,
         args.checkpoint,

@@ -38,6 +38,7 @@ from tasks.dense.runner import (
     add_dense_arguments,
     amp_fallback,
     apply_cfg_options,
+    check_outputs,
     dense_row,
     hashed_config,
     launch_rank,
@@ -438,6 +439,7 @@ def add_seg_arguments(p: argparse.ArgumentParser) -> None:
 def seg_main(args) -> int:
     config_name = Path(args.config).stem if str(args.config).endswith(".py") else args.config
     work_dir = args.work_dir or f"work_dirs/seg_{config_name}_{args.backbone}_seed{args.seed}"
+    check_outputs(work_dir, args.results)
     row = run_segmentation(
         args.backbone,
         args.checkpoint,
