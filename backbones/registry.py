@@ -114,6 +114,9 @@ def build_backbone(
     sd = adapt_to_model(sd, model, path)
     allowed = [k for k in model.state_dict() if k.startswith(("head.", "fc_norm.")) or k.endswith(REL_POS_KEYS)]
     load_state_dict_checked(model, sd, path, allow_missing=tuple(allowed))
+    if model.pos_embed is not None and not model.pos_embed.any():
+        # an all-zero position embedding stands for none (BEiT without --abs_pos_emb): keep it zero
+        model.pos_embed.requires_grad_(False)
     return model
 
 
@@ -492,8 +495,9 @@ def convert_beit(obj, path: Path) -> dict:
       ``run_class_finetuning.py`` does. Both tables are in BEiT's layout (3 cls entries last).
       ``relative_position_index`` buffers are dropped (recomputed).
     * ``pos_embed``: BEiT pretrains without an absolute position embedding (``--abs_pos_emb`` off);
-      then a zero ``pos_embed`` is supplied, which adds nothing, so the model computes what BEiT
-      does (pass ``use_abs_pos=False`` to build_backbone to have none at all). A file with one keeps it.
+      then a zero ``pos_embed`` is supplied, which adds nothing, and ``build_backbone`` freezes it,
+      so fine-tuning (e.g. UperNet on ADE20K) does not learn one BEiT's recipe does not have (pass
+      ``use_abs_pos=False`` to build_backbone to have none at all). A file with one keeps it, trainable.
     * ``lm_head``, ``mask_token`` (and a fine-tuned ``head``) are dropped; ``cls_token`` is kept.
     Our own ``bench pretrain --method beit`` exports (timm names, shared table already expanded)
     load as they are."""

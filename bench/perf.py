@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from backbones.mae import MaskedAutoencoder
+from bench.core.errors import BenchError
 
 
 class MaskTokenEncoderMAE(MaskedAutoencoder):
@@ -50,11 +51,23 @@ class MaskTokenEncoderMAE(MaskedAutoencoder):
         return self.forward_loss(imgs, pred, mask), pred, mask
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best-of GFLOP/s of an n x n x n matmul."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5, budget_s: float = 1.0) -> float:
+    """Best-of GFLOP/s of an n x n x n matmul. The size grows from 256 by doubling up to ``n`` while
+    one product stays under ``budget_s``: a CPU without bf16 matmul units runs bf16 at ~1 GFLOP/s
+    (measured on one machine of this kind), where a 2048^3 product alone would take 15 s."""
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        if size >= n or (time.perf_counter() - t) * 8 > budget_s:
+            break
+        size *= 2
+    n = size
     best = 0.0
     for _ in range(reps):
         _sync(device)
@@ -819,8 +832,30 @@ def add_perf_arguments(parser):
     return parser
 
 
+def check_perf_options(a) -> None:
+    """Refuse impossible sizes before any measuring (the matmul peak alone takes a while)."""
+    least = {"iters": 1, "batch_size": 1, "img_size": 1, "crop": 1, "threads": 1, "repeats": 1, "boxes": 0}
+    for name, low in least.items():
+        value = getattr(a, name, None)
+        if value is not None and value < low:
+            raise BenchError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    for name in ("decoder_depths", "workers"):
+        values = getattr(a, name, None) or []
+        if any(v < 0 for v in values):
+            raise BenchError(f"--{name.replace('_', '-')} values must be >= 0, got {values}")
+    if getattr(a, "arch", None) is not None:
+        from backbones.vit import arch_config
+
+        arch_config(a.arch)  # an unknown architecture: the registry's one-line message
+    if getattr(a, "device", None) is not None:
+        from bench.core.engine import pick_device
+
+        pick_device(a.device)
+
+
 def perf_main(a) -> int:
     """Run the ``bench perf`` measurement ``a.what`` with the parsed options."""
+    check_perf_options(a)
     layout = {None: None, "on": True, "off": False, "both": "both"}[getattr(a, "channels_last", None)]
     if a.what == "pretrain":
         perf_pretrain(

@@ -1341,6 +1341,8 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def table_main(args: argparse.Namespace) -> int:
     """Run ``bench table`` with parsed arguments; prints the written paths."""
+    if not str(args.out).strip():
+        raise BenchError("--out must name a folder, got ''")
     reference = None if str(args.reference).lower() == "none" else args.reference
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     paths = run_table(

@@ -443,3 +443,17 @@ def test_vitdet_pkl_needs_trust_and_rel_pos_tables_are_resized(tmp_path):
     torch.testing.assert_close(big.blocks[0].attn.rel_pos_h, enc.blocks[0].attn.rel_pos_h)  # window tables keep size
     with pytest.raises(CheckpointError, match="built without them"):
         build_backbone("vitdet_vit_test_patch8", f, trust_checkpoint=True, use_rel_pos=True)
+
+
+def test_beit_without_abs_pos_embed_stays_without_one_when_fine_tuned(tmp_path):
+    # BEiT's own segmentation recipe has no absolute position embedding; the zero one we supply for
+    # such a file must not be learned (it is frozen), while a file that has one keeps it trainable.
+    path = tmp_path / "beit_no_abs.pth"
+    torch.save({"model": timm_beit(shared=True, abs_pos=False).state_dict()}, path)
+    no_abs = build_backbone("beit_vit_test_patch8", checkpoint=path, img_size=64)
+    assert not no_abs.pos_embed.any() and not no_abs.pos_embed.requires_grad
+    assert "pos_embed" not in {n for n, p in no_abs.named_parameters() if p.requires_grad}
+    path = tmp_path / "beit_abs.pth"
+    torch.save({"model": timm_beit(shared=False, abs_pos=True).state_dict()}, path)
+    with_abs = build_backbone("beit_vit_test_patch8", checkpoint=path, img_size=64)
+    assert with_abs.pos_embed.any() and with_abs.pos_embed.requires_grad

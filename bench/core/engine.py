@@ -61,8 +61,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bench.core.checkpoint import load_checkpoint_file, read_checksums, save_atomic, write_checksums
+from bench.core.determinism import check_seed
 from bench.core.distributed import all_reduce_sum, gather_objects, rank_world
-from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
+from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError, first_line
 from bench.core.io import atomic_write_text, clean_stale_temps
 from bench.core.run_record import check_run_record, write_run_record
 
@@ -239,6 +240,7 @@ def check_config(cfg: TrainConfig) -> None:
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is an existing file, not a folder")
+    check_seed(cfg.seed)
     for name in ("batch_size", "accum_iter", "keep_last"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -459,7 +461,17 @@ def pick_device(name: str = "auto") -> torch.device:
             if torch.cuda.is_available()
             else torch.device("cpu")
         )
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise BenchError(
+            f"--device {name!r}: not a device name ({first_line(e)}); use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise BenchError(f"--device {name!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
 
 
 def autocast(device: torch.device, enabled: bool):

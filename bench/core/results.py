@@ -507,3 +507,20 @@ def _matches(value: Any, want: Any) -> bool:
     if isinstance(want, (list, tuple, set, frozenset)):
         return value in want
     return value == want
+
+
+def check_outputs(work_dir, results=None, dets_out=None) -> None:
+    """Refuse unusable output paths of a ``bench det|seg|cls`` run before any work is done
+    (afterwards a finished training run would be lost to a bad ``--results``)."""
+    if not str(work_dir).strip():
+        raise BenchError("--out must name a folder, got ''")
+    if Path(work_dir).exists() and not Path(work_dir).is_dir():
+        raise BenchError(f"--out {work_dir}: is an existing file, not a folder")
+    if results is not None:
+        if not str(results).strip():
+            raise BenchError("--results must name a folder or a .jsonl file, got ''")
+        store = ResultsStore(results)  # refuses a file where its folder should be
+        if store.path.exists() and not store.path.is_file():
+            raise BenchError(f"--results {results}: {store.path} exists and is not a regular file")
+    if dets_out is not None and (not str(dets_out).strip() or Path(dets_out).is_dir()):
+        raise BenchError(f"--dets-out {dets_out!r}: must name a file (it is a folder or empty)")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.core.errors import BenchError, NonFiniteLossError
 from bench.core.io import atomic_open, atomic_write_json
+from bench.core.results import check_outputs
 from bench.core.run_record import check_run_record, write_run_record
 from tasks.classification import config as C
 from tasks.classification.datasets import DATASETS
@@ -400,6 +401,7 @@ def default_out_dir(args) -> Path:
 def cls_main(args: argparse.Namespace) -> int:
     """Run ``bench cls`` from parsed arguments; prints the result line and returns exit status 0
     (errors are ``BenchError`` for the CLI to print)."""
+    check_outputs(default_out_dir(args) if args.out is None else args.out, args.results)
     row = run_classification(
         args.protocol,
         args.dataset,

@@ -443,6 +443,16 @@ def dense_row(
 def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
     from mmengine.config import DictAction
 
+    class CfgOptions(DictAction):
+        """mmengine's KEY=VALUE parsing; a malformed pair is an argparse error, not a traceback."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            for kv in values:
+                key, sep, _ = kv.partition("=")
+                if not sep or not key.strip():
+                    raise argparse.ArgumentError(self, f"expects KEY=VALUE pairs, got {kv!r}")
+            super().__call__(parser, namespace, values, option_string)
+
     p.add_argument(
         "--iters",
         type=int,
@@ -483,7 +493,7 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
     p.add_argument(
         "--cfg-options",
         nargs="+",
-        action=DictAction,
+        action=CfgOptions,
         default=None,
         metavar="KEY=VALUE",
         help="override config keys (mmengine syntax, e.g. optim_wrapper.optimizer.lr=2e-4), applied "
@@ -519,22 +529,3 @@ __all__ = [
     "dense_row",
     "add_dense_arguments",
 ]
-
-
-def check_outputs(work_dir, results=None, dets_out=None) -> None:
-    """Refuse unusable output paths of ``bench det`` / ``bench seg`` before any work is done
-    (afterwards a finished training run would be lost to a bad ``--results``)."""
-    from bench.core.results import ResultsStore
-
-    if not str(work_dir).strip():
-        raise BenchError("--out must name a folder, got ''")
-    if Path(work_dir).exists() and not Path(work_dir).is_dir():
-        raise BenchError(f"--out {work_dir}: is an existing file, not a folder")
-    if results is not None:
-        if not str(results).strip():
-            raise BenchError("--results must name a folder or a .jsonl file, got ''")
-        store = ResultsStore(results)  # refuses a file where its folder should be
-        if store.path.exists() and not store.path.is_file():
-            raise BenchError(f"--results {results}: {store.path} exists and is not a regular file")
-    if dets_out is not None and (not str(dets_out).strip() or Path(dets_out).is_dir()):
-        raise BenchError(f"--dets-out {dets_out!r}: must name a file (it is a folder or empty)")

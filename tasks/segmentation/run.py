@@ -33,12 +33,12 @@ import os
 from pathlib import Path
 
 from bench.core.errors import BenchError, CheckpointError
+from bench.core.results import check_outputs
 from tasks.dense.runner import (
     RUN_RECORD,
     add_dense_arguments,
     amp_fallback,
     apply_cfg_options,
-    check_outputs,
     dense_row,
     hashed_config,
     launch_rank,
