@@ -145,7 +145,7 @@ def perf_pretrain(
     )
     peak32 = matmul_peak(torch.float32, dev)
     peak16 = matmul_peak(torch.bfloat16, dev)
-    print(f"matmul peak (2048^3, same process): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    print(f"matmul peak (same process): fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
     imgs = torch.randn(batch_size, 3, img_size, img_size, device=dev)
     precisions = [("bf16", True)] + ([("fp32", False)] if baseline else [])
     rows = []
@@ -211,7 +211,7 @@ def perf_cls(arch="vit_base_patch16", img_size=224, batch_size=8, iters=3, threa
     torch.manual_seed(0)
     print(f"device {dev} ({torch.get_num_threads()} threads); fine-tune step {arch} @ {img_size}, batch {batch_size}")
     peak32, peak16 = matmul_peak(torch.float32, dev), matmul_peak(torch.bfloat16, dev)
-    print(f"matmul peak (2048^3, same process): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    print(f"matmul peak (same process): fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
     kw = dict(img_size=img_size, num_classes=1000, global_pool="avg", drop_path_rate=0.1)
     ours = create_vit(arch, **kw).to(dev)
     a = arch_config(arch)
@@ -420,7 +420,7 @@ def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, rep
         peaks = dense_peaks(peaks)
     print(
         f"{title}, batch {batch_size}, {torch.get_num_threads()} threads; {flops / batch_size / 1e9:.4g} GFLOP/img "
-        f"(fwd+bwd); matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; conv layout "
+        f"(fwd+bwd); matmul peak fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s; conv layout "
         f"{' vs '.join(names[c] for c in layouts)}"
     )
     for n in notes:
@@ -443,7 +443,7 @@ def _time_dense(title, model, loss_of, batch_size, layouts, baseline, iters, rep
         rows.append(r)
         print(
             f"  {pname}{tag}: {r['img_s']:.3f} img/s, {t:.4g} s/step (median of {len(ts)}, {ts[0]:.4g}-{ts[-1]:.4g}), "
-            f"{r['gflop_s']:.0f} GFLOP/s ({100 * r['of_peak']:.0f}% of {pname} peak)"
+            f"{r['gflop_s']:.2f} GFLOP/s ({100 * r['of_peak']:.0f}% of {pname} peak)"
         )
         if len(layouts) > 1 and cl == layouts[-1]:
             base = next(x for x in rows if x["prec"] == pname and x["channels_last"] == layouts[0])

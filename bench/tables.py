@@ -377,13 +377,14 @@ def paired_bootstrap(
 
 
 def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Student-t interval of the mean of seed values (n >= 2)."""
+    """Student-t interval of the mean of seed values (n >= 2), clipped to the metrics' 0-100 range
+    (with 2 seeds t is 12.7: the interval is honest but can pass the range's ends)."""
     from scipy import stats
 
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return float(values.mean() - half), float(values.mean() + half)
+    return float(max(values.mean() - half, 0.0)), float(min(values.mean() + half, 100.0))
 
 
 def seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, str]:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 def doc_block(base_prefix: str) -> str:
     """The ```python block of docs/plugins.md whose first line is ``_base_ = '<base_prefix>...``."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    found = [b for b in blocks if b.startswith(f"_base_ = '{base_prefix}")]
+    found = [b for b in blocks if re.match(rf"_base_ = ['\"]{re.escape(base_prefix)}", b)]  # either quote
     assert len(found) == 1, f"docs/plugins.md: expected one example on {base_prefix}"
     return found[0]
 

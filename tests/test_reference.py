@@ -47,7 +47,7 @@ def value(ref, task, protocol, metric, init, backbone, img_size=224, k=None):
 @pytest.mark.parametrize("path", [DEFAULT_REFERENCE, PREV_BEST], ids=lambda p: p.name)
 def test_every_row_loads_with_a_source_and_a_note(path):
     ref = load_reference(path)
-    assert list(ref.columns) == list(REFERENCE_COLUMNS)  # the trailing 'note' column is not loaded
+    assert list(ref.columns) == [*REFERENCE_COLUMNS, "note"]  # the note is printed as a footnote
     with open(path, newline="") as f:
         raw = list(csv.DictReader(f))
     assert len(raw) == len(ref) > 0

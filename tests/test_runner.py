@@ -76,7 +76,9 @@ def test_plan_expands_inits_tasks_k_seeds_with_store_run_ids(tmp_path):
     assert c.id == default_run_id("matrix", "inat2018", "partial", 2, "mae", "vit_test_patch8", 1, {"mask_ratio": 0.6})
     assert c.needs == "mae/pretrain" and c.work_dir == Path("work/mae/fp/k2/seed1")
     c = by_name["supervised/coco/seed0"]
-    assert c.id == default_run_id("matrix", "coco", "maskrcnn_vitdet", None, "supervised", "vit_test_patch8", 0)
+    assert c.id == default_run_id(
+        "matrix", "coco", "maskrcnn_vitdet", None, "supervised", "vit_test_patch8", 0, {"engine": "mmdet"}
+    )  # a task with several engines: the engine is part of the id
     assert c.needs is None and c.init.checkpoint == Path("ckpt/deit.pth")
     # the plan is stable: loading the file again gives the same names and ids
     again = plan(load_suite(tmp_path / "suite.yaml"))
