@@ -16,8 +16,6 @@ from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, default_run_id
 from bench.tables import (
     PerExampleError,
-    _Cell,
-    _compare,
     bootstrap_indices,
     bootstrap_interval,
     build_tables,
@@ -31,6 +29,7 @@ from bench.tables import (
     to_latex,
     to_markdown,
 )
+from bench.tables.stats import _Cell, _compare, _resampled
 
 
 def row(
@@ -295,7 +294,8 @@ def test_demo_store_tables_mark_best_ties_and_footnotes(demo_store, tmp_path):
 def test_plots_draw_intervals_chance_and_deviation_note(demo_store, tmp_path):
     from matplotlib.figure import Figure
 
-    from bench.tables import _errorbars, plot_tables
+    from bench.tables import plot_tables
+    from bench.tables.plots import _errorbars
 
     store, _ = demo_store
     paths = plot_tables(store.dataframe(), tmp_path / "plots", base_dir=store.path.parent)
@@ -355,8 +355,6 @@ def test_schema_1_rows_make_tables_without_deviation_notes(tmp_path):
 
 
 def test_chunked_resamples_are_the_rows_of_one_index_matrix():
-    from bench.tables import _resampled
-
     rng = np.random.default_rng(7)
     n = 1_000_003 // 100  # 10000 images: 500 rows per chunk, so two chunks for 1000 resamples
     correct = rng.random(n) < 0.6

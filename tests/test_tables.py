@@ -197,7 +197,7 @@ def test_latex_is_balanced_escaped_and_bolds_only_the_tested_best(store):
 
 
 def test_latex_minus_signs_and_markdown_minus():
-    from bench.tables import _fmt
+    from bench.tables.render import _fmt
 
     assert _fmt(-0.7, 1, "tex") == "$-$0.7" and _fmt(-0.7, 1) == "\u22120.7"
     assert _fmt(-0.04, 1) == "0.0"  # no negative zero
