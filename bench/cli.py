@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from bench.core.errors import BenchError, first_line
+from bench.core.options import LAUNCHERS, join_launcher
 
 DEFAULT_ARCH = "vit_demo_patch8"
 
@@ -135,9 +136,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser):
     _add_launcher_arg(p)
 
 
-LAUNCHERS = ("none", "pytorch", "slurm")
-
-
 def _add_launcher_arg(p: argparse.ArgumentParser):
     p.add_argument(
         "--launcher",
@@ -147,24 +145,6 @@ def _add_launcher_arg(p: argparse.ArgumentParser):
         "group and fail if that launcher's variables are missing; 'none' runs one process "
         "alone; default: detect torchrun/Slurm from the environment",
     )
-
-
-def join_launcher(launcher: str | None) -> None:
-    """Join the process group of ``launcher`` (None: whatever torchrun / Slurm set, if anything)."""
-    from bench.core.distributed import init_distributed, launch_env
-
-    if launcher == "none":
-        return
-    if launcher is not None:
-        env = launch_env()
-        wanted = {"pytorch": "torchrun", "slurm": "slurm"}[launcher]
-        if env is None or env["source"] != wanted:
-            need = "RANK and WORLD_SIZE (set by torchrun)" if launcher == "pytorch" else "SLURM_PROCID (set by srun)"
-            raise BenchError(
-                f"--launcher {launcher}: {need} not in the environment; start the command "
-                f"under {'torchrun' if launcher == 'pytorch' else 'srun'} or use --launcher none"
-            )
-    init_distributed()
 
 
 def cmd_pretrain(a):

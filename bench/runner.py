@@ -405,7 +405,7 @@ def run_transfer_cell(
             iters=t.iters,
             epochs=t.epochs,
             batch_size=t.batch_size,
-            bf16=t.bf16,
+            amp=t.bf16,
             trust_checkpoint=init.trust_checkpoint,
             trust_config=t.trust_config,
             progress=sys.stderr.isatty(),

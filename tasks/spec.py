@@ -63,8 +63,9 @@ class Command:
 
 @dataclass(frozen=True)
 class TransferRun:
-    """What the suite runner hands a task's ``run``: one cell. Options left None keep the task's
-    own defaults."""
+    """One transfer run, the facts object every task's ``run`` takes: the suite runner builds it
+    for a cell, and ``bench cls|seg|det`` build it once from their options. Options left None keep
+    the task's own defaults."""
 
     task: str
     protocol: str
@@ -79,7 +80,7 @@ class TransferRun:
     iters: int | None = None
     epochs: float | None = None
     batch_size: int | None = None
-    bf16: bool = False
+    amp: bool = False  # mixed precision: bf16 where the hardware has it, else fp16 (CUDA)
     trust_checkpoint: bool = False
     trust_config: bool = False  # read a config file from outside the package (runs its Python)
     progress: bool = False
@@ -89,10 +90,33 @@ class TransferRun:
     # held-out part carved from it, and report metrics on that part (``TaskSpec.heldout``).
     select: str | None = None
     engine: str | None = None  # one of TaskSpec.engines; None: the task's default
+    # The initialisation's name in rows and tables (default: the init part of ``backbone``); two
+    # checkpoints of one method are told apart by it and by the checkpoint's sha256.
+    label: str | None = None
+    eval_only: bool = False  # evaluate ``weights`` (a fine-tuned model) without training
+    weights: Path | None = None  # with eval_only: the trained model to evaluate
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    cfg_options: dict = field(default_factory=dict)  # the engine's own KEY=VALUE overrides, applied last
+    resume: bool = True  # continue from the work folder's newest readable checkpoint
+    results: Path | None = None  # results store to append the row to (the suite runner appends itself)
+    # Settings of one family only, by name (e.g. detection's 'variant', 'dets_out'); each family
+    # documents the names it reads and refuses others.
+    options: dict = field(default_factory=dict)
 
     def given(self, *names: str) -> dict:
         """The options among ``names`` that the suite sets."""
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def init(self) -> str:
+        """The initialisation method of ``backbone`` (registry name ``<init>_<arch>``)."""
+        from backbones.registry import parse_name  # imports torch: keep importing the spec cheap
+
+        return parse_name(self.backbone)[0]
+
+    @property
+    def row_label(self) -> str:
+        return self.label or self.init
 
 
 @dataclass(frozen=True)

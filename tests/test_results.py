@@ -23,8 +23,10 @@ def plain_row(run_id="r0", seed=0, status="ok", metrics=None, **changes):
         "protocol": "maskrcnn_fpn",
         "k": None,
         "init": "mae",
+        "label": "mae",
         "backbone": "vit_base_patch16",
         "checkpoint_sha256": None,
+        "provenance": None,
         "seed": seed,
         "metrics": {"APbox": 50.0, "APmask": 44.0} if metrics is None else metrics,
         "status": status,
@@ -111,7 +113,7 @@ def test_newer_schema_is_refused(tmp_path):
         f.write(json.dumps(plain_row("b", schema=SCHEMA_VERSION + 1)) + "\n")
     with pytest.raises(BenchError) as e:
         store.rows()
-    assert f"results store {store.path} was written by a newer version (schema 3 > 2" in str(e.value)
+    assert f"results store {store.path} was written by a newer version (schema 4 > 3" in str(e.value)
 
 
 @pytest.mark.parametrize("key", ["seed", "metrics", "run_id", "extra"])
@@ -202,19 +204,32 @@ def test_make_row_hashes_checkpoint_like_hashlib(tmp_path):
         extra={"img_size": 448},
     )
     assert row["checkpoint_sha256"] == hashlib.sha256(payload).hexdigest()
-    assert row["schema"] == 2 and row["deviations"] == [] and row["suite"] == "adhoc" and row["status"] == "ok"
+    assert row["schema"] == 3 and row["deviations"] == [] and row["suite"] == "adhoc" and row["status"] == "ok"
+    assert row["label"] == "mae" and row["provenance"] is None
     assert row["config_hash"] == config_hash({"epochs": 2, "lr": 1e-4})  # key order irrelevant
     assert len(row["config_hash"]) == 12 and row["config_hash"] != config_hash({"lr": 2e-4})
     assert row["code_version"] and row["device"]
     date = datetime.datetime.fromisoformat(row["date"])
     assert date.utcoffset() == datetime.timedelta(0)
-    # run_id: stable, and different for a different seed or input size
-    same = default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3, {"img_size": 448})
+    # run_id: stable, and different for a different seed, input size, checkpoint, config or label
+    sha, chash = row["checkpoint_sha256"], row["config_hash"]
+    args = ("adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16")
+    same = default_run_id(*args, 3, {"img_size": 448}, checkpoint_sha256=sha, config_hash=chash)
     assert row["run_id"] == same
-    assert same != default_run_id(
-        "adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 4, {"img_size": 448}
-    )
-    assert same != default_run_id("adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3)
+    assert same == default_run_id(*args, 3, {"img_size": 448}, label="mae", checkpoint_sha256=sha, config_hash=chash)
+    others = [
+        default_run_id(*args, 4, {"img_size": 448}, checkpoint_sha256=sha, config_hash=chash),
+        default_run_id(*args, 3, checkpoint_sha256=sha, config_hash=chash),
+        default_run_id(*args, 3, {"img_size": 448}, checkpoint_sha256="0" * 64, config_hash=chash),
+        default_run_id(*args, 3, {"img_size": 448}, checkpoint_sha256=sha, config_hash="f" * 12),
+        default_run_id(*args, 3, {"img_size": 448}, label="mae-ours", checkpoint_sha256=sha, config_hash=chash),
+        default_run_id(*args, 3, {"img_size": 448, "eval_only": True}, checkpoint_sha256=sha, config_hash=chash),
+    ]
+    assert len({same, *others}) == 1 + len(others)
+    # ids of rows without a checkpoint, label or config are those of schema 2 (old stores stay valid)
+    assert default_run_id(*args, 3) == hashlib.sha256(
+        json.dumps(["adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3], separators=(",", ":")).encode()
+    ).hexdigest()[:16]
     store = ResultsStore(tmp_path / "store")
     store.append(row)
     assert store.rows() == [row]
@@ -238,13 +253,28 @@ def test_schema_1_rows_read_with_no_deviations(tmp_path):
     store.append(plain_row("new", deviations=["smoke scale", "epochs 10 < paper 90"]))
     rows = store.rows()
     assert [r["deviations"] for r in rows] == [[], ["smoke scale", "epochs 10 < paper 90"]]
-    assert [r["schema"] for r in rows] == [2, 2]
+    assert [r["schema"] for r in rows] == [3, 3]
     df = store.dataframe()
     assert list(df["deviations"]) == [[], ["smoke scale", "epochs 10 < paper 90"]]
-    with pytest.raises(BenchError, match="row key 'schema' is 1, this version writes 2"):
+    with pytest.raises(BenchError, match="row key 'schema' is 1, this version writes 3"):
         store.append(plain_row("x", schema=1))  # a schema-1 row has no 'deviations' key
     store.append(old)  # an old-form row is written in the current form
-    assert store.rows()[-1] == {**old, "schema": 2, "deviations": []}
+    assert store.rows()[-1] == {**old, "schema": 3, "deviations": []}
+
+
+def test_schema_2_rows_read_with_label_init_and_no_provenance(tmp_path):
+    store = ResultsStore(tmp_path)
+    old = plain_row("old", schema=2, init="beit")
+    del old["label"], old["provenance"]
+    store.path.write_text(json.dumps(old) + "\n")
+    store.append(plain_row("new", label="mae-ours-800ep", provenance={"source": "self-pretrained"}))
+    rows = store.rows()
+    assert [(r["schema"], r["label"], r["provenance"]) for r in rows] == [
+        (3, "beit", None),
+        (3, "mae-ours-800ep", {"source": "self-pretrained"}),
+    ]
+    with pytest.raises(BenchError, match="row key 'label' must not be empty"):
+        store.append(plain_row("x", label=" "))
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,9 @@ with a ``schema`` newer than ``SCHEMA_VERSION`` is refused: an older reader must
 
 Row fields (exactly these names; other modules rely on them)::
 
-    schema, run_id, suite, task, protocol, k, init, backbone, checkpoint_sha256, seed, metrics,
-    status, error, iterations, wall_time_s, config_hash, code_version, device, date, extra,
-    deviations
+    schema, run_id, suite, task, protocol, k, init, label, backbone, checkpoint_sha256, provenance,
+    seed, metrics, status, error, iterations, wall_time_s, config_hash, code_version, device, date,
+    extra, deviations
 
 ``metrics`` maps a metric name to a float on the percent scale (0-100): APbox, APmask, APbox50,
 ... for COCO; mIoU, aAcc for ADE20K; top1, top5 for classification. ``extra`` holds anything
@@ -37,6 +37,13 @@ store's folder, or absolute), which the tables bootstrap over.
 ``deviations`` lists each way the run departs from the paper's protocol, as short phrases
 ("smoke scale", "generated data", "epochs 10 < paper 90"); the tables print a mark and a footnote
 for each. Schema 2 added it: a schema-1 row (written before) reads as ``deviations=[]``.
+
+``label`` names the initialisation as the tables show it ("mae-ours-800ep"); it defaults to
+``init`` (the method). Tables group by label and checkpoint, so two checkpoints of one method are
+two rows and seeds are only seeds of one checkpoint. ``provenance`` says where the checkpoint came
+from (a dict: source, data, epochs, target, arch, official), derived from the file's sha256 or from
+its own run record, or None when unknown. Schema 3 added both: older rows read as
+``label=init, provenance=None``.
 """
 
 from __future__ import annotations
@@ -56,8 +63,10 @@ from typing import Any
 
 from bench.core.errors import BenchError, CheckpointError
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)  # 1: before 'deviations'; read as deviations=[]
+SCHEMA_VERSION = 3
+# 1: before 'deviations' (read as deviations=[]); 2: before 'label' and 'provenance' (read as
+# label=init, provenance=None)
+READABLE_SCHEMAS = (1, 2, 3)
 MAX_DEVIATIONS = 64
 MAX_DEVIATION_CHARS = 200
 FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
@@ -74,8 +83,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "protocol": (str,),
     "k": (int, float, type(None)),  # blocks tuned in partial fine-tuning; 0.5 = the last block's MLP only (Fig. 9)
     "init": (str,),
+    "label": (str,),
     "backbone": (str,),
     "checkpoint_sha256": (str, type(None)),
+    "provenance": (dict, type(None)),
     "seed": (int,),
     "metrics": (dict,),
     "status": (str,),
@@ -90,9 +101,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "deviations": (list,),
 }
 # Fields that must be non-empty strings.
-NON_EMPTY = ("run_id", "suite", "task", "protocol", "init", "backbone")
-# Extra keys that change what a run measures, so they take part in the default run_id.
-IDENTITY_EXTRA_KEYS = ("img_size", "mask_ratio", "engine")
+NON_EMPTY = ("run_id", "suite", "task", "protocol", "init", "label", "backbone")
+# Extra keys that change what a run measures, so they take part in the default run_id: the input
+# size, the MAE mask ratio, the detection engine, an evaluate-only run, and the data root's identity.
+IDENTITY_EXTRA_KEYS = ("img_size", "mask_ratio", "engine", "eval_only", "data")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,19 +144,37 @@ def config_hash(config: Any) -> str:
 
 
 def default_run_id(
-    suite: str, task: str, protocol: str, k: int | None, init: str, backbone: str, seed: int, extra: dict | None = None
+    suite: str,
+    task: str,
+    protocol: str,
+    k: int | None,
+    init: str,
+    backbone: str,
+    seed: int,
+    extra: dict | None = None,
+    *,
+    label: str | None = None,
+    checkpoint_sha256: str | None = None,
+    config_hash: str = "",
 ) -> str:
-    """Stable id of a run: sha256 of (suite, task, protocol, k, init, backbone, seed), 16 hex.
+    """Stable id of a run: sha256 of what determines its result, 16 hex.
 
-    ``extra['img_size']``, ``extra['mask_ratio']`` and ``extra['engine']`` (COCO: mmdet or
-    detectron2) join the key only when present, so a ViT-H run at 448 and one at 224, two mask
-    ratios, or two detection engines do not share an id (and one is not skipped as "done" because
-    of the other). Rows without them hash the plain 7-tuple.
+    The 7-tuple (suite, task, protocol, k, init, backbone, seed), then, only when present so older
+    ids stay valid: the ``IDENTITY_EXTRA_KEYS`` of ``extra`` (a ViT-H run at 448 and one at 224, two
+    mask ratios or two detection engines do not share an id), the label when it differs from the
+    init, the checkpoint's sha256 (another pretraining of the same method is another run) and the
+    effective config's hash.
     """
     key: list[Any] = [suite, task, protocol, k, init, backbone, seed]
     for name in IDENTITY_EXTRA_KEYS:
         if extra and extra.get(name) is not None:
             key.append([name, extra[name]])
+    if label is not None and label != init:
+        key.append(["label", label])
+    if checkpoint_sha256:
+        key.append(["checkpoint_sha256", checkpoint_sha256])
+    if config_hash:
+        key.append(["config_hash", config_hash])
     text = json.dumps(key, separators=(",", ":"), default=_json_default)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -213,30 +243,41 @@ def make_row(
     extra: dict | None = None,
     run_id: str | None = None,
     deviations: Any = (),
+    label: str | None = None,
+    provenance: dict | None = None,
 ) -> dict:
     """A complete results row. Fills code_version, device, date, checkpoint_sha256 (sha256 of
-    the file at ``checkpoint``), config_hash and, unless given, run_id. ``deviations``: the ways
-    this run departs from the paper's protocol (duplicates dropped, order kept)."""
+    the file at ``checkpoint``), config_hash and, unless given, run_id. ``label`` defaults to the
+    init. ``deviations``: the ways this run departs from the paper's protocol (duplicates dropped,
+    order kept)."""
     if isinstance(deviations, str):
         raise BenchError("make_row: row key 'deviations' must be a list of phrases, not one string")
     extra = dict(extra or {})
+    sha = None if checkpoint is None else sha256_file(checkpoint)
+    chash = config_hash(config)
+    label = label or init
     row = {
         "schema": SCHEMA_VERSION,
-        "run_id": run_id or default_run_id(suite, task, protocol, k, init, backbone, seed, extra),
+        "run_id": run_id
+        or default_run_id(
+            suite, task, protocol, k, init, backbone, seed, extra, label=label, checkpoint_sha256=sha, config_hash=chash
+        ),
         "suite": suite,
         "task": task,
         "protocol": protocol,
         "k": k,
         "init": init,
+        "label": label,
         "backbone": backbone,
-        "checkpoint_sha256": None if checkpoint is None else sha256_file(checkpoint),
+        "checkpoint_sha256": sha,
+        "provenance": provenance,
         "seed": seed,
         "metrics": {str(name): float(value) for name, value in metrics.items()},
         "status": status,
         "error": error,
         "iterations": iterations,
         "wall_time_s": float(wall_time_s),
-        "config_hash": config_hash(config),
+        "config_hash": chash,
         "code_version": code_version(),
         "device": device_name(),
         "date": utc_now(),
@@ -304,16 +345,21 @@ def validate_row(row: Any, where: str) -> None:
 
 
 def upgrade_row(row: Any) -> Any:
-    """A row of an older readable schema in the current form (schema 1: ``deviations=[]``);
-    anything else unchanged, for ``validate_row`` to judge."""
-    if (
-        isinstance(row, dict)
-        and row.get("schema") == 1
-        and not isinstance(row["schema"], bool)
-        and "deviations" not in row
-    ):
-        return {**row, "schema": SCHEMA_VERSION, "deviations": []}
-    return row
+    """A row of an older readable schema in the current form (schema 1: ``deviations=[]``; schema
+    1-2: ``label=init, provenance=None``); anything else unchanged, for ``validate_row`` to judge."""
+    if not isinstance(row, dict) or isinstance(row.get("schema"), bool) or row.get("schema") not in (1, 2):
+        return row
+    if row["schema"] == 1 and "deviations" in row:
+        return row
+    if row["schema"] == 2 and ("label" in row or "provenance" in row or "deviations" not in row):
+        return row
+    return {
+        **row,
+        "schema": SCHEMA_VERSION,
+        "deviations": row.get("deviations", []),
+        "label": row.get("init"),
+        "provenance": None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

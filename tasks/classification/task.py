@@ -54,7 +54,7 @@ def run_cls(r: TransferRun) -> dict:
         r.checkpoint,
         k=r.k,
         out_dir=r.work_dir,
-        bf16=r.bf16,
+        bf16=r.amp,
         trust_checkpoint=r.trust_checkpoint,
         progress=r.progress,
         seed=r.seed,
