@@ -21,6 +21,7 @@ from bench.core.errors import BenchError, DataError
 from tasks.classification import (
     ClassificationSplit,
     ImageDataset,
+    generate,
     load_rgb,
     make_image_folder,
     make_inat_dataset,
@@ -191,7 +192,7 @@ def test_generators_are_deterministic_and_seeded(tmp_path):
 
 def test_generator_never_leaves_partial_output(tmp_path, monkeypatch):
     calls = []
-    real_save = cd._save_jpeg
+    real_save = generate._save_jpeg
 
     def failing_save(image, path):
         calls.append(path)
@@ -199,7 +200,7 @@ def test_generator_never_leaves_partial_output(tmp_path, monkeypatch):
             raise OSError("disk full")
         real_save(image, path)
 
-    monkeypatch.setattr(cd, "_save_jpeg", failing_save)
+    monkeypatch.setattr(generate, "_save_jpeg", failing_save)
     with pytest.raises(OSError, match="disk full"):
         make_inat_dataset(tmp_path / "out", 2018, **SMALL)
     assert list(tmp_path.iterdir()) == []  # neither 'out' nor the temp folder

@@ -23,52 +23,57 @@ Readers (each returns a ``ClassificationSplit``; nothing needs re-packing):
 
 The label space of every split is the train one: validation labels outside it are an error.
 
-Generators (``make_*``) write the same formats from scikit-learn's handwritten digits (1,797 real
-8x8 images, 10 classes), upsampled and drawn over crops of the bundled real photographs; the label of
-every image is its digit, and the class names are real species / place names.
+The generators that write these formats live in ``tasks.classification.generate``
+(``generate_dataset``; ``bench data``); their names are re-exported here.
+
+Held-out part for hyperparameter selection (``heldout_split``): carved from the training split with a
+fixed seed. iNat 2018 / 2019 hold out a fixed number of images per class (``HELDOUT_PER_CLASS``, 3):
+their train splits are long-tailed but their val splits are nearly balanced (about 3 images per
+class), so a class-balanced part is what val looks like; a stratified fraction would weigh the head
+classes as train does. The other datasets hold out a class-stratified 10 % (their val follows train's
+class mix, or is balanced as train is).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import shutil
-import tempfile
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from bench.core.data import (
     LabelledImages,
     class_folders,
-    embedded_photos,
     list_images,
     load_rgb,  # noqa: F401  (re-exported by tasks.classification)
 )
 from bench.core.errors import BenchError, DataError
 from bench.core.io import load_json
-
-DATASETS = ("inat2017", "inat2018", "inat2019", "places205", "places365", "folder", "digits")
-SPLITS = ("train", "val")
-INAT_YEARS = (2017, 2018, 2019)
-
-PLACES365_CATEGORIES = "categories_places365.txt"
-PLACES365_LISTS = {"train": "places365_train_standard.txt", "val": "places365_val.txt"}
-# Image folders in order of preference: as the official tars unpack, then torchvision's names.
-PLACES365_IMAGE_DIRS = {
-    "train": ("data_256", "data_256_standard", "data_large", "data_large_standard"),
-    "val": ("val_256", "val_large"),
-}
-PLACES205_LISTS = {
-    "train": "trainvalsplit_places205/train_places205.csv",
-    "val": "trainvalsplit_places205/val_places205.csv",
-}
-PLACES205_IMAGE_DIRS = ("images256", "data/vision/torralba/deeplearning/images256")
+from tasks.classification.formats import (  # noqa: F401  (the format names, re-exported)
+    DATASETS,
+    INAT_IMAGE_DIRS,
+    INAT_YEARS,
+    PLACES205_IMAGE_DIRS,
+    PLACES205_LISTS,
+    PLACES365_CATEGORIES,
+    PLACES365_IMAGE_DIRS,
+    PLACES365_LISTS,
+    SPLITS,
+    _short,
+)
+from tasks.classification.generate import (  # noqa: F401  (generators, re-exported: their old import path)
+    GENERATORS,
+    generate_dataset,
+    make_dataset,
+    make_digits_dataset,
+    make_image_folder,
+    make_inat_dataset,
+    make_places205_dataset,
+    make_places365_dataset,
+)
 
 
 @dataclass
@@ -93,12 +98,6 @@ class ClassificationSplit:
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers shared by the readers
-
-
-def _short(value, limit: int = 60) -> str:
-    """repr() of a user value, cut to one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_split(split: str) -> None:
@@ -439,16 +438,23 @@ def _read(dataset: str, root: str | Path, splits: tuple[str, ...]) -> dict[str, 
     for split in splits:
         _check_split(split)
     root = Path(root)
-    if dataset in ("inat2017", "inat2018", "inat2019"):
-        out = _read_inat(root, int(dataset[4:]), splits)
-    elif dataset == "places365":
-        out = _read_places365(root, splits)
-    elif dataset == "places205":
-        out = _read_places205(root, splits)
-    elif dataset in ("folder", "digits"):
-        out = _read_image_folder(root, splits, dataset)
-    else:
+    if dataset not in DATASETS:
         raise BenchError(f"unknown dataset {_short(dataset)}; expected one of {', '.join(DATASETS)}")
+    try:
+        if dataset.startswith("inat"):
+            out = _read_inat(root, int(dataset[4:]), splits)
+        elif dataset == "places365":
+            out = _read_places365(root, splits)
+        elif dataset == "places205":
+            out = _read_places205(root, splits)
+        else:
+            out = _read_image_folder(root, splits, dataset)
+    except DataError as e:
+        if not (root.is_dir() and any(root.iterdir())) or _MISSING.search(str(e)):
+            raise DataError(
+                f"{e}; {dataset} expects {LAYOUTS[dataset]} (a small one: bench data {dataset} --out DIR)"
+            ) from None
+        raise
     classes = next(iter(out.values())).classes
     if len(classes) < 2:
         raise DataError(
@@ -471,20 +477,41 @@ def _check_disjoint(train: ClassificationSplit, val: ClassificationSplit, root: 
         )
 
 
+# What a missing file or folder is called by the readers: such errors carry the layout and the generator.
+_MISSING = re.compile(r"(file|folder) not found|no .* image folder|no class folders")
+LAYOUTS = {
+    "inat2017": "train2017.json, val2017.json and train_val_images/<supercategory>/<species>/*.jpg",
+    "inat2018": "train2018.json, val2018.json and train_val2018/<supercategory>/<category id>/*.jpg",
+    "inat2019": "train2019.json, val2019.json and train_val2019/<group>/<category id>/*.jpg",
+    "places205": "trainvalsplit_places205/{train,val}_places205.csv and images256/<letter>/<class>/*.jpg",
+    "places365": "categories_places365.txt, places365_train_standard.txt, places365_val.txt, data_256/, val_256/",
+    "folder": "train/<class>/*.jpg and val/<class>/*.jpg",
+    "digits": "train/<digit>/*.png and val/<digit>/*.png",
+}
+
+
 # The held-out part of a training split, for hyperparameter selection that never looks at val: a fixed
 # seed (not the run's), so every grid point, initialisation and seed sees the same carve.
 HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 0
+HELDOUT_PER_CLASS = 3  # iNat 2018 / 2019: about what their val has per class (see the module docstring)
+BALANCED_HELDOUT = ("inat2018", "inat2019")
 
 
 def heldout_split(
-    split: ClassificationSplit, fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED
+    split: ClassificationSplit,
+    fraction: float = HELDOUT_FRACTION,
+    seed: int = HELDOUT_SEED,
+    per_class: int | None = None,
 ) -> tuple[ClassificationSplit, ClassificationSplit]:
-    """(rest, held out) of a training ``split``, stratified by class: ``round(fraction * n)`` images of
-    each class with n >= 2 images (at least 1, never all of them) are held out, drawn with
-    ``numpy.random.default_rng(seed)`` over the reader's (sorted) order. Both keep the split's classes."""
+    """(rest, held out) of a training ``split``, drawn per class with ``numpy.random.default_rng(seed)``
+    over the reader's (sorted) order. Of each class with n >= 2 images, ``round(fraction * n)`` (class-
+    stratified) or, with ``per_class``, ``per_class`` images (class-balanced) are held out: at least 1,
+    never all. Both parts keep the split's classes."""
     if not 0 < fraction < 1:
         raise BenchError(f"held-out fraction must be between 0 and 1, got {fraction}")
+    if per_class is not None and per_class < 1:
+        raise BenchError(f"held-out images per class must be >= 1, got {per_class}")
     by_class: dict[int, list[int]] = {}
     for i, (_, label) in enumerate(split.samples):
         by_class.setdefault(label, []).append(i)
@@ -493,7 +520,8 @@ def heldout_split(
     for label in sorted(by_class):
         indices = by_class[label]
         n = len(indices)
-        m = min(n - 1, max(1, round(fraction * n))) if n >= 2 else 0
+        want = per_class if per_class is not None else max(1, round(fraction * n))
+        m = min(n - 1, want) if n >= 2 else 0
         held.update(int(i) for i in rng.permutation(indices)[:m])
     if not held:
         raise DataError(f"{split.name}: no class has 2 or more images, so nothing can be held out for selection")
@@ -503,6 +531,12 @@ def heldout_split(
         ClassificationSplit(rest, split.classes, f"{split.name}-minus-heldout"),
         ClassificationSplit(out, split.classes, f"{split.name}-heldout"),
     )
+
+
+def heldout_for(dataset: str, split: ClassificationSplit) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """The held-out carve a selection run of ``dataset`` uses: class-balanced for iNat 2018 / 2019,
+    class-stratified otherwise (see the module docstring)."""
+    return heldout_split(split, per_class=HELDOUT_PER_CLASS if dataset in BALANCED_HELDOUT else None)
 
 
 def read_split(dataset: str, root: str | Path, split: str) -> ClassificationSplit:
@@ -529,358 +563,3 @@ class ImageDataset(LabelledImages):
     def __init__(self, split: ClassificationSplit, transform=None):
         super().__init__(split.samples, split.classes, transform)
         self.split = split
-
-
-# --------------------------------------------------------------------------------------------------
-# Generators: small sets in the exact formats above, from scikit-learn's handwritten digits
-
-MAX_CLASSES = 10  # the ten digits
-MAX_PER_CLASS = 174  # the rarest digit (8) has 174 images
-
-# Real species (scientific name, iNat 2017/2018 supercategory, kingdom, phylum, class, order, family,
-# genus). Only supercategories that iNat 2019 also has (Plants, Birds, Insects, Reptiles,
-# Amphibians, Fungi), so every year can hold them.
-INAT_SPECIES = (
-    ("Abies concolor", "Plantae", "Plantae", "Tracheophyta", "Pinopsida", "Pinales", "Pinaceae", "Abies"),
-    ("Amanita muscaria", "Fungi", "Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita"),
-    ("Cardinalis cardinalis", "Aves", "Animalia", "Chordata", "Aves", "Passeriformes", "Cardinalidae", "Cardinalis"),
-    ("Danaus plexippus", "Insecta", "Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Danaus"),
-    ("Lithobates catesbeianus", "Amphibia", "Animalia", "Chordata", "Amphibia", "Anura", "Ranidae", "Lithobates"),
-    ("Rosa californica", "Plantae", "Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa"),
-    (
-        "Sceloporus occidentalis",
-        "Reptilia",
-        "Animalia",
-        "Chordata",
-        "Reptilia",
-        "Squamata",
-        "Phrynosomatidae",
-        "Sceloporus",
-    ),
-    ("Terrapene carolina", "Reptilia", "Animalia", "Chordata", "Reptilia", "Testudines", "Emydidae", "Terrapene"),
-    (
-        "Tetraneuris scaposa",
-        "Plantae",
-        "Plantae",
-        "Tracheophyta",
-        "Magnoliopsida",
-        "Asterales",
-        "Asteraceae",
-        "Tetraneuris",
-    ),
-    ("Yucca schidigera", "Plantae", "Plantae", "Tracheophyta", "Liliopsida", "Asparagales", "Asparagaceae", "Yucca"),
-)
-INAT2019_GROUPS = {
-    "Plantae": "Plants",
-    "Aves": "Birds",
-    "Insecta": "Insects",
-    "Reptilia": "Reptiles",
-    "Amphibia": "Amphibians",
-    "Fungi": "Fungi",
-}
-INAT_IMAGE_DIRS = {2017: "train_val_images", 2018: "train_val2018", 2019: "train_val2019"}
-
-# Real Places365 categories (checked against categories_places365.txt), in its alphabetical order.
-PLACES365_CLASSES = (
-    "/a/airfield",
-    "/b/beach",
-    "/c/coast",
-    "/f/field/wild",
-    "/f/forest_path",
-    "/h/highway",
-    "/k/kitchen",
-    "/l/library/indoor",
-    "/m/mountain",
-    "/s/swimming_pool/outdoor",
-)
-# Real Places205 categories, as folders of images256/.
-PLACES205_CLASSES = (
-    "a/abbey",
-    "a/airport_terminal",
-    "c/coast",
-    "f/field/wild",
-    "f/forest_path",
-    "h/highway",
-    "k/kitchen",
-    "m/mountain",
-    "o/ocean",
-    "s/swimming_pool/outdoor",
-)
-FOLDER_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def render_digit(digit: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """An 8x8 digit (values 0..16) upsampled to ``size`` and drawn in a bright colour over a darkened
-    crop of one of the bundled real photos; HxWx3 uint8."""
-    photos = embedded_photos()
-    photo = photos[int(rng.integers(len(photos)))]
-    h, w = photo.shape[:2]
-    side = int(rng.integers(min(h, w) // 4, min(h, w) // 2 + 1))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    background = Image.fromarray(np.ascontiguousarray(photo[y : y + side, x : x + side]))
-    background = np.asarray(background.resize((size, size), Image.BILINEAR), dtype=np.float32)
-    ink = Image.fromarray((np.asarray(digit, dtype=np.float32) * (255.0 / 16.0)).astype(np.uint8))
-    alpha = np.asarray(ink.resize((size, size), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
-    colour = rng.integers(170, 256, size=3).astype(np.float32)
-    out = 0.45 * background * (1.0 - alpha) + colour * alpha
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _digit_sets(num_classes: int, n_train: int, n_val: int, image_size: int, seed: int):
-    """{'train': [(image, label)], 'val': [...]} with disjoint source digits, class by class."""
-    if not 1 <= num_classes <= MAX_CLASSES:
-        raise BenchError(f"num_classes must be 1..{MAX_CLASSES} (one per digit), got {num_classes}")
-    if n_train < 1 or n_val < 1 or n_train + n_val > MAX_PER_CLASS:
-        raise BenchError(
-            f"need n_train_per_class >= 1, n_val_per_class >= 1 and their sum <= "
-            f"{MAX_PER_CLASS} (the rarest digit), got {n_train} and {n_val}"
-        )
-    if image_size < 8:
-        raise BenchError(f"image_size must be at least 8, got {image_size}")
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    sets = {"train": [], "val": []}
-    for label in range(num_classes):
-        chosen = rng.permutation(np.flatnonzero(digits.target == label))
-        for split, indices in (("train", chosen[:n_train]), ("val", chosen[n_train : n_train + n_val])):
-            for i in indices:
-                sets[split].append((render_digit(digits.images[i], rng, image_size), label))
-    return sets
-
-
-def _save_jpeg(image: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="JPEG", quality=95)
-
-
-@contextlib.contextmanager
-def _new_folder(root: str | Path):
-    """Yield a temp folder next to ``root``; it becomes ``root`` only if the block finishes."""
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise BenchError(f"{root}: already exists and is not an empty folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def make_inat_dataset(
-    root: str | Path,
-    year: int = 2018,
-    n_train_per_class: int = 40,
-    n_val_per_class: int = 10,
-    num_classes: int = 10,
-    image_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Write an iNaturalist ``year`` set at ``root``: ``train{year}.json``, ``val{year}.json`` and the
-    images under the year's folder, with the fields documented in visipedia/inat_comp."""
-    if year not in INAT_YEARS:
-        raise BenchError(f"unknown iNaturalist year {_short(year)}; expected one of {INAT_YEARS}")
-    sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
-    species = INAT_SPECIES[:num_classes]
-    categories = []
-    for cid, (name, supercategory, *taxonomy) in enumerate(species):
-        category = {"id": cid, "name": name}
-        if year in (2017, 2018):
-            category["supercategory"] = supercategory
-        if year in (2018, 2019):
-            category.update(zip(("kingdom", "phylum", "class", "order", "family", "genus"), taxonomy))
-        categories.append(category)
-
-    def folder(cid: int) -> str:
-        name, supercategory = species[cid][:2]
-        if year == 2017:
-            return f"{INAT_IMAGE_DIRS[year]}/{supercategory}/{name}"
-        group = supercategory if year == 2018 else INAT2019_GROUPS[supercategory]
-        return f"{INAT_IMAGE_DIRS[year]}/{group}/{cid}"
-
-    with _new_folder(root) as tmp:
-        image_id = 0
-        for split in SPLITS:
-            images, annotations = [], []
-            for image, label in sets[split]:
-                digest = hashlib.md5(f"{seed}/{year}/{image_id}".encode()).hexdigest()
-                file_name = f"{folder(label)}/{digest}.jpg"
-                _save_jpeg(image, tmp / file_name)
-                images.append(
-                    {
-                        "id": image_id,
-                        "width": image_size,
-                        "height": image_size,
-                        "file_name": file_name,
-                        "license": 1,
-                        "rights_holder": "scikit-learn digits (UCI)",
-                    }
-                )
-                annotations.append({"id": image_id, "image_id": image_id, "category_id": label})
-                image_id += 1
-            data = {
-                "info": {
-                    "year": year,
-                    "version": "1.0",
-                    "description": f"iNaturalist {year} format, handwritten digits content",
-                    "contributor": "maebench",
-                    "url": "",
-                    "date_created": "",
-                },
-                "images": images,
-                "categories": categories,
-                "annotations": annotations,
-                "licenses": [{"id": 1, "name": "BSD-3-Clause", "url": ""}],
-            }
-            (tmp / f"{split}{year}.json").write_text(json.dumps(data), encoding="utf-8")
-    return Path(root)
-
-
-def make_places365_dataset(
-    root: str | Path,
-    n_train_per_class: int = 40,
-    n_val_per_class: int = 10,
-    num_classes: int = 10,
-    image_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Write a Places365-Standard set at ``root``: ``categories_places365.txt``,
-    ``places365_train_standard.txt`` + ``data_256/`` and ``places365_val.txt`` + ``val_256/``."""
-    sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
-    names = PLACES365_CLASSES[:num_classes]
-    with _new_folder(root) as tmp:
-        # Like the real file: '<name> <id>' lines, no newline after the last one.
-        (tmp / PLACES365_CATEGORIES).write_text(
-            "\n".join(f"{name} {i}" for i, name in enumerate(names)), encoding="utf-8"
-        )
-        lines, counts = [], [0] * num_classes
-        for image, label in sets["train"]:
-            counts[label] += 1
-            relative = f"{names[label]}/{counts[label]:08d}.jpg"
-            _save_jpeg(image, tmp / "data_256" / relative.lstrip("/"))
-            lines.append(f"{relative} {label}\n")
-        (tmp / PLACES365_LISTS["train"]).write_text("".join(lines), encoding="utf-8")
-        # The real validation images are numbered in an order unrelated to their class.
-        order = np.random.default_rng(seed + 1).permutation(len(sets["val"]))
-        lines = []
-        for number, k in enumerate(order, start=1):
-            image, label = sets["val"][k]
-            file_name = f"Places365_val_{number:08d}.jpg"
-            _save_jpeg(image, tmp / "val_256" / file_name)
-            lines.append(f"{file_name} {label}\n")
-        (tmp / PLACES365_LISTS["val"]).write_text("".join(lines), encoding="utf-8")
-    return Path(root)
-
-
-def make_places205_dataset(
-    root: str | Path,
-    n_train_per_class: int = 40,
-    n_val_per_class: int = 10,
-    num_classes: int = 10,
-    image_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Write a Places205 set at ``root``: ``trainvalsplit_places205/{train,val}_places205.csv`` and the
-    images under ``data/vision/torralba/deeplearning/images256/`` (as the official tar unpacks)."""
-    sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
-    names = PLACES205_CLASSES[:num_classes]
-    with _new_folder(root) as tmp:
-        counts = [0] * num_classes
-        for split in SPLITS:
-            lines = []
-            for image, label in sets[split]:
-                counts[label] += 1
-                relative = f"{names[label]}/{counts[label]:08d}.jpg"
-                _save_jpeg(image, tmp / PLACES205_IMAGE_DIRS[1] / relative)
-                lines.append(f"{relative} {label}\n")
-            listing = tmp / PLACES205_LISTS[split]
-            listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text("".join(lines), encoding="utf-8")
-    return Path(root)
-
-
-def make_image_folder(
-    root: str | Path,
-    n_train_per_class: int = 40,
-    n_val_per_class: int = 10,
-    num_classes: int = 10,
-    image_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Write ``root/{train,val}/<digit>_<name>/<n>.jpg`` (``0_zero`` ... so sorted order is digit order)."""
-    sets = _digit_sets(num_classes, n_train_per_class, n_val_per_class, image_size, seed)
-    with _new_folder(root) as tmp:
-        for split in SPLITS:
-            for n, (image, label) in enumerate(sets[split]):
-                _save_jpeg(image, tmp / split / f"{label}_{FOLDER_CLASSES[label]}" / f"{n:06d}.jpg")
-    return Path(root)
-
-
-def make_digits_dataset(
-    root: str | Path,
-    n_train_per_class: int | None = None,
-    n_val_per_class: int | None = None,
-    num_classes: int = 10,
-    image_size: int | None = None,
-) -> Path:
-    """Write ``root/{train,val}/<digit>/<index>.png``: scikit-learn's real handwritten digits, train =
-    the labelled images, val = the eval images of ``bench.core.data.Digits`` (10 and 80 per digit, 64 px),
-    both disjoint from its pretraining split (``bench pretrain --data digits``). The options take the
-    first ``n`` images of each of the first ``num_classes`` digits, or resize them (bicubic), as the
-    other generators' options do; left at None they keep the whole split at 64 px."""
-    from bench.core.data import DIGITS_PER_CLASS, write_digits_folder
-
-    keep = {"train": n_train_per_class, "val": n_val_per_class}
-    for split, n, most in (
-        ("train", n_train_per_class, DIGITS_PER_CLASS["labelled"]),
-        ("val", n_val_per_class, DIGITS_PER_CLASS["eval"]),
-    ):
-        if n is not None and not 1 <= n <= most:
-            raise BenchError(
-                f"digits: {split} has {most} images per digit; n_{split}_per_class must be 1..{most}, got {n}"
-            )
-    if not 2 <= num_classes <= MAX_CLASSES:
-        raise BenchError(f"digits: num_classes must be 2..{MAX_CLASSES}, got {num_classes}")
-    if image_size is not None and image_size < 8:
-        raise BenchError(f"image_size must be at least 8, got {image_size}")
-    with _new_folder(root) as tmp:
-        write_digits_folder(tmp)
-        for split in SPLITS:
-            for label in range(MAX_CLASSES):
-                folder = tmp / split / str(label)
-                files = sorted(folder.iterdir())
-                for k, path in enumerate(files):
-                    if label >= num_classes or (keep[split] is not None and k >= keep[split]):
-                        path.unlink()
-                    elif image_size is not None:
-                        with Image.open(path) as img:
-                            small = img.resize((image_size, image_size), Image.BICUBIC)
-                        small.save(path, format="PNG")
-                if label >= num_classes:
-                    folder.rmdir()
-    return Path(root)
-
-
-GENERATORS = {
-    "inat2017": lambda root, **kw: make_inat_dataset(root, 2017, **kw),
-    "inat2018": lambda root, **kw: make_inat_dataset(root, 2018, **kw),
-    "inat2019": lambda root, **kw: make_inat_dataset(root, 2019, **kw),
-    "places205": make_places205_dataset,
-    "places365": make_places365_dataset,
-    "folder": make_image_folder,
-    "digits": make_digits_dataset,
-}
-
-
-def make_dataset(dataset: str, root: str | Path, **kwargs) -> Path:
-    """Write a small generated set of ``dataset`` (one of ``DATASETS``) at ``root``."""
-    if dataset not in GENERATORS:
-        raise BenchError(f"unknown dataset {_short(dataset)}; expected one of {', '.join(DATASETS)}")
-    return GENERATORS[dataset](root, **kwargs)

@@ -90,7 +90,7 @@ def declare(dataset: str) -> TaskSpec:
         metrics=("top1", "top5"),
         tables={"finetune": TABLE6, "linear": LINEAR, "partial": PARTIAL},
         run=run_cls,
-        generator=f"tasks.classification.datasets:{generator}",
+        generator=f"tasks.classification.generate:{generator}",
         generator_args=fixed,
         reader=reader(dataset),
         suite_keys=("epochs", "batch_size", "k", "bf16"),
