@@ -17,13 +17,13 @@ from pycocotools.coco import COCO
 
 from bench.core.errors import DataError
 from tasks.detection.coco_data import (
-    _COLOURS,
     SHAPE_CATEGORIES,
     check_same_categories,
     make_coco_dataset,
     uncompressed_rle_counts,
     validate_coco,
 )
+from tasks.detection.coco_generate import _COLOURS
 
 # pycocotools 2.0.11 decode() warns under numpy 2 (its Cython __array__ lacks `copy`); not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

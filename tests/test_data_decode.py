@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import bench.core.data as bd
+import bench.core.images as bimg
 from bench.core.data import (
     IMAGE_EXTENSIONS,
     IMAGENET_STD,
@@ -95,7 +96,7 @@ def test_decode_rgb_gives_load_rgb_pixels(images, name):
     out = decode_rgb(path)
     assert out.dtype == torch.uint8 and out.shape == (3, 60, 80)
     assert torch.equal(out, pil_to_uint8(load_rgb(path)))  # bit-exact, whichever decoder ran
-    used_torchvision = bd._torchvision_decode(np.fromfile(path, dtype=np.uint8)) is not None
+    used_torchvision = bimg._torchvision_decode(np.fromfile(path, dtype=np.uint8)) is not None
     assert used_torchvision == (name in TORCHVISION)
     assert out.stride() == (1, 80 * 3, 3)  # channels-last in memory, the fast layout for v2's resize
 

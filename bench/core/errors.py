@@ -20,6 +20,11 @@ class DataError(BenchError):
     """A dataset on disk is missing files or has malformed annotations."""
 
 
+class WriteError(BenchError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the previous file is kept. Also an
+    ``OSError``, so code that handles failed writes as ``OSError`` keeps doing so."""
+
+
 class NonFiniteLossError(BenchError):
     """Training produced a non-finite loss more times than allowed."""
 
@@ -33,4 +38,10 @@ def first_line(exc: BaseException, *, with_type: bool = False, limit: int = 400)
     text = lines[0].strip() if lines else ""
     if with_type or not text:
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters: how a one-line message quotes a bad value."""
+    text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

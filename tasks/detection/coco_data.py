@@ -1,328 +1,67 @@
-"""COCO-format instance data: a small generated set in the real COCO 2017 layout, and a validator.
+"""Reading COCO-format instance files: a validator that stops bad annotations at the reader, and the
+fixed held-out part of a training split used for hyperparameter selection.
 
-Data only; metrics live in ``tasks/detection/evaluation.py`` (the detectron2 split).
-
-``make_coco_dataset(root)`` writes::
-
-    root/annotations/instances_train2017.json
-    root/annotations/instances_val2017.json
-    root/train2017/000000000001.jpg ...
-    root/val2017/000001000001.jpg ...
-
-Backgrounds are random crops of the bundled real photographs (``bench.core.data.embedded_photos()``);
-on top of them, simple shapes of five categories with non-contiguous COCO ids (``SHAPE_CATEGORIES``)
-are drawn in distinct colours, 12 px to half the image in size, never overlapping. Like real COCO,
-most instances are polygons, the rings (which have a hole) are compressed RLE, and some images hold
-one ``iscrowd: 1`` region (a cluster of small dots, uncompressed RLE, category "disc"). Every
-``bbox`` is the pixel extent of the instance mask and every ``area`` is the mask's pixel count,
-both computed with pycocotools from the stored segmentation, so a reader that decodes the JSON sees
-exactly the pixels that were painted. Real COCO boxes are the polygon's float extent instead; the
-two differ by under a pixel.
+The generated set (``make_coco_dataset``) lives in ``tasks/detection/coco_generate.py`` and is
+re-exported here.
 
 ``validate_coco(ann_file, image_dir)`` checks a COCO instances file (ours or the real 450 MB
 ``instances_train2017.json``: one ``json.load``, set look-ups, one directory listing) and raises
-``DataError`` with one line naming the file and key at fault. ``check_same_categories`` compares the
-categories of a train and a val file.
+``DataError`` with one line naming the file, the annotation id and the key at fault. Everything that
+later reaches pycocotools' C code or a trainer is checked here, because those crash (SIGSEGV) or
+train silently on bad values:
+
+* images: ``height`` and ``width`` positive integers, ``height * width`` within the image pixel limit
+  (``bench.core.images.max_pixels``);
+* ``bbox``: 4 finite numbers within ``COORD_MARGIN`` image sizes of the image;
+* polygons: flat lists of at least 3 (x, y) points, numbers, finite, within ``COORD_MARGIN`` image
+  sizes of the image (pycocotools rasterises with C ints: 1e308 overflows and crashes);
+* RLE: ``size`` = the image's [height, width]; uncompressed ``counts`` non-negative integers summing to
+  height * width; compressed ``counts`` strings decoded here in Python (pycocotools' decoder writes
+  past its buffer when the runs add up to more than the image) and held to the same rule;
+* ``iscrowd`` 0 or 1; ``area``, when present, a finite number >= 0.
+
+``check_same_categories`` compares the categories of a train and a val file.
+
+Held-out split (hyperparameter selection that never reads val): ``heldout_split(ann_file)`` returns
+``(train_ids, heldout_ids)``, image ids of the training file. The held-out part is
+``min(HELDOUT_CAP, round(HELDOUT_FRACTION * n))`` images (at least 1, never all), n = the images with
+at least one non-crowd annotation (so that its AP is defined), drawn with
+``numpy.random.default_rng(HELDOUT_SEED)`` from the sorted ids: the same for every initialisation,
+seed and grid point. For COCO train2017 (117,266 such images) that is 5,000 images, as many as val2017;
+val is never touched, so the part is disjoint from it. ``write_heldout_split(coco_root, out_dir)``
+writes the two annotation files (``instances_train2017-minus-heldout.json`` and
+``instances_train2017-heldout.json``, both with images in ``train2017/``) for the detection engines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bench.core.data import embedded_photos
 from bench.core.errors import DataError
+from bench.core.images import max_pixels
 from bench.core.io import atomic_write_json, load_json  # noqa: F401  (both public here for evaluation.py)
-
-# Category ids are non-contiguous on purpose (as in real COCO, whose 80 ids run 1..90): code that
-# confuses a model's label index with a COCO category id fails on this data.
-SHAPE_CATEGORIES: tuple[dict, ...] = (
-    {"supercategory": "round", "id": 1, "name": "disc"},
-    {"supercategory": "polygon", "id": 3, "name": "box"},
-    {"supercategory": "polygon", "id": 7, "name": "triangle"},
-    {"supercategory": "round", "id": 18, "name": "ring"},
-    {"supercategory": "polygon", "id": 44, "name": "star"},
+from tasks.detection.coco_generate import (  # noqa: F401  (the generator's public names, imported from here before)
+    SHAPE_CATEGORIES,
+    make_coco_dataset,
+    uncompressed_rle_counts,
 )
-_COLOURS = {  # RGB base colour per category id, saturated so it stands out on photos
-    1: (220, 30, 30),
-    3: (30, 70, 230),
-    7: (245, 215, 20),
-    18: (210, 40, 210),
-    44: (30, 200, 70),
-}
-CROWD_CATEGORY_ID = 1  # crowd regions are clusters of small discs
-SPLITS = ("train2017", "val2017")
-VAL_IMAGE_ID_OFFSET = 1_000_000  # image ids are unique across splits, as in real COCO
-MIN_OBJECT_SIZE = 12  # px; the largest object is half the shorter image side
-MAX_OBJECTS_PER_IMAGE = 4
-CROWD_EVERY = 4  # the images at (0-based) index 1, 5, 9, ... of each split hold a crowd region
 
-
-# --------------------------------------------------------------------------------------------------
-# generator
-# --------------------------------------------------------------------------------------------------
-
-
-def make_coco_dataset(
-    root: str | Path,
-    n_train: int = 16,
-    n_val: int = 8,
-    image_size: tuple[int, int] = (128, 128),
-    seed: int = 0,
-    overwrite: bool = False,
-) -> Path:
-    """Write a small COCO 2017-layout instance dataset under ``root`` and return ``root``.
-
-    ``image_size`` is ``(height, width)``; every image has that size. The output depends only on
-    the arguments (same seed, same bytes). Nothing partial is left behind on failure: the dataset is
-    built in a hidden temporary folder inside ``root`` and moved into place at the end. If
-    ``root/annotations``, ``root/train2017`` or ``root/val2017`` exists, ``DataError`` is raised
-    unless ``overwrite``.
-    """
-    root = Path(root)
-    height, width = (int(v) for v in image_size)
-    if n_train < 1 or n_val < 1:
-        raise DataError(f"{root}: n_train and n_val must be >= 1 (got {n_train}, {n_val})")
-    if min(height, width) < 2 * MIN_OBJECT_SIZE + 8:
-        raise DataError(
-            f"{root}: image_size {image_size} is too small; the shorter side must be >= {2 * MIN_OBJECT_SIZE + 8}"
-        )
-    targets = [root / "annotations", *(root / s for s in SPLITS)]
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise DataError(f"{existing[0]}: already exists (pass overwrite=True to replace it)")
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".coco-tmp-", dir=root))
-    try:
-        (tmp / "annotations").mkdir()
-        next_ann_id = 1
-        for split_index, (split, n) in enumerate(zip(SPLITS, (n_train, n_val))):
-            rng = np.random.default_rng([seed, split_index])
-            first_image_id = 1 + split_index * VAL_IMAGE_ID_OFFSET
-            dataset, next_ann_id = _make_split(tmp / split, n, height, width, rng, first_image_id, next_ann_id)
-            with open(tmp / "annotations" / f"instances_{split}.json", "w") as f:
-                json.dump(dataset, f, separators=(",", ":"))
-        for t in existing:
-            shutil.rmtree(t)
-        for t in targets:
-            os.replace(tmp / t.name, t)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def _make_split(
-    image_dir: Path,
-    n_images: int,
-    height: int,
-    width: int,
-    rng: np.random.Generator,
-    first_image_id: int,
-    next_ann_id: int,
-) -> tuple[dict, int]:
-    image_dir.mkdir()
-    photos = embedded_photos()
-    cat_ids = [c["id"] for c in SHAPE_CATEGORIES]
-    cat_queue: list[int] = []  # categories are dealt in shuffled rounds so every one appears
-    images, annotations = [], []
-    for i in range(n_images):
-        image_id = first_image_id + i
-        file_name = f"{image_id:012d}.jpg"
-        img = _background(photos[int(rng.integers(len(photos)))], height, width, rng)
-        taken: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 of placed instances
-        instances = []  # (category_id, segmentation, rle, iscrowd)
-        if i % CROWD_EVERY == 1:
-            crowd = _place(lambda: _crowd_region(height, width, rng), taken, rng, height, width)
-            if crowd is not None:
-                instances.append((CROWD_CATEGORY_ID, *crowd, 1))
-        for _ in range(int(rng.integers(1, MAX_OBJECTS_PER_IMAGE + 1))):
-            if not cat_queue:
-                cat_queue = list(rng.permutation(cat_ids))
-            cat_id = int(cat_queue[-1])
-            placed = _place(lambda: _shape(cat_id, height, width, rng), taken, rng, height, width)  # noqa: B023 (called here)
-            if placed is not None:
-                cat_queue.pop()
-                instances.append((cat_id, *placed, 0))
-        for cat_id, segmentation, rle, iscrowd in instances:
-            mask = mask_utils.decode(rle).astype(bool)
-            _paint(img, mask, cat_id, rng)
-            annotations.append(
-                {
-                    "segmentation": segmentation,
-                    "area": float(mask_utils.area(rle)),
-                    "iscrowd": iscrowd,
-                    "image_id": image_id,
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "category_id": cat_id,
-                    "id": next_ann_id,
-                }
-            )
-            next_ann_id += 1
-        Image.fromarray(img).save(image_dir / file_name, quality=92, subsampling=0)
-        images.append(
-            {
-                "license": 1,
-                "file_name": file_name,
-                "coco_url": "",
-                "height": height,
-                "width": width,
-                "date_captured": "",
-                "flickr_url": "",
-                "id": image_id,
-            }
-        )
-    dataset = {
-        "info": {
-            "description": "maebench shapes on real photos, COCO 2017 layout",
-            "url": "",
-            "version": "1.0",
-            "year": 2017,
-            "contributor": "maebench",
-            "date_created": "",
-        },
-        "licenses": [
-            {
-                "url": "https://scikit-image.org/docs/stable/api/skimage.data.html",
-                "id": 1,
-                "name": "backgrounds: scikit-image / scikit-learn sample photographs",
-            }
-        ],
-        "images": images,
-        "annotations": annotations,
-        "categories": [dict(c) for c in SHAPE_CATEGORIES],
-    }
-    return dataset, next_ann_id
-
-
-def _background(photo: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop of ``photo`` with the aspect of (height, width), resized to that size."""
-    ph, pw = photo.shape[:2]
-    scale = min(ph / height, pw / width) * rng.uniform(0.3, 1.0)
-    ch, cw = max(1, int(height * scale)), max(1, int(width * scale))
-    y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
-    crop = Image.fromarray(np.ascontiguousarray(photo[y0 : y0 + ch, x0 : x0 + cw]))
-    return np.array(crop.resize((width, height), Image.BILINEAR), dtype=np.uint8)
-
-
-def _place(make, taken, rng, height, width, attempts: int = 30):
-    """Try ``make()`` at random free spots; return (segmentation, rle) or None when nothing fits.
-
-    ``make`` returns (kind, geometry, (w, h)) with geometry centred at the origin; the instance is
-    shifted so its box lies inside the image and 2 px away from every box in ``taken``.
-    """
-    for _ in range(attempts):
-        kind, geom, (bw, bh) = make()
-        x0 = rng.uniform(1, width - 1 - bw)
-        y0 = rng.uniform(1, height - 1 - bh)
-        box = (x0, y0, x0 + bw, y0 + bh)
-        if any(box[0] < t[2] + 2 and t[0] < box[2] + 2 and box[1] < t[3] + 2 and t[1] < box[3] + 2 for t in taken):
-            continue
-        cx, cy = x0 + bw / 2, y0 + bh / 2
-        if kind == "polygon":
-            poly = [round(float(v), 2) for x, y in geom for v in (x + cx, y + cy)]
-            rle = mask_utils.merge(mask_utils.frPyObjects([poly], height, width))
-            segmentation = [poly]
-        else:  # "mask": geom(xx, yy) -> bool, on pixel centres relative to the centre
-            yy, xx = np.mgrid[0:height, 0:width]
-            mask = geom(xx + 0.5 - cx, yy + 0.5 - cy)
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            if kind == "crowd":
-                segmentation = {"counts": uncompressed_rle_counts(mask), "size": [height, width]}
-            else:
-                segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
-        if mask_utils.area(rle) < 4:  # too thin to rasterise; try again
-            continue
-        taken.append(box)
-        return segmentation, rle
-    return None
-
-
-def _shape(cat_id: int, height: int, width: int, rng: np.random.Generator):
-    """Geometry of one instance of ``cat_id`` (see ``_place``), size MIN_OBJECT_SIZE..min(H,W)/2."""
-    size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(min(height, width) / 2)))
-    r = size / 2
-    theta = rng.uniform(0, 2 * math.pi)
-    if cat_id == 18:  # ring: an annulus, stored as compressed RLE (a polygon cannot hold the hole)
-        inner = r * rng.uniform(0.45, 0.6)
-        return "mask", (lambda x, y: (x * x + y * y <= r * r) & (x * x + y * y >= inner * inner)), (2 * r, 2 * r)
-    if cat_id == 1:  # disc: an ellipse
-        b = r * rng.uniform(0.6, 1.0)
-        angles = np.linspace(0, 2 * math.pi, 28, endpoint=False)
-        pts = np.stack([r * np.cos(angles), b * np.sin(angles)], 1)
-    elif cat_id == 3:  # box: a rotated rectangle
-        h = r * rng.uniform(0.5, 1.0)
-        pts = np.array([[-r, -h], [r, -h], [r, h], [-r, h]])
-    elif cat_id == 7:  # triangle
-        angles = np.array([0, 2 * math.pi / 3, 4 * math.pi / 3]) + rng.uniform(-0.2, 0.2, 3)
-        radii = r * rng.uniform(0.85, 1.0, 3)
-        pts = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
-    elif cat_id == 44:  # star: five points
-        angles = np.arange(10) * math.pi / 5
-        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
-        pts = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
-    else:
-        raise ValueError(f"no shape for category id {cat_id}")
-    c, s = math.cos(theta), math.sin(theta)
-    pts = pts @ np.array([[c, s], [-s, c]])
-    pts -= (pts.max(0) + pts.min(0)) / 2  # centre the extent on the origin
-    pts *= size / (pts.max(0) - pts.min(0)).max()  # the longer side of the box is ``size``
-    extent = pts.max(0) - pts.min(0)
-    return "polygon", [tuple(p) for p in pts], (float(extent[0]), float(extent[1]))
-
-
-def _crowd_region(height: int, width: int, rng: np.random.Generator):
-    """A cluster of 6..12 small dots: one ``iscrowd`` region (like a COCO crowd of people)."""
-    side = rng.uniform(20, max(21.0, min(height, width) / 2.5))
-    n = int(rng.integers(6, 13))
-    centres = rng.uniform(-side / 2 + 3, side / 2 - 3, size=(n, 2))
-    radii = rng.uniform(1.5, 3.0, size=n)
-
-    def geom(x, y):
-        out = np.zeros(x.shape, dtype=bool)
-        for (cx, cy), rad in zip(centres, radii):
-            out |= (x - cx) ** 2 + (y - cy) ** 2 <= rad * rad
-        return out
-
-    return "crowd", geom, (side, side)
-
-
-def _paint(img: np.ndarray, mask: np.ndarray, cat_id: int, rng: np.random.Generator) -> None:
-    """Fill ``mask`` in ``img`` with the category colour (jittered), a light texture and noise."""
-    colour = np.array(_COLOURS[cat_id], dtype=np.float64) + rng.uniform(-25, 25, 3)
-    h, w = mask.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    shade = np.ones((h, w))
-    if cat_id == 3:  # diagonal stripes
-        shade = np.where(((xx + yy) // 3) % 2 == 0, 1.0, 0.7)
-    elif cat_id == 44:  # small checker
-        shade = np.where(((xx // 2) + (yy // 2)) % 2 == 0, 1.0, 0.85)
-    pixels = colour[None, None, :] * shade[:, :, None] + rng.normal(0, 6, (h, w, 3))
-    img[mask] = np.clip(pixels, 0, 255).astype(np.uint8)[mask]
-
-
-def uncompressed_rle_counts(mask: np.ndarray) -> list[int]:
-    """COCO uncompressed RLE counts of a 2-D mask: run lengths, column-major order, zeros first."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return counts
+# Coordinates (polygons, boxes) may lie at most this many image sizes outside the image: real COCO
+# polygons stray by a pixel at most; pycocotools scales by 5 into C ints, so this keeps it far from overflow.
+COORD_MARGIN = 1.0
+HELDOUT_FRACTION = 0.1  # of the training images with an object ...
+HELDOUT_CAP = 5000  # ... at most as many as COCO val2017
+HELDOUT_SEED = 0  # fixed, not the run's seed: every init, seed and grid point sees the same carve
+HELDOUT_FILES = ("instances_train2017-minus-heldout.json", "instances_train2017-heldout.json")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,23 +76,27 @@ def _check_id(value, ann_file, where: str, key: str = "id"):
     return value
 
 
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def validate_coco(
     ann_file: str | Path, image_dir: str | Path | None, *, require_images: bool = True, skip_degenerate: bool = True
 ) -> dict:
     """Check a COCO instances file (and its images) and return a summary.
 
-    Raises ``DataError`` (one line naming ``ann_file`` or ``image_dir`` and the key at fault) when:
-    a top-level key ``images`` / ``annotations`` / ``categories`` is missing; an image, category or
-    annotation lacks a required key or repeats an id; an annotation points at an image id or
-    category id that is not listed; a ``bbox`` is not 4 numbers; a polygon has fewer than 3 points
-    (or an odd number of coordinates); an RLE lacks ``counts``/``size`` or its size is not the
-    image's; or, with ``require_images``, image files are missing from ``image_dir`` (the first 5
+    Raises ``DataError`` (one line naming ``ann_file`` or ``image_dir``, the annotation id and the key
+    at fault) when: a top-level key ``images`` / ``annotations`` / ``categories`` is missing; an
+    image, category or annotation lacks a required key or repeats an id; an annotation points at an
+    image id or category id that is not listed; any value listed in the module docstring is out of
+    its range; or, with ``require_images``, image files are missing from ``image_dir`` (the first 5
     are named, with the count).
 
     Annotations with a degenerate box (w or h <= 0; real ``instances_train2017.json`` has one, id
     918) are skipped with a ``warnings.warn`` naming their count and first ids (for training). With
-    ``skip_degenerate=False`` they are kept, without a warning, as pycocotools keeps them when it
-    evaluates (so that metrics match the official ones).
+    ``skip_degenerate=False`` they are kept (and checked), without a warning, as pycocotools keeps
+    them when it evaluates (so that metrics match the official ones).
 
     Returns a dict: ``ann_file``, ``image_dir``, ``num_images``, ``num_annotations`` (kept),
     ``num_crowd``, ``num_polygon``, ``num_rle`` (of the kept), ``categories`` (list of category
@@ -362,6 +105,36 @@ def validate_coco(
     than loading the file again).
     """
     ann_file = Path(ann_file)
+    data = _load_instances(ann_file)
+    images = _index_images(data["images"], ann_file)
+    categories = _index_categories(data["categories"], ann_file)
+    kept, degenerate, counts = _check_annotations(data["annotations"], images, categories, ann_file, skip_degenerate)
+    if degenerate and skip_degenerate:
+        warnings.warn(
+            f"{ann_file}: skipping {len(degenerate)} annotation(s) with a degenerate "
+            f"'bbox' (w or h <= 0), ids {_first(degenerate)}",
+            stacklevel=2,
+        )
+    if require_images:
+        if image_dir is None:
+            raise DataError(f"{ann_file}: require_images=True needs an image_dir")
+        _check_image_files(data["images"], Path(image_dir), ann_file)
+    dataset = dict(data)
+    dataset["annotations"] = kept
+    return {
+        "ann_file": str(ann_file),
+        "image_dir": None if image_dir is None else str(image_dir),
+        "num_images": len(images),
+        "num_annotations": len(kept),
+        **counts,
+        "categories": [categories[k] for k in sorted(categories)],
+        "degenerate_ann_ids": degenerate,
+        "dataset": dataset,
+    }
+
+
+def _load_instances(ann_file: Path) -> dict:
+    """The file's JSON object, with the three lists a COCO instances file needs."""
     data = load_json(ann_file, "annotation file")
     if not isinstance(data, dict):
         raise DataError(f"{ann_file}: not a COCO instances file: top level is a {type(data).__name__}, not an object")
@@ -373,120 +146,211 @@ def validate_coco(
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
             raise DataError(f"{ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
+    return data
 
-    images: dict = {}  # id -> (height, width)
-    for i, img in enumerate(data["images"]):
+
+def _index_images(entries: list, ann_file: Path) -> dict:
+    """{image id: (height, width)}; sizes are positive integers within the pixel limit."""
+    images: dict = {}
+    limit = max_pixels()
+    for i, img in enumerate(entries):
         _require_keys(img, ("id", "file_name", "height", "width"), ann_file, f"images[{i}]")
         _check_id(img["id"], ann_file, f"images[{i}]")
         if not isinstance(img["file_name"], str):
             raise DataError(
                 f"{ann_file}: images[{i}] 'file_name' must be a string, got {type(img['file_name']).__name__}"
             )
+        for key in ("height", "width"):
+            v = img[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DataError(f"{ann_file}: image id {img['id']} {key!r} must be a positive integer, got {_short(v)}")
+        if limit and img["height"] * img["width"] > limit:
+            raise DataError(
+                f"{ann_file}: image id {img['id']} 'height' x 'width' {img['height']} x {img['width']} is over "
+                f"the image pixel limit {limit}"
+            )
         if img["id"] in images:
             raise DataError(f"{ann_file}: images[{i}] repeats image id {img['id']}")
         images[img["id"]] = (img["height"], img["width"])
+    return images
 
+
+def _index_categories(entries: list, ann_file: Path) -> dict:
     categories: dict = {}
-    for i, cat in enumerate(data["categories"]):
+    for i, cat in enumerate(entries):
         _require_keys(cat, ("id", "name"), ann_file, f"categories[{i}]")
         _check_id(cat["id"], ann_file, f"categories[{i}]")
         if cat["id"] in categories:
             raise DataError(f"{ann_file}: categories[{i}] repeats category id {cat['id']}")
         categories[cat["id"]] = cat
+    return categories
 
+
+def _check_annotations(entries: list, images: dict, categories: dict, ann_file: Path, skip_degenerate: bool):
+    """(kept annotations, degenerate ids, {num_crowd, num_polygon, num_rle} of the kept)."""
     ann_ids: set = set()
     kept, degenerate = [], []
-    num_crowd = num_polygon = num_rle = 0
-    for i, ann in enumerate(data["annotations"]):
-        _require_keys(ann, ("id", "image_id", "category_id", "bbox"), ann_file, f"annotations[{i}]")
-        aid = _check_id(ann["id"], ann_file, f"annotations[{i}]")
-        _check_id(ann["image_id"], ann_file, f"annotation id {aid}", "image_id")
-        _check_id(ann["category_id"], ann_file, f"annotation id {aid}", "category_id")
+    counts = {"num_crowd": 0, "num_polygon": 0, "num_rle": 0}
+    for i, ann in enumerate(entries):
+        aid = _check_references(ann, i, images, categories, ann_file)
         if aid in ann_ids:
             raise DataError(f"{ann_file}: annotations[{i}] repeats annotation id {aid}")
         ann_ids.add(aid)
-        if ann["image_id"] not in images:
-            raise DataError(f"{ann_file}: annotation id {aid} has image_id {ann['image_id']}, which is not in 'images'")
-        if ann["category_id"] not in categories:
-            raise DataError(
-                f"{ann_file}: annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
-            )
-        bbox = ann["bbox"]
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-        ):
-            raise DataError(
-                f"{ann_file}: annotation id {aid} 'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:60]}"
-            )
-        if bbox[2] <= 0 or bbox[3] <= 0:
+        where = f"{ann_file}: annotation id {aid}"
+        h, w = images[ann["image_id"]]
+        _check_bbox(ann["bbox"], h, w, where)
+        _check_scalars(ann, where)
+        if ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
             degenerate.append(aid)
             if skip_degenerate:
                 continue
-        segm = ann.get("segmentation")
-        if isinstance(segm, list) and segm:
-            for k, poly in enumerate(segm):
-                if not isinstance(poly, list) or len(poly) % 2:
-                    raise DataError(
-                        f"{ann_file}: annotation id {aid} 'segmentation' polygon {k} "
-                        "must be a flat list [x1, y1, x2, y2, ...] of even length"
-                    )
-                if len(poly) < 6:
-                    raise DataError(
-                        f"{ann_file}: annotation id {aid} 'segmentation' polygon {k} "
-                        f"has {len(poly) // 2} point(s); a polygon needs at least 3"
-                    )
-            num_polygon += 1
-        elif isinstance(segm, dict):
-            if "counts" not in segm or "size" not in segm:
-                raise DataError(f"{ann_file}: annotation id {aid} 'segmentation' RLE needs 'counts' and 'size'")
-            h, w = images[ann["image_id"]]
-            if not isinstance(segm["size"], list) or len(segm["size"]) != 2:
-                raise DataError(
-                    f"{ann_file}: annotation id {aid} 'segmentation' RLE 'size' must be "
-                    f"[height, width], got {str(segm['size'])[:40]}"
-                )
-            if list(segm["size"]) != [h, w]:
-                raise DataError(
-                    f"{ann_file}: annotation id {aid} 'segmentation' size "
-                    f"{segm['size']} is not its image's [height, width] [{h}, {w}]"
-                )
-            num_rle += 1
-        elif segm is not None and segm != []:
-            raise DataError(
-                f"{ann_file}: annotation id {aid} 'segmentation' must be a list of "
-                f"polygons or an RLE dict, got {type(segm).__name__}"
-            )
-        num_crowd += bool(ann.get("iscrowd", 0))
+        kind = _check_segmentation(ann.get("segmentation"), h, w, where)
+        if kind is not None:
+            counts[f"num_{kind}"] += 1
+        counts["num_crowd"] += ann.get("iscrowd", 0)
         kept.append(ann)
+    return kept, degenerate, counts
 
-    if degenerate and skip_degenerate:
-        warnings.warn(
-            f"{ann_file}: skipping {len(degenerate)} annotation(s) with a degenerate "
-            f"'bbox' (w or h <= 0), ids {_first(degenerate)}",
-            stacklevel=2,
+
+def _check_references(ann, i: int, images: dict, categories: dict, ann_file: Path):
+    """The annotation's own id, after its keys and the image / category it points at are checked."""
+    _require_keys(ann, ("id", "image_id", "category_id", "bbox"), ann_file, f"annotations[{i}]")
+    aid = _check_id(ann["id"], ann_file, f"annotations[{i}]")
+    _check_id(ann["image_id"], ann_file, f"annotation id {aid}", "image_id")
+    _check_id(ann["category_id"], ann_file, f"annotation id {aid}", "category_id")
+    if ann["image_id"] not in images:
+        raise DataError(f"{ann_file}: annotation id {aid} has image_id {ann['image_id']}, which is not in 'images'")
+    if ann["category_id"] not in categories:
+        raise DataError(
+            f"{ann_file}: annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
+        )
+    return aid
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_bbox(bbox, h: int, w: int, where: str) -> None:
+    """4 finite numbers [x, y, w, h] within COORD_MARGIN image sizes of the image (w, h may be <= 0:
+    degenerate boxes are the caller's to skip)."""
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) and math.isfinite(v) for v in bbox):
+        raise DataError(f"{where} 'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:60]}")
+    m = COORD_MARGIN
+    x, y, bw, bh = bbox
+    if not (-m * w <= x <= (1 + m) * w and -m * h <= y <= (1 + m) * h and abs(bw) <= (1 + 2 * m) * w) or not (
+        abs(bh) <= (1 + 2 * m) * h
+    ):
+        raise DataError(f"{where} 'bbox' {_short(bbox, 80)} lies far outside its {w}x{h} image")
+
+
+def _check_scalars(ann: dict, where: str) -> None:
+    """``iscrowd`` is 0 or 1 (pycocotools and both engines test it for truth: "yes" would be a crowd);
+    ``area`` (COCOeval's small / medium / large split) a finite number >= 0."""
+    if "iscrowd" in ann and (type(ann["iscrowd"]) is not int or ann["iscrowd"] not in (0, 1)):
+        raise DataError(f"{where} 'iscrowd' must be 0 or 1, got {_short(ann['iscrowd'])}")
+    if "area" in ann and not (_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
+        raise DataError(f"{where} 'area' must be a finite number >= 0, got {_short(ann['area'])}")
+
+
+def _check_segmentation(segm, h: int, w: int, where: str) -> str | None:
+    """'polygon', 'rle', or None (no segmentation) after checking it against its h x w image."""
+    if isinstance(segm, list) and segm:
+        for k, poly in enumerate(segm):
+            _check_polygon(poly, k, h, w, where)
+        return "polygon"
+    if isinstance(segm, dict):
+        _check_rle(segm, h, w, where)
+        return "rle"
+    if segm is not None and segm != []:
+        raise DataError(f"{where} 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}")
+    return None
+
+
+def _check_polygon(poly, k: int, h: int, w: int, where: str) -> None:
+    """A flat list [x1, y1, x2, y2, ...] of >= 3 points, finite numbers near the image."""
+    if not isinstance(poly, list) or len(poly) % 2:
+        raise DataError(f"{where} 'segmentation' polygon {k} must be a flat list [x1, y1, x2, y2, ...] of even length")
+    if len(poly) < 6:
+        raise DataError(f"{where} 'segmentation' polygon {k} has {len(poly) // 2} point(s); a polygon needs at least 3")
+    try:
+        xy = np.asarray(poly)
+    except (ValueError, TypeError, OverflowError):  # ragged nesting
+        xy = None
+    if xy is None or xy.ndim != 1 or xy.dtype.kind not in "iuf":  # strings, nulls, lists, huge ints
+        bad = next((v for v in poly if not _number(v)), poly[0])
+        raise DataError(f"{where} 'segmentation' polygon {k} must hold numbers, got {_short(bad)}")
+    xy = xy.astype(np.float64).reshape(-1, 2)
+    if not np.isfinite(xy).all():
+        raise DataError(f"{where} 'segmentation' polygon {k} holds a non-finite coordinate ({_short(poly, 60)})")
+    m = COORD_MARGIN
+    lo, hi = np.array([-m * w, -m * h]), np.array([(1 + m) * w, (1 + m) * h])
+    outside = np.flatnonzero(((xy < lo) | (xy > hi)).any(1))
+    if len(outside):
+        x, y = xy[outside[0]].tolist()
+        raise DataError(
+            f"{where} 'segmentation' polygon {k} point {int(outside[0])} ({x:g}, {y:g}) lies far outside its "
+            f"{w}x{h} image (allowed x {lo[0]:g}..{hi[0]:g}, y {lo[1]:g}..{hi[1]:g})"
         )
 
-    if require_images:
-        if image_dir is None:
-            raise DataError(f"{ann_file}: require_images=True needs an image_dir")
-        _check_image_files(data["images"], Path(image_dir), ann_file)
 
-    dataset = dict(data)
-    dataset["annotations"] = kept
-    return {
-        "ann_file": str(ann_file),
-        "image_dir": None if image_dir is None else str(image_dir),
-        "num_images": len(images),
-        "num_annotations": len(kept),
-        "num_crowd": num_crowd,
-        "num_polygon": num_polygon,
-        "num_rle": num_rle,
-        "categories": [categories[k] for k in sorted(categories)],
-        "degenerate_ann_ids": degenerate,
-        "dataset": dataset,
-    }
+def _check_rle(segm: dict, h: int, w: int, where: str) -> None:
+    """'size' is the image's [h, w]; 'counts' (a list, or a compressed string) are runs covering h*w exactly."""
+    if "counts" not in segm or "size" not in segm:
+        raise DataError(f"{where} 'segmentation' RLE needs 'counts' and 'size'")
+    size = segm["size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise DataError(f"{where} 'segmentation' RLE 'size' must be [height, width], got {str(size)[:40]}")
+    if list(size) != [h, w] or any(isinstance(v, bool) for v in size):
+        raise DataError(f"{where} 'segmentation' size {size} is not its image's [height, width] [{h}, {w}]")
+    counts = segm["counts"]
+    if isinstance(counts, str):
+        runs = rle_string_counts(counts)
+        if runs is None:
+            raise DataError(
+                f"{where} 'segmentation' compressed RLE 'counts' is not a valid RLE string ({_short(counts)})"
+            )
+        kind = "compressed RLE"
+    elif isinstance(counts, list):
+        if not all(type(v) is int for v in counts):
+            bad = next(v for v in counts if type(v) is not int)
+            raise DataError(f"{where} 'segmentation' RLE 'counts' must hold integers, got {_short(bad)}")
+        runs, kind = counts, "RLE"
+    else:
+        raise DataError(f"{where} 'segmentation' RLE 'counts' must be a list or a string, got {type(counts).__name__}")
+    negative = next((v for v in runs if v < 0), None)
+    if negative is not None:
+        raise DataError(f"{where} 'segmentation' {kind} 'counts' holds a negative run {negative}")
+    total = sum(runs)
+    if total != h * w:
+        raise DataError(f"{where} 'segmentation' {kind} 'counts' cover {total} pixels, its {w}x{h} image has {h * w}")
+
+
+def rle_string_counts(s: str, max_chars: int = 13) -> list[int] | None:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``, in Python), or
+    None when ``s`` is not one: a character outside '0'..'o', a run cut off at the end, or a run of
+    more than ``max_chars`` characters (over 64 bits). Runs may come out negative; the caller checks."""
+    counts: list[int] = []
+    p, n = 0, len(s)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n or k >= max_chars:
+                return None
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
 
 
 def _require_keys(obj, keys, ann_file: Path, where: str) -> None:
@@ -554,6 +418,85 @@ def check_same_categories(train: str | Path | Mapping, val: str | Path | Mapping
                 f"{train_name}"
             )
     return [train_cats[k] for k in sorted(train_cats)]
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out split of a training file
+# --------------------------------------------------------------------------------------------------
+
+
+def heldout_size(n: int, fraction: float = HELDOUT_FRACTION, cap: int = HELDOUT_CAP) -> int:
+    """How many of ``n`` candidate images are held out: round(fraction * n), at least 1, at most
+    ``cap`` and never all of them (0 when n < 2)."""
+    if not 0 < fraction < 1 or cap < 1:
+        raise DataError(f"held-out fraction must be in (0, 1) and the cap >= 1, got {fraction}, {cap}")
+    return 0 if n < 2 else min(n - 1, cap, max(1, round(fraction * n)))
+
+
+def heldout_split(
+    ann_file: str | Path | Mapping,
+    seed: int = HELDOUT_SEED,
+    fraction: float = HELDOUT_FRACTION,
+    cap: int = HELDOUT_CAP,
+) -> tuple[list, list]:
+    """(train image ids, held-out image ids) of a COCO training file (a path, checked with
+    ``validate_coco``, or its already-validated dict), both sorted. Candidates are the images with at
+    least one non-crowd annotation; ``heldout_size`` of them are drawn with ``default_rng(seed)``
+    from the sorted ids; every other image (with or without annotations) stays in train."""
+    if isinstance(ann_file, Mapping):
+        data, name = ann_file, ann_file.get("_source", "<dict>")
+    else:
+        data, name = validate_coco(ann_file, None, require_images=False)["dataset"], str(ann_file)
+    with_objects = {a["image_id"] for a in data["annotations"] if not a.get("iscrowd", 0)}
+    candidates = sorted(img["id"] for img in data["images"] if img["id"] in with_objects)
+    m = heldout_size(len(candidates), fraction, cap)
+    if m == 0:
+        raise DataError(f"{name}: fewer than 2 images with an object, so nothing can be held out for selection")
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    held = {candidates[i] for i in order[:m].tolist()}
+    train = sorted(img["id"] for img in data["images"] if img["id"] not in held)
+    return train, sorted(held)
+
+
+def subset_instances(data: Mapping, image_ids) -> dict:
+    """A COCO instances dict with only the images ``image_ids`` and their annotations (other keys kept)."""
+    keep = set(image_ids)
+    out = dict(data)
+    out["images"] = [img for img in data["images"] if img["id"] in keep]
+    out["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    return out
+
+
+def write_heldout_split(
+    coco_root: str | Path,
+    out_dir: str | Path,
+    seed: int = HELDOUT_SEED,
+    fraction: float = HELDOUT_FRACTION,
+    cap: int = HELDOUT_CAP,
+) -> dict:
+    """Write ``out_dir/instances_train2017-minus-heldout.json`` and ``out_dir/instances_train2017-heldout.json``
+    (``HELDOUT_FILES``, atomically) from ``coco_root/annotations/instances_train2017.json``; images of
+    both stay in ``coco_root/train2017``. Degenerate boxes are dropped (as for training). Returns
+    ``{'train_ann', 'heldout_ann', 'image_dir', 'num_train', 'num_heldout', 'seed', 'fraction', 'cap'}``."""
+    root, out_dir = Path(coco_root), Path(out_dir)
+    with warnings.catch_warnings():  # the training run warns about degenerate boxes itself
+        warnings.simplefilter("ignore")
+        source = root / "annotations" / "instances_train2017.json"
+        data = validate_coco(source, None, require_images=False)["dataset"]
+    train_ids, held_ids = heldout_split({**data, "_source": str(source)}, seed, fraction, cap)
+    paths = [out_dir / name for name in HELDOUT_FILES]
+    for path, ids in zip(paths, (train_ids, held_ids)):
+        atomic_write_json(subset_instances(data, ids), path, separators=(",", ":"))
+    return {
+        "train_ann": str(paths[0]),
+        "heldout_ann": str(paths[1]),
+        "image_dir": str(root / "train2017"),
+        "num_train": len(train_ids),
+        "num_heldout": len(held_ids),
+        "seed": seed,
+        "fraction": fraction,
+        "cap": cap,
+    }
 
 
 def coco_from_dict(dataset: Mapping) -> COCO:
