@@ -1,39 +1,149 @@
-"""One classification transfer run: read the dataset, build the classifier for the protocol, train it
-on ``bench.core.engine.fit``, evaluate top-1 / top-5 on the validation split and append one results row.
+"""One classification transfer run, in four steps: ``prepare`` (config, data, model, work folder),
+``train`` (``bench.core.engine.fit``), ``evaluate`` (top-1 / top-5 on the reported split) and ``make_cls_row``.
+``run_classification(run)`` takes the run's facts object, ``tasks.spec.TransferRun``:
 
+    from tasks.spec import TransferRun
     from tasks.classification.run import run_classification
-    row = run_classification("finetune", "inat2018", "/data/inat2018", "mae_vit_base_patch16",
-                             "mae_pretrain_vit_base.pth", out_dir="runs/inat18-mae-b",
-                             results="results/main")
+    row = run_classification(TransferRun(task="inat2018", protocol="finetune", backbone="mae_vit_base_patch16",
+                                         checkpoint=Path("mae_pretrain_vit_base.pth"), data_root=Path("/data/inat2018"),
+                                         work_dir=None, seed=0, suite="adhoc", results=Path("results/main")))
 
-Command line (wired by ``bench.cli``): ``bench cls --protocol {finetune,linear,partial}
---dataset {inat2017,...,folder} --data-root DIR --backbone NAME --checkpoint PATH [--k K]
-[--config FILE] [--epochs N] [--seed S] [--out DIR] [--results FILE]``.
+``work_dir=None`` is the default folder, ``work_dirs/cls/<task>-<protocol>-<label>-<key>-s<seed>``, where
+``<key>`` hashes what determines the result: the checkpoint's sha256, the data's identity and the
+effective config. The folder's ``config.json`` records them too, so a folder started with another
+checkpoint, other data or another config is refused in one line naming the key (never resumed as if it
+were the same run). It also holds the engine's checkpoints and ``log.jsonl``, ``features-train.pth``
+for a cached linear probe, ``per_example.npz`` (``ids``: image paths relative to the data root;
+``correct`` / ``correct5`` per image, in the evaluated split's order), ``result.json`` (the row) and,
+with ``options['eval_every']`` = N, ``curve.jsonl``: one ``{"epoch", "step", "train_loss",
+"eval_top1", "eval_top5"}`` line every N epochs (see ``curve``).
 
-``out_dir`` holds ``config.json`` (the resolved config), the engine's resumable checkpoints and
-``log.jsonl``, ``features-train.pth`` for a cached linear probe, ``per_example.npz`` (``ids``: image
-paths relative to the data root; ``correct`` / ``correct5``: top-1 / top-5 hit per image, in the
-evaluated split's order) and ``result.json`` (the row).
-Re-running with the same ``out_dir`` continues from the newest checkpoint (``resume=True``); a
-different config in an existing ``out_dir`` is refused rather than silently mixed.
+``options`` read here: ``fsdp`` (bool: FSDP2 under torchrun), ``eval_every`` (int epochs).
+``eval_only`` with ``weights``: evaluate a classifier this task trained (a ``checkpoint-*.pth`` of its
+folder) without training; the row is the same, with ``extra['eval_only'] = True``.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import hashlib
+import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.core.errors import BenchError, NonFiniteLossError
+import torch
+from torch.utils.data import TensorDataset
+
+from backbones.registry import parse_name
+from backbones.vit import Block, arch_config
+from bench.core.checkpoint import load_checkpoint_file, save_atomic
+from bench.core.determinism import seed_everything
+from bench.core.distributed import convert_sync_batchnorm, rank_world
+from bench.core.engine import TrainConfig, check_config, fit, micro_batches_per_epoch, pick_device, worker_error
+from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.io import atomic_open, atomic_write_json
-from bench.core.results import check_outputs
+from bench.core.options import default_out
+from bench.core.results import FIELDS, ResultsStore, check_outputs, config_hash, make_row, sha256_file
 from bench.core.run_record import check_run_record, write_run_record
 from tasks.classification import config as C
-from tasks.classification.datasets import DATASETS
+from tasks.classification import protocols as P
+from tasks.classification.curve import CurveWriter
+from tasks.classification.datasets import DATASETS, ImageDataset, heldout_for, read_splits
+from tasks.spec import TransferRun
 
 SELECT = (None, "heldout")
+OPTIONS = ("fsdp", "eval_every")
+RUN_RECORD = "config.json"
+
+
+@dataclass
+class Prepared:
+    """Everything a run's steps share, resolved once by ``prepare``."""
+
+    run: TransferRun
+    cfg: dict
+    init: str
+    arch: str
+    k: int | str | None
+    recipe: str
+    train_split: object
+    val_split: object
+    model: torch.nn.Module
+    img_size: int
+    out: Path
+    record: dict  # the folder's run record: effective config + identity
+    identity: dict  # checkpoint_sha256, data, label (and weights_sha256 for eval-only)
+    rank: int
+    world: int
+    workers: int
+    amp: bool
+    t_start: float
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and identity
+# --------------------------------------------------------------------------------------------------
+def resolve_config(run: TransferRun, arch: str, k) -> dict:
+    """The protocol config with, in order: ``config`` (file, name or dict), ``epochs`` / ``batch_size``,
+    the search point ``overrides``, then ``cfg_options`` (KEY=VALUE, last)."""
+    cfg = P.load_config(run.protocol, arch, k, run.config)
+    if run.epochs is not None:
+        cfg["epochs"] = P._check_value("epochs", run.epochs, "--epochs")
+    if run.batch_size is not None:
+        cfg["batch_size"] = P._check_value("batch_size", run.batch_size, "--batch-size")
+    P._check_semantics(cfg, "config")
+    C.apply_overrides(cfg, run.overrides)
+    C.apply_overrides(cfg, run.cfg_options, where="--cfg-options")
+    if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["batch_size"] % 2:
+        raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
+    return cfg
+
+
+def data_identity(dataset: str, train_split, val_split, root: Path) -> str:
+    """12 hex of the dataset's contents as the reader sees them: every image's path relative to the
+    root, label and size in bytes, both splits (another generated set or another copy of the data is
+    another run; moving the folder is not)."""
+    h = hashlib.sha256(dataset.encode())
+    for split in (train_split, val_split):
+        h.update(f"|{split.name}|{len(split.classes)}|".encode())
+        for path, label in split.samples:
+            h.update(f"{os.path.relpath(path, root)}\t{label}\t{os.path.getsize(path)}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def run_key(identity: dict, cfg_record: dict) -> str:
+    """8 hex naming the default folder: checkpoint, data and effective config together."""
+    text = json.dumps([identity, config_hash(cfg_record)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _check_run(run: TransferRun) -> None:
+    P.check_protocol(run.protocol)
+    if run.task not in DATASETS:
+        raise BenchError(f"unknown dataset {run.task!r}; expected one of {', '.join(DATASETS)}")
+    if run.select not in SELECT:
+        raise BenchError(f"select must be None or 'heldout', got {run.select!r:.60}")
+    unknown = sorted(set(run.options) - set(OPTIONS))
+    if unknown:
+        raise BenchError(f"classification: unknown option {unknown[0]!r} (known: {', '.join(OPTIONS)})")
+    if run.eval_only and run.weights is None:
+        raise BenchError("eval_only needs weights: the trained classifier to evaluate")
+    every = run.options.get("eval_every")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise BenchError(f"--eval-every must be a whole number of epochs >= 1, got {every!r}")
+    if every and run.options.get("fsdp"):
+        raise BenchError("--eval-every is not available with --fsdp (sharded evaluation mid-run)")
+
+
+def _check_k_recordable(k) -> None:
+    if k == C.MLP and not isinstance(0.5, FIELDS["k"]):
+        raise BenchError(
+            "--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
+            "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet"
+        )
 
 
 def _per_process_batch(global_batch: int, accum_iter: int, world: int) -> int:
@@ -42,146 +152,95 @@ def _per_process_batch(global_batch: int, accum_iter: int, world: int) -> int:
     return global_batch // (accum_iter * world)
 
 
-def check_finite(model, out_dir: Path) -> None:
-    """Refuse to evaluate a model with NaN / inf weights or buffers (a diverged run, or non-finite
-    pretrained weights that training did not touch): its top-1 would be recorded as a result."""
-    import torch
-
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteLossError(
-                f"{out_dir}: the trained model has non-finite values in {name!r}; no result is recorded"
-            )
-
-
-def _check_k_recordable(k) -> None:
-    from bench.core.results import FIELDS
-
-    if k == C.MLP and not isinstance(0.5, FIELDS["k"]):
+def _check_batch_fits(n: int, micro: int, world: int, cfg: dict) -> None:
+    """A split smaller than one global batch: say which options fix it."""
+    if n < micro * world:
         raise BenchError(
-            "--k mlp: the results schema (bench/results.py, row key 'k') only holds whole "
-            "block counts, so the MLP-only point of Fig. 9 cannot be recorded yet"
+            f"the training split has {n} images, fewer than one global batch of {cfg['batch_size']}; "
+            f"pass --batch-size N (N <= {n}) or --config smoke"
         )
 
 
-def run_classification(
-    protocol: str,
-    dataset: str,
-    data_root: str | Path,
-    backbone: str,
-    checkpoint: str | Path | None = None,
-    *,
-    k: int | str | None = None,
-    seed: int = 0,
-    out_dir: str | Path,
-    config: str | Path | dict | None = None,
-    epochs: float | None = None,
-    batch_size: int | None = None,
-    overrides: dict | None = None,
-    select: str | None = None,
-    bf16: bool | None = None,
-    resume: bool = True,
-    results: str | Path | None = None,
-    suite: str = "adhoc",
-    trust_checkpoint: bool = False,
-    progress: bool = True,
-    device: str = "auto",
-    fsdp: bool = False,
-) -> dict:
-    """Train and evaluate one (protocol, dataset, backbone, k, seed) and return its results row
-    (appended to ``ResultsStore(results)`` when given).
-
-    ``config`` overrides the protocol config (dict, YAML path, or a name in ``configs/`` such as
-    ``'smoke'``); ``epochs`` and ``batch_size`` (global) override both, and ``overrides`` (a search
-    point, e.g. ``{'lr': 0.01, 'weight_decay': 0.05, 'drop_path': 0.1, 'epochs': 20}``: any protocol
-    config key) overrides everything. Everything the user can get wrong is checked before anything
-    is written. ``fsdp``: under torchrun, train with FSDP2 instead of DDP (``TrainConfig.fsdp``).
-
-    ``select='heldout'`` (hyperparameter selection): train on the training split minus a fixed,
-    class-stratified 10 % (``datasets.heldout_split``; the same for every seed, init and grid point)
-    and report metrics on that held-out part; the validation split is never read. The row records
-    ``extra['select']`` and ``extra['heldout_size']``.
-
-    The row's ``deviations`` list each way the resolved config departs from the protocol file's
-    paper values (``config.paper_deviations``: cached features, fewer epochs, smaller batch, ...).
-    """
-    from torch.utils.data import TensorDataset
-
-    from backbones.registry import parse_name
-    from backbones.vit import Block, arch_config
-    from bench.core.determinism import seed_everything
-    from bench.core.distributed import convert_sync_batchnorm, rank_world
-    from bench.core.engine import TrainConfig, check_config, fit, micro_batches_per_epoch, pick_device, worker_error
-    from bench.core.results import ResultsStore, make_row
-    from tasks.classification import protocols as P
-    from tasks.classification.datasets import ImageDataset, heldout_split, read_splits
-
+# --------------------------------------------------------------------------------------------------
+# prepare -> train -> evaluate -> row
+# --------------------------------------------------------------------------------------------------
+def prepare(run: TransferRun) -> Prepared:
+    """Check everything the user can get wrong, read the data, build the model and claim the work
+    folder (refused when it holds a run of other settings); nothing is written before the checks."""
     t_start = time.perf_counter()
-    P.check_protocol(protocol)
-    if dataset not in DATASETS:
-        raise BenchError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    init, arch = parse_name(backbone)
-    depth = arch_config(arch)["depth"]
-    k = P.check_k(protocol, k, depth)
-    if protocol == "partial":
+    _check_run(run)
+    init, arch = parse_name(run.backbone)
+    k = P.check_k(run.protocol, run.k, arch_config(arch)["depth"])
+    if run.protocol == "partial":
         _check_k_recordable(k)
-    rec = P.recipe(protocol, k)
-    cfg = P.load_config(protocol, arch, k, config)
-    if epochs is not None:
-        cfg["epochs"] = P._check_value("epochs", epochs, "--epochs")
-    if batch_size is not None:
-        cfg["batch_size"] = P._check_value("batch_size", batch_size, "--batch-size")
-    P._check_semantics(cfg, "config")
-    C.apply_overrides(cfg, overrides)
-    if select not in SELECT:
-        raise BenchError(f"select must be None or 'heldout', got {select!r:.60}")
-    if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
-        if cfg["batch_size"] % 2:
-            raise BenchError(f"batch_size {cfg['batch_size']} must be even for mixup / cutmix")
-    if bf16 is None:
-        bf16 = pick_device(device).type == "cuda"
+    rec = P.recipe(run.protocol, k)
+    cfg = resolve_config(run, arch, k)
     rank, world = rank_world()  # under torchrun only rank 0 writes files and the results row
-    micro_batch = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
+    micro = _per_process_batch(cfg["batch_size"], cfg["accum_iter"], world)
+    root = Path(run.data_root)
+    train_split, val_split = read_splits(run.task, root)
+    identity = {
+        "checkpoint_sha256": None if run.checkpoint is None else sha256_file(run.checkpoint),
+        "data": data_identity(run.task, train_split, val_split, root),
+        "label": run.row_label,
+    }
+    if run.select == "heldout":
+        train_split, val_split = heldout_for(run.task, train_split)
+    if run.eval_only:
+        identity["weights_sha256"] = sha256_file(run.weights)
+    else:
+        _check_batch_fits(len(train_split), micro, world, cfg)
+    seed_everything(run.seed)  # the new head's (and a random init's) weights follow from the seed
+    model = _build_model(run, cfg, k, train_split.num_classes)
+    img_size = model.pos_grid[0] * model.patch_size
+    cfg_record = {
+        **cfg,
+        **{"recipe": rec, "k": k, "backbone": run.backbone, "dataset": run.task},
+        **{"num_classes": train_split.num_classes, "img_size": img_size},
+    }
+    if run.select is not None:  # a selection run and the reported run never share a folder
+        cfg_record["select"] = run.select
+    out = Path(run.work_dir) if run.work_dir else _default_folder(run, rec, k, identity, cfg_record)
+    check_outputs(out, run.results)
+    record = {**cfg_record, "identity": identity, **({"eval_only": True} if run.eval_only else {})}
+    return Prepared(
+        **{"run": run, "cfg": cfg, "init": init, "arch": arch, "k": k, "recipe": rec},
+        **{"train_split": train_split, "val_split": val_split, "model": model, "img_size": img_size},
+        **{"out": out, "record": record, "identity": identity, "rank": rank, "world": world},
+        **{"workers": min(cfg["num_workers"], os.cpu_count() or 1), "amp": bool(run.amp), "t_start": t_start},
+    )
 
-    train_split, val_split = read_splits(dataset, data_root)
-    if select == "heldout":
-        train_split, val_split = heldout_split(train_split)
-    num_classes = train_split.num_classes
-    seed_everything(seed)  # the new head's (and a random init's) weights follow from the seed
+
+def _default_folder(run: TransferRun, rec: str, k, identity: dict, cfg_record: dict) -> Path:
+    protocol = run.protocol if k is None else f"{run.protocol}-k{k}"
+    name = f"{run.label or run.backbone}-{run_key(identity, cfg_record)}"
+    if run.eval_only:
+        name += "-eval"
+    return default_out("cls", run.task, protocol, name, run.seed)
+
+
+def _build_model(run: TransferRun, cfg: dict, k, num_classes: int) -> torch.nn.Module:
     model = P.build_classifier(
-        backbone,
-        checkpoint,
-        protocol,
+        run.backbone,
+        run.checkpoint,
+        run.protocol,
         num_classes,
         img_size=cfg["img_size"],
         k=k,
         drop_path=cfg["drop_path"],
         global_pool=cfg["global_pool"],
         head_init_std=cfg["head_init_std"],
-        trust_checkpoint=trust_checkpoint,
+        trust_checkpoint=run.trust_checkpoint,
     )
-    # under DDP only: the linear probe's BatchNorm1d normalises over the global batch, as one process
-    # would (also the head trained on cached features, which is model.head)
-    model = convert_sync_batchnorm(model)
-    img_size = model.pos_grid[0] * model.patch_size
-    workers = min(cfg["num_workers"], os.cpu_count() or 1)
-    cache = rec == "linear" and cfg["cache_features"]
-    cfg_record = {
-        **cfg,
-        "recipe": rec,
-        "k": k,
-        "backbone": backbone,
-        "dataset": dataset,
-        "num_classes": num_classes,
-        "img_size": img_size,
-    }
-    if select is not None:  # a selection run and the reported run never share a folder
-        cfg_record["select"] = select
+    # under DDP only: the linear probe's BatchNorm1d normalises over the global batch, as one process would
+    return convert_sync_batchnorm(model)
 
-    out = Path(out_dir)
-    train_cfg = TrainConfig(
-        out_dir=str(out),
-        batch_size=micro_batch,
+
+def train_config(p: Prepared) -> TrainConfig:
+    cfg, run = p.cfg, p.run
+    return TrainConfig(
+        out_dir=str(p.out),
+        batch_size=_per_process_batch(cfg["batch_size"], cfg["accum_iter"], p.world),
         epochs=cfg["epochs"],
         accum_iter=cfg["accum_iter"],
         blr=cfg["blr"],
@@ -193,122 +252,224 @@ def run_classification(
         optimizer=cfg["optimizer"],
         momentum=cfg["momentum"],
         clip_grad=cfg["clip_grad"],
-        bf16=bf16,
-        seed=seed,
+        bf16=p.amp,
+        seed=run.seed,
         ckpt_every=cfg["ckpt_every"],
-        num_workers=workers,
-        progress=progress,
-        desc=f"{protocol}{'' if k is None else f' k={k}'} {backbone} {dataset}",
-        device=device,
-        fsdp=fsdp,
+        num_workers=p.workers,
+        progress=run.progress,
+        desc=f"{run.protocol}{'' if p.k is None else f' k={p.k}'} {run.backbone} {run.task}",
+        device=run.device,
+        fsdp=bool(run.options.get("fsdp")),
     )
-    # everything the engine would refuse is refused before the first file is written
-    check_config(train_cfg)
-    micro_batches_per_epoch(len(train_split), micro_batch, world)
-    check_run_record(out / "config.json", cfg_record, resume=resume, hint="use another --out or --no-resume")
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        write_run_record(out / "config.json", cfg_record)
 
-    val_set = ImageDataset(val_split, P.eval_transform(cfg, img_size))
 
-    if cache:
-        # Frozen features once, without augmentation (the paper's probe uses RandomResizedCrop + flip).
-        model.to(pick_device(device))
-        feats_path = out / "features-train.pth"
-        feats = _load_features(feats_path, len(train_split))
-        if feats is None:
-            try:
-                feats = P.extract_features(
-                    model,
-                    ImageDataset(train_split, P.eval_transform(cfg, img_size)),
-                    cfg["eval_batch_size"],
-                    bf16=bf16,
-                    num_workers=workers,
-                )
-            except BenchError as e:  # a bad image, read in a loader worker
-                raise worker_error(e) from None
-            if rank == 0:
-                from bench.core.checkpoint import save_atomic
+def claim_folder(p: Prepared, tc: TrainConfig | None) -> None:
+    """The last checks, then the run record: the folder is refused when it holds other settings."""
+    if tc is not None:
+        check_config(tc)  # everything the engine would refuse is refused before the first file is written
+        micro_batches_per_epoch(len(p.train_split), tc.batch_size, p.world)
+    resume = p.run.resume or p.run.eval_only
+    check_run_record(p.out / RUN_RECORD, p.record, resume=resume, hint="use another --out or --no-resume")
+    p.out.mkdir(parents=True, exist_ok=True)
+    if p.rank == 0:
+        write_run_record(p.out / RUN_RECORD, p.record)
 
-                save_atomic({"features": feats[0], "labels": feats[1]}, feats_path)
-        head = model.head
-        train_cfg.num_workers = 0
-        fitted = fit(
-            head,
-            TensorDataset(*feats),
-            P.make_loss_fn(cfg, num_classes),
-            train_cfg,
-            groups=P.param_groups_for("linear", head, cfg),
-            resume=resume,
-        )
+
+def train(p: Prepared, tc: TrainConfig):
+    """Train on images (the paper's protocols) or on cached frozen features (``cache_features``)."""
+    cfg, run = p.cfg, p.run
+    loss_fn = P.make_loss_fn(cfg, p.train_split.num_classes)
+    curve = None
+    if run.options.get("eval_every"):
+        val_set = ImageDataset(p.val_split, P.eval_transform(cfg, p.img_size))
+        curve = CurveWriter(p.out, p.model, val_set, run.options["eval_every"], cfg, p.amp, resume=run.resume)
+        loss_fn = curve.wrap(loss_fn)
+    if p.recipe == "linear" and cfg["cache_features"]:
+        feats = cached_features(p)
+        head = p.model.head
+        tc.num_workers = 0
+        dataset, trained, groups, block = TensorDataset(*feats), head, P.param_groups_for("linear", head, cfg), None
     else:
-        train_set = ImageDataset(train_split, P.train_transform(cfg, img_size))
-        fitted = fit(
-            model,
-            train_set,
-            P.make_loss_fn(cfg, num_classes),
-            train_cfg,
-            groups=P.param_groups_for(rec, model, cfg),
-            resume=resume,
-            block_type=Block,
-        )
+        dataset = ImageDataset(p.train_split, P.train_transform(cfg, p.img_size))
+        trained, groups, block = p.model, P.param_groups_for(p.recipe, p.model, cfg), Block
+    after = curve.after_step(len(dataset), tc, p.world) if curve else None
+    return fit(trained, dataset, loss_fn, tc, groups=groups, resume=run.resume, block_type=block, after_step=after)
 
-    model.to(pick_device(device))
-    check_finite(model, out)
+
+def cached_features(p: Prepared):
+    """The frozen training features, computed once without augmentation and kept in the folder."""
+    p.model.to(pick_device(p.run.device))
+    path = p.out / "features-train.pth"
+    feats = _load_features(path, len(p.train_split))
+    if feats is None:
+        try:
+            feats = P.extract_features(
+                p.model,
+                ImageDataset(p.train_split, P.eval_transform(p.cfg, p.img_size)),
+                p.cfg["eval_batch_size"],
+                bf16=p.amp,
+                num_workers=p.workers,
+            )
+        except BenchError as e:  # a bad image, read in a loader worker
+            raise worker_error(e) from None
+        if p.rank == 0:
+            save_atomic({"features": feats[0], "labels": feats[1]}, path)
+    return feats
+
+
+def evaluate(p: Prepared) -> dict:
+    """Top-1 / top-5 on the reported split; ``per_example.npz`` written beside the row."""
+    p.model.to(pick_device(p.run.device))
+    check_finite(p.model, p.out)
+    val_set = ImageDataset(p.val_split, P.eval_transform(p.cfg, p.img_size))
     try:
         metrics, correct, correct5 = P.evaluate(
-            model, val_set, cfg["eval_batch_size"], bf16=bf16, num_workers=workers, per_example=True
+            p.model, val_set, p.cfg["eval_batch_size"], bf16=p.amp, num_workers=p.workers, per_example=True
         )
     except BenchError as e:  # a bad image, read in a loader worker
         raise worker_error(e) from None
-    per_example = out / "per_example.npz"
-    if rank == 0:
-        ids = [os.path.relpath(path, data_root) for path, _ in val_split.samples]
-        write_per_example(per_example, ids, correct, correct5)
-    wall = time.perf_counter() - t_start
-    lr = cfg["lr"] if cfg["lr"] is not None else cfg["blr"] * cfg["batch_size"] / 256
+    if p.rank == 0:
+        ids = [os.path.relpath(path, p.run.data_root) for path, _ in p.val_split.samples]
+        write_per_example(p.out / "per_example.npz", ids, correct, correct5)
+    return metrics
+
+
+def make_cls_row(p: Prepared, metrics: dict, steps: int, final_loss: float | None) -> dict:
+    """The results row of a run, from its facts (``p.run``) and what it measured."""
+    cfg, run = p.cfg, p.run
     extra = {
-        "img_size": img_size,
+        "img_size": p.img_size,
         "epochs": cfg["epochs"],
         "batch_size": cfg["batch_size"],
-        "lr": lr,
-        "recipe": rec,
-        "num_classes": num_classes,
-        "n_train": len(train_split),
-        "n_val": len(val_split),
+        "lr": cfg["lr"] if cfg["lr"] is not None else cfg["blr"] * cfg["batch_size"] / 256,
+        "recipe": p.recipe,
+        "num_classes": p.train_split.num_classes,
+        "n_train": len(p.train_split),
+        "n_val": len(p.val_split),
         "global_pool": cfg["global_pool"],
-        "cache_features": cache,
-        "bf16": bf16,
-        "final_loss": fitted.final_loss if math.isfinite(fitted.final_loss) else None,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "out_dir": str(out),
-        "select": select,
-        "per_example": str(per_example.resolve()),
+        "cache_features": p.recipe == "linear" and cfg["cache_features"],
+        "bf16": p.amp,
+        "final_loss": final_loss if final_loss is not None and math.isfinite(final_loss) else None,
+        "trainable_params": sum(q.numel() for q in p.model.parameters() if q.requires_grad),
+        "out_dir": str(p.out),
+        "select": run.select,
+        "per_example": str((p.out / "per_example.npz").resolve()),
+        "data": p.identity["data"],
     }
-    if select == "heldout":
-        extra["heldout_size"] = len(val_split)
-    row = make_row(
-        task=dataset,
-        protocol=protocol,
-        init=init,
-        backbone=arch,
-        seed=seed,
+    if run.select == "heldout":
+        extra["heldout_size"] = len(p.val_split)
+    if run.eval_only:
+        extra.update(eval_only=True, weights=str(run.weights), weights_sha256=p.identity["weights_sha256"])
+    if run.options.get("eval_every"):
+        extra["curve"] = str((p.out / "curve.jsonl").resolve())
+    cfg_record = {key: value for key, value in p.record.items() if key not in ("identity", "eval_only")}
+    return make_row(
+        task=run.task,
+        protocol=run.protocol,
+        init=p.init,
+        backbone=p.arch,
+        seed=run.seed,
         metrics=metrics,
-        suite=suite,
-        k=0.5 if k == P.MLP else k,
-        checkpoint=checkpoint,
+        suite=run.suite,
+        k=0.5 if p.k == P.MLP else p.k,
+        checkpoint=run.checkpoint,
         config=cfg_record,
-        iterations=fitted.steps,
-        wall_time_s=wall,
+        iterations=steps,
+        wall_time_s=time.perf_counter() - p.t_start,
         extra=extra,
-        deviations=C.paper_deviations(cfg, protocol, arch, k),
+        deviations=C.paper_deviations(cfg, run.protocol, p.arch, p.k),
+        label=run.row_label,
+        provenance=None,
     )
-    if rank == 0:
-        atomic_write_json(row, out / "result.json", indent=1, sort_keys=True, default=str)
-        if results is not None:
-            ResultsStore(results).append(row)
+
+
+def finish(p: Prepared, row: dict) -> dict:
+    if p.rank == 0:
+        atomic_write_json(row, p.out / "result.json", indent=1, sort_keys=True, default=str)
+        if p.run.results is not None:
+            ResultsStore(p.run.results).append(row)
     return row
+
+
+def run_classification(run: TransferRun | str, *args, **kwargs) -> dict:
+    """Train (or, with ``eval_only``, load) and evaluate one classification run and return its row
+    (appended to ``run.results`` when given). The older call ``run_classification(protocol, dataset,
+    data_root, backbone, checkpoint=None, **keywords)`` builds the ``TransferRun`` (``legacy_run``)."""
+    if not isinstance(run, TransferRun):
+        run = legacy_run(run, *args, **kwargs)
+    elif args or kwargs:
+        raise TypeError("run_classification(TransferRun) takes no other arguments")
+    p = prepare(run)
+    if run.eval_only:
+        claim_folder(p, None)
+        steps = load_weights(p.model, run.weights, trust=run.trust_checkpoint)
+        return finish(p, make_cls_row(p, evaluate(p), steps, None))
+    tc = train_config(p)
+    claim_folder(p, tc)
+    fitted = train(p, tc)
+    return finish(p, make_cls_row(p, evaluate(p), fitted.steps, fitted.final_loss))
+
+
+def legacy_run(protocol: str, dataset: str, data_root, backbone: str, checkpoint=None, *, out_dir, **kw) -> TransferRun:
+    """A ``TransferRun`` from the keywords of the older ``run_classification`` signature (``bf16`` is
+    ``amp``; ``fsdp`` and ``eval_every`` go to ``options``; ``overrides`` is the search point)."""
+    options = {name: kw.pop(name) for name in OPTIONS if name in kw}
+    options = {name: value for name, value in options.items() if value}
+    bf16 = kw.pop("bf16", None)
+    device = kw.get("device", "auto")
+    amp = pick_device(device).type == "cuda" if bf16 is None else bool(bf16)
+    names = {f.name for f in dataclasses.fields(TransferRun)}
+    for key in kw:
+        if key not in names:
+            raise TypeError(f"run_classification() got an unexpected keyword argument {key!r}")
+    results = kw.pop("results", None)
+    return TransferRun(
+        **{"task": dataset, "protocol": protocol, "backbone": backbone, "data_root": Path(data_root)},
+        checkpoint=None if checkpoint is None else Path(checkpoint),
+        work_dir=Path(out_dir),
+        **{"seed": kw.pop("seed", 0), "suite": kw.pop("suite", "adhoc"), "amp": amp, "options": options},
+        overrides=kw.pop("overrides", None) or {},
+        results=None if results is None else Path(results),
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+def load_weights(model: torch.nn.Module, path: Path, trust: bool = False) -> int:
+    """Load a classifier this task trained (``checkpoint-*.pth``: the whole model, or the head alone for a
+    cached linear probe) into ``model``; returns the checkpoint's step (0 when it has none)."""
+    obj = load_checkpoint_file(path, trust=trust)
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a classifier checkpoint of bench cls (no 'model' state dict)")
+    for target in (model, model.head):
+        own = target.state_dict()
+        if set(state) == set(own):
+            bad = [key for key in own if tuple(own[key].shape) != tuple(state[key].shape)]
+            if bad:
+                raise CheckpointError(
+                    f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the model's is "
+                    f"{tuple(own[bad[0]].shape)} (another backbone, protocol or number of classes?)"
+                )
+            target.load_state_dict(state)
+            return int(obj.get("step", 0))
+    missing = sorted(set(model.state_dict()) - set(state))
+    raise CheckpointError(
+        f"{path}: its keys are not this classifier's (missing e.g. {missing[0] if missing else sorted(state)[0]!r}); "
+        f"--weights takes a checkpoint-*.pth that bench cls wrote with the same --protocol and --backbone"
+    )
+
+
+def check_finite(model, out_dir: Path) -> None:
+    """Refuse to evaluate a model with NaN / inf weights or buffers (a diverged run, or non-finite
+    pretrained weights that training did not touch): its top-1 would be recorded as a result."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteLossError(
+                f"{out_dir}: the trained model has non-finite values in {name!r}; no result is recorded"
+            )
 
 
 def write_per_example(path: Path, ids, correct, correct5) -> Path:
@@ -328,104 +489,9 @@ def write_per_example(path: Path, ids, correct, correct5) -> Path:
 def _load_features(path: Path, n: int):
     if not path.is_file():
         return None
-    from bench.core.checkpoint import load_checkpoint_file
-    from bench.core.errors import CheckpointError
-
     try:
         obj = load_checkpoint_file(path)
         feats, labels = obj["features"], obj["labels"]
     except (CheckpointError, KeyError, TypeError):
         return None  # recomputed and rewritten
     return (feats, labels) if len(feats) == n == len(labels) else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``bench cls``."""
-    parser.add_argument(
-        "--protocol",
-        required=True,
-        choices=C.PROTOCOLS,
-        help="finetune (Table 6), linear (linear probe), partial (the last k blocks, Fig. 9)",
-    )
-    parser.add_argument(
-        "--dataset", required=True, choices=DATASETS, help="which dataset's on-disk format --data-root holds"
-    )
-    parser.add_argument("--data-root", required=True, help="dataset folder in its official layout")
-    parser.add_argument("--backbone", required=True, help="<init>_<arch>, e.g. mae_vit_base_patch16")
-    parser.add_argument("--checkpoint", default=None, help="pretrained weights (not for random_*)")
-    parser.add_argument(
-        "--k", default=None, help="partial: number of last blocks to tune (0 = linear probe, depth = full), or 'mlp'"
-    )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="YAML overriding the protocol config, or a name in tasks/classification/configs (smoke)",
-    )
-    parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: the protocol's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the run (head init, data order)")
-    parser.add_argument("--out", default=None, help="run folder (default runs/cls/<dataset>-<protocol>-<backbone>...)")
-    parser.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
-    parser.add_argument("--suite", default="adhoc", help="suite name recorded in the results row")
-    parser.add_argument(
-        "--bf16", action="store_true", default=None, help="bfloat16 autocast (default: on for CUDA, off for CPU)"
-    )
-    parser.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="continue from the newest readable checkpoint in --out (default); --no-resume starts over",
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a checkpoint that needs arbitrary unpickling (only for files you trust)",
-    )
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP",
-    )
-    return parser
-
-
-def default_out_dir(args) -> Path:
-    k = "" if args.k is None else f"-k{args.k}"
-    return Path("runs") / "cls" / f"{args.dataset}-{args.protocol}{k}-{args.backbone}-s{args.seed}"
-
-
-def cls_main(args: argparse.Namespace) -> int:
-    """Run ``bench cls`` from parsed arguments; prints the result line and returns exit status 0
-    (errors are ``BenchError`` for the CLI to print)."""
-    check_outputs(default_out_dir(args) if args.out is None else args.out, args.results)
-    row = run_classification(
-        args.protocol,
-        args.dataset,
-        args.data_root,
-        args.backbone,
-        args.checkpoint,
-        k=C.parse_k(args.k),
-        seed=args.seed,
-        out_dir=args.out or default_out_dir(args),
-        config=args.config,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        bf16=args.bf16,
-        resume=args.resume,
-        results=args.results,
-        suite=args.suite,
-        trust_checkpoint=args.trust_checkpoint,
-        device=args.device,
-        fsdp=getattr(args, "fsdp", False),
-    )
-    m = row["metrics"]
-    print(
-        f"{row['task']} {row['protocol']}{'' if row['k'] is None else ' k=' + str(row['k'])} "
-        f"{row['init']}_{row['backbone']}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  "
-        f"({row['iterations']} steps, {row['wall_time_s']:.0f} s; row in {Path(row['extra']['out_dir']) / 'result.json'})"
-    )
-    return 0

@@ -29,7 +29,7 @@ GENERATORS = {
     "folder": "make_image_folder",
     "digits": "make_digits_dataset",
 }
-# What a suite's search may vary: protocol-config keys, passed to run_classification(overrides=...)
+# What a suite's search may vary: protocol-config keys (TransferRun.overrides)
 SEARCH_KEYS = ("lr", "blr", "weight_decay", "drop_path", "layer_decay", "epochs", "warmup_epochs")
 # Input size of a task's own protocol: the paper's 224 px, except the sklearn digits (64 px images).
 IMG_SIZE = {"digits": 64}
@@ -38,33 +38,15 @@ GENERATED = {"digits": "scikit-learn digits (real 8x8 scans upscaled to 64 px), 
 CLS = Command(
     "cls",
     "iNat / Places / folder classification: fine-tune, linear probe, partial",
-    "tasks.classification.run:add_cls_arguments",
-    "tasks.classification.run:cls_main",
+    "tasks.classification.cli:add_cls_arguments",
+    "tasks.classification.cli:cls_main",
 )
 
 
 def run_cls(r: TransferRun) -> dict:
-    from tasks.classification.run import run_classification
+    from tasks.classification.run import run_classification  # imports torch: keep the registry cheap
 
-    return run_classification(
-        r.protocol,
-        r.task,
-        r.data_root,
-        r.backbone,
-        r.checkpoint,
-        k=r.k,
-        out_dir=r.work_dir,
-        bf16=r.amp,
-        trust_checkpoint=r.trust_checkpoint,
-        progress=r.progress,
-        seed=r.seed,
-        resume=True,
-        results=None,
-        suite=r.suite,
-        select=r.select,
-        overrides=r.overrides,
-        **r.given("config", "epochs", "batch_size"),
-    )
+    return run_classification(r)
 
 
 def reader(dataset: str):
