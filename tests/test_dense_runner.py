@@ -22,14 +22,15 @@ from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.results import ResultsStore, config_hash
 from tasks.dense.runner import (
     RUN_RECORD,
+    DenseOutcome,
     check_config_trust,
-    check_record,
-    dense_row,
     paper_deviations,
-    resume_candidates,
     scale_schedule,
     set_batch_and_schedule,
+    transfer_row,
 )
+from tasks.dense.workdir import check_record, resume_candidates
+from tasks.spec import TransferRun
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "random_vit_test_patch8"
@@ -89,27 +90,33 @@ def test_paper_deviations_name_each_value_against_the_papers_and_reach_the_row()
         "lr 0.0002 != paper 0.0001",
     ]
     assert paper_deviations(dict(paper), paper) == [] and paper_deviations({}, paper) == []
-    row = dense_row(
+    run = TransferRun(
         task="ade20k",
         protocol="upernet",
-        init="random",
-        arch="vit_test_patch8",
         backbone=TINY,
-        seed=0,
-        metrics={"mIoU": 1.0},
-        suite="t",
         checkpoint=None,
+        data_root=Path("d"),
+        work_dir=Path("w"),
+        seed=0,
+        suite="t",
+        label="mine",
+    )
+    outcome = DenseOutcome(
+        metrics={"mIoU": 1.0},
         hashed={},
         iterations=30,
-        wall_time_s=1.0,
-        config_name="smoke",
-        work_dir="w",
         start_iter=0,
+        wall_time_s=1.0,
         batch_size=4,
         world_size=1,
+        config_name="smoke",
+        config_file="smoke.py",
         cfg_options={},
+        checkpoint=None,
         deviations=paper_deviations(facts, paper),
     )
+    row = transfer_row(run, outcome)
+    assert (row["label"], row["init"], row["extra"]["config_file"]) == ("mine", "random", "smoke.py")
     assert row["deviations"] == ["iterations 30 < paper 160000", "batch 32 > paper 16", "crop 64 != paper 512"]
 
 
@@ -129,11 +136,13 @@ def test_resume_candidates_use_the_folders_own_files(tmp_path):
 
 
 def test_record_guard_names_the_option_before_the_hash(tmp_path):
-    from bench.core.run_record import write_run_record
+    from tasks.dense.workdir import write_record
 
     rec = dict(
         backbone="b",
-        checkpoint=None,
+        checkpoint_sha256="c1",
+        label="mae-ours",
+        data="d1",
         seed=0,
         iterations=15,
         batch_size=4,
@@ -141,11 +150,18 @@ def test_record_guard_names_the_option_before_the_hash(tmp_path):
         cfg_options={},
         config_hash="aaa",
     )
-    write_run_record(tmp_path / RUN_RECORD, rec)
+    write_record(tmp_path, rec)
     check_record(tmp_path, dict(rec, iterations=20, config_hash="bbb"), resume=True)  # no checkpoint: nothing to mix
     (tmp_path / "iter_5.pth").write_bytes(b"x")
     with pytest.raises(BenchError, match=r"holds a run with other settings \(iterations 15 -> 20\); use the same"):
         check_record(tmp_path, dict(rec, iterations=20, config_hash="bbb"), resume=True)
+    # what the run was trained from and on is named before the effective config
+    with pytest.raises(BenchError, match=r"\(checkpoint_sha256 'c1' -> 'c2'\)"):
+        check_record(tmp_path, dict(rec, checkpoint_sha256="c2", config_hash="bbb"), resume=True)
+    with pytest.raises(BenchError, match=r"\(data 'd1' -> 'd2'\)"):
+        check_record(tmp_path, dict(rec, data="d2", config_hash="bbb"), resume=True)
+    with pytest.raises(BenchError, match=r"\(label 'mae-ours' -> 'mae-official'\)"):
+        check_record(tmp_path, dict(rec, label="mae-official"), resume=True)
     with pytest.raises(BenchError, match=r"\(cfg_options \{\} -> \{'a': 1\}\)"):
         check_record(tmp_path, dict(rec, cfg_options={"a": 1}), resume=True)
     with pytest.raises(BenchError, match=r"\(config_hash 'aaa' -> 'bbb'\)"):
@@ -232,7 +248,7 @@ def _toy_registry():
 def toy_run(work, *, resume=True, iters=4, loss_weight=1.0, interval=2):
     from mmengine.config import Config
 
-    from tasks.dense.runner import run_dense
+    from tasks.dense.mm_runner import run_dense
 
     cfg = Config(
         dict(
@@ -281,11 +297,15 @@ def test_toy_resume_takes_the_newest_readable_checkpoint_of_its_own_folder(tmp_p
     (copy / "last_checkpoint").write_text(str(work / "iter_2.pth"))  # absolute, into the original
     shutil.rmtree(work)
     assert toy_run(copy) == 2
-    assert toy_run(copy, resume=False) == 0
+    assert toy_run(copy, resume=False) == 0  # --no-resume: a fresh start, the old files moved aside
+    [aside] = copy.glob("previous-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["bench_dense_run.json", "iter_2.pth", "last_checkpoint"]
 
 
 def test_toy_non_finite_loss_stops_before_that_iterations_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"work: non-finite loss at iteration 1 \(loss=inf\); the last"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"work: non-finite loss at iteration 1 \(this rank: loss=inf\); the last"
+    ):
         toy_run(tmp_path / "work", loss_weight=1e39, interval=1)  # float32 overflow
     assert not list((tmp_path / "work").glob("iter_*.pth"))
 
@@ -328,9 +348,11 @@ def ade(tmp_path_factory):
 
 
 def seg(ade, work, **kw):
-    from tasks.segmentation.run import run_segmentation
+    from tasks.segmentation.run import run_segmentation, seg_run
 
-    return run_segmentation(TINY, None, ade, crop_size=64, work_dir=work, **{"iters": 4, "ckpt_interval": 2, **kw})
+    return run_segmentation(
+        seg_run(TINY, None, ade, crop_size=64, work_dir=work, **{"iters": 4, "ckpt_interval": 2, **kw})
+    )
 
 
 def test_segmentation_resumes_from_the_newest_readable_checkpoint(ade, tmp_path, capfd):

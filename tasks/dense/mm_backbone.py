@@ -237,22 +237,30 @@ def warn_if_other_init(name: str, checkpoint, trust_checkpoint: bool = False) ->
 # Strides and channels of the pyramid against the heads
 # --------------------------------------------------------------------------------------------------
 def check_model(model) -> None:
-    """BenchError (one line) when a detector's / segmentor's heads expect other strides or channels
-    than its ``RegistryViT`` gives: mmdet anchor-generator strides and RoI-extractor
-    ``featmap_strides`` (after the neck: FPN / ``LastLevelMaxPool`` keep the pyramid's strides and
-    add levels at twice the last), mmseg decode / auxiliary head ``in_channels`` (no neck). A
-    mismatch in strides runs silently otherwise: anchors for the wrong scales."""
+    """BenchError (one line listing every mismatch, each with the value to set) when a detector's /
+    segmentor's heads expect other strides or channels than its ``RegistryViT`` gives: mmdet
+    anchor-generator strides and RoI-extractor ``featmap_strides`` (after the neck: FPN /
+    ``LastLevelMaxPool`` keep the pyramid's strides and add levels at twice the last), mmseg decode /
+    auxiliary head ``in_channels`` (no neck), the neck's ``in_channels``. A mismatch in strides runs
+    silently otherwise: anchors for the wrong scales."""
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, RegistryViT):
         return
-    strides, channels = backbone.strides, backbone.channels
-    where = (
-        f"RegistryViT(name={backbone.encoder.init_name}_{backbone.encoder.arch_name}, patch "
-        f"{backbone.encoder.patch_size}, variant {backbone.pyramid.variant!r})"
-    )
+    problems = _stride_mismatches(model, backbone.strides) + _channel_mismatches(model, backbone.channels)
+    if problems:
+        where = (
+            f"RegistryViT(name={backbone.encoder.init_name}_{backbone.encoder.arch_name}, patch "
+            f"{backbone.encoder.patch_size}, variant {backbone.pyramid.variant!r})"
+        )
+        raise BenchError(
+            f"{where} gives feature maps at strides {backbone.strides} with {backbone.channels} channels, "
+            f"but {'; '.join(problems)}"
+        )
+
+
+def _stride_mismatches(model, strides: list[int]) -> list[str]:
     neck = getattr(model, "neck", None)
-    start = int(getattr(neck, "start_level", 0) or 0)
-    levels = strides[start:]
+    levels = strides[int(getattr(neck, "start_level", 0) or 0) :]
 
     def expected(n: int) -> list[int]:
         out = list(levels[:n])
@@ -260,45 +268,58 @@ def check_model(model) -> None:
             out.append(out[-1] * 2)
         return out
 
+    out = []
     for mod_name, mod in model.named_modules():
         gen = getattr(mod, "prior_generator", None)
         if gen is not None and hasattr(gen, "strides"):
             got = [int(s[0]) if isinstance(s, (tuple, list)) else int(s) for s in gen.strides]
             if got != expected(len(got)):
-                raise BenchError(
-                    f"{where} gives feature maps at strides {strides}, but model.{mod_name}."
-                    f"anchor_generator.strides is {got}; set it to {expected(len(got))}"
-                )
+                out.append(f"model.{mod_name}.anchor_generator.strides is {got}: set it to {expected(len(got))}")
         fs = getattr(mod, "featmap_strides", None)
         if fs is not None and mod_name.endswith("roi_extractor"):
             got = [int(s) for s in fs]
             if got != expected(len(got)):
-                raise BenchError(
-                    f"{where} gives feature maps at strides {strides}, but model.{mod_name}."
-                    f"featmap_strides is {got}; set it to {expected(len(got))}"
-                )
-    if neck is None:
-        for head_name in ("decode_head", "auxiliary_head"):
-            heads = getattr(model, head_name, None)
-            for i, head in enumerate(heads if isinstance(heads, torch.nn.ModuleList) else [heads]):
-                if head is None or not hasattr(head, "in_channels"):
-                    continue
-                idx = head.in_index if isinstance(head.in_index, (list, tuple)) else [head.in_index]
-                want = [channels[j] for j in idx]
-                got = head.in_channels if isinstance(head.in_channels, (list, tuple)) else [head.in_channels]
-                if list(got) != want:
-                    key = head_name if not isinstance(heads, torch.nn.ModuleList) else f"{head_name}[{i}]"
-                    val = want if isinstance(head.in_channels, (list, tuple)) else want[0]
-                    raise BenchError(
-                        f"{where} gives {channels} channels, but model.{key}.in_channels is "
-                        f"{head.in_channels} (in_index {head.in_index}); set it to {val}"
-                    )
-    else:
+                out.append(f"model.{mod_name}.featmap_strides is {got}: set it to {expected(len(got))}")
+    return out
+
+
+def _channel_mismatches(model, channels: list[int]) -> list[str]:
+    neck = getattr(model, "neck", None)
+    if neck is not None:
         in_ch = getattr(neck, "in_channels", None)
         if isinstance(in_ch, (list, tuple)) and list(in_ch) != channels[: len(in_ch)]:
-            raise BenchError(
-                f"{where} gives {channels} channels, but model.neck.in_channels is {list(in_ch)}; set it to {channels}"
-            )
+            return [f"model.neck.in_channels is {list(in_ch)}: set it to {channels[: len(in_ch)]}"]
+        return []
+    out = []
+    for head_name in ("decode_head", "auxiliary_head"):
+        heads = getattr(model, head_name, None)
+        for i, head in enumerate(heads if isinstance(heads, torch.nn.ModuleList) else [heads]):
+            if head is None or not hasattr(head, "in_channels"):
+                continue
+            idx = head.in_index if isinstance(head.in_index, (list, tuple)) else [head.in_index]
+            want = [channels[j] for j in idx]
+            got = head.in_channels if isinstance(head.in_channels, (list, tuple)) else [head.in_channels]
+            if list(got) != want:
+                key = head_name if not isinstance(heads, torch.nn.ModuleList) else f"{head_name}[{i}]"
+                val = want if isinstance(head.in_channels, (list, tuple)) else want[0]
+                out.append(f"model.{key}.in_channels is {head.in_channels} (in_index {head.in_index}): set it to {val}")
+    return out
+
+
+def checked_build(build_func):
+    """A registry ``build_func`` that runs ``check_model`` on what it built: mmseg's ``init_model``
+    and mmdet's ``init_detector`` build through their ``MODELS`` registry, so a model of a user's own
+    config is checked where it is built, not at its first wrong answer."""
+    if getattr(build_func, "_checks_registry_vit", False):
+        return build_func
+
+    def build(cfg, *args, **kwargs):
+        model = build_func(cfg, *args, **kwargs)
+        check_model(model)
+        return model
+
+    build._checks_registry_vit = True
+    return build
 
 
 class RegistryViTCheckHook(Hook):
@@ -436,6 +457,7 @@ def _register():
     for reg in (SEG_MODELS, DET_MODELS):
         if "RegistryViT" not in reg.module_dict:
             reg.register_module(module=RegistryViT)
+        reg.build_func = checked_build(reg.build_func)
     import mmseg.engine.optimizers  # noqa: F401  registers mmseg's constructors first
 
     for cname in ("LayerDecayOptimizerConstructor", "LearningRateDecayOptimizerConstructor"):

@@ -3,7 +3,7 @@
 * the model gets ``tasks.dense.memory_format.prepare_dense_model`` (conv layout, NCHW RoI inputs)
   right after it is built, before DDP wraps it;
 * a resumed run moves the data stream by sampler indices (``tasks.dense.resume``);
-* resume starts from the newest *readable* checkpoint (``tasks.dense.runner.resume_candidates``): a
+* resume starts from the newest *readable* checkpoint (``tasks.dense.workdir.resume_candidates``): a
   truncated file, a refused pickle or a ``last_checkpoint`` naming nothing is skipped with a warning
   for the one before, like the shared engine's ``load_latest``;
 * checkpoints are written to a temp file and renamed (a kill or a full disk leaves the previous
@@ -12,7 +12,10 @@
 * the terminal gets errors and the lines marked for it (``TERMINAL``); everything mmengine logs
   (environment, config, hooks, progress) goes to the log file in the work dir;
 * several processes: the process group comes from ``bench.core.distributed.init_distributed``
-  (torchrun or Slurm variables; NCCL with CUDA, gloo without), so mmengine does not create its own.
+  (torchrun or Slurm variables; NCCL with CUDA, gloo without), so mmengine does not create its own;
+  each rank trains on ``local_device()`` (GPU ``LOCAL_RANK % visible GPUs``, as mmengine's own Slurm
+  set-up: one GPU bound per task is GPU 0 of every task), and a non-finite loss on any rank stops
+  all ranks at the same iteration (``all_ranks_finite``), so none waits for the others forever.
   Without CUDA mmengine's own set-up cannot run (its ``pytorch`` launcher calls
   ``torch.cuda.set_device``, its DDP wrapper passes ``device_ids=[LOCAL_RANK]``, ``SyncBN`` makes DDP
   refuse a CPU model); here the wrapper gets ``device_ids=None`` and SyncBN becomes
@@ -23,17 +26,32 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
+import shutil
+import time
+import uuid
+import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
+from bench.core.distributed import (
+    all_ranks_finite,
+    convert_sync_batchnorm,
+    init_distributed,
+    local_device,
+)
 from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError, first_line
+from bench.core.io import atomic_write_text
 from tasks.dense import memory_format
+from tasks.dense.mm_backbone import check_model
 from tasks.dense.mmengine_compat import enable_mmengine_checkpoints
+from tasks.dense.resume import skip_trained_batches_on_resume
+from tasks.dense.runner import launch_rank
+from tasks.dense.workdir import check_record, clean_temps, resume_candidates, start_fresh, write_record
 
 TERMINAL = {"bench_terminal": True}  # logger.warning(msg, extra=TERMINAL): shown on the terminal too
 
@@ -57,10 +75,11 @@ class RunWatch(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loss = (outputs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        # one all-reduce under several processes: every rank takes the same branch, none waits
+        if loss is not None and not all_ranks_finite(loss):
             terms = ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items())
             raise NonFiniteLossError(
-                f"{runner.work_dir}: non-finite loss at iteration {runner.iter + 1} ({terms}); "
+                f"{runner.work_dir}: non-finite loss at iteration {runner.iter + 1} (this rank: {terms}); "
                 f"the last checkpoint there is intact"
             )
 
@@ -75,8 +94,6 @@ class BenchCheckpointHook(CheckpointHook):
         from mmengine.dist import is_main_process
 
         if is_main_process():
-            from bench.core.io import atomic_write_text
-
             atomic_write_text(Path(runner.work_dir) / "last_checkpoint", Path(self.last_ckpt).name)
 
 
@@ -86,8 +103,6 @@ class DenseRunner(Runner):
     @classmethod
     def from_cfg(cls, cfg):
         """mmengine's ``from_cfg`` on a copy of ``cfg`` with sampler-index resume and our checkpoint hook."""
-        from tasks.dense.resume import skip_trained_batches_on_resume
-
         cfg = copy.deepcopy(cfg)
         skip_trained_batches_on_resume(cfg)
         ck = (cfg.get("default_hooks") or {}).get("checkpoint")
@@ -123,38 +138,34 @@ class DenseRunner(Runner):
     # ---- distributed, model ----------------------------------------------------------------------
     def setup_env(self, env_cfg):
         if self.distributed:
-            from bench.core.distributed import init_distributed
-
-            init_distributed()
+            init_distributed(device=self.cfg.get("device", "auto"))  # selects local_device() with CUDA
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
         import torch.distributed as dist
 
-        if self.distributed and dist.get_backend() == "gloo":
-            from bench.core.distributed import convert_sync_batchnorm
-
+        if not self.distributed:
+            return super().wrap_model(model_wrapper_cfg, model)
+        gloo = dist.get_backend() == "gloo"
+        if gloo:  # mmengine's SyncBN needs NCCL
             model = convert_sync_batchnorm(model)
-            if model_wrapper_cfg is None:
-                model_wrapper_cfg = dict(
-                    type="MMDistributedDataParallel",
-                    device_ids=None,
-                    broadcast_buffers=False,
-                    find_unused_parameters=self.cfg.get("find_unused_parameters", False),
-                )
-        return super().wrap_model(model_wrapper_cfg, model)
+        wrapper = dict(
+            model_wrapper_cfg
+            or dict(broadcast_buffers=False, find_unused_parameters=self.cfg.get("find_unused_parameters", False))
+        )
+        if wrapper.setdefault("type", "MMDistributedDataParallel") == "MMDistributedDataParallel":
+            # mmengine's default is device_ids=[LOCAL_RANK]: an invalid ordinal where each task sees one GPU
+            dev = local_device()
+            wrapper.setdefault("device_ids", None if gloo or dev.type != "cuda" else [dev.index])
+        return super().wrap_model(wrapper, model)
 
     def build_model(self, model):
         """mmengine's model in the run's memory format, with ``RegistryViT``'s strides and channels
         checked against the heads (``tasks.dense.mm_backbone.check_model``: one-line error)."""
-        import sys
-
         from mmengine.device import get_device
 
         model = super().build_model(model)
-        plugin = sys.modules.get("tasks.dense.mm_backbone")  # a RegistryViT exists only once it is imported
-        if plugin is not None:
-            plugin.check_model(model)
+        check_model(model)
         layout = memory_format.resolve_channels_last(self.cfg.get("channels_last"), get_device())
         return memory_format.prepare_dense_model(model, layout)
 
@@ -165,8 +176,6 @@ class DenseRunner(Runner):
         if self._has_loaded or not (self._resume and self._load_from is None):
             return super().load_or_resume()
         from mmengine.runner.checkpoint import _load_checkpoint
-
-        from tasks.dense.runner import resume_candidates
 
         self._has_loaded = True  # searched once: a fresh run stays fresh when val()/test() come later
         for path in resume_candidates(self.work_dir):
@@ -229,4 +238,104 @@ class DenseRunner(Runner):
             ) from None
 
 
-__all__ = ["DenseRunner", "RunWatch", "BenchCheckpointHook", "TERMINAL", "enable_mmengine_checkpoints", "BenchError"]
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+def prepare_work_dir(work: Path, record: dict, *, resume: bool, eval_only: bool) -> bool:
+    """Before anything is built: the settings guard, then (rank 0) temp clean-up and, with
+    ``resume=False``, the fresh start that moves the old checkpoints aside. An evaluate-only run
+    reads no checkpoint of the folder and moves nothing. Returns whether ``work`` is new."""
+    created = not work.exists()
+    if eval_only:
+        return created
+    check_record(work, record, resume)
+    if launch_rank() == 0 and not created:
+        clean_temps(work)  # a save killed half-way
+        if not resume:
+            start_fresh(work)
+    return created
+
+
+def build_runner(cfg, work: Path, *, created: bool, main: bool) -> DenseRunner:
+    """``DenseRunner.from_cfg``; a user error while building (e.g. a checkpoint of another
+    architecture) removes a work dir this call created."""
+    enable_mmengine_checkpoints()  # mmengine's own checkpoints under torch's weights_only loading
+    try:
+        return DenseRunner.from_cfg(cfg)
+    except BenchError:
+        if created and main:  # a user error: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def load_weights(runner: DenseRunner, weights: Path) -> None:
+    """An evaluate-only run's trained model: every tensor of the model from ``weights`` (an mmengine
+    checkpoint, ours or mmseg's / mmdet's released files); a file that does not fit is one line."""
+    try:
+        ckpt = runner.load_checkpoint(str(weights), strict=True)
+    except Exception as e:  # missing / unexpected keys, shape clashes, a refused pickle
+        raise CheckpointError(
+            f"{weights}: cannot load as the trained model of this config ({first_line(e, with_type=True, limit=300)})"
+        ) from None
+    runner._has_loaded = True  # val()/test() must not load anything else
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    runner.weights_iter = int((meta or {}).get("iter", 0) or 0)  # the iteration the weights were saved at
+
+
+def run_dense(
+    cfg,
+    *,
+    name: str,
+    record: dict,
+    resume: bool,
+    register: Callable[[], None],
+    evaluate: Callable[[Any], dict],
+    hooks=(),
+    weights: Path | None = None,
+) -> tuple[Any, dict, float]:
+    """Build the runner of ``cfg`` (``name``: 'det' / 'seg'), train (resuming from the newest readable
+    checkpoint with ``resume``; fresh with the old checkpoints moved aside without), then
+    ``evaluate(runner)``. With ``weights`` (evaluate-only): nothing is trained, the model is that file.
+    Returns ``(runner, metrics, wall seconds)``; ``runner.run_watch.start_iter`` is where training started.
+
+    mmengine's output (environment, config, hooks, progress, Python warnings) goes to the log file in
+    the work dir; the terminal gets the log file's name and errors."""
+    work = Path(cfg.work_dir)
+    created = prepare_work_dir(work, record, resume=resume, eval_only=weights is not None)
+    cfg.resume, cfg.load_from = bool(resume) and weights is None, None
+    cfg.experiment_name = f"{name}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"  # the logger's name
+    main = launch_rank() == 0
+    t0 = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        runner = None
+        try:
+            register()  # mmseg / mmdet: their import-time warnings are caught too
+            runner = build_runner(cfg, work, created=created, main=main)
+            runner.run_watch = RunWatch()
+            runner.register_hook(runner.run_watch)
+            for hook in hooks:
+                runner.register_hook(hook)
+            if weights is not None:
+                load_weights(runner, weights)
+            else:
+                if main:
+                    write_record(work, record)
+                runner.announce()
+                runner.train()
+            metrics = evaluate(runner)
+        finally:
+            if runner is not None:
+                runner.log_warnings(caught)
+    return runner, metrics, time.time() - t0
+
+
+__all__ = [
+    "DenseRunner",
+    "RunWatch",
+    "BenchCheckpointHook",
+    "TERMINAL",
+    "launch_rank",
+    "run_dense",
+    "resume_candidates",
+]

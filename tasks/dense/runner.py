@@ -1,26 +1,23 @@
-"""One runner for the dense tasks (``bench det``, ``bench seg``): everything the two families share.
-
-The family modules (``tasks/detection/run.py``, ``tasks/segmentation/run.py``) keep what really
-differs: their data checks, named configs and variants, metrics and row extras. Here:
+"""What the mmengine-based dense tasks share (``bench seg`` and the mmdet engine of ``bench det``),
+without mmengine itself: the family modules keep their data checks, named configs, metrics and
+row extras. Here:
 
 * **config reading**: the trust gate (a config outside the package is Python that runs when read:
   refused without ``trust_config``), one-line read errors, the structural checks both need, and
-  ``--cfg-options`` (mmengine's ``DictAction`` pairs, applied after our edits and recorded);
+  ``--cfg-options`` (applied after our edits and recorded; a value that names code, such as a
+  registry ``type`` that is no registered name, ``_target_`` or ``custom_imports``, needs
+  ``trust_config`` too, since mmengine imports whatever module such a name points to);
 * **lr**: the config's ``lr_by_init`` entry for the backbone's initialisation;
-* **schedule**: one rule for scaling an iteration schedule to ``--iters`` (warm-up, milestones and
-  intervals keep their fraction of training), the total batch over the processes (lr scaled
-  linearly by mmengine's ``auto_scale_lr``), the checkpoint interval;
-* **AMP fallback**: ``AmpOptimWrapper`` becomes a plain fp32 ``OptimWrapper`` without CUDA;
-* **run record**: ``bench.core.run_record``'s one resume guard over the settings a run is defined
-  by, the settings a user sets checked (and named) before the config hash;
-* **resume**: the newest *readable* checkpoint of the folder (``resume_candidates``; a truncated
-  file, a ``last_checkpoint`` naming nothing or a file elsewhere, a refused pickle: the one before);
-* **the run** (``run_dense``): build, train, evaluate with mmengine's output in the run's log file
-  and a line or two on the terminal; a non-finite loss stops training; rank 0 alone writes;
-* **the row** (``dense_row``).
+* **schedule**: an iteration schedule scaled to ``--iters`` by ``bench.core.workdir``'s one rule
+  (warm-up, milestones and intervals keep their fraction of training), the total batch over the
+  processes (lr scaled linearly by mmengine's ``auto_scale_lr``), the checkpoint interval;
+* **AMP fallback**: ``AmpOptimWrapper`` becomes a plain fp32 ``OptimWrapper`` without CUDA (with
+  CUDA it runs fp16: mmcv's RoIAlign has no bf16 kernel);
+* **the row** (``transfer_row``): one function from the run's facts object and what it measured;
+* **the options** ``bench seg`` and ``bench det`` share (``add_dense_arguments``).
 
-Only ``run_dense`` needs mmengine (imported when called); the rest works on plain dicts too, so
-another engine (detectron2) can share the record, resume guard, schedule rules and row.
+The work folder (record, resume order, fresh start) is ``tasks.dense.workdir``; the mmengine run
+itself is ``tasks.dense.mm_runner.run_dense``.
 """
 
 from __future__ import annotations
@@ -29,17 +26,18 @@ import argparse
 import json
 import os
 import re
-import shutil
-import time
-import uuid
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
+from backbones.registry import parse_name
+from bench.core.distributed import launch_env
 from bench.core.errors import BenchError, first_line
+from bench.core.options import add_run_options
+from bench.core.results import make_row
+from bench.core.workdir import check_steps, scale_step
+from tasks.dense.workdir import RUN_RECORD
+from tasks.spec import TransferRun
 
-RUN_RECORD = "bench_dense_run.json"  # in the work dir: the settings its checkpoints belong to
-CHECKPOINT_PATTERN = re.compile(r"^iter_(\d+)\.pth$")
 # What defines a protocol (the row's config_hash and the run record's): model, data pipelines,
 # evaluator, optimiser, schedule, batch. Paths (data root, checkpoint, annotation and output files),
 # loader workers, hooks, logging and the seed (a row field of its own) are left out, so the seeds of
@@ -58,9 +56,6 @@ HASHED_KEYS = (
 )
 _LOADER_RUNTIME_KEYS = ("num_workers", "persistent_workers", "pin_memory", "prefetch_factor")
 _EVALUATOR_PATH_KEYS = ("ann_file", "outfile", "outfile_prefix")
-# Settings a user sets by option; the run record holds them, and a resume with other values is refused
-# naming them (before the config hash, which changes with most of them too).
-EXPLICIT_KEYS = ("backbone", "checkpoint", "seed", "iterations", "batch_size", "variant", "crop_size", "cfg_options")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,11 +106,65 @@ def check_structure(
         raise BenchError(f"{where}: key 'train_cfg.type' must be 'IterBasedTrainLoop'")
 
 
-def apply_cfg_options(cfg, options: dict | None, where) -> dict:
+# Keys whose value mmengine turns into an import (``custom_imports``, scopes) or a call (``_target_``)
+CODE_KEYS = ("custom_imports", "_target_", "_scope_", "default_scope")
+TYPE_NAME = re.compile(r"^(?:(?P<scope>[A-Za-z_]\w*)\.)?(?P<name>[A-Za-z_]\w*)$")
+
+
+def registered_type(value, scopes=("mmseg", "mmdet")) -> bool:
+    """Whether ``value`` is a name the registries hold (mmengine's own, or those of ``scopes``,
+    optionally prefixed ``scope.``). Any other ``type`` is imported by mmengine's ``Registry.get``
+    (``os.system`` runs, a plain ``evil`` imports ``./evil.py``)."""
+    import importlib
+
+    import mmengine.registry as roots
+
+    m = TYPE_NAME.match(value) if isinstance(value, str) else None
+    if m is None:
+        return False
+    registries = [r for r in vars(roots).values() if isinstance(r, roots.Registry)]
+    for scope in scopes:
+        try:
+            importlib.import_module(f"{scope}.registry")
+        except ImportError:
+            continue
+    tables = []
+    for root in registries:
+        children = root._children.values()
+        tables.append((root.scope, root))
+        tables += [(c.scope, c) for c in children if c.scope in scopes]
+    for scope, reg in tables:
+        if m["scope"] not in (None, scope):
+            continue
+        reg.import_from_location()  # the scope's own modules register themselves on import
+        if m["name"] in reg.module_dict:
+            return True
+    return False
+
+
+def options_naming_code(options: dict, scopes=("mmseg", "mmdet")) -> list[str]:
+    """The ``--cfg-options`` pairs whose value names code: a key through ``CODE_KEYS``, or a
+    ``type`` that is no registered name (``registered_type``)."""
+    out = []
+    for key, value in options.items():
+        parts = str(key).split(".")
+        if any(p in CODE_KEYS for p in parts) or (parts[-1] == "type" and not registered_type(value, scopes)):
+            out.append(f"{key}={value}")
+    return out
+
+
+def apply_cfg_options(cfg, options: dict | None, where, *, trust_config: bool = False, scopes=("mmseg", "mmdet")):
     """Merge ``--cfg-options`` (``{'a.b': value}``, mmengine's ``DictAction``) into ``cfg``, after our
-    own edits: they win. Returns them as JSON values (for the run record and the row)."""
+    own edits: they win. A value naming code needs ``trust_config`` (refused before anything is
+    built). Returns them as JSON values (for the run record and the row)."""
     if not options:
         return {}
+    code = [] if trust_config else options_naming_code(options, scopes)
+    if code:
+        raise BenchError(
+            f"--cfg-options {' '.join(code)}: names code that mmengine would import or run (a type that is no "
+            f"registered name, _target_, custom_imports, a scope); pass --trust-config if you trust it"
+        )
     try:
         cfg.merge_from_dict(dict(options))
     except Exception as e:  # a key through a list, a type clash, ...
@@ -151,31 +200,24 @@ def hashed_config(cfg) -> dict:
 # Schedule, batch, precision
 # --------------------------------------------------------------------------------------------------
 def scale_schedule(cfg, iters: int, where) -> None:
-    """Train ``iters`` iterations with the config's schedule compressed (or stretched) to fit:
-    scheduler boundaries and milestones keep their fraction of training (at least iteration 1;
-    0 and None, the ends of training, stay), validation and checkpoint intervals are capped."""
-    if isinstance(iters, bool) or int(iters) != iters or iters < 1:
-        raise BenchError(f"--iters {iters!r}: must be a positive integer")
-    iters = int(iters)
+    """Train ``iters`` iterations with the config's schedule compressed (or stretched) to fit
+    (``bench.core.workdir.scale_step``: boundaries keep their fraction of training, at least
+    iteration 1; 0 and None, the ends, stay); validation and checkpoint intervals are capped."""
+    iters = check_steps(iters, "--iters")
     old = int(cfg["train_cfg"]["max_iters"])
     cfg["train_cfg"]["max_iters"] = iters
     cfg["train_cfg"]["val_interval"] = min(int(cfg["train_cfg"].get("val_interval", iters)), iters)
     ck = (cfg.get("default_hooks") or {}).get("checkpoint")
     if ck is not None and "interval" in ck:
         ck["interval"] = min(int(ck["interval"]), iters)
-    f = iters / old
-
-    def scaled(value):
-        return iters if value >= old else max(1, int(round(value * f)))
-
     for i, s in enumerate(cfg["param_scheduler"]):
         if s.get("by_epoch", True):
             raise BenchError(f"{where}: key 'param_scheduler[{i}].by_epoch' must be False (iteration schedule)")
         for key in ("begin", "end"):
             if s.get(key):
-                s[key] = scaled(s[key])
+                s[key] = scale_step(s[key], old, iters)
         if "milestones" in s:
-            s["milestones"] = [scaled(m) for m in s["milestones"]]
+            s["milestones"] = [scale_step(m, old, iters) for m in s["milestones"]]
     # A very short run can squeeze a phase (e.g. the decay after a 1-iteration warm-up) to nothing;
     # mmengine refuses a scheduler with begin == end, and an empty phase changes no lr anyway.
     cfg["param_scheduler"] = [s for s in cfg["param_scheduler"] if s.get("end") is None or s.get("begin", 0) < s["end"]]
@@ -233,130 +275,7 @@ def amp_fallback(cfg, cuda: bool) -> bool:
 
 def launch_rank() -> int:
     """This process's rank under torchrun / srun (0 without a launcher)."""
-    from bench.core.distributed import launch_env
-
     return int((launch_env() or {"rank": 0})["rank"])
-
-
-# --------------------------------------------------------------------------------------------------
-# Work dir: run record, checkpoints
-# --------------------------------------------------------------------------------------------------
-def checkpoint_step(path: Path) -> int | None:
-    m = CHECKPOINT_PATTERN.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def resume_candidates(work_dir: str | os.PathLike) -> list[Path]:
-    """The checkpoints of ``work_dir`` to try, best first: the file ``last_checkpoint`` names (by
-    its file name, looked up in ``work_dir`` itself, so a copied or moved folder resumes from its
-    own files), then every ``iter_N.pth`` newest first."""
-    work_dir = Path(work_dir)
-    found = sorted(
-        (p for p in work_dir.glob("iter_*.pth") if checkpoint_step(p) is not None), key=checkpoint_step, reverse=True
-    )
-    try:
-        named = (work_dir / "last_checkpoint").read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        named = ""
-    if named and (work_dir / Path(named).name).is_file():
-        first = work_dir / Path(named).name
-        found = [first] + [p for p in found if p != first]
-    return found
-
-
-def has_checkpoints(work_dir: Path) -> bool:
-    return bool(resume_candidates(work_dir))
-
-
-def clear_checkpoints(work_dir: Path) -> None:
-    """``--no-resume``: the folder's checkpoints (and the pointer to them) go, so that a later resume
-    cannot continue the run this one replaces."""
-    for p in resume_candidates(work_dir):
-        p.unlink(missing_ok=True)
-    (Path(work_dir) / "last_checkpoint").unlink(missing_ok=True)
-
-
-def check_record(work_dir: Path, record: dict, resume: bool) -> None:
-    """The resume guard (``bench.core.run_record``): a folder whose checkpoints belong to a run with
-    other settings is refused, naming the first differing option before the config hash."""
-    from bench.core.run_record import check_run_record, read_run_record
-
-    if not resume or not has_checkpoints(work_dir):
-        return  # nothing to continue: the record is rewritten
-    path = Path(work_dir) / RUN_RECORD
-    hint = "use the same settings, another --out folder, or --no-resume"
-    old = read_run_record(path)
-    if old is None:
-        raise BenchError(
-            f"{work_dir}: holds checkpoints but no run record ({RUN_RECORD}), so what they "
-            f"belong to is unknown; use another --out folder or --no-resume"
-        )
-    check_run_record(path, {**old, **{k: v for k, v in record.items() if k in EXPLICIT_KEYS}}, hint=hint)
-    check_run_record(path, record, hint=hint)
-
-
-# --------------------------------------------------------------------------------------------------
-# The run (mmengine)
-# --------------------------------------------------------------------------------------------------
-def run_dense(
-    cfg,
-    *,
-    name: str,
-    record: dict,
-    resume: bool,
-    register: Callable[[], None],
-    evaluate: Callable[[Any], dict],
-    hooks=(),
-) -> tuple[Any, dict, float]:
-    """Build the runner of ``cfg`` (``tasks.dense.mm_runner.DenseRunner``; ``name``: 'det' / 'seg'), train (resuming from the
-    newest readable checkpoint with ``resume``), then ``evaluate(runner)``. Returns ``(runner,
-    metrics, wall seconds)``; ``runner.run_watch.start_iter`` is where training started.
-
-    Before anything is written the resume guard checks ``record`` against the folder's; after the
-    runner is built rank 0 writes it. mmengine's output (environment, config, hooks, progress,
-    Python warnings) goes to the log file in the work dir; the terminal gets the log file's name and
-    errors. A user error while building (e.g. a checkpoint of another architecture) removes a work
-    dir this call created."""
-    work = Path(cfg.work_dir)
-    check_record(work, record, resume)
-    cfg.resume, cfg.load_from = bool(resume), None
-    cfg.experiment_name = f"{name}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"  # the logger's name
-    main = launch_rank() == 0
-    created = not work.exists()
-    if main and not created:
-        for tmp in work.glob(".iter_*.pth.tmp"):  # a save killed half-way
-            tmp.unlink(missing_ok=True)
-        if not resume:
-            clear_checkpoints(work)
-    t0 = time.time()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        runner = None
-        try:
-            register()  # mmseg / mmdet: their import-time warnings are caught too
-            from bench.core.run_record import write_run_record
-            from tasks.dense.mm_runner import DenseRunner, RunWatch, enable_mmengine_checkpoints
-
-            enable_mmengine_checkpoints()  # mmengine's own checkpoints under torch's weights_only loading
-            try:
-                runner = DenseRunner.from_cfg(cfg)
-            except BenchError:
-                if created and main:  # a user error: leave nothing behind
-                    shutil.rmtree(work, ignore_errors=True)
-                raise
-            if main:
-                write_run_record(work / RUN_RECORD, record)
-            runner.run_watch = RunWatch()
-            runner.register_hook(runner.run_watch)
-            for hook in hooks:
-                runner.register_hook(hook)
-            runner.announce()
-            runner.train()
-            metrics = evaluate(runner)
-        finally:
-            if runner is not None:
-                runner.log_warnings(caught)
-    return runner, metrics, time.time() - t0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,56 +303,60 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def dense_row(
-    *,
-    task: str,
-    protocol: str,
-    init: str,
-    arch: str,
-    backbone: str,
-    seed: int,
-    metrics: dict,
-    suite: str,
-    checkpoint,
-    hashed: dict,
-    iterations: int,
-    wall_time_s: float,
-    config_name: str,
-    work_dir,
-    start_iter: int,
-    batch_size: int,
-    world_size: int,
-    cfg_options: dict,
-    extra: dict | None = None,
-    deviations=(),
-) -> dict:
-    """The results row of a dense run; ``extra``: the family's own fields; ``deviations``: how the
-    run departs from the paper's protocol (e.g. ``paper_deviations``)."""
-    from bench.core.results import make_row
+@dataclass
+class DenseOutcome:
+    """What a finished (or evaluated) mmengine run measured and ran with, beside its ``TransferRun``."""
 
+    metrics: dict
+    hashed: dict  # hashed_config of the effective config
+    iterations: int  # the iteration the metrics were taken at
+    start_iter: int  # where this call started training (after a resume)
+    wall_time_s: float
+    batch_size: int  # the global batch
+    world_size: int
+    config_name: str  # a named config or the file given
+    config_file: str  # the file read
+    cfg_options: dict
+    checkpoint: str | None  # the backbone's pretrained weights as read
+    extra: dict = field(default_factory=dict)  # the family's own fields
+    deviations: list = field(default_factory=list)
+
+
+def transfer_row(run: TransferRun, outcome: DenseOutcome, *, provenance: dict | None = None) -> dict:
+    """The results row of one dense run: the facts object ``run`` plus what it measured. An
+    evaluate-only run is marked ``extra['eval_only']`` with the weights it evaluated."""
+    init, arch = parse_name(run.backbone)
+    extra = dict(
+        backbone_name=run.backbone,
+        config=outcome.config_name,
+        config_file=outcome.config_file,
+        work_dir=str(run.work_dir),
+        start_iter=int(outcome.start_iter or 0),
+        batch_size=int(outcome.batch_size),
+        world_size=int(outcome.world_size),
+        cfg_options=outcome.cfg_options,
+        **outcome.extra,
+    )
+    if run.eval_only:
+        extra.update(eval_only=True, weights=str(Path(run.weights).resolve()))
+    if run.select is not None:
+        extra["select"] = run.select
     return make_row(
-        task=task,
-        protocol=protocol,
+        task=run.task,
+        protocol=run.protocol,
         init=init,
         backbone=arch,
-        seed=int(seed),
-        metrics=metrics,
-        suite=suite,
-        checkpoint=checkpoint,
-        config=hashed,
-        iterations=int(iterations),
-        wall_time_s=wall_time_s,
-        deviations=list(deviations),
-        extra=dict(
-            backbone_name=backbone,
-            config=config_name,
-            work_dir=str(work_dir),
-            start_iter=int(start_iter or 0),
-            batch_size=int(batch_size),
-            world_size=int(world_size),
-            cfg_options=cfg_options,
-            **(extra or {}),
-        ),
+        seed=int(run.seed),
+        metrics=outcome.metrics,
+        suite=run.suite,
+        checkpoint=outcome.checkpoint,
+        config=outcome.hashed,
+        iterations=int(outcome.iterations),
+        wall_time_s=outcome.wall_time_s,
+        deviations=list(outcome.deviations),
+        label=run.row_label,
+        provenance=provenance,
+        extra=extra,
     )
 
 
@@ -441,18 +364,8 @@ def dense_row(
 # Command line: the options bench det and bench seg share
 # --------------------------------------------------------------------------------------------------
 def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
-    from mmengine.config import DictAction
-
-    class CfgOptions(DictAction):
-        """mmengine's KEY=VALUE parsing; a malformed pair is an argparse error, not a traceback."""
-
-        def __call__(self, parser, namespace, values, option_string=None):
-            for kv in values:
-                key, sep, _ = kv.partition("=")
-                if not sep or not key.strip():
-                    raise argparse.ArgumentError(self, f"expects KEY=VALUE pairs, got {kv!r}")
-            super().__call__(parser, namespace, values, option_string)
-
+    """The dense options (``--iters``, ``--ckpt-interval``, ``--channels-last``) and the options every
+    training command shares (``bench.core.options.add_run_options``)."""
     p.add_argument(
         "--iters",
         type=int,
@@ -463,42 +376,6 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
     p.add_argument(
         "--ckpt-interval", type=int, default=None, help="iterations between checkpoints (default: the config's)"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the run (weights of new layers, data order)")
-    p.add_argument(
-        "--out",
-        "--work-dir",
-        dest="work_dir",
-        default=None,
-        metavar="DIR",
-        help=f"the run's folder: checkpoints, run record, log file (default {default_out})",
-    )
-    p.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="continue the run in --out from its newest readable checkpoint (default; a truncated "
-        "or unreadable one is skipped for the one before it; a folder holding a run with other "
-        "settings is refused). --no-resume deletes the folder's checkpoints and starts over",
-    )
-    p.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
-    p.add_argument("--suite", default="adhoc", help="suite name recorded in the row")
-    p.add_argument(
-        "--trust-checkpoint", action="store_true", help="allow a backbone checkpoint that needs arbitrary unpickling"
-    )
-    p.add_argument(
-        "--trust-config",
-        action="store_true",
-        help="allow a --config file from outside the package (mmengine runs it as Python when reading it)",
-    )
-    p.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=CfgOptions,
-        default=None,
-        metavar="KEY=VALUE",
-        help="override config keys (mmengine syntax, e.g. optim_wrapper.optimizer.lr=2e-4), applied "
-        "after bench's own settings; recorded in the run record and the row",
-    )
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -506,14 +383,23 @@ def add_dense_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None
         help="channels-last (NHWC) convolutions in the pyramid and heads (default: the config's "
         "channels_last; unset = on for CUDA, off on CPU)",
     )
+    add_run_options(
+        p,
+        default_out=default_out,
+        config_help="; a value naming code (a type that is no registered name, _target_, custom_imports) "
+        "needs --trust-config",
+    )
 
 
 __all__ = [
     "RUN_RECORD",
     "HASHED_KEYS",
+    "CODE_KEYS",
     "check_config_trust",
     "read_config",
     "check_structure",
+    "registered_type",
+    "options_naming_code",
     "apply_cfg_options",
     "hashed_config",
     "scale_schedule",
@@ -521,11 +407,8 @@ __all__ = [
     "set_lr_for_init",
     "amp_fallback",
     "launch_rank",
-    "resume_candidates",
-    "clear_checkpoints",
-    "check_record",
-    "run_dense",
     "paper_deviations",
-    "dense_row",
+    "DenseOutcome",
+    "transfer_row",
     "add_dense_arguments",
 ]

@@ -10,13 +10,15 @@ Layout (the real release and the generated sets alike)::
         annotations/validation/ADE_val_00000001.png ...
 
 Label values: 0 = "other" (ignored in training and evaluation), 1..150 = the classes of
-``ADE20K_CLASSES`` (value v is ``ADE20K_CLASSES[v - 1]``). mmsegmentation's ``ADE20KDataset``
+mmseg's ``ADE20KDataset.METAINFO`` (``ade20k_metainfo``; value v is class ``v - 1`` there). mmsegmentation's ``ADE20KDataset``
 (img_suffix '.jpg', seg_map_suffix '.png', reduce_zero_label=True) maps 0 to 255 (ignore) and v to
 v - 1, so models predict 0..149.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -29,317 +31,29 @@ from PIL import Image, UnidentifiedImageError
 from bench.core.data import embedded_photos
 from bench.core.errors import BenchError, DataError
 
-# The 150 class names in mmsegmentation 1.2.2's order (ADE20KDataset.METAINFO['classes']), which is
-# the order of objectInfo150.csv (Idx 1..150). Kept byte-for-byte as mmseg has them, including the
-# trailing space of 'bed ': mmseg accepts a metainfo ``classes`` only if every name is one of its own.
-ADE20K_CLASSES = (
-    "wall",
-    "building",
-    "sky",
-    "floor",
-    "tree",
-    "ceiling",
-    "road",
-    "bed ",
-    "windowpane",
-    "grass",
-    "cabinet",
-    "sidewalk",
-    "person",
-    "earth",
-    "door",
-    "table",
-    "mountain",
-    "plant",
-    "curtain",
-    "chair",
-    "car",
-    "water",
-    "painting",
-    "sofa",
-    "shelf",
-    "house",
-    "sea",
-    "mirror",
-    "rug",
-    "field",
-    "armchair",
-    "seat",
-    "fence",
-    "desk",
-    "rock",
-    "wardrobe",
-    "lamp",
-    "bathtub",
-    "railing",
-    "cushion",
-    "base",
-    "box",
-    "column",
-    "signboard",
-    "chest of drawers",
-    "counter",
-    "sand",
-    "sink",
-    "skyscraper",
-    "fireplace",
-    "refrigerator",
-    "grandstand",
-    "path",
-    "stairs",
-    "runway",
-    "case",
-    "pool table",
-    "pillow",
-    "screen door",
-    "stairway",
-    "river",
-    "bridge",
-    "bookcase",
-    "blind",
-    "coffee table",
-    "toilet",
-    "flower",
-    "book",
-    "hill",
-    "bench",
-    "countertop",
-    "stove",
-    "palm",
-    "kitchen island",
-    "computer",
-    "swivel chair",
-    "boat",
-    "bar",
-    "arcade machine",
-    "hovel",
-    "bus",
-    "towel",
-    "light",
-    "truck",
-    "tower",
-    "chandelier",
-    "awning",
-    "streetlight",
-    "booth",
-    "television receiver",
-    "airplane",
-    "dirt track",
-    "apparel",
-    "pole",
-    "land",
-    "bannister",
-    "escalator",
-    "ottoman",
-    "bottle",
-    "buffet",
-    "poster",
-    "stage",
-    "van",
-    "ship",
-    "fountain",
-    "conveyer belt",
-    "canopy",
-    "washer",
-    "plaything",
-    "swimming pool",
-    "stool",
-    "barrel",
-    "basket",
-    "waterfall",
-    "tent",
-    "bag",
-    "minibike",
-    "cradle",
-    "oven",
-    "ball",
-    "food",
-    "step",
-    "tank",
-    "trade name",
-    "microwave",
-    "pot",
-    "animal",
-    "bicycle",
-    "lake",
-    "dishwasher",
-    "screen",
-    "blanket",
-    "sculpture",
-    "hood",
-    "sconce",
-    "vase",
-    "traffic light",
-    "tray",
-    "ashcan",
-    "fan",
-    "pier",
-    "crt screen",
-    "plate",
-    "monitor",
-    "bulletin board",
-    "shower",
-    "radiator",
-    "glass",
-    "clock",
-    "flag",
-)
+NUM_CLASSES = 150
 
-# mmsegmentation 1.2.2's ADE20KDataset.METAINFO['palette']: one RGB colour per class, same order.
-ADE20K_PALETTE = (
-    (120, 120, 120),
-    (180, 120, 120),
-    (6, 230, 230),
-    (80, 50, 50),
-    (4, 200, 3),
-    (120, 120, 80),  # 1-6
-    (140, 140, 140),
-    (204, 5, 255),
-    (230, 230, 230),
-    (4, 250, 7),
-    (224, 5, 255),
-    (235, 255, 7),  # 7-12
-    (150, 5, 61),
-    (120, 120, 70),
-    (8, 255, 51),
-    (255, 6, 82),
-    (143, 255, 140),
-    (204, 255, 4),  # 13-18
-    (255, 51, 7),
-    (204, 70, 3),
-    (0, 102, 200),
-    (61, 230, 250),
-    (255, 6, 51),
-    (11, 102, 255),  # 19-24
-    (255, 7, 71),
-    (255, 9, 224),
-    (9, 7, 230),
-    (220, 220, 220),
-    (255, 9, 92),
-    (112, 9, 255),  # 25-30
-    (8, 255, 214),
-    (7, 255, 224),
-    (255, 184, 6),
-    (10, 255, 71),
-    (255, 41, 10),
-    (7, 255, 255),  # 31-36
-    (224, 255, 8),
-    (102, 8, 255),
-    (255, 61, 6),
-    (255, 194, 7),
-    (255, 122, 8),
-    (0, 255, 20),  # 37-42
-    (255, 8, 41),
-    (255, 5, 153),
-    (6, 51, 255),
-    (235, 12, 255),
-    (160, 150, 20),
-    (0, 163, 255),  # 43-48
-    (140, 140, 140),
-    (250, 10, 15),
-    (20, 255, 0),
-    (31, 255, 0),
-    (255, 31, 0),
-    (255, 224, 0),  # 49-54
-    (153, 255, 0),
-    (0, 0, 255),
-    (255, 71, 0),
-    (0, 235, 255),
-    (0, 173, 255),
-    (31, 0, 255),  # 55-60
-    (11, 200, 200),
-    (255, 82, 0),
-    (0, 255, 245),
-    (0, 61, 255),
-    (0, 255, 112),
-    (0, 255, 133),  # 61-66
-    (255, 0, 0),
-    (255, 163, 0),
-    (255, 102, 0),
-    (194, 255, 0),
-    (0, 143, 255),
-    (51, 255, 0),  # 67-72
-    (0, 82, 255),
-    (0, 255, 41),
-    (0, 255, 173),
-    (10, 0, 255),
-    (173, 255, 0),
-    (0, 255, 153),  # 73-78
-    (255, 92, 0),
-    (255, 0, 255),
-    (255, 0, 245),
-    (255, 0, 102),
-    (255, 173, 0),
-    (255, 0, 20),  # 79-84
-    (255, 184, 184),
-    (0, 31, 255),
-    (0, 255, 61),
-    (0, 71, 255),
-    (255, 0, 204),
-    (0, 255, 194),  # 85-90
-    (0, 255, 82),
-    (0, 10, 255),
-    (0, 112, 255),
-    (51, 0, 255),
-    (0, 194, 255),
-    (0, 122, 255),  # 91-96
-    (0, 255, 163),
-    (255, 153, 0),
-    (0, 255, 10),
-    (255, 112, 0),
-    (143, 255, 0),
-    (82, 0, 255),  # 97-102
-    (163, 255, 0),
-    (255, 235, 0),
-    (8, 184, 170),
-    (133, 0, 255),
-    (0, 255, 92),
-    (184, 0, 255),  # 103-108
-    (255, 0, 31),
-    (0, 184, 255),
-    (0, 214, 255),
-    (255, 0, 112),
-    (92, 255, 0),
-    (0, 224, 255),  # 109-114
-    (112, 224, 255),
-    (70, 184, 160),
-    (163, 0, 255),
-    (153, 0, 255),
-    (71, 255, 0),
-    (255, 0, 163),  # 115-120
-    (255, 204, 0),
-    (255, 0, 143),
-    (0, 255, 235),
-    (133, 255, 0),
-    (255, 0, 235),
-    (245, 0, 255),  # 121-126
-    (255, 0, 122),
-    (255, 245, 0),
-    (10, 190, 212),
-    (214, 255, 0),
-    (0, 204, 255),
-    (20, 0, 255),  # 127-132
-    (255, 255, 0),
-    (0, 153, 255),
-    (0, 41, 255),
-    (0, 255, 204),
-    (41, 0, 255),
-    (41, 255, 0),  # 133-138
-    (173, 0, 255),
-    (0, 245, 255),
-    (71, 0, 255),
-    (122, 0, 255),
-    (0, 255, 184),
-    (0, 92, 255),  # 139-144
-    (184, 255, 0),
-    (0, 133, 255),
-    (255, 214, 0),
-    (25, 194, 194),
-    (102, 255, 0),
-    (92, 0, 255),  # 145-150
-)
 
-NUM_CLASSES = len(ADE20K_CLASSES)  # 150
+@functools.cache
+def ade20k_metainfo() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """(class names, palette) of mmseg's ``ADE20KDataset.METAINFO``: the order of objectInfo150.csv
+    (value v is class v - 1), names byte-for-byte as mmseg has them (the trailing space of 'bed '
+    included: mmseg accepts a metainfo ``classes`` only if every name is one of its own)."""
+    from mmseg.datasets.ade import ADE20KDataset
+
+    meta = ADE20KDataset.METAINFO
+    return tuple(meta["classes"]), tuple(tuple(int(c) for c in rgb) for rgb in meta["palette"])
+
+
+def __getattr__(name: str):
+    """``ADE20K_CLASSES`` / ``ADE20K_PALETTE`` read from mmseg when first used (importing mmseg is slow)."""
+    if name == "ADE20K_CLASSES":
+        return ade20k_metainfo()[0]
+    if name == "ADE20K_PALETTE":
+        return ade20k_metainfo()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 SPLITS = {"training": "train", "validation": "val"}  # folder name -> file-name infix
 
 # Defaults of the generator: background "stuff" and foreground "thing" classes (1-based values).
@@ -433,7 +147,7 @@ def _thing_texture(
     period = 6.0 + 2.0 * position
     phase = rng.uniform(0, 2 * np.pi)
     wave = np.sin(2 * np.pi * (cols * np.cos(angle) + rows * np.sin(angle)) / period + phase)
-    colour = np.asarray(ADE20K_PALETTE[class_index - 1], dtype=np.float64)
+    colour = np.asarray(ade20k_metainfo()[1][class_index - 1], dtype=np.float64)
     img = colour * (0.8 + 0.2 * wave)[:, :, None]
     return img + rng.normal(0.0, 6.0, size=(h, w, 3))
 
@@ -469,7 +183,7 @@ def render_ade20k_sample(
         own_photos = photos[j :: len(stuff_classes)]
         photo = own_photos[int(rng.integers(len(own_photos)))]
         region = _photo_region(rng, photo, (bottom - top, w))
-        tint = np.asarray(ADE20K_PALETTE[stuff_classes[j] - 1], dtype=np.float64)
+        tint = np.asarray(ade20k_metainfo()[1][stuff_classes[j] - 1], dtype=np.float64)
         image[top:bottom] = 0.7 * region + 0.3 * tint
         label[top:bottom] = stuff_classes[j]
 
@@ -641,6 +355,19 @@ def ade20k_pairs(root: str | Path, split: str = "training") -> list[tuple[Path, 
     if problems:
         raise DataError("; ".join(problems))
     return [(images[s], labels[s]) for s in sorted(images)]
+
+
+def data_identity(root: str | Path) -> str:
+    """12 hex of the set as the reader sees it: every image and label of both splits by path
+    relative to the root and size in bytes (another generated set or copy is another run; moving
+    the folder is not)."""
+    data_root = _resolve_data_root(Path(root))
+    h = hashlib.sha256(b"ade20k")
+    for split in SPLITS:
+        for image, label in ade20k_pairs(data_root, split):
+            for path in (image, label):
+                h.update(f"{path.relative_to(data_root)}\t{path.stat().st_size}\n".encode())
+    return h.hexdigest()[:12]
 
 
 def _open(path: Path) -> Image.Image:
