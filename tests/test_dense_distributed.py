@@ -112,12 +112,14 @@ def worker(out: Path, ade: Path, coco: Path):
     }
     if world == 2:  # `bench seg` / `bench det` end to end under torchrun: DDP training, one row each
         from tasks.detection.run import run_detection
-        from tasks.segmentation.run import run_segmentation
+        from tasks.segmentation.run import run_segmentation, seg_run
 
         rows = out / "rows.jsonl"
         report["seg_row"] = (
             run_segmentation(
-                BACKBONE, None, ade, config="smoke", iters=2, crop_size=64, work_dir=out / "seg_run", results=rows
+                seg_run(
+                    BACKBONE, None, ade, config="smoke", iters=2, crop_size=64, work_dir=out / "seg_run", results=rows
+                )
             )
             is not None
         )
@@ -187,7 +189,95 @@ def test_seg_and_det_train_under_torchrun_on_cpu_and_rank_0_alone_writes_the_row
     assert det["extra"]["world_size"] == 2 and det["iterations"] == 2
 
 
+# ------------------------------------------------------------------------------------------------
+# A non-finite loss on one rank stops every rank at the same iteration (no rank left waiting)
+# ------------------------------------------------------------------------------------------------
+def nonfinite_worker(out: Path):
+    """A toy mmengine run under DDP (gloo) whose loss is NaN on rank 1 only, at iteration 2: each
+    rank writes the one line the CLI would print, then leaves with the CLI's exit code."""
+    import torch
+    import torch.nn as nn
+    from mmengine.config import Config
+    from mmengine.model import BaseModel
+    from mmengine.registry import DATASETS, MODELS
+
+    from bench.core.distributed import exit_distributed
+    from bench.core.errors import BenchError, first_line
+    from tasks.dense.mm_runner import run_dense
+
+    rank = int(os.environ["RANK"])
+
+    @MODELS.register_module(name="BenchNaNOnRank1", force=True)
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.calls = nn.Linear(4, 1), 0
+
+        def forward(self, inputs, labels, mode="tensor"):
+            self.calls += 1
+            loss = ((self.linear(inputs).squeeze(1) - labels) ** 2).mean()
+            return {"loss": loss * (float("nan") if rank == 1 and self.calls == 2 else 1.0)}
+
+    @DATASETS.register_module(name="BenchNaNData", force=True)
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"inputs": torch.full((4,), float(i)), "labels": torch.tensor(float(i % 2))}
+
+    cfg = Config(
+        dict(
+            model=dict(type="BenchNaNOnRank1"),
+            work_dir=str(out / "work"),
+            launcher="pytorch",
+            train_dataloader=dict(
+                dataset=dict(type="BenchNaNData"),
+                sampler=dict(type="InfiniteSampler", shuffle=False),
+                batch_size=2,
+                num_workers=0,
+                collate_fn=dict(type="default_collate"),
+            ),
+            train_cfg=dict(type="IterBasedTrainLoop", max_iters=5),
+            optim_wrapper=dict(optimizer=dict(type="SGD", lr=1e-3)),
+            default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=10)),
+            log_processor=dict(by_epoch=False),
+        )
+    )
+    try:
+        run_dense(cfg, name="nan", record={}, resume=False, register=lambda: None, evaluate=lambda runner: {})
+        line, code = "finished", 0
+    except BenchError as e:
+        line, code = f"error: {first_line(e)}", e.exit_code
+    (out / f"rank{rank}.txt").write_text(line)
+    exit_distributed(code)
+
+
+def test_a_non_finite_loss_on_one_rank_stops_both_ranks_at_the_same_iteration(tmp_path):
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "BENCH_DIST_TIMEOUT_S": "120"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    t0 = time.time()
+    p = subprocess.run(
+        [*cmd, __file__, "nonfinite", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert time.time() - t0 < 110, "a rank waited for a peer that had stopped"
+    assert p.returncode != 0
+    lines = {r: (tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)}
+    for r, line in lines.items():
+        assert "\n" not in line and line.startswith("error: "), (r, p.stderr[-3000:])
+        assert "non-finite loss at iteration 2" in line, line
+    assert "loss=nan" in lines[1] and "loss=nan" not in lines[0]  # rank 0's own loss was finite
+
+
 if __name__ == "__main__":
     from conftest import torchrun_worker_main
 
-    torchrun_worker_main(worker)
+    if sys.argv[1] == "nonfinite":
+        nonfinite_worker(Path(sys.argv[2]))
+    else:
+        torchrun_worker_main(worker)

@@ -12,7 +12,7 @@ from mmengine.registry import HOOKS
 
 from tasks.dense.resume import ResumableBatchSampler, skip_trained_batches_on_resume
 from tasks.segmentation.ade_data import make_ade20k_dataset
-from tasks.segmentation.run import CONFIGS, run_segmentation
+from tasks.segmentation.run import CONFIGS, run_segmentation, seg_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 TINY = "random_vit_test_patch8"
@@ -114,18 +114,20 @@ def test_resumed_run_trains_on_the_same_images_without_loading_the_trained_ones(
         return path
 
     run = dict(crop_size=64, iters=6, trust_config=True)
-    run_segmentation(TINY, None, root, config=config("whole"), work_dir=tmp_path / "whole", **run)
+    run_segmentation(seg_run(TINY, None, root, config=config("whole"), work_dir=tmp_path / "whole", **run))
     with pytest.raises(Preempted):
         run_segmentation(
-            TINY,
-            None,
-            root,
-            config=config("first", ", dict(type='PreemptAfter', at=3)"),
-            work_dir=tmp_path / "resumed",
-            **run,
+            seg_run(
+                TINY,
+                None,
+                root,
+                config=config("first", ", dict(type='PreemptAfter', at=3)"),
+                work_dir=tmp_path / "resumed",
+                **run,
+            )
         )
     loads.clear()
-    row = run_segmentation(TINY, None, root, config=config("rest"), work_dir=tmp_path / "resumed", **run)
+    row = run_segmentation(seg_run(TINY, None, root, config=config("rest"), work_dir=tmp_path / "resumed", **run))
     assert row["extra"]["start_iter"] == 3
 
     whole, first, rest = SEEN.pop("whole"), SEEN.pop("first"), SEEN.pop("rest")

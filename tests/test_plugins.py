@@ -159,8 +159,21 @@ def test_mmseg_head_channels_other_than_the_pyramids_are_one_line_at_build(tmp_p
             )
         )
     )
-    model = build(cfg, "mmseg")
     documented = re.search(r"^(RegistryViT\(name=mae_vit_small_patch16.*)$", DOC.read_text(), flags=re.M).group(1)
+    with pytest.raises(BenchError) as e:
+        build(cfg, "mmseg")  # mmseg's MODELS.build, as mmseg.apis.init_model does
+    assert str(e.value) == documented
+    assert "model.decode_head.in_channels" in str(e.value) and "model.auxiliary_head.in_channels" in str(e.value)
+    from mmseg.apis import init_model
+
+    with pytest.raises(BenchError) as e:  # mmseg's own entry point: the same one line, both heads
+        init_model(cfg, device="cpu")
+    assert str(e.value) == documented
+    # built another way (mmengine's root registry, as mmengine's Runner does): the hook of the example
+    from mmengine.registry import MODELS
+
+    init_default_scope("mmseg")
+    model = MODELS.build(cfg.model)
     with pytest.raises(BenchError) as e:
         plugin.RegistryViTCheckHook().before_run(SimpleNamespace(model=model))
     assert str(e.value) == documented
@@ -201,12 +214,23 @@ def test_patch8_backbone_under_mmdets_anchors_is_refused_at_build(tmp_path):
             )
         )
     )
-    model = build(cfg, "mmdet")
     documented = re.search(r"^(RegistryViT\(name=mae_vit_test_patch8.*)$", DOC.read_text(), flags=re.M).group(1)
     with pytest.raises(BenchError) as e:
-        plugin.check_model(model)
+        build(cfg, "mmdet")  # mmdet's MODELS.build: every mismatch in one line, each with its value
     assert str(e.value) == documented
-    # the hook of the example stops mmengine's own runner before the first iteration
+    for key in ("rpn_head.anchor_generator.strides", "bbox_roi_extractor.featmap_strides", "mask_roi_extractor"):
+        assert key in str(e.value)
+    from mmdet.apis import init_detector
+
+    with pytest.raises(BenchError) as e:  # mmdet's own entry point
+        init_detector(cfg, device="cpu")
+    assert str(e.value) == documented
+    # built through mmengine's root registry (no check at build): the hook of the example stops
+    # mmengine's own runner before the first iteration
+    from mmengine.registry import MODELS
+
+    init_default_scope("mmdet")
+    model = MODELS.build(cfg.model)
     cfg.work_dir = str(tmp_path / "work")
     runner = Runner(model=model, work_dir=cfg.work_dir, custom_hooks=cfg.custom_hooks)
     with pytest.raises(BenchError, match="anchor_generator.strides is"):

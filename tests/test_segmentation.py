@@ -28,6 +28,7 @@ from tasks.segmentation.run import (
     load_config,
     run_segmentation,
     seg_main,
+    seg_run,
 )
 
 TINY = "random_vit_test_patch8"  # dim 32, depth 2, patch 8
@@ -322,7 +323,9 @@ def test_confusion_miou_equals_mmseg_iou_metric():
 def test_smoke_run_trains_evaluates_and_appends_a_row(ade_root, tmp_path):
     store = tmp_path / "results"
     work = tmp_path / "work"
-    row = run_segmentation(TINY, None, ade_root, config="smoke", seed=0, work_dir=work, results=store, suite="test")
+    row = run_segmentation(
+        seg_run(TINY, None, ade_root, config="smoke", seed=0, work_dir=work, results=store, suite="test")
+    )
     assert (row["task"], row["protocol"], row["init"], row["backbone"]) == (
         "ade20k",
         "upernet",
@@ -343,7 +346,7 @@ def test_smoke_run_trains_evaluates_and_appends_a_row(ade_root, tmp_path):
     assert ResultsStore(store).rows() == [row]
     assert row["deviations"] == [
         "smoke config (tiny head, 64 px)",
-        "iterations 30 < paper 160000",
+        "iterations 30 < paper 126313",
         "batch 4 < paper 16",
         "crop 64 != paper 512",
         "training images 16 != ADE20K 20210",
@@ -400,13 +403,13 @@ def test_resume_continues_from_the_last_checkpoint(ade_root, tmp_path):
 
     with pytest.raises(Preempted):
         run_segmentation(
-            TINY, None, ade_root, config=preempted, iters=15, work_dir=work, results=store, trust_config=True
+            seg_run(TINY, None, ade_root, config=preempted, iters=15, work_dir=work, results=store, trust_config=True)
         )
     assert (work / "iter_10.pth").is_file() and not (work / "iter_15.pth").exists()
     assert not store.exists()  # no row for an unfinished run
 
     row = run_segmentation(
-        TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store, trust_config=True
+        seg_run(TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store, trust_config=True)
     )
     assert row["iterations"] == 15 and row["extra"]["start_iter"] == 10
     log_dir = Path(row["extra"]["log_dir"])
@@ -418,7 +421,7 @@ def test_resume_continues_from_the_last_checkpoint(ade_root, tmp_path):
 
     # resuming a finished run trains nothing and evaluates the restored model: same numbers
     again = run_segmentation(
-        TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store, trust_config=True
+        seg_run(TINY, None, ade_root, config=every5, iters=15, work_dir=work, results=store, trust_config=True)
     )
     assert again["extra"]["start_iter"] == 15 and again["metrics"] == row["metrics"]
     assert len(ResultsStore(store).rows()) == 2
@@ -427,7 +430,9 @@ def test_resume_continues_from_the_last_checkpoint(ade_root, tmp_path):
     with pytest.raises(
         BenchError, match=f"{RUN_RECORD}: this folder holds a run with other settings \\(iterations 15 -> 20"
     ):
-        run_segmentation(TINY, None, ade_root, config=every5, iters=20, work_dir=work, results=store, trust_config=True)
+        run_segmentation(
+            seg_run(TINY, None, ade_root, config=every5, iters=20, work_dir=work, results=store, trust_config=True)
+        )
     assert json.loads((work / RUN_RECORD).read_text())["iterations"] == 15
 
 

@@ -6,10 +6,9 @@ heads), and a guard for mmcv's RoI ops.
   maps and LayerNorm2d outputs (NHWC by construction) put in the same layout. A convolution's
   output follows its input and weight layout, so every conv of the model then runs in one layout.
   Config key ``channels_last`` of the dense task configs: ``None`` (default) = on for CUDA, where
-  cuDNN's bf16/fp16 convolutions want NHWC, off on CPU; ``True`` / ``False`` force it. Measured on
-  the 2-core CPU (``bench perf seg|det --channels-last both``, ViT-B, 512 px): UperNet fp32 (what
-  the CPU tasks train in) 14-19 % slower channels-last, bf16 6-8 % faster; Mask R-CNN within
-  +-5 % (noise) either way.
+  cuDNN's reduced-precision convolutions want NHWC, off on CPU, where fp32 convolutions were
+  slower channels-last (``bench perf seg|det --channels-last both``; numbers in docs/scaling.md);
+  ``True`` / ``False`` force it.
 * ``contiguous_roi_inputs(model)``: mmcv's ``RoIAlign`` / ``RoIPool`` kernels index their input as
   NCHW whatever its strides, so a channels-last feature map gives wrong RoI features (forward only;
   the gradient is right). The ViT's maps are NHWC-strided views of its tokens ((B, N, D) ->

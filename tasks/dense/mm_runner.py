@@ -110,6 +110,17 @@ class DenseRunner(Runner):
             ck["type"] = "BenchCheckpointHook"
         return super().from_cfg(cfg)
 
+    def dump_config(self) -> None:
+        """The config mmengine saves in the work dir, for mmseg's / mmdet's own tools (``tools/test.py``
+        loads it with ``load_from``): the run's resume flag is this folder's business, not the recipe's."""
+        from mmengine.dist import is_main_process
+
+        if not is_main_process():
+            return
+        cfg = copy.deepcopy(self.cfg)
+        cfg.resume, cfg.load_from = False, None
+        cfg.dump(os.path.join(self.work_dir, os.path.basename(cfg.filename or f"{self.timestamp}.py")))
+
     # ---- logging ---------------------------------------------------------------------------------
     def build_logger(self, log_level="INFO", log_file=None, **kwargs):
         logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)

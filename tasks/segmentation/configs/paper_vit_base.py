@@ -145,7 +145,8 @@ warmup_iters = 1500  # [mmseg] [BEiT] linear warmup
 optim_wrapper = dict(
     # fp16, dynamic loss scale: [BEiT] (use_fp16=True) and the mmseg run behind 48.13 (weights
     # 'upernet_mae-base_fp16_8x2_...'). mmseg 1.2.2's own config says type='OptimWrapper' plus an
-    # mmseg-0.x key fp16=dict(...) that mmengine ignores, i.e. fp32. (run.py: plain OptimWrapper on CPU)
+    # mmseg-0.x key fp16=dict(...) that mmengine ignores, i.e. fp32. (run.py: plain OptimWrapper on CPU.)
+    # fp16, not bf16: the dense tasks share mmcv ops, and mmcv's CUDA RoIAlign has no bf16 kernel.
     type="AmpOptimWrapper",
     loss_scale="dynamic",
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),  # [mmseg] lr 1e-4, wd 0.05
