@@ -15,6 +15,9 @@ import torch
 
 from bench.core.errors import BenchError, DataError
 from tasks.detection.coco_data import make_coco_dataset
+from tasks.detection.protocol import PROTOCOL_OF_VARIANT
+from tasks.detection.task import run_coco
+from tasks.spec import TransferRun
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -41,6 +44,28 @@ def coco(tmp_path_factory):
     return make_coco_dataset(
         tmp_path_factory.mktemp("det") / "coco", n_train=4, n_val=3, image_size=(SIZE, SIZE), seed=0
     )
+
+
+def det_run(backbone, checkpoint, data_root, *, work_dir, variant=None, config="smoke", seed=0, **kw) -> TransferRun:
+    """The facts object ``bench det`` builds, for the engine's options by name."""
+    opts = {k: kw.pop(k) for k in ("dets_out", "ckpt_interval", "channels_last") if kw.get(k) is not None}
+    return TransferRun(
+        task="coco",
+        protocol=PROTOCOL_OF_VARIANT.get(variant or "fpn", "maskrcnn_fpn"),
+        backbone=backbone,
+        checkpoint=checkpoint,
+        data_root=data_root,
+        work_dir=work_dir,
+        seed=seed,
+        suite="adhoc",
+        config=config,
+        options=dict(variant=variant, **opts),
+        **kw,
+    )
+
+
+def run_detection(*args, **kw):
+    return run_coco(det_run(*args, **kw))
 
 
 def smoke_model_cfg(variant, num_classes=5):
@@ -219,7 +244,8 @@ def test_protocol_configs_resolve_and_fill(coco):
     assert cfg.randomness.seed == 3 and cfg.test_evaluator.cat_ids == [1, 3, 7, 18, 44]
 
     cfg, facts = filled("fpn", "auto", "mae_vit_large_patch16", "vit_large_patch16")
-    assert tuple(cfg.model.backbone.global_blocks) == (5, 11, 17, 23) and cfg.model.backbone.drop_path_rate == 0.3
+    # ViTDet's ViT-L drop path (the detectron2 engine's too): tests/test_det_recipe.py
+    assert tuple(cfg.model.backbone.global_blocks) == (5, 11, 17, 23) and cfg.model.backbone.drop_path_rate == 0.4
     assert cfg.model.neck.in_channels == [1024] * 4 and cfg.optim_wrapper.paramwise_cfg.num_layers == 24
     assert facts["lr"] == 8e-5
 
@@ -244,8 +270,6 @@ def test_protocol_configs_resolve_and_fill(coco):
 
 
 def test_user_errors_are_one_line_and_write_nothing(coco, tmp_path):
-    from tasks.detection.run import run_detection
-
     wd = tmp_path / "wd"
     cases = [
         (dict(data_root=tmp_path / "missing"), DataError, "data root not found"),
@@ -391,7 +415,6 @@ def test_bench_metric_equals_mmdet_cocometric(mm, coco):
 # --------------------------------------------------------------------------------------------------
 def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, monkeypatch):
     import tasks.dense.mm_runner as mm_runner
-    import tasks.detection.run as run_mod
     from bench.core.results import ResultsStore
     from tasks.detection.evaluation import coco_evaluate
 
@@ -407,7 +430,7 @@ def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, m
     with monkeypatch.context() as m:
         m.setattr(mm_runner, "RunWatch", Interrupted)
         with pytest.raises(KeyboardInterrupt):
-            run_mod.run_detection(TINY, None, coco, **kw)
+            run_detection(TINY, None, coco, **kw)
     assert (wd / "iter_2.pth").is_file() and not (wd / "iter_4.pth").exists()
     assert (wd / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
     assert not dets.exists() and not results.exists()  # nothing written for a run that did not finish
@@ -418,9 +441,9 @@ def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, m
         match=r"bench_dense_run.json: this folder holds a run with other settings "
         r"\(backbone 'random_vit_test_patch8' -> 'random_vit_demo_patch8'",
     ):
-        run_mod.run_detection("random_vit_demo_patch8", None, coco, **kw)
+        run_detection("random_vit_demo_patch8", None, coco, **kw)
 
-    row = run_mod.run_detection(TINY, None, coco, **kw)
+    row = run_detection(TINY, None, coco, **kw)
     assert row["extra"]["start_iter"] == 2 and row["iterations"] == 4  # continued from the checkpoint
     assert (wd / "iter_4.pth").is_file()
     assert (row["task"], row["protocol"], row["init"], row["backbone"], row["seed"]) == (
@@ -448,7 +471,6 @@ def test_smoke_run_resumes_from_saved_iteration_and_writes_row(coco, tmp_path, m
 
 def test_vitdet_smoke_run_end_to_end(coco, tmp_path, monkeypatch):
     import tasks.dense.memory_format as mf
-    from tasks.detection.run import run_detection
 
     built = []
     real = mf.prepare_dense_model

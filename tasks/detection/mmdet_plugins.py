@@ -1,9 +1,12 @@
 """The pieces mmdet 3.3 lacks for our protocols, registered in mmdet's registries on import
 (``tasks/dense/mm_backbone.py`` registers the backbone ``RegistryViT`` itself).
 
-* ``LN2d`` (norm): LayerNorm over the channels of an NCHW map (timm ``LayerNorm2d``, eps 1e-6 as
-  detectron2's ``LayerNorm``), for ViTDet's "LN" box / mask heads (``norm_cfg=dict(type='LN2d')``;
-  mmdet registers it only in its ViTDet project, which is not installed).
+* ``LN2d`` (norm): LayerNorm over the channels of an NCHW map, detectron2's ``LayerNorm`` (eps 1e-6),
+  for ViTDet's "LN" box / mask heads (``norm_cfg=dict(type='LN2d')``; mmdet registers one only in its
+  ViTDet project, which is not installed). Like detectron2's it is no ``nn.LayerNorm`` subclass, so
+  the ViTDet weight-decay rule (``no_decay='vitdet'``) decays it in both engines, as ViTDet's code does.
+* ``ViTDetFCNMaskHead`` (head): mmdet's ``FCNMaskHead`` with detectron2's predictor initialisation
+  (``MaskRCNNConvUpsampleHead``: normal std 0.001, bias 0; mmdet's is Kaiming).
 * ``LastLevelMaxPool`` (neck): ViTDet's p6. The simple feature pyramid (inside ``RegistryViT``
   with ``variant='simple'``) already gives p2-p5 at 256 channels; ViTDet adds p6 by max-pooling p5
   with kernel 1 and stride 2 (detectron2 ``LastLevelMaxPool``), and has no FPN. mmdet's
@@ -21,12 +24,40 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 from mmdet.registry import METRICS, MODELS
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
-from timm.layers import LayerNorm2d
+from torch import nn
 
 from tasks.detection.evaluation import coco_evaluate, instances_to_coco_results, write_detections_json
+
+
+class LN2d(nn.Module):
+    """detectron2's ``layers.LayerNorm``: normalise an NCHW map over its channels."""
+
+    _abbr_ = "ln"  # mmcv's build_norm_layer names the layer by it
+
+    def __init__(self, num_features: int, eps: float = 1e-6, requires_grad: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features), requires_grad=requires_grad)
+        self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=requires_grad)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class ViTDetFCNMaskHead(FCNMaskHead):
+    """``FCNMaskHead`` whose mask predictor starts as detectron2's: normal(std 0.001), bias 0."""
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        nn.init.normal_(self.conv_logits.weight, std=0.001)
+        nn.init.constant_(self.conv_logits.bias, 0)
 
 
 class LastLevelMaxPool(BaseModule):
@@ -83,7 +114,9 @@ class BenchCocoMetric(BaseMetric):
 
 def _register():
     if "LN2d" not in MODELS.module_dict:
-        MODELS.register_module(name="LN2d", module=LayerNorm2d)
+        MODELS.register_module(name="LN2d", module=LN2d)
+    if "ViTDetFCNMaskHead" not in MODELS.module_dict:
+        MODELS.register_module(module=ViTDetFCNMaskHead)
     if "LastLevelMaxPool" not in MODELS.module_dict:
         MODELS.register_module(module=LastLevelMaxPool)
     if "BenchCocoMetric" not in METRICS.module_dict:
@@ -92,4 +125,4 @@ def _register():
 
 _register()
 
-__all__ = ["BenchCocoMetric", "LastLevelMaxPool"]
+__all__ = ["BenchCocoMetric", "LN2d", "LastLevelMaxPool", "ViTDetFCNMaskHead"]

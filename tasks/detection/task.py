@@ -1,13 +1,19 @@
-"""COCO detection + instance segmentation with Mask R-CNN (He et al. 2021, Table 4), declared once."""
+"""COCO detection + instance segmentation with Mask R-CNN (He et al. 2021, Table 4), declared once;
+``run_coco`` picks the engine of a run (``tasks/detection/protocol.py``: what the engines share)."""
 
 from __future__ import annotations
 
-from tasks.spec import Command, Table, TaskSpec, TransferRun
+from tasks.detection.protocol import ENGINES, PROTOCOL_OF_VARIANT, VARIANT_OF_PROTOCOL, check_coco_root, engine_of
+from tasks.spec import Command, Table, TaskSpec, TransferRun, resolve
 
-# protocol -> the ViT pyramid of tasks.detection.run: the paper's FPN adapter (Li et al. 2021) or ViTDet's
-VARIANTS = {"maskrcnn_fpn": "fpn", "maskrcnn_vitdet": "vitdet"}
-# training engines; the first is the default (why mmdet: docs/detectron2.md, "Which engine is the default")
-ENGINES = ("mmdet", "detectron2")
+# protocol -> the ViT pyramid: the paper's FPN adapter (Li et al. 2021) or ViTDet's
+VARIANTS = VARIANT_OF_PROTOCOL
+# Each engine's run(TransferRun) -> row | None, named so that importing the task stays free of
+# mmdet / detectron2; the two never import each other.
+ENGINE_RUNS = {
+    "mmdet": "tasks.detection.mmdet_run:run_mmdet",
+    "detectron2": "tasks.detection.detectron2.run:run_detectron2",
+}
 
 TABLE4 = Table("table4_coco", "COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4)")
 DET = Command(
@@ -18,30 +24,18 @@ DET = Command(
 )
 
 
-def run_coco(r: TransferRun) -> dict:
-    from tasks.detection.run import run_detection
+def engine_run(engine: str):
+    """The ``run(TransferRun)`` of ``engine`` (importing the detectron2 package without a working
+    detectron2 is a one-line BenchError that says how to install it)."""
+    return resolve(ENGINE_RUNS[engine])
 
-    engine = r.engine or ENGINES[0]
-    return run_detection(
-        r.backbone,
-        r.checkpoint,
-        r.data_root,
-        variant=VARIANTS[r.protocol],
-        work_dir=r.work_dir,
-        seed=r.seed,
-        resume=True,
-        results=None,
-        suite=r.suite,
-        trust_checkpoint=r.trust_checkpoint,
-        trust_config=r.trust_config,
-        engine=engine,
-        **r.given("config", "iters"),
-    )
+
+def run_coco(r: TransferRun) -> dict | None:
+    """Train (or, with ``eval_only``, evaluate) on ``r``'s engine; the row, None on ranks > 0."""
+    return engine_run(engine_of(r))(r)
 
 
 def read_coco(root):
-    from tasks.detection.run import check_coco_root
-
     return check_coco_root(root)
 
 
@@ -49,10 +43,10 @@ COCO = TaskSpec(
     name="coco",
     family="detection",
     title="COCO",
-    protocols=tuple(VARIANTS),
+    protocols=tuple(PROTOCOL_OF_VARIANT.values()),
     img_size=1024,  # the LSJ crop of the paper's recipe (tasks/detection/configs/coco_lsj_100e.py)
     metrics=("APbox", "APmask"),
-    tables={protocol: TABLE4 for protocol in VARIANTS},
+    tables={protocol: TABLE4 for protocol in PROTOCOL_OF_VARIANT.values()},
     run=run_coco,
     generator="tasks.detection.coco_data:make_coco_dataset",
     reader=read_coco,

@@ -95,11 +95,12 @@ param_scheduler = [
 ]
 
 # AdamW, betas (0.9, 0.999), weight decay 0.1 [ViTDet: verified] [Li21]; the lr and layer decay are set per
-# protocol. No weight decay on norms, biases, position embeddings, cls token and relative position
-# tables (ViTLayerDecayOptimizerConstructor). Mixed precision as in [ViTDet] (train.amp.enabled);
-# run.py falls back to fp32 without CUDA.
+# protocol, and so are the weight-decay exemptions (paramwise_cfg.no_decay, ViTLayerDecayOptimizerConstructor).
+# Mixed precision as in [ViTDet] (train.amp.enabled): fp16 with a loss scaler, not bf16 (mmcv's CUDA
+# RoIAlign has no bf16 kernel); mmdet_run.py falls back to fp32 without CUDA.
 optim_wrapper = dict(
     type="AmpOptimWrapper",
+    dtype="float16",
     constructor="ViTLayerDecayOptimizerConstructor",
     paramwise_cfg=dict(num_layers=12, layer_decay_rate=1.0),
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),

@@ -80,7 +80,7 @@ model = dict(
             featmap_strides=[4, 8, 16, 32],
         ),
         mask_head=dict(
-            type="FCNMaskHead",
+            type="ViTDetFCNMaskHead",  # FCNMaskHead, predictor init normal(0.001) as detectron2's
             num_convs=4,
             in_channels=256,
             conv_out_channels=256,
@@ -97,7 +97,9 @@ model = dict(
                 type="MaxIoUAssigner",
                 pos_iou_thr=0.7,
                 neg_iou_thr=0.3,
-                min_pos_iou=0.3,
+                # every anchor tied for a box's best IoU is positive, however low that IoU: the
+                # matcher of ViTDet / detectron2 (Matcher allow_low_quality_matches, no minimum)
+                min_pos_iou=0.0,
                 match_low_quality=True,
                 ignore_iof_thr=-1,
             ),
@@ -113,7 +115,7 @@ model = dict(
                 pos_iou_thr=0.5,
                 neg_iou_thr=0.5,
                 min_pos_iou=0.5,
-                match_low_quality=True,
+                match_low_quality=False,  # detectron2's RoI matcher: no low-quality matches
                 ignore_iof_thr=-1,
             ),
             sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
@@ -136,5 +138,9 @@ model = dict(
 # and one 100-epoch schedule for every entry are values attributed to [Li21]'s tuning that could not be
 # re-checked against a source (docs/protocol.md). Layer-wise lr decay: none (1.0) here; ViTDet
 # introduced 0.7 (B) / 0.8 (L).
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, layer_decay_rate=1.0), optimizer=dict(lr=8e-5))
+# Weight decay: ViTDet's rule (detectron2 common/optim.py, the only released code of the recipe; [Li21]
+# gives none): off for norm layers and pos_embed, on for biases and relative position tables.
+optim_wrapper = dict(
+    paramwise_cfg=dict(num_layers=12, layer_decay_rate=1.0, no_decay="vitdet"), optimizer=dict(lr=8e-5)
+)
 lr_by_init = dict(random=1.6e-4, mocov3=1.6e-4)  # read by run.py; other inits use optimizer.lr (not re-checked)

@@ -1,7 +1,7 @@
 """detectron2 as a detection engine beside mmdet: any registry backbone as a detectron2 ``Backbone``.
 
-    import tasks.detection.detectron2            # registers RegistryBackbone in BACKBONE_REGISTRY
-    from tasks.detection.detectron2 import RegistryBackbone, run_detectron2
+    from tasks.detection.detectron2 import RegistryBackbone     # registers it in BACKBONE_REGISTRY
+    from tasks.detection.detectron2.run import run_detectron2   # the engine
 
 In a LazyConfig (``from detectron2.config import LazyCall as L``)::
 
@@ -15,7 +15,6 @@ from tasks.detection.detectron2.install import require_detectron2
 
 require_detectron2()
 
-from tasks.detection.detectron2.backbone import RegistryBackbone, check_feature_strides  # noqa: E402
-from tasks.detection.detectron2.run import run_detectron2  # noqa: E402
+from tasks.detection.detectron2.backbone import FeatureMaps, RegistryBackbone, check_model  # noqa: E402
 
-__all__ = ["RegistryBackbone", "check_feature_strides", "require_detectron2", "run_detectron2"]
+__all__ = ["FeatureMaps", "RegistryBackbone", "check_model", "require_detectron2"]

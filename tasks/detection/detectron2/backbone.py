@@ -110,16 +110,16 @@ class RegistryBackbone(Backbone):
         return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
 
     def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
+        return FeatureMaps(
+            (k, ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k]))
             for k in self._out_features
-        }
+        )
 
     def forward(self, x):
         feats = list(self.pyramid(x))
         if self.top_block:
             feats.append(F.max_pool2d(feats[-1], kernel_size=1, stride=2, padding=0))
-        return dict(zip(self._out_features, feats, strict=True))
+        return FeatureMaps(zip(self._out_features, feats, strict=True))
 
 
 def last_level_max_pool(in_feature: str = "p5"):
@@ -140,46 +140,94 @@ def build_registry_backbone(cfg, input_shape):
     return RegistryBackbone(**opts)
 
 
-def check_feature_strides(model) -> None:
-    """Refuse a detectron2 model whose heads do not fit its backbone's feature maps: the RPN's /
-    ROI heads' ``in_features`` must be backbone outputs, the anchor generator's strides and the
-    poolers' scales those of the maps they read. A BenchError names the key and both values."""
+class FeatureMaps(dict):
+    """The backbone's outputs: a head that asks for a feature the backbone does not make gets one line
+    naming what there is and what to set (instead of detectron2's bare ``KeyError: 'p6'``)."""
+
+    def __missing__(self, key):
+        have = ", ".join(f"{k} (stride {v.stride})" if hasattr(v, "stride") else k for k, v in self.items())
+        raise BenchError(
+            f"a head asks for feature {key!r}, which RegistryBackbone does not output (it has {have}); set the "
+            f"heads' in_features to these names and the anchor strides / pooler scales to theirs "
+            f"(tasks.detection.detectron2.backbone.check_model lists every value)"
+        )
+
+
+def _first_conv_in(module):
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def _rpn_mismatches(rpn, shapes) -> list[str]:
+    names = list(rpn.in_features)
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        have = [k for k in shapes][: len(names)]
+        strides = [shapes[k].stride for k in have]
+        return [
+            f"model.proposal_generator.in_features {names}: no {missing}; set {have} with "
+            f"anchor_generator.strides={strides}"
+        ]
+    out = []
+    want = [shapes[n].stride for n in names]
+    got = [int(s) for s in getattr(rpn.anchor_generator, "strides", want)]
+    if got != want:
+        out.append(f"model.proposal_generator.anchor_generator.strides {got}: set {want} (the strides of {names})")
+    channels = {shapes[n].channels for n in names}
+    conv_in = _first_conv_in(rpn.rpn_head)
+    if conv_in is not None and channels != {conv_in}:
+        out.append(f"model.proposal_generator.head.in_channels {conv_in}: set {sorted(channels)[0]}")
+    return out
+
+
+def _roi_mismatches(heads, shapes) -> list[str]:
+    out = []
+    for kind in ("box", "mask", "keypoint"):
+        names = getattr(heads, f"{kind}_in_features", None)
+        pooler = getattr(heads, f"{kind}_pooler", None)
+        if not names or pooler is None:
+            continue
+        missing = [n for n in names if n not in shapes]
+        if missing:
+            have = [k for k in shapes][: len(names)]
+            scales = [f"1/{shapes[k].stride}" for k in have]
+            out.append(
+                f"model.roi_heads.{kind}_in_features {list(names)}: no {missing}; set {have} with {kind}_pooler.scales=({', '.join(scales)})"
+            )
+            continue
+        want = [1.0 / shapes[n].stride for n in names]
+        got = [float(lvl.spatial_scale) for lvl in pooler.level_poolers]
+        if len(got) != len(want) or any(not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, want)):
+            scales = ", ".join(f"1/{shapes[n].stride}" for n in names)
+            out.append(f"model.roi_heads.{kind}_pooler.scales {[round(g, 6) for g in got]}: set ({scales})")
+        head = getattr(heads, f"{kind}_head", None)
+        conv_in = None if head is None else _first_conv_in(head)
+        channels = {shapes[n].channels for n in names}
+        if conv_in is not None and channels != {conv_in}:
+            out.append(f"model.roi_heads.{kind}_head input channels {conv_in}: set {sorted(channels)[0]}")
+    return out
+
+
+def check_model(model) -> None:
+    """Refuse a detectron2 model whose heads do not fit its backbone's feature maps, with every
+    mismatch in one line and the value to set: the RPN's / ROI heads' ``in_features`` must be backbone
+    outputs, the anchor strides and pooler scales those of the maps they read, the heads' input
+    channels theirs."""
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         return
     shapes = backbone.output_shape()
-    have = ", ".join(f"{k} (stride {v.stride})" for k, v in shapes.items())
-
-    def strides_of(names, key):
-        missing = [n for n in names if n not in shapes]
-        if missing:
-            raise BenchError(
-                f"model.{key} {list(names)}: the backbone has no feature {missing[0]!r}; it outputs {have}"
-            )
-        return [shapes[n].stride for n in names]
-
+    out = []
     rpn = getattr(model, "proposal_generator", None)
     if rpn is not None and hasattr(rpn, "in_features"):
-        want = strides_of(rpn.in_features, "proposal_generator.in_features")
-        got = [int(s) for s in getattr(rpn.anchor_generator, "strides", want)]
-        if got != want:
-            raise BenchError(
-                f"model.proposal_generator.anchor_generator.strides {got} != the strides {want} of the "
-                f"backbone features {list(rpn.in_features)}: anchors would be at the wrong scale"
-            )
+        out += _rpn_mismatches(rpn, shapes)
     heads = getattr(model, "roi_heads", None)
-    for kind in ("box", "mask", "keypoint"):
-        names = getattr(heads, f"{kind}_in_features", None) if heads is not None else None
-        pooler = getattr(heads, f"{kind}_pooler", None) if heads is not None else None
-        if not names or pooler is None:
-            continue
-        want = strides_of(names, f"roi_heads.{kind}_in_features")
-        scales = [float(1.0 / s) for s in want]
-        got = [float(lvl.spatial_scale) for lvl in pooler.level_poolers]
-        if len(got) != len(scales) or any(
-            not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, scales, strict=True)
-        ):
-            raise BenchError(
-                f"model.roi_heads.{kind}_pooler.scales {[round(g, 6) for g in got]} != 1/stride "
-                f"{[round(s, 6) for s in scales]} of the backbone features {list(names)}"
-            )
+    if heads is not None:
+        out += _roi_mismatches(heads, shapes)
+    if out:
+        have = ", ".join(f"{k} (stride {v.stride}, {v.channels} ch)" for k, v in shapes.items())
+        raise BenchError(f"the heads do not fit the backbone, which outputs {have}: " + "; ".join(out))

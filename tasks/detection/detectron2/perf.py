@@ -13,15 +13,22 @@ import time
 
 import numpy as np
 import torch
+from detectron2.config import instantiate
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch.utils.flop_counter import FlopCounterMode
 
+from backbones.registry import parse_name
+from backbones.vit import arch_config
 from bench.core.errors import BenchError
+from tasks.detection.detectron2.backbone import check_model
+from tasks.detection.detectron2.config import load_lazy_config, registry_backbone_node
+from tasks.detection.protocol import resolve_config
 
 
 def random_batch(batch_size: int, size: int, boxes: int, num_classes: int, seed: int = 0) -> list[dict]:
     """detectron2 ``batched_inputs``: (3, size, size) images in 0-255 with ``Instances`` of
     ``boxes`` random boxes, their inscribed-ellipse ``BitMasks`` and classes."""
-    from detectron2.structures import BitMasks, Boxes, Instances
-
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] + 0.5
     out = []
@@ -57,14 +64,6 @@ def build_step(
     """(model in train mode, ``loss_of(model) -> summed loss``, title) for one training step of the
     named config (``smoke``, ``vit_b``, ``vit_l`` or a LazyConfig file, read only with
     ``trust_config``) at ``img_size``."""
-    from detectron2.config import instantiate
-    from detectron2.utils.events import EventStorage
-
-    from backbones.registry import parse_name
-    from backbones.vit import arch_config
-    from tasks.detection.detectron2.backbone import check_feature_strides
-    from tasks.detection.detectron2.run import load_lazy_config, registry_backbone_node, resolve_config
-
     arch = parse_name(backbone)[1]
     stride = 32 * arch_config(arch)["patch_size"] // 16
     if img_size < 2 * stride or img_size % stride:
@@ -72,13 +71,13 @@ def build_step(
             f"--img-size {img_size}: must be a multiple of {stride} (the stride-32 level of {backbone}) "
             f"and at least {2 * stride}"
         )
-    path, name = resolve_config(config, variant, arch)
+    path, name = resolve_config(config, variant, arch, "detectron2")
     cfg = load_lazy_config(path, trust_config)
     node, _ = registry_backbone_node(cfg, path)
     node.update(name=backbone, checkpoint=None, img_size=img_size, square_pad=img_size)
     cfg.model.roi_heads.num_classes = num_classes
     model = instantiate(cfg.model)
-    check_feature_strides(model)
+    check_model(model)
     model.train()
     batch = random_batch(batch_size, img_size, boxes, num_classes)
 
@@ -101,8 +100,6 @@ def perf_step(
 ) -> dict:
     """img/s and FLOPs of the training step (forward, backward, AdamW; after one warm-up step):
     ``{'img_s', 'step_s' (median), 'gflop_img' (fwd+bwd, torch's flop counter), 'gflop_s'}``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model, loss_of, title = build_step(config, variant, backbone, img_size, batch_size, boxes)
     torch.manual_seed(0)  # the RPN / RoI samplers draw from torch's generator
     with FlopCounterMode(display=False) as fc:
