@@ -11,6 +11,11 @@ Every entry of ``PRETRAINERS`` has the signature::
 ckpt_every, device, ...). ``pretrain(method, ...)`` starts from ``DEMO_DEFAULTS[method]``: CPU
 demo scale, the same data budget (epochs x ``epoch_size`` images) for every method. Paper values
 are in each module's ``PAPER`` dict and docstring.
+
+Upper limits, checked before anything is built or allocated (one line each): ``--img-size`` at most
+``MAX_IMG_SIZE`` (a ViT's attention memory grows with the 4th power of the side), ``--epoch-size``
+at most ``MAX_EPOCH_SIZE`` (the sampler holds a permutation of the epoch); ``--steps`` and
+``--epochs`` are bounded by the engine (``bench.core.train_config.MAX_STEPS`` / ``MAX_EPOCHS``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from bench.core.errors import BenchError
 from .beit import pretrain_beit
 from .mocov3 import pretrain_mocov3
 from .supervised import pretrain_supervised
+
+MAX_IMG_SIZE = 1024  # ViTDet's detection size; pretraining recipes use 224
+MAX_EPOCH_SIZE = 10_000_000  # above ImageNet-1k's 1.28M images per epoch
 
 PRETRAINERS = {
     "mae": pretrain_mae,
@@ -62,6 +70,7 @@ def pretrain(method: str, arch: str, out_dir: str | Path, *, demo_defaults: bool
     """Run pretrainer ``method`` (``DEMO_DEFAULTS[method]`` overridden by ``kwargs``)."""
     if method not in PRETRAINERS:
         raise BenchError(f"unknown pretraining method {method!r}; known: {', '.join(PRETRAINERS)}")
+    check_sizes(kwargs.get("img_size"), kwargs.get("epoch_size"))
     opts = dict(DEMO_DEFAULTS[method]) if demo_defaults else {}
     if demo_defaults and kwargs.get("steps") is not None and not {"warmup_epochs", "warmup_steps"} & kwargs.keys():
         # A schedule given in steps keeps the defaults' warmup fraction (3 of 30 epochs), so a
@@ -72,13 +81,25 @@ def pretrain(method: str, arch: str, out_dir: str | Path, *, demo_defaults: bool
     return PRETRAINERS[method](arch, out_dir, **opts)
 
 
+def check_sizes(img_size: int | None, epoch_size: int | None) -> None:
+    """``--img-size`` and ``--epoch-size`` within ``[1, MAX_*]`` (None: the default)."""
+    for flag, value, limit in (("--img-size", img_size, MAX_IMG_SIZE), ("--epoch-size", epoch_size, MAX_EPOCH_SIZE)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise BenchError(f"{flag} {value!r}: must be an integer in 1..{limit} (the documented limit)")
+
+
 def warmup_steps_for(steps: int, schedule: dict = _SCHEDULE) -> int:
     """Warmup steps of a ``steps``-step run at ``schedule``'s warmup fraction (10 % for the demo)."""
     return int(round(steps * schedule["warmup_epochs"] / schedule["epochs"]))
 
 
 __all__ = [
+    "MAX_EPOCH_SIZE",
+    "MAX_IMG_SIZE",
     "PRETRAINERS",
+    "check_sizes",
     "DEMO_DEFAULTS",
     "pretrain",
     "warmup_steps_for",

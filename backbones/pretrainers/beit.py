@@ -49,12 +49,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbones.vit import Block, VisionTransformer
-from bench.core.checkpoint import load_checkpoint_file, save_atomic
+from bench.core.checkpoint import load_checkpoint_file, load_state_dict_checked, save_atomic
+from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
 from bench.core.determinism import seed_everything
 from bench.core.engine import TrainConfig, fit, pick_device
 from bench.core.errors import BenchError, CheckpointError
 
-from .common import encoder_config, export_backbone, image_dataset, input_size
+from .common import EXPORT, encoder_config, export_backbone, image_dataset, input_size
 
 # unilm beit/README.md (ImageNet-1k pretraining of BEiT-base) and run_beit_pretraining.py defaults
 PAPER = dict(
@@ -153,8 +154,6 @@ class BeitTransform:
 
     def __init__(self, img_size: int, masking: BlockMaskingGenerator | None, crop_min: float = 0.08):
         from torchvision import transforms as T
-
-        from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
 
         self.image = as_tensor_transform(
             T.Compose(
@@ -303,8 +302,6 @@ def load_tokenizer(path: str | Path, trust: bool = False) -> VQTokenizer:
         tok = VQTokenizer(**obj["config"])
     except TypeError as e:
         raise CheckpointError(f"tokenizer {path}: bad 'config': {e}") from None
-    from bench.core.checkpoint import load_state_dict_checked
-
     load_state_dict_checked(tok, obj["model"], path)
     return tok.eval()
 
@@ -429,6 +426,38 @@ def train_tokenizer(
     return save_tokenizer(tok.cpu(), Path(out_dir) / "tokenizer.pth")
 
 
+def mim_loss(tok: VQTokenizer):
+    """``loss_fn(model, (imgs, mask))``: cross-entropy of the masked patches' predicted codes
+    against the tokenizer's (computed in fp32, without gradient), and the accuracy."""
+
+    def loss_fn(m, batch):
+        imgs, mask = batch
+        with torch.no_grad(), torch.autocast(imgs.device.type, enabled=False):
+            labels = tok.tokenize(imgs.float())[mask]
+        logits = m(imgs, mask)
+        loss = F.cross_entropy(logits.float(), labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"mlm_acc": acc.detach()}
+
+    return loss_fn
+
+
+def stage_one_tokenizer(
+    arch, out: Path, tokenizer, *, trust_checkpoint: bool, resume: bool, train: dict, tokenizer_train, **data_kw
+) -> VQTokenizer:
+    """The tokenizer: the given file, the one this folder trained earlier (with ``resume``), or a new
+    one trained now (stage 1; batch size, device, seed and progress follow ``train``)."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer, trust=trust_checkpoint)
+    if resume and (out / "tokenizer.pth").is_file():
+        return load_tokenizer(out / "tokenizer.pth")
+    seed_everything(train.get("seed", 0))  # initial weights follow from the seed
+    keys = ("batch_size", "device", "seed", "progress", "num_workers", "bf16", "amp", "amp_dtype")
+    shared = {k: train[k] for k in keys if k in train}
+    path = train_tokenizer(arch, out, resume=resume, **data_kw, **{**shared, **(tokenizer_train or {})})
+    return load_tokenizer(path)
+
+
 def pretrain_beit(
     arch: str,
     out_dir: str | Path,
@@ -453,26 +482,19 @@ def pretrain_beit(
     cfg_enc = encoder_config("beit", arch, img_size)
     grid = (input_size(cfg_enc) // cfg_enc["patch_size"],) * 2
     masking = masking_for(grid, mask_ratio, min_block)
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer, trust=trust_checkpoint)
-    elif resume and (out / "tokenizer.pth").is_file():
-        tok = load_tokenizer(out / "tokenizer.pth")
-    else:
-        seed_everything(train.get("seed", 0))  # initial weights follow from the seed
-        shared = {
-            k: train[k] for k in ("batch_size", "device", "seed", "progress", "num_workers", "bf16") if k in train
-        }
-        path = train_tokenizer(
-            arch,
-            out,
-            data=data,
-            img_size=img_size,
-            epoch_size=epoch_size,
-            resume=resume,
-            vocab_size=vocab_size,
-            **{**shared, **(tokenizer_train or {})},
-        )
-        tok = load_tokenizer(path)
+    tok = stage_one_tokenizer(
+        arch,
+        out,
+        tokenizer,
+        trust_checkpoint=trust_checkpoint,
+        resume=resume,
+        train=train,
+        tokenizer_train=tokenizer_train,
+        data=data,
+        img_size=img_size,
+        epoch_size=epoch_size,
+        vocab_size=vocab_size,
+    )
     if tok.patch_size != cfg_enc["patch_size"]:
         raise BenchError(
             f"tokenizer {tokenizer} makes one code per {tok.patch_size} px, but {arch} has "
@@ -488,21 +510,14 @@ def pretrain_beit(
     cfg = TrainConfig(out_dir=str(out), desc=f"beit {arch}", **train)
     tok.to(pick_device(cfg.device))
 
-    def loss_fn(m, batch):
-        imgs, mask = batch
-        with torch.no_grad(), torch.autocast(imgs.device.type, enabled=False):
-            labels = tok.tokenize(imgs.float())[mask]
-        logits = m(imgs, mask)
-        loss = F.cross_entropy(logits.float(), labels)
-        acc = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"mlm_acc": acc.detach()}
-
+    loss_fn = mim_loss(tok)
     fit(
         model,
         dataset,
         loss_fn,
         cfg,
         resume=resume,
+        writes=(EXPORT,),  # --no-resume moves an earlier run's export aside too
         block_type=Block,
         settings={
             "method": "beit",

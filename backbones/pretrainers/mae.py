@@ -18,13 +18,13 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
 from backbones.mae import MaskedAutoencoder
-from backbones.vit import Block
+from backbones.vit import Block, arch_config
 from bench.core.data import pretrain_dataset
 from bench.core.determinism import seed_everything
 from bench.core.engine import TrainConfig, fit
 from bench.core.errors import BenchError
 
-from .common import export_backbone
+from .common import EXPORT, export_backbone
 
 
 def check_mask_ratio(r: float):
@@ -35,8 +35,6 @@ def check_mask_ratio(r: float):
 def build_mae(arch: str, img_size: int | None = None, norm_pix_loss: bool = True, **decoder) -> MaskedAutoencoder:
     kw = dict(norm_pix_loss=norm_pix_loss, **decoder)
     if img_size:
-        from backbones.vit import arch_config
-
         p = arch_config(arch)["patch_size"]
         if img_size % p:
             raise BenchError(f"--img-size {img_size} is not divisible by the patch size {p} of {arch}")
@@ -100,6 +98,7 @@ def pretrain_mae(
         cfg,
         groups=mae_param_groups(model, cfg.weight_decay),
         resume=resume,
+        writes=(EXPORT,),  # --no-resume moves an earlier run's export aside too
         block_type=Block,
         settings={
             "method": "mae",

@@ -52,11 +52,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbones.vit import Block, VisionTransformer
+from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorTransform, wants_tensor
 from bench.core.determinism import seed_everything
 from bench.core.distributed import all_gather_nograd, convert_sync_batchnorm, rank_world
 from bench.core.engine import TrainConfig, fit, unwrap
+from bench.core.errors import BenchError
 
-from .common import encoder_config, export_backbone, image_dataset, input_size
+from .common import EXPORT, encoder_config, export_backbone, image_dataset, input_size
 
 # facebookresearch/moco-v3 CONFIG.md (ViT-S / ViT-B, 300 epochs)
 PAPER = dict(
@@ -197,8 +199,6 @@ class TwoCropsTransform:
     """Two views of one image; takes uint8 tensors when both views do (``bench.core.data.wants_tensor``)."""
 
     def __init__(self, t1, t2):
-        from bench.core.data import wants_tensor
-
         self.t1, self.t2 = t1, t2
         self.tensor_input = wants_tensor(t1) and wants_tensor(t2)
 
@@ -212,8 +212,6 @@ def mocov3_transform(img_size: int, crop_min: float = 0.08) -> TwoCropsTransform
     draws, in the same order, as the v1 steps), PIL images through the official v1 pipeline."""
     from torchvision import transforms as T
     from torchvision.transforms import v2
-
-    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorTransform
 
     blur = GaussianBlur((0.1, 2.0), scale=img_size / 224)
     bicubic = T.InterpolationMode.BICUBIC
@@ -287,8 +285,6 @@ def pretrain_mocov3(
 ) -> Path:
     """Pretrain with MoCo v3 on ``fit``; return the path of the exported backbone checkpoint.
     ``train``: ``TrainConfig`` fields (batch_size, epochs/steps, blr, weight_decay, betas, ...)."""
-    from bench.core.errors import BenchError
-
     if not 0.0 <= m0 <= 1.0:
         raise BenchError(f"MoCo momentum m0 must be in [0, 1], got {m0}")
     if temperature <= 0:
@@ -309,6 +305,7 @@ def pretrain_mocov3(
         cfg,
         after_step=momentum_hook(model, m0),
         resume=resume,
+        writes=(EXPORT,),  # --no-resume moves an earlier run's export aside too
         settings={
             "method": "mocov3",
             "arch": arch,

@@ -35,11 +35,23 @@ import torch
 import torch.nn.functional as F
 
 from backbones.vit import Block, VisionTransformer
+from bench.core.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SKIMAGE_COLOR,
+    SKIMAGE_GRAY,
+    Digits,
+    LabelledImages,
+    as_tensor_transform,
+    embedded_photos,
+    read_class_folders,
+    wants_tensor,
+)
 from bench.core.determinism import seed_everything
 from bench.core.engine import TrainConfig, fit
 from bench.core.errors import BenchError, DataError
 
-from .common import encoder_config, export_backbone, input_size
+from .common import EXPORT, encoder_config, export_backbone, input_size
 
 # MAE paper appendix A.2 / Table 11 (supervised ViT-B from scratch)
 PAPER = dict(
@@ -58,8 +70,6 @@ PAPER = dict(
 
 
 def embedded_class_names() -> list[str]:
-    from bench.core.data import SKIMAGE_COLOR, SKIMAGE_GRAY
-
     return list(SKIMAGE_COLOR + SKIMAGE_GRAY + ("china", "flower"))  # sklearn load_sample_images order
 
 
@@ -69,8 +79,6 @@ class EmbeddedLabelled:
     tensors when ``transform`` takes them (``bench.core.data.wants_tensor``), else as PIL images."""
 
     def __init__(self, transform, length: int = 1024):
-        from bench.core.data import embedded_photos, wants_tensor
-
         if wants_tensor(transform):
             self.images = [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in embedded_photos()]
         else:
@@ -93,8 +101,6 @@ def image_folder(root: str | Path, transform):
     """The ImageFolder layout ``root/<class>/<image>`` (``root/train`` if present) as a labelled
     dataset (``bench.core.data.read_class_folders`` + ``LabelledImages``: the readers of every task),
     with one-line DataErrors."""
-    from bench.core.data import LabelledImages, read_class_folders
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
@@ -114,8 +120,6 @@ def supervised_transform(img_size: int, crop_min: float = 0.08):
     and flip for the same seed), PIL images through this v1 pipeline."""
     from torchvision import transforms as T
 
-    from bench.core.data import IMAGENET_MEAN, IMAGENET_STD, as_tensor_transform
-
     return as_tensor_transform(
         T.Compose(
             [
@@ -126,6 +130,27 @@ def supervised_transform(img_size: int, crop_min: float = 0.08):
             ]
         )
     )
+
+
+def labelled_dataset(data: str | None, tf, epoch_size: int):
+    """The labelled pretraining images: embedded photos, the digits' pretraining split with its labels
+    (the labelled/eval splits stay unseen) or an image folder with class subfolders."""
+    if data in ("embedded", "", None):
+        return EmbeddedLabelled(tf, epoch_size)
+    if data == "digits":
+        return Digits("pretrain", tf, labels=True)
+    return image_folder(data, tf)
+
+
+def make_mixup(mixup: float, cutmix: float, smoothing: float, num_classes: int, batch_size: int):
+    """timm's ``Mixup`` (soft targets with label smoothing) when either is on, else None."""
+    if not (mixup > 0 or cutmix > 0):
+        return None
+    from timm.data import Mixup
+
+    if batch_size % 2:
+        raise BenchError("mixup/cutmix need an even --batch-size")
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
 
 
 def pretrain_supervised(
@@ -147,15 +172,7 @@ def pretrain_supervised(
     """Supervised classification pretraining on ``fit``; returns ``<out>/pretrain.pth``.
     ``num_classes`` defaults to the dataset's; given, it must match."""
     cfg_enc = encoder_config("supervised", arch, img_size)
-    tf = supervised_transform(input_size(cfg_enc), crop_min)
-    if data in ("embedded", "", None):
-        dataset = EmbeddedLabelled(tf, epoch_size)
-    elif data == "digits":  # the pretraining split with its labels (the labelled/eval splits stay unseen)
-        from bench.core.data import Digits
-
-        dataset = Digits("pretrain", tf, labels=True)
-    else:
-        dataset = image_folder(data, tf)
+    dataset = labelled_dataset(data, supervised_transform(input_size(cfg_enc), crop_min), epoch_size)
     classes = list(dataset.classes)
     if num_classes is not None and num_classes != len(classes):
         raise BenchError(f"--num-classes {num_classes} but the dataset {data} has {len(classes)} classes")
@@ -163,13 +180,7 @@ def pretrain_supervised(
     seed_everything(train.get("seed", 0))  # initial weights follow from the seed
     model = VisionTransformer(**{**cfg_enc, "num_classes": K, "global_pool": "token", "drop_path_rate": drop_path_rate})
     model.arch = dict(cfg_enc)
-    mix = None
-    if mixup > 0 or cutmix > 0:
-        from timm.data import Mixup
-
-        if train.get("batch_size", TrainConfig.batch_size) % 2:
-            raise BenchError("mixup/cutmix need an even --batch-size")
-        mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=K)
+    mix = make_mixup(mixup, cutmix, smoothing, K, train.get("batch_size", TrainConfig.batch_size))
     for k in ("betas", "weight_decay"):
         train.setdefault(k, PAPER[k])
     cfg = TrainConfig(out_dir=str(out_dir), desc=f"supervised {arch}", **train)
@@ -192,6 +203,7 @@ def pretrain_supervised(
         loss_fn,
         cfg,
         resume=resume,
+        writes=(EXPORT,),  # --no-resume moves an earlier run's export aside too
         block_type=Block,
         settings={
             "method": "supervised",

@@ -15,13 +15,13 @@ import random
 import numpy as np
 import torch
 
+from bench.core.errors import BenchError
+
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit seed
 
 
 def check_seed(seed) -> int:
     """``seed`` as an int in [0, 2**63): a one-line error for what torch cannot seed with."""
-    from bench.core.errors import BenchError
-
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise BenchError(f"--seed must be an integer in 0..{SEED_MAX}, got {seed!r}")
     return seed

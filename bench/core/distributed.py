@@ -13,6 +13,14 @@ Launch with the standard launchers, never a home-made one:
   the torchrun variables, then this module picks them up.
 
 ``init_distributed()`` is a no-op for a single process, so the same entry points run unchanged.
+Each process trains on ``local_device()``: GPU ``LOCAL_RANK % visible GPUs`` (Slurm may bind one GPU
+per task, so every task sees its GPU as ``cuda:0``), with NCCL; ``--device cpu`` gives gloo.
+
+Every collective has a bounded timeout: ``BENCH_DIST_TIMEOUT_S`` seconds (default 300), so a peer
+that died or hangs ends the run on every surviving rank with one line (``peer_failure``) instead of
+a wait of half an hour. Ranks started with other settings are refused at start
+(``check_same_settings``), and a non-finite loss is agreed over ranks before any rank raises
+(``all_ranks_finite``).
 Metric helpers (``all_reduce_sum``, ``gather_objects``, ``shard_indices``, ``topk_counts``,
 ``gather_accuracy``) work with or without a process group: without one they return the local
 values, so one code path gives the single-process numbers. So do the pieces that make a DDP run
@@ -24,6 +32,9 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import hashlib
+import json
+import math
 import os
 import subprocess
 import sys
@@ -33,7 +44,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from bench.core.errors import BenchError, first_line
+
 DEFAULT_PORT = 29500
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "BENCH_DIST_TIMEOUT_S", 300.0
 
 
 def launch_env(environ=None) -> dict | None:
@@ -92,11 +106,64 @@ def launch_world_size(environ=None) -> int:
     return 1 if env is None else int(env["world_size"])
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int, int]:
+def collective_timeout_s(environ=None) -> float:
+    """Seconds any collective may wait for the other ranks: ``$BENCH_DIST_TIMEOUT_S`` or 300."""
+    env = os.environ if environ is None else environ
+    raw = env.get(TIMEOUT_ENV, "")
+    if not raw.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise BenchError(f"{TIMEOUT_ENV}={raw!r}: must be a positive number of seconds")
+    return value
+
+
+def local_device(local_rank: int | None = None) -> torch.device:
+    """This process's training device: ``cuda:(local_rank % visible GPUs)`` with CUDA (``local_rank``
+    defaults to ``LOCAL_RANK``), else the CPU. The modulo makes one-GPU-per-task Slurm bindings
+    (each task sees one GPU) and torchrun (each sees all) both correct."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
+        return torch.device("cpu")
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for tensors on ``device``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def check_device_request(name: str, world: int) -> None:
+    """Refuse a ``--device`` that contradicts the launch, in one line: an explicit GPU index under a
+    launcher with several processes would put every rank on that one GPU."""
+    name = str(name).strip()
+    if world > 1 and name.startswith("cuda:"):
+        raise BenchError(
+            f"--device {name}: under a launcher with {world} processes every rank would use that one GPU; "
+            f"use --device cuda (or auto): each rank takes GPU LOCAL_RANK % visible GPUs"
+        )
+
+
+def requested_device(name: str = "auto") -> torch.device:
+    """The device a ``--device`` value asks for under this launch (before any check of the index)."""
+    if name in ("auto", "cuda", None):
+        dev = local_device()
+        return dev if name != "cuda" or dev.type == "cuda" else torch.device("cuda", 0)
+    return torch.device(name)
+
+
+def init_distributed(
+    backend: str | None = None, timeout_s: float | None = None, device: str = "auto"
+) -> tuple[int, int, int]:
     """Initialise the default process group when launched by torchrun / Slurm with more than one
-    process (``nccl`` with CUDA, else ``gloo``) and select the GPU ``LOCAL_RANK``. Returns
-    ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` and nothing done for a single process.
-    Idempotent; the group is destroyed at interpreter exit."""
+    process: the backend follows ``device`` (``--device``; ``cpu`` gives gloo, CUDA NCCL), and the
+    GPU ``local_device()`` is selected. ``timeout_s``: bound of every collective (default
+    ``collective_timeout_s()``). Returns ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` and
+    nothing done for a single process. Idempotent; the group is destroyed at interpreter exit."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
     env = launch_env()
@@ -104,6 +171,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
         return 0, 1, 0
     if not dist.is_available():
         raise RuntimeError("launched with several processes but this torch build has no torch.distributed")
+    check_device_request(device, env["world_size"])
     # env:// reads these; torchrun has set them already, Slurm has not
     os.environ.update(
         RANK=str(env["rank"]),
@@ -112,15 +180,15 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
         MASTER_ADDR=str(env["master_addr"]),
         MASTER_PORT=str(env["master_port"]),
     )
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(env["local_rank"])
+    dev = requested_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(local_device(env["local_rank"]))
     dist.init_process_group(
-        backend or ("nccl" if cuda else "gloo"),
+        backend or backend_for(dev),
         init_method="env://",
         rank=env["rank"],
         world_size=env["world_size"],
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=datetime.timedelta(seconds=timeout_s if timeout_s is not None else collective_timeout_s()),
     )
     atexit.register(_destroy)
     return env["rank"], env["world_size"], env["local_rank"]
@@ -157,8 +225,7 @@ def exit_distributed(code: int = 0) -> int:
     returned. If that moment falls into ``Py_FinalizeEx``, CPython makes the thread ``pthread_exit``;
     the forced unwind meets a ``noexcept`` frame and the whole rank dies with SIGABRT ("terminate
     called without an active exception") after its work is done, so torchrun reports a failed
-    launch. Core dump of such a rank here (2-process ``bench seg`` + ``bench det`` test worker
-    that simply returned: 6 of 45 runs aborted; 0 of 45 ending here):
+    launch. The stack of such a rank:
     ``ProcessGroupGloo::runLoop -> ~AsyncAllgatherWork -> TensorImpl::decref_pyobject ->
     gil_scoped_acquire -> take_gil -> PyThread_exit_thread -> std::terminate`` while the main thread
     was in ``Py_FinalizeEx -> PyGC_Collect``. ``destroy_process_group`` does not stop those threads
@@ -253,6 +320,70 @@ def gather_accuracy(counts: Sequence[int]) -> dict:
 def barrier():
     if is_distributed():
         dist.barrier()
+
+
+def all_ranks_finite(loss) -> bool:
+    """Whether ``loss`` (a tensor or a number) is finite on *every* rank: one all-reduce, so all
+    ranks take the same branch (a rank that raised alone would leave the others waiting)."""
+    if isinstance(loss, torch.Tensor):
+        ok = bool(torch.isfinite(loss.detach()).all())
+    else:
+        ok = math.isfinite(float(loss))
+    return all_reduce_sum(0 if ok else 1) == 0 if is_distributed() else ok
+
+
+def settings_hash(settings) -> str:
+    """A short digest of JSON-able ``settings`` (sorted keys)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_same_settings(settings: dict, what: str = "settings") -> None:
+    """All ranks must have been started with the same ``settings``: every rank gathers every rank's
+    digest (and its settings, to name the first differing key) and raises the same one-line
+    BenchError on a mismatch. Without a process group: nothing to check."""
+    if not is_distributed():
+        return
+    mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    hashes = gather_objects(settings_hash(mine))
+    if len(set(hashes)) == 1:
+        return
+    other = next(r for r, h in enumerate(hashes) if h != hashes[0])
+    theirs = gather_objects(mine)
+    keys = sorted(set(theirs[0]) | set(theirs[other]), key=str)
+    key = next((k for k in keys if theirs[0].get(k) != theirs[other].get(k)), "?")
+    raise BenchError(
+        f"ranks were started with other {what}: rank 0 has {key} {theirs[0].get(key)!r}, rank {other} has "
+        f"{theirs[other].get(key)!r}; start every rank with the same command"
+    )
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another rank died or stopped answering."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text
+        for s in (
+            "Connection reset by peer",
+            "Connection closed by peer",
+            "Broken pipe",
+            "Timed out",
+            "timed out",
+            "[gloo",
+            "NCCL",
+        )
+    )
+
+
+def peer_failure(e: BaseException) -> BenchError:
+    """The one line a surviving rank prints when a collective failed (``is_peer_failure``)."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return BenchError(
+        f"rank {rank}: another process of this run stopped or stopped answering ({first_line(e, limit=160)}); "
+        f"the checkpoints written so far are intact; {TIMEOUT_ENV} bounds each wait"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
