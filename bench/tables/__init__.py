@@ -1,56 +1,52 @@
-"""Paper-style tables and plots from the results store (``bench table``).
+"""Paper-style tables, plots and the answer sentence from the results store (``bench table``).
 
 ``build_tables`` turns finished runs into the layouts of He et al. 2021 (MAE), Section 5: Tables 3
 (ImageNet), 4 (COCO), 5 (ADE20K), 6 (classification transfer), linear probing (Table 12) and partial
 fine-tuning (Fig. 9). Which table a row goes into, its metrics and its column come from its task's
-declaration (``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``; the list
-is in docs/adding_a_task.md). docs/tables.md describes the output for readers.
+declaration (``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``).
+docs/tables.md describes the output for readers.
 
-Each table is a DataFrame: one row per initialisation (random, supervised, mocov3, beit, mae, then
-others alphabetically) and MultiIndex columns ``(group, column, field)``. ``group`` is the metric
-(or the dataset), ``column`` the backbone (ViT-B, ViT-L, ViT-H, ViT-H448, ...; ``k=<k>`` in the
-partial table) and ``field`` one of ``mean`` and ``std`` (ddof=1, NaN when n=1) over seeds, ``n``,
-``lo``/``hi`` (the 95 % interval), ``delta`` (mean minus the 'supervised' mean of the same cell
-column, NaN without a supervised row) and ``published`` (the paper's number for that cell, from
-results/reference/mae_paper.csv). ``table.attrs`` holds the text around the numbers: per cell the
-interval method, the significance mark ('best' or 'tie') and footnote marks; per table the notes.
+The package, one job per module:
 
-**Statistics.** One run: a percentile bootstrap over evaluation images of the per-example arrays
-the task wrote (``extra['per_example']``, an ``.npz`` relative to the store's folder or absolute):
-top1/top5 from ``correct``/``correct5``, mIoU from per-image ``intersect``/``union``. Several
-seeds: a t-interval over the seed values. 'Best' (bold) only when the top init beats the runner-up:
-a paired bootstrap over the same evaluation images (the same resampled ids for both) for single
-runs, a t-test over seeds (paired when the seeds match, Welch otherwise) for several; otherwise the
-two are marked as a tie. The bootstrap draws a fixed number of resamples from a fixed seed, so the
-tables are reproducible.
+* ``names``: labels and sort orders of rows and columns;
+* ``reference``: the published numbers and the key that places each one;
+* ``rows``: which runs are shown, under which label (one row per label and checkpoint; floors);
+* ``stats``: intervals (bootstrap over images, seeds x images; t over seeds) and the tests;
+* ``provenance``: whether a row's checkpoint is what the paper's number was measured from;
+* ``aggregate``: cells -> wide tables with marks and footnotes;
+* ``escape`` / ``render``: CSV, LaTeX and Markdown, each escaped once for its format;
+* ``plots``: PNG figures; ``answer``: the answer in sentences; ``cli``: ``bench table``.
 
-A row's input size is ``extra['img_size']`` (the task's own ``img_size`` when absent). At the
-task's own size (COCO 1024, ADE20K 512, classification 224) it is the paper's plain column
-(``ViT-B``) and gets the paper's number; another size is a column of its own (``ViT-H448``,
-``ViT-demo/8@64``). Only rows with status 'ok' count, a run_id that was recorded twice counts
-once (the last row), and rows of a hyperparameter search's candidates
-(``extra['search_role'] == 'candidate'``) are left out. Runs of one init with several
-``extra['mask_ratio']`` values are shown as separate rows (``mae mask=0.75``).
+Each table is a DataFrame: one row per label (random, supervised, mocov3, beit, mae, then others
+alphabetically; the raw-pixel floors last) and MultiIndex columns ``(group, column, field)``,
+``field`` in ``FIELDS``; ``table.attrs`` holds the text around the numbers.
 """
 
-from bench.tables.aggregate import BASELINE_INIT, FIELDS, build_tables, finished_runs
+from bench.tables.aggregate import BASELINE_INIT, FIELDS, build_tables, stat_cells
+from bench.tables.answer import answer_sentences, write_answer
 from bench.tables.cli import add_table_arguments, check_rows, run_table, table_main
+from bench.tables.escape import csv_safe, latex_escape, md_escape
 from bench.tables.names import DIGITS, INIT_ORDER, backbone_label
 from bench.tables.plots import plot_tables
+from bench.tables.provenance import paper_mismatch
 from bench.tables.reference import DEFAULT_PREV_BEST, DEFAULT_REFERENCE, REFERENCE_COLUMNS, load_reference
-from bench.tables.render import FORMATS, LEGEND, latex_escape, table_to_long, to_latex, to_markdown, write_tables
+from bench.tables.render import FORMATS, legend, table_to_long, to_csv, to_latex, to_markdown, write_tables
+from bench.tables.rows import FLOOR_INIT, finished_runs, floor_label
 from bench.tables.stats import (
     BOOTSTRAP_SAMPLES,
     BOOTSTRAP_SEED,
     CONFIDENCE,
     PER_EXAMPLE_METRICS,
+    Difference,
     PerExampleError,
     bootstrap_indices,
     bootstrap_interval,
+    difference,
     full_metric,
     load_per_example,
     metric_from_counts,
     paired_bootstrap,
+    seed_difference,
     seed_test,
     t_interval,
 )
@@ -64,32 +60,44 @@ __all__ = [
     "DEFAULT_REFERENCE",
     "DIGITS",
     "FIELDS",
+    "FLOOR_INIT",
     "FORMATS",
     "INIT_ORDER",
-    "LEGEND",
     "PER_EXAMPLE_METRICS",
     "REFERENCE_COLUMNS",
+    "Difference",
     "PerExampleError",
     "add_table_arguments",
+    "answer_sentences",
     "backbone_label",
     "bootstrap_indices",
     "bootstrap_interval",
     "build_tables",
     "check_rows",
+    "csv_safe",
+    "difference",
     "finished_runs",
+    "floor_label",
     "full_metric",
     "latex_escape",
+    "legend",
     "load_per_example",
     "load_reference",
+    "md_escape",
     "metric_from_counts",
     "paired_bootstrap",
+    "paper_mismatch",
     "plot_tables",
     "run_table",
+    "seed_difference",
     "seed_test",
+    "stat_cells",
     "t_interval",
     "table_main",
     "table_to_long",
+    "to_csv",
     "to_latex",
     "to_markdown",
+    "write_answer",
     "write_tables",
 ]

@@ -1,4 +1,4 @@
-"""`bench table`: read the store, check its rows, write the tables and plots."""
+"""`bench table`: read the store, check its rows, write the tables, the answer and the plots."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import os
 import warnings
 from pathlib import Path
 
+import pandas as pd
+
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore
 from bench.tables.aggregate import build_tables
-from bench.tables.names import _img_size
-from bench.tables.plots import plot_tables
+from bench.tables.answer import ANSWER_FILE, answer_sentences, write_answer
+from bench.tables.names import _img_size, _task_sort_key
+from bench.tables.plots import PLOT_PREFIXES, plot_tables
 from bench.tables.reference import DEFAULT_PREV_BEST, DEFAULT_REFERENCE, load_reference
 from bench.tables.render import FORMATS, write_tables
 
@@ -36,19 +39,8 @@ def check_rows(store: ResultsStore) -> None:
                 raise BenchError(f"{where}: row key 'extra' entry {key!r} must be a string, got {extra[key]!r:.40}")
 
 
-def run_table(
-    results_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    suite: str | None = None,
-    task: str | None = None,
-    reference_csv: str | os.PathLike | None = DEFAULT_REFERENCE,
-    formats: tuple[str, ...] = FORMATS,
-    plots: bool = True,
-) -> list[Path]:
-    """Tables (and plots) for the runs in ``results_path`` matching ``suite``/``task``; returns
-    the written paths. ``reference_csv=None`` leaves the published column empty. Relative
-    ``extra['per_example']`` paths are read from the store's folder."""
-    store = ResultsStore(results_path)
+def _read(store: ResultsStore, suite: str | None, task: str | None) -> pd.DataFrame:
+    """The store's rows matching the filters; BenchError when none can make a table."""
     if not os.path.lexists(store.path):
         raise BenchError(f"{store.path}: results file not found (option --results)")
     check_rows(store)  # also refuses a folder or FIFO in the store's place, in one line
@@ -59,27 +51,92 @@ def run_table(
         raise BenchError(f"{store.path}: no runs match {described}")
     if not (df["status"] == "ok").any():
         raise BenchError(f"{store.path}: {len(df)} runs match {described} but none finished with status 'ok'")
+    df.attrs["described"] = described
+    return df
+
+
+def _reference(reference_csv):
     if (
         reference_csv is not None and Path(reference_csv) == DEFAULT_REFERENCE and not DEFAULT_REFERENCE.is_file()
     ):  # e.g. installed without the results/ folder
-        warnings.warn(f"{DEFAULT_REFERENCE} not found: tables show no published numbers", stacklevel=2)
+        warnings.warn(f"{DEFAULT_REFERENCE} not found: tables show no published numbers", stacklevel=3)
         reference_csv = None
     reference = load_reference(reference_csv) if reference_csv is not None else None
     prev_best = None
     if reference_csv is not None and DEFAULT_PREV_BEST.is_file():
         prev_best = load_reference(DEFAULT_PREV_BEST)
+    return reference, prev_best
+
+
+def _ours(path: Path, table_names: list[str]) -> bool:
+    """Whether ``path`` is a file ``bench table`` writes (only those are removed after a failure)."""
+    stem, suffix = path.stem, path.suffix.lstrip(".")
+    return (
+        path.name == ANSWER_FILE
+        or (stem in table_names and suffix in FORMATS)
+        or (suffix == "png" and path.name.startswith(PLOT_PREFIXES))
+    )
+
+
+def _write_all(out_dir: Path, write, table_names: list[str]) -> list[Path]:
+    """Run ``write``; when it fails (a full disk, an unwritable folder), remove the files it added
+    and the folders it created, and raise one line."""
+    missing = [p for p in (out_dir, *out_dir.parents) if not os.path.lexists(p)]
+    before = set(out_dir.iterdir()) if out_dir.is_dir() else set()
+    try:
+        return write()
+    except (OSError, BenchError) as e:
+        if out_dir.is_dir():
+            for path in set(out_dir.iterdir()) - before:
+                if _ours(path, table_names) and path.is_file():
+                    path.unlink(missing_ok=True)
+        for folder in missing:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(e, BenchError):
+            raise
+        raise BenchError(f"{out_dir}: cannot write the tables ({e.strerror or e}); nothing was left there") from None
+
+
+def run_table(
+    results_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    suite: str | None = None,
+    task: str | None = None,
+    reference_csv: str | os.PathLike | None = DEFAULT_REFERENCE,
+    formats: tuple[str, ...] = FORMATS,
+    plots: bool = True,
+) -> list[Path]:
+    """Tables, ``answer.md`` (``answer_sentences`` for every task) and plots for the runs in
+    ``results_path`` matching ``suite``/``task``; returns the written paths. ``reference_csv=None``
+    leaves the published column empty. Relative ``extra['per_example']`` paths are read from the
+    store's folder. Everything is computed before the first file is written."""
+    store = ResultsStore(results_path)
+    df = _read(store, suite, task)
+    reference, prev_best = _reference(reference_csv)
     base_dir = store.path.parent
     tables = build_tables(df, reference, base_dir=base_dir, prev_best=prev_best)
     if not tables:
         raise BenchError(
-            f"{store.path}: runs matching {described} fit none of the tables "
+            f"{store.path}: runs matching {df.attrs['described']} fit none of the tables "
             f"(tasks {sorted(df['task'].unique())}, protocols "
             f"{sorted(df['protocol'].unique())})"
         )
-    written = write_tables(tables, out_dir, formats)
-    if plots:
-        written += plot_tables(df, out_dir, base_dir=base_dir)
-    return written
+    sentences = [
+        s for t in sorted(df["task"].unique(), key=_task_sort_key) for s in answer_sentences(df, t, base_dir=base_dir)
+    ]
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise BenchError(f"table format {fmt!r} (option --formats) is not one of {FORMATS}")
+    out = Path(out_dir)
+
+    def write() -> list[Path]:
+        written = write_tables(tables, out, formats) + [write_answer(sentences, out)]
+        return written + (plot_tables(df, out, base_dir=base_dir) if plots else [])
+
+    return _write_all(out, write, list(tables))
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -102,7 +159,7 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def table_main(args: argparse.Namespace) -> int:
-    """Run ``bench table`` with parsed arguments; prints the written paths."""
+    """Run ``bench table`` with parsed arguments; prints the written paths, then the answer."""
     if not str(args.out).strip():
         raise BenchError("--out must name a folder, got ''")
     reference = None if str(args.reference).lower() == "none" else args.reference
@@ -118,4 +175,8 @@ def table_main(args: argparse.Namespace) -> int:
     )
     for path in paths:
         print(path)
+    answer = next((p for p in paths if p.name == ANSWER_FILE), None)
+    if answer is not None:
+        print()
+        print(answer.read_text(encoding="utf-8"), end="")
     return 0

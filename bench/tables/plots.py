@@ -5,15 +5,19 @@ from __future__ import annotations
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench.core.io import atomic_open
-from bench.tables.aggregate import _deviations, _extra, _per_example_path, finished_runs
 from bench.tables.names import _backbone_sort_key, _init_sort_key, _main_metrics, _task_sort_key, _title
+from bench.tables.rows import _deviations, _extra, _per_example_path, finished_runs
 from bench.tables.stats import BOOTSTRAP_SAMPLES, _Cell
+
+PLOT_PREFIXES = ("bars_", "partial_", "mask_ratio_")
+FOOTER_CHARS_PER_INCH = 17  # 7-pt text: about this many characters per inch of figure width
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -52,25 +56,36 @@ def _unit(metric: str) -> str:
     return f"{metric} (%)"
 
 
-def _chance(sel: pd.DataFrame) -> float | None:
-    """100 / number of classes for classification rows that record ``extra['num_classes']``."""
+def _chance(ax, sel: pd.DataFrame) -> None:
+    """A dashed line at 100 / number of classes where classification rows record ``num_classes``."""
     sizes = {_extra(r).get("num_classes") for r in sel.to_dict("records")} - {None}
     if len(sizes) == 1:
         size = sizes.pop()
         if isinstance(size, int) and not isinstance(size, bool) and size > 1:
-            return 100.0 / size
-    return None
+            ax.axhline(100.0 / size, color="0.4", linestyle="--", linewidth=1, label="chance")
+
+
+def _legend(ax) -> None:
+    """A legend only when it tells two or more things apart."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > 1:
+        ax.legend(fontsize=7)
 
 
 def _footer(ax, sel: pd.DataFrame, below: float) -> None:
-    """Under the plot: what the error bars are and the deviations from the paper's protocol."""
-    lines = ["error bars: 95 % interval (none: no interval for that cell)"]
+    """Under the plot, wrapped to the figure's width: what the error bars are and the deviations
+    from the paper's protocol."""
+    width = max(40, int(ax.figure.get_figwidth() * FOOTER_CHARS_PER_INCH))
+    lines = [
+        "error bars: the tables' 95 % intervals (one run: bootstrap over evaluation images; several seeds: "
+        "bootstrap over seeds \u00d7 images, or a t-interval without per-image results; none: no interval)"
+    ]
     phrases = list(dict.fromkeys(p for r in sel.to_dict("records") for p in _deviations(r)))
     if phrases:
-        text = "Not the paper's protocol: " + "; ".join(phrases)
-        lines.append(text if len(text) <= 110 else text[:107] + "...")
+        lines.append("Not the paper's protocol: " + "; ".join(phrases))
+    text = "\n".join(textwrap.fill(line, width) for line in lines)
     ax.annotate(
-        "\n".join(lines),
+        text,
         xy=(0, 0),
         xycoords="axes fraction",
         xytext=(0, -below),
@@ -82,91 +97,91 @@ def _footer(ax, sel: pd.DataFrame, below: float) -> None:
     )
 
 
-def plot_tables(
-    df: pd.DataFrame,
-    out_dir: str | os.PathLike,
-    base_dir: str | os.PathLike | None = None,
-    samples: int = BOOTSTRAP_SAMPLES,
-) -> list[Path]:
-    """PNG plots from finished runs: grouped bars per (task, protocol), partial fine-tuning curves
-    (top1 vs. k, one line per init, like MAE Fig. 9) and mask-ratio curves when runs carry
-    several ``extra['mask_ratio']`` values. Error bars are the tables' 95 % intervals (none where
-    a cell has none); a dashed line marks chance where rows record ``extra['num_classes']``; a
-    note under the plot lists the deviations from the paper's protocol. Plots without data are
-    skipped."""
+def _floor_lines(ax, floors: pd.DataFrame, metric: str, base_dir, samples) -> None:
+    """Each raw-pixel floor of the task as a dotted line at its mean."""
+    if floors.empty or metric not in floors.columns:
+        return
+    for label, g in floors.groupby("init_label"):
+        mean = _interval(g, metric, base_dir, samples)[0]
+        if not math.isnan(mean):
+            ax.axhline(mean, color="0.2", linestyle=":", linewidth=1.2, label=label)
+
+
+def _bars(task, protocol, sel, floors, out_dir, base, samples):
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    runs = finished_runs(df)
-    out_dir = Path(out_dir)
-    base = None if base_dir is None else Path(base_dir)
-    written: list[Path] = []
-    if runs.empty:
-        return written
+    metrics = [m for m in _main_metrics(task) if m in sel.columns and sel[m].notna().any()]
+    if not metrics:
+        return None
+    inits = sorted(sel["init_label"].unique(), key=_init_sort_key)
+    cols = sorted(
+        sel[["backbone", "img_size", "col"]].drop_duplicates("col").itertuples(),
+        key=lambda r: _backbone_sort_key(r.backbone, r.img_size),
+    )
+    fig = Figure(figsize=(2.0 + (0.9 * len(inits) + 0.3 * len(cols)) * len(metrics), 3.8))
+    width = 0.8 / len(cols)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for j, c in enumerate(cols):
+            stats = [
+                _interval(sel[(sel["init_label"] == init) & (sel["col"] == c.col)], metric, base, samples)
+                for init in inits
+            ]
+            x = np.arange(len(inits)) + (j - (len(cols) - 1) / 2) * width
+            ax.bar(x, [s[0] for s in stats], width, label=c.col)
+            _errorbars(ax, x, stats, fmt="none", ecolor="black", elinewidth=1)
+        _chance(ax, sel)
+        _floor_lines(ax, floors, metric, base, samples)
+        ax.set_xticks(np.arange(len(inits)), inits, rotation=30, ha="right")
+        ax.set_ylabel(_unit(metric))
+        ax.set_title(metric if len(cols) > 1 else f"{metric}, {cols[0].col}", fontsize=10)
+        _legend(ax)
+    fig.suptitle(f"{_title(task)}, {protocol}")
+    fig.subplots_adjust(wspace=0.35)
+    _footer(fig.axes[0], sel, below=55)
+    return _save_figure(fig, out_dir / f"bars_{_slug(task)}_{_slug(protocol)}.png")
 
-    # Grouped bars: init on x, one bar per backbone.
-    bars = runs[runs["protocol"] != "partial"]
-    for (task, protocol), sel in sorted(
-        bars.groupby(["task", "protocol"]), key=lambda kv: (_task_sort_key(kv[0][0]), kv[0][1])
-    ):
-        metrics = [m for m in _main_metrics(task) if m in sel.columns and sel[m].notna().any()]
-        if not metrics:
-            continue
-        inits = sorted(sel["init_label"].unique(), key=_init_sort_key)
-        cols = sorted(
-            sel[["backbone", "img_size", "col"]].drop_duplicates("col").itertuples(),
-            key=lambda r: _backbone_sort_key(r.backbone, r.img_size),
-        )
-        fig = Figure(figsize=(2.0 + (0.9 * len(inits) + 0.3 * len(cols)) * len(metrics), 3.8))
-        width = 0.8 / len(cols)
-        chance = _chance(sel)
-        for i, metric in enumerate(metrics):
-            ax = fig.add_subplot(1, len(metrics), i + 1)
-            for j, c in enumerate(cols):
-                stats = [
-                    _interval(sel[(sel["init_label"] == init) & (sel["col"] == c.col)], metric, base, samples)
-                    for init in inits
-                ]
-                x = np.arange(len(inits)) + (j - (len(cols) - 1) / 2) * width
-                ax.bar(x, [s[0] for s in stats], width, label=c.col)
-                _errorbars(ax, x, stats, fmt="none", ecolor="black", elinewidth=1)
-            if chance is not None:
-                ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
-            ax.set_xticks(np.arange(len(inits)), inits, rotation=30, ha="right")
-            ax.set_ylabel(_unit(metric))
-            ax.set_title(metric, fontsize=10)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{_title(task)}, {protocol}")
-        fig.subplots_adjust(wspace=0.35)
-        _footer(fig.axes[0], sel, below=55)
-        written.append(_save_figure(fig, out_dir / f"bars_{_slug(task)}_{_slug(protocol)}.png"))
 
-    # Partial fine-tuning: top1 vs. k, one line per init.
+def _curve(sel, x_key, metric, base, samples, label_of, x_scale=1.0):
+    """One line per group of ``sel`` (``label_of`` names it): metric against ``x_key``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for key, g in sel:
+        xs = sorted(g[x_key].unique())
+        stats = [_interval(g[g[x_key] == x], metric, base, samples) for x in xs]
+        x = [x_scale * v for v in xs]
+        line = ax.plot(x, [s[0] for s in stats], marker="o", label=label_of(key))[0]
+        _errorbars(ax, x, stats, fmt="none", ecolor=line.get_color())
+    ax.set_ylabel(_unit(metric))
+    return fig, ax
+
+
+def _partial_plots(runs, out_dir, base, samples) -> list[Path]:
+    """Partial fine-tuning: top1 against k, one line per label."""
     partial = runs[(runs["protocol"] == "partial") & runs["k"].notna()]
-    if "top1" in partial.columns:
-        partial = partial[partial["top1"].notna()]
-        for (task, col), sel in partial.groupby(["task", "col"]):
-            fig = Figure(figsize=(5, 3.6))
-            ax = fig.add_subplot(1, 1, 1)
-            for init in sorted(sel["init_label"].unique(), key=_init_sort_key):
-                mine = sel[sel["init_label"] == init]
-                ks = sorted(mine["k"].unique())
-                stats = [_interval(mine[mine["k"] == k], "top1", base, samples) for k in ks]
-                line = ax.plot(ks, [s[0] for s in stats], marker="o", label=init)[0]
-                _errorbars(ax, ks, stats, fmt="none", ecolor=line.get_color())
-            chance = _chance(sel)
-            if chance is not None:
-                ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
-            ax.set_xticks(sorted(sel["k"].unique()))
-            ax.set_xlabel("# fine-tuned blocks k (0 = linear probe)")
-            ax.set_ylabel(_unit("top1"))
-            ax.set_title(f"Partial fine-tuning, {_title(task)} {col}")
-            ax.legend(fontsize=7)
-            _footer(ax, sel, below=35)
-            written.append(_save_figure(fig, out_dir / f"partial_{_slug(task)}_{_slug(col)}.png"))
+    if "top1" not in partial.columns:
+        return []
+    written = []
+    partial = partial[partial["top1"].notna()]
+    for (task, col), sel in partial.groupby(["task", "col"]):
+        groups = sorted(sel.groupby("init_label"), key=lambda kv: _init_sort_key(kv[0]))
+        fig, ax = _curve(groups, "k", "top1", base, samples, str)
+        _chance(ax, sel)
+        ax.set_xticks(sorted(sel["k"].unique()))
+        ax.set_xlabel("# fine-tuned blocks k (0 = linear probe)")
+        ax.set_title(f"Partial fine-tuning, {_title(task)} {col}")
+        _legend(ax)
+        _footer(ax, sel, below=35)
+        written.append(_save_figure(fig, out_dir / f"partial_{_slug(task)}_{_slug(col)}.png"))
+    return written
 
-    # Mask ratio: metric vs. extra['mask_ratio'], one line per (protocol, backbone, init).
-    masked = runs[runs["mask_ratio"].notna()]
-    for task, sel in masked.groupby("task"):
+
+def _mask_ratio_plots(runs, out_dir, base, samples) -> list[Path]:
+    """Metric against extra['mask_ratio'], one line per (protocol, backbone, label)."""
+    written = []
+    for task, sel in runs[runs["mask_ratio"].notna()].groupby("task"):
         metric = _main_metrics(task)[0]
         if metric not in sel.columns:
             continue
@@ -174,21 +189,41 @@ def plot_tables(
         lines = [(key, g) for key, g in sel.groupby(["protocol", "col", "init"]) if g["mask_ratio"].nunique() > 1]
         if not lines:
             continue
-        fig = Figure(figsize=(5, 3.6))
-        ax = fig.add_subplot(1, 1, 1)
-        for (protocol, col, init), g in lines:
-            ratios = sorted(g["mask_ratio"].unique())
-            stats = [_interval(g[g["mask_ratio"] == r], metric, base, samples) for r in ratios]
-            x = [100 * r for r in ratios]
-            line = ax.plot(x, [s[0] for s in stats], marker="o", label=f"{init} {col} {protocol}")[0]
-            _errorbars(ax, x, stats, fmt="none", ecolor=line.get_color())
-        chance = _chance(sel)
-        if chance is not None:
-            ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
+        fig, ax = _curve(lines, "mask_ratio", metric, base, samples, lambda k: f"{k[2]} {k[1]} {k[0]}", 100.0)
+        _chance(ax, sel)
         ax.set_xlabel("masking ratio (%)")
-        ax.set_ylabel(_unit(metric))
         ax.set_title(f"Masking ratio, {_title(task)}")
-        ax.legend(fontsize=7)
+        _legend(ax)
         _footer(ax, sel, below=35)
         written.append(_save_figure(fig, out_dir / f"mask_ratio_{_slug(task)}.png"))
     return written
+
+
+def plot_tables(
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    base_dir: str | os.PathLike | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> list[Path]:
+    """PNG plots from finished runs: grouped bars per (task, protocol) with the raw-pixel floors
+    as dotted lines, partial fine-tuning curves (top1 vs. k, one line per label, like MAE Fig. 9)
+    and mask-ratio curves when runs carry several ``extra['mask_ratio']`` values. Error bars are
+    the tables' 95 % intervals (none where a cell has none); a dashed line marks chance where rows
+    record ``extra['num_classes']``; a note under the plot lists the deviations from the paper's
+    protocol. Plots without data are skipped."""
+    runs = finished_runs(df)
+    out_dir = Path(out_dir)
+    base = None if base_dir is None else Path(base_dir)
+    if runs.empty:
+        return []
+    written: list[Path] = []
+    learned, floors = runs[~runs["floor"]], runs[runs["floor"]]
+    bars = learned[learned["protocol"] != "partial"]
+    for (task, protocol), sel in sorted(
+        bars.groupby(["task", "protocol"]), key=lambda kv: (_task_sort_key(kv[0][0]), kv[0][1])
+    ):
+        path = _bars(task, protocol, sel, floors[floors["task"] == task], out_dir, base, samples)
+        written += [path] if path is not None else []
+    return (
+        written + _partial_plots(learned, out_dir, base, samples) + _mask_ratio_plots(learned, out_dir, base, samples)
+    )

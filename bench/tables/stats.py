@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,14 +176,14 @@ def paired_bootstrap(
 
 
 def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Student-t interval of the mean of seed values (n >= 2), clipped to the metrics' 0-100 range
-    (with 2 seeds t is 12.7: the interval is honest but can pass the range's ends)."""
+    """Student-t interval of the mean of seed values (n >= 2). Not clipped: a caller that finds it
+    past the metric's 0-100 range shows no interval rather than a clipped one."""
     from scipy import stats
 
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return float(max(values.mean() - half, 0.0)), float(min(values.mean() + half, 100.0))
+    return float(values.mean() - half), float(values.mean() + half)
 
 
 def seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, str]:
@@ -200,11 +201,55 @@ def seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, str]:
     return float(stats.ttest_ind(x, y, equal_var=False).pvalue), "Welch t-test over seeds"
 
 
-_INTERVALS: dict[tuple, tuple[float, float]] = {}  # (file, mtime, size, metric, B) -> interval
+def seed_difference(
+    a: dict[int, float], b: dict[int, float], confidence: float = CONFIDENCE
+) -> tuple[float, float, str]:
+    """(lo, hi, test) of the interval of mean(a) - mean(b) that ``seed_test`` inverts: paired t
+    when both have the same seeds, Welch otherwise (each needs >= 2 seeds)."""
+    from scipy import stats
+
+    q = 0.5 + confidence / 2
+    if set(a) == set(b):
+        d = np.array([a[s] - b[s] for s in sorted(a)], dtype=np.float64)
+        half = stats.t.ppf(q, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        return float(d.mean() - half), float(d.mean() + half), "paired t-test over seeds"
+    x, y = np.array(list(a.values()), dtype=np.float64), np.array(list(b.values()), dtype=np.float64)
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff, se = x.mean() - y.mean(), math.sqrt(va + vb)
+    if se == 0:
+        return float(diff), float(diff), "Welch t-test over seeds"
+    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+    half = stats.t.ppf(q, df) * se
+    return float(diff - half), float(diff + half), "Welch t-test over seeds"
+
+
+def _percentiles(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+# (file, mtime, size, metric, B) -> the metric on B resamples of the images in sorted-id order
+_RESAMPLES: dict[tuple, np.ndarray] = {}
+
+
+def _run_resamples(path: str, ids: np.ndarray, arrays: dict, metric: str, samples: int) -> np.ndarray:
+    """One run's metric on the shared resamples. The index space is the sorted ids, so every
+    run evaluated on the same images sees the same resampled images, whatever its file order."""
+    st = os.stat(path)
+    key = (str(path), st.st_mtime_ns, st.st_size, metric, samples)
+    if key not in _RESAMPLES:  # tables, plots and the answer ask for the same runs
+        _RESAMPLES[key] = _resampled(metric, arrays, samples, BOOTSTRAP_SEED, np.argsort(ids, kind="stable"))
+    return _RESAMPLES[key]
 
 
 class _Cell:
-    """One table cell: the runs of one init in one (group, column)."""
+    """One table cell: the runs (seeds) of one label and checkpoint in one (group, column).
+
+    With a usable per-example file for every run, ``resamples`` (runs x B) holds each run's
+    metric on the same B resamples of the evaluation images; the interval is a bootstrap over
+    images (one run) or over seeds x images (seeds drawn with replacement too). Otherwise
+    several seeds give a t-interval, when it stays inside the metric's 0-100 range."""
 
     def __init__(self, records: list[dict], metric: str, samples: int):
         self.metric = metric
@@ -214,47 +259,105 @@ class _Cell:
         self.mean = float(values.mean())
         self.std = float(values.std(ddof=1)) if self.n > 1 else math.nan
         self.lo = self.hi = math.nan
-        self.method = ""  # how the interval was made
+        self.method = ""  # how the interval was made: 'images', 'seeds x images', 'seeds' or ''
         self.why_none = ""  # why there is no interval
-        self.data: tuple[np.ndarray, dict] | None = None
-        if self.n > 1:
-            self.lo, self.hi = t_interval(values)
-            self.method = "seeds"
-            return
-        path = records[0]["per_example"]
+        self.data: tuple[np.ndarray, dict] | None = None  # (ids, arrays) of the first run
+        self.ids: np.ndarray | None = None  # sorted ids shared by every run
+        self.resamples: np.ndarray | None = None
         try:
-            if path is None:
-                if metric not in PER_EXAMPLE_METRICS:
-                    raise PerExampleError(NOT_PER_IMAGE)
-                raise PerExampleError("the run recorded no per-example file (extra.per_example)")
-            ids, arrays = load_per_example(path, metric)
-            full = full_metric(metric, arrays)
-            if abs(full - self.mean) > PER_EXAMPLE_TOLERANCE:
-                raise PerExampleError(f"per-example file {path} gives {metric} {full:.2f}, the row {self.mean:.2f}")
+            self._load(records, samples)
         except PerExampleError as e:
             self.why_none = str(e)
-            return
-        self.data = (ids, arrays)
-        st = os.stat(path)
-        key = (str(path), st.st_mtime_ns, st.st_size, metric, samples)
-        if key not in _INTERVALS:  # tables and plots ask for the same cells
-            _INTERVALS[key] = bootstrap_interval(metric, arrays, samples)
-        self.lo, self.hi = _INTERVALS[key]
-        self.method = "images"
+        if self.resamples is not None:
+            self.lo, self.hi = _percentiles(self.seed_means(BOOTSTRAP_SEED + 1))
+            self.method = "images" if self.n == 1 else "seeds x images"
+        elif self.n > 1:
+            lo, hi = t_interval(values)
+            if lo < 0 or hi > 100:
+                self.why_none = (
+                    f"{self.n} seeds without usable per-example files ({self.why_none}): their t-interval "
+                    f"[{lo:.1f}, {hi:.1f}] passes the metric's 0-100 range"
+                )
+            else:
+                self.lo, self.hi, self.method, self.why_none = lo, hi, "seeds", ""
+
+    def _load(self, records: list[dict], samples: int) -> None:
+        runs = []
+        for r in records:
+            path = r["per_example"]
+            if path is None:
+                if self.metric not in PER_EXAMPLE_METRICS:
+                    raise PerExampleError(NOT_PER_IMAGE)
+                raise PerExampleError("the run recorded no per-example file (extra.per_example)")
+            ids, arrays = load_per_example(path, self.metric)
+            full = full_metric(self.metric, arrays)
+            if abs(full - r["value"]) > PER_EXAMPLE_TOLERANCE:
+                raise PerExampleError(
+                    f"per-example file {path} gives {self.metric} {full:.2f}, the row {r['value']:.2f}"
+                )
+            runs.append((path, ids, arrays))
+        self.data = (runs[0][1], runs[0][2])
+        reference = np.sort(runs[0][1])
+        for path, ids, _ in runs[1:]:
+            if not np.array_equal(np.sort(ids), reference):
+                raise PerExampleError(f"per-example file {path}: the seeds were evaluated on different images")
+        self.ids = reference
+        self.resamples = np.stack([_run_resamples(p, ids, arrays, self.metric, samples) for p, ids, arrays in runs])
+
+    def seed_means(self, seed: int) -> np.ndarray:
+        """The cell's mean on each resample: the images as resampled, the runs (seeds) drawn with
+        replacement from ``seed``'s generator (one run: its own resamples)."""
+        runs, samples = self.resamples.shape
+        if runs == 1:
+            return self.resamples[0]
+        pick = np.random.default_rng(seed).integers(0, runs, size=(samples, runs))
+        return self.resamples[pick, np.arange(samples)[:, None]].mean(axis=1)
 
 
-def _compare(top: _Cell, runner: _Cell, samples: int) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) of two cells, its 95 % interval (NaN: not tested) and how it was made."""
+
+    mean: float
+    lo: float
+    hi: float
+    how: str
+
+    @property
+    def verdict(self) -> str:
+        """'better' / 'worse' (the interval excludes 0, i.e. p < 0.05), 'not distinguishable' or
+        'not tested'."""
+        if math.isnan(self.lo):
+            return "not tested"
+        return "better" if self.lo > 0 else "worse" if self.hi < 0 else "not distinguishable"
+
+
+def difference(a: _Cell, b: _Cell) -> Difference:
+    """The test the tables use between two cells: a paired bootstrap over the same resampled
+    images (seeds drawn with replacement, independently per cell) when both have per-example
+    files; a t-test over seeds when both have several seeds; otherwise not tested."""
+    mean = a.mean - b.mean
+    if a.resamples is not None and b.resamples is not None:
+        if len(a.ids) != len(b.ids) or not np.array_equal(a.ids, b.ids):
+            apart = len(set(a.ids.tolist()) ^ set(b.ids.tolist()))
+            how = f"not compared: evaluated on different images ({len(a.ids)} vs. {len(b.ids)} ids, {apart} not shared)"
+            return Difference(mean, math.nan, math.nan, how)
+        lo, hi = _percentiles(a.seed_means(BOOTSTRAP_SEED + 1) - b.seed_means(BOOTSTRAP_SEED + 2))
+        how = "paired bootstrap over the same images"
+        if a.n > 1 or b.n > 1:
+            how += f" and seeds ({len(a.ids)} images, {a.n} vs. {b.n} seeds)"
+        return Difference(mean, lo, hi, how)
+    if a.n > 1 and b.n > 1:
+        lo, hi, name = seed_difference(a.values, b.values)
+        return Difference(mean, lo, hi, name)
+    if a.n == 1 and b.n == 1:
+        return Difference(mean, math.nan, math.nan, "no per-example results for a paired bootstrap")
+    return Difference(mean, math.nan, math.nan, "one run against several seeds without per-example results")
+
+
+def _compare(top: _Cell, runner: _Cell, samples: int = BOOTSTRAP_SAMPLES) -> tuple[str, str]:
     """('best' | 'tie' | 'untested', how it was decided) for the top cell against the runner-up."""
-    alpha = 1 - CONFIDENCE
-    if top.n == 1 and runner.n == 1:
-        if top.data is None or runner.data is None:
-            return "untested", "no per-example results for a paired bootstrap"
-        try:
-            lo, _ = paired_bootstrap(top.metric, top.data, runner.data, samples)
-        except PerExampleError as e:
-            return "untested", f"not compared: {e}"
-        return ("best" if lo > 0 else "tie"), "paired bootstrap over the same images"
-    if top.n > 1 and runner.n > 1:
-        p, name = seed_test(top.values, runner.values)
-        return ("best" if p < alpha and top.mean > runner.mean else "tie"), name
-    return "untested", "one run against several seeds: not compared"
+    d = difference(top, runner)
+    if d.verdict == "not tested":
+        return "untested", d.how
+    return ("best" if d.lo > 0 else "tie"), d.how
