@@ -5,11 +5,13 @@
   reconstruction with the visible patches pasted back`` for each mask ratio.
 
 Images are shown un-normalised (x ImageNet std + mean). For a model trained with ``norm_pix_loss``
-the prediction is in per-patch normalised units; it is mapped back with the mean/std of the
-*original* patch, as the official demo notes for such models (the official ``mae_visualize_*``
-checkpoints were trained without it). The figure's caption says both, and where the images come
-from: whether they are the checkpoint's training images (read from ``train_settings.json`` beside
-it) or held out.
+the prediction is in per-patch normalised units. Mapping a masked patch back with the *original*
+patch's mean and std would hand the figure the answer (the reconstruction would look like a
+pixelated original), so each masked patch gets a mean and std estimated from the *visible* patches
+only (weighted by inverse squared grid distance); visible patches keep their own. A pixel-target
+model's prediction is shown as it is. The title says which; the caption says how and where the
+images come from: whether they are the checkpoint's training images (read from
+``train_settings.json`` beside it) or held out.
 """
 
 from __future__ import annotations
@@ -96,15 +98,36 @@ def _to_rgb(x: torch.Tensor) -> np.ndarray:
     return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def visible_patch_stats(model, imgs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var), each (B, N, 1): a visible patch's own pixel mean and variance; for a masked
+    patch (``mask`` 1) the average of the visible patches' values weighted by 1 / (grid distance)^2.
+    The pixels of masked patches are never read."""
+    target = model.patchify(imgs)
+    mean, var = target.mean(-1), target.var(-1)  # (B, N)
+    gh, gw = model.pos_grid
+    yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], -1).float()
+    weight = torch.cdist(pos, pos).pow(2).clamp_min(1).reciprocal()  # (N target, N source)
+    weight = weight[None] * (1 - mask)[:, None, :]  # only visible sources
+    weight = weight / weight.sum(-1, keepdim=True)
+    visible = mask == 0
+    est_mean = (weight * torch.where(visible, mean, 0)[:, None, :]).sum(-1)
+    est_var = (weight * torch.where(visible, var, 0)[:, None, :]).sum(-1)
+    mean = torch.where(visible, mean, est_mean)
+    var = torch.where(visible, var, est_var)
+    return mean.unsqueeze(-1), var.unsqueeze(-1)
+
+
 @torch.no_grad()
 def reconstruct(model, imgs: torch.Tensor, mask_ratio: float, seed: int = 0):
-    """(masked, reconstruction, reconstruction+visible) images, each (B, 3, H, W) normalised."""
+    """(masked, reconstruction, reconstruction+visible) images, each (B, 3, H, W) normalised. A
+    ``norm_pix_loss`` prediction is mapped back with ``visible_patch_stats`` (never the masked
+    patches' own statistics)."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(imgs.shape[0], model.pos_grid[0] * model.pos_grid[1], generator=g)
     _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
     if model.norm_pix_loss:
-        target = model.patchify(imgs)
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        mean, var = visible_patch_stats(model, imgs, mask)
         pred = pred * (var + 1e-6) ** 0.5 + mean
     rec = model.unpatchify(pred)
     m = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))  # 1 = removed
@@ -120,6 +143,13 @@ def figure_path(out: str | Path) -> Path:
     return out if out.suffix else out.with_name(out.name + ".png")
 
 
+def title_note(model) -> str:
+    """How the title says the reconstruction was un-normalised."""
+    if model.norm_pix_loss:
+        return "norm-pix model: masked patches un-normalised with the visible patches' statistics"
+    return "pixel-target model: prediction shown as is"
+
+
 def caption(model, source_phrase: str, trained_on: bool | None) -> str:
     where = {
         True: "these are training images of this checkpoint",
@@ -129,9 +159,11 @@ def caption(model, source_phrase: str, trained_on: bool | None) -> str:
     mean = ", ".join(f"{v:g}" for v in IMAGENET_MEAN)
     std = ", ".join(f"{v:g}" for v in IMAGENET_STD)
     pix = (
-        "the prediction (per-patch normalised target) is mapped back with each original patch's own mean and std, "
+        "the prediction (per-patch normalised target) is mapped back with each visible patch's own mean and std "
+        "and, for a masked patch, the visible patches' mean and std weighted by 1 / distance^2 (never the "
+        "masked patch's own), "
         if model.norm_pix_loss
-        else ""
+        else "the prediction (pixel target) as it is, "
     )
     return (
         f"Images: {source_phrase}; {where}.\nShown un-normalised: {pix}then pixel x ImageNet std ({std}) "
@@ -166,7 +198,7 @@ def visualize(
     return _save(
         rows,
         cols,
-        f"MAE reconstructions — {'/'.join(Path(checkpoint).parts[-3:])}",
+        f"MAE reconstructions — {'/'.join(Path(checkpoint).parts[-3:])}\n{title_note(model)}",
         caption(model, phrase, _trained_on(checkpoint, images)),
         figure_path(out),
     )

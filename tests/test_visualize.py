@@ -85,7 +85,7 @@ def test_fig4_sweep_pastes_the_visible_patches_back(checkpoint):
 
 def test_caption_states_unnormalisation_and_image_source(checkpoint):
     from backbones.mae import MaskedAutoencoder
-    from bench.visualize import _trained_on, caption
+    from bench.visualize import _trained_on, caption, title_note
 
     model = MaskedAutoencoder.from_checkpoint(checkpoint)
     assert model.norm_pix_loss
@@ -96,10 +96,95 @@ def test_caption_states_unnormalisation_and_image_source(checkpoint):
         "training images of this checkpoint",
         "0.229, 0.224, 0.225",
         "0.485, 0.456, 0.406",
-        "each original patch's own mean and std",
+        "each visible patch's own mean and std",
+        "never the masked patch's own",
     ):
         assert fragment in text
     assert "not this checkpoint's training images" in caption(model, "x", False)
+    assert "visible patches' statistics" in title_note(model)
+
+
+def _masked_patch_ids(model, imgs, ratio, seed=0):
+    """(B, N) bool, True where ``reconstruct`` removes the patch (same noise as it draws)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(imgs.shape[0], model.pos_grid[0] * model.pos_grid[1], generator=g)
+    _, mask, _ = model.random_masking(model.patch_embed(imgs), ratio, noise)
+    return mask.bool()
+
+
+def test_masked_reconstruction_does_not_read_the_masked_pixels(checkpoint):
+    """The leak of the old figure: masked patches were un-normalised with their own (original)
+    mean and std. Rescale and shift only the masked patches' pixels: the encoder never sees them,
+    so every panel of the reconstruction at the masked patches must stay the same."""
+    from backbones.mae import MaskedAutoencoder
+    from bench.visualize import reconstruct
+
+    model = MaskedAutoencoder.from_checkpoint(checkpoint).eval()
+    assert model.norm_pix_loss
+    imgs, _ = _images_for(model)
+    removed = _masked_patch_ids(model, imgs, 0.75)
+    assert removed.sum(1).tolist() == [12, 12, 12]
+    m = model.unpatchify(removed.float().unsqueeze(-1).expand(-1, -1, 64 * 3)).bool()
+    changed = torch.where(m, imgs * 3.0 + 1.0, imgs)
+    _, rec, pasted = reconstruct(model, imgs, 0.75)
+    _, rec2, pasted2 = reconstruct(model, changed, 0.75)
+    torch.testing.assert_close(rec2[m], rec[m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pasted2[m], pasted[m], rtol=1e-5, atol=1e-5)
+    # the leaking version would fail here: every masked patch's own mean or std really moved
+    before, after = model.patchify(imgs)[removed], model.patchify(changed)[removed]
+    moved = torch.maximum((after.mean(-1) - before.mean(-1)).abs(), (after.std(-1) - before.std(-1)).abs())
+    assert moved.min() > 0.1
+
+
+def _images_for(model):
+    from bench.visualize import _images
+
+    return _images("embedded", model.pos_grid[0] * model.patch_size, 3, seed=0)
+
+
+def test_visible_patch_stats_match_a_hand_computed_weighting(checkpoint):
+    from backbones.mae import MaskedAutoencoder
+    from bench.visualize import visible_patch_stats
+
+    model = MaskedAutoencoder.from_checkpoint(checkpoint).eval()
+    imgs, _ = _images_for(model)
+    removed = _masked_patch_ids(model, imgs, 0.75)
+    mean, var = visible_patch_stats(model, imgs, removed.float())
+    for b in range(len(imgs)):
+        patches = _patches(imgs[b].permute(1, 2, 0).numpy().astype(np.float64))  # (16, 192) in (p, p, C) order
+        own_mean, own_var = patches.mean(1), patches.var(1, ddof=1)
+        grid = [(i // 4, i % 4) for i in range(16)]
+        visible = [j for j in range(16) if not removed[b, j]]
+        for i in range(16):
+            if not removed[b, i]:
+                want_m, want_v = own_mean[i], own_var[i]
+            else:
+                w = np.array(
+                    [1 / max(1, (grid[i][0] - grid[j][0]) ** 2 + (grid[i][1] - grid[j][1]) ** 2) for j in visible]
+                )
+                want_m = (w * own_mean[visible]).sum() / w.sum()
+                want_v = (w * own_var[visible]).sum() / w.sum()
+            assert mean[b, i, 0].item() == pytest.approx(want_m, rel=1e-4, abs=1e-5)
+            assert var[b, i, 0].item() == pytest.approx(want_v, rel=1e-4, abs=1e-5)
+
+
+def test_column_order_matches_the_help():
+    """``bench visualize --help`` states Fig. 2's columns; the figure draws them in that order."""
+    import re
+
+    from bench.visualize import panels
+
+    r = bench("visualize", "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    stated = re.search(r"\(([a-z +]+(?: \| [a-z +]+)+),", text)[1].split(" | ")
+    assert stated == ["masked", "reconstruction", "original"]
+    torch.manual_seed(0)
+    from backbones.mae import MaskedAutoencoder
+
+    model = MaskedAutoencoder.from_arch("vit_test_patch8", img_size=32).eval()
+    _, cols = panels(model, torch.randn(1, 3, 32, 32), [0.75])
+    assert [c.split(" (")[0] for c in cols] == stated
 
 
 def test_visualize_cli_adds_png_and_writes_the_caption(checkpoint, tmp_path):
