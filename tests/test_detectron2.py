@@ -19,12 +19,41 @@ import torch
 from torch import nn
 
 from bench.core.errors import BenchError
+from tasks.detection.protocol import PROTOCOL_OF_VARIANT
+from tasks.spec import TransferRun
 
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
 needs_d2 = pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not installed (bash scripts/setup.sh installs it)")
 REPO = Path(__file__).resolve().parents[1]
 VENDORED = REPO.parent / "shared" / "vendor" / "detectron2-02b5c4e.tar.gz"
 TEST_ARCH = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)  # = vit_test_patch8
+
+
+def d2_run(backbone, checkpoint, data_root, *, work_dir, variant="vitdet", config="smoke", overrides=(), **kw):
+    """``bench det --engine detectron2``'s facts object; ``overrides``: detectron2 ``KEY=VALUE`` strings."""
+    from tasks.detection.run import trailing_overrides
+
+    return TransferRun(
+        task="coco",
+        protocol=PROTOCOL_OF_VARIANT.get(variant, "maskrcnn_vitdet"),
+        backbone=backbone,
+        checkpoint=checkpoint,
+        data_root=data_root,
+        work_dir=work_dir,
+        seed=kw.pop("seed", 0),
+        suite="adhoc",
+        config=config,
+        engine="detectron2",
+        cfg_options=trailing_overrides(overrides),
+        options={"variant": variant, **{k: kw.pop(k) for k in ("dets_out", "ckpt_interval") if k in kw}},
+        **kw,
+    )
+
+
+def run_detectron2(*args, **kw):
+    from tasks.detection.detectron2.run import run_detectron2
+
+    return run_detectron2(d2_run(*args, **kw))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -264,25 +293,55 @@ def test_unknown_backbone_in_a_lazyconfig_gives_the_registry_message():
 def test_heads_that_do_not_fit_the_backbone_strides_are_refused():
     from detectron2.config import instantiate
 
-    from tasks.detection.detectron2 import check_feature_strides
-    from tasks.detection.detectron2.run import CONFIG_DIR, load_lazy_config
+    from tasks.detection.detectron2 import check_model
+    from tasks.detection.detectron2.config import CONFIG_DIR, load_lazy_config
 
     cfg = load_lazy_config(CONFIG_DIR / "smoke_vitdet.py")
     cfg.model.roi_heads.num_classes = 3
-    check_feature_strides(instantiate(cfg.model))  # the smoke config itself fits
+    check_model(instantiate(cfg.model))  # the smoke config itself fits
+    # three mismatches, one message, each with the value to set
     cfg.model.proposal_generator.anchor_generator.strides = [4, 8, 16, 32, 64]
-    with pytest.raises(
-        BenchError, match=r"anchor_generator.strides \[4, 8, 16, 32, 64\] != the strides \[2, 4, 8, 16, 32\]"
-    ):
-        check_feature_strides(instantiate(cfg.model))
-    cfg = load_lazy_config(CONFIG_DIR / "smoke_vitdet.py")
     cfg.model.roi_heads.box_pooler.scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-    with pytest.raises(BenchError, match=r"box_pooler.scales .* != 1/stride"):
-        check_feature_strides(instantiate(cfg.model))
+    cfg.model.proposal_generator.head.in_channels = 16
+    with pytest.raises(BenchError) as e:
+        check_model(instantiate(cfg.model))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("the heads do not fit the backbone, which outputs p1 (stride 2, 32 ch)")
+    assert "anchor_generator.strides [4, 8, 16, 32, 64]: set [2, 4, 8, 16, 32]" in msg
+    assert "box_pooler.scales [0.25, 0.125, 0.0625, 0.03125]: set (1/2, 1/4, 1/8, 1/16)" in msg
+    assert "proposal_generator.head.in_channels 16: set 32" in msg
     cfg = load_lazy_config(CONFIG_DIR / "smoke_vitdet.py")
     cfg.model.backbone.name = "random_vit_tiny_patch16"  # patch 16: p2..p6, the heads ask for p1
-    with pytest.raises(BenchError, match=r"the backbone has no feature 'p1'; it outputs p2 \(stride 4\)"):
-        check_feature_strides(instantiate(cfg.model))
+    with pytest.raises(
+        BenchError,
+        match=r"in_features \['p1', 'p2', 'p3', 'p4', 'p5'\]: no \['p1'\]; set "
+        r"\['p2', 'p3', 'p4', 'p5', 'p6'\] with anchor_generator.strides=\[4, 8, 16, 32, 64\]",
+    ):
+        check_model(instantiate(cfg.model))
+
+
+@needs_d2
+def test_vitdet_config_on_a_patch8_vit_is_one_line_at_the_first_forward_not_a_bare_keyerror():
+    """detectron2's own path (instantiate + forward, no check of ours): a patch-8 ViT under ViTDet's
+    heads (p2..p6) fails at the head that asks for p6 with a line naming the features there are."""
+    from detectron2.config import instantiate
+    from detectron2.utils.events import EventStorage
+
+    from tasks.detection.detectron2.config import CONFIG_DIR, load_lazy_config
+
+    cfg = load_lazy_config(CONFIG_DIR / "mask_rcnn_vitdet_b_100ep.py")
+    cfg.model.backbone.update(
+        name="random_vit_test_patch8", img_size=64, square_pad=64, window_size=4, global_blocks=(1,)
+    )
+    cfg.model.roi_heads.num_classes = 2
+    model = instantiate(cfg.model).eval()
+    with pytest.raises(
+        BenchError,
+        match=r"a head asks for feature 'p6', which RegistryBackbone does not output "
+        r"\(it has p1 \(stride 2\), p2 \(stride 4\)",
+    ):
+        with torch.no_grad(), EventStorage(0):
+            model([{"image": torch.zeros(3, 64, 64), "height": 64, "width": 64}])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,7 +353,7 @@ def test_vitdet_lazyconfig_equals_the_official_one(d2_source, size):
     from detectron2.config import LazyConfig
     from omegaconf import OmegaConf
 
-    from tasks.detection.detectron2.run import CONFIG_DIR, config_dict
+    from tasks.detection.detectron2.config import CONFIG_DIR, config_dict
 
     official = LazyConfig.load(str(d2_source / f"projects/ViTDet/configs/COCO/mask_rcnn_vitdet_{size}_100ep.py"))
     ours = LazyConfig.load(str(CONFIG_DIR / f"mask_rcnn_vitdet_{size}_100ep.py"))
@@ -332,12 +391,13 @@ def test_coco_evaluator_equals_our_coco_evaluate(tmp_path, fast):
     from pycocotools.coco import COCO
 
     from tasks.detection.coco_data import make_coco_dataset
-    from tasks.detection.detectron2.run import metrics_from_coco_evaluator, register_split
+    from tasks.detection.detectron2.data import register
+    from tasks.detection.detectron2.run import metrics_from_coco_evaluator
     from tasks.detection.evaluation import coco_evaluate
 
     root = make_coco_dataset(tmp_path / "coco", n_train=1, n_val=8, image_size=(96, 96), seed=3)
     ann = root / "annotations/instances_val2017.json"
-    register_split("bench_test_eval_val", str(ann), str(root / "val2017"))
+    register("bench_test_eval_val", str(ann), str(root / "val2017"))
     DatasetCatalog.get("bench_test_eval_val")  # loading sets the category id mapping
     id_map = MetadataCatalog.get("bench_test_eval_val").thing_dataset_id_to_contiguous_id
     gt = COCO(str(ann))
@@ -424,7 +484,6 @@ SHRINK = [
 def test_official_vitdet_config_with_only_the_backbone_replaced_trains_and_evaluates(tmp_path, d2_source):
     from backbones import build_backbone
     from tasks.detection.coco_data import make_coco_dataset
-    from tasks.detection.detectron2 import run_detectron2
 
     root = make_coco_dataset(tmp_path / "coco", n_train=4, n_val=3, image_size=(128, 128))
     enc = build_backbone("random_vit_tiny_patch16")
@@ -441,7 +500,8 @@ def test_official_vitdet_config_with_only_the_backbone_replaced_trains_and_evalu
     assert {"APbox", "APbox50", "APmask", "ARbox100", "ARmask100"} <= set(m)
     assert all(0 <= v <= 100 for v in m.values())
     assert out["iterations"] == 3 and out["extra"]["engine"] == "detectron2" and out["extra"]["start_iter"] == 0
-    assert out["protocol"] == "maskrcnn_vitdet" and out["extra"]["mask_format"] == "bitmask"
+    assert out["protocol"] == "maskrcnn_vitdet"
+    assert "instance_mask_format: bitmask" in (work / "config.yaml").read_text()  # the generated set has RLE masks
     assert (work / "model_final.pth").is_file() and (work / "model_0000002.pth").is_file()
     # resume: a truncated newest checkpoint is skipped, the previous one (iteration 2 = the last) is used
     data = (work / "model_final.pth").read_bytes()
@@ -458,7 +518,6 @@ def test_official_vitdet_config_with_only_the_backbone_replaced_trains_and_evalu
 @needs_d2
 def test_bad_inputs_of_run_detectron2(tmp_path):
     from tasks.detection.coco_data import make_coco_dataset
-    from tasks.detection.detectron2 import run_detectron2
 
     root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
     work = tmp_path / "work"
@@ -466,7 +525,7 @@ def test_bad_inputs_of_run_detectron2(tmp_path):
         run_detectron2("mae_vit_tst_patch8", None, root, config="smoke", work_dir=work)
     with pytest.raises(BenchError, match="--variant 'cascade'"):
         run_detectron2("random_vit_test_patch8", None, root, variant="cascade", config="smoke", work_dir=work)
-    with pytest.raises(BenchError, match=r"has no feature 'p1'"):  # patch 16 under the patch-8 smoke heads
+    with pytest.raises(BenchError, match=r"in_features .*: no \['p1'\]"):  # patch 16 under the patch-8 smoke heads
         run_detectron2("random_vit_tiny_patch16", None, root, config="smoke", work_dir=work)
     with pytest.raises(BenchError, match=r"building model failed .*no_such_key"):
         run_detectron2(
@@ -605,3 +664,100 @@ def test_bench_det_engine_detectron2_without_detectron2_is_one_line(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: detectron2 is not installed")
     assert "bash scripts/setup.sh" in err[0] and not (tmp_path / "work").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides that name code, --no-resume, several processes
+# --------------------------------------------------------------------------------------------------
+@needs_d2
+def test_overrides_naming_code_need_trust_config_and_run_nothing(tmp_path, capsys):
+    """The exploit of issue 24: a new node whose _target_ is subprocess.check_call is refused (with
+    --cfg-options and as trailing KEY=VALUE), nothing runs, nothing is written; plain values stay free."""
+    from bench.cli import main
+    from tasks.detection.coco_data import make_coco_dataset
+    from tasks.detection.detectron2.config import overrides_naming_code
+
+    root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
+    touched = tmp_path / "touched"
+    base = ["det", "--engine", "detectron2", "--backbone", "random_vit_test_patch8", "--data-root", str(root)]
+    base += ["--config", "smoke", "--iters", "1", "--out", str(tmp_path / "work")]
+    exploit = ["model.roi_heads.x._target_=subprocess.check_call", f"model.roi_heads.x.args=[touch,{touched}]"]
+    for argv in (base + ["--cfg-options", *exploit], base + exploit):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "_target_=" in err[0] and "--trust-config" in err[0], err
+        assert not touched.exists() and not (tmp_path / "work").exists()
+    assert main(base + ["optimizer.params.lr_factor_func=os.system"]) == 2  # a value naming an importable object
+    assert "--trust-config" in capsys.readouterr().err
+    assert overrides_naming_code(["train.init_checkpoint='model_final.pth'", "train.log_period=5"]) == []
+    assert overrides_naming_code(["a.b={'c': ['os.path.join']}"]) == ["a.b={'c': ['os.path.join']}"]
+
+
+@needs_d2
+def test_no_resume_moves_the_old_checkpoints_aside_and_resume_refuses_other_settings(tmp_path):
+    """A seed-1 run in a seed-0 folder: refused with --resume (seed named), trained from scratch with
+    --no-resume (the seed-0 files in previous-<time>/, untouched), its checkpoints record seed 1."""
+    from bench.core.workdir import list_previous
+    from tasks.detection.coco_data import make_coco_dataset
+
+    root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
+    work = tmp_path / "work"
+    kw = dict(variant="vitdet", config="smoke", iters=2, work_dir=work)
+    run_detectron2("random_vit_test_patch8", None, root, seed=0, **kw)
+    seed0 = (work / "model_final.pth").read_bytes()
+    with pytest.raises(BenchError, match=r"this folder holds a run with other settings \(seed 0 -> 1\)"):
+        run_detectron2("random_vit_test_patch8", None, root, seed=1, **kw)
+    row = run_detectron2("random_vit_test_patch8", None, root, seed=1, resume=False, **kw)
+    assert row["extra"]["start_iter"] == 0 and row["seed"] == 1
+    [aside] = list_previous(work)
+    assert (aside / "model_final.pth").read_bytes() == seed0
+    state = torch.load(work / "model_final.pth", map_location="cpu", weights_only=False)
+    assert state["bench_settings"]["seed"] == 1 and state["iteration"] == 1
+
+
+def test_processes_per_machine_from_torchrun_and_slurm():
+    pytest.importorskip("detectron2")
+    from tasks.detection.detectron2.run import processes_per_machine
+
+    assert processes_per_machine(16, {"LOCAL_WORLD_SIZE": "8"}) == 8
+    assert processes_per_machine(16, {"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_NTASKS_PER_NODE": "4"}) == 8
+    assert processes_per_machine(8, {"SLURM_NTASKS_PER_NODE": "4"}) == 4
+    assert processes_per_machine(2, {}) == 2  # one machine
+    with pytest.raises(BenchError, match="same number of processes on every machine"):
+        processes_per_machine(6, {"SLURM_STEP_TASKS_PER_NODE": "4,2"})
+    with pytest.raises(BenchError, match="neither SLURM_STEP_TASKS_PER_NODE"):
+        processes_per_machine(16, {"SLURM_PROCID": "3"})
+
+
+def _nonfinite_worker(rank: int, port: int, out: str):
+    import torch.distributed as dist
+
+    from tasks.detection.detectron2.run import _AllRanksFinite
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+
+    class Trainer(_AllRanksFinite):
+        iter = 7
+
+    loss = float("nan") if rank == 1 else 1.0  # only rank 1 sees the NaN
+    try:
+        Trainer()._write_metrics({"loss_cls": torch.tensor(loss)}, 0.0)
+        result = "continued"
+    except FloatingPointError as e:
+        result = f"raised: {e}"
+    Path(out, f"rank{rank}").write_text(result)
+    dist.destroy_process_group()
+
+
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
+    pytest.importorskip("detectron2")
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_nonfinite_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text().startswith("raised: loss became non-finite at iteration 7")

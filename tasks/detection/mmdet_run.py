@@ -43,6 +43,7 @@ from tasks.detection.protocol import (
     SPLITS,
     VARIANTS,
     DetResult,
+    check_batch,
     check_coco_root,
     check_run,
     det_options,
@@ -228,6 +229,7 @@ def prepare(run: TransferRun) -> MMJob:
         trust_config=run.trust_config,
         amp=run.amp,
     )
+    check_batch(run, data, facts["total_batch_size"])
     return MMJob(run, cfg, path, config_name, variant, data, facts, world_size, opts["dets_out"])
 
 

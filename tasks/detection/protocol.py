@@ -108,6 +108,16 @@ def check_run(run: TransferRun) -> None:
         raise BenchError(f"{run.weights}: file not found (option --weights)")
 
 
+def check_batch(run: TransferRun, data: dict, total: int) -> None:
+    """A global batch larger than the training set would repeat images inside one batch: refused,
+    with the fix (not for an evaluate-only run, which trains nothing)."""
+    if not run.eval_only and total > data["num_train"]:
+        raise BenchError(
+            f"{data['train_ann']}: {data['num_train']} training images, fewer than one global batch of {total}; "
+            + SMALL_SET_HINT
+        )
+
+
 def resolve_config(config, variant: str | None, arch: str, engine: str = DEFAULT_ENGINE) -> tuple[Path, str]:
     """(config file, its display name) of ``engine`` for ``config`` = 'auto' / a name / a path:
     ``<variant>:<name>`` for mmdet's named configs, ``d2:<variant>:<name>`` for detectron2's."""

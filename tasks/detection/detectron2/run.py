@@ -58,10 +58,12 @@ from tasks.detection.detectron2.config import (
     set_data,
     set_lr_and_depth,
 )
+from tasks.detection.detectron2.install import require_detectron2
 from tasks.detection.evaluation import coco_evaluate, write_per_example
 from tasks.detection.protocol import (
     PROTOCOL_OF_VARIANT,
     DetResult,
+    check_batch,
     check_coco_root,
     check_run,
     det_options,
@@ -131,6 +133,7 @@ def prepare(run: TransferRun) -> D2Job:
     if total != int(cfg.dataloader.train.total_batch_size):  # linear lr scaling, as mmdet's auto_scale_lr
         cfg.optimizer.lr = lr = lr * total / int(cfg.dataloader.train.total_batch_size)
     cfg.dataloader.train.total_batch_size = total
+    check_batch(run, data, total)
     scale_schedule(cfg, int(run.iters or cfg.train.max_iter))
     cfg.train.checkpointer.period = min(int(opts["ckpt_interval"] or cfg.train.checkpointer.period), cfg.train.max_iter)
     device = training_device(run.device)
@@ -249,24 +252,22 @@ def train(job: D2Job, model) -> int:
     """Train from the newest readable checkpoint (``run.resume``) to ``max_iter``; the start iteration."""
     cfg, run = job.cfg, job.run
     wd = work_dir_of(run.work_dir)
-    wd.guard(job.record, resume=run.resume)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    ddp_kwargs = dict(cfg.train.ddp, device_ids=[job.device.index] if job.device.type == "cuda" else None)
-    trainer = (FiniteAMPTrainer if job.amp else FiniteSimpleTrainer)(
-        create_ddp_model(model, **ddp_kwargs), instantiate(cfg.dataloader.train), optimizer
-    )
-    checkpointer = AtomicCheckpointer(model, str(run.work_dir), trainer=trainer)
-    checkpointer.settings = job.record
     if comm.is_main_process():
         wd.path.mkdir(parents=True, exist_ok=True)
         wd.clean_temps()
         if not run.resume:
-            wd.start_fresh()
+            wd.start_fresh()  # the old checkpoints go to previous-<time>/, nothing is deleted
         wd.write_settings(job.record)
-        save_config(cfg, run.work_dir)
+        save_config(cfg, run.work_dir)  # before the model object joins the config
         _log_to(wd.path / "log.txt")
     comm.synchronize()
+    cfg.optimizer.params.model = model
+    ddp_kwargs = dict(cfg.train.ddp, device_ids=[job.device.index] if job.device.type == "cuda" else None)
+    trainer = (FiniteAMPTrainer if job.amp else FiniteSimpleTrainer)(
+        create_ddp_model(model, **ddp_kwargs), instantiate(cfg.dataloader.train), instantiate(cfg.optimizer)
+    )
+    checkpointer = AtomicCheckpointer(model, str(run.work_dir), trainer=trainer)
+    checkpointer.settings = job.record
     trainer.register_hooks(_hooks(cfg, checkpointer, run.work_dir))
     start_iter = _resume(wd, checkpointer, job) if run.resume else 0
     if start_iter < int(cfg.train.max_iter):
@@ -392,15 +393,17 @@ def result_of(job: D2Job, metrics: dict, dets_file: Path, start_iter: int, wall:
         log_file=Path(job.run.work_dir) / "log.txt",
         dets_out=job.dets_out or str(dets_file),
         per_example=per_example,
-        extra=dict(mask_format=job.cfg.dataloader.train.mapper.instance_mask_format),
     )
 
 
 def run_detectron2(run: TransferRun) -> dict | None:
     """Train Mask R-CNN with detectron2 (or load ``run.weights`` with ``eval_only``), evaluate on
     val2017; the row (appended to ``run.results`` when given), None on ranks > 0."""
+    require_detectron2()  # one line that says how to install it (also when this module was imported before)
     t0 = time.time()
     job = prepare(run)
+    if not run.eval_only:  # before anything is built
+        work_dir_of(run.work_dir).guard(job.record, resume=run.resume)
     model = build(job)
     start_iter = 0
     if run.eval_only:

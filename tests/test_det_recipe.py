@@ -1,0 +1,223 @@
+"""One Table 4 recipe on both detection engines: the paper configs of mmdet (tasks/detection/configs)
+and detectron2 (tasks/detection/detectron2/configs) compared key by key (schedule, optimiser, drop
+path, anchors, the RPN / RoI matchers and samplers, test-time settings), and, built with random
+ViT-B weights, their optimiser parameter groups (lr and weight decay of every encoder / pyramid
+parameter by name, of the heads' parameters by kind) and the mask predictor's initialisation.
+What this file checks is what "the same recipe" means for the two engines."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("detectron2") is None or importlib.util.find_spec("mmdet") is None,
+        reason="needs both mmdet and detectron2 (bash scripts/setup.sh)",
+    ),
+]
+ARCH = {"b": ("vit_base_patch16", "mae_vit_base_patch16"), "l": ("vit_large_patch16", "mae_vit_large_patch16")}
+SIZE = 224  # the position embedding / relative tables of a built model are sized for this (not the recipe's 1024)
+
+
+@pytest.fixture(scope="module")
+def registered():
+    from mmdet.utils import register_all_modules
+
+    import tasks.dense.mm_backbone  # noqa: F401
+    import tasks.detection.mmdet_plugins  # noqa: F401
+
+    register_all_modules(init_default_scope=True)
+
+
+def configs(variant: str, size: str):
+    """(mmdet Config, detectron2 LazyConfig) of one paper config, filled for a MAE ViT of ``size``."""
+    from tasks.detection.detectron2.config import load_lazy_config, registry_backbone_node, set_lr_and_depth
+    from tasks.detection.mmdet_run import fill_model, load_config
+    from tasks.detection.protocol import resolve_config
+
+    arch, backbone = ARCH[size]
+    path, _ = resolve_config(f"vit_{size}", variant, arch, "mmdet")
+    mm = load_config(path)
+    fill_model(mm, path, backbone=backbone)
+    d2_path, _ = resolve_config(f"vit_{size}", variant, arch, "detectron2")
+    d2 = load_lazy_config(d2_path)
+    node, _ = registry_backbone_node(d2, d2_path)
+    node.name = backbone
+    set_lr_and_depth(d2, "mae", arch)
+    return mm, d2
+
+
+def d2_node(d2):
+    bb = d2.model.backbone
+    return bb.bottom_up if "bottom_up" in bb else bb
+
+
+@pytest.mark.parametrize("variant", ["fpn", "vitdet"])
+@pytest.mark.parametrize("size", ["b", "l"])
+def test_paper_configs_of_both_engines_agree_key_by_key(registered, variant, size):
+    mm, d2 = configs(variant, size)
+    m, rpn, rcnn = mm.model, mm.model.train_cfg.rpn, mm.model.train_cfg.rcnn
+    pg, rh = d2.model.proposal_generator, d2.model.roi_heads
+    node = d2_node(d2)
+    sched = d2.lr_multiplier.scheduler
+    pairs = {
+        # encoder
+        "drop path": (m.backbone.drop_path_rate, node.drop_path_rate),
+        "global blocks": (tuple(m.backbone.global_blocks), tuple(node.global_blocks)),
+        "window": (m.backbone.window_size, node.window_size),
+        "rel pos": (m.backbone.use_rel_pos, node.use_rel_pos),
+        "input": (m.backbone.img_size, node.img_size),
+        # optimiser, schedule
+        "lr": (mm.optim_wrapper.optimizer.lr, d2.optimizer.lr),
+        "weight decay": (mm.optim_wrapper.optimizer.weight_decay, d2.optimizer.weight_decay),
+        "betas": (tuple(mm.optim_wrapper.optimizer.betas), tuple(d2.optimizer.betas)),
+        "layer decay": (
+            mm.optim_wrapper.paramwise_cfg.layer_decay_rate,
+            (
+                d2.optimizer.params.lr_factor_func.keywords["lr_decay_rate"]
+                if d2.optimizer.params.lr_factor_func
+                else 1.0
+            ),
+        ),
+        "batch": (mm.total_batch_size, d2.dataloader.train.total_batch_size),
+        "iterations": (mm.train_cfg.max_iters, d2.train.max_iter),
+        "lr steps": (mm.param_scheduler[1].milestones, list(sched.milestones)),
+        "warm-up": (mm.param_scheduler[0].end, round(d2.lr_multiplier.warmup_length * d2.train.max_iter)),
+        "warm-up factor": (mm.param_scheduler[0].start_factor, d2.lr_multiplier.warmup_factor),
+        # anchors, RPN matcher and sampler: every anchor tied for a box's best IoU is positive, no minimum
+        "anchor sizes": (
+            [m.rpn_head.anchor_generator.scales[0] * s for s in m.rpn_head.anchor_generator.strides],
+            [s[0] for s in pg.anchor_generator.sizes],
+        ),
+        "anchor ratios": (list(m.rpn_head.anchor_generator.ratios), list(pg.anchor_generator.aspect_ratios[0])),
+        "rpn thresholds": ([rpn.assigner.neg_iou_thr, rpn.assigner.pos_iou_thr], list(pg.anchor_matcher.thresholds)),
+        "rpn low-quality": (
+            rpn.assigner.match_low_quality and rpn.assigner.min_pos_iou == 0.0,
+            pg.anchor_matcher.allow_low_quality_matches,
+        ),
+        "rpn sampler": ((rpn.sampler.num, rpn.sampler.pos_fraction), (pg.batch_size_per_image, pg.positive_fraction)),
+        "rpn train top-k": (
+            (mm.model.train_cfg.rpn_proposal.nms_pre, mm.model.train_cfg.rpn_proposal.max_per_img),
+            (pg.pre_nms_topk[0], pg.post_nms_topk[0]),
+        ),
+        "rpn test top-k": (
+            (mm.model.test_cfg.rpn.nms_pre, mm.model.test_cfg.rpn.max_per_img),
+            (pg.pre_nms_topk[1], pg.post_nms_topk[1]),
+        ),
+        "rpn nms": (mm.model.test_cfg.rpn.nms.iou_threshold, pg.nms_thresh),
+        # RoI matcher and sampler: IoU 0.5, no low-quality matches
+        "roi thresholds": ([rcnn.assigner.pos_iou_thr], list(rh.proposal_matcher.thresholds)),
+        "roi neg = pos": (rcnn.assigner.neg_iou_thr, rcnn.assigner.pos_iou_thr),
+        "roi low-quality": (rcnn.assigner.match_low_quality, rh.proposal_matcher.allow_low_quality_matches),
+        "roi sampler": ((rcnn.sampler.num, rcnn.sampler.pos_fraction), (rh.batch_size_per_image, rh.positive_fraction)),
+        "gt as proposals": (rcnn.sampler.add_gt_as_proposals, rh.proposal_append_gt),
+        "box coder": (
+            [1 / s for s in m.roi_head.bbox_head.bbox_coder.target_stds],
+            list(rh.box_predictor.box2box_transform.weights),
+        ),
+        # test time
+        "score threshold": (mm.model.test_cfg.rcnn.score_thr, rh.box_predictor.test_score_thresh),
+        "nms": (mm.model.test_cfg.rcnn.nms.iou_threshold, rh.box_predictor.test_nms_thresh),
+        "detections": (mm.model.test_cfg.rcnn.max_per_img, rh.box_predictor.test_topk_per_image),
+    }
+    diff = {k: v for k, v in pairs.items() if not _same(*v)}
+    assert not diff, diff
+    assert mm.optim_wrapper.dtype == "float16" and d2.train.amp.enabled  # fp16 AMP (RoIAlign has no bf16)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+# --------------------------------------------------------------------------------------------------
+# Built models: parameter groups, initialisation
+# --------------------------------------------------------------------------------------------------
+def _groups_by_name(model, optimizer) -> dict[str, tuple[float, float]]:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            out[name_of[id(p)]] = (round(g["lr"], 12), g["weight_decay"])
+    return out
+
+
+def _norm_kind(module) -> str:
+    name = type(module).__name__.lower()
+    if "layernorm" in name or name in ("ln2d", "layernorm"):
+        return "ln-last-dim" if isinstance(module, torch.nn.LayerNorm) else "ln-channels"
+    return "bn" if "batchnorm" in name else "layer"
+
+
+def _split(model, groups) -> tuple[dict, dict]:
+    """(encoder + pyramid parameters by their name inside the pyramid, heads' {(norm kind, weight|bias): set})."""
+    owner = {}
+    for mname, mod in model.named_modules():
+        for pname, _ in mod.named_parameters(recurse=False):
+            owner[f"{mname}.{pname}" if mname else pname] = mod
+    inner, heads = {}, {}
+    for name, hyper in groups.items():
+        if ".pyramid." in name:
+            inner[name.split(".pyramid.", 1)[1]] = hyper
+        else:
+            key = (_norm_kind(owner[name]), name.rsplit(".", 1)[1])
+            heads.setdefault(key, set()).add(hyper)
+    return inner, heads
+
+
+def built(variant: str):
+    """(mmdet model, its optimiser), (detectron2 model, its optimiser): ViT-B, random weights."""
+    from detectron2.config import instantiate
+    from mmdet.registry import MODELS
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+
+    from tasks.dense.runner import amp_fallback
+
+    mm, d2 = configs(variant, "b")
+    for node in (mm.model.backbone, d2_node(d2)):
+        node.update(name="random_vit_base_patch16", img_size=SIZE)
+    if "square_pad" in d2_node(d2):
+        d2_node(d2).square_pad = SIZE
+    torch.manual_seed(0)
+    mm_model = revert_sync_batchnorm(MODELS.build(mm.model))
+    mm_model.init_weights()
+    amp_fallback(mm, cuda=False)
+    mm_opt = build_optim_wrapper(mm_model, mm.optim_wrapper).optimizer
+    d2_model = instantiate(d2.model)
+    d2.optimizer.params.model = d2_model
+    d2_opt = instantiate(d2.optimizer)
+    return (mm_model, mm_opt), (d2_model, d2_opt)
+
+
+@pytest.mark.parametrize("variant", ["fpn", "vitdet"])
+def test_both_engines_build_the_same_parameter_groups_and_mask_predictor(registered, variant):
+    (mm_model, mm_opt), (d2_model, d2_opt) = built(variant)
+    mm_inner, mm_heads = _split(mm_model, _groups_by_name(mm_model, mm_opt))
+    d2_inner, d2_heads = _split(d2_model, _groups_by_name(d2_model, d2_opt))
+    # encoder and pyramid: the same parameters, each with the same lr (layer decay) and weight decay
+    assert set(mm_inner) == set(d2_inner)
+    diff = {n: (mm_inner[n], d2_inner[n]) for n in mm_inner if mm_inner[n] != d2_inner[n]}
+    assert not diff, dict(list(diff.items())[:8])
+    assert mm_inner["encoder.pos_embed"][1] == 0.0 and mm_inner["encoder.blocks.0.attn.qkv.bias"][1] == 0.1
+    # heads (and FPN): every kind of parameter gets the same lr and weight decay in both
+    assert mm_heads == d2_heads
+    assert mm_heads[("layer", "bias")] == {(mm_opt.defaults["lr"], 0.1)}  # biases decay (ViTDet's rule)
+    if variant == "vitdet":
+        assert mm_heads[("ln-channels", "weight")] == {(mm_opt.defaults["lr"], 0.1)}  # as detectron2's LN
+    else:
+        assert mm_heads[("bn", "weight")] == {(mm_opt.defaults["lr"], 0.0)}
+    # the mask predictor: normal(0, 0.001), bias 0 in both
+    for w, b in (
+        (mm_model.roi_head.mask_head.conv_logits.weight, mm_model.roi_head.mask_head.conv_logits.bias),
+        (d2_model.roi_heads.mask_head.predictor.weight, d2_model.roi_heads.mask_head.predictor.bias),
+    ):
+        assert w.std().item() == pytest.approx(0.001, rel=0.1) and b.abs().max().item() == 0.0
