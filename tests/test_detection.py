@@ -552,3 +552,16 @@ def test_per_image_box_matches_give_cocoeval_apbox_of_any_resample(tmp_path):
         a["id"] = k + 1
     resampled = dict(gt, images=images, annotations=anns)
     assert box_ap(arrays, draw) == pytest.approx(coco_evaluate(resampled, rdets, ("bbox",))["APbox"], abs=1e-9)
+
+
+def test_heldout_selection_trains_without_the_heldout_images_and_evaluates_on_them(coco, tmp_path):
+    """select='heldout' (a search candidate): train2017 minus its fixed held-out part, scored on that
+    part (val2017 is not read); the row says so."""
+    from tasks.detection.coco_data import heldout_split
+
+    row = run_detection(TINY, None, coco, variant="fpn", iters=1, work_dir=tmp_path / "wd", select="heldout")
+    train_ids, held_ids = heldout_split(json.loads((coco / "annotations/instances_train2017.json").read_text()))
+    assert row["extra"]["select"] == "heldout"
+    assert (row["extra"]["num_train_images"], row["extra"]["num_val_images"]) == (len(train_ids), len(held_ids))
+    per_example = np.load(row["extra"]["per_example"])
+    assert sorted(int(i) for i in per_example["ids"]) == sorted(held_ids)

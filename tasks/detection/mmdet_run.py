@@ -44,11 +44,11 @@ from tasks.detection.protocol import (
     VARIANTS,
     DetResult,
     check_batch,
-    check_coco_root,
     check_run,
     det_options,
     detection_row,
     resolve_config,
+    run_data,
 )
 from tasks.spec import TransferRun
 
@@ -98,16 +98,22 @@ def fill_model(
 
 
 def _set_data(cfg, path: Path, data: dict, data_root, dets_out) -> None:
-    """Data root and classes (file order = CocoDataset's label order), our evaluator, no val loop."""
+    """Data root and classes (file order = CocoDataset's label order), our evaluator, no val loop.
+    The COCO layout's files go relative to the data root (the config hash holds no machine path);
+    a held-out split's (``data['splits']``) absolute."""
     classes = tuple(c["name"] for c in data["categories"])
+    splits = data.get("splits") or {s: (Path(data_root) / a, Path(data_root) / i) for s, (a, i) in SPLITS.items()}
     for key, split in (("train_dataloader", "train"), ("test_dataloader", "val")):
         ds = cfg[key].dataset
         if ds.get("type") != "CocoDataset":
             raise BenchError(f"{path}: key '{key}.dataset.type' must be 'CocoDataset'")
+        ann, images = splits[split]
+        if Path(ann) == Path(data_root) / SPLITS[split][0] and Path(images) == Path(data_root) / SPLITS[split][1]:
+            ann, images = SPLITS[split]
         ds.update(
             data_root=str(data_root),
-            ann_file=SPLITS[split][0],
-            data_prefix=dict(img=SPLITS[split][1] + "/"),
+            ann_file=str(ann),
+            data_prefix=dict(img=str(images) + "/"),
             metainfo=dict(classes=classes),
         )
     cfg.test_evaluator = dict(
@@ -208,7 +214,7 @@ def prepare(run: TransferRun) -> MMJob:
     if opts["channels_last"] is not None:
         cfg.channels_last = bool(opts["channels_last"])
     resolve_channels_last(cfg.get("channels_last"), "cpu")  # a bad config value: BenchError before anything is built
-    data = check_coco_root(run.data_root)
+    data = run_data(run)
     world_size = launch_world_size()  # torchrun or srun
     facts = prepare_config(
         cfg,

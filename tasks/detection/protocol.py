@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.core.errors import BenchError, DataError
 from tasks.dense.runner import DenseOutcome, transfer_row
-from tasks.detection.coco_data import check_same_categories, validate_coco
+from tasks.detection.coco_data import check_same_categories, validate_coco, write_heldout_split
 from tasks.spec import TransferRun
 
 HERE = Path(__file__).resolve().parent
@@ -183,6 +183,32 @@ def check_coco_root(data_root) -> dict:
         raise DataError(f"{root / SPLITS['train'][0]}: 'categories' is empty")
     info["categories"] = order["train"]
     return info
+
+
+def run_data(run: TransferRun) -> dict:
+    """``check_coco_root`` of the run's data, with ``splits``: ``{'train': (ann, images), 'val': (ann,
+    images)}`` as paths. ``select='heldout'`` (hyperparameter search): train on train2017 minus its
+    fixed held-out part and evaluate on that part (``coco_data.write_heldout_split``, written into
+    the work dir); val2017 is not read."""
+    root = Path(run.data_root)
+    data = check_coco_root(root)
+    if run.select is None:
+        data["splits"] = {split: (root / ann, root / images) for split, (ann, images) in SPLITS.items()}
+        return data
+    if run.select != "heldout":
+        raise BenchError(f"select {run.select!r}: the detection task knows 'heldout' only")
+    held = write_heldout_split(root, Path(run.work_dir) / "heldout")
+    data.update(
+        train_ann=held["train_ann"],
+        val_ann=held["heldout_ann"],
+        num_train=held["num_train"],
+        num_val=held["num_heldout"],
+        splits={
+            "train": (Path(held["train_ann"]), Path(held["image_dir"])),
+            "val": (Path(held["heldout_ann"]), Path(held["image_dir"])),
+        },
+    )
+    return data
 
 
 def data_identity(data: dict) -> str:

@@ -52,6 +52,7 @@ COCO = TaskSpec(
     reader=read_coco,
     suite_keys=("iters", "engine"),
     engines=ENGINES,
+    heldout=True,  # select='heldout': train2017 minus a fixed held-out part, evaluated on that part
     command=DET,
 )
 

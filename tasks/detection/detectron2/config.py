@@ -22,7 +22,7 @@ from bench.core.errors import BenchError, first_line
 from bench.core.workdir import scale_milestones
 from tasks.detection.detectron2.backbone import RegistryBackbone
 from tasks.detection.detectron2.data import mask_format, registered_coco, split_name
-from tasks.detection.protocol import CONFIG_DIRS, SPLITS
+from tasks.detection.protocol import CONFIG_DIRS
 
 CONFIG_DIR = CONFIG_DIRS["detectron2"]
 SAVED_CONFIG = "config.yaml"
@@ -191,11 +191,12 @@ def set_lr_and_depth(cfg, init: str, arch: str) -> tuple[float, float]:
     return lr, float(lff.keywords.get("lr_decay_rate", 1.0)) if isinstance(lff, functools.partial) else 1.0
 
 
-def set_data(cfg, data_root, data: dict, work_dir) -> dict:
-    """Both splits as ``registered_coco`` nodes (stable names) and COCOEvaluator on val; the names."""
+def set_data(cfg, data: dict, work_dir) -> dict:
+    """Both splits (``data['splits']``, ``protocol.run_data``) as ``registered_coco`` nodes (stable
+    names) and COCOEvaluator on the evaluated one; the names."""
     names = {}
     for split, loader in (("train", "train"), ("val", "test")):
-        ann, images = (str(Path(data_root).resolve() / p) for p in SPLITS[split])
+        ann, images = (str(Path(p).resolve()) for p in data["splits"][split])
         names[split] = split_name(split, ann, images)
         cfg.dataloader[loader].dataset = L(registered_coco)(
             names=names[split], json_file=ann, image_root=images, filter_empty=split == "train"

@@ -64,11 +64,11 @@ from tasks.detection.protocol import (
     PROTOCOL_OF_VARIANT,
     DetResult,
     check_batch,
-    check_coco_root,
     check_run,
     det_options,
     detection_row,
     resolve_config,
+    run_data,
 )
 from tasks.spec import TransferRun
 
@@ -115,7 +115,7 @@ def prepare(run: TransferRun) -> D2Job:
     variant = opts["variant"] or "fpn"
     init, arch = parse_name(run.backbone)
     path, config_name = resolve_config(run.config, variant, arch, "detectron2")
-    data = check_coco_root(run.data_root)
+    data = run_data(run)
     _join_process_group()
     cfg = apply_overrides(
         load_lazy_config(path, run.trust_config), override_strings(run.cfg_options), path, trust_config=run.trust_config
@@ -142,7 +142,7 @@ def prepare(run: TransferRun) -> D2Job:
     cfg.train.device, cfg.train.amp.enabled = str(device), amp
     if device.type == "cpu":
         cfg.train.ddp.pop("device_ids", None)  # DDP of a CPU module takes no device ids
-    set_data(cfg, run.data_root, data, run.work_dir)
+    set_data(cfg, data, run.work_dir)
     cfg.train.output_dir = str(run.work_dir)
     record = dict(
         engine="detectron2",
