@@ -9,7 +9,8 @@
 The estimate is the mean time of the finished cells of each kind times the cells of that kind still
 to run (a kind none of whose cells has finished yet is estimated at the mean of all finished cells),
 so a suite whose pretraining cells are slower than its transfer cells is not over- or under-estimated
-once one of each has run. ``expected`` (seconds per kind, e.g. from a suite's measured times) gives
+once one of each has run. With ``workers`` cells running at once (``bench run --jobs``), the seconds
+of each cell are its own wall time and the work left is spread over the workers. ``expected`` (seconds per kind, e.g. from a suite's measured times) gives
 an estimate before the first cell finishes.
 """
 
@@ -32,8 +33,11 @@ def format_duration(seconds: float) -> str:
 class Eta:
     """Counts finished cells of a run and estimates the time left (see the module docstring)."""
 
-    def __init__(self, kinds: list[str], expected: dict[str, float] | None = None, clock=time.perf_counter):
+    def __init__(
+        self, kinds: list[str], expected: dict[str, float] | None = None, clock=time.perf_counter, workers: int = 1
+    ):
         self.total = len(kinds)
+        self.workers = max(1, int(workers))
         self.left = Counter(kinds)
         self.expected = dict(expected or {})
         self.took: dict[str, list[float]] = {}
@@ -57,7 +61,9 @@ class Eta:
             if per is None:
                 return None
             total += n * per
-        return total
+        # cells run ``workers`` at a time: the work left spreads over them (never over more
+        # workers than cells left)
+        return total / min(self.workers, sum(self.left.values()) or 1)
 
     def plan_line(self) -> str | None:
         """Before the first cell: the expected total, when ``expected`` covers every kind."""

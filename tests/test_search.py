@@ -39,9 +39,9 @@ def test_search_ci_selects_the_best_heldout_point_and_reports_it(tmp_path, capsy
     assert not summary.failed, summary.failed
     rows = ResultsStore(out).rows()
     assert all(r["status"] == "ok" for r in rows) and len(rows) == 10
-    grids = {
-        "random": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.01]},
-        "mae": {"lr": [0.5, 6.4], "weight_decay": [0.0, 0.05]},
+    grids = {  # the same grid for every init (the loader refuses unequal grids without a reason)
+        "random": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.05]},
+        "mae": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.05]},
     }
     for init, grid in grids.items():
         candidates = [
@@ -162,3 +162,35 @@ def test_dense_search_needs_select_on_val_and_maps_to_config_keys(tmp_path):
     doc["inits"]["random"]["search"] = {"nope": {"lr": [1.0]}}
     with pytest.raises(BenchError, match=r"unknown key 'inits.random.search.nope'; allowed: ade20k"):
         load_suite(write(tmp_path, doc))
+
+
+def test_unequal_grids_between_inits_are_refused_unless_a_reason_is_given(tmp_path):
+    doc = {
+        "name": "u",
+        "arch": "vit_test_patch8",
+        "seeds": [0],
+        "inits": {"random": {}, "mae": {"checkpoint": "m.pth", "search": {"t": {"lr": [0.5, 6.4]}}}},
+        "tasks": {"t": {**TINY, "search": {"lr": [0.1, 6.4]}}},
+    }
+    with pytest.raises(
+        BenchError,
+        match=r"key 'inits.mae.search.t': init 'mae' searches another grid for task 't' than init 'random' "
+        r"\(lr \[0.5, 6.4\] vs lr \[0.1, 6.4\]\); give every init the same grid, or say why in "
+        r"'tasks.t.unequal_grid_reason'$",
+    ) as info:
+        load_suite(write(tmp_path, doc))
+    assert "\n" not in str(info.value)
+    # an init without a search beside one with a search is unequal too
+    doc["inits"]["mae"]["search"] = {"t": {"lr": [0.1, 6.4]}}
+    doc["tasks"]["t"].pop("search")
+    with pytest.raises(BenchError, match=r"\(lr \[0.1, 6.4\] vs no search\)"):
+        load_suite(write(tmp_path, doc))
+    # the same values in another order are the same grid
+    doc["tasks"]["t"]["search"] = {"lr": [6.4, 0.1]}
+    assert len(plan(load_suite(write(tmp_path, doc)))) == 2 * 3
+    # a stated reason lets the grids differ, and says so in the suite
+    doc["inits"]["mae"]["search"] = {"t": {"lr": [0.5, 6.4, 8.0]}}
+    doc["tasks"]["t"]["unequal_grid_reason"] = "MAE's linear probe needs a larger lr (paper A.2)"
+    suite = load_suite(write(tmp_path, doc))
+    assert suite.tasks[0].unequal_grid_reason.startswith("MAE's")
+    assert sum(c.role == "candidate" for c in plan(suite)) == 2 + 3

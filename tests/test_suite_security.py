@@ -335,16 +335,16 @@ def test_dry_run_lists_every_missing_or_empty_input(tmp_path):
 def test_failed_error_log_write_still_records_the_row_and_runs_the_next_cell(tmp_path, capsys, monkeypatch):
     import builtins
 
-    import bench.runner as runner
+    import bench.runner.cell as runner_cell
 
     real_open = builtins.open
 
     def full_disk_open(file, mode="r", *args, **kwargs):
-        if Path(file).name == runner.ERROR_LOG:
+        if Path(file).name == runner_cell.ERROR_LOG:
             raise OSError(28, "No space left on device")
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(runner_cell, "open", full_disk_open, raising=False)
     doc = {
         "name": "disk",
         "arch": "vit_test_patch8",

@@ -21,8 +21,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from backbones.registry import parse_name
 from backbones.vit import arch_config
+from bench.core.device import pick_device
 from bench.core.distributed import launch_world_size
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, config_hash
@@ -146,8 +149,6 @@ def prepare_config(
     amp: bool = False,
 ) -> dict:
     """Fill ``cfg`` in place for this run (``cfg_options`` last); returns facts for the row."""
-    import torch  # the config's AMP needs CUDA
-
     init, arch = fill_model(
         cfg,
         path,
@@ -200,9 +201,23 @@ class MMJob:
     dets_out: str | None
 
 
+def use_device(name: str) -> None:
+    """``--device`` for mmengine, which trains on the current CUDA device whenever CUDA is visible:
+    that device is set; the CPU while CUDA is visible is refused in one line."""
+    device = pick_device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif torch.cuda.is_available():
+        raise BenchError(
+            f"--device {name}: the mmdet engine trains on the GPU whenever CUDA is visible; hide the GPUs "
+            f"(CUDA_VISIBLE_DEVICES=) or use --engine detectron2"
+        )
+
+
 def prepare(run: TransferRun) -> MMJob:
     """Check everything and fill the config, before anything is written."""
     check_run(run)
+    use_device(run.device)
     opts = det_options(run)
     path, config_name = resolve_config(run.config, opts["variant"], parse_name(run.backbone)[1], "mmdet")
     cfg = load_config(path, trust_config=run.trust_config)

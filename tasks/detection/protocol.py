@@ -67,6 +67,19 @@ PAPER_ITERATIONS, PAPER_BATCH, PAPER_IMG_SIZE = 184375, 64, 1024
 # TransferRun.options this family reads (anything else is refused): the pyramid variant, where to
 # write the val detections, the checkpoint interval and the mmdet engine's conv layout.
 OPTIONS = ("variant", "dets_out", "ckpt_interval", "channels_last")
+# Where an engine or our pyramid cannot express the recipe's rule (ViTDet's detectron2 code, the only
+# released code of the recipe: tests/test_det_recipe.py checks the rest is the same on both engines)
+ENGINE_DEVIATIONS = {
+    "mmdet": [
+        "mmdet engine: RPN low-quality anchors regress to the box they are best for (ViTDet: their "
+        "highest-IoU box); FPN conv and box-head fc initialisations are mmdet's (ViTDet: c2_xavier_fill)"
+    ],
+    "detectron2": [],
+}
+VARIANT_DEVIATIONS = {
+    "fpn": [],
+    "vitdet": ["simple-pyramid LayerNorms without weight decay (ViTDet's code decays them)"],
+}
 SMALL_SET_HINT = "pass a smaller --batch-size (e.g. 2) or --config smoke for a small set"
 
 
@@ -297,7 +310,8 @@ def detection_row(run: TransferRun, r: DetResult) -> dict:
         data=data_identity(r.data),
         **r.extra,
     )
-    deviations = r.deviations + detection_deviations(
+    deviations = ENGINE_DEVIATIONS[r.engine] + VARIANT_DEVIATIONS[r.variant] + r.deviations
+    deviations += detection_deviations(
         config_name=r.config_name, iterations=int(r.iterations), batch_size=int(r.batch_size), img_size=int(r.img_size)
     )
     outcome = DenseOutcome(

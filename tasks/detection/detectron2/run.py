@@ -136,9 +136,11 @@ def prepare(run: TransferRun) -> D2Job:
     check_batch(run, data, total)
     scale_schedule(cfg, int(run.iters or cfg.train.max_iter))
     cfg.train.checkpointer.period = min(int(opts["ckpt_interval"] or cfg.train.checkpointer.period), cfg.train.max_iter)
-    device = training_device(run.device)
+    device = training_device(run.device)  # cuda:(LOCAL_RANK % visible GPUs) under a launcher
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     wanted = bool(cfg.train.amp.enabled) or run.amp
-    amp = wanted and device.type == "cuda"  # fp16, AMPTrainer's default: mmcv's and torchvision's RoIAlign
+    amp = wanted and device.type == "cuda"  # fp16 (AMPTrainer's default), as the recipe and the docs say
     cfg.train.device, cfg.train.amp.enabled = str(device), amp
     if device.type == "cpu":
         cfg.train.ddp.pop("device_ids", None)  # DDP of a CPU module takes no device ids

@@ -1,0 +1,220 @@
+"""Cell state: what a cell depends on (``cell.json``), whether it is done, and the checks of a
+suite's inputs before anything runs."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+
+from bench.core.errors import BenchError
+from bench.core.results import ResultsStore
+from bench.core.run_record import read_run_record, settings_diff
+from bench.runner.plan import Cell
+from bench.suite import Suite, TaskEntry
+
+CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
+# Config files inside the package are trusted; a .py config from elsewhere runs code when read.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "tasks"
+PRETRAIN_DATA = ("embedded", "digits", "")  # bench.core.data.pretrain_dataset's built-in sources
+CELL_FILE = "cell.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cell settings (cell.json) and status
+# --------------------------------------------------------------------------------------------------
+
+
+def cell_settings(cell: Cell) -> dict:
+    """What a cell's result depends on, as JSON (written to ``cell.json`` in its work dir)."""
+    init = cell.init
+    if cell.kind == "pretrain":
+        return jsonable({"init": init.init, "arch": init.arch, **init.pretrain})
+    t = cell.task
+    weights = (
+        {"pretrained by": cell.needs, **init.pretrain}
+        if cell.needs
+        else str(init.checkpoint)
+        if init.checkpoint
+        else None
+    )
+    settings = {
+        "backbone": init.backbone,
+        "weights": weights,
+        "extra": init.extra,
+        "task": t.task,
+        "protocol": t.protocol,
+        "k": cell.k,
+        "seed": cell.seed,
+        "data": str(t.data) if t.data else None,
+        "generate": t.generate,
+        "config": t.config_for(init.arch),
+        "iters": t.iters,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "bf16": t.amp,  # the key cell.json files have always had (a rename would restart cells)
+    }
+    if cell.role == "candidate":
+        settings.update(overrides=dict(cell.point), select=candidate_select(t))
+    elif cell.role == "final":
+        settings.update(search={"grid": search_grid(cell), "select_on": t.select_on})
+    return jsonable(settings)
+
+
+def candidate_select(task: TaskEntry) -> str | None:
+    """What a candidate reports on: the held-out part of the training set, or the val split."""
+    return "heldout" if task.select_on == "heldout" else None
+
+
+def search_grid(cell: Cell) -> dict:
+    """The grid of a final cell, rebuilt from its candidates' points (name -> list of values)."""
+    return {name: list(values) for name, values in cell.init.search.get(cell.task.label, cell.task.search).items()}
+
+
+def jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _recorded_settings(work: Path) -> dict | None:
+    """The settings in ``cell.json`` (None when the cell never started)."""
+    record = read_run_record(work / CELL_FILE)
+    if record is None:
+        return None
+    if not isinstance(record.get("settings"), dict):
+        raise BenchError(
+            f"{work / CELL_FILE}: cell file without 'settings'; delete the folder {work} to start that cell again"
+        )
+    return record["settings"]
+
+
+def cell_status(cell: Cell, out_dir: Path, done_ids: set[str]) -> str:
+    """'done' (ok row / pretrain.pth exists), 'resume' (its work dir holds state) or 'todo'."""
+    work = out_dir / cell.work_dir
+    if cell.kind == "pretrain":
+        if (work / "pretrain.pth").is_file():
+            return "done"
+    elif cell.id in done_ids:
+        return "done"
+    if work.is_dir() and any(p.name != CELL_FILE for p in work.iterdir()):
+        return "resume"
+    return "todo"
+
+
+def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> list[str]:
+    """Everything a run needs from disk, checked before the first cell starts. Returns every
+    problem at once (missing or empty checkpoints, data folders and config files; config files
+    that would run as Python without trust), one line each, naming the suite key. Raises at once
+    when an unfinished cell would resume with other settings."""
+    where = str(suite.path)
+    problems: list[str] = []
+
+    def problem(text: str) -> None:
+        if text not in problems:
+            problems.append(text)
+
+    for cell in cells:
+        status = cell_status(cell, out_dir, done_ids)
+        work = out_dir / cell.work_dir
+        old = _recorded_settings(work)
+        if old is not None and old != cell_settings(cell):
+            change = ", ".join(settings_diff(old, cell_settings(cell)))
+            if cell.kind == "transfer" and status == "done":
+                print(
+                    f"note: {cell.name} is done with other settings ({change}); kept. Delete "
+                    f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
+                    file=sys.stderr,
+                )
+            else:
+                what = "pretrained" if status == "done" else "started"
+                raise BenchError(
+                    f"{where}: cell {cell.name} was {what} in {work} with other "
+                    f"settings ({change}); delete that folder (and the rows of its "
+                    "cells) or use another --out"
+                )
+        if status == "done":
+            continue
+        init, task = cell.init, cell.task
+        if init.checkpoint is not None and cell.needs is None:
+            if not init.checkpoint.is_file():
+                problem(f"key 'inits.{init.label}.checkpoint': file {init.checkpoint} not found")
+            elif init.checkpoint.stat().st_size == 0:
+                problem(f"key 'inits.{init.label}.checkpoint': file {init.checkpoint} is empty")
+        if cell.kind == "pretrain":
+            data = init.pretrain.get("data", "embedded")
+            if data not in PRETRAIN_DATA:
+                if not Path(data).is_dir():
+                    problem(
+                        f"key 'inits.{init.label}.pretrain.data': folder {data} not found "
+                        f"(or use one of {', '.join(PRETRAIN_DATA)})"
+                    )
+                elif _is_empty_dir(Path(data)):
+                    problem(f"key 'inits.{init.label}.pretrain.data': folder {data} is empty")
+            continue
+        if task.data is not None:
+            if not task.data.exists():
+                problem(f"key 'tasks.{task.label}.data': {task.data} not found")
+            elif _is_empty_dir(task.data):
+                problem(f"key 'tasks.{task.label}.data': folder {task.data} is empty")
+        config = task.config_for(init.arch)
+        if config and Path(config).suffix in CONFIG_FILE_SUFFIXES:
+            path = Path(config)
+            if not path.is_file():
+                problem(f"key 'tasks.{task.label}.config': file {config} not found")
+            elif path.stat().st_size == 0:
+                problem(f"key 'tasks.{task.label}.config': file {config} is empty")
+            elif path.suffix == ".py" and not task.trust_config and not path.resolve().is_relative_to(SHIPPED_CONFIGS):
+                problem(
+                    f"key 'tasks.{task.label}.config': {config} is outside the package and is "
+                    f"run as Python when read; set 'tasks.{task.label}.trust_config: true' "
+                    "(or pass --trust-config) if you trust it"
+                )
+    return problems
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
+
+
+def refuse(suite: Suite, problems: list[str]) -> None:
+    """Stop on the problems ``check_inputs`` found: one is the error line; several are printed
+    one a line ('problem: ...', stderr) before the error line that counts them."""
+    if len(problems) == 1:
+        raise BenchError(f"{suite.path}: {problems[0]}")
+    if problems:
+        for text in problems:
+            print(f"problem: {text}", file=sys.stderr)
+        raise BenchError(
+            f"{suite.path}: {len(problems)} problems with the suite's inputs (listed above); the first: {problems[0]}"
+        )
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path):
+    """One ``bench run`` per output directory at a time (two would run the same cells)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / ".run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(f"{out_dir}: another `bench run` is using this output directory (option --out)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def cell_checkpoint(cell: Cell, out_dir: Path) -> Path | None:
+    """The weights a cell starts from: its pretraining cell's ``pretrain.pth``, the init's
+    ``checkpoint`` file, or None (random init; and pretraining cells)."""
+    if cell.needs:
+        return out_dir / "work" / Path(*cell.needs.split("/")) / "pretrain.pth"
+    return cell.init.checkpoint
+
+
+def is_done(cell: Cell, out_dir: Path, done_ids: set[str]) -> bool:
+    if cell.kind == "pretrain":
+        return (out_dir / cell.work_dir / "pretrain.pth").is_file()
+    return cell.id in done_ids

@@ -1,0 +1,97 @@
+"""Suite files: which initialisations to transfer to which tasks, with which seeds.
+
+A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete example)::
+
+    name: demo                   # goes into every run_id and results row (key 'suite')
+    scale: smoke                 # smoke | full: says whether the numbers can be compared to the paper
+    arch: vit_demo_patch8        # ViT size for every init (an init may set its own 'arch')
+    seeds: [0]                   # transfer seeds: every (init, task[, k]) runs once per seed;
+                                 #   pretraining runs once per init (its own pretrain.seed)
+    inits:                       # <label>: how to get the weights; the label names the cells
+      random: {}                 #   nothing: random init (only for inits that need no checkpoint)
+      mae:
+        pretrain: {method: mae, steps: 300, batch_size: 32}     # pretrain here, then transfer
+      supervised:
+        checkpoint: ckpt/deit_base_patch16_224.pth              # a file (official or our own)
+      mae_ratio50:                                              # a second MAE, another label
+        init: mae                #   registry init (default: the label); rows carry this name
+        pretrain: {method: mae, mask_ratio: 0.5, steps: 300}
+    tasks:                       # <label>: a transfer task; the label names the cells
+      coco:
+        task: coco               #   a task of tasks/registry.py (default: the label)
+        protocol: maskrcnn_fpn   #   one of the task's protocols (default: its first)
+        generate: {n_train: 16, n_val: 8, image_size: [64, 64]}  # make the small generated set
+        # data: /datasets/coco   #   ... or read a dataset on disk (exactly one of the two)
+        config: smoke            #   the task's config name or file, or {<arch>: config, ...}
+        iters: 100               #   the task's own keys (TaskSpec.suite_keys): coco and ade20k
+                                 #   take iters; classification epochs, batch_size, k, bf16
+      folder_partial:
+        task: folder
+        protocol: partial
+        k: [0, 1, 2]             #   partial: numbers of fine-tuned last blocks
+        epochs: 3                #   classification: epochs (and batch_size, bf16)
+        generate: {n_train_per_class: 20, image_size: 32}
+
+``pretrain`` takes ``method`` (mae, mocov3, beit, supervised; default: the init), ``data``
+(``embedded`` or an image folder), ``img_size``, ``epoch_size``, every field of the shared engine's
+``TrainConfig`` (steps, epochs, batch_size, blr, warmup_steps, ckpt_every, seed, ...) and the
+method's own options (MAE: ``mask_ratio``, ``norm_pix_loss``). An init may also carry ``extra``
+(JSON scalars written into each of its rows' ``extra``; ``mask_ratio`` and ``img_size`` there also
+take part in the run id) and ``trust_checkpoint: true`` for official files that need full
+unpickling. Relative paths (``checkpoint``, ``data``, config files) are relative to the directory
+the command runs in.
+
+A task may also carry ``trust_config: true`` (read a ``.py`` config from outside the package),
+``search: {lr: [..], weight_decay: [..]}`` (a grid; an init may replace it per task with
+``inits.<label>.search: {<task label>: {...}}``) and ``select_on: heldout | val``; see
+``docs/suites.md`` for the search and the limits (aliases, list lengths, finite numbers).
+
+``load_suite`` checks everything before anything runs: an unknown key, init, task, protocol or a
+value of the wrong type is a ``BenchError`` naming the file, the key and the allowed values.
+Whether files exist is checked by ``bench run`` (``bench.runner.check_inputs``, also with
+``--dry-run``), not here, so a suite loads on a machine without its datasets.
+"""
+
+from bench.suite.checks import LABEL_RE, MAX_QUOTE, MAX_SEEDS, MAX_YAML_VALUES, _quote
+from bench.suite.load import bundled_suites, load_suite, resolve_suite_path
+from bench.suite.model import (
+    MAX_ENTRIES,
+    MAX_GENERATED_BYTES,
+    MAX_GENERATED_COUNT,
+    MAX_GENERATED_SIDE,
+    MAX_GRID,
+    PRETRAIN_METHODS,
+    RESERVED_EXTRA,
+    SCALES,
+    SELECT_ON,
+    SUITES_DIR,
+    InitEntry,
+    Suite,
+    TaskEntry,
+    pretrainer_fn,
+)
+
+__all__ = [
+    "LABEL_RE",
+    "MAX_ENTRIES",
+    "MAX_GENERATED_BYTES",
+    "MAX_GENERATED_COUNT",
+    "MAX_GENERATED_SIDE",
+    "MAX_GRID",
+    "MAX_QUOTE",
+    "MAX_SEEDS",
+    "MAX_YAML_VALUES",
+    "PRETRAIN_METHODS",
+    "RESERVED_EXTRA",
+    "SCALES",
+    "SELECT_ON",
+    "SUITES_DIR",
+    "InitEntry",
+    "Suite",
+    "TaskEntry",
+    "_quote",
+    "bundled_suites",
+    "load_suite",
+    "pretrainer_fn",
+    "resolve_suite_path",
+]
