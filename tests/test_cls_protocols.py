@@ -17,8 +17,8 @@ from bench.core.engine import TrainConfig, fit
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore
 from tasks.classification import protocols as P
-from tasks.classification.datasets import make_image_folder
 from tasks.classification.cli import add_cls_arguments
+from tasks.classification.datasets import make_image_folder
 from tasks.classification.run import run_classification
 
 TEST_BB = "random_vit_test_patch8"  # 32 px, dim 32, depth 2

@@ -5,7 +5,7 @@ numbers here (Table 3; no reader or generator, so suites cannot run it)."""
 from __future__ import annotations
 
 from tasks.classification.config import PROTOCOLS
-from tasks.classification.datasets import DATASETS
+from tasks.classification.formats import DATASETS
 from tasks.spec import Command, Table, TaskSpec, TransferRun
 
 TABLE3 = Table("table3_imagenet", "ImageNet-1K end-to-end fine-tuning, top-1 (cf. MAE Table 3)")
