@@ -8,6 +8,7 @@ What this file checks is what "the same recipe" means for the two engines."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 
 import pytest
@@ -52,6 +53,18 @@ def configs(variant: str, size: str):
     return mm, d2
 
 
+def arg(node, name: str):
+    """A LazyCall node's argument, or its callable's default when the config leaves it out."""
+    if name in node:
+        return node[name]
+    target = node._target_
+    if isinstance(target, str):
+        from detectron2.config.instantiate import locate
+
+        target = locate(target)
+    return inspect.signature(target).parameters[name].default
+
+
 def d2_node(d2):
     bb = d2.model.backbone
     return bb.bottom_up if "bottom_up" in bb else bb
@@ -94,7 +107,7 @@ def test_paper_configs_of_both_engines_agree_key_by_key(registered, variant, siz
             [m.rpn_head.anchor_generator.scales[0] * s for s in m.rpn_head.anchor_generator.strides],
             [s[0] for s in pg.anchor_generator.sizes],
         ),
-        "anchor ratios": (list(m.rpn_head.anchor_generator.ratios), list(pg.anchor_generator.aspect_ratios[0])),
+        "anchor ratios": (list(m.rpn_head.anchor_generator.ratios), _flat(pg.anchor_generator.aspect_ratios)),
         "rpn thresholds": ([rpn.assigner.neg_iou_thr, rpn.assigner.pos_iou_thr], list(pg.anchor_matcher.thresholds)),
         "rpn low-quality": (
             rpn.assigner.match_low_quality and rpn.assigner.min_pos_iou == 0.0,
@@ -115,19 +128,27 @@ def test_paper_configs_of_both_engines_agree_key_by_key(registered, variant, siz
         "roi neg = pos": (rcnn.assigner.neg_iou_thr, rcnn.assigner.pos_iou_thr),
         "roi low-quality": (rcnn.assigner.match_low_quality, rh.proposal_matcher.allow_low_quality_matches),
         "roi sampler": ((rcnn.sampler.num, rcnn.sampler.pos_fraction), (rh.batch_size_per_image, rh.positive_fraction)),
-        "gt as proposals": (rcnn.sampler.add_gt_as_proposals, rh.proposal_append_gt),
+        "gt as proposals": (rcnn.sampler.add_gt_as_proposals, arg(rh, "proposal_append_gt")),
         "box coder": (
             [1 / s for s in m.roi_head.bbox_head.bbox_coder.target_stds],
             list(rh.box_predictor.box2box_transform.weights),
         ),
         # test time
         "score threshold": (mm.model.test_cfg.rcnn.score_thr, rh.box_predictor.test_score_thresh),
-        "nms": (mm.model.test_cfg.rcnn.nms.iou_threshold, rh.box_predictor.test_nms_thresh),
-        "detections": (mm.model.test_cfg.rcnn.max_per_img, rh.box_predictor.test_topk_per_image),
+        "nms": (mm.model.test_cfg.rcnn.nms.iou_threshold, arg(rh.box_predictor, "test_nms_thresh")),
+        "detections": (mm.model.test_cfg.rcnn.max_per_img, arg(rh.box_predictor, "test_topk_per_image")),
     }
     diff = {k: v for k, v in pairs.items() if not _same(*v)}
     assert not diff, diff
     assert mm.optim_wrapper.dtype == "float16" and d2.train.amp.enabled  # fp16 AMP (RoIAlign has no bf16)
+
+
+def _flat(ratios) -> list:
+    """detectron2's aspect ratios: one list for every level, or a list per level (all the same here)."""
+    ratios = list(ratios)
+    if ratios and hasattr(ratios[0], "__len__"):
+        return list(ratios[0])
+    return ratios
 
 
 def _same(a, b) -> bool:
