@@ -8,6 +8,7 @@ engine saves in its work dir rebuilds the model through the library's own entry 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import tarfile
@@ -97,25 +98,30 @@ def test_detectron2_eval_only_reproduces_the_training_runs_apbox_and_its_saved_c
     # detectron2's own path: LazyConfig.load + instantiate + the checkpoint + inference_on_dataset in a
     # fresh process (lazyconfig_train_net.py's do_test, run as the file itself when the source is here)
     saved, weights = tmp_path / "train" / "config.yaml", tmp_path / "train" / "model_final.pth"
+    tool = None
     if VENDORED.is_file():
         with tarfile.open(VENDORED) as t:
-            [m] = [m for m in t.getmembers() if m.name.endswith("tools/lazyconfig_train_net.py")]
-            t.extractall(tmp_path / "src", members=[m], filter="data")
-        script = [str(next((tmp_path / "src").rglob("lazyconfig_train_net.py")))]
+            members = [m for m in t.getmembers() if m.name.endswith("tools/lazyconfig_train_net.py")]
+            t.extractall(tmp_path / "src", members=members, filter="data")
+        tool = next((tmp_path / "src").rglob("lazyconfig_train_net.py"), None)
+    if tool is not None:
+        script = [str(tool)]
         args = ["--config-file", saved, "--eval-only", f"train.init_checkpoint={weights}", "train.device=cpu"]
-    else:
+    else:  # the tool's eval-only path, line for line (tools/ is not part of the installed package)
         script = [
             "-c",
             "import sys; from detectron2.config import LazyConfig, instantiate\n"
             "from detectron2.checkpoint import DetectionCheckpointer\n"
+            "from detectron2.engine import create_ddp_model\n"
             "from detectron2.evaluation import inference_on_dataset\n"
-            "cfg = LazyConfig.load(sys.argv[1]); model = instantiate(cfg.model).eval()\n"
-            "DetectionCheckpointer(model).load(sys.argv[2])\n"
+            "cfg = LazyConfig.apply_overrides(LazyConfig.load(sys.argv[1]), [f'train.init_checkpoint={sys.argv[2]}'])\n"
+            "model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))\n"
+            "DetectionCheckpointer(model).load(cfg.train.init_checkpoint)\n"
             "r = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))\n"
             "print('copypaste: Task: bbox'); print('copypaste: AP'); print('copypaste: %.4f' % r['bbox']['AP'])\n",
         ]
         args = [saved, weights]
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, *script, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
     )
