@@ -9,6 +9,9 @@
   (``sha256sum`` format, so ``sha256sum -c FILE`` checks it too) before the rename, and
   ``load_checkpoint_file(..., sha256=...)`` refuses a file whose bytes changed: ``torch.load`` does not
   check the zip CRCs, so flipped bytes inside a tensor would otherwise load as wrong weights.
+* Sizes first: ``torch.load`` allocates each zip record at the size the archive declares and inflates
+  into it. ``torch.save`` stores records uncompressed, so a file whose records declare far more bytes
+  than the file holds (a deflate bomb) is refused before ``torch.load`` (``check_zip_records``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ KNOWN_CONTAINERS = ("model", "state_dict", "module", "model_ema")
 
 
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save: a zip archive (>= 1.6) or a pickle
+# Declared record bytes allowed per byte of file (+ MAX_INFLATE_SLACK): torch.save's records are stored, so
+# a real checkpoint declares about its own size; a deflate bomb declares thousands of times more.
+MAX_INFLATE_RATIO = 2
+MAX_INFLATE_SLACK = 1 << 20
 
 
 def file_sha256(path: str | Path) -> str:
@@ -68,6 +75,26 @@ def _check_format(path: Path) -> None:
     raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint ({kind}; it starts with {head[:12]!r})")
 
 
+def check_zip_records(path: Path) -> None:
+    """Refuse (one-line ``CheckpointError``) a zip checkpoint whose records declare more than
+    ``MAX_INFLATE_RATIO`` times the file's size (+ ``MAX_INFLATE_SLACK``) once inflated. Only the
+    zip's central directory is read; a file Python's zipfile cannot parse is left to ``torch.load``."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        return
+    declared = sum(i.file_size for i in infos)
+    if declared > MAX_INFLATE_RATIO * size + MAX_INFLATE_SLACK:
+        big = max(infos, key=lambda i: i.file_size)
+        raise CheckpointError(
+            f"checkpoint {path} declares {declared} bytes of records in a {size}-byte file (largest "
+            f"{big.filename!r}: {big.file_size} bytes compressed to {big.compress_size}); torch.save stores "
+            f"records uncompressed, so this is refused before inflating"
+        )
+
+
 def load_checkpoint_file(path: str | Path, trust: bool = False, sha256: str | None = None):
     """The object stored in ``path`` (CPU tensors). Raises CheckpointError, one line, naming the file.
     ``sha256``: the digest recorded at save time; a file whose bytes differ is refused."""
@@ -82,6 +109,7 @@ def load_checkpoint_file(path: str | Path, trust: bool = False, sha256: str | No
         )
     if path.suffix != ".safetensors":
         _check_format(path)
+        check_zip_records(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -226,8 +254,9 @@ def save_atomic(obj, path: str | Path, *, checksums: str | Path | None = None) -
     ``checksums``: a ``sha256sum``-format file in which the new file's digest is recorded (before the
     rename, so every file written this way is listed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    check_disk_space(path.parent, file_size_bound(obj))
+    # the folder is made by atomic_open (and removed again if the write fails); measure where it will be
+    existing = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), Path("."))
+    check_disk_space(existing, file_size_bound(obj))
     writer = None
 
     def record():

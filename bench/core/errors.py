@@ -24,6 +24,9 @@ class WriteError(BenchError, OSError):
     """A file could not be written (a full disk, a read-only folder); the previous file is kept. Also an
     ``OSError``, so code that handles failed writes as ``OSError`` keeps doing so."""
 
+    def __str__(self) -> str:  # the one line, not OSError's "[Errno N] ..." form
+        return str(self.args[0]) if self.args else ""
+
 
 class NonFiniteLossError(BenchError):
     """Training produced a non-finite loss more times than allowed."""

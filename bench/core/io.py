@@ -1,5 +1,6 @@
 """Atomic file writes: a temp file in the target's folder, flushed and fsynced, then renamed over
-the target. A kill or an error leaves the previous file (or nothing) — never half a file.
+the target. A kill or an error leaves the previous file (or nothing) — never half a file, nor an
+empty folder made for it; a full disk is one ``WriteError`` line.
 
 The file gets the mode a plain ``open`` would give it (0666 less the umask), not ``mkstemp``'s
 0600. A temp file left by a killed process (``.<name>.<random>.tmp``, older than this process) is
@@ -9,6 +10,7 @@ removed the next time the same target is written, or by ``clean_stale_temps`` fo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -16,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+from bench.core.errors import BenchError, DataError, WriteError
 
 _START = time.time()  # a temp file last modified before this cannot belong to a write of this process
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
@@ -49,33 +53,76 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]
     return removed
 
 
+# errnos of a write that ran out of room: the message says so, the previous file is kept
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    """One line for a failed write of ``path``; an ``OSError`` too, with ``e``'s errno."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in _NO_ROOM:
+        reason += "; the disk is full or over quota"
+    err = WriteError(f"cannot write {path}: {reason} (nothing was changed there)")
+    err.errno, err.strerror, err.filename = e.errno, e.strerror, str(path)
+    return err
+
+
+def _make_parents(folder: Path, path: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, deepest first (removed again if the
+    write fails, so a failed write leaves no empty folders)."""
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BenchError(f"cannot write {path}: {parent} is an existing file, not a folder")
+            break
+        missing.append(parent)
+    for p in reversed(missing):
+        p.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; stop at one that is not empty (someone else's files)
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", *, before_replace: Callable[[], None] | None = None, **open_kwargs):
     """``with atomic_open(p, 'wb') as f: ...`` — ``p`` appears only if the block completes.
-    ``before_replace`` runs after the data is on disk and before the rename (e.g. to record a checksum)."""
+    ``before_replace`` runs after the data is on disk and before the rename (e.g. to record a checksum).
+    A failed write (a full disk, a read-only folder) removes the temp file and the folders this call
+    created, keeps the previous ``p`` and raises one line (``WriteError``, also an ``OSError``); other
+    errors raised inside the block pass through unchanged."""
     path = Path(path)
-    for parent in (path.parent, *path.parent.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                from bench.core.errors import BenchError
-
-                raise BenchError(f"cannot write {path}: {parent} is an existing file, not a folder")
-            break
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    created: list[Path] = []
+    tmp = None
+    in_block = False
     try:
+        created = _make_parents(path.parent, path)
+        clean_stale_temps(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
+            in_block = True
             yield f
+            in_block = False
             f.flush()
             os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _remove_empty(created)
+        ours = isinstance(e, OSError) and not isinstance(e, BenchError) and (not in_block or e.errno in _NO_ROOM)
+        if ours:
+            raise _write_error(path, e) from None
         raise
 
 
@@ -94,8 +141,6 @@ def atomic_write_json(obj, path: str | Path, **dump_kwargs) -> Path:
 def load_json(path: str | Path, what: str = "file"):
     """``json.load`` of ``path`` with one-line ``DataError``s naming it: ``<path>: <what> not found``,
     ``<path>: not valid JSON (<reason> at line L column C)``, ``<path>: cannot read (<reason>)``."""
-    from bench.core.errors import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")

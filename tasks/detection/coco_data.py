@@ -260,7 +260,7 @@ def _check_segmentation(segm, h: int, w: int, where: str) -> str | None:
             _check_polygon(poly, k, h, w, where)
         return "polygon"
     if isinstance(segm, dict):
-        _check_rle(segm, h, w, where)
+        check_rle(segm, h, w, where)
         return "rle"
     if segm is not None and segm != []:
         raise DataError(f"{where} 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}")
@@ -294,7 +294,7 @@ def _check_polygon(poly, k: int, h: int, w: int, where: str) -> None:
         )
 
 
-def _check_rle(segm: dict, h: int, w: int, where: str) -> None:
+def check_rle(segm: dict, h: int, w: int, where: str) -> None:
     """'size' is the image's [h, w]; 'counts' (a list, or a compressed string) are runs covering h*w exactly."""
     if "counts" not in segm or "size" not in segm:
         raise DataError(f"{where} 'segmentation' RLE needs 'counts' and 'size'")

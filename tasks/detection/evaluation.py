@@ -44,7 +44,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
 from bench.core.errors import BenchError, DataError
-from tasks.detection.coco_data import atomic_write_json, coco_from_dict, load_json, validate_coco
+from tasks.detection.coco_data import atomic_write_json, check_rle, coco_from_dict, load_json, validate_coco
 
 IOU_TYPES = ("bbox", "segm")
 _STATS = (
@@ -151,38 +151,62 @@ def _load_detections(detections) -> tuple[list, str]:
 
 
 def _check_detections(dets: list, coco_gt: COCO, iou_types: tuple, source: str) -> None:
-    """Required keys present, RLE masks, and image / category ids known to the ground truth."""
+    """Required keys present, finite boxes and scores, RLE masks that cover their image exactly (what
+    reaches pycocotools' C code is checked first), and image / category ids known to the ground truth."""
     required = ["image_id", "category_id", "score"]
     required += [{"bbox": "bbox", "segm": "segmentation"}[t] for t in iou_types]
     img_ids, cat_ids = set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
     unknown_img, unknown_cat = set(), set()
     for i, d in enumerate(dets):
-        if not isinstance(d, dict):
-            raise DataError(f"{source}: detection [{i}] must be an object, got {type(d).__name__}")
-        for key in required:
-            if key not in d:
-                raise DataError(f"{source}: detection [{i}] is missing key '{key}'")
-        if "bbox" in iou_types and (not hasattr(d["bbox"], "__len__") or len(d["bbox"]) != 4):
-            raise DataError(f"{source}: detection [{i}] 'bbox' must be [x, y, w, h]")
-        if "segm" in iou_types and not (
-            isinstance(d["segmentation"], dict) and "counts" in d["segmentation"] and "size" in d["segmentation"]
-        ):
-            raise DataError(f"{source}: detection [{i}] 'segmentation' must be an RLE dict with 'counts' and 'size'")
+        _check_detection(d, i, coco_gt, required, iou_types, source)
         if d["image_id"] not in img_ids:
             unknown_img.add(d["image_id"])
         if d["category_id"] not in cat_ids:
             unknown_cat.add(d["category_id"])
     if unknown_img:
         raise DataError(
-            f"{source}: 'image_id' {sorted(unknown_img)[:5]} not in the ground truth "
+            f"{source}: 'image_id' {sorted(unknown_img, key=_id_order)[:5]} not in the ground truth "
             f"images ({len(unknown_img)} unknown id(s))"
         )
     if unknown_cat:
         raise DataError(
-            f"{source}: 'category_id' {sorted(unknown_cat)[:5]} not in the ground "
+            f"{source}: 'category_id' {sorted(unknown_cat, key=_id_order)[:5]} not in the ground "
             f"truth categories {sorted(cat_ids)[:10]} (use COCO category ids, not "
             "label indices)"
         )
+
+
+def _id_order(v):
+    """Sort key for ids of mixed types (ints, then strings)."""
+    return (type(v).__name__, v)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_detection(d, i: int, coco_gt: COCO, required: list, iou_types: tuple, source: str) -> None:
+    where = f"{source}: detection [{i}]"
+    if not isinstance(d, dict):
+        raise DataError(f"{where} must be an object, got {type(d).__name__}")
+    for key in required:
+        if key not in d:
+            raise DataError(f"{where} is missing key '{key}'")
+    if not _finite(d["score"]):
+        raise DataError(f"{where} 'score' must be a finite number, got {str(d['score'])[:40]}")
+    if "bbox" in iou_types:
+        box = d["bbox"]
+        if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4 or not all(_finite(v) for v in box):
+            raise DataError(f"{where} 'bbox' must be [x, y, w, h], 4 finite numbers")
+    if "segm" in iou_types:
+        segm = d["segmentation"]
+        if not (isinstance(segm, dict) and "counts" in segm and "size" in segm):
+            raise DataError(f"{where} 'segmentation' must be an RLE dict with 'counts' and 'size'")
+        img = coco_gt.imgs.get(d["image_id"])
+        if img is not None:  # an unknown image id is reported with the others
+            counts = segm["counts"]
+            plain = {**segm, "counts": counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts}
+            check_rle(plain, img["height"], img["width"], where)
 
 
 def instances_to_coco_results(image_id: int, boxes_xyxy, scores, category_ids, masks=None) -> list[dict]:
