@@ -57,6 +57,8 @@ from tasks.spec import TransferRun
 SELECT = (None, "heldout")
 OPTIONS = ("fsdp", "eval_every")
 RUN_RECORD = "config.json"
+# What the folder's record holds beside the effective config (the row's config_hash covers the config only)
+IDENTITY_KEYS = ("checkpoint_sha256", "data", "label", "weights_sha256", "eval_only")
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Prepared:
     model: torch.nn.Module
     img_size: int
     out: Path
-    record: dict  # the folder's run record: effective config + identity
+    record: dict  # the folder's run record: effective config + IDENTITY_KEYS
     identity: dict  # checkpoint_sha256, data, label (and weights_sha256 for eval-only)
     rank: int
     world: int
@@ -202,7 +204,7 @@ def prepare(run: TransferRun) -> Prepared:
         cfg_record["select"] = run.select
     out = Path(run.work_dir) if run.work_dir else _default_folder(run, rec, k, identity, cfg_record)
     check_outputs(out, run.results)
-    record = {**cfg_record, "identity": identity, **({"eval_only": True} if run.eval_only else {})}
+    record = {**cfg_record, **identity, **({"eval_only": True} if run.eval_only else {})}
     return Prepared(
         **{"run": run, "cfg": cfg, "init": init, "arch": arch, "k": k, "recipe": rec},
         **{"train_split": train_split, "val_split": val_split, "model": model, "img_size": img_size},
@@ -362,7 +364,7 @@ def make_cls_row(p: Prepared, metrics: dict, steps: int, final_loss: float | Non
         extra.update(eval_only=True, weights=str(run.weights), weights_sha256=p.identity["weights_sha256"])
     if run.options.get("eval_every"):
         extra["curve"] = str((p.out / "curve.jsonl").resolve())
-    cfg_record = {key: value for key, value in p.record.items() if key not in ("identity", "eval_only")}
+    cfg_record = {key: value for key, value in p.record.items() if key not in IDENTITY_KEYS}
     return make_row(
         task=run.task,
         protocol=run.protocol,
