@@ -1,0 +1,170 @@
+"""scripts/setup.sh and the Makefile: builds use every core whatever OMP_NUM_THREADS says, `make demo`
+waits only for the light set-up, the nvcc shim hands mmcv's CUDA ops C++20, and the set-up refuses a
+CUDA machine whose mmcv was compiled without CUDA (scripts/check_mmcv_cuda.py, mocked here)."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = ROOT / "scripts" / "setup.sh"
+
+
+def _env(**changes):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAX_JOBS", "OMP_THREAD_LIMIT")}
+    env.update(changes)
+    return env
+
+
+@pytest.mark.parametrize("omp", ["1", "7", None])
+def test_compile_jobs_ignore_omp_num_threads(omp):
+    env = _env()
+    env.pop("OMP_NUM_THREADS", None)
+    if omp:
+        env["OMP_NUM_THREADS"] = omp
+    r = subprocess.run(["bash", str(SETUP), "jobs"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == len(os.sched_getaffinity(0))  # the cores this process may use
+    # what the old `MAX_JOBS=$(nproc)` gave under the Makefile's OMP_NUM_THREADS=1
+    old = subprocess.run(["nproc"], capture_output=True, text=True, env=_env(OMP_NUM_THREADS="1"))
+    assert int(old.stdout) == 1
+
+
+def test_max_jobs_overrides_and_bad_part_is_refused():
+    r = subprocess.run(["bash", str(SETUP), "jobs"], capture_output=True, text=True, env=_env(MAX_JOBS="3"))
+    assert r.stdout.strip() == "3"
+    r = subprocess.run(["bash", str(SETUP), "nope"], capture_output=True, text=True, env=_env())
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_every_build_runs_without_omp_num_threads():
+    text = SETUP.read_text()
+    assert 'build=(env -u OMP_NUM_THREADS MAX_JOBS="$jobs"' in text
+    builds = [line.strip() for line in text.splitlines() if "--no-build-isolation" in line]
+    assert len(builds) == 2 and all(line.startswith('"${build[@]}" $PIP') for line in builds), builds
+
+
+def test_light_part_installs_no_dense_library():
+    text = SETUP.read_text()
+    light = text[text.index("if ! stamp_ok $LIGHT_STAMP") : text.index("if [[ $PART == light ]]")]
+    for name in ("mmcv", "mmseg", "mmdet", "detectron2", "--no-build-isolation"):
+        assert name not in light, name
+    assert "--no-deps -e ." in light  # pyproject's dependency list names the dense libraries
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_waits_only_for_the_light_setup_and_keeps_omp_out_of_it(tmp_path):
+    """Run the real Makefile in a scratch folder with a set-up script and interpreter that record
+    their part and OMP_NUM_THREADS: the demo's set-up is the light part and sees no OMP_NUM_THREADS,
+    the demo's commands run with one thread; `make test` runs the full set-up."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    log = tmp_path / "log"
+    (tmp_path / "scripts" / "setup.sh").write_text(f'echo "setup $1 omp=${{OMP_NUM_THREADS:-unset}}" >> {log}\n')
+    fake_py = tmp_path / "py"
+    fake_py.write_text(f'#!/bin/sh\necho "python $2 $3 omp=${{OMP_NUM_THREADS:-unset}}" >> {log}\n')
+    fake_py.chmod(0o755)
+    env = _env()
+    env.pop("OMP_NUM_THREADS", None)
+    r = subprocess.run(["make", "-s", "demo", f"PY={fake_py}"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == [
+        "setup light omp=unset",
+        "python bench.cli run omp=1",
+        "python bench.cli visualize omp=1",
+    ]
+    log.unlink()
+    r = subprocess.run(["make", "-s", "test", f"PY={fake_py}"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == ["setup full omp=unset", "python pytest -q omp=1"]
+
+
+def test_nvcc_shim_turns_mmcv_cxx17_into_cxx20(tmp_path):
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "nvcc"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.chmod(0o755)
+    args = ["-DMMCV_WITH_CUDA", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-c", "a b.cu"]
+    r = subprocess.run(
+        [str(ROOT / "scripts" / "cxx20" / "nvcc-c++20"), *args],
+        capture_output=True,
+        text=True,
+        env=_env(CUDA_HOME=str(tmp_path)),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["-DMMCV_WITH_CUDA", "-std=c++20", *args[2:]]
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/check_mmcv_cuda.py
+
+
+@pytest.fixture
+def check_mod():
+    spec = importlib.util.spec_from_file_location("check_mmcv_cuda", ROOT / "scripts" / "check_mmcv_cuda.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def fake_mmcv(monkeypatch):
+    """Install a stand-in ``mmcv.ops`` whose get_compiling_cuda_version answers ``compiled[0]``."""
+    compiled = ["not available"]
+    ops = types.ModuleType("mmcv.ops")
+    ops.get_compiling_cuda_version = lambda: compiled[0]
+    mmcv = types.ModuleType("mmcv")
+    mmcv.ops = ops
+    monkeypatch.setitem(sys.modules, "mmcv", mmcv)
+    monkeypatch.setitem(sys.modules, "mmcv.ops", ops)
+    return compiled
+
+
+@pytest.mark.parametrize(
+    "gpu,compiled,refused",
+    [(True, "not available", True), (True, "13.0", False), (False, "not available", False), (False, "13.0", False)],
+)
+def test_check_refuses_a_cuda_machine_with_a_cpu_only_mmcv(
+    check_mod, fake_mmcv, monkeypatch, capsys, gpu, compiled, refused
+):
+    fake_mmcv[0] = compiled
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert check_mod.main(["check"]) == (1 if refused else 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    if refused:
+        assert len(err) == 1 and err[0].startswith("error: CUDA is visible but mmcv's ops were compiled without CUDA")
+    else:
+        assert err == []
+
+
+def test_build_plan(check_mod, tmp_path):
+    plan = check_mod.build_plan
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("")
+    toolkit = str(tmp_path)
+    assert plan(gpu=False, force=False, torch_cuda="13.0", cuda_home=toolkit, arch_list=None) == "cpu"
+    assert plan(gpu=True, force=False, torch_cuda="13.0", cuda_home=toolkit, arch_list=None) == "cuda"
+    assert plan(gpu=False, force=True, torch_cuda="13.0", cuda_home=toolkit, arch_list="9.0") == "cuda"
+    assert "TORCH_CUDA_ARCH_LIST" in plan(gpu=False, force=True, torch_cuda="13.0", cuda_home=toolkit, arch_list=None)
+    assert "no CUDA toolkit" in plan(gpu=True, force=False, torch_cuda="13.0", cuda_home=None, arch_list=None)
+    assert "no CUDA toolkit" in plan(
+        gpu=True, force=False, torch_cuda="13.0", cuda_home=str(tmp_path / "x"), arch_list=None
+    )
+    assert "torch wheel has no CUDA" in plan(gpu=False, force=True, torch_cuda=None, cuda_home=toolkit, arch_list="9.0")
+
+
+def test_plan_on_this_machine_matches_torch(check_mod, monkeypatch, capsys):
+    monkeypatch.delenv("FORCE_CUDA", raising=False)
+    rc = check_mod.main(["plan"])
+    out = capsys.readouterr().out.strip()
+    if not torch.cuda.is_available():
+        assert (rc, out) == (0, "cpu")
+    else:
+        assert out in ("cuda",) or out.startswith("error: a GPU is visible")
