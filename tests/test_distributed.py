@@ -334,6 +334,93 @@ def test_grad_checkpointing_saves_activations_and_changes_no_gradient(tmp_path, 
     assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in ref], rel=1e-6)
 
 
+# ------------------------------------------------------------------------------------------------
+# Faults between ranks: two processes started by hand (a launcher would kill the survivor)
+# ------------------------------------------------------------------------------------------------
+FAULT_SCRIPT = """
+import os, sys
+import torch
+from bench.cli import main
+
+rank = int(os.environ["RANK"])
+torch.set_num_threads(1)
+if sys.argv[1] == "steps":  # the same command, but --steps differs between the ranks
+    sys.exit(main(["pretrain", "--arch", "vit_test_patch8", "--steps", str(2 + rank), "--epoch-size", "16",
+                   "--batch-size", "4", "--no-progress", "--out", sys.argv[2]]))
+from backbones.pretrainers.mae import build_mae
+from bench.core.data import pretrain_dataset
+from bench.core.distributed import init_distributed
+from bench.core.engine import TrainConfig, fit
+from bench.core.errors import BenchError
+
+init_distributed()
+calls = [0]
+
+def loss(m, x):
+    calls[0] += 1
+    if rank == 1 and calls[0] == 3:
+        os._exit(9)  # killed mid-run
+    return m(x, 0.75)[0], {}
+
+cfg = TrainConfig(out_dir=sys.argv[2], steps=6, batch_size=4, blr=1e-3, ckpt_every=1, progress=False)
+try:
+    fit(build_mae("vit_test_patch8"), pretrain_dataset("embedded", 32, 16), loss, cfg)
+except BenchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def _two_ranks(tmp_path, mode):
+    import socket
+    import subprocess
+    import time
+
+    (tmp_path / "w.py").write_text(FAULT_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "60"}
+    env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "w.py"), mode, str(tmp_path / "run")],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [p.returncode for p in procs], [e for _, e in outs], time.monotonic() - t0
+
+
+def test_ranks_started_with_other_settings_each_stop_with_one_line(tmp_path):
+    codes, errs, wall = _two_ranks(tmp_path, "steps")
+    assert codes == [2, 2], errs
+    for err in errs:
+        assert err.strip().splitlines() == [
+            "error: ranks were started with other settings: rank 0 has steps 2, rank 1 has 3; "
+            "start every rank with the same command"
+        ], err
+    assert wall < 280  # an import of torch under load, not gloo's 1800 s
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
+def test_a_dead_peer_is_one_line_on_the_surviving_rank(tmp_path):
+    codes, errs, wall = _two_ranks(tmp_path, "dead")
+    assert codes[1] == 9
+    assert codes[0] == 2, errs[0][-3000:]
+    lines = errs[0].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: rank 0: another process of this run stopped or stopped answering ("
+    ), errs[0][-3000:]
+    assert "the checkpoints written so far are intact" in lines[0]
+    assert wall < 280
+
+
 if __name__ == "__main__":
     from conftest import torchrun_worker_main
 

@@ -413,14 +413,136 @@ def test_stale_temp_files_of_a_killed_writer_are_cleaned(tmp_path):
     os.utime(other, (hour_ago, hour_ago))
     atomic_write_text(tmp_path / "table.csv", "a\n")
     assert not old_tmp.exists() and live_tmp.exists() and other.exists()
-    # the engine cleans its whole output folder at start
+    # the engine cleans the temp files of its own files at start, and nobody else's
     out = tmp_path / "run"
     out.mkdir()
-    for name in (".checkpoint-0000008.pth.abc_1234.tmp", ".log.jsonl.qwerty12.tmp"):
+    for name in (".checkpoint-0000008.pth.abc_1234.tmp", ".log.jsonl.qwerty12.tmp", ".thesis.draft2.tmp"):
         (out / name).write_bytes(b"half")
         os.utime(out / name, (hour_ago, hour_ago))
     train(out, steps=2)
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == [".thesis.draft2.tmp"]
+    assert (out / ".thesis.draft2.tmp").read_bytes() == b"half"
+
+
+# ------------------------------------------------------------------------------------------------
+# --no-resume, foreign checkpoints, FIFOs, a full disk, unbounded sizes
+# ------------------------------------------------------------------------------------------------
+def test_no_resume_moves_the_previous_run_aside_and_never_resumes_it(tmp_path):
+    out = tmp_path / "run"
+    train(out, steps=6)  # checkpoints 4 and 6
+    old = {p.name: p.read_bytes() for p in checkpoint_paths(out)}
+    train(out, steps=3, resume=False)
+    aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1
+    assert {n: (aside[0] / n).read_bytes() for n in old} == old  # moved, byte for byte
+    assert (aside[0] / RUN_RECORD).is_file() and (aside[0] / CHECKSUMS).is_file()
+    assert [p.name for p in checkpoint_paths(out)] == ["checkpoint-0000003.pth", "checkpoint-0000002.pth"]
+    res = train(out, steps=3)  # resumes this run's step 3, not the other run's step 6
+    assert res.steps == 3
+    train(tmp_path / "fresh", steps=3)
+    assert losses(out) == losses(tmp_path / "fresh")
+    state = torch.load(out / "checkpoint-0000003.pth", weights_only=False)
+    fresh = torch.load(tmp_path / "fresh" / "checkpoint-0000003.pth", weights_only=False)
+    assert all(torch.equal(state["model"][k], fresh["model"][k]) for k in fresh["model"])
+
+
+def test_resume_refuses_a_longer_runs_step_and_a_checkpoint_of_other_settings(tmp_path):
+    train(tmp_path / "six", steps=6)
+    out = tmp_path / "three"
+    train(out, steps=3)
+    shutil.copy(tmp_path / "six" / "checkpoint-0000006.pth", out)
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint-0000006.pth: checkpoint at step 6 of a longer run than this one \(3 steps\)"
+    ):
+        train(out, steps=3)
+    (out / "checkpoint-0000006.pth").unlink()
+    # a step-4 checkpoint of a run with another lr, dropped into a folder whose own record fits
+    train(tmp_path / "other", steps=4, blr=2e-3)
+    out = tmp_path / "four"
+    train(out, steps=4)
+    shutil.copy(tmp_path / "other" / "checkpoint-0000004.pth", out)
+    sums = [line for line in (out / CHECKSUMS).read_text().splitlines() if "checkpoint-0000004" not in line]
+    (out / CHECKSUMS).write_text("".join(line + "\n" for line in sums))
+    with pytest.raises(CheckpointError, match=r"checkpoint of a run with other settings \(blr 0.002 -> 0.001\)"):
+        train(out, steps=4)
+
+
+@pytest.mark.parametrize("name", [RUN_RECORD, CHECKSUMS])
+def test_a_fifo_in_the_run_folder_is_refused_not_waited_on(tmp_path, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / name)
+    t0 = time.monotonic()
+    r = bench_cli(
+        "pretrain",
+        "--arch",
+        ARCH,
+        "--steps",
+        "1",
+        "--epoch-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
+    assert_one_error_line(r, f"{out / name}: not a regular file")
+    assert time.monotonic() - t0 < 120
+    assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_a_full_disk_while_logging_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch):
+    import errno
+
+    import bench.core.trainer as trainer_module
+
+    class FullAfter:
+        """log.jsonl opened for appending, on a disk that fills after ``n`` lines."""
+
+        def __init__(self, f, n):
+            self.f, self.n = f, n
+
+        def write(self, text):
+            if self.n == 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.n -= 1
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer_module, "open", lambda p, mode="r": FullAfter(open(p, mode), 2), raising=False)
+    with pytest.raises(BenchError) as e:
+        train(out, steps=4)  # step 3's line does not fit; step 2's checkpoint is on disk
+    assert str(e.value) == (
+        f"{out / 'log.jsonl'}: cannot write (No space left on device); the checkpoints in {out} are intact "
+        f"and the same command resumes once there is room"
+    )
+    assert [p.name for p in checkpoint_paths(out)] == ["checkpoint-0000002.pth"]
+    monkeypatch.undo()
+    train(out, steps=4)
+    train(tmp_path / "fresh", steps=4)
+    assert losses(out) == losses(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        ({"img_size": 100_000}, "--img-size 100000: must be an integer in 1..1024"),
+        ({"epoch_size": 10**12}, "--epoch-size 1000000000000: must be an integer in 1..10000000"),
+        ({"steps": 10**12}, "--steps 1000000000000: at most 10000000"),
+        ({"epochs": 1e9}, "--epochs 1e+09: at most 100000"),
+    ],
+)
+def test_unbounded_sizes_are_refused_before_anything_is_built(tmp_path, kw, fragment):
+    from backbones.pretrainers import pretrain
+
+    with pytest.raises(BenchError, match=fragment.replace("+", "\\+")):
+        pretrain("mae", ARCH, tmp_path / "run", progress=False, **kw)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_refused_classification_run_writes_nothing(tmp_path):

@@ -189,3 +189,49 @@ def test_compiled_forward_trains_like_eager_and_keeps_checkpoint_names(tmp_path)
     comp_losses, comp_sd = run(tmp_path / "compiled", "eager")
     assert comp_losses == eager_losses
     assert list(comp_sd) == list(eager_sd)
+
+
+def _amp_run(out, resume=True, crash_at=None, **kw):
+    torch.manual_seed(0)
+    model = build_mae("vit_test_patch8")
+    calls = {"n": 0}
+
+    def loss_fn(m, x):
+        calls["n"] += 1
+        if crash_at and calls["n"] == crash_at:
+            raise Crash
+        return m(x, 0.75)[0], {"mean": x.mean()}
+
+    cfg = TrainConfig(
+        out_dir=str(out), steps=6, batch_size=8, blr=1e-3, warmup_steps=1, ckpt_every=3, progress=False, **kw
+    )
+    try:
+        return fit(model, pretrain_dataset("embedded", 32, 32), loss_fn, cfg, resume=resume)
+    except Crash:
+        return None
+
+
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tmp_path, capsys):
+    """The fp16 path (GPUs without bf16): autocast in fp16, the loss scaled by a GradScaler whose
+    state is checkpointed; on CPU its numbers stay close to fp32, and a resumed run repeats the
+    uninterrupted one."""
+    _amp_run(tmp_path / "fp32", amp=False)
+    res = _amp_run(tmp_path / "fp16", amp=True, amp_dtype="fp16")
+    out = capsys.readouterr().out
+    assert "device cpu, dtype fp16, world 1, backend none" in out
+    assert "device cpu, dtype fp32, world 1, backend none" in out
+    ref, half = _losses(tmp_path / "fp32"), _losses(tmp_path / "fp16")
+    assert res.steps == 6 and half != ref and half == pytest.approx(ref, rel=2e-2)
+    state = torch.load(tmp_path / "fp16" / "checkpoint-0000006.pth", weights_only=False)
+    assert state["scaler"]["scale"] == 65536.0  # no overflow at this scale, so never lowered
+    assert state["scaler"]["_growth_tracker"] == 6
+    assert _amp_run(tmp_path / "cut", amp=True, amp_dtype="fp16", crash_at=5) is None
+    _amp_run(tmp_path / "cut", amp=True, amp_dtype="fp16")
+    assert _losses(tmp_path / "cut") == half
+
+
+def test_bf16_alias_and_cpu_default(tmp_path, capsys):
+    _amp_run(tmp_path / "a", bf16=True)
+    _amp_run(tmp_path / "b", amp=True)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    assert capsys.readouterr().out.count("dtype bf16") == 2
