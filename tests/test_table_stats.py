@@ -422,3 +422,84 @@ def test_detection_apbox_bootstraps_over_images_from_cocoeval_matches(tmp_path):
         assert full_metric("APbox", cells[name].data[1]) == pytest.approx(apbox, abs=1e-9)
         assert cells[name].method == "images" and cells[name].lo < apbox < cells[name].hi
     assert _compare(cells["good"], cells["bad"], 200)[0] == "best"
+
+
+# -- intervals with few seeds, plots, faults while writing (issues 20, 24) ----------------------
+
+
+def test_two_seeds_get_a_seeds_x_images_bootstrap_not_a_clipped_t_interval(tmp_path):
+    rng = np.random.default_rng(8)
+    n = 500
+    runs = [rng.random(n) < 0.27, rng.random(n) < 0.30]  # the demo's case: about 27 % and 2 seeds
+    records = []
+    for seed, correct in enumerate(runs):
+        path = correct_file(tmp_path / f"s{seed}.npz", correct)
+        records.append({"seed": seed, "value": float(correct.mean() * 100), "per_example": str(path)})
+    cell = _Cell(records, "top1", 1000)
+    assert cell.method == "seeds x images"
+    # by loops: each resample draws the images once for both seeds, and the 2 seeds with replacement
+    idx = bootstrap_indices(n, 1000, 0)
+    pick = np.random.default_rng(1).integers(0, 2, size=(1000, 2))
+    means = [np.mean([runs[s][idx[k]].mean() * 100 for s in pick[k]]) for k in range(1000)]
+    assert (cell.lo, cell.hi) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    assert 0 < cell.lo < cell.mean < cell.hi < 100 and cell.hi - cell.lo < 15  # not [0.0, 72.1]
+    lo_t, hi_t = t_interval([r["value"] for r in records])
+    assert hi_t - lo_t > cell.hi - cell.lo  # the 2-seed t-interval (t = 12.7) is far wider
+
+
+def test_a_t_interval_past_0_100_is_not_shown_clipped():
+    def cell(values):
+        return _Cell([{"seed": s, "value": v, "per_example": None} for s, v in enumerate(values)], "top1", 1000)
+
+    wide = cell([10.0, 40.0])  # t(0.975, 1) * 21.2 / sqrt(2) = 190: past both ends
+    assert math.isnan(wide.lo) and wide.method == ""
+    assert "t-interval [-165.6, 215.6] passes the metric's 0-100 range" in wide.why_none
+    narrow = cell([50.0, 51.0])
+    assert narrow.method == "seeds" and (narrow.lo, narrow.hi) == pytest.approx((50.5 - 6.353, 50.5 + 6.353), abs=1e-3)
+
+
+def test_plot_legends_need_two_entries_and_footers_wrap():
+    from matplotlib.figure import Figure
+
+    from bench.tables.plots import _footer, _legend
+
+    ax = Figure(figsize=(4, 3)).add_subplot(1, 1, 1)
+    ax.bar([0, 1], [1, 2], label="ViT-B")
+    _legend(ax)
+    assert ax.get_legend() is None  # one series: nothing to tell apart
+    ax.axhline(1.5, label="chance")
+    _legend(ax)
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["ViT-B", "chance"]
+
+    phrases = [f"drop_path 0.{i} != paper 0.{i + 1}" for i in range(12)]
+    sel = pd.DataFrame([{"deviations": phrases, "extra": {}}])
+    _footer(ax, sel, below=35)
+    text = ax.texts[-1].get_text()
+    width = int(4 * 17)
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "drop_path 0.11 != paper 0.12" in text.replace("\n", " ")  # wrapped, not cut off
+    assert "..." not in text
+
+
+def test_a_full_disk_while_writing_leaves_no_folder_and_no_tables(demo_store, tmp_path, monkeypatch):
+    import errno
+
+    import bench.tables.cli as table_cli
+
+    store, _ = demo_store
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(table_cli, "plot_tables", full)  # the tables are written, then the disk fills
+    out = tmp_path / "new" / "out"
+    with pytest.raises(BenchError) as e:
+        run_table(store.path, out)
+    assert str(e.value) == f"{out}: cannot write the tables (No space left on device); nothing was left there"
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    with pytest.raises(BenchError):
+        run_table(store.path, existing)
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]

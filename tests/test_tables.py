@@ -490,3 +490,111 @@ def test_every_published_number_finds_its_cell(tmp_path):
     cells = pd.concat([table_to_long(t) for t in tables.values()])
     assert len(cells) == len(ref)
     assert (cells["published"] == cells["mean"]).all(), cells[cells["published"] != cells["mean"]]
+
+
+# -- labels and checkpoints (issue 21), provenance (issue 22), floors (issue 20) ---------------
+
+
+def labelled(label, seed, top1, sha=None, provenance=None, init="mae", backbone="vit_base_patch16", **kw):
+    r = row(init, backbone, seed, {"top1": top1}, "inat2017", "finetune", **kw)
+    extra = r["extra"]
+    r.update(schema=3, label=label, checkpoint_sha256=sha, provenance=provenance)
+    r["run_id"] = default_run_id(
+        "paper", "inat2017", "finetune", None, init, backbone, seed, extra, label=label, checkpoint_sha256=sha
+    )
+    return r
+
+
+def test_two_checkpoints_of_one_label_are_two_rows_never_seeds(tmp_path):
+    store = ResultsStore(tmp_path)
+    sha_a, sha_b = "a" * 8 + "1" * 56, "b" * 8 + "2" * 56
+    for seed, (va, vb) in enumerate([(70.0, 50.0), (72.0, 52.0)]):
+        store.append(labelled("mae", seed, va, sha=sha_a))
+        store.append(labelled("mae", seed, vb, sha=sha_b))
+    store.append(labelled("mae-ours", 0, 60.0, sha="c" * 64))  # another label, one checkpoint: no suffix
+    t6 = build_tables(store.dataframe(), None)["table6_transfer_cls"]
+    assert list(t6.index) == ["mae-ours", "mae@aaaaaaaa", "mae@bbbbbbbb"]
+    cell = ("iNat 2017", "ViT-B", "mean")
+    assert t6.loc["mae@aaaaaaaa", cell] == 71.0 and t6.loc["mae@bbbbbbbb", cell] == 51.0
+    assert t6.loc["mae@aaaaaaaa", ("iNat 2017", "ViT-B", "n")] == 2
+    assert t6.loc["mae@bbbbbbbb", ("iNat 2017", "ViT-B", "n")] == 2
+    # schema-2 rows (no label) read as their init
+    old = row("beit", "vit_base_patch16", 0, {"top1": 65.0}, "inat2017", "finetune")
+    store.append(old)
+    assert "beit" in build_tables(store.dataframe(), None)["table6_transfer_cls"].index
+
+
+OFFICIAL_MAE = {"source": "MAE official release", "data": "ImageNet-1K", "epochs": 1600, "official": True}
+
+
+def test_only_the_papers_checkpoint_sits_unmarked_beside_a_paper_number(tmp_path):
+    store = ResultsStore(tmp_path)
+    huge = "vit_huge_patch14"  # Table 6 has MAE ViT-H iNat 2017: 79.3
+    store.append(labelled("mae", 0, 79.0, sha="1" * 64, provenance=OFFICIAL_MAE, backbone=huge))
+    store.append(
+        labelled(
+            "mae-ours",
+            0,
+            70.0,
+            sha="2" * 64,
+            provenance={"source": "self-pretrained", "steps": 100, "official": False},
+            backbone=huge,
+        )
+    )
+    store.append(labelled("mae-unknown", 0, 75.0, sha="3" * 64, backbone=huge))
+    store.append(labelled("mae-noprov", 0, 76.0, backbone=huge))
+    beit22k = {"source": "BEiT official release", "data": "ImageNet-22K", "official": True}
+    store.append(labelled("beit", 0, 77.0, sha="4" * 64, provenance=beit22k, init="beit", backbone=huge))
+    reference = load_reference().copy()
+    extra = reference[(reference["task"] == "inat2017") & (reference["backbone"] == huge)].iloc[[0]].copy()
+    extra[["init", "value", "note"]] = ["beit", 70.0, ""]  # a BEiT number to sit beside
+    t6 = build_tables(store.dataframe(), pd.concat([reference, extra], ignore_index=True))["table6_transfer_cls"]
+    info = t6.attrs["info"]
+    key = ("iNat 2017", "ViT-H")
+    assert all(t6.loc[label, key + ("published",)] == 79.3 for label in ("mae", "mae-ours", "mae-unknown"))
+    assert info[("mae",) + key]["paper_match"] is True
+    notes = {text: mark for text, mark in t6.attrs["footnotes"].items()}
+    expected = {
+        "mae-ours": "self-pretrained, 100 steps: not the paper's checkpoint",
+        "mae-unknown": "checkpoint provenance not recorded: not known to be the paper's checkpoint",
+        "mae-noprov": "checkpoint provenance not recorded: not known to be the paper's checkpoint",
+        "beit": "BEiT ViT-H ImageNet-22K, paper: ImageNet-1K",
+    }
+    for label, text in expected.items():
+        assert info[(label,) + key]["paper_match"] is False
+        assert notes[text] in info[(label,) + key]["marks"]
+    # every row beside a paper number is either the paper's checkpoint or marked (Markdown and CSV)
+    long = table_to_long(t6)
+    beside = long[long["published"].notna()]
+    assert set(beside[beside["paper_match"]]["init"]) == {"mae"}
+    assert all(n for n in beside[~beside["paper_match"].astype(bool)]["notes"])
+    assert not set(info[("mae",) + key]["marks"]) & {notes[text] for text in expected.values()}
+    md = to_markdown(t6)
+    mark = notes[expected["mae-ours"]]
+    assert re.search(rf"\| mae-ours \| 70\.0<sup>([a-z]+,)*{mark}(,[a-z]+)*</sup> \|", md)
+
+
+def test_raw_pixel_floors_are_rows_of_their_own_below_the_inits(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(labelled("random", 0, 40.0, init="random", backbone="vit_demo_patch8"))
+    store.append(labelled("mae", 0, 60.0, backbone="vit_demo_patch8"))
+    for protocol, value in (("logreg", 89.0), ("knn", 91.5)):
+        r = row("raw_pixels", "raw_pixels", 0, {"top1": value}, "inat2017", protocol)
+        store.append(r)
+    store.append(row("raw_pixels", "raw_pixels", 0, {"top1": 30.0}, "inat2018", "knn"))  # no learned row: no floor
+    tables = build_tables(store.dataframe(), None)
+    t6 = tables["table6_transfer_cls"]
+    assert list(t6.index) == ["random", "mae", "raw pixels (k-NN)", "raw pixels (logistic regression)"]
+    assert t6.attrs["floors"] == ["raw pixels (k-NN)", "raw pixels (logistic regression)"]
+    assert t6.loc["raw pixels (k-NN)", ("iNat 2017", "ViT-demo/8", "mean")] == 91.5
+    assert "iNat 2018" not in t6.columns.get_level_values("group")
+    # floors take no part in 'best': mae vs random is the only comparison
+    assert [(g, c) for g, c, _, _ in t6.attrs["tests"]] == [("iNat 2017", "ViT-demo/8")]
+    md = to_markdown(t6)
+    lines = md.splitlines()
+    heading = lines.index("| *Floors: raw pixels, no backbone* | |")
+    assert lines[heading - 1].startswith("| mae |") and lines[heading + 1].startswith("| raw pixels (k-NN) | 91.5")
+    tex = to_latex(t6)
+    assert r"\multicolumn{2}{l}{\emph{Floors: raw pixels, no backbone}} \\" in tex
+    assert set(table_to_long(t6)["block"]) == {"init", "floor"}
+    assert "linear_probe" not in tables  # floors alone make no table

@@ -18,7 +18,6 @@ import pandas as pd
 
 from bench.core.io import atomic_write_text
 from bench.tables.aggregate import stat_cells
-from bench.tables.escape import md_escape
 from bench.tables.names import _init_sort_key, _main_metrics, _title
 from bench.tables.rows import _cells, finished_runs
 from bench.tables.stats import BOOTSTRAP_SAMPLES, Difference, _Cell, difference
@@ -68,28 +67,32 @@ def _protocol_cells(runs: pd.DataFrame, task: str, protocol: str, base_dir: Path
     return {(init, column): cell for (init, _, column), cell in stat_cells(cells, samples).items()}
 
 
-def _protocol_sentences(runs, task, protocol, baseline, base_dir, samples) -> list[str]:
+def _plain(text: str) -> str:
+    return text
+
+
+def _protocol_sentences(runs, task, protocol, baseline, base_dir, samples, esc=_plain) -> list[str]:
     cells = _protocol_cells(runs, task, protocol, base_dir, samples)
     columns = list(dict.fromkeys(column for _, column in cells))
     words = PROTOCOL_WORDS.get(protocol, protocol)
     out = []
     for column in columns:
-        where = f"{_title(task)} ({column}), {words}"
+        where = f"{esc(_title(task))} ({esc(column)}), {esc(words)}"
         labels = sorted({label for label, c in cells if c == column}, key=_init_sort_key)
         if (baseline, column) not in cells:
-            out.append(f"{where}: no '{baseline}' runs to compare with ({', '.join(labels)} only).")
+            out.append(f"{where}: no '{esc(baseline)}' runs to compare with ({', '.join(map(esc, labels))} only).")
             continue
         base = cells[(baseline, column)]
         others = [label for label in labels if label != baseline]
         if not others:
-            out.append(f"{where}: only '{baseline}' ran, nothing to compare.")
+            out.append(f"{where}: only '{esc(baseline)}' ran, nothing to compare.")
             continue
-        phrases = [_phrase(label, baseline, difference(cells[(label, column)], base)) for label in others]
+        phrases = [_phrase(esc(label), esc(baseline), difference(cells[(label, column)], base)) for label in others]
         out.append(f"{where}: " + "; ".join(phrases) + ".")
     return out
 
 
-def _floor_sentence(runs: pd.DataFrame, task: str, base_dir: Path | None, samples: int) -> list[str]:
+def _floor_sentence(runs: pd.DataFrame, task: str, base_dir: Path | None, samples: int, esc=_plain) -> list[str]:
     """The floors' values, and the best learned cell (highest mean) against the highest floor."""
     floors = runs[runs["floor"]]
     if floors.empty:
@@ -100,16 +103,17 @@ def _floor_sentence(runs: pd.DataFrame, task: str, base_dir: Path | None, sample
     if cells.empty:
         return []
     found = {init: cell for (init, _, _), cell in stat_cells(cells, samples).items()}
-    shown = [f"{label} {_value(cell)}" for label, cell in found.items()]
-    sentence = f"{_title(task)}, floors ({metric}): " + ", ".join(shown)
+    shown = [f"{esc(label)} {_value(cell)}" for label, cell in found.items()]
+    sentence = f"{esc(_title(task))}, floors ({metric}): " + ", ".join(shown)
     learned: list[tuple[float, str, _Cell]] = []
     for protocol in sorted(set(runs.loc[~runs["floor"], "protocol"])):
         for (label, column), cell in _protocol_cells(runs[~runs["floor"]], task, protocol, base_dir, samples).items():
-            learned.append((cell.mean, f"{label} ({PROTOCOL_WORDS.get(protocol, protocol)}, {column})", cell))
+            words = PROTOCOL_WORDS.get(protocol, protocol)
+            learned.append((cell.mean, esc(f"{label} ({words}, {column})"), cell))
     if learned:
         _, name, best = max(learned, key=lambda t: t[0])
         floor_label, floor = max(found.items(), key=lambda kv: kv[1].mean)
-        sentence += "; the best learned cell, " + _phrase(name, floor_label, difference(best, floor))
+        sentence += "; the best learned cell, " + _phrase(name, esc(floor_label), difference(best, floor))
     return [sentence + "."]
 
 
@@ -124,15 +128,18 @@ def answer_sentences(
     baseline_label: str = "random",
     base_dir: str | os.PathLike | None = None,
     samples: int = BOOTSTRAP_SAMPLES,
+    escape=None,
 ) -> list[str]:
     """One sentence per protocol (and backbone column) of ``task``: every learned label against
     ``baseline_label`` on the headline metric, with the tables' test; then the raw-pixel floors
     against the best learned cell. ``rows``: a results DataFrame or a list of rows; ``base_dir``:
-    where relative per-example paths start (the store's folder)."""
+    where relative per-example paths start (the store's folder); ``escape``: applied to every name
+    in the sentences (``md_escape`` for answer.md)."""
+    esc = escape or _plain
     runs = finished_runs(rows_frame(rows))
     runs = runs[runs["task"] == task] if not runs.empty else runs
     if runs.empty:
-        return [f"{_title(task)}: no finished runs."]
+        return [f"{esc(_title(task))}: no finished runs."]
     base = None if base_dir is None else Path(base_dir)
     order = list(TASKS[task].protocols) if task in TASKS else []
     protocols = sorted(
@@ -140,11 +147,11 @@ def answer_sentences(
     )
     out = []
     for protocol in protocols:
-        out += _protocol_sentences(runs[~runs["floor"]], task, protocol, baseline_label, base, samples)
-    return out + _floor_sentence(runs, task, base, samples)
+        out += _protocol_sentences(runs[~runs["floor"]], task, protocol, baseline_label, base, samples, esc)
+    return out + _floor_sentence(runs, task, base, samples, esc)
 
 
 def write_answer(sentences: list[str], out_dir: str | os.PathLike) -> Path:
-    """``<out_dir>/answer.md``: the sentences, one paragraph each, escaped for Markdown."""
-    text = "**Answer** (from the tables' own tests)\n\n" + "\n\n".join(md_escape(s) for s in sentences) + "\n"
+    """``<out_dir>/answer.md``: the sentences (names escaped with ``md_escape``), one paragraph each."""
+    text = "**Answer** (from the tables' own tests)\n\n" + "\n\n".join(sentences) + "\n"
     return atomic_write_text(Path(out_dir) / ANSWER_FILE, text)

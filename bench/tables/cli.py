@@ -13,6 +13,7 @@ from bench.core.errors import BenchError
 from bench.core.results import ResultsStore
 from bench.tables.aggregate import build_tables
 from bench.tables.answer import ANSWER_FILE, answer_sentences, write_answer
+from bench.tables.escape import md_escape
 from bench.tables.names import _img_size, _task_sort_key
 from bench.tables.plots import PLOT_PREFIXES, plot_tables
 from bench.tables.reference import DEFAULT_PREV_BEST, DEFAULT_REFERENCE, load_reference
@@ -124,9 +125,8 @@ def run_table(
             f"(tasks {sorted(df['task'].unique())}, protocols "
             f"{sorted(df['protocol'].unique())})"
         )
-    sentences = [
-        s for t in sorted(df["task"].unique(), key=_task_sort_key) for s in answer_sentences(df, t, base_dir=base_dir)
-    ]
+    tasks = sorted(df["task"].unique(), key=_task_sort_key)
+    sentences = [s for t in tasks for s in answer_sentences(df, t, base_dir=base_dir, escape=md_escape)]
     for fmt in formats:
         if fmt not in FORMATS:
             raise BenchError(f"table format {fmt!r} (option --formats) is not one of {FORMATS}")

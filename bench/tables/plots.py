@@ -18,6 +18,7 @@ from bench.tables.stats import BOOTSTRAP_SAMPLES, _Cell
 
 PLOT_PREFIXES = ("bars_", "partial_", "mask_ratio_")
 FOOTER_CHARS_PER_INCH = 17  # 7-pt text: about this many characters per inch of figure width
+FLOOR_STYLES = [("tab:red", ":"), ("tab:purple", "-."), ("tab:brown", (0, (5, 2)))]
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -101,10 +102,10 @@ def _floor_lines(ax, floors: pd.DataFrame, metric: str, base_dir, samples) -> No
     """Each raw-pixel floor of the task as a dotted line at its mean."""
     if floors.empty or metric not in floors.columns:
         return
-    for label, g in floors.groupby("init_label"):
+    for (label, g), style in zip(floors.groupby("init_label"), FLOOR_STYLES * len(floors)):
         mean = _interval(g, metric, base_dir, samples)[0]
         if not math.isnan(mean):
-            ax.axhline(mean, color="0.2", linestyle=":", linewidth=1.2, label=label)
+            ax.axhline(mean, color=style[0], linestyle=style[1], linewidth=1.2, label=label)
 
 
 def _bars(task, protocol, sel, floors, out_dir, base, samples):
@@ -128,7 +129,7 @@ def _bars(task, protocol, sel, floors, out_dir, base, samples):
                 for init in inits
             ]
             x = np.arange(len(inits)) + (j - (len(cols) - 1) / 2) * width
-            ax.bar(x, [s[0] for s in stats], width, label=c.col)
+            ax.bar(x, [s[0] for s in stats], width, label=c.col if len(cols) > 1 else "_nolegend_")
             _errorbars(ax, x, stats, fmt="none", ecolor="black", elinewidth=1)
         _chance(ax, sel)
         _floor_lines(ax, floors, metric, base, samples)
