@@ -1130,3 +1130,139 @@ def test_doc_lists_every_case_with_its_message_and_exit_code():
     assert "1" in extra and "test_generated_dataset_is_all_or_nothing" in " ".join(extra)
     assert "BenchError: num_classes must be 1..10 (one per digit), got 11" in " ".join(extra)
     assert len(CASES) >= 25
+
+
+# --- H3b: hostile readers (round 3) ---
+# COCO fields that crashed pycocotools or trained silently, a checkpoint that inflates to far more than
+# its size, and an image whose header declares 20000 x 20000 pixels: each one `error:` line, exit 2,
+# nothing written. Same machinery as CASES (``test_bad_input``); these rows join docs/bad_inputs.md
+# when the lead moves them into CASES.
+def _h3b_ann(field_value):
+    """A COCO mutation setting one key of the first annotation; ``{aid}`` is its id."""
+
+    def mutate(d, root):
+        ann = d["annotations"][0]
+        key, value = field_value(ann)
+        ann[key] = value
+        return {"aid": ann["id"]}
+
+    return mutate
+
+
+def _h3b_polygon(value_at_0):
+    return _h3b_ann(lambda ann: ("segmentation", [[value_at_0, 10.0, 30.0, 10.0, 30.0, 30.0]]))
+
+
+def _h3b_rle(counts):
+    return _h3b_ann(lambda ann: ("segmentation", {"size": [64, 64], "counts": counts}))
+
+
+def _h3b_image_height(d, root):
+    d["images"][0]["height"] = 64.5
+    return {"iid": d["images"][0]["id"]}
+
+
+def _h3b_deflate_bomb(path, fx):
+    """A real checkpoint plus 16 MB of zero padding, its zip records deflated (~0.1 MB on disk)."""
+    import zipfile
+
+    plain = path.with_name("plain.pth")
+    torch.save({"model": torch.load(fx["mae"])["model"], "pad": torch.zeros(4 << 20)}, plain)
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    plain.unlink()
+
+
+def _h3b_huge_jpeg(tmp, fx):
+    """A 16x16 grey JPEG whose header is patched to declare 20000 x 20000 pixels."""
+    from PIL import Image
+
+    (tmp / "imgs").mkdir()
+    path = tmp / "imgs" / "huge.jpg"
+    Image.new("L", (16, 16), 128).save(path, quality=90)
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+    return {}
+
+
+H3B_CASES = [
+    Case(
+        "det-coco-polygon-1e308",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'segmentation' polygon 0 point 0 (1e+308, 10) lies far outside its 64x64 "
+        "image",
+        _coco(_h3b_polygon(1e308)),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-polygon-nan",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'segmentation' polygon 0 holds a non-finite coordinate",
+        _coco(_h3b_polygon(float("nan"))),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-polygon-strings",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'segmentation' polygon 0 must hold numbers, got 'ten'",
+        _coco(_h3b_polygon("ten")),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-rle-garbage",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'segmentation' compressed RLE 'counts' is not a valid RLE string",
+        _coco(_h3b_rle("garbage RLE ~~~")),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-rle-past-image",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'segmentation' RLE 'counts' cover 4106 pixels, its 64x64 image has 4096",
+        _coco(_h3b_rle([0, 4106])),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-rle-negative",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'segmentation' RLE 'counts' holds a negative run -4",
+        _coco(_h3b_rle([4100, -4])),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-iscrowd-yes",
+        DET,
+        TRAIN_JSON + ": annotation id {aid} 'iscrowd' must be 0 or 1, got 'yes'",
+        _coco(_h3b_ann(lambda ann: ("iscrowd", "yes"))),
+        DET_LEFT,
+    ),
+    Case(
+        "det-coco-height-not-integer",
+        DET,
+        TRAIN_JSON + ": image id {iid} 'height' must be a positive integer, got 64.5",
+        _coco(_h3b_image_height),
+        DET_LEFT,
+    ),
+    Case(
+        "ckpt-deflate-bomb",
+        VIS,
+        "checkpoint {ckpt} declares ",
+        _ckpt(_h3b_deflate_bomb),
+        VIS_LEFT,
+    ),
+    Case(
+        "pretrain-image-over-pixel-limit",
+        PRE + ("--data", "{tmp}/imgs"),
+        "image folder {tmp}/imgs: none of its 1 image files can be read (first: {tmp}/imgs/huge.jpg)",
+        _h3b_huge_jpeg,
+        PRE_LEFT,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in H3B_CASES])
+def test_h3b_hostile_reader_input(case, tmp_path, fx, capsys, monkeypatch):
+    test_bad_input(case, tmp_path, fx, capsys, monkeypatch)
