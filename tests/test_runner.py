@@ -21,8 +21,10 @@ from bench.suite import load_suite
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-# A tiny classification task: 2 classes x 4 train / 2 val images of 32 px, linear probe, 1 epoch.
+# A tiny classification task: 2 classes x 4 train / 2 val images of 32 px, linear probe, 1 epoch
+# (without the raw-pixel floor cells a generated set gets by default: tests of them are their own).
 TINY_LINEAR = {
+    "floors": False,
     "task": "folder",
     "protocol": "linear",
     "config": "smoke",
@@ -63,13 +65,18 @@ MATRIX = {
 def test_plan_expands_inits_tasks_k_seeds_with_store_run_ids(tmp_path):
     suite = load_suite(write_suite(tmp_path, MATRIX))
     cells = plan(suite)
-    # 1 pretraining + 3 inits x (coco + ade20k + 2 values of k) x 2 seeds
-    assert len(cells) == 1 + 3 * 4 * 2 == 25
+    # 1 pretraining + 3 inits x (coco + ade20k + 2 values of k) x 2 seeds + the raw-pixel floors
+    # of the classification set (generated: floors by default) x 2 seeds
+    assert len(cells) == 1 + 3 * 4 * 2 + 2 == 27
     assert [c.name for c in cells[:3]] == ["mae/pretrain", "random/coco/seed0", "random/coco/seed1"]
-    assert cells[0].kind == "pretrain" and all(c.kind == "transfer" for c in cells[1:])
+    assert cells[0].kind == "pretrain" and all(c.kind == "transfer" for c in cells[1:-2])
     by_name = {c.name: c for c in cells}
     assert set(by_name) >= {"supervised/ade20k/seed1", "mae/fp/k0/seed0", "mae/fp/k2/seed1"}
-    assert len({c.id for c in cells}) == 25
+    assert len({c.id for c in cells}) == 27
+    assert [(c.name, c.kind) for c in cells[-2:]] == [
+        ("raw-pixels/fp/seed0", "floor"),
+        ("raw-pixels/fp/seed1", "floor"),
+    ]
 
     # ids are the results store's default run ids (MAE's mask ratio takes part, as in its rows)
     c = by_name["mae/fp/k2/seed1"]
@@ -283,16 +290,25 @@ def test_suite_file_errors(tmp_path):
         **MATRIX,
         "inits": {"mae": MATRIX["inits"]["mae"], "mae_again": {"init": "mae", "pretrain": {"mask_ratio": 0.6}}},
     }
-    with pytest.raises(
-        BenchError,
-        match=r"cells mae/coco/seed0 and mae_again/coco/seed0 would "
-        r"write rows with the same run id",
-    ):
-        plan(load_suite(write_suite(tmp_path, doc)))
+    # two entries of one method are two labelled inits (issue #21): their own cells and run ids
+    cells = {c.name: c for c in plan(load_suite(write_suite(tmp_path, doc)))}
+    assert cells["mae/coco/seed0"].id != cells["mae_again/coco/seed0"].id
+    assert cells["mae_again/coco/seed0"].id == default_run_id(
+        "matrix",
+        "coco",
+        "maskrcnn_vitdet",
+        None,
+        "mae",
+        "vit_test_patch8",
+        0,
+        {"mask_ratio": 0.6, "engine": "mmdet"},
+        label="mae_again",
+    )
+    assert cells["mae_again/coco/seed0"].needs == "mae_again/pretrain"
 
 
 def test_bundled_suites_load():
-    for name in ("ci", "demo", "paper"):
+    for name in ("ci", "demo", "paper", "search_ci", "dense_smoke", "yours_vs_official"):
         suite = load_suite(name)
         assert plan(suite)
     paper = load_suite("paper")

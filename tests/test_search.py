@@ -14,6 +14,7 @@ from bench.runner import plan, run_suite
 from bench.suite import load_suite
 
 TINY = {
+    "floors": False,  # the raw-pixel floor cells are tested on their own
     "task": "folder",
     "protocol": "linear",
     "config": "smoke",
@@ -38,7 +39,9 @@ def test_search_ci_selects_the_best_heldout_point_and_reports_it(tmp_path, capsy
     summary = run_suite(suite, out, tables=False)
     assert not summary.failed, summary.failed
     rows = ResultsStore(out).rows()
-    assert all(r["status"] == "ok" for r in rows) and len(rows) == 10
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == 10 + 2  # + the 2 raw-pixel floors
+    assert sorted(r["label"] for r in rows if r["init"] == "raw_pixels") == ["raw-pixels-1nn", "raw-pixels-logreg"]
+    rows = [r for r in rows if r["init"] != "raw_pixels"]
     grids = {  # the same grid for every init (the loader refuses unequal grids without a reason)
         "random": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.05]},
         "mae": {"lr": [0.1, 6.4], "weight_decay": [0.0, 0.05]},
@@ -128,7 +131,7 @@ def test_grid_errors_are_one_line(tmp_path, change, message):
     assert "\n" not in str(info.value)
 
 
-def test_dense_search_needs_select_on_val_and_maps_to_config_keys(tmp_path):
+def test_dense_search_maps_to_config_keys(tmp_path):
     doc = {
         "name": "d",
         "arch": "vit_test_patch8",
@@ -136,13 +139,6 @@ def test_dense_search_needs_select_on_val_and_maps_to_config_keys(tmp_path):
         "inits": {"random": {}},
         "tasks": {"ade20k": {"iters": 2, "generate": {"n_train": 2}, "search": {"lr": [1e-4, 1e-3]}}},
     }
-    with pytest.raises(
-        BenchError,
-        match=r"key 'tasks.ade20k.search': selecting on a held-out part "
-        r"of the training set is not implemented for task "
-        r"'ade20k'; set 'select_on: val'",
-    ):
-        load_suite(write(tmp_path, doc))
     doc["tasks"]["ade20k"]["select_on"] = "val"
     doc["inits"]["random"]["search"] = {"ade20k": {"drop_path": [0.0, 0.1], "iters": [2, 4]}}
     suite = load_suite(write(tmp_path, doc))

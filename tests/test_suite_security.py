@@ -23,6 +23,7 @@ PYTHON = sys.executable
 SMOKE_SEG = REPO / "tasks" / "segmentation" / "configs" / "smoke.py"
 
 TINY_LINEAR = {
+    "floors": False,  # no raw-pixel floor cells here (tests/test_labels.py and test_runner.py have them)
     "task": "folder",
     "protocol": "linear",
     "config": "smoke",
@@ -356,7 +357,7 @@ def test_failed_error_log_write_still_records_the_row_and_runs_the_next_cell(tmp
         },
     }
     args = add_run_arguments(argparse.ArgumentParser()).parse_args(
-        [str(write(tmp_path / "s.yaml", doc)), "--out", str(tmp_path / "out"), "--no-tables"]
+        [str(write(tmp_path / "s.yaml", doc)), "--out", str(tmp_path / "out"), "--no-tables", "--jobs", "1"]
     )
     assert run_main(args) == 1
     rows = {r["extra"]["cell"]: r for r in ResultsStore(tmp_path / "out").rows()}

@@ -101,7 +101,7 @@ def test_suites_accept_each_tasks_own_keys_only(tmp_path):
     with pytest.raises(
         BenchError,
         match=r"unknown key 'tasks.ade20k.epochs'; allowed: task, protocol, data, "
-        r"generate, config, trust_config, search, select_on, iters$",
+        r"generate, config, trust_config, search, select_on, unequal_grid_reason, amp, bf16, floors, iters$",
     ):
         load_suite(path)
 
@@ -118,7 +118,7 @@ def test_registry_and_help_do_not_import_mm_libraries():
 
 def test_a_suite_picks_the_detection_engine_per_task(tmp_path, monkeypatch):
     import bench.runner as runner
-    import tasks.detection.run as det_run
+    import tasks.detection.task as det_task
 
     doc = {
         "name": "t",
@@ -135,7 +135,8 @@ def test_a_suite_picks_the_detection_engine_per_task(tmp_path, monkeypatch):
     suite = load_suite(path)
     assert [t.engine for t in suite.tasks] == ["detectron2", None]
     seen = []
-    monkeypatch.setattr(det_run, "run_detection", lambda *a, **kw: seen.append(kw["engine"]) or {})
+    # the family picks the engine's run by name: record which one each cell's TransferRun reaches
+    monkeypatch.setattr(det_task, "engine_run", lambda engine: lambda run: seen.append(engine) or {})
     for cell in runner.plan(suite):
         runner.run_transfer_cell(suite, cell, tmp_path / "out", None)
     assert seen == ["detectron2", "mmdet"]  # the declaration's first engine is the default

@@ -16,6 +16,7 @@ from bench.runner.data import dataset_root
 from bench.runner.plan import Cell, point_name
 from bench.runner.state import CELL_FILE, candidate_select, cell_checkpoint, cell_settings, search_grid
 from bench.suite import Suite, pretrainer_fn
+from tasks.classification.floors import FLOORS, raw_pixel_floors
 from tasks.spec import TransferRun
 
 ERROR_LOG = "error.log"
@@ -77,6 +78,28 @@ def run_transfer_cell(
 
 def _bars() -> bool:
     return PROGRESS["bars"] and sys.stderr.isatty()
+
+
+def run_floor_cell(suite: Suite, cell: Cell, out_dir: Path) -> list[dict]:
+    """The raw-pixel floor rows of the cell's dataset (``tasks.classification.floors``), given the
+    cell's run ids and the suite's extras and deviations (not yet stored)."""
+    t = cell.task
+    rows = raw_pixel_floors(
+        t.task, dataset_root(t, out_dir), cell.seed, out_dir=out_dir / cell.work_dir, suite=suite.name
+    )
+    if len(rows) != len(cell.row_ids):
+        raise RuntimeError(f"the floors returned {len(rows)} rows, expected {len(cell.row_ids)} for cell {cell.name}")
+    deviations = suite_deviations(suite, cell)
+    return [
+        dict(
+            row,
+            run_id=run_id,
+            suite=suite.name,
+            extra={**row.get("extra", {}), "cell": cell.name},
+            deviations=list(dict.fromkeys([*row.get("deviations", []), *deviations])),
+        )
+        for row, run_id in zip(rows, cell.row_ids)
+    ]
 
 
 def select_point(cell: Cell, out_dir: Path) -> tuple[dict, dict | None, dict]:
@@ -160,10 +183,14 @@ def _search_extra(cell: Cell) -> dict:
 
 
 def failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str, wall: float) -> dict:
+    """The 'failed' row of a transfer cell (a floor cell: under its first floor's protocol and label)."""
     t = cell.task
+    protocol, label = t.protocol, cell.init.label
+    if cell.kind == "floor":
+        protocol, (label, _) = next(iter(FLOORS.items()))
     return make_row(
         task=t.task,
-        protocol=t.protocol,
+        protocol=protocol,
         init=cell.init.init,
         backbone=cell.init.arch,
         seed=cell.seed,
@@ -178,7 +205,7 @@ def failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str, wa
         extra={**cell.init.extra, "cell": cell.name, **_search_extra(cell)},
         run_id=cell.id,
         deviations=suite_deviations(suite, cell),
-        label=cell.init.label,
+        label=label,
     )
 
 
@@ -213,6 +240,11 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *, pretrain_error: str
             _write_cell_file(cell, work)
         if cell.kind == "pretrain":
             return True, f"-> {run_pretrain_cell(cell, out_dir)}"
+        if cell.kind == "floor":
+            rows = run_floor_cell(suite, cell, out_dir) if is_main() else []
+            for row in rows:
+                store.append(row)
+            return True, ", ".join(f"{r['label']} {r['metrics']['top1']:.2f}" for r in rows)
         search = None
         if cell.role == "final":
             chosen, best, search = select_point(cell, out_dir)
@@ -233,6 +265,6 @@ def execute_cell(suite: Suite, cell: Cell, out_dir: Path, *, pretrain_error: str
     except Exception as exc:  # a failed cell is recorded; the others still run
         error = first_line(exc, with_type=True)
         _log_error(work, exc)
-        if cell.kind == "transfer" and is_main():
+        if cell.kind != "pretrain" and is_main():
             store.append(failed_row(suite, cell, checkpoint, error, time.perf_counter() - start))
         return False, error

@@ -23,9 +23,9 @@ import torch
 
 from bench.core.results import ResultsStore
 from bench.progress import Eta
-from bench.runner.cell import ERROR_LOG, execute_cell, failed_row
+from bench.runner.cell import ERROR_LOG, PROGRESS, execute_cell, failed_row
 from bench.runner.plan import Cell
-from bench.runner.state import cell_checkpoint, cell_status
+from bench.runner.state import HELD_LOCKS, cell_checkpoint, cell_status
 from bench.suite import Suite
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -50,6 +50,8 @@ def eta_kind(cell: Cell) -> str:
     """Cells that cost about the same: a pretraining method, or a task and protocol."""
     if cell.kind == "pretrain":
         return f"pretrain:{cell.init.pretrain['method']}"
+    if cell.kind == "floor":
+        return "floor"
     return f"{cell.task.task}:{cell.task.protocol}"
 
 
@@ -128,6 +130,10 @@ def _start(suite: Suite, cell: Cell, out_dir: Path, pretrain_error: str | None):
 def _cell_process(suite: Suite, cell: Cell, out_dir: Path, pretrain_error: str | None, send, parent: int) -> None:
     """A forked cell: one torch thread (the cells share the cores), then the cell, then its result."""
     _die_with_parent(parent)
+    for fd in list(HELD_LOCKS):  # the runner's lock is the runner's: it must go when the runner dies
+        os.close(fd)
+    HELD_LOCKS.clear()
+    PROGRESS["bars"] = False  # several cells' bars on one terminal would overwrite each other
     os.environ["OMP_NUM_THREADS"] = "1"  # libraries that start their own pools later read it
     torch.set_num_threads(1)
     cpu = time.process_time()
@@ -161,6 +167,6 @@ def _result(suite: Suite, cell: Cell, out_dir: Path, proc, conn, seconds: float)
     if answer is not None:
         return answer
     text = f"the cell's process ended with exit code {proc.exitcode} before reporting"
-    if cell.kind == "transfer":
+    if cell.kind != "pretrain":
         ResultsStore(out_dir).append(failed_row(suite, cell, cell_checkpoint(cell, out_dir), text, seconds))
     return False, text, None

@@ -15,6 +15,7 @@ from bench.runner.slurm import run_with_executor
 from bench.runner.state import check_inputs, is_done, out_dir_lock, refuse
 from bench.suite import Suite
 from bench.tables import run_table
+from bench.tables.answer import ANSWER_FILE
 
 SMOKE_NOTE = (
     "These are smoke-scale numbers: a tiny ViT pretrained for minutes on CPU and transferred "
@@ -79,15 +80,19 @@ def run_suite(
 
 
 def write_suite_tables(suite: Suite, out_dir: Path) -> list[Path]:
-    """Tables + plots of this suite's rows into ``out_dir``; prints the Markdown tables."""
+    """Tables, plots and the answer (``answer.md``: sentences from the tables' own tests) of this
+    suite's rows into ``out_dir``; prints the Markdown tables, then the answer last."""
     try:
         written = run_table(ResultsStore(out_dir).path, out_dir, suite=suite.name)
     except BenchError as e:  # e.g. no finished run yet: nothing to tabulate
         print(f"no tables: {e}", flush=True)
         return []
     print("\n" + (SMOKE_NOTE if suite.scale == "smoke" else FULL_NOTE) + "\n")
+    answer = [p for p in written if p.name == ANSWER_FILE]
     for path in written:
-        if path.suffix == ".md":
+        if path.suffix == ".md" and path not in answer:
             print(path.read_text(encoding="utf-8"))
     print(f"tables and plots in {out_dir}: {', '.join(p.name for p in written)}", flush=True)
+    for path in answer:
+        print("\n" + path.read_text(encoding="utf-8"), flush=True)
     return written

@@ -13,6 +13,11 @@ from pathlib import Path
 from bench.core.errors import BenchError
 from bench.core.results import default_run_id
 from bench.suite import InitEntry, Suite, TaskEntry
+from tasks.classification.datasets import DATASETS as FLOOR_DATASETS
+from tasks.classification.floors import FLOORS
+from tasks.classification.floors import INIT as FLOOR_INIT
+
+FLOOR_LABEL = "raw-pixels"  # the floor cells' folder; their rows carry the floors' own labels
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Cell:
     role: str | None = None
     point: tuple = ()
     candidates: tuple = ()  # final: its candidate Cells
+    # A floor cell writes several rows (one per floor classifier): their run ids; ``id`` is the first.
+    row_ids: tuple = ()
 
     @property
     def work_dir(self) -> Path:
@@ -59,6 +66,7 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
         needs = pretrain_cells[init.label].name if init.label in pretrain_cells else None
         for task in suite.tasks:
             transfer += _transfer_cells(suite, init, task, needs)
+    transfer += floor_cells(suite)
 
     everything = list(pretrain_cells.values()) + transfer
     for option, patterns in (("--only", only), ("--skip", skip)):
@@ -81,6 +89,40 @@ def plan(suite: Suite, only=None, skip=None) -> list[Cell]:
     needed = {c.needs for c in transfer}
     pre = [c for c in pretrain_cells.values() if c.name in needed or wanted(c.name)]
     return pre + transfer
+
+
+def floor_cells(suite: Suite) -> list[Cell]:
+    """``raw-pixels/<task>/seed<s>``: the raw-pixel floors (``tasks.classification.floors``) of each
+    classification dataset of the suite that wants them (``wants_floors``), once per dataset (two
+    tasks on the same data share them) and seed."""
+    init = InitEntry(label=FLOOR_LABEL, init=FLOOR_INIT, arch=FLOOR_INIT)
+    cells, seen = [], set()
+    for task in suite.tasks:
+        data = json.dumps([task.task, str(task.data), task.generate], sort_keys=True, default=str)
+        if not wants_floors(task) or data in seen:
+            continue
+        seen.add(data)
+        for seed in suite.seeds:
+            ids = tuple(
+                default_run_id(suite.name, task.task, protocol, None, FLOOR_INIT, FLOOR_INIT, seed, label=label)
+                for protocol, (label, _) in FLOORS.items()
+            )
+            name = f"{FLOOR_LABEL}/{task.label}/seed{seed}"
+            cells.append(Cell(name=name, kind="floor", id=ids[0], row_ids=ids, init=init, task=task, seed=seed))
+    return cells
+
+
+def wants_floors(task: TaskEntry) -> bool:
+    """The task's ``floors:`` key, else: a classification dataset the floors read, when it is the
+    digits or a generated set (seconds of scikit-learn; a full-size dataset on disk would not be)."""
+    if task.floors is not None:
+        return task.floors
+    return task.task in FLOOR_DATASETS and (task.task == "digits" or task.generate is not None)
+
+
+def row_ids(cell: Cell) -> tuple[str, ...]:
+    """The run ids of the rows a (transfer or floor) cell writes."""
+    return cell.row_ids or (cell.id,)
 
 
 def _pretrain_cell(suite: Suite, init: InitEntry) -> Cell:

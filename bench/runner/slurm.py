@@ -87,7 +87,7 @@ def run_with_executor(suite: Suite, todo: list, total: int, out_dir: Path, execu
                 ok, text = job.results()[0]  # rank 0's answer
             except Exception as exc:  # the job died outside execute_cell (node failure, OOM kill)
                 ok, text = False, f"job {job.job_id}: {first_line(exc, with_type=True)}"
-                if cell.kind == "transfer":
+                if cell.kind != "pretrain":
                     ResultsStore(out_dir).append(failed_row(suite, cell, cell_checkpoint(cell, out_dir), text, 0.0))
             report(summary, f"[{number}/{total}] {cell.name}", cell, out_dir, ok, text, time.perf_counter() - start)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore
 from bench.core.run_record import read_run_record, settings_diff
-from bench.runner.plan import Cell
+from bench.runner.plan import Cell, row_ids
 from bench.suite import Suite, TaskEntry
 
 CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
@@ -21,6 +21,7 @@ CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "tasks"
 PRETRAIN_DATA = ("embedded", "digits", "")  # bench.core.data.pretrain_dataset's built-in sources
 CELL_FILE = "cell.json"
+HELD_LOCKS: set[int] = set()  # descriptors of the output-folder locks this process holds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -34,6 +35,9 @@ def cell_settings(cell: Cell) -> dict:
     if cell.kind == "pretrain":
         return jsonable({"init": init.init, "arch": init.arch, **init.pretrain})
     t = cell.task
+    if cell.kind == "floor":
+        data = str(t.data) if t.data else None
+        return jsonable({"floors": init.init, "task": t.task, "seed": cell.seed, "data": data, "generate": t.generate})
     weights = (
         {"pretrained by": cell.needs, **init.pretrain}
         if cell.needs
@@ -96,7 +100,7 @@ def cell_status(cell: Cell, out_dir: Path, done_ids: set[str]) -> str:
     if cell.kind == "pretrain":
         if (work / "pretrain.pth").is_file():
             return "done"
-    elif cell.id in done_ids:
+    elif all(i in done_ids for i in row_ids(cell)):
         return "done"
     if work.is_dir() and any(p.name != CELL_FILE for p in work.iterdir()):
         return "resume"
@@ -121,7 +125,7 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
         old = _recorded_settings(work)
         if old is not None and old != cell_settings(cell):
             change = ", ".join(settings_diff(old, cell_settings(cell)))
-            if cell.kind == "transfer" and status == "done":
+            if cell.kind != "pretrain" and status == "done":
                 print(
                     f"note: {cell.name} is done with other settings ({change}); kept. Delete "
                     f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
@@ -193,7 +197,9 @@ def refuse(suite: Suite, problems: list[str]) -> None:
 
 @contextlib.contextmanager
 def out_dir_lock(out_dir: Path):
-    """One ``bench run`` per output directory at a time (two would run the same cells)."""
+    """One ``bench run`` per output directory at a time (two would run the same cells). The lock's
+    descriptor is in ``HELD_LOCKS`` while held: a forked cell closes its copy, so the lock goes
+    with the runner that took it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_dir / ".run.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -201,8 +207,10 @@ def out_dir_lock(out_dir: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BenchError(f"{out_dir}: another `bench run` is using this output directory (option --out)") from None
+        HELD_LOCKS.add(fd)
         yield
     finally:
+        HELD_LOCKS.discard(fd)
         os.close(fd)
 
 
@@ -217,4 +225,4 @@ def cell_checkpoint(cell: Cell, out_dir: Path) -> Path | None:
 def is_done(cell: Cell, out_dir: Path, done_ids: set[str]) -> bool:
     if cell.kind == "pretrain":
         return (out_dir / cell.work_dir / "pretrain.pth").is_file()
-    return cell.id in done_ids
+    return all(i in done_ids for i in row_ids(cell))

@@ -36,6 +36,7 @@ TASK_COMMON_KEYS = (
     "unequal_grid_reason",
     "amp",
     "bf16",
+    "floors",
 )
 SELECT_ON = ("heldout", "val")
 # Row 'extra' keys that a run measures or the runner writes: a suite's 'extra:' may not set them
@@ -104,6 +105,7 @@ class TaskEntry:
     select_on: str = "heldout"  # where the search selects: SELECT_ON
     engine: str | None = None  # TaskSpec.engines (COCO: mmdet | detectron2); None: default
     unequal_grid_reason: str | None = None  # why its inits may search different grids
+    floors: bool | None = None  # raw-pixel floor rows; None: the runner decides (digits, generated sets)
 
     def config_for(self, arch: str) -> str | None:
         return self.config.get(arch) if isinstance(self.config, dict) else self.config

@@ -75,6 +75,9 @@ def task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
             f"{', '.join(declared.engines) or 'none (this task has one engine)'}"
         )
     reason = spec.get("unequal_grid_reason")
+    floors = _flag(spec, "floors", where, key) if "floors" in spec else None
+    if floors and declared.family != "classification":
+        raise BenchError(f"{where}: key {key}.floors: raw-pixel floors are for classification tasks only")
     return TaskEntry(
         label=label,
         task=task,
@@ -92,6 +95,7 @@ def task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
         select_on=select_on,
         engine=engine,
         unequal_grid_reason=None if reason is None else _string(reason, where, f"{key}.unequal_grid_reason"),
+        floors=floors,
     )
 
 
@@ -161,9 +165,10 @@ def _check_generated_size(generate: dict, params: dict, where: str, key: str) ->
         values = value if isinstance(value, (list, tuple)) else [value]
         if name == "seed" or isinstance(value, bool) or not all(_is_int(v) for v in values):
             continue
-        bound = MAX_GENERATED_SIDE if "size" in name else MAX_GENERATED_COUNT
-        if any(v > bound for v in values) or (name == "image_size" and any(v < 1 for v in values)):
-            raise BenchError(f"{where}: key {key}.{name} is {_quote(value)}; allowed: 1 to {bound}")
+        if "size" in name and not all(1 <= v <= MAX_GENERATED_SIDE for v in values):
+            raise BenchError(f"{where}: key {key}.{name} is {_quote(value)}; allowed: 1 to {MAX_GENERATED_SIDE}")
+        if "size" not in name and any(v > MAX_GENERATED_COUNT for v in values):
+            raise BenchError(f"{where}: key {key}.{name} is {_quote(value)}; at most {MAX_GENERATED_COUNT}")
     side = given.get("image_size")
     if side is None:
         return  # the generator's own size (e.g. digits' 8 x 8 scans)
