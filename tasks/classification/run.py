@@ -403,8 +403,8 @@ def run_classification(run: TransferRun | str, *args, **kwargs) -> dict:
         raise TypeError("run_classification(TransferRun) takes no other arguments")
     p = prepare(run)
     if run.eval_only:
+        steps = load_weights(p.model, run.weights, trust=run.trust_checkpoint)  # refused before any write
         claim_folder(p, None)
-        steps = load_weights(p.model, run.weights, trust=run.trust_checkpoint)
         return finish(p, make_cls_row(p, evaluate(p), steps, None))
     tc = train_config(p)
     claim_folder(p, tc)
