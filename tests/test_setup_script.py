@@ -168,3 +168,54 @@ def test_plan_on_this_machine_matches_torch(check_mod, monkeypatch, capsys):
         assert (rc, out) == (0, "cpu")
     else:
         assert out in ("cuda",) or out.startswith("error: a GPU is visible")
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/gpu_smoke.sh
+
+SMOKE = ROOT / "scripts" / "gpu_smoke.sh"
+SMOKE_STEPS = ["data", "pretrain", "finetune", "linear", "seg", "det-mmdet", "det-detectron2", "torchrun", "perf"]
+
+
+def _smoke(*args, **env):
+    return subprocess.run(
+        ["bash", str(SMOKE), *args], capture_output=True, text=True, cwd=ROOT, env=_env(**env), timeout=900
+    )
+
+
+@pytest.mark.parametrize("cpu", [False, True])
+def test_gpu_smoke_lists_every_step_in_order(cpu):
+    r = _smoke("--dry-run", *(["--cpu"] if cpu else []), PY="py")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == SMOKE_STEPS
+    cmd = dict(line.split(": ", 1) for line in lines)
+    arch = "vit_test_patch8" if cpu else "vit_base_patch16"
+    assert f"pretrain --method mae --arch {arch} " in cmd["pretrain"] and "--bf16" in cmd["pretrain"]
+    for protocol in ("finetune", "linear"):
+        assert f"cls --protocol {protocol} --dataset digits" in cmd[protocol]
+        assert "--checkpoint work_dirs/gpu_smoke/pretrain/pretrain.pth" in cmd[protocol]
+    for engine in ("mmdet", "detectron2"):
+        assert f"det --engine {engine} " in cmd[f"det-{engine}"] and "--amp" in cmd[f"det-{engine}"]
+    assert "seg --backbone" in cmd["seg"] and "--amp" in cmd["seg"]
+    assert (
+        "torch.distributed.run --standalone --nproc_per_node 2 -m bench.cli pretrain --launcher pytorch"
+        in cmd["torchrun"]
+    )
+    assert cmd["perf"].startswith("py -m bench.cli perf pretrain")
+
+
+def test_gpu_smoke_runs_cheap_steps_on_cpu_and_reports_failures(tmp_path):
+    r = _smoke("--cpu", "--only", "pretrain,perf", "--out", str(tmp_path / "ok"), PY=sys.executable)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["PASS pretrain", "PASS perf"], r.stdout
+    assert "img/s (wall, with start-up)" in lines[0]
+    assert "decoder 1 bf16: MAE " in lines[1]
+    assert (tmp_path / "ok" / "pretrain" / "pretrain.pth").is_file()
+    # a failing command: FAIL with its last line and log, exit status 1, the other steps still run
+    r = _smoke("--cpu", "--only", "perf,finetune", "--out", str(tmp_path / "bad"), PY="false")
+    assert r.returncode == 1
+    assert [line.split(" (")[0] for line in r.stdout.splitlines()] == ["FAIL finetune", "FAIL perf"]
+    r = _smoke("--nope")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown option --nope")
