@@ -148,6 +148,9 @@ def test_refuses_to_overwrite_and_leaves_no_temporary_files(tmp_path):
     with pytest.raises(DataError, match=r"annotations: already exists"):
         make_coco_dataset(root, n_train=2, n_val=2, seed=1)
     assert (root / "annotations" / "instances_val2017.json").read_bytes() == before
+    with pytest.raises(DataError, match=r"image_size \(40000, 40000\) is too large; each side must be <= 4096"):
+        make_coco_dataset(tmp_path / "huge", n_train=1, n_val=1, image_size=(40000, 40000))
+    assert not (tmp_path / "huge").exists()
     make_coco_dataset(root, n_train=2, n_val=1, seed=1, overwrite=True)
     assert len(list((root / "train2017").iterdir())) == 2
     assert sorted(p.name for p in root.iterdir()) == ["annotations", "train2017", "val2017"]

@@ -258,3 +258,32 @@ def test_bad_detections_raise_data_error(gt_file, gt, tmp_path):
         coco_evaluate(gt_file, bad)
     with pytest.raises(BenchError, match=r"iou_types: unsupported \['keypoints'\]"):
         coco_evaluate(gt_file, dets, ("bbox", "keypoints"))
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"score": math.nan}, "detection [2] 'score' must be a finite number, got nan"),
+        ({"score": "high"}, "detection [2] 'score' must be a finite number, got high"),
+        ({"bbox": [1.0, 2.0, math.inf, 4.0]}, "detection [2] 'bbox' must be [x, y, w, h], 4 finite numbers"),
+        (
+            {"segmentation": {"size": [160, 160], "counts": "not RLE at all ~"}},
+            "detection [2] 'segmentation' compressed RLE 'counts' is not a valid RLE string ('not RLE at all ~')",
+        ),
+        (
+            {"segmentation": {"size": [160, 160], "counts": [0, 160 * 160 + 1]}},
+            "detection [2] 'segmentation' RLE 'counts' cover 25601 pixels, its 160x160 image has 25600",
+        ),
+        (
+            {"segmentation": {"size": [80, 80], "counts": [6400]}},
+            "detection [2] 'segmentation' size [80, 80] is not its image's [height, width] [160, 160]",
+        ),
+    ],
+)
+def test_hostile_detections_are_refused_before_pycocotools(gt_file, gt, change, fragment):
+    """What reaches pycocotools' C code (RLE strings it decodes, boxes, scores) is checked first."""
+    dets = perfect_detections(gt)
+    dets[2] = dict(dets[2], **change)
+    with pytest.raises(DataError) as e:
+        coco_evaluate(gt_file, dets)
+    assert str(e.value) == "detections: " + fragment

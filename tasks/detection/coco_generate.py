@@ -56,6 +56,7 @@ SPLITS = ("train2017", "val2017")
 VAL_IMAGE_ID_OFFSET = 1_000_000  # image ids are unique across splits, as in real COCO
 MIN_OBJECT_SIZE = 12  # px; the largest object is half the shorter image side
 MAX_OBJECTS_PER_IMAGE = 4
+MAX_IMAGE_SIDE = 4096  # px; real COCO images are at most 640
 CROWD_EVERY = 4  # the images at (0-based) index 1, 5, 9, ... of each split hold a crowd region
 
 
@@ -83,6 +84,8 @@ def make_coco_dataset(
         raise DataError(
             f"{root}: image_size {image_size} is too small; the shorter side must be >= {2 * MIN_OBJECT_SIZE + 8}"
         )
+    if max(height, width) > MAX_IMAGE_SIDE:  # each image is painted in memory at full size, several times over
+        raise DataError(f"{root}: image_size {image_size} is too large; each side must be <= {MAX_IMAGE_SIDE}")
     targets = [root / "annotations", *(root / s for s in SPLITS)]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
