@@ -40,6 +40,7 @@ from mmengine.runner import Runner
 
 from bench.core.distributed import (
     all_ranks_finite,
+    check_same_settings,
     convert_sync_batchnorm,
     init_distributed,
     local_device,
@@ -323,6 +324,7 @@ def run_dense(
         try:
             register()  # mmseg / mmdet: their import-time warnings are caught too
             runner = build_runner(cfg, work, created=created, main=main)
+            check_same_settings(record)  # ranks started with other options: one line on every rank
             runner.run_watch = RunWatch()
             runner.register_hook(runner.run_watch)
             for hook in hooks:

@@ -118,6 +118,7 @@ def registered_type(value, scopes=("mmseg", "mmdet")) -> bool:
     import importlib
 
     import mmengine.registry as roots
+    import mmengine.runner  # noqa: F401  registers mmengine's own hooks, optimisers, loops, ...
 
     m = TYPE_NAME.match(value) if isinstance(value, str) else None
     if m is None:
