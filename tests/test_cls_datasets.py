@@ -522,3 +522,38 @@ def test_fuzz_places205_text(train, val, split):
         (root / "images256/a/b").mkdir(parents=True)
         (root / "images256/a/b/0.jpg").write_bytes(b"")
         _loads_or_data_error(lambda: read_places205(root, split))
+
+
+def test_generate_dataset_writes_every_layout_its_reader_takes(tmp_path):
+    from tasks.classification.generate import generate_dataset
+
+    for name in cd.DATASETS:
+        opts = {"n_train_per_class": 3, "n_val_per_class": 2, "num_classes": 2}
+        root = generate_dataset(name, tmp_path / name, **opts)
+        train, val = read_splits(name, root)
+        assert (len(train), len(val), train.num_classes) == (6, 4, 2), name
+    with pytest.raises(BenchError, match=r"digits: unknown option 'seed'; known: n_train_per_class"):
+        generate_dataset("digits", tmp_path / "x", seed=1)
+    with pytest.raises(BenchError, match=r"unknown dataset 'imagenet'"):
+        generate_dataset("imagenet", tmp_path / "y")
+
+
+def test_inat_2018_2019_heldout_is_class_balanced(tmp_path):
+    """A long-tailed train split (40 / 20 / 5 images per class): iNat 2018 / 2019 hold out 3 per class
+    (as their val has about 3), the other datasets a class-stratified 10 %."""
+    samples = [(tmp_path / f"{c}_{i}.jpg", c) for c, n in enumerate((40, 20, 5)) for i in range(n)]
+    split = cd.ClassificationSplit(samples, ["a", "b", "c"], "train")
+    for dataset, want in (("inat2018", [3, 3, 3]), ("inat2019", [3, 3, 3]), ("inat2017", [4, 2, 1])):
+        rest, held = cd.heldout_for(dataset, split)
+        assert [held.labels.count(c) for c in range(3)] == want, dataset
+        assert len(rest) + len(held) == 65 and not set(rest.samples) & set(held.samples)
+    assert cd.heldout_for("inat2018", split)[1].samples == cd.heldout_for("inat2018", split)[1].samples
+
+
+def test_missing_data_names_the_layout_and_bench_data(tmp_path):
+    with pytest.raises(
+        DataError,
+        match=r"train2018\.json: file not found; inat2018 expects train2018\.json.*"
+        r"\(a small one: bench data inat2018 --out DIR\)",
+    ):
+        read_splits("inat2018", tmp_path)

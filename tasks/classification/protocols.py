@@ -318,14 +318,29 @@ def extract_features(
     model: nn.Module, dataset: Dataset, batch_size: int = 256, *, bf16: bool = False, num_workers: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-logit features (what the head sees: pooled token after norm / fc_norm) and labels of
-    ``dataset``, in order, as float32 / int64 CPU tensors."""
+    ``dataset``, in order, as float32 / int64 CPU tensors. Under torchrun each rank extracts every
+    world-th sample and the parts are gathered, so every rank gets the whole set in order."""
+    from torch.utils.data import Subset
+
+    from bench.core.distributed import gather_objects, shard_indices
+
     device = _device_of(model)
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    indices = shard_indices(len(dataset))
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats, labels = [], []
     for x, y in loader:
         with autocast(device, bf16):
             f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y, dtype=torch.long))
-    return torch.cat(feats), torch.cat(labels)
+    dim = model.num_features
+    part = (
+        list(indices),
+        torch.cat(feats) if feats else torch.zeros(0, dim),
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+    )
+    all_feats, all_labels = torch.zeros(len(dataset), dim), torch.zeros(len(dataset), dtype=torch.long)
+    for idx, f, y in gather_objects(part):
+        all_feats[idx], all_labels[idx] = f, y
+    return all_feats, all_labels
