@@ -499,7 +499,7 @@ def labelled(label, seed, top1, sha=None, provenance=None, init="mae", backbone=
     r = row(init, backbone, seed, {"top1": top1}, "inat2017", "finetune", **kw)
     extra = r["extra"]
     r.update(schema=3, label=label, checkpoint_sha256=sha, provenance=provenance)
-    r["run_id"] = default_run_id(
+    r["run_id"] = kw.get("run_id") or default_run_id(
         "paper", "inat2017", "finetune", None, init, backbone, seed, extra, label=label, checkpoint_sha256=sha
     )
     return r
@@ -598,3 +598,14 @@ def test_raw_pixel_floors_are_rows_of_their_own_below_the_inits(tmp_path):
     assert r"\multicolumn{2}{l}{\emph{Floors: raw pixels, no backbone}} \\" in tex
     assert set(table_to_long(t6)["block"]) == {"init", "floor"}
     assert "linear_probe" not in tables  # floors alone make no table
+
+
+def test_a_repeated_seed_counts_once_never_as_another_seed(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(labelled("mae", 0, 70.0, sha="a" * 64, run_id="first"))
+    store.append(labelled("mae", 0, 74.0, sha="a" * 64, run_id="rerun"))  # other settings, same seed
+    store.append(labelled("mae", 1, 72.0, sha="a" * 64, run_id="seed1"))
+    t6 = build_tables(store.dataframe(), None)["table6_transfer_cls"]
+    assert t6.loc["mae", ("iNat 2017", "ViT-B", "n")] == 2
+    assert t6.loc["mae", ("iNat 2017", "ViT-B", "mean")] == 73.0  # (74 + 72) / 2
+    assert "several runs of seed 0 (same label and checkpoint): the last recorded counts" in to_markdown(t6)

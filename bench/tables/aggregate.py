@@ -52,7 +52,7 @@ def stat_cells(cells: pd.DataFrame, samples: int = BOOTSTRAP_SAMPLES) -> dict[tu
     """(init, group, column) -> its statistics (runs of one label and checkpoint are its seeds)."""
     out = {}
     for key, g in cells.groupby(["init", "group", "column"], sort=False):
-        rs = g.to_dict("records")
+        rs = list({r["seed"]: r for r in g.to_dict("records")}.values())  # one run per seed: the last
         out[key] = _Cell(rs, rs[0]["metric"], samples)
     return out
 
@@ -138,6 +138,12 @@ def _cell_notes(cells: pd.DataFrame, stats: dict, info: dict, notes: _Notes, pub
             i["interval"] = INTERVAL_TEXT[cell.method].format(images=images, n=cell.n)
         else:
             i["marks"].append(notes.mark(f"no interval: {cell.why_none}"))
+        repeated = sorted(int(seed) for seed, count in g["seed"].value_counts().items() if count > 1)
+        if repeated:
+            seeds = ", ".join(map(str, repeated))
+            i["marks"].append(
+                notes.mark(f"several runs of seed {seeds} (same label and checkpoint): the last recorded counts")
+            )
         for phrase in dict.fromkeys(p for d in g["deviations"] for p in d):
             if phrase not in common:
                 i["marks"].append(notes.mark(f"deviation from the paper's protocol: {phrase}"))
