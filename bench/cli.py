@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bench.core.errors import BenchError, first_line
 from bench.core.options import LAUNCHERS, join_launcher
@@ -273,6 +274,57 @@ def cmd_backbones(a):
             print(f"    (official files: {spec.official_files})")
 
 
+# `bench data` options -> the generators' parameter names (per-class counts for classification sets)
+DATA_OPTIONS = {
+    "n_train": ("n_train", "n_train_per_class"),
+    "n_val": ("n_val", "n_val_per_class"),
+    "image_size": ("image_size",),
+    "num_classes": ("num_classes",),
+    "seed": ("seed",),
+}
+
+
+def add_data_arguments(p: argparse.ArgumentParser):
+    from tasks.registry import TASKS
+
+    names = [name for name, spec in TASKS.items() if spec.generator]
+    p.add_argument("task", choices=names, help="which dataset layout to write: " + ", ".join(names))
+    p.add_argument("--out", required=True, help="the dataset root to create (must not exist, or be empty)")
+    p.add_argument("--n-train", type=int, help="training images (per class for classification sets)")
+    p.add_argument("--n-val", type=int, help="validation images (per class for classification sets)")
+    p.add_argument("--image-size", type=int, help="image side in pixels")
+    p.add_argument("--num-classes", type=int, help="classes (classification sets)")
+    p.add_argument("--seed", type=int, help="random seed of the generated images and split (default 0)")
+
+
+def cmd_data(a) -> int:
+    """Write a small dataset in the real on-disk layout the task's reader takes, then check it with
+    that reader, so `bench cls|seg|det --data-root DIR` runs on it as on the real data."""
+    from tasks.registry import TASKS
+
+    spec = TASKS[a.task]
+    accepted = spec.generator_options()
+    kwargs = {}
+    for option, params in DATA_OPTIONS.items():
+        value = getattr(a, option)
+        if value is None:
+            continue
+        if value < (0 if option == "seed" else 1):
+            raise BenchError(f"--{option.replace('_', '-')} must be {'>= 0' if option == 'seed' else '>= 1'}")
+        param = next((accepted[name] for name in params if name in accepted), None)
+        if param is None:
+            raise BenchError(f"bench data {a.task}: --{option.replace('_', '-')} does not apply to this layout")
+        kwargs[param.name] = (value, value) if isinstance(param.default, tuple) else value
+    out = Path(a.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BenchError(f"{out}: exists and is not an empty folder (option --out)")
+    root = spec.generate(out, **kwargs)
+    if spec.reader is not None:
+        spec.reader(root)
+    print(f"{a.task}: wrote {root} ({spec.title} layout); use it as --data-root {root}")
+    return 0
+
+
 def commands() -> dict[str, tuple]:
     """``bench`` subcommands: name -> (help, add_arguments, main). Functions given as "module:name"
     are imported only when their command runs; det / seg / cls are the tasks' (``tasks.registry``)."""
@@ -291,6 +343,7 @@ def commands() -> dict[str, tuple]:
             cmd_visualize,
         ),
         "backbones": ("list backbone names (<init>_<arch>)", add_backbones_arguments, cmd_backbones),
+        "data": ("write a small dataset in a task's real on-disk layout", add_data_arguments, cmd_data),
         **{c.name: (c.help, c.add_arguments, c.main) for c in COMMANDS},
         "table": (
             "result tables (CSV/LaTeX/Markdown) + plots from a results store",
