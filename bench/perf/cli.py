@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backbones.vit import arch_config
-from bench.core.engine import pick_device
+from bench.core.device import pick_device
 from bench.core.errors import BenchError
 
 from .data import MODEL_IMG_S_CPU, perf_data

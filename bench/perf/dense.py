@@ -12,10 +12,9 @@ import tempfile
 
 import torch
 
-from bench.core.engine import pick_device
+from bench.core.device import pick_device
 from bench.core.errors import BenchError, first_line
 from tasks.dense.memory_format import prepare_dense_model, resolve_channels_last, set_memory_format
-from tasks.segmentation.run import load_config as load_seg_config
 
 from .timing import PRECISIONS, loss_flops, matmul_peak, step_times
 
@@ -180,13 +179,14 @@ def perf_seg(
     """UperNet training step (mmseg model built from the task's own config for one process):
     img/s, step time, GFLOP/s and the fraction of the matmul peak, on random images and labels.
     ``channels_last``: None = the task's default on ``device``, True / False, or 'both'."""
-    require_dense("bench perf seg", ("mmcv.ops", "mmseg"))
+    require_dense("bench perf seg")  # the dense backbone registers itself with mmseg and mmdet
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
     from mmseg.utils import register_all_modules
 
     import tasks.dense.mm_backbone  # noqa: F401  (registers RegistryViT; imports mmengine)
+    from tasks.segmentation.run import load_config as load_seg_config  # imports mmengine, mmseg and mmdet
 
     dev = pick_device(device)
     if threads:

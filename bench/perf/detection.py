@@ -11,9 +11,10 @@ import torch
 
 from backbones.registry import parse_name
 from backbones.vit import arch_config
-from bench.core.engine import pick_device
+from bench.core.device import pick_device
 from bench.core.errors import BenchError
-from tasks.detection.run import fill_model, load_config, resolve_config
+from tasks.detection.mmdet_run import fill_model, load_config
+from tasks.detection.protocol import resolve_config
 
 from .dense import (
     build_dense_model,
@@ -163,7 +164,7 @@ def _build_mmdet(config, variant, backbone, img_size, batch_size, boxes, trust_c
     import tasks.detection.mmdet_plugins  # noqa: F401  (LN2d, LastLevelMaxPool)
 
     register_all_modules(init_default_scope=True)
-    path, name = resolve_config(config, variant, parse_name(backbone)[1])
+    path, name = resolve_config(config, variant, parse_name(backbone)[1], engine="mmdet")
     cfg = load_config(path, trust_config=trust_config)
     fill_model(cfg, path, backbone=backbone)
     cfg.model.backbone.img_size = img_size  # position embedding for this input (the config's: 1024)

@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from backbones.mae import MaskedAutoencoder
 from backbones.vit import arch_config, create_vit
-from bench.core.engine import pick_device
+from bench.core.device import pick_device
 
 from .timing import loss_flops, matmul_peaks, median_step_time, step_flops, time_steps
 
