@@ -1,5 +1,6 @@
-"""``bench perf det`` end to end on the tiny smoke configs, and the dense models' channels-last
-layout (tasks/dense/memory_format.py): same loss and gradients as NCHW, and really NHWC inside."""
+"""``bench perf det`` end to end on the tiny smoke configs; the timing primitives (device timers, the
+CUDA peak size, the fp16 path, the option table); and the dense models' channels-last layout
+(tasks/dense/memory_format.py): same loss and gradients as NCHW, and really NHWC inside."""
 
 import re
 import subprocess
@@ -144,6 +145,115 @@ def test_perf_det_compares_layouts_interleaved_and_refuses_a_bad_size(capsys):
     assert ratio == pytest.approx(rows[1]["step_s"] / rows[0]["step_s"], abs=2e-3)
     with pytest.raises(BenchError, match="multiple of 16"):  # stride-32 level of a patch-8 ViT
         perf_det(config="smoke", backbone=TINY, img_size=72)
+
+
+# --------------------------------------------------------------------------------------------------
+# timing primitives: device timers, peak sizes, the fp16 path, the option table
+# --------------------------------------------------------------------------------------------------
+def test_device_timer_on_cpu_measures_each_region():
+    import time
+
+    from bench.perf.timing import DeviceTimer
+
+    timer = DeviceTimer(torch.device("cpu"))
+    for pause in (0.02, 0.06):
+        timer.start()
+        time.sleep(pause)
+        timer.stop()
+    first, second = timer.seconds()
+    assert 0.02 <= first < 0.5 and 0.06 <= second < 0.6 and second > first
+
+
+def test_cuda_peak_is_never_below_8192_and_cpu_keeps_its_budget():
+    from bench.perf.timing import CUDA_PEAK_SIZE, peak_size
+
+    cuda = torch.device("cuda")  # only the size rule: nothing runs on the device
+    assert CUDA_PEAK_SIZE == 8192
+    assert peak_size(torch.bfloat16, cuda) == 8192
+    assert peak_size(torch.bfloat16, cuda, n=2048) == 8192
+    assert peak_size(torch.float32, cuda, n=16384) == 16384
+    cpu = torch.device("cpu")
+    assert peak_size(torch.float32, cpu, n=512, budget_s=1e9) == 512  # doubling from 256 up to n
+    assert peak_size(torch.float32, cpu, n=2048, budget_s=0.0) == 256  # no time: the smallest size
+
+
+def test_matmul_peak_on_cpu_is_a_rate_of_the_timed_product():
+    import time
+
+    from bench.perf.timing import matmul_peak
+
+    n = 256
+    peak = matmul_peak(torch.float32, torch.device("cpu"), n=n, reps=3, budget_s=1e9)
+    a = torch.randn(n, n)
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    mean_rate = 20 * 2 * n**3 / (time.perf_counter() - t) / 1e9
+    assert peak > 0 and 0.1 * mean_rate < peak < 50 * mean_rate
+
+
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_step_times_trains_under_each_precision(amp):
+    """One warm-up and two timed steps; the fp16 path goes through a GradScaler and still updates
+    the weights (CPU autocast runs fp16 and bf16 matmuls)."""
+    from bench.perf.timing import step_times
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+    before = [p.detach().clone() for p in model.parameters()]
+    seen = []
+
+    def loss_of(m):
+        out = m(x)
+        seen.append(out.dtype)
+        return torch.nn.functional.cross_entropy(out.float(), y)
+
+    times = step_times(model, loss_of, amp, 2, torch.device("cpu"))
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert seen == [{None: torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]] * 3
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_every_perf_command_passes_options_its_function_takes():
+    import argparse
+    import inspect
+
+    from bench.perf.cli import MEASUREMENTS, add_perf_arguments
+
+    parser = add_perf_arguments(argparse.ArgumentParser())
+    for what, (run, names) in MEASUREMENTS.items():
+        a = parser.parse_args([what])
+        available = set(vars(a)) | {"variants"}
+        params = set(inspect.signature(run).parameters)
+        assert set(names.split()) <= available & params, (what, set(names.split()) - (available & params))
+        # every option the subcommand has reaches its function (what / variant are dispatch names)
+        assert set(vars(a)) - {"what", "variant"} <= set(names.split()), what
+        if "device" in vars(a):
+            assert a.device == "auto"
+
+
+def test_dense_perf_without_the_dense_libraries_says_make_setup(monkeypatch):
+    import builtins
+
+    from bench.core.errors import BenchError
+    from bench.perf.dense import require_dense
+
+    real_import = builtins.__import__
+
+    def no_mmseg(name, *args, **kw):
+        if name.split(".")[0] == "mmseg":
+            raise ImportError("No module named 'mmseg'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_mmseg)
+    monkeypatch.delitem(__import__("sys").modules, "mmseg", raising=False)
+    with pytest.raises(BenchError) as e:
+        require_dense("bench perf seg", ("mmseg",))
+    assert str(e.value) == (
+        "bench perf seg needs mmseg (No module named 'mmseg'): the light set-up leaves out the dense "
+        "libraries; run `make setup` (mmcv ops, mmsegmentation, mmdet, detectron2)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

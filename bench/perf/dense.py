@@ -88,6 +88,11 @@ def layouts_for(channels_last, device) -> list[bool]:
     return [resolve_channels_last(channels_last, torch.device(device).type)]
 
 
+def peak_names(precisions) -> list[str]:
+    """The peaks a dense timing prints: fp32 always, then the reduced precision timed."""
+    return ["fp32"] + [p for p in precisions if p != "fp32"]
+
+
 def dense_peaks(device="cpu", names=("fp32", "bf16"), before: dict | None = None) -> dict:
     """Matmul peaks (GFLOP/s) of ``device`` for the precisions ``names``, each the best of
     ``before`` and now (on a shared machine either measurement can be slowed down)."""
@@ -105,7 +110,8 @@ def time_dense(title, model, loss_of, batch_size, layouts, *, precisions, iters,
     dev = torch.device(device)
     flops = loss_flops(model, loss_of)
     shared = peaks is not None
-    peaks = dict(peaks) if shared else dense_peaks(dev, precisions)
+    names = peak_names(precisions)
+    peaks = dict(peaks) if shared else dense_peaks(dev, names)
     variants = [(p, c) for p in precisions for c in layouts]
     times = {v: [] for v in variants}
     for _ in range(repeats):
@@ -113,8 +119,8 @@ def time_dense(title, model, loss_of, batch_size, layouts, *, precisions, iters,
             set_memory_format(model, cl)
             times[(pname, cl)] += step_times(model, loss_of, pname if pname != "fp32" else None, iters, dev)
     if not shared:
-        peaks = dense_peaks(dev, precisions, peaks)
-    peak_text = ", ".join(f"{k} {peaks[k]:.1f}" for k in precisions)
+        peaks = dense_peaks(dev, names, peaks)
+    peak_text = ", ".join(f"{k} {peaks[k]:.1f}" for k in names)
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
         f"{title}, batch {batch_size}, {where}; {flops / batch_size / 1e9:.4g} GFLOP/img "

@@ -22,6 +22,7 @@ from .dense import (
     dense_peaks,
     layouts_for,
     mmcv_ops_fp32_on_cpu,
+    peak_names,
     require_dense,
     time_dense,
 )
@@ -125,7 +126,7 @@ def perf_det(
         require_detectron2()  # before timing anything: one line that says how to install it
     low = "fp16" if dev.type == "cuda" else "bf16"
     precisions = [low] + (["fp32"] if baseline else [])
-    peaks = dense_peaks(dev, precisions)  # once for every model of this run
+    peaks = dense_peaks(dev, peak_names(precisions))  # once for every model of this run
     settings = dict(
         config=config,
         backbone=backbone,

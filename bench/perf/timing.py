@@ -68,16 +68,20 @@ def _cpu_peak_size(dtype: torch.dtype, device: torch.device, n: int, budget_s: f
     return size
 
 
+def peak_size(dtype: torch.dtype, device: torch.device, n: int | None = None, budget_s: float = 1.0) -> int:
+    """The side of the product ``matmul_peak`` times: on CUDA ``n`` but never under
+    ``CUDA_PEAK_SIZE``; on CPU the time-budgeted size up to ``n`` (default ``CPU_PEAK_SIZE``)."""
+    if device.type == "cuda":
+        return max(n or CUDA_PEAK_SIZE, CUDA_PEAK_SIZE)
+    return _cpu_peak_size(dtype, device, n or CPU_PEAK_SIZE, budget_s)
+
+
 def matmul_peak(
     dtype: torch.dtype, device: torch.device, n: int | None = None, reps: int = 5, budget_s: float = 1.0
 ) -> float:
-    """Best-of-``reps`` GFLOP/s of an n x n x n product. CUDA: n = ``CUDA_PEAK_SIZE`` unless given
-    (never smaller), timed with CUDA events. CPU: n grows from 256 by doubling up to ``n``
-    (default ``CPU_PEAK_SIZE``) while one product stays under ``budget_s`` / 8."""
-    if device.type == "cuda":
-        size = max(n or CUDA_PEAK_SIZE, CUDA_PEAK_SIZE)
-    else:
-        size = _cpu_peak_size(dtype, device, n or CPU_PEAK_SIZE, budget_s)
+    """Best-of-``reps`` GFLOP/s of a size x size x size product (``peak_size``), timed with
+    ``DeviceTimer`` (CUDA events on CUDA)."""
+    size = peak_size(dtype, device, n, budget_s)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
