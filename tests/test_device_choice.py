@@ -45,6 +45,15 @@ def test_backend_and_device_requests(monkeypatch):
     dd.check_device_request("cuda", 8)
     with pytest.raises(BenchError, match=r"--device cuda:0: under a launcher with 2 processes every rank would use"):
         dd.check_device_request("cuda:0", 2)
+    # pick_device reads the launch from the environment (torchrun's variables), before any group exists
+    fake_gpus(monkeypatch, 2)
+    assert D.pick_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(BenchError, match=r"--device cuda:1: under a launcher with 2 processes"):
+        D.pick_device("cuda:1")
+    assert D.pick_device("cuda") == D.pick_device("auto") == torch.device("cuda", 1)
 
 
 @pytest.mark.parametrize("device, gpus, backend, gpu", [("cpu", 2, "gloo", None), ("auto", 2, "nccl", 1)])

@@ -209,6 +209,10 @@ def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
         "mae_vit_test_patch8",
         "--checkpoint",
         tmp_path / "notes.pth",
+        "--config",
+        "smoke",
+        "--batch-size",
+        "2",
         "--out",
         tmp_path / "out",
         cwd=tmp_path,
@@ -568,5 +572,7 @@ def test_a_refused_classification_run_writes_nothing(tmp_path):
         tmp_path / "out",
         cwd=tmp_path,
     )
-    assert_one_error_line(r, "dataset has 4 samples, fewer than one global batch of 64")
+    assert_one_error_line(
+        r, "the training split has 4 images, fewer than one global batch of 64; pass --batch-size N (N <= 4)"
+    )
     assert snapshot(tmp_path) == before

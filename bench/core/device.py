@@ -13,7 +13,14 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from bench.core.distributed import backend_for, check_device_request, is_distributed, local_device, rank_world
+from bench.core.distributed import (
+    backend_for,
+    check_device_request,
+    is_distributed,
+    launch_world_size,
+    local_device,
+    rank_world,
+)
 from bench.core.errors import BenchError, first_line
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,7 +29,9 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 def pick_device(name: str = "auto") -> torch.device:
     """The device ``--device name`` means for this process (one-line BenchError for what is not one
-    here). ``auto``: this rank's GPU, else the CPU; ``cuda`` under a launcher: this rank's GPU."""
+    here). ``auto``: this rank's GPU, else the CPU; ``cuda`` under a launcher: this rank's GPU; an
+    explicit ``cuda:N`` under a launcher with several processes is refused (``check_device_request``)."""
+    check_device_request(name, launch_world_size())
     if name == "auto":
         return local_device()
     try:
@@ -43,8 +52,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def training_device(name: str = "auto") -> torch.device:
     """``pick_device`` checked against the launch: an explicit GPU index with several processes, or
     a device whose backend is not the process group's (``--device cpu`` under NCCL), is refused."""
-    world = rank_world()[1]
-    check_device_request(name, world)
+    check_device_request(name, rank_world()[1])
     device = pick_device(name)
     if is_distributed() and dist.get_backend() != backend_for(device):
         raise BenchError(
