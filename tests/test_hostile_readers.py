@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from bench.core.errors import BenchError, CheckpointError, DataError, WriteError
 from tasks.detection.coco_data import (
     HELDOUT_CAP,
     HELDOUT_FILES,
+    coco_from_dict,
     heldout_size,
     heldout_split,
     make_coco_dataset,
@@ -525,3 +527,62 @@ def test_a_real_write_past_the_file_size_limit(tmp_path):
     )
     assert target.read_text() == '{"old": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Property: any value in any checked COCO field is refused in one line or is safe for pycocotools
+# --------------------------------------------------------------------------------------------------
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, 2, -1, 64, 96, 6143, 6144, 6145]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, -1e308, 0.5, 63.9, 95.9]),
+    st.text(max_size=6),
+)
+_VALUES = st.one_of(
+    _SCALARS,
+    st.lists(_SCALARS, max_size=9),
+    st.lists(st.lists(_SCALARS, min_size=6, max_size=10), min_size=1, max_size=2),  # polygons
+    st.fixed_dictionaries(
+        {
+            "size": st.one_of(st.just([H, W]), _SCALARS),
+            "counts": st.one_of(
+                _SCALARS,
+                st.lists(st.integers(-5, H * W + 5), max_size=5),
+                st.text(alphabet=[chr(c) for c in range(40, 120)], max_size=10),
+            ),
+        }
+    ),
+)
+_FIELDS = st.sampled_from(
+    [("ann", "bbox"), ("ann", "segmentation"), ("ann", "iscrowd"), ("ann", "area"), ("img", "height"), ("img", "width")]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(field=_FIELDS, value=_VALUES, index=st.integers(0, 3))
+def test_fuzzed_coco_fields_are_refused_or_safe(coco_root, tmp_path_factory, field, value, index):
+    data = _val(coco_root)
+    where, key = field
+    entry = data["annotations" if where == "ann" else "images"][index]
+    entry[key] = value
+    path = tmp_path_factory.mktemp("fuzz") / "instances.json"
+    path.write_text(json.dumps(data))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate boxes
+            summary = validate_coco(path, None, require_images=False, skip_degenerate=False)
+    except DataError as e:
+        assert "\n" not in str(e) and str(e).startswith(f"{path}: ")
+        return
+    coco = coco_from_dict(summary["dataset"])
+    for ann in summary["dataset"]["annotations"]:  # what mmdet / detectron2 / COCOeval do with them
+        img = coco.imgs[ann["image_id"]]
+        mask = coco.annToMask(ann)
+        assert mask.shape == (img["height"], img["width"])
+        if isinstance(ann["segmentation"], dict):  # the painted pixels are the odd runs
+            counts = ann["segmentation"]["counts"]
+            runs = counts if isinstance(counts, list) else rle_string_counts(counts)
+            assert int(mask.sum()) == sum(runs[1::2])

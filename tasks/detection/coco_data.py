@@ -18,6 +18,8 @@ train silently on bad values:
 * RLE: ``size`` = the image's [height, width]; uncompressed ``counts`` non-negative integers summing to
   height * width; compressed ``counts`` strings decoded here in Python (pycocotools' decoder writes
   past its buffer when the runs add up to more than the image) and held to the same rule;
+* a ``segmentation`` on every annotation (Mask R-CNN trains and evaluates masks; mmdet's mask loader
+  fails on an instance without one);
 * ``iscrowd`` 0 or 1; ``area``, when present, a finite number >= 0.
 
 ``check_same_categories`` compares the categories of a train and a val file.
@@ -204,9 +206,7 @@ def _check_annotations(entries: list, images: dict, categories: dict, ann_file: 
             degenerate.append(aid)
             if skip_degenerate:
                 continue
-        kind = _check_segmentation(ann.get("segmentation"), h, w, where)
-        if kind is not None:
-            counts[f"num_{kind}"] += 1
+        counts[f"num_{_check_segmentation(ann.get('segmentation'), h, w, where)}"] += 1
         counts["num_crowd"] += ann.get("iscrowd", 0)
         kept.append(ann)
     return kept, degenerate, counts
@@ -253,8 +253,8 @@ def _check_scalars(ann: dict, where: str) -> None:
         raise DataError(f"{where} 'area' must be a finite number >= 0, got {_short(ann['area'])}")
 
 
-def _check_segmentation(segm, h: int, w: int, where: str) -> str | None:
-    """'polygon', 'rle', or None (no segmentation) after checking it against its h x w image."""
+def _check_segmentation(segm, h: int, w: int, where: str) -> str:
+    """'polygon' or 'rle' after checking it against its h x w image (every annotation needs one)."""
     if isinstance(segm, list) and segm:
         for k, poly in enumerate(segm):
             _check_polygon(poly, k, h, w, where)
@@ -262,9 +262,11 @@ def _check_segmentation(segm, h: int, w: int, where: str) -> str | None:
     if isinstance(segm, dict):
         check_rle(segm, h, w, where)
         return "rle"
-    if segm is not None and segm != []:
-        raise DataError(f"{where} 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}")
-    return None
+    if segm is None or segm == []:  # mmdet's mask loader and COCOeval's segm both index it
+        raise DataError(
+            f"{where} has no 'segmentation'; instance masks are trained and evaluated, give polygons or an RLE"
+        )
+    raise DataError(f"{where} 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}")
 
 
 def _check_polygon(poly, k: int, h: int, w: int, where: str) -> None:
