@@ -495,11 +495,17 @@ def test_a_full_disk_while_writing_leaves_no_folder_and_no_tables(demo_store, tm
     out = tmp_path / "new" / "out"
     with pytest.raises(BenchError) as e:
         run_table(store.path, out)
-    assert str(e.value) == f"{out}: cannot write the tables (No space left on device); nothing was left there"
+    assert str(e.value) == f"{out}: cannot write the tables (No space left on device); nothing was changed there"
     assert not (tmp_path / "new").exists()
     existing = tmp_path / "mine"
     existing.mkdir()
     (existing / "notes.txt").write_text("keep")
+    (existing / "table6_transfer_cls.md").write_text("the previous table")
     with pytest.raises(BenchError):
         run_table(store.path, existing)
-    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt", "table6_transfer_cls.md"]
+    assert (existing / "table6_transfer_cls.md").read_text() == "the previous table"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    monkeypatch.undo()
+    paths = run_table(store.path, existing)  # the rerun writes everything
+    assert (existing / "answer.md") in paths and all(p.parent == existing and p.is_file() for p in paths)

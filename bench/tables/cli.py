@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from bench.tables.aggregate import build_tables
 from bench.tables.answer import ANSWER_FILE, answer_sentences, write_answer
 from bench.tables.escape import md_escape
 from bench.tables.names import _img_size, _task_sort_key
-from bench.tables.plots import PLOT_PREFIXES, plot_tables
+from bench.tables.plots import plot_tables
 from bench.tables.reference import DEFAULT_PREV_BEST, DEFAULT_REFERENCE, load_reference
 from bench.tables.render import FORMATS, write_tables
 
@@ -69,36 +71,43 @@ def _reference(reference_csv):
     return reference, prev_best
 
 
-def _ours(path: Path, table_names: list[str]) -> bool:
-    """Whether ``path`` is a file ``bench table`` writes (only those are removed after a failure)."""
-    stem, suffix = path.stem, path.suffix.lstrip(".")
-    return (
-        path.name == ANSWER_FILE
-        or (stem in table_names and suffix in FORMATS)
-        or (suffix == "png" and path.name.startswith(PLOT_PREFIXES))
-    )
+def _remove_new_folders(missing: list[Path]) -> None:
+    for folder in missing:  # deepest first; only folders this run created, and only when empty
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue  # not created after all
+        except OSError:
+            break
 
 
-def _write_all(out_dir: Path, write, table_names: list[str]) -> list[Path]:
-    """Run ``write``; when it fails (a full disk, an unwritable folder), remove the files it added
-    and the folders it created, and raise one line."""
+def _write_all(out_dir: Path, write) -> list[Path]:
+    """``write(folder)`` into a fresh staging folder beside ``out_dir``, then move each file into
+    place. A failure (a full disk, an unwritable folder) leaves the previous files as they were
+    and no new folder, and raises one line."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"{out_dir} is an existing file, not a folder (option --out)")
     missing = [p for p in (out_dir, *out_dir.parents) if not os.path.lexists(p)]
-    before = set(out_dir.iterdir()) if out_dir.is_dir() else set()
+    staging = None
     try:
-        return write()
-    except (OSError, BenchError) as e:
-        if out_dir.is_dir():
-            for path in set(out_dir.iterdir()) - before:
-                if _ours(path, table_names) and path.is_file():
-                    path.unlink(missing_ok=True)
-        for folder in missing:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        if isinstance(e, BenchError):
-            raise
-        raise BenchError(f"{out_dir}: cannot write the tables ({e.strerror or e}); nothing was left there") from None
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".table-tmp", dir=out_dir.parent))
+        staged = write(staging)
+        out_dir.mkdir(exist_ok=True)
+        for path in staged:
+            os.replace(path, out_dir / path.name)
+        staging.rmdir()
+        return [out_dir / path.name for path in staged]
+    except OSError as e:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        _remove_new_folders(missing)
+        raise BenchError(f"{out_dir}: cannot write the tables ({e.strerror or e}); nothing was changed there") from None
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        _remove_new_folders(missing)
+        raise
 
 
 def run_table(
@@ -130,13 +139,12 @@ def run_table(
     for fmt in formats:
         if fmt not in FORMATS:
             raise BenchError(f"table format {fmt!r} (option --formats) is not one of {FORMATS}")
-    out = Path(out_dir)
 
-    def write() -> list[Path]:
-        written = write_tables(tables, out, formats) + [write_answer(sentences, out)]
-        return written + (plot_tables(df, out, base_dir=base_dir) if plots else [])
+    def write(folder: Path) -> list[Path]:
+        written = write_tables(tables, folder, formats) + [write_answer(sentences, folder)]
+        return written + (plot_tables(df, folder, base_dir=base_dir) if plots else [])
 
-    return _write_all(out, write, list(tables))
+    return _write_all(Path(out_dir), write)
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -16,7 +16,6 @@ from bench.tables.names import _backbone_sort_key, _init_sort_key, _main_metrics
 from bench.tables.rows import _deviations, _extra, _per_example_path, finished_runs
 from bench.tables.stats import BOOTSTRAP_SAMPLES, _Cell
 
-PLOT_PREFIXES = ("bars_", "partial_", "mask_ratio_")
 FOOTER_CHARS_PER_INCH = 17  # 7-pt text: about this many characters per inch of figure width
 FLOOR_STYLES = [("tab:red", ":"), ("tab:purple", "-."), ("tab:brown", (0, (5, 2)))]
 
