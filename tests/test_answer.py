@@ -130,8 +130,11 @@ def test_bench_table_writes_answer_md(known, tmp_path):
     answer = tmp_path / "out" / "answer.md"
     assert answer in paths
     text = answer.read_text()
-    for sentence in answer_sentences(store.dataframe(), "inat2017", base_dir=store.path.parent):
+    sentences = answer_sentences(store.dataframe(), "inat2017", base_dir=store.path.parent)
+    for sentence in sentences:
         assert sentence in text  # no name here needs Markdown escaping
+    # the runner may pass the rows themselves
+    assert answer_sentences(store.rows(), "inat2017", base_dir=store.path.parent) == sentences
 
 
 def test_seed_t_tests_without_per_example_files(tmp_path):

@@ -163,3 +163,12 @@ def test_latex_escape_is_exact():
     assert latex_escape("x != y, x <= y, x >= y, 1 < 2") == r"x $\neq$ y, x $\leq$ y, x $\geq$ y, 1 $<$ 2"
     assert latex_escape("a\\b") == r"a\textbackslash{}b"
     assert latex_escape("a|b\nc\x07") == r"a\textbar{}b c"
+
+
+def test_answer_md_escapes_names_once(tmp_path):
+    store = ResultsStore(tmp_path / "s")
+    store.append(row("random", 0, 40.0))
+    store.append(row("x|y *z*", 0, 60.0))
+    run_table(store.path, tmp_path / "out", formats=("md",), plots=False)
+    text = (tmp_path / "out" / "answer.md").read_text()
+    assert "x\\|y \\*z\\* vs random: +20.0 points, not tested (no per-example results for a paired bootstrap)" in text
