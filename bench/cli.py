@@ -338,7 +338,7 @@ def commands() -> dict[str, tuple]:
         ),
         "pretrain": ("pretrain a ViT here (MAE, MoCo v3, BEiT, supervised)", add_pretrain_arguments, cmd_pretrain),
         "visualize": (
-            "MAE reconstructions (original | masked | reconstruction | + visible)",
+            "MAE reconstructions (Fig. 2: masked | reconstruction | original; --mask-ratios: Fig. 4)",
             add_visualize_arguments,
             cmd_visualize,
         ),

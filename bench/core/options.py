@@ -110,9 +110,7 @@ def add_run_options(p: argparse.ArgumentParser, *, default_out: str, config_help
     g.add_argument("--weights", default=None, metavar="FILE", help="with --eval-only: the trained model to evaluate")
     g.add_argument("--results", default=None, help="results store (folder or .jsonl) to append the row to")
     g.add_argument("--suite", default="adhoc", help="suite name recorded in the row")
-    g.add_argument(
-        "--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling"
-    )
+    g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling")
     g.add_argument(
         "--trust-config",
         action="store_true",
