@@ -233,6 +233,40 @@ def test_every_perf_command_passes_options_its_function_takes():
             assert a.device == "auto"
 
 
+def test_time_dense_rows_and_printout_agree_for_a_plain_conv_net(capsys):
+    """The dense timing without mmcv: every (precision, layout) variant interleaved, the printed
+    header and rows parse back to the returned numbers, the peaks in a fixed order."""
+    from bench.perf.dense import time_dense
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 16, 16)
+    peaks = {"fp32": 10.0, "bf16": 2.0}
+    rows = time_dense(
+        "plain conv", net, lambda m: m(x).float().square().mean(), 2, [False, True],
+        precisions=["bf16", "fp32"], iters=2, repeats=2, device="cpu", peaks=peaks,
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert [(r["prec"], r["channels_last"], r["steps"]) for r in rows] == [
+        ("bf16", False, 4), ("bf16", True, 4), ("fp32", False, 4), ("fp32", True, 4)
+    ]  # fmt: skip
+    parsed = _parse_rows(out)
+    assert [(p["prec"], p["layout"]) for p in parsed] == [
+        ("bf16", "NCHW"), ("bf16", "channels-last"), ("fp32", "NCHW"), ("fp32", "channels-last")
+    ]  # fmt: skip
+    for p, r in zip(parsed, rows):
+        assert p["peak"] == peaks and p["title"] == "plain conv"
+        assert p["img_s"] == pytest.approx(r["img_s"], rel=2e-3, abs=1e-3)
+        assert p["lo"] <= p["step_s"] <= p["hi"]
+        assert r["of_peak"] == pytest.approx(r["gflop_s"] / peaks[r["prec"]])
+    # FLOPs of 2 images: conv 3->8 (3x3) forward 2 MACs + weight gradient 2 MACs (the input needs none);
+    # conv 8->4 (1x1) forward 2 MACs + input and weight gradients 4 MACs
+    m1, m2 = 2 * 16 * 16 * 8 * 3 * 9, 2 * 16 * 16 * 4 * 8
+    assert rows[0]["gflop_img"] * 2 * 1e9 == pytest.approx(4 * m1 + 6 * m2)
+    for prec in ("bf16", "fp32"):
+        assert f"  {prec}: channels-last step time / NCHW = " in out
+
+
 def test_dense_perf_without_the_dense_libraries_says_make_setup(monkeypatch):
     import builtins
 
