@@ -35,11 +35,15 @@ def _interval(sel: pd.DataFrame, metric: str, base_dir: Path | None, samples: in
     sel = sel[sel[metric].notna()]
     if sel.empty:
         return math.nan, math.nan, math.nan
-    records = [
-        {"seed": int(r["seed"]), "value": float(r[metric]), "per_example": _per_example_path(r, base_dir)}
+    records = {  # one run per seed, the last recorded, as in the tables
+        int(r["seed"]): {
+            "seed": int(r["seed"]),
+            "value": float(r[metric]),
+            "per_example": _per_example_path(r, base_dir),
+        }
         for r in sel.to_dict("records")
-    ]
-    cell = _Cell(records, metric, samples)
+    }
+    cell = _Cell(list(records.values()), metric, samples)
     return cell.mean, cell.lo, cell.hi
 
 
