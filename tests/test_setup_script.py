@@ -17,6 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "scripts" / "setup.sh"
 
 
+def _setup(*args, **env):
+    """``bash scripts/setup.sh ARGS`` (only parts that return at once: ``jobs`` or a bad part)."""
+    # an older script ignores its argument: it would start a whole set-up instead of answering
+    assert 'jobs) echo "$jobs"; exit 0' in SETUP.read_text(), "scripts/setup.sh has no `jobs` part"
+    return subprocess.run(["bash", str(SETUP), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
 def _env(**changes):
     env = {k: v for k, v in os.environ.items() if k not in ("MAX_JOBS", "OMP_THREAD_LIMIT")}
     env.update(changes)
@@ -29,7 +36,7 @@ def test_compile_jobs_ignore_omp_num_threads(omp):
     env.pop("OMP_NUM_THREADS", None)
     if omp:
         env["OMP_NUM_THREADS"] = omp
-    r = subprocess.run(["bash", str(SETUP), "jobs"], capture_output=True, text=True, env=env, timeout=60)
+    r = _setup("jobs", **env)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == len(os.sched_getaffinity(0))  # the cores this process may use
     # what the old `MAX_JOBS=$(nproc)` gave under the Makefile's OMP_NUM_THREADS=1
@@ -38,9 +45,9 @@ def test_compile_jobs_ignore_omp_num_threads(omp):
 
 
 def test_max_jobs_overrides_and_bad_part_is_refused():
-    r = subprocess.run(["bash", str(SETUP), "jobs"], capture_output=True, text=True, env=_env(MAX_JOBS="3"))
+    r = _setup("jobs", **_env(MAX_JOBS="3"))
     assert r.stdout.strip() == "3"
-    r = subprocess.run(["bash", str(SETUP), "nope"], capture_output=True, text=True, env=_env())
+    r = _setup("nope", **_env())
     assert r.returncode == 2 and "usage" in r.stderr
 
 
