@@ -545,9 +545,12 @@ def test_only_the_papers_checkpoint_sits_unmarked_beside_a_paper_number(tmp_path
     store.append(labelled("mae-noprov", 0, 76.0, backbone=huge))
     beit22k = {"source": "BEiT official release", "data": "ImageNet-22K", "official": True}
     store.append(labelled("beit", 0, 77.0, sha="4" * 64, provenance=beit22k, init="beit", backbone=huge))
+    deit = {"source": "DeiT", "data": "ImageNet-1K", "official": True}
+    store.append(labelled("supervised", 0, 74.0, sha="5" * 64, provenance=deit, init="supervised", backbone=huge))
     reference = load_reference().copy()
     extra = reference[(reference["task"] == "inat2017") & (reference["backbone"] == huge)].iloc[[0]].copy()
-    extra[["init", "value", "note"]] = ["beit", 70.0, ""]  # a BEiT number to sit beside
+    extra = pd.concat([extra, extra], ignore_index=True)
+    extra[["init", "value", "note"]] = [["beit", 70.0, ""], ["supervised", 71.0, ""]]  # numbers to sit beside
     t6 = build_tables(store.dataframe(), pd.concat([reference, extra], ignore_index=True))["table6_transfer_cls"]
     info = t6.attrs["info"]
     key = ("iNat 2017", "ViT-H")
@@ -559,6 +562,7 @@ def test_only_the_papers_checkpoint_sits_unmarked_beside_a_paper_number(tmp_path
         "mae-unknown": "checkpoint provenance not recorded: not known to be the paper's checkpoint",
         "mae-noprov": "checkpoint provenance not recorded: not known to be the paper's checkpoint",
         "beit": "BEiT ViT-H ImageNet-22K, paper: ImageNet-1K",
+        "supervised": "supervised ViT-H from DeiT: the paper trained its own (App. A.2), not released",
     }
     for label, text in expected.items():
         assert info[(label,) + key]["paper_match"] is False

@@ -3,8 +3,8 @@
 A row sits beside a published number unmarked only when its ``provenance`` (bench/core/results.py:
 source, data, epochs or steps, target, arch, official, and optionally ``differs``, the known ways an
 official file departs from the paper's model) says it is what the paper used: an official release
-of the same method pre-trained on ImageNet-1K with the paper's target. Random init needs no
-checkpoint. Anything else (no provenance, a self-pretrained or unknown checkpoint, other data) gets
+of the same method pre-trained on ImageNet-1K with the paper's target (supervised baselines were
+the paper's own, unreleased runs, so they are always marked). Random init needs no checkpoint. Anything else (no provenance, a self-pretrained or unknown checkpoint, other data) gets
 a footnote saying how it differs.
 """
 
@@ -21,6 +21,9 @@ PAPER_DATA = "ImageNet-1K"
 IMAGENET_1K = {"imagenet1k", "in1k", "imagenet1000", "ilsvrc2012", "imagenet2012"}
 METHOD_NAMES = {"mae": "MAE", "beit": "BEiT", "mocov3": "MoCo v3", "supervised": "supervised", "dino": "DINO"}
 PAPER_TARGET = {"mae": "pixel_norm"}
+# The paper's supervised baselines are its own training runs (App. A.2, "our impl."), which were not
+# released: an official supervised file (DeiT, timm) is never the paper's checkpoint.
+OWN_TRAINING = {"supervised"}
 
 
 def _norm(text: Any) -> str:
@@ -62,6 +65,9 @@ def paper_mismatch(init: str, backbone: str, checkpoint_sha256: Any, provenance:
     if provenance.get("official") is not True:
         return _not_official(provenance)
     who = f"{METHOD_NAMES.get(init, init)} {backbone_label(backbone)}"
+    if init in OWN_TRAINING:
+        source = provenance.get("source") or "an official release"
+        return f"{who} from {source}: the paper trained its own (App. A.2), not released"
     data = provenance.get("data")
     if not data:
         return f"{who}: pre-training data not recorded, paper: {PAPER_DATA}"
