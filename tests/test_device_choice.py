@@ -41,6 +41,12 @@ def test_local_device_is_local_rank_modulo_visible_gpus(monkeypatch, gpus, local
 def test_backend_and_device_requests(monkeypatch):
     assert dd.backend_for(torch.device("cpu")) == "gloo"
     assert dd.backend_for(torch.device("cuda", 3)) == "nccl"
+    # two ranks on one GPU (NCCL refuses that): the backend can be set
+    assert dd.backend_for(torch.device("cuda", 0), {dd.BACKEND_ENV: "gloo"}) == "gloo"
+    with pytest.raises(BenchError, match=r"BENCH_DIST_BACKEND='mpi': use nccl or gloo"):
+        dd.backend_for(torch.device("cpu"), {dd.BACKEND_ENV: "mpi"})
+    with pytest.raises(BenchError, match=r"BENCH_DIST_BACKEND=nccl: NCCL needs CUDA devices"):
+        dd.backend_for(torch.device("cpu"), {dd.BACKEND_ENV: "nccl"})
     dd.check_device_request("cuda:0", 1)  # one process: any GPU is fine
     dd.check_device_request("cuda", 8)
     with pytest.raises(BenchError, match=r"--device cuda:0: under a launcher with 2 processes every rank would use"):

@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 
 from bench.core.distributed import (
-    backend_for,
     check_device_request,
     is_distributed,
     launch_world_size,
@@ -51,10 +50,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def training_device(name: str = "auto") -> torch.device:
     """``pick_device`` checked against the launch: an explicit GPU index with several processes, or
-    a device whose backend is not the process group's (``--device cpu`` under NCCL), is refused."""
+    a CPU run in an NCCL process group (which carries CUDA tensors only), is refused."""
     check_device_request(name, rank_world()[1])
     device = pick_device(name)
-    if is_distributed() and dist.get_backend() != backend_for(device):
+    if is_distributed() and dist.get_backend() == "nccl" and device.type != "cuda":
         raise BenchError(
             f"--device {name}: the process group uses {dist.get_backend()}, which cannot carry {device.type} "
             f"tensors; start the processes with the same --device (it picks the backend)"

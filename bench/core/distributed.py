@@ -48,6 +48,7 @@ from bench.core.errors import BenchError, first_line
 
 DEFAULT_PORT = 29500
 TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "BENCH_DIST_TIMEOUT_S", 300.0
+BACKEND_ENV = "BENCH_DIST_BACKEND"  # overrides the backend (gloo: several ranks on one GPU, which NCCL refuses)
 
 
 def launch_env(environ=None) -> dict | None:
@@ -132,8 +133,17 @@ def local_device(local_rank: int | None = None) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def backend_for(device: torch.device) -> str:
-    """The process-group backend for tensors on ``device``: NCCL for CUDA, gloo otherwise."""
+def backend_for(device: torch.device, environ=None) -> str:
+    """The process-group backend for tensors on ``device``: ``$BENCH_DIST_BACKEND`` when set (nccl
+    or gloo), else NCCL for CUDA and gloo otherwise."""
+    env = os.environ if environ is None else environ
+    chosen = env.get(BACKEND_ENV, "").strip()
+    if chosen:
+        if chosen not in ("nccl", "gloo"):
+            raise BenchError(f"{BACKEND_ENV}={chosen!r}: use nccl or gloo")
+        if chosen == "nccl" and torch.device(device).type != "cuda":
+            raise BenchError(f"{BACKEND_ENV}=nccl: NCCL needs CUDA devices, this run trains on {device}")
+        return chosen
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
