@@ -214,7 +214,7 @@ def test_markdown_table_has_header_separator_and_even_rows(store):
     mae = next(ln for ln in lines if ln.startswith("| mae |"))
     # marks: not tested against the runner-up; no provenance recorded beside the paper's number
     assert re.search(r"\| 50\.5 \[44\.1, 56\.9\] n=2<sup>[a-z],[a-z]</sup> \| 50\.3<sup>[a-z]</sup> \|", mae)
-    assert "checkpoint provenance not recorded: not known to be the paper's checkpoint" in md
+    assert "MAE ViT-B: checkpoint of unknown provenance" in md
     assert "± –" not in md and "Δ" not in md
     assert "paper: Table 4: 'All entries are based on our implementation'" in md  # the note column
 
@@ -524,28 +524,41 @@ def test_two_checkpoints_of_one_label_are_two_rows_never_seeds(tmp_path):
     assert "beit" in build_tables(store.dataframe(), None)["table6_transfer_cls"].index
 
 
-OFFICIAL_MAE = {"source": "MAE official release", "data": "ImageNet-1K", "epochs": 1600, "official": True}
+def _release_provenance(tmp_path, name, blob):
+    """What ``bench cls`` records for an official release file (backbones.provenance)."""
+    import hashlib
+
+    import torch
+
+    from backbones.provenance import provenance_of
+
+    path = tmp_path / name
+    torch.save(blob, path)
+    return provenance_of(path, hashlib.sha256(path.read_bytes()).hexdigest(), blob)
 
 
 def test_only_the_papers_checkpoint_sits_unmarked_beside_a_paper_number(tmp_path):
     store = ResultsStore(tmp_path)
     huge = "vit_huge_patch14"  # Table 6 has MAE ViT-H iNat 2017: 79.3
-    store.append(labelled("mae", 0, 79.0, sha="1" * 64, provenance=OFFICIAL_MAE, backbone=huge))
-    store.append(
-        labelled(
-            "mae-ours",
-            0,
-            70.0,
-            sha="2" * 64,
-            provenance={"source": "self-pretrained", "steps": 100, "official": False},
-            backbone=huge,
-        )
+    mae = _release_provenance(
+        tmp_path, "mae_pretrain_vit_huge.pth", {"model": {"cls_token": 0, "blocks.0.attn.qkv.weight": 0}}
     )
+    beit22k = _release_provenance(tmp_path, "beit_large_patch16_224_pt22k.pth", {"model": {"cls_token": 0}})
+    assert mae["official"] and beit22k["data"] == "ImageNet-22K"
+    ours = {
+        "source": "self-pretrained",
+        "verified": "its own run record",
+        "method": "mae",
+        "data": "digits",
+        "steps": 100,
+    }
+    deit = {"source": "facebookresearch/deit", "official": True, "init": "supervised", "data": "ImageNet-1K"}
+    deit.update(epochs=300, target="labels (DeiT recipe)")
+    store.append(labelled("mae", 0, 79.0, sha="1" * 64, provenance=mae, backbone=huge))
+    store.append(labelled("mae-ours", 0, 70.0, sha="2" * 64, provenance=ours, backbone=huge))
     store.append(labelled("mae-unknown", 0, 75.0, sha="3" * 64, backbone=huge))
     store.append(labelled("mae-noprov", 0, 76.0, backbone=huge))
-    beit22k = {"source": "BEiT official release", "data": "ImageNet-22K", "official": True}
     store.append(labelled("beit", 0, 77.0, sha="4" * 64, provenance=beit22k, init="beit", backbone=huge))
-    deit = {"source": "DeiT", "data": "ImageNet-1K", "official": True}
     store.append(labelled("supervised", 0, 74.0, sha="5" * 64, provenance=deit, init="supervised", backbone=huge))
     reference = load_reference().copy()
     extra = reference[(reference["task"] == "inat2017") & (reference["backbone"] == huge)].iloc[[0]].copy()
@@ -558,11 +571,11 @@ def test_only_the_papers_checkpoint_sits_unmarked_beside_a_paper_number(tmp_path
     assert info[("mae",) + key]["paper_match"] is True
     notes = {text: mark for text, mark in t6.attrs["footnotes"].items()}
     expected = {
-        "mae-ours": "self-pretrained, 100 steps: not the paper's checkpoint",
-        "mae-unknown": "checkpoint provenance not recorded: not known to be the paper's checkpoint",
-        "mae-noprov": "checkpoint provenance not recorded: not known to be the paper's checkpoint",
-        "beit": "BEiT ViT-H ImageNet-22K, paper: ImageNet-1K",
-        "supervised": "supervised ViT-H from DeiT: the paper trained its own (App. A.2), not released",
+        "mae-ours": "MAE ViT-H: self-pretrained (100 steps on digits), not the paper's checkpoint",
+        "mae-unknown": "MAE ViT-H: checkpoint of unknown provenance",
+        "mae-noprov": "MAE ViT-H: checkpoint of unknown provenance",
+        "beit": "BEiT ViT-H: data ImageNet-22K (paper: ImageNet-1K); epochs 150 (paper: 800)",
+        "supervised": "supervised ViT-H: facebookresearch/deit weights, paper: its own supervised recipe (A.2)",
     }
     for label, text in expected.items():
         assert info[(label,) + key]["paper_match"] is False

@@ -117,10 +117,7 @@ def _mark_best(stats: dict[tuple, _Cell], floors: set, info: dict, notes: _Notes
 
 def _paper_marks(g: pd.DataFrame, i: dict, notes: _Notes) -> None:
     """A cell beside a published number is marked unless its checkpoint is the paper's."""
-    why = [
-        paper_mismatch(r["method"], r["backbone"], r["checkpoint_sha256"], r["provenance"], r["protocol"])
-        for r in g.to_dict("records")
-    ]
+    why = [paper_mismatch(r["method"], r["backbone"], r["provenance"]) for r in g.to_dict("records")]
     why = list(dict.fromkeys(w for w in why if w))
     i["paper_match"] = not why
     i["marks"] += [notes.mark(w) for w in why]
