@@ -359,8 +359,3 @@ def scale_milestones(
         prev = min(max(prev + 1, m), new_total - (n - i))
         out.append(prev)
     return out
-
-
-def list_previous(path: str | Path) -> list[Path]:
-    """The ``previous-*`` folders ``start_fresh`` made in ``path``, oldest first."""
-    return sorted(p for p in Path(path).glob(f"{PREVIOUS_PREFIX}*") if p.is_dir())
