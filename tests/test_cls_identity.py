@@ -99,3 +99,16 @@ def test_config_names_and_small_sets_say_how_to_fix(data, tmp_path):
         BenchError, match=r"folder not found; folder expects train/<class>/\*\.jpg .*bench data folder --out DIR"
     ):
         cls(tmp_path / "nowhere", a, "--out", str(tmp_path / "x"))
+
+
+def test_no_resume_starts_fresh_and_moves_the_previous_run_aside(data, tmp_path):
+    root, (a, b) = data
+    out = tmp_path / "fresh"
+    first = cls(root, a, "--out", str(out))
+    old = {p.name: p.read_bytes() for p in out.glob("checkpoint-*.pth")}
+    second = cls(root, b, "--out", str(out), "--no-resume")  # another checkpoint: allowed, as a new run
+    assert second["checkpoint_sha256"] != first["checkpoint_sha256"] and second["iterations"] == 8
+    (aside,) = out.glob("previous-*")
+    assert {p.name: p.read_bytes() for p in aside.glob("checkpoint-*.pth")} == old  # nothing deleted
+    assert json.loads((aside / "result.json").read_text())["run_id"] == first["run_id"]
+    assert json.loads((out / "result.json").read_text())["run_id"] == second["run_id"]

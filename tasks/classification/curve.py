@@ -25,12 +25,10 @@ CURVE = "curve.jsonl"
 
 
 class CurveWriter:
-    def __init__(self, out: Path, model, val_set, every: int, cfg: dict, amp: bool, *, resume: bool = True):
+    def __init__(self, out: Path, model, val_set, every: int, cfg: dict, amp: bool):
         self.path, self.model, self.val_set, self.every = Path(out) / CURVE, model, val_set, every
         self.batch, self.amp, self.losses = cfg["eval_batch_size"], amp, []
-        self.rank = rank_world()[0]
-        if not resume and self.rank == 0 and self.path.is_file():
-            self.path.unlink()  # a fresh run: its curve starts again (the file is derived, not a result)
+        self.rank = rank_world()[0]  # a fresh run (--no-resume): the engine moves the old curve aside
 
     def wrap(self, loss_fn):
         """``loss_fn`` that also remembers each micro-batch's loss."""

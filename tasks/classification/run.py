@@ -47,7 +47,7 @@ from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.io import atomic_open, atomic_write_json
 from bench.core.options import default_out
 from bench.core.results import FIELDS, ResultsStore, check_outputs, config_hash, make_row, sha256_file
-from bench.core.run_record import check_run_record, write_run_record
+from bench.core.workdir import check_settings_file, write_settings_file
 from tasks.classification import config as C
 from tasks.classification import protocols as P
 from tasks.classification.curve import CurveWriter
@@ -58,6 +58,7 @@ SELECT = (None, "heldout")
 OPTIONS = ("fsdp", "eval_every")
 RUN_RECORD = "config.json"
 # What the folder's record holds beside the effective config (the row's config_hash covers the config only)
+RESULT_FILES = ("per_example.npz", "result.json", "curve.jsonl")
 IDENTITY_KEYS = ("checkpoint_sha256", "data", "label", "weights_sha256", "eval_only")
 
 
@@ -270,11 +271,11 @@ def claim_folder(p: Prepared, tc: TrainConfig | None) -> None:
     if tc is not None:
         check_config(tc)  # everything the engine would refuse is refused before the first file is written
         micro_batches_per_epoch(len(p.train_split), tc.batch_size, p.world)
-    resume = p.run.resume or p.run.eval_only
-    check_run_record(p.out / RUN_RECORD, p.record, resume=resume, hint="use another --out or --no-resume")
+    if p.run.resume or p.run.eval_only:  # --no-resume: the engine moves the previous run aside
+        check_settings_file(p.out / RUN_RECORD, p.record, hint="use another --out or --no-resume")
     p.out.mkdir(parents=True, exist_ok=True)
     if p.rank == 0:
-        write_run_record(p.out / RUN_RECORD, p.record)
+        write_settings_file(p.out / RUN_RECORD, p.record)
 
 
 def train(p: Prepared, tc: TrainConfig):
@@ -284,7 +285,7 @@ def train(p: Prepared, tc: TrainConfig):
     curve = None
     if run.options.get("eval_every"):
         val_set = ImageDataset(p.val_split, P.eval_transform(cfg, p.img_size))
-        curve = CurveWriter(p.out, p.model, val_set, run.options["eval_every"], cfg, p.amp, resume=run.resume)
+        curve = CurveWriter(p.out, p.model, val_set, run.options["eval_every"], cfg, p.amp)
         loss_fn = curve.wrap(loss_fn)
     if p.recipe == "linear" and cfg["cache_features"]:
         feats = cached_features(p)
@@ -295,14 +296,18 @@ def train(p: Prepared, tc: TrainConfig):
         dataset = ImageDataset(p.train_split, P.train_transform(cfg, p.img_size))
         trained, groups, block = p.model, P.param_groups_for(p.recipe, p.model, cfg), Block
     after = curve.after_step(len(dataset), tc, p.world) if curve else None
-    return fit(trained, dataset, loss_fn, tc, groups=groups, resume=run.resume, block_type=block, after_step=after)
+    return fit(
+        *(trained, dataset, loss_fn, tc),
+        **{"groups": groups, "resume": run.resume, "block_type": block, "after_step": after},
+        writes=RESULT_FILES,  # --no-resume moves the previous run's results aside with its checkpoints
+    )
 
 
 def cached_features(p: Prepared):
     """The frozen training features, computed once without augmentation and kept in the folder."""
     p.model.to(pick_device(p.run.device))
     path = p.out / "features-train.pth"
-    feats = _load_features(path, len(p.train_split))
+    feats = _load_features(path, len(p.train_split)) if p.run.resume else None
     if feats is None:
         try:
             feats = P.extract_features(
