@@ -49,6 +49,10 @@ Module functions:
 ``settings_diff(old, new) -> list[str]``: ``"key old -> new"`` per differing key, in key order.
 ``check_checkpoint_settings(path, recorded, settings) -> None``: refuse a checkpoint that recorded
     other settings than the run's (one line naming the first differing key).
+``read_settings(path) -> dict | None``, ``check_settings_file(path, settings, *, hint)`` and
+    ``write_settings_file(path, settings)``: the settings guard for a record file of another name.
+``check_regular(path) -> bool``: exists? (BenchError when it exists but is not a regular file).
+``check_steps(value, flag="--iters") -> int``: a positive integer, else one line naming ``flag``.
 ``scale_step(value, old_total, new_total) -> int`` and
 ``scale_milestones(milestones, old_total, new_total, *, distinct=False, flag="--iters") -> list[int]``:
     the one rule for fitting a schedule written for ``old_total`` steps into ``new_total``.
