@@ -92,8 +92,8 @@ def _protocol_sentences(runs, task, protocol, baseline, base_dir, samples, esc=_
     return out
 
 
-def _floor_sentence(runs: pd.DataFrame, task: str, base_dir: Path | None, samples: int, esc=_plain) -> list[str]:
-    """The floors' values, and the best learned cell (highest mean) against the highest floor."""
+def _floor_sentences(runs: pd.DataFrame, task: str, base_dir: Path | None, samples: int, esc=_plain) -> list[str]:
+    """The floors' values; then the best learned cell (highest mean) against the highest floor."""
     floors = runs[runs["floor"]]
     if floors.empty:
         return []
@@ -104,7 +104,7 @@ def _floor_sentence(runs: pd.DataFrame, task: str, base_dir: Path | None, sample
         return []
     found = {init: cell for (init, _, _), cell in stat_cells(cells, samples).items()}
     shown = [f"{esc(label)} {_value(cell)}" for label, cell in found.items()]
-    sentence = f"{esc(_title(task))}, floors ({metric}): " + ", ".join(shown)
+    out = [f"{esc(_title(task))}, raw-pixel floors ({metric}): " + "; ".join(shown) + "."]
     learned: list[tuple[float, str, _Cell]] = []
     for protocol in sorted(set(runs.loc[~runs["floor"], "protocol"])):
         for (label, column), cell in _protocol_cells(runs[~runs["floor"]], task, protocol, base_dir, samples).items():
@@ -113,8 +113,9 @@ def _floor_sentence(runs: pd.DataFrame, task: str, base_dir: Path | None, sample
     if learned:
         _, name, best = max(learned, key=lambda t: t[0])
         floor_label, floor = max(found.items(), key=lambda kv: kv[1].mean)
-        sentence += "; the best learned cell, " + _phrase(name, esc(floor_label), difference(best, floor))
-    return [sentence + "."]
+        phrase = _phrase(name, esc(floor_label), difference(best, floor))
+        out.append(f"{esc(_title(task))}, the best learned cell against the highest floor: {phrase}.")
+    return out
 
 
 def _value(cell: _Cell) -> str:
@@ -148,7 +149,7 @@ def answer_sentences(
     out = []
     for protocol in protocols:
         out += _protocol_sentences(runs[~runs["floor"]], task, protocol, baseline_label, base, samples, esc)
-    return out + _floor_sentence(runs, task, base, samples, esc)
+    return out + _floor_sentences(runs, task, base, samples, esc)
 
 
 def write_answer(sentences: list[str], out_dir: str | os.PathLike) -> Path:
