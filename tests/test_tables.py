@@ -599,13 +599,14 @@ def test_raw_pixel_floors_are_rows_of_their_own_below_the_inits(tmp_path):
         r = row("raw_pixels", "raw_pixels", 0, {"top1": value}, "inat2017", protocol)
         store.append(r)
     store.append(row("raw_pixels", "raw_pixels", 0, {"top1": 30.0}, "inat2018", "knn"))  # no learned row: no floor
-    # the floors' own name for tables (tasks/classification/floors.py) wins over the protocol's
-    titled = row("raw_pixels", "raw_pixels", 1, {"top1": 80.0}, "inat2017", "ridge")
-    titled["extra"]["title"] = "raw pixels, ridge"
+    # named by protocol, whatever the row's label or title (tasks/classification/floors.py sets both)
+    titled = labelled("raw-pixels-ridge", 1, 80.0, init="raw_pixels", backbone="raw_pixels")
+    titled.update(protocol="ridge", run_id="ridge")
+    titled["extra"]["title"] = "raw pixels, ridge regression"
     store.append(titled)
     tables = build_tables(store.dataframe(), None)
     t6 = tables["table6_transfer_cls"]
-    floors = ["raw pixels (k-NN)", "raw pixels (logistic regression)", "raw pixels, ridge"]
+    floors = ["raw pixels (k-NN)", "raw pixels (logistic regression)", "raw pixels (ridge)"]
     assert list(t6.index) == ["random", "mae", *floors]
     assert t6.attrs["floors"] == floors
     assert t6.loc["raw pixels (k-NN)", ("iNat 2017", "ViT-demo/8", "mean")] == 91.5

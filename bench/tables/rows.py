@@ -50,8 +50,8 @@ def is_floor(init: Any, backbone: Any) -> bool:
 
 
 def floor_label(protocol: str) -> str:
-    """A floor row's name when it records no ``extra['title']``: 'logreg' -> 'raw pixels (logistic
-    regression)', 'knn' -> 'raw pixels (k-NN)'."""
+    """A floor row's name in the tables, from its protocol (one name whatever the row's label):
+    'logreg' -> 'raw pixels (logistic regression)', 'knn' -> 'raw pixels (k-NN)'."""
     return f"raw pixels ({FLOOR_METHODS.get(str(protocol).lower(), protocol)})"
 
 
@@ -65,10 +65,9 @@ def _row_labels(ok: pd.DataFrame) -> list[str]:
     pretrainings are never averaged as if they were seeds."""
     labels = ok["label"] if "label" in ok.columns else ok["init"]
     shas = ok["checkpoint_sha256"] if "checkpoint_sha256" in ok.columns else [None] * len(ok)
-    titles = ok["extra.title"] if "extra.title" in ok.columns else [None] * len(ok)
     base = [
-        (_text(title) or floor_label(p)) if is_floor(i, b) else (_text(label) or i)
-        for label, title, i, b, p in zip(labels, titles, ok["init"], ok["backbone"], ok["protocol"])
+        floor_label(p) if is_floor(i, b) else (_text(label) or i)
+        for label, i, b, p in zip(labels, ok["init"], ok["backbone"], ok["protocol"])
     ]
     sha = [_text(s) for s in shas]
     seen: dict[tuple, set] = {}
