@@ -234,13 +234,14 @@ def _number(v) -> bool:
 def _check_bbox(bbox, h: int, w: int, where: str) -> None:
     """4 finite numbers [x, y, w, h] within COORD_MARGIN image sizes of the image (w, h may be <= 0:
     degenerate boxes are the caller's to skip)."""
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) and math.isfinite(v) for v in bbox):
-        raise DataError(f"{where} 'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:60]}")
     m = COORD_MARGIN
-    x, y, bw, bh = bbox
-    if not (-m * w <= x <= (1 + m) * w and -m * h <= y <= (1 + m) * h and abs(bw) <= (1 + 2 * m) * w) or not (
-        abs(bh) <= (1 + 2 * m) * h
-    ):
+    try:  # the common case in C-level arithmetic; strings and None raise TypeError, NaN / inf fail isfinite
+        x, y, bw, bh = bbox if type(bbox) is list else ()
+        if not math.isfinite(x + y + bw + bh):
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where} 'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:60]}") from None
+    if not (-m * w <= x <= (1 + m) * w and -m * h <= y <= (1 + m) * h) or max(abs(bw) / w, abs(bh) / h) > 1 + 2 * m:
         raise DataError(f"{where} 'bbox' {_short(bbox, 80)} lies far outside its {w}x{h} image")
 
 
@@ -257,7 +258,8 @@ def _check_segmentation(segm, h: int, w: int, where: str) -> str:
     """'polygon' or 'rle' after checking it against its h x w image (every annotation needs one)."""
     if isinstance(segm, list) and segm:
         for k, poly in enumerate(segm):
-            _check_polygon(poly, k, h, w, where)
+            if not _polygon_fits(poly, h, w):  # the exact reason, only for the rare bad one
+                _check_polygon(poly, k, h, w, where)
         return "polygon"
     if isinstance(segm, dict):
         check_rle(segm, h, w, where)
@@ -267,6 +269,21 @@ def _check_segmentation(segm, h: int, w: int, where: str) -> str:
             f"{where} has no 'segmentation'; instance masks are trained and evaluated, give polygons or an RLE"
         )
     raise DataError(f"{where} 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}")
+
+
+def _polygon_fits(poly, h: int, w: int) -> bool:
+    """The common case, fast (C-level sum / min / max; the real train file has ~1.2 M polygons): a flat
+    list of >= 3 points, numbers, finite, within the margin. False sends it to ``_check_polygon``."""
+    if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+        return False
+    try:
+        if not math.isfinite(sum(poly)):  # strings / None / lists raise TypeError; NaN and inf show here
+            return False
+        xs, ys = poly[0::2], poly[1::2]
+        m = COORD_MARGIN
+        return -m * w <= min(xs) and max(xs) <= (1 + m) * w and -m * h <= min(ys) and max(ys) <= (1 + m) * h
+    except (TypeError, OverflowError):
+        return False
 
 
 def _check_polygon(poly, k: int, h: int, w: int, where: str) -> None:
