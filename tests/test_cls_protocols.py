@@ -504,3 +504,37 @@ def test_smoke_linear_probe_learns_with_small_image_crops(digits, tmp_path):
     assert "crop_scale [0.5, 1] != paper [0.08, 1]" in row["deviations"]
     # 200 eval images: chance is 10 % +- 2.1 (one sd); 22 % is more than 5 sd above it
     assert row["metrics"]["top1"] > 22.0, row["metrics"]
+
+
+def _extract_worker(rank, init_file, out_file):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = build_backbone(TEST_BB)
+        data = TensorDataset(torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(7))
+        seen, forward = [], model.forward_features
+        model.forward_features = lambda x: seen.append(len(x)) or forward(x)  # count this rank's images
+        feats, labels = P.extract_features(model, data, batch_size=2)
+        torch.save((feats, labels, sum(seen)), f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_feature_extraction_is_sharded_across_ranks_then_gathered_in_order(tmp_path):
+    """Issue 25 item 5: each of 2 gloo ranks extracts every 2nd sample (7 samples: 4 and 3), and both
+    get the whole set in order, equal to one process extracting everything."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_extract_worker, args=(str(tmp_path / "init"), str(tmp_path / "feats")), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = build_backbone(TEST_BB)
+    data = TensorDataset(torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(7))
+    ref_feats, ref_labels = P.extract_features(model, data, batch_size=7)
+    for rank, share in ((0, 4), (1, 3)):
+        feats, labels, seen = torch.load(tmp_path / f"feats.{rank}")
+        assert seen == share  # this rank ran the model on its share only
+        assert labels.tolist() == list(range(7)) == ref_labels.tolist()
+        torch.testing.assert_close(feats, ref_feats, rtol=1e-5, atol=1e-6)
