@@ -218,7 +218,7 @@ def _with(path: str, value):
         (
             _with("tasks.coco.epochs", 3),
             r"unknown key 'tasks.coco.epochs'; allowed: task, protocol, "
-            r"data, generate, config, trust_config, search, select_on, iters",
+            r"data, generate, config, trust_config, search, select_on, unequal_grid_reason, amp, bf16, floors, iters",
         ),
         (
             _with("tasks.coco.generate.n_images", 3),
@@ -524,3 +524,35 @@ def test_cells_run_as_submitit_jobs_and_requeue_as_the_same_cell(tmp_path, capsy
     job = CellJob(path, (0,), out, "random/lin/seed0")
     again = job.checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission) and again.function is job
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress in logs (bench.progress)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_progress_in_a_log_is_a_line_per_ten_percent_not_carriage_returns():
+    import io
+
+    from bench.progress import LineProgress, progress_bar
+
+    log = io.StringIO()  # not a terminal
+    ticks = iter(range(100))
+    bar = progress_bar(total=200, initial=50, desc="mae", file=log)
+    assert isinstance(bar, LineProgress)
+    bar.clock = lambda: float(next(ticks))  # seconds since start: 0, 1, 2, ...
+    bar.start = 0.0
+    for step in range(150):
+        bar.update(1)
+        bar.set_postfix(loss=f"{1 - step / 150:.2f}")
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    # from 25 % done: a line at 30, 40, ..., 90 %, then the closing line at 100 %
+    assert [line.split(" %")[0] for line in lines] == [f"mae: {p}" for p in (30, 40, 50, 60, 70, 80, 90, 100)]
+    assert lines[0] == "mae: 30 % (60/200), 0 s, loss 0.95"  # the postfix set before that update
+    assert lines[-1] == "mae: 100 % (200/200), 7 s, loss 0.01"
+    off = progress_bar(total=10, enabled=False, file=log)
+    off.update(5)
+    off.close()
+    assert log.getvalue().splitlines() == lines

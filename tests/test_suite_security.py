@@ -320,7 +320,8 @@ def test_dry_run_lists_every_missing_or_empty_input(tmp_path):
         re.search(r"^mocov3/pretrain +pretrain +mocov3_vit_test_patch8 +mocov3 +todo ", done.stdout, re.M)
         and "1 pretraining steps" in done.stdout
     )
-    assert "2 pretraining steps" in done.stdout.splitlines()[-1]  # the cost line
+    assert "2 pretraining steps" in done.stdout.splitlines()[-2]  # the cost line, before the count
+    assert done.stdout.splitlines()[-1].startswith("14 cells, 14 to run")
     assert "supervised/c/seed0" in done.stdout and "folder epochs" in done.stdout
     # a real run refuses the same way, before anything runs
     again = bench_run(suite, "--out", tmp_path / "out", cwd=tmp_path)
