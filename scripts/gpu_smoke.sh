@@ -68,6 +68,12 @@ step torchrun 0 env BENCH_DIST_BACKEND=gloo "$PY" -m torch.distributed.run --sta
     --steps 10 --batch-size 8 --bf16 --no-progress --out "$OUT/torchrun"
 step perf 0 "${bench[@]}" perf pretrain $PERF
 
+for name in ${ONLY//,/ }; do
+    if [[ " ${STEPS[*]} " != *" $name "* ]]; then
+        echo "error: --only $name: not a step (${STEPS[*]})" >&2
+        exit 2
+    fi
+done
 mkdir -p "$OUT/logs"
 failed=0
 for i in "${!STEPS[@]}"; do

@@ -259,3 +259,5 @@ def test_gpu_smoke_runs_cheap_steps_on_cpu_and_reports_failures(tmp_path):
     assert [line.split(" (")[0] for line in r.stdout.splitlines()] == ["FAIL finetune", "FAIL perf"]
     r = _smoke("--nope")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown option --nope")
+    r = _smoke("--only", "pretrain,nope")
+    assert r.returncode == 2 and r.stderr.startswith("error: --only nope: not a step (data pretrain ")
