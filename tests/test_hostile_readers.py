@@ -587,3 +587,23 @@ def test_fuzzed_coco_fields_are_refused_or_safe(coco_root, tmp_path_factory, fie
             counts = ann["segmentation"]["counts"]
             runs = counts if isinstance(counts, list) else rle_string_counts(counts)
             assert int(mask.sum()) == sum(runs[1::2])
+
+
+def test_write_heldout_split_reuses_its_files_until_the_source_or_settings_change(coco_root, tmp_path):
+    import shutil
+
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    out = tmp_path / "split"
+    first = write_heldout_split(root, out)
+    stamp = [os.stat(first[k]).st_mtime_ns for k in ("train_ann", "heldout_ann")]
+    assert write_heldout_split(root, out) == first  # same source, same settings: nothing rewritten
+    assert [os.stat(first[k]).st_mtime_ns for k in ("train_ann", "heldout_ann")] == stamp
+    other = write_heldout_split(root, out, seed=5)  # another seed: rewritten, recorded
+    assert other["seed"] == 5 and json.loads((out / "heldout_split.json").read_text())["seed"] == 5
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["images"] = data["images"][:10]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in {i["id"] for i in data["images"]}]
+    ann.write_text(json.dumps(data))  # the source changed: carved again
+    again = write_heldout_split(root, out, seed=5)
+    assert again["num_train"] + again["num_heldout"] == 10

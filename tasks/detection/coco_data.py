@@ -64,6 +64,7 @@ HELDOUT_FRACTION = 0.1  # of the training images with an object ...
 HELDOUT_CAP = 5000  # ... at most as many as COCO val2017
 HELDOUT_SEED = 0  # fixed, not the run's seed: every init, seed and grid point sees the same carve
 HELDOUT_FILES = ("instances_train2017-minus-heldout.json", "instances_train2017-heldout.json")
+HELDOUT_MANIFEST = "heldout_split.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,19 +454,17 @@ def heldout_size(n: int, fraction: float = HELDOUT_FRACTION, cap: int = HELDOUT_
 
 
 def heldout_split(
-    ann_file: str | Path | Mapping,
-    seed: int = HELDOUT_SEED,
-    fraction: float = HELDOUT_FRACTION,
-    cap: int = HELDOUT_CAP,
+    ann_file: str | Path, seed: int = HELDOUT_SEED, fraction: float = HELDOUT_FRACTION, cap: int = HELDOUT_CAP
 ) -> tuple[list, list]:
-    """(train image ids, held-out image ids) of a COCO training file (a path, checked with
-    ``validate_coco``, or its already-validated dict), both sorted. Candidates are the images with at
-    least one non-crowd annotation; ``heldout_size`` of them are drawn with ``default_rng(seed)``
-    from the sorted ids; every other image (with or without annotations) stays in train."""
-    if isinstance(ann_file, Mapping):
-        data, name = ann_file, ann_file.get("_source", "<dict>")
-    else:
-        data, name = validate_coco(ann_file, None, require_images=False)["dataset"], str(ann_file)
+    """(train image ids, held-out image ids) of a COCO training file (checked with ``validate_coco``),
+    both sorted. Candidates are the images with at least one non-crowd annotation; ``heldout_size`` of
+    them are drawn with ``default_rng(seed)`` from the sorted ids; every other image (with or without
+    annotations) stays in train."""
+    data = validate_coco(ann_file, None, require_images=False)["dataset"]
+    return _heldout_ids(data, ann_file, seed, fraction, cap)
+
+
+def _heldout_ids(data: Mapping, name, seed: int, fraction: float, cap: int) -> tuple[list, list]:
     with_objects = {a["image_id"] for a in data["annotations"] if not a.get("iscrowd", 0)}
     candidates = sorted(img["id"] for img in data["images"] if img["id"] in with_objects)
     m = heldout_size(len(candidates), fraction, cap)
@@ -496,26 +495,40 @@ def write_heldout_split(
     """Write ``out_dir/instances_train2017-minus-heldout.json`` and ``out_dir/instances_train2017-heldout.json``
     (``HELDOUT_FILES``, atomically) from ``coco_root/annotations/instances_train2017.json``; images of
     both stay in ``coco_root/train2017``. Degenerate boxes are dropped (as for training). Returns
-    ``{'train_ann', 'heldout_ann', 'image_dir', 'num_train', 'num_heldout', 'seed', 'fraction', 'cap'}``."""
+    ``{'train_ann', 'heldout_ann', 'image_dir', 'num_train', 'num_heldout', 'seed', 'fraction', 'cap',
+    'source', 'source_size', 'source_mtime_ns'}``, also written to ``out_dir/heldout_split.json``: a later
+    call with the same source file (size and mtime) and settings returns it without rewriting (the real
+    train file is 450 MB)."""
     root, out_dir = Path(coco_root), Path(out_dir)
+    source = root / "annotations" / "instances_train2017.json"
+    manifest = out_dir / HELDOUT_MANIFEST
+    st = source.stat() if source.is_file() else None
+    wanted = {"source": str(source), "seed": seed, "fraction": fraction, "cap": cap}
+    if st is not None:
+        wanted.update(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
+    previous = _read_manifest(manifest)
+    if previous and all(previous.get(k) == v for k, v in wanted.items()):
+        if all(Path(previous[k]).is_file() for k in ("train_ann", "heldout_ann")):
+            return previous
     with warnings.catch_warnings():  # the training run warns about degenerate boxes itself
         warnings.simplefilter("ignore")
-        source = root / "annotations" / "instances_train2017.json"
         data = validate_coco(source, None, require_images=False)["dataset"]
-    train_ids, held_ids = heldout_split({**data, "_source": str(source)}, seed, fraction, cap)
+    train_ids, held_ids = _heldout_ids(data, source, seed, fraction, cap)
     paths = [out_dir / name for name in HELDOUT_FILES]
     for path, ids in zip(paths, (train_ids, held_ids)):
         atomic_write_json(subset_instances(data, ids), path, separators=(",", ":"))
-    return {
-        "train_ann": str(paths[0]),
-        "heldout_ann": str(paths[1]),
-        "image_dir": str(root / "train2017"),
-        "num_train": len(train_ids),
-        "num_heldout": len(held_ids),
-        "seed": seed,
-        "fraction": fraction,
-        "cap": cap,
-    }
+    info = {"train_ann": str(paths[0]), "heldout_ann": str(paths[1]), "image_dir": str(root / "train2017")}
+    info.update(num_train=len(train_ids), num_heldout=len(held_ids), **wanted)
+    atomic_write_json(info, manifest, indent=1)
+    return info
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        data = load_json(path, "held-out manifest")
+    except DataError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def coco_from_dict(dataset: Mapping) -> COCO:
