@@ -29,10 +29,11 @@ Held-out split (hyperparameter selection that never reads val): ``heldout_split(
 ``min(HELDOUT_CAP, round(HELDOUT_FRACTION * n))`` images (at least 1, never all), n = the images with
 at least one non-crowd annotation (so that its AP is defined), drawn with
 ``numpy.random.default_rng(HELDOUT_SEED)`` from the sorted ids: the same for every initialisation,
-seed and grid point. For COCO train2017 (117,266 such images) that is 5,000 images, as many as val2017;
-val is never touched, so the part is disjoint from it. ``write_heldout_split(coco_root, out_dir)``
-writes the two annotation files (``instances_train2017-minus-heldout.json`` and
-``instances_train2017-heldout.json``, both with images in ``train2017/``) for the detection engines.
+seed and grid point. For COCO train2017 (about 117,000 such images) that is 5,000 images, as many as
+val2017; val is never touched, so the part is disjoint from it. ``write_heldout_split(coco_root,
+out_dir)`` writes the two annotation files (``instances_train2017-minus-heldout.json`` and
+``instances_train2017-heldout.json``, both with images in ``train2017/``) for the detection engines,
+and reuses them while the source file and the settings are unchanged (``heldout_split.json``).
 """
 
 from __future__ import annotations
