@@ -299,7 +299,9 @@ def test_toy_resume_takes_the_newest_readable_checkpoint_of_its_own_folder(tmp_p
     assert toy_run(copy) == 2
     assert toy_run(copy, resume=False) == 0  # --no-resume: a fresh start, the old files moved aside
     [aside] = copy.glob("previous-*")
-    assert sorted(p.name for p in aside.iterdir()) == ["bench_dense_run.json", "iter_2.pth", "last_checkpoint"]
+    moved = ["bench_dense_run.json", "iter_2.pth", "iter_4.pth", "last_checkpoint"]  # nothing deleted
+    assert sorted(p.name for p in aside.iterdir()) == moved
+    assert sorted(p.name for p in copy.glob("iter_*.pth")) == ["iter_2.pth", "iter_4.pth"]  # the new run's own
 
 
 def test_toy_non_finite_loss_stops_before_that_iterations_checkpoint(tmp_path):
