@@ -473,11 +473,12 @@ def test_plot_legends_need_two_entries_and_footers_wrap():
 
     phrases = [f"drop_path 0.{i} != paper 0.{i + 1}" for i in range(12)]
     sel = pd.DataFrame([{"deviations": phrases, "extra": {}}])
-    _footer(ax, sel, below=35)
-    text = ax.texts[-1].get_text()
+    fig = ax.figure
+    _footer(fig, sel)
+    text = fig.texts[-1].get_text()
     width = int(4 * 17)
     assert all(len(line) <= width for line in text.splitlines())
-    assert "drop_path 0.11 != paper 0.12" in text.replace("\n", " ")  # wrapped, not cut off
+    assert "drop_path 0.11 \u2260 paper 0.12" in text.replace("\n", " ")  # wrapped, not cut off; != typeset
     assert "..." not in text
 
 

@@ -76,10 +76,12 @@ def _legend(ax) -> None:
         ax.legend(fontsize=7)
 
 
-def _footer(ax, sel: pd.DataFrame, below: float) -> None:
-    """Under the plot, wrapped to the figure's width: what the error bars are and the deviations
-    from the paper's protocol."""
-    width = max(40, int(ax.figure.get_figwidth() * FOOTER_CHARS_PER_INCH))
+def _footer(fig, sel: pd.DataFrame) -> None:
+    """Under the axes and their tick labels, wrapped to the figure's width: what the error bars
+    are and the deviations from the paper's protocol."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    width = max(40, int(fig.get_figwidth() * FOOTER_CHARS_PER_INCH))
     lines = [
         "error bars: the tables' 95 % intervals (one run: bootstrap over evaluation images; several seeds: "
         "bootstrap over seeds \u00d7 images, or a t-interval without per-image results; none: no interval)"
@@ -88,17 +90,12 @@ def _footer(ax, sel: pd.DataFrame, below: float) -> None:
     if phrases:
         lines.append("Not the paper's protocol: " + "; ".join(phrases))
     text = "\n".join(textwrap.fill(line, width) for line in lines)
-    ax.annotate(
-        text,
-        xy=(0, 0),
-        xycoords="axes fraction",
-        xytext=(0, -below),
-        textcoords="offset points",
-        fontsize=7,
-        ha="left",
-        va="top",
-        color="0.3",
-    )
+    for plain, sign in (("!=", "\u2260"), ("<=", "\u2264"), (">=", "\u2265")):  # typeset, as in LaTeX
+        text = text.replace(plain, sign)
+    renderer = FigureCanvasAgg(fig).get_renderer()  # where the rotated tick labels end
+    bottom = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes) / fig.bbox.height
+    left = min(ax.get_position().x0 for ax in fig.axes)
+    fig.text(left, bottom - 0.02, text, fontsize=7, ha="left", va="top", color="0.3")
 
 
 def _floor_lines(ax, floors: pd.DataFrame, metric: str, base_dir, samples) -> None:
@@ -142,7 +139,7 @@ def _bars(task, protocol, sel, floors, out_dir, base, samples):
         _legend(ax)
     fig.suptitle(f"{_title(task)}, {protocol}")
     fig.subplots_adjust(wspace=0.35)
-    _footer(fig.axes[0], sel, below=55)
+    _footer(fig, sel)
     return _save_figure(fig, out_dir / f"bars_{_slug(task)}_{_slug(protocol)}.png")
 
 
@@ -177,7 +174,7 @@ def _partial_plots(runs, out_dir, base, samples) -> list[Path]:
         ax.set_xlabel("# fine-tuned blocks k (0 = linear probe)")
         ax.set_title(f"Partial fine-tuning, {_title(task)} {col}")
         _legend(ax)
-        _footer(ax, sel, below=35)
+        _footer(fig, sel)
         written.append(_save_figure(fig, out_dir / f"partial_{_slug(task)}_{_slug(col)}.png"))
     return written
 
@@ -198,7 +195,7 @@ def _mask_ratio_plots(runs, out_dir, base, samples) -> list[Path]:
         ax.set_xlabel("masking ratio (%)")
         ax.set_title(f"Masking ratio, {_title(task)}")
         _legend(ax)
-        _footer(ax, sel, below=35)
+        _footer(fig, sel)
         written.append(_save_figure(fig, out_dir / f"mask_ratio_{_slug(task)}.png"))
     return written
 
