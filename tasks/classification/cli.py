@@ -79,7 +79,7 @@ def add_cls_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         parser,
         default_out="work_dirs/cls/<dataset>-<protocol>-<label or backbone>-<key>-s<seed>, <key> hashing the "
         "checkpoint's sha256, the data and the effective config",
-        config_help=" of the classification config, e.g. lr=0.01 weight_decay=0.05",
+        config_help="; keys of the classification config, e.g. lr=0.01 weight_decay=0.05",
     )
     return parser
 
