@@ -141,3 +141,18 @@ def test_killed_parallel_run_resumes_to_the_same_rows_without_duplicates(tmp_pat
         assert steps == list(range(1, PRETRAIN["steps"] + 1))
     again = run_suite(load_suite(path), out, jobs=2, tables=False)
     assert again.ran == [] and results(out) == final
+
+
+def test_jobs_option_is_bounded_by_the_cores(capsys):
+    import argparse
+
+    from bench.runner import add_run_arguments
+
+    parser = add_run_arguments(argparse.ArgumentParser(prog="bench run"))
+    cores = os.cpu_count() or 1
+    assert parser.parse_args(["demo", "--jobs", str(cores)]).jobs == cores
+    for bad in ("0", str(cores + 1), "two"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["demo", "--jobs", bad])
+        assert e.value.code == 2
+        assert f"expected an integer from 1 to {cores}" in capsys.readouterr().err
