@@ -228,7 +228,7 @@ def test_backbones_shows_sizes_and_official_files():
     assert rows["beit_vit_large_patch16"][-1] == "beit_large_patch16_224_pt22k.pth"
     assert rows["supervised_vit_base_patch16"][-1] == "deit_base_patch16_224-*.pth"
     assert rows["random_vit_base_patch16"][-1] == "-"
-    assert rows["mae_vit_demo_patch8"] == ["128", "4", "4", "8", "64", "-"]
+    assert rows["mae_vit_demo_patch8"] == ["128", "4", "4", "8", "32", "-"]
 
 
 @pytest.mark.parametrize("command", ["run", "pretrain", "visualize", "backbones", "table"])
