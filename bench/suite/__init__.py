@@ -24,27 +24,31 @@ A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete exam
         # data: /datasets/coco   #   ... or read a dataset on disk (exactly one of the two)
         config: smoke            #   the task's config name or file, or {<arch>: config, ...}
         iters: 100               #   the task's own keys (TaskSpec.suite_keys): coco and ade20k
-                                 #   take iters; classification epochs, batch_size, k, bf16
+                                 #   take iters; classification epochs, batch_size, k, amp
       folder_partial:
         task: folder
         protocol: partial
         k: [0, 1, 2]             #   partial: numbers of fine-tuned last blocks
-        epochs: 3                #   classification: epochs (and batch_size, bf16)
+        epochs: 3                #   classification: epochs (and batch_size, amp)
         generate: {n_train_per_class: 20, image_size: 32}
 
 ``pretrain`` takes ``method`` (mae, mocov3, beit, supervised; default: the init), ``data``
 (``embedded`` or an image folder), ``img_size``, ``epoch_size``, every field of the shared engine's
 ``TrainConfig`` (steps, epochs, batch_size, blr, warmup_steps, ckpt_every, seed, ...) and the
 method's own options (MAE: ``mask_ratio``, ``norm_pix_loss``). An init may also carry ``extra``
-(JSON scalars written into each of its rows' ``extra``; ``mask_ratio`` and ``img_size`` there also
-take part in the run id) and ``trust_checkpoint: true`` for official files that need full
-unpickling. Relative paths (``checkpoint``, ``data``, config files) are relative to the directory
+(JSON scalars written into each of its rows' ``extra``; never a field the run measures or the runner
+writes, ``RESERVED_EXTRA``; ``mask_ratio`` there takes part in the run id) and
+``trust_checkpoint: true`` for official files that need full unpickling. Any number of inits may
+name one method: the label (the key) keeps their cells, run ids and table rows apart. Relative paths (``checkpoint``, ``data``, config files) are relative to the directory
 the command runs in.
 
 A task may also carry ``trust_config: true`` (read a ``.py`` config from outside the package),
-``search: {lr: [..], weight_decay: [..]}`` (a grid; an init may replace it per task with
-``inits.<label>.search: {<task label>: {...}}``) and ``select_on: heldout | val``; see
-``docs/suites.md`` for the search and the limits (aliases, list lengths, finite numbers).
+``amp`` (mixed precision; ``bf16`` is its old name), ``floors`` (raw-pixel floor rows; default: on
+for the digits and generated classification sets), ``search: {lr: [..], weight_decay: [..]}`` (a
+grid, the same for every init unless ``unequal_grid_reason`` says why; an init may replace it per
+task with ``inits.<label>.search: {<task label>: {...}}``) and ``select_on: heldout | val``; see
+``docs/suites.md`` for the search and the limits (aliases, list lengths, finite numbers, the size
+of generated sets).
 
 ``load_suite`` checks everything before anything runs: an unknown key, init, task, protocol or a
 value of the wrong type is a ``BenchError`` naming the file, the key and the allowed values.
