@@ -151,3 +151,18 @@ def test_huge_generated_sets_are_refused_at_load_in_one_line(tmp_path, task, mes
     with pytest.raises(BenchError, match=message) as e:
         load_suite(write(tmp_path / "s.yaml", doc))
     assert "\n" not in str(e.value) and "key tasks.t.generate" in str(e.value)
+
+
+def test_amp_with_bf16_as_its_old_name_and_floors_only_for_classification(tmp_path):
+    doc = {"name": "a", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}}, "tasks": {"t": TINY_LINEAR}}
+    for keys, amp in (({}, False), ({"amp": True}, True), ({"bf16": True}, True), ({"amp": True, "bf16": True}, True)):
+        doc["tasks"]["t"] = {**TINY_LINEAR, **keys}
+        assert load_suite(write(tmp_path / "s.yaml", doc)).tasks[0].amp is amp
+    doc["tasks"]["t"] = {**TINY_LINEAR, "amp": True, "bf16": False}
+    with pytest.raises(BenchError, match=r"key tasks\.t\.bf16 contradicts 'tasks\.t\.amp'"):
+        load_suite(write(tmp_path / "s.yaml", doc))
+    doc["tasks"]["t"] = {**TINY_LINEAR, "floors": False}
+    assert [c.kind for c in plan(load_suite(write(tmp_path / "s.yaml", doc)))] == ["transfer"]
+    doc["tasks"]["t"] = {"task": "ade20k", "generate": {}, "floors": True}
+    with pytest.raises(BenchError, match=r"key tasks\.t\.floors: raw-pixel floors are for classification tasks only$"):
+        load_suite(write(tmp_path / "s.yaml", doc))
