@@ -867,16 +867,16 @@ CASES = [
     Case(
         "run-results-store-newer-schema",
         RUN[:2] + RUN[3:] + ("--no-tables",),
-        "results store {tmp}/out/runs.jsonl was written by a newer version (schema 3 > 2, line 1)",
-        _then(_suite(GOOD_SUITE), _store(_row(schema=3)), _rename("store", "out")),
+        "results store {tmp}/out/runs.jsonl was written by a newer version (schema 4 > 3, line 1)",
+        _then(_suite(GOOD_SUITE), _store(_row(schema=4)), _rename("store", "out")),
         ("{tmp}/out/.run.lock", "{tmp}/out/data", "{tmp}/out/work", "{tmp}/out/*.md"),
     ),
     # ---- results store and bench table -------------------------------------------------------------
     Case(
         "table-results-newer-schema",
         TABLE,
-        "results store {tmp}/store/runs.jsonl was written by a newer version (schema 3 > 2, line 2)",
-        _store(_row(), _row(run_id="r1", schema=3)),
+        "results store {tmp}/store/runs.jsonl was written by a newer version (schema 4 > 3, line 2)",
+        _store(_row(), _row(run_id="r1", schema=4)),
         TABLE_LEFT,
     ),
     Case(
