@@ -37,15 +37,26 @@ def bench(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-def train_then_evaluate(tmp_path, coco, engine: str, weights_name):
-    """A 2-iteration smoke run, then --eval-only on its final weights; (trained row, evaluated row)."""
+def train_then_evaluate(tmp_path, coco, engine: str, weights_name, iters: int):
+    """A short smoke run, then --eval-only on its final weights; (trained row, evaluated row)."""
     common = ["det", "--engine", engine, "--backbone", TINY, "--data-root", coco, "--config", "smoke"]
     rows = tmp_path / "rows.jsonl"
-    assert bench(*common, "--iters", 2, "--out", tmp_path / "train", "--results", rows) == 0
+    assert bench(*common, "--iters", iters, "--out", tmp_path / "train", "--results", rows) == 0
     weights = weights_name(tmp_path / "train")
     assert weights.is_file()
     assert (
-        bench(*common, "--iters", 2, "--eval-only", "--weights", weights, "--out", tmp_path / "eval", "--results", rows)
+        bench(
+            *common,
+            "--iters",
+            iters,
+            "--eval-only",
+            "--weights",
+            weights,
+            "--out",
+            tmp_path / "eval",
+            "--results",
+            rows,
+        )
         == 0
     )
     trained, evaluated = ResultsStore(rows).rows()
@@ -68,7 +79,7 @@ def test_mmdet_eval_only_reproduces_the_training_runs_apbox_and_tools_test_rebui
     def newest(work):
         return max(work.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
 
-    trained, evaluated = train_then_evaluate(tmp_path, coco, "mmdet", newest)
+    trained, evaluated = train_then_evaluate(tmp_path, coco, "mmdet", newest, 2)
     check_same_row(trained, evaluated, tmp_path / "train")
     assert evaluated["iterations"] == 2  # the iteration the weights were saved at
     # mmdet's tools/test.py path in a fresh process: Config.fromfile (custom_imports registers our
@@ -93,7 +104,8 @@ def test_mmdet_eval_only_reproduces_the_training_runs_apbox_and_tools_test_rebui
 
 @pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not installed")
 def test_detectron2_eval_only_reproduces_the_training_runs_apbox_and_its_saved_config_evaluates(tmp_path, coco):
-    trained, evaluated = train_then_evaluate(tmp_path, coco, "detectron2", lambda w: w / "model_final.pth")
+    # 3 iterations: fvcore's step schedule needs one more than its 2 milestones
+    trained, evaluated = train_then_evaluate(tmp_path, coco, "detectron2", lambda w: w / "model_final.pth", 3)
     check_same_row(trained, evaluated, tmp_path / "train")
     # detectron2's own path: LazyConfig.load + instantiate + the checkpoint + inference_on_dataset in a
     # fresh process (lazyconfig_train_net.py's do_test, run as the file itself when the source is here)

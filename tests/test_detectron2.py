@@ -699,22 +699,22 @@ def test_overrides_naming_code_need_trust_config_and_run_nothing(tmp_path, capsy
 def test_no_resume_moves_the_old_checkpoints_aside_and_resume_refuses_other_settings(tmp_path):
     """A seed-1 run in a seed-0 folder: refused with --resume (seed named), trained from scratch with
     --no-resume (the seed-0 files in previous-<time>/, untouched), its checkpoints record seed 1."""
-    from bench.core.workdir import list_previous
+    from bench.core.workdir import PREVIOUS_PREFIX
     from tasks.detection.coco_data import make_coco_dataset
 
     root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
     work = tmp_path / "work"
-    kw = dict(variant="vitdet", config="smoke", iters=2, work_dir=work)
+    kw = dict(variant="vitdet", config="smoke", iters=3, work_dir=work)
     run_detectron2("random_vit_test_patch8", None, root, seed=0, **kw)
     seed0 = (work / "model_final.pth").read_bytes()
     with pytest.raises(BenchError, match=r"this folder holds a run with other settings \(seed 0 -> 1\)"):
         run_detectron2("random_vit_test_patch8", None, root, seed=1, **kw)
     row = run_detectron2("random_vit_test_patch8", None, root, seed=1, resume=False, **kw)
     assert row["extra"]["start_iter"] == 0 and row["seed"] == 1
-    [aside] = list_previous(work)
+    [aside] = list(work.glob(f"{PREVIOUS_PREFIX}*"))
     assert (aside / "model_final.pth").read_bytes() == seed0
     state = torch.load(work / "model_final.pth", map_location="cpu", weights_only=False)
-    assert state["bench_settings"]["seed"] == 1 and state["iteration"] == 1
+    assert state["bench_settings"]["seed"] == 1 and state["iteration"] == 2
 
 
 def test_processes_per_machine_from_torchrun_and_slurm():

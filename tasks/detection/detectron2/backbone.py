@@ -110,16 +110,21 @@ class RegistryBackbone(Backbone):
         return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
 
     def output_shape(self) -> dict[str, ShapeSpec]:
-        return FeatureMaps(
+        return self._named(
             (k, ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k]))
             for k in self._out_features
         )
+
+    def _named(self, items) -> FeatureMaps:
+        out = FeatureMaps(items)
+        out.strides = self._out_feature_strides
+        return out
 
     def forward(self, x):
         feats = list(self.pyramid(x))
         if self.top_block:
             feats.append(F.max_pool2d(feats[-1], kernel_size=1, stride=2, padding=0))
-        return FeatureMaps(zip(self._out_features, feats, strict=True))
+        return self._named(zip(self._out_features, feats, strict=True))
 
 
 def last_level_max_pool(in_feature: str = "p5"):
@@ -144,8 +149,10 @@ class FeatureMaps(dict):
     """The backbone's outputs: a head that asks for a feature the backbone does not make gets one line
     naming what there is and what to set (instead of detectron2's bare ``KeyError: 'p6'``)."""
 
+    strides: dict = {}  # feature name -> stride, set by the backbone
+
     def __missing__(self, key):
-        have = ", ".join(f"{k} (stride {v.stride})" if hasattr(v, "stride") else k for k, v in self.items())
+        have = ", ".join(f"{k} (stride {self.strides[k]})" if k in self.strides else k for k in self)
         raise BenchError(
             f"a head asks for feature {key!r}, which RegistryBackbone does not output (it has {have}); set the "
             f"heads' in_features to these names and the anchor strides / pooler scales to theirs "
