@@ -1,5 +1,6 @@
 """Image classification transfer (iNaturalist 2017/2018/2019, Places205/365): data readers in the
-real on-disk formats and small generated sets in those formats."""
+real on-disk formats (``datasets``), small generated sets in those formats (``generate``), the runs
+(``run``; ``bench cls`` in ``cli``), their convergence curve (``curve``) and raw-pixel floors (``floors``)."""
 
 from tasks.classification.datasets import (
     DATASETS,
