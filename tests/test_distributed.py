@@ -41,6 +41,7 @@ def eval_logits():
 # ------------------------------------------------------------------------------------------------
 def worker(out: Path):
     from bench.core.distributed import (
+        all_ranks_finite,
         all_reduce_sum,
         gather_accuracy,
         gather_objects,
@@ -110,6 +111,15 @@ def worker(out: Path):
         all_reduce_sum([0.5, rank]),
         all_reduce_sum(torch.tensor([1.0, rank])).tolist(),
     ]
+    # the dense engines' rank-agreed check: a NaN on one rank is a NaN on every rank
+    nan = float("nan")
+    report["all_finite"] = gather_objects(
+        [
+            all_ranks_finite(torch.tensor(1.0)),
+            all_ranks_finite(torch.tensor([1.0, nan if rank == 1 else 2.0])),
+            all_ranks_finite(float("inf") if rank == 0 else 0.5),
+        ]
+    )
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report))
 
@@ -175,6 +185,12 @@ def test_global_batch_lr_and_epoch_length_are_printed_for_the_world(ddp):
     assert f"world 2 x batch 4 x accum 2 = global batch 16; lr {lr:.3g}" in stdout
     assert f"{STEPS} steps, {N_SAMPLES // 16} per epoch" in stdout  # 64 samples / global batch 16
     assert stdout.count("global batch") == 7  # rank 0 only: 7 fit calls
+    assert stdout.count("device cpu, dtype fp32, world 2, backend gloo") == 7  # the start line
+
+
+def test_a_nonfinite_value_on_one_rank_is_nonfinite_on_all(ddp):
+    _, _, rep = ddp
+    assert rep["all_finite"] == [[True, False, False], [True, False, False]]
 
 
 def test_nonfinite_on_one_rank_is_skipped_or_stops_on_every_rank(ddp):
