@@ -133,7 +133,9 @@ def test_detectron2_eval_only_reproduces_the_training_runs_apbox_and_its_saved_c
             "print('copypaste: Task: bbox'); print('copypaste: AP'); print('copypaste: %.4f' % r['bbox']['AP'])\n",
         ]
         args = [saved, weights]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
     out = subprocess.run(
         [sys.executable, *script, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
     )

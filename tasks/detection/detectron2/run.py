@@ -104,6 +104,7 @@ class D2Job:
     record: dict
     dets_out: str | None
     fp32_fallback: bool  # the config asked for AMP, but there is no CUDA
+    hashed: dict  # the effective config without paths (taken before the model joins it)
 
 
 def prepare(run: TransferRun) -> D2Job:
@@ -146,6 +147,7 @@ def prepare(run: TransferRun) -> D2Job:
         cfg.train.ddp.pop("device_ids", None)  # DDP of a CPU module takes no device ids
     set_data(cfg, data, run.work_dir)
     cfg.train.output_dir = str(run.work_dir)
+    hashed = hashable(cfg, node_key)
     record = dict(
         engine="detectron2",
         backbone=run.backbone,
@@ -153,14 +155,14 @@ def prepare(run: TransferRun) -> D2Job:
         variant=variant,
         config=config_name,
         overrides=override_strings(run.cfg_options),
-        config_hash=config_hash(hashable(cfg, node_key)),
+        config_hash=config_hash(hashed),
         max_iter=int(cfg.train.max_iter),
         total_batch_size=total,
         seed=int(run.seed),
     )
     return D2Job(
         run, cfg, path, config_name, variant, data, node_key, device, amp, lr, layer_decay, total, world, record,
-        opts["dets_out"], wanted and not amp,
+        opts["dets_out"], wanted and not amp, hashed,
     )  # fmt: skip
 
 
@@ -380,7 +382,7 @@ def result_of(job: D2Job, metrics: dict, dets_file: Path, start_iter: int, wall:
         config_name=job.config_name,
         config_file=job.path,
         metrics=metrics,
-        hashed=hashable(job.cfg, job.node_key),
+        hashed=job.hashed,
         data=job.data,
         iterations=int(job.cfg.train.max_iter),
         start_iter=start_iter,
