@@ -576,3 +576,17 @@ def test_a_refused_classification_run_writes_nothing(tmp_path):
         r, "the training split has 4 images, fewer than one global batch of 64; pass --batch-size N (N <= 4)"
     )
     assert snapshot(tmp_path) == before
+
+
+def test_pretrain_no_resume_moves_the_earlier_export_aside_too(tmp_path):
+    from backbones.pretrainers.mae import pretrain_mae
+
+    out = tmp_path / "run"
+    kw = dict(epoch_size=16, batch_size=4, progress=False, warmup_steps=0)
+    first = pretrain_mae(ARCH, out, steps=2, **kw).read_bytes()
+    pretrain_mae(ARCH, out, steps=1, resume=False, seed=1, **kw)
+    (aside,) = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert (aside / "pretrain.pth").read_bytes() == first
+    assert sorted(p.name for p in aside.glob("checkpoint-*.pth")) == ["checkpoint-0000002.pth"]
+    assert [p.name for p in checkpoint_paths(out)] == ["checkpoint-0000001.pth"]
+    assert (out / "pretrain.pth").read_bytes() != first
