@@ -589,6 +589,11 @@ def convert_vitdet(obj, path: Path) -> dict:
     sd.setdefault("cls_token", torch.zeros(1, 1, dim, dtype=w.dtype))
     pe = sd.get("pos_embed")
     if pe is not None:
+        if not isinstance(pe, torch.Tensor) or pe.ndim != 3 or pe.shape[0] != 1 or pe.shape[2] != dim:
+            raise CheckpointError(
+                f"checkpoint {path}: key '{prefix}pos_embed' has shape {_shape(pe)}, a ViTDet "
+                f"backbone needs (1, h*w, {dim}) or (1, 1 + h*w, {dim})"
+            )
         n = pe.shape[1]
         side = int(round(n**0.5))
         if side * side == n:  # pretrain_use_cls_token=False: no cls slot

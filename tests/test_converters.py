@@ -8,6 +8,7 @@ container, loads it through ``build_backbone`` and compares the features with th
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 import torch
@@ -421,6 +422,16 @@ def test_vitdet_detector_checkpoint_loads_through_the_registry(tmp_path, cls_slo
         torch.testing.assert_close(ours.forward_intermediates(x, [0, 1]), enc.forward_intermediates(x, [0, 1]))
     with pytest.raises(CheckpointError, match="use the vitdet_<arch> backbone"):
         build_backbone("mae_vit_test_patch8", tmp_path / "model_final.pth")
+
+
+@pytest.mark.parametrize("shape", [(544,), (1, 1, 17, 32), (1, 17, 16)])
+def test_vitdet_pos_embed_of_another_shape_is_one_line(tmp_path, shape):
+    sd, _ = _vitdet_detector_state()
+    sd["backbone.net.pos_embed"] = torch.zeros(shape)
+    torch.save({"model": sd}, tmp_path / "model_final.pth")
+    want = f"key 'backbone.net.pos_embed' has shape {tuple(shape)}, a ViTDet backbone needs (1, h*w, 32)"
+    with pytest.raises(CheckpointError, match=re.escape(want)):
+        build_backbone("vitdet_vit_test_patch8", tmp_path / "model_final.pth", window_size=2, global_blocks=(1,))
 
 
 def test_vitdet_pkl_needs_trust_and_rel_pos_tables_are_resized(tmp_path):

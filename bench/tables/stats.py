@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core.errors import DataError, first_line
+from bench.core.npz import load_npz
+
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
@@ -54,10 +57,9 @@ def load_per_example(path: str | os.PathLike, metric: str) -> tuple[np.ndarray, 
     if not path.is_file():
         raise PerExampleError(f"per-example file {path} not found")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in ("ids", *needed) if name in data}
-    except (OSError, ValueError, EOFError) as e:
-        raise PerExampleError(f"per-example file {path} unreadable ({str(e).splitlines()[0]})") from None
+        arrays = load_npz(path, ("ids", *needed))  # shapes checked from the headers before inflating
+    except DataError as e:
+        raise PerExampleError(f"per-example file {first_line(e)}") from None
     missing = [name for name in ("ids", *needed) if name not in arrays]
     if missing:
         raise PerExampleError(f"per-example file {path} lacks {', '.join(missing)}")
