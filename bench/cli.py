@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.core.distributed import is_peer_failure, peer_failure
 from bench.core.errors import BenchError, first_line
 from bench.core.options import LAUNCHERS, join_launcher
 
@@ -404,7 +405,7 @@ def main(argv=None) -> int:
     tune_malloc()  # keep multi-MB tensors on the heap between training steps (+14% bf16 img/s here)
     try:
         if args.cmd in ("pretrain", "cls"):  # under torchrun / srun: join the DDP process group (no-op alone)
-            join_launcher(getattr(args, "launcher", None))
+            join_launcher(getattr(args, "launcher", None), getattr(args, "device", "auto") or "auto")
         rc = int(args.func(args) or 0)
         from bench.core.distributed import exit_distributed
 
@@ -412,6 +413,11 @@ def main(argv=None) -> int:
     except BenchError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return e.exit_code
+    except RuntimeError as e:
+        if not is_peer_failure(e):
+            raise
+        print(f"error: {first_line(peer_failure(e))}", file=sys.stderr)  # another rank died
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -150,8 +150,9 @@ def default_out(command: str, task: str, protocol: str, name: str, seed: int) ->
     return Path("work_dirs") / command / f"{task}-{protocol}-{name}-s{seed}"
 
 
-def join_launcher(launcher: str | None) -> None:
-    """Join the process group of ``launcher`` (None: whatever torchrun / Slurm set, if anything)."""
+def join_launcher(launcher: str | None, device: str = "auto") -> None:
+    """Join the process group of ``launcher`` (None: whatever torchrun / Slurm set, if anything),
+    with the backend ``device`` asks for (``--device cpu`` on a GPU node: gloo, not NCCL)."""
     if launcher == "none":
         return
     if launcher is not None:
@@ -163,4 +164,4 @@ def join_launcher(launcher: str | None) -> None:
                 f"--launcher {launcher}: {need} not in the environment; start the command "
                 f"under {'torchrun' if launcher == 'pytorch' else 'srun'} or use --launcher none"
             )
-    init_distributed()
+    init_distributed(device=device)
