@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.core.distributed import is_peer_failure, peer_failure
 from bench.core.errors import BenchError, first_line
-from bench.core.options import LAUNCHERS, join_launcher
+from bench.core.options import LAUNCHERS, CfgOptions, join_launcher
 
 DEFAULT_ARCH = "vit_demo_patch8"
 
@@ -30,7 +30,9 @@ def _add_train_args(p: argparse.ArgumentParser):
     """Training options of the shared engine. Unset options keep the method's own defaults
     (``backbones.pretrainers.DEMO_DEFAULTS``: CPU demo scale; paper values in each module)."""
     g = p.add_argument_group("training (the shared engine; unset options keep the method's defaults)")
-    g.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, pretrain.pth")
+    g.add_argument(
+        "--out", "--work-dir", dest="out", required=True, help="run folder: checkpoints, log.jsonl, pretrain.pth"
+    )
     g.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     g.add_argument("--epochs", type=float, help="epochs over the data (embedded data: --epoch-size crops each)")
     g.add_argument("--batch-size", type=int, help="per-process batch (global = batch x accum x world)")
@@ -43,7 +45,25 @@ def _add_train_args(p: argparse.ArgumentParser):
         type=float,
         help="linear lr warmup in epochs (default: 10%% of the schedule; with --steps, 10%% of the steps)",
     )
-    g.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CPU and GPU)")
+    g.add_argument(
+        "--amp",
+        "--bf16",
+        dest="amp",
+        action="store_true",
+        default=None,
+        help="mixed precision: bf16 autocast where the hardware has it, fp16 with a gradient scaler on other "
+        "GPUs (default: on for CUDA, off on CPU; --bf16 is an alias)",
+    )
+    g.add_argument("--device", default=None, help="auto (CUDA when available, the default), cpu, cuda, cuda:N")
+    g.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=CfgOptions,
+        default={},
+        metavar="KEY=VALUE",
+        help="set the method's or the engine's settings by name, applied last (e.g. steps=200 clip_grad=3.0 "
+        "betas=[0.9,0.95]); the names are the options above and each pretrainer's keyword arguments",
+    )
     g.add_argument(
         "--grad-checkpointing",
         action="store_true",
@@ -87,7 +107,8 @@ TRAIN_OPTIONS = (
     "lr",
     "weight_decay",
     "warmup_epochs",
-    "bf16",
+    "amp",
+    "device",
     "grad_checkpointing",
     "compile",
     "fsdp",
@@ -105,6 +126,19 @@ def _train_kwargs(a) -> dict:
     if a.no_progress:
         kw["progress"] = False
     return kw
+
+
+def _pretrain_settings(method: str) -> set[str]:
+    """The names ``--cfg-options`` may set for ``method``: the engine's and the pretrainer's."""
+    import dataclasses
+    import inspect
+
+    from backbones.pretrainers import PRETRAINERS
+    from bench.core.train_config import TrainConfig
+
+    params = inspect.signature(PRETRAINERS[method]).parameters
+    own = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
+    return own | {f.name for f in dataclasses.fields(TrainConfig)} - {"out_dir", "desc"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,6 +200,14 @@ def cmd_pretrain(a):
             kw["mask_ratio"] = a.mask_ratio
     if a.method == "mae":
         kw["norm_pix_loss"] = not a.no_norm_pix_loss
+    if a.cfg_options:
+        allowed = _pretrain_settings(a.method)
+        unknown = sorted(set(a.cfg_options) - allowed)
+        if unknown:
+            raise BenchError(
+                f"--cfg-options {unknown[0]}: not a setting of {a.method} pretraining; allowed: {', '.join(sorted(allowed))}"
+            )
+        kw.update(a.cfg_options)
     path = pretrain(
         a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size, resume=a.resume, **kw
     )
