@@ -80,7 +80,7 @@ class TransferRun:
     iters: int | None = None
     epochs: float | None = None
     batch_size: int | None = None
-    amp: bool = False  # mixed precision: bf16 where the hardware has it, else fp16 (CUDA)
+    amp: bool | None = None  # mixed precision (bf16 where supported, else fp16); None: on for CUDA only
     trust_checkpoint: bool = False
     trust_config: bool = False  # read a config file from outside the package (runs its Python)
     progress: bool = False

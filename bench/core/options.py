@@ -132,7 +132,7 @@ def run_fields(a: argparse.Namespace) -> dict:
         "label": a.label,
         "seed": a.seed,
         "resume": a.resume,
-        "amp": bool(a.amp),
+        "amp": a.amp,  # None: not asked, so on for CUDA and off on the CPU
         "device": a.device,
         "cfg_options": dict(a.cfg_options or {}),
         "eval_only": a.eval_only,
