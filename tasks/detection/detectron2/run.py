@@ -302,9 +302,10 @@ def _resume(wd: WorkDir, checkpointer, job: D2Job) -> int:
     """Load the newest readable checkpoint (its settings and step checked); the iteration to start at."""
 
     def load(path):
-        state = checkpointer.load(str(path))
-        checkpointer._parsed_url_during_load = None  # DetectionCheckpointer.load leaves it set on failure
-        return state
+        try:
+            return checkpointer.load(str(path))
+        finally:
+            checkpointer._parsed_url_during_load = None  # DetectionCheckpointer.load leaves it set on failure
 
     found = wd.newest_readable(
         load, max_step=int(job.cfg.train.max_iter) - 1, step_of_state=lambda s: int(s.get("iteration", -1))
