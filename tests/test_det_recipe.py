@@ -62,7 +62,11 @@ def arg(node, name: str):
         from detectron2.config.instantiate import locate
 
         target = locate(target)
-    return inspect.signature(target).parameters[name].default
+    for cls in getattr(target, "__mro__", (target,)):  # keyword arguments passed on to a base class
+        params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
+        if name in params:
+            return params[name].default
+    raise KeyError(f"{target} takes no argument {name!r}")
 
 
 def d2_node(d2):
