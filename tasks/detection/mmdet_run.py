@@ -56,8 +56,12 @@ from tasks.detection.protocol import (
 from tasks.spec import TransferRun
 
 CONFIG_DIR = CONFIG_DIRS["mmdet"]
-# what a saved config needs for mmdet's tools/test.py to rebuild the model (RegistryViT, LN2d, ...)
-CUSTOM_IMPORTS = dict(imports=["tasks.dense.mm_backbone", "tasks.detection.mmdet_plugins"], allow_failed_imports=False)
+# what a saved config needs for mmdet's tools/test.py to rebuild the run (RegistryViT, LN2d, the
+# evaluator, and the checkpoint hook / resumable sampler DenseRunner puts into the config it saves)
+CUSTOM_IMPORTS = dict(
+    imports=["tasks.dense.mm_backbone", "tasks.dense.mm_runner", "tasks.detection.mmdet_plugins"],
+    allow_failed_imports=False,
+)
 REQUIRED_KEYS = ("model", "train_dataloader", "test_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
 
 
