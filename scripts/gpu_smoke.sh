@@ -50,7 +50,7 @@ t('digits').generate('$D/digits')
 t('coco').generate('$D/coco', $COCO)
 t('ade20k').generate('$D/ade', $ADE)"
 step pretrain $((PRE_BATCH * PRE_STEPS)) "${bench[@]}" pretrain --method mae --arch $BIG --data embedded \
-    --steps $PRE_STEPS --batch-size $PRE_BATCH --bf16 --no-progress --out "$OUT/pretrain"
+    --steps $PRE_STEPS --batch-size $PRE_BATCH --amp --no-progress --out "$OUT/pretrain"
 for protocol in finetune linear; do
     step $protocol 0 "${bench[@]}" cls --protocol $protocol --dataset digits --data-root "$D/digits" \
         --backbone mae_$BIG --checkpoint "$OUT/pretrain/pretrain.pth" --config smoke --epochs $CLS_EPOCHS \
@@ -65,7 +65,7 @@ done
 # two processes share the one GPU: NCCL refuses two ranks on one device, so this run asks for gloo
 step torchrun 0 env BENCH_DIST_BACKEND=gloo "$PY" -m torch.distributed.run --standalone \
     --nproc_per_node 2 -m bench.cli pretrain --launcher pytorch --method mae --arch $SMALL --data embedded \
-    --steps 10 --batch-size 8 --bf16 --no-progress --out "$OUT/torchrun"
+    --steps 10 --batch-size 8 --amp --no-progress --out "$OUT/torchrun"
 step perf 0 "${bench[@]}" perf pretrain $PERF
 
 for name in ${ONLY//,/ }; do
