@@ -101,7 +101,7 @@ def test_config_names_resolve_only_to_the_packages_files(tmp_path, monkeypatch):
         resolve_config("./smoke")  # looks like a path, but is no .py config
     (tmp_path / "mine.py").write_text("x = 1\n")
     assert resolve_config("mine.py") == (Path("mine.py"), "mine.py") and resolve_config("./mine.py")[0].is_file()
-    with pytest.raises(BenchError, match=r"--config 'mine': not one of .*a path of your own must look like one"):
+    with pytest.raises(BenchError, match=r"--config 'mine': not one of .*a file of your own is given as a path"):
         resolve_config("mine")
 
 

@@ -56,8 +56,8 @@ def resolve_config(config: str | os.PathLike) -> tuple[Path, str]:
     if ("/" in text or path.suffix == ".py") and path.is_file() and path.suffix == ".py":
         return path, text
     raise BenchError(
-        f"--config {text!r}: not one of {', '.join(CONFIGS)}, nor a .py config file "
-        f"(a path of your own must look like one: ./my_config.py)"
+        f"--config {text!r}: not one of {', '.join(CONFIGS)} nor an existing .py config file "
+        f"(a file of your own is given as a path: ./name.py)"
     )
 
 
