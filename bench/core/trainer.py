@@ -24,6 +24,7 @@ from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.fsdp import FSDPSharding
 from bench.core.io import atomic_write_text
 from bench.core.optim import enable_grad_checkpointing, lr_at, make_optimizer, param_groups
+from bench.core.progress import progress_bar
 from bench.core.samplers import RunBatchSampler, SeededDataset, micro_batches_per_epoch
 from bench.core.train_config import FitResult, TrainConfig, check_total_steps
 from bench.core.train_state import (
@@ -184,15 +185,8 @@ class Trainer:
             )
             self._write(lambda: atomic_write_text(self.out / LOG, "".join(json.dumps(h) + "\n" for h in self.history)))
             self.log = open(self.out / LOG, "a")
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=self.total,
-            initial=self.step,
-            desc=cfg.desc,
-            disable=not cfg.progress or self.rank != 0,
-            dynamic_ncols=True,
-            mininterval=0.5,
+        self.bar = progress_bar(
+            total=self.total, initial=self.step, desc=cfg.desc, enabled=cfg.progress and self.rank == 0
         )
         self.model.train()
         self.t0 = time.perf_counter()
