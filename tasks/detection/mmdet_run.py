@@ -150,7 +150,7 @@ def prepare_config(
     world_size: int,
     cfg_options: dict | None = None,
     trust_config: bool = False,
-    amp: bool = False,
+    amp: bool | None = None,
 ) -> dict:
     """Fill ``cfg`` in place for this run (``cfg_options`` last); returns facts for the row."""
     init, arch = fill_model(
@@ -162,10 +162,13 @@ def prepare_config(
         num_classes=len(data["categories"]),
     )
     set_lr_for_init(cfg, init)
-    if amp:
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
+    if amp is not None:  # None: the config's (the recipe's AMP on CUDA, fp32 on the CPU)
+        cfg.optim_wrapper.type = "AmpOptimWrapper" if amp else "OptimWrapper"
     if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
         cfg.optim_wrapper.dtype = "float16"  # mmcv's CUDA RoIAlign has no bf16 kernel
+    else:  # an fp32 run (e.g. the smoke configs' OptimWrapper over the base's AMP): AMP-only keys go
+        for key in ("loss_scale", "dtype"):
+            cfg.optim_wrapper.pop(key, None)
     fp32_fallback = amp_fallback(cfg, torch.cuda.is_available())
     _set_data(cfg, path, data, data_root, dets_out)
     # total_batch_size images per iteration over all processes (lr is for that batch), schedule
@@ -325,6 +328,7 @@ def result_of(job: MMJob, runner, raw: dict, wall: float) -> DetResult:
         layer_decay=float(cfg.optim_wrapper.get("paramwise_cfg", {}).get("layer_decay_rate", 1.0)),
         drop_path=float(cfg.model.backbone.get("drop_path_rate", 0.0)),
         fp32_fallback=f["fp32_fallback"],
+        amp=cfg.optim_wrapper.get("type") == "AmpOptimWrapper",
         log_file=runner.log_file,
         dets_out=job.dets_out,
         per_example=per_example,

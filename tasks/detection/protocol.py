@@ -259,6 +259,7 @@ class DetResult:
     layer_decay: float
     drop_path: float
     fp32_fallback: bool
+    amp: bool = False  # trained with mixed precision (fp16)
     log_file: Any = None
     dets_out: Any = None
     per_example: Any = None
@@ -299,7 +300,7 @@ def detection_row(run: TransferRun, r: DetResult) -> dict:
         layer_decay=float(r.layer_decay),
         drop_path=float(r.drop_path),
         fp32_fallback=bool(r.fp32_fallback),
-        amp=bool(run.amp),
+        amp=bool(r.amp),
         num_train_images=r.data["num_train"],
         num_val_images=r.data["num_val"],
         num_categories=len(r.data["categories"]),

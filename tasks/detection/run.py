@@ -132,7 +132,7 @@ def det_run(args: argparse.Namespace) -> TransferRun:
 def det_main(args: argparse.Namespace) -> int:
     run = det_run(args)
     check_outputs(run.work_dir, run.results, run.options["dets_out"])
-    join_launcher(args.launcher)
+    join_launcher(args.launcher, args.device)
     row = run_coco(run)
     if row is not None:
         m = row["metrics"]

@@ -99,8 +99,7 @@ param_scheduler = [
 # Mixed precision as in [ViTDet] (train.amp.enabled): fp16 with a loss scaler, not bf16 (mmcv's CUDA
 # RoIAlign has no bf16 kernel); mmdet_run.py falls back to fp32 without CUDA.
 optim_wrapper = dict(
-    type="AmpOptimWrapper",
-    dtype="float16",
+    type="AmpOptimWrapper",  # dtype None: fp16 autocast (mmdet_run.py sets float16 explicitly)
     constructor="ViTLayerDecayOptimizerConstructor",
     paramwise_cfg=dict(num_layers=12, layer_decay_rate=1.0),
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),

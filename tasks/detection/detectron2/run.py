@@ -140,7 +140,7 @@ def prepare(run: TransferRun) -> D2Job:
     device = training_device(run.device)  # cuda:(LOCAL_RANK % visible GPUs) under a launcher
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    wanted = bool(cfg.train.amp.enabled) or run.amp
+    wanted = bool(cfg.train.amp.enabled) if run.amp is None else bool(run.amp)  # None: the config's
     amp = wanted and device.type == "cuda"  # fp16 (AMPTrainer's default), as the recipe and the docs say
     cfg.train.device, cfg.train.amp.enabled = str(device), amp
     if device.type == "cpu":
@@ -395,6 +395,7 @@ def result_of(job: D2Job, metrics: dict, dets_file: Path, start_iter: int, wall:
         layer_decay=job.layer_decay,
         drop_path=float(node.get("drop_path_rate", 0.0)),
         fp32_fallback=job.fp32_fallback,
+        amp=job.amp,
         log_file=Path(job.run.work_dir) / "log.txt",
         dets_out=job.dets_out or str(dets_file),
         per_example=per_example,
