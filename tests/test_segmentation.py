@@ -26,6 +26,7 @@ from tasks.segmentation.run import (
     add_seg_arguments,
     hashed_config,
     load_config,
+    run_from_args,
     run_segmentation,
     seg_main,
     seg_run,
@@ -485,3 +486,36 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(ade_root, tmp_path):
         data_root=ade_root,
         config="paper_vit_huge",
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# run identity: what the run was trained from
+# ------------------------------------------------------------------------------------------------
+def _mae_file(path: Path, seed: int) -> Path:
+    """A checkpoint in facebookresearch/mae's layout (``{'model': encoder + decoder}``), random weights."""
+    from backbones.registry import build_backbone
+
+    torch.manual_seed(seed)
+    sd = build_backbone("random_vit_test_patch8").state_dict()
+    sd["decoder_embed.weight"] = torch.randn(16, sd["cls_token"].shape[-1])
+    torch.save({"model": sd}, path)
+    return path
+
+
+def test_two_checkpoints_of_one_method_are_two_runs_never_a_copy(ade_root, tmp_path):
+    a, b = _mae_file(tmp_path / "a.pth", 0), _mae_file(tmp_path / "b.pth", 1)
+    kw = dict(iters=2, crop_size=64)
+    # the default folder names the label (or backbone), not the file: the second checkpoint is refused there
+    first = run_from_args(_args(backbone="mae_vit_test_patch8", checkpoint=a, data_root=ade_root))
+    assert str(first.work_dir) == "work_dirs/seg/ade20k-upernet-mae_vit_test_patch8-s0"
+    first = run_segmentation(seg_run("mae_vit_test_patch8", a, ade_root, work_dir=tmp_path / "w", **kw))
+    with pytest.raises(BenchError, match=r"this folder holds a run with other settings \(checkpoint_sha256 '"):
+        run_segmentation(seg_run("mae_vit_test_patch8", b, ade_root, work_dir=tmp_path / "w", **kw))
+    # labelled, in their own folders: two rows, each with its checkpoint, label and own metrics
+    second = run_segmentation(
+        seg_run("mae_vit_test_patch8", b, ade_root, work_dir=tmp_path / "w2", label="mae-b", **kw)
+    )
+    assert (first["label"], second["label"]) == ("mae", "mae-b") and first["init"] == second["init"] == "mae"
+    assert first["checkpoint_sha256"] != second["checkpoint_sha256"] and first["run_id"] != second["run_id"]
+    assert first["metrics"] != second["metrics"]  # trained from other weights: measured, not copied
+    assert json.loads((tmp_path / "w2" / RUN_RECORD).read_text())["label"] == "mae-b"
