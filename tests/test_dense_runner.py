@@ -170,6 +170,9 @@ def test_record_guard_names_the_option_before_the_hash(tmp_path):
     (tmp_path / RUN_RECORD).unlink()
     with pytest.raises(BenchError, match="holds checkpoints but no run record"):
         check_record(tmp_path, rec, resume=True)
+    os.mkfifo(tmp_path / "last_checkpoint")  # would block a read forever: refused before anything reads it
+    with pytest.raises(BenchError, match=r"last_checkpoint: not a regular file; move it away or use another --out"):
+        check_record(tmp_path, rec, resume=True)
 
 
 def test_config_trust_gate_names_the_file_and_the_flag(tmp_path):
@@ -297,6 +300,12 @@ def test_toy_resume_takes_the_newest_readable_checkpoint_of_its_own_folder(tmp_p
     (copy / "last_checkpoint").write_text(str(work / "iter_2.pth"))  # absolute, into the original
     shutil.rmtree(work)
     assert toy_run(copy) == 2
+    from tasks.dense.workdir import write_record
+
+    write_record(copy, {"iterations": 3})  # a record edited by hand: the checkpoint's own step still refuses
+    with pytest.raises(CheckpointError, match=r"iter_4.pth: checkpoint at iteration 4 of a longer run than this one"):
+        toy_run(copy, iters=3)
+    write_record(copy, {"iterations": 4})
     assert toy_run(copy, resume=False) == 0  # --no-resume: a fresh start, the old files moved aside
     [aside] = copy.glob("previous-*")
     moved = ["bench_dense_run.json", "iter_2.pth", "iter_4.pth", "last_checkpoint"]  # nothing deleted

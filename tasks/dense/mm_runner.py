@@ -202,6 +202,12 @@ class DenseRunner(Runner):
                     extra=TERMINAL,
                 )
                 continue
+            step, max_iters = int(ckpt["meta"]["iter"]), int((self.cfg.get("train_cfg") or {}).get("max_iters", 0))
+            if max_iters and step > max_iters:  # a longer run's checkpoint never continues a shorter one
+                raise CheckpointError(
+                    f"{path}: checkpoint at iteration {step} of a longer run than this one ({max_iters} "
+                    f"iterations); use --no-resume or another --out"
+                )
             self._preloaded = (str(path), ckpt)
             self.logger.info(f"resuming from {path}")
             self.resume(str(path))
