@@ -72,6 +72,8 @@ def run_transfer_cell(
             engine=t.engine,
             label=init.label,
             resume=True,
+            # the curve does not change the run (tested), so it is not part of the cell's settings
+            options={"eval_every": t.eval_every} if t.eval_every else {},
         )
     )
 

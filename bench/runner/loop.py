@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore
+from bench.curves import plot_convergence
 from bench.runner.dryrun import format_plan
 from bench.runner.jobs import RunSummary, run_here
 from bench.runner.plan import plan
@@ -92,6 +93,9 @@ def write_suite_tables(suite: Suite, out_dir: Path) -> list[Path]:
     for path in written:
         if path.suffix == ".md" and path not in answer:
             print(path.read_text(encoding="utf-8"))
+    curves = plot_convergence(out_dir)  # tasks run with eval_every: eval top-1 against epoch
+    if curves is not None:
+        written.append(curves)
     print(f"tables and plots in {out_dir}: {', '.join(p.name for p in written)}", flush=True)
     for path in answer:
         print("\n" + path.read_text(encoding="utf-8"), flush=True)

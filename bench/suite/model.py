@@ -106,6 +106,7 @@ class TaskEntry:
     engine: str | None = None  # TaskSpec.engines (COCO: mmdet | detectron2); None: default
     unequal_grid_reason: str | None = None  # why its inits may search different grids
     floors: bool | None = None  # raw-pixel floor rows; None: the runner decides (digits, generated sets)
+    eval_every: int | None = None  # classification: eval top-1 every N epochs -> curve.jsonl (convergence plot)
 
     def config_for(self, arch: str) -> str | None:
         return self.config.get(arch) if isinstance(self.config, dict) else self.config

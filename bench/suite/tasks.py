@@ -96,6 +96,7 @@ def task_entry(label: Any, spec: Any, where: str) -> TaskEntry:
         engine=engine,
         unequal_grid_reason=None if reason is None else _string(reason, where, f"{key}.unequal_grid_reason"),
         floors=floors,
+        eval_every=_positive_int(spec, "eval_every", where, key),
     )
 
 
