@@ -111,8 +111,9 @@ def worker(out: Path, ade: Path, coco: Path):
         "det": det_metrics(out / f"w{world}", coco, out / "det_weights.pth"),
     }
     if world == 2:  # `bench seg` / `bench det` end to end under torchrun: DDP training, one row each
-        from tasks.detection.run import run_detection
+        from tasks.detection.task import run_coco
         from tasks.segmentation.run import run_segmentation, seg_run
+        from tasks.spec import TransferRun
 
         rows = out / "rows.jsonl"
         report["seg_row"] = (
@@ -124,16 +125,22 @@ def worker(out: Path, ade: Path, coco: Path):
             is not None
         )
         report["det_row"] = (
-            run_detection(
-                BACKBONE,
-                None,
-                coco,
-                config="smoke",
-                variant="fpn",
-                iters=2,
-                batch_size=2,
-                work_dir=out / "det_run",
-                results=rows,
+            run_coco(
+                TransferRun(
+                    task="coco",
+                    protocol="maskrcnn_fpn",
+                    backbone=BACKBONE,
+                    checkpoint=None,
+                    data_root=coco,
+                    work_dir=out / "det_run",
+                    seed=0,
+                    suite="adhoc",
+                    config="smoke",
+                    iters=2,
+                    batch_size=2,
+                    results=rows,
+                    options={"variant": "fpn"},
+                )
             )
             is not None
         )
