@@ -70,6 +70,11 @@ def test_schedule_keeps_its_shape_and_batch_scales_iterations():
         ("LinearLR", 0, 1),
         ("MultiStepLR", 0, 1),
     ]
+    # sizes far past any recipe are refused before anything is allocated
+    with pytest.raises(BenchError, match="--batch-size 100000000000000000000: at most 4096 images per step"):
+        set_batch_and_schedule(dict(cfg), "c.py", iters=None, batch_size=10**20, ckpt_interval=None, world_size=2)
+    with pytest.raises(BenchError, match="--iters 1000000000000: at most 10000000"):
+        scale_schedule(dict(cfg, param_scheduler=[]), 10**12, "c.py")
     with pytest.raises(BenchError, match="--batch-size 3: must be a positive multiple of the 2 processes"):
         set_batch_and_schedule(dict(cfg), "c.py", iters=None, batch_size=3, ckpt_interval=None, world_size=2)
     cfg["param_scheduler"][0]["by_epoch"] = True

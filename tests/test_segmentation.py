@@ -474,6 +474,13 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(ade_root, tmp_path):
     )
     fails(
         BenchError,
+        r"--crop-size: crop 100000x100000 is larger than 4096 px",
+        backbone=TINY,
+        data_root=ade_root,
+        crop_size=100000,
+    )
+    fails(
+        BenchError,
         r"unknown backbone 'random_vit_tset_patch8'.*did you mean random_vit_test_patch8",
         backbone="random_vit_tset_patch8",
         data_root=ade_root,

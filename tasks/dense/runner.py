@@ -34,6 +34,7 @@ from bench.core.distributed import launch_env
 from bench.core.errors import BenchError, first_line
 from bench.core.options import add_run_options
 from bench.core.results import make_row
+from bench.core.train_config import MAX_STEPS
 from bench.core.workdir import check_steps, scale_step
 from tasks.dense.workdir import RUN_RECORD
 from tasks.spec import TransferRun
@@ -54,6 +55,9 @@ HASHED_KEYS = (
     "train_cfg",
     "auto_scale_lr",
 )
+# Upper limit of the global batch: far above the papers' (16 for ADE20K, 64 for COCO), low enough that a
+# typo is refused before a loader tries to assemble it.
+MAX_GLOBAL_BATCH = 4096
 _LOADER_RUNTIME_KEYS = ("num_workers", "persistent_workers", "pin_memory", "prefetch_factor")
 _EVALUATOR_PATH_KEYS = ("ann_file", "outfile", "outfile_prefix")
 
@@ -205,6 +209,8 @@ def scale_schedule(cfg, iters: int, where) -> None:
     (``bench.core.workdir.scale_step``: boundaries keep their fraction of training, at least
     iteration 1; 0 and None, the ends, stay); validation and checkpoint intervals are capped."""
     iters = check_steps(iters, "--iters")
+    if iters > MAX_STEPS:
+        raise BenchError(f"--iters {iters}: at most {MAX_STEPS} (the paper's longest dense schedule is 184375)")
     old = int(cfg["train_cfg"]["max_iters"])
     cfg["train_cfg"]["max_iters"] = iters
     cfg["train_cfg"]["val_interval"] = min(int(cfg["train_cfg"].get("val_interval", iters)), iters)
@@ -236,6 +242,10 @@ def set_batch_and_schedule(
     source = (
         "--batch-size" if batch_size is not None else f"{where}: key 'train_dataloader.batch_size' (the global batch)"
     )
+    if total > MAX_GLOBAL_BATCH:
+        raise BenchError(
+            f"{source} {total}: at most {MAX_GLOBAL_BATCH} images per step (the paper's dense batches: 16, 64)"
+        )
     if total < 1 or total % world_size:
         raise BenchError(f"{source} {total}: must be a positive multiple of the {world_size} processes")
     cfg["train_dataloader"]["batch_size"] = total // world_size
@@ -246,7 +256,11 @@ def set_batch_and_schedule(
         scale_schedule(cfg, iters, where)
     ck = cfg["default_hooks"]["checkpoint"]
     if ckpt_interval is not None:
-        if isinstance(ckpt_interval, bool) or int(ckpt_interval) != ckpt_interval or ckpt_interval < 1:
+        if (
+            isinstance(ckpt_interval, bool)
+            or int(ckpt_interval) != ckpt_interval
+            or not 1 <= ckpt_interval <= MAX_STEPS
+        ):
             raise BenchError(f"--ckpt-interval {ckpt_interval!r}: must be a positive integer")
         ck["interval"] = int(ckpt_interval)
     ck["interval"] = min(int(ck.get("interval", cfg["train_cfg"]["max_iters"])), int(cfg["train_cfg"]["max_iters"]))

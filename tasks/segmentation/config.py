@@ -32,6 +32,7 @@ CONFIGS = {
     "paper_vit_large": CONFIG_DIR / "paper_vit_large.py",
 }
 OPTIONS = ("crop_size", "channels_last", "ckpt_interval")  # the family's keys of TransferRun.options
+MAX_CROP = 4096  # px: 8x the paper's 512 crop; a larger one is a typo, refused before any allocation
 REQUIRED = ("model", "train_dataloader", "val_dataloader", "train_cfg", "param_scheduler", "optim_wrapper")
 # Held-out selection (search candidates, issue 22): a fixed part of ADE20K *training*, drawn with one
 # seed whatever the initialisation, the size of the validation set (2000 of 20210 images, ~10%);
@@ -81,6 +82,8 @@ def crop_pair(crop, where: str) -> tuple[int, int]:
         raise BenchError(f"{where}: crop size must be an int or (height, width), got {crop!r}") from None
     if h <= 0 or w <= 0:
         raise BenchError(f"{where}: crop size must be positive, got {h}x{w}")
+    if max(h, w) > MAX_CROP:
+        raise BenchError(f"{where}: crop {h}x{w} is larger than {MAX_CROP} px (the paper's is 512)")
     return h, w
 
 
