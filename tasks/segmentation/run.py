@@ -325,7 +325,7 @@ def seg_main(args) -> int:
     run = run_from_args(args)
     check_outputs(run.work_dir, run.results)
     if args.launcher not in (None, "none"):
-        join_launcher(args.launcher)
+        join_launcher(args.launcher, args.device)
     row = run_segmentation(run)
     if row is None:  # not rank 0
         return 0
