@@ -18,12 +18,12 @@ import tasks.dense.mm_backbone  # noqa: F401  registers RegistryViT
 from bench.core.errors import BenchError, DataError
 from bench.core.results import ResultsStore, config_hash
 from tasks.segmentation.ade_data import ADE20K_CLASSES, confusion_miou, make_ade20k_dataset
+from tasks.segmentation.cli import add_seg_arguments
 from tasks.segmentation.per_image import miou_percent
 from tasks.segmentation.run import (
     CONFIGS,
     PER_EXAMPLE,
     RUN_RECORD,
-    add_seg_arguments,
     hashed_config,
     load_config,
     run_from_args,

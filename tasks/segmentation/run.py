@@ -39,7 +39,6 @@ from tasks.dense.mm_runner import run_dense
 from tasks.dense.runner import (
     RUN_RECORD,
     DenseOutcome,
-    add_dense_arguments,
     amp_fallback,
     hashed_config,
     launch_rank,
@@ -275,32 +274,6 @@ def segmentation_deviations(
 # --------------------------------------------------------------------------------------------
 
 
-def add_seg_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--backbone", required=True, help="registry name <init>_<arch>, e.g. mae_vit_base_patch16 (`bench backbones`)"
-    )
-    p.add_argument(
-        "--checkpoint", default=None, help="backbone weights (official release file or `bench pretrain` output)"
-    )
-    p.add_argument("--data-root", required=True, help="ADEChallengeData2016 folder (or its parent); never downloaded")
-    p.add_argument(
-        "--config",
-        default="smoke",
-        help=f"{' | '.join(CONFIGS)} (the package's files) | a path to an mmengine .py config "
-        "(./name.py; needs --trust-config) (default smoke)",
-    )
-    p.add_argument(
-        "--crop-size",
-        type=int,
-        default=None,
-        help="square training crop (default: the config's; a multiple of the patch size)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=None, help="global batch (default: the config's; lr scaled linearly)"
-    )
-    add_dense_arguments(p, default_out="work_dirs/seg/ade20k-upernet-<label or backbone>-s<seed>")
-
-
 def run_from_args(a: argparse.Namespace) -> TransferRun:
     """The run's facts object, built once from ``bench seg``'s options."""
     fields = run_fields(a)
@@ -344,7 +317,6 @@ __all__ = [
     "RUN_RECORD",
     "PAPER",
     "PER_EXAMPLE",
-    "add_seg_arguments",
     "seg_main",
     "seg_run",
     "run_from_args",

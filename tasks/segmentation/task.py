@@ -11,8 +11,8 @@ TABLE5 = Table("table5_ade20k", "ADE20K UperNet, mIoU (cf. MAE Table 5)")
 SEG = Command(
     "seg",
     "ADE20K semantic segmentation (UperNet)",
-    "tasks.segmentation.run:add_seg_arguments",
-    "tasks.segmentation.run:seg_main",
+    "tasks.segmentation.cli:add_seg_arguments",
+    "tasks.segmentation.cli:seg_main",
 )
 
 
