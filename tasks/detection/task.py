@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from bench.core.optional import require
 from tasks.detection.protocol import ENGINES, PROTOCOL_OF_VARIANT, VARIANT_OF_PROTOCOL, check_coco_root, engine_of
 from tasks.spec import Command, Table, TaskSpec, TransferRun, resolve
 
@@ -26,7 +27,10 @@ DET = Command(
 
 def engine_run(engine: str):
     """The ``run(TransferRun)`` of ``engine`` (importing the detectron2 package without a working
-    detectron2 is a one-line BenchError that says how to install it)."""
+    detectron2 is a one-line BenchError that says how to install it; so is mmdet's engine without
+    mmcv's compiled ops or mmdet, which the light set-up of `make demo` leaves out)."""
+    if engine == "mmdet":
+        require("bench det (mmdet engine)", ("mmcv.ops", "mmdet"))
     return resolve(ENGINE_RUNS[engine])
 
 
