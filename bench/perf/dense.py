@@ -5,7 +5,6 @@ on the chosen device (CPU or CUDA), in NCHW and / or channels-last conv layout."
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import statistics
 import tempfile
@@ -13,26 +12,14 @@ import tempfile
 import torch
 
 from bench.core.device import pick_device
-from bench.core.errors import BenchError, first_line
+from bench.core.optional import require
 from tasks.dense.memory_format import prepare_dense_model, resolve_channels_last, set_memory_format
 
 from .timing import PRECISIONS, loss_flops, matmul_peak, step_times
 
 LAYOUT_NAMES = {False: "NCHW", True: "channels-last"}
 # what the light set-up (`make demo`) leaves out and the full one (`make setup`) builds
-DENSE_LIBRARIES = ("mmcv.ops", "mmseg", "mmdet")
-
-
-def require_dense(command: str, names=DENSE_LIBRARIES) -> None:
-    """One line saying how to install, unless every library of ``names`` imports."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise BenchError(
-                f"{command} needs {name} ({first_line(e)}): the light set-up leaves out the dense libraries; "
-                f"run `make setup` (mmcv ops, mmsegmentation, mmdet, detectron2)"
-            ) from None
+require_dense = require  # the one check, in bench/core/optional.py
 
 
 def build_dense_model(registry, model_cfg, channels_last: bool, device="cpu"):
