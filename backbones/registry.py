@@ -263,15 +263,11 @@ def _timm_layout(obj, path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Initialisations: one entry each, the converter right under its registration.
-# --------------------------------------------------------------------------------------------------
-register_init("random", description="random initialisation (MAE's init scheme; no checkpoint)")(None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Official checkpoint layouts. ``detect_format`` names the layout of a state dict so that a file given
+# Initialisations: one entry each, the converter right under its registration. Official checkpoint
+# layouts. ``detect_format`` names the layout of a state dict so that a file given
 # to the wrong initialisation gets a hint instead of a wall of missing keys.
 # --------------------------------------------------------------------------------------------------
+register_init("random", description="random initialisation (MAE's init scheme; no checkpoint)")(None)
 KNOWN_FORMATS = (
     "timm/DeiT/MAE {'model': sd} or bare sd with patch_embed.proj + blocks.N.attn.qkv (mae_, supervised_); "
     "MoCo v3 {'state_dict': sd} with module.base_encoder.* (mocov3_); "
@@ -590,10 +586,8 @@ def convert_vitdet(obj, path: Path) -> dict:
     pe = sd.get("pos_embed")
     if pe is not None:
         if not isinstance(pe, torch.Tensor) or pe.ndim != 3 or pe.shape[0] != 1 or pe.shape[2] != dim:
-            raise CheckpointError(
-                f"checkpoint {path}: key '{prefix}pos_embed' has shape {_shape(pe)}, a ViTDet "
-                f"backbone needs (1, h*w, {dim}) or (1, 1 + h*w, {dim})"
-            )
+            need = f"a ViTDet backbone needs (1, h*w, {dim}) or (1, 1 + h*w, {dim})"
+            raise CheckpointError(f"checkpoint {path}: key '{prefix}pos_embed' has shape {_shape(pe)}, {need}")
         n = pe.shape[1]
         side = int(round(n**0.5))
         if side * side == n:  # pretrain_use_cls_token=False: no cls slot
