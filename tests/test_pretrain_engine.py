@@ -235,3 +235,43 @@ def test_bf16_alias_and_cpu_default(tmp_path, capsys):
     _amp_run(tmp_path / "b", amp=True)
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     assert capsys.readouterr().out.count("dtype bf16") == 2
+
+
+class _Rows(torch.utils.data.Dataset):
+    """The same rows as a TensorDataset, but not one: the DataLoader path (per-sample seeding)."""
+
+    def __init__(self, *tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors[0])
+
+    def __getitem__(self, i):
+        return tuple(t[i] for t in self.tensors)
+
+
+def test_tensor_datasets_take_the_plain_indexing_path_with_the_same_result(tmp_path, monkeypatch):
+    from bench.core import samplers
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+
+    def loss_fn(m, batch):
+        inputs, labels = batch
+        return torch.nn.functional.cross_entropy(m(inputs), labels), {}
+
+    def train(dataset, out):
+        torch.manual_seed(1)
+        head = torch.nn.Linear(8, 4)
+        cfg = TrainConfig(out_dir=str(out), batch_size=16, steps=12, blr=0.1, progress=False)
+        fit(head, dataset, loss_fn, cfg)
+        return head.weight.detach().clone()
+
+    seeded = []
+    real = samplers.SeededDataset.__getitem__
+    monkeypatch.setattr(samplers.SeededDataset, "__getitem__", lambda self, key: seeded.append(key) or real(self, key))
+    plain = train(torch.utils.data.TensorDataset(x, y), tmp_path / "tensor")
+    assert seeded == []  # no per-sample seeding for a TensorDataset
+    wrapped = train(_Rows(x, y), tmp_path / "rows")
+    assert len(seeded) == 12 * 16  # the DataLoader path seeds every sample
+    torch.testing.assert_close(plain, wrapped, rtol=0, atol=0)  # same batches, same order, same weights

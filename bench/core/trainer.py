@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from bench.core.checkpoint import load_checkpoint_file, save_atomic
 from bench.core.device import amp_dtype, autocast, grad_scaler, start_line, training_device
@@ -219,6 +219,9 @@ class Trainer:
         )
         if self.step >= self.total:
             return
+        if isinstance(self.dataset, TensorDataset) and collate_fn is None:
+            yield from self._tensor_batches(sampler)
+            return
         batches = iter(loader)
         while True:
             try:
@@ -228,6 +231,15 @@ class Trainer:
             except BenchError as e:  # raised in a worker: DataLoader puts its traceback in the message
                 raise worker_error(e) from None
             yield to_device(batch, self.device)
+
+    def _tensor_batches(self, sampler):
+        """Micro-batches of a ``TensorDataset`` (e.g. cached features): nothing in it is random per
+        sample, so each batch indexes the tensors at once, in the sampler's order (resume stays exact),
+        instead of per-sample seeding and collation."""
+        tensors = self.dataset.tensors
+        for keys in sampler:
+            index = torch.tensor([i for i, _ in keys], dtype=torch.long)
+            yield to_device(tuple(t[index] for t in tensors), self.device)
 
     # -- step ----------------------------------------------------------------------------------
     def forward_backward(self, loss_fn: LossFn, batch):
