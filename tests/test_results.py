@@ -227,9 +227,14 @@ def test_make_row_hashes_checkpoint_like_hashlib(tmp_path):
     ]
     assert len({same, *others}) == 1 + len(others)
     # ids of rows without a checkpoint, label or config are those of schema 2 (old stores stay valid)
-    assert default_run_id(*args, 3) == hashlib.sha256(
-        json.dumps(["adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3], separators=(",", ":")).encode()
-    ).hexdigest()[:16]
+    assert (
+        default_run_id(*args, 3)
+        == hashlib.sha256(
+            json.dumps(
+                ["adhoc", "coco", "maskrcnn_fpn", None, "mae", "vit_base_patch16", 3], separators=(",", ":")
+            ).encode()
+        ).hexdigest()[:16]
+    )
     store = ResultsStore(tmp_path / "store")
     store.append(row)
     assert store.rows() == [row]
@@ -315,3 +320,26 @@ def test_make_row_deviations():
             metrics={},
             deviations="smoke scale",
         )
+
+
+def test_a_full_disk_while_appending_is_one_line_and_keeps_the_rows(tmp_path, monkeypatch):
+    import errno
+
+    from bench.core.errors import WriteError
+
+    store = ResultsStore(tmp_path)
+    store.append(plain_row("a"))
+    before = store.path.read_bytes()
+    real_write = os.write
+
+    def full(fd, data):
+        real_write(fd, data[:10])  # part of the line reaches the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(WriteError, match=r"cannot append the row \(No space left on device\); its earlier rows"):
+        store.append(plain_row("b"))
+    monkeypatch.setattr(os, "write", real_write)
+    assert store.path.read_bytes() == before  # the partial line was cut off again
+    store.append(plain_row("c"))
+    assert [r["run_id"] for r in store.rows()] == ["a", "c"]

@@ -48,7 +48,9 @@ its own run record, or None when unknown. Schema 3 added both: older rows read a
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import fcntl
 import functools
 import hashlib
@@ -61,7 +63,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bench.core.errors import BenchError, CheckpointError
+from bench.core.errors import BenchError, CheckpointError, WriteError
 
 SCHEMA_VERSION = 3
 # 1: before 'deviations' (read as deviations=[]); 2: before 'label' and 'provenance' (read as
@@ -398,10 +400,7 @@ class ResultsStore:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 self._trim_torn_tail(fd)
-                written = os.write(fd, line)
-                if written != len(line):  # only on a full disk; the reader drops the torn line
-                    raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
-                os.fsync(fd)
+                self._write_line(fd, line)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -412,6 +411,24 @@ class ResultsStore:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+    def _write_line(self, fd: int, line: bytes) -> None:
+        """One ``os.write`` + fsync; a failed or short write (a full disk) is cut off again and
+        raised as one line, the store keeping its earlier rows."""
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            reason = e.strerror or str(e)
+            raise WriteError(
+                f"results store {self.path}: cannot append the row ({reason}); its earlier rows are kept, and "
+                f"the run's own files stay in its folder"
+            ) from None
 
     def _trim_torn_tail(self, fd: int) -> None:
         """If the file does not end in a newline (a write cut short), cut it back to the last

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from backbones.provenance import provenance_of
 from backbones.registry import parse_name
 from backbones.vit import Block, arch_config
 from bench.core.checkpoint import load_checkpoint_file, save_atomic
@@ -386,7 +387,7 @@ def make_cls_row(p: Prepared, metrics: dict, steps: int, final_loss: float | Non
         extra=extra,
         deviations=C.paper_deviations(cfg, run.protocol, p.arch, p.k),
         label=run.row_label,
-        provenance=None,
+        provenance=provenance_of(run.checkpoint, p.identity.get("checkpoint_sha256")),
     )
 
 

@@ -29,11 +29,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backbones.provenance import provenance_of
 from backbones.registry import parse_name
 from bench.core.distributed import launch_env
 from bench.core.errors import BenchError, first_line
 from bench.core.options import add_run_options
-from bench.core.results import make_row
+from bench.core.results import make_row, sha256_file
 from bench.core.train_config import MAX_STEPS
 from bench.core.workdir import check_steps, scale_step
 from tasks.dense.workdir import RUN_RECORD
@@ -339,8 +340,12 @@ class DenseOutcome:
 
 def transfer_row(run: TransferRun, outcome: DenseOutcome, *, provenance: dict | None = None) -> dict:
     """The results row of one dense run: the facts object ``run`` plus what it measured. An
-    evaluate-only run is marked ``extra['eval_only']`` with the weights it evaluated."""
+    evaluate-only run is marked ``extra['eval_only']`` with the weights it evaluated; ``provenance``
+    defaults to what ``backbones.provenance`` derives from the checkpoint file."""
     init, arch = parse_name(run.backbone)
+    if provenance is None:
+        ckpt = outcome.checkpoint
+        provenance = provenance_of(ckpt, sha256_file(ckpt) if ckpt else None)
     extra = dict(
         backbone_name=run.backbone,
         config=outcome.config_name,
