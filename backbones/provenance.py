@@ -104,6 +104,15 @@ RELEASES: tuple[Release, ...] = (
         ("model/cls_token",),
         {"architecture": "absolute position embedding, no relative bias or layer scale"},
     ),
+    Release(
+        "model_final_*.pkl",
+        "vitdet",
+        "facebookresearch/detectron2 ViTDet model zoo (a fine-tuned detector)",
+        "COCO, from MAE ImageNet-1K",
+        None,
+        "detection (fine-tuned)",
+        ("model/backbone.net.patch_embed.proj.weight",),
+    ),
 )
 
 # What Section 5 of the paper transferred, per initialisation (its Tables 3-7 and A.2-A.5).
