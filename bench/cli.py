@@ -444,7 +444,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     from bench.core.cpu_tuning import tune_malloc
 
-    tune_malloc()  # keep multi-MB tensors on the heap between training steps (+14% bf16 img/s here)
+    tune_malloc()  # keep multi-MB tensors on the heap between training steps (docs/perf.md)
     try:
         if args.cmd in ("pretrain", "cls"):  # under torchrun / srun: join the DDP process group (no-op alone)
             join_launcher(getattr(args, "launcher", None), getattr(args, "device", "auto") or "auto")
