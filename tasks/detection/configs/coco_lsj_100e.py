@@ -121,8 +121,8 @@ log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
 log_level = "INFO"
 # ours (speed, not protocol; not in the config hash): conv layout of the ViT pyramid, neck and heads,
 # tasks/dense/memory_format.py. None = channels-last (NHWC) on CUDA, where cuDNN's bf16/fp16
-# convolutions want it, NCHW on CPU (there fp32 UperNet is 14-19 % slower channels-last, Mask R-CNN
-# unchanged: bench perf seg|det --channels-last both); True / False force it.
+# convolutions want it, NCHW on CPU (where channels-last was no faster: docs/perf.md); True / False
+# force it.
 channels_last = None
 load_from = None
 resume = False
