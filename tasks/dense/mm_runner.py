@@ -34,15 +34,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
+from bench.core.device import start_line
 from bench.core.distributed import (
     all_ranks_finite,
     check_same_settings,
     convert_sync_batchnorm,
     init_distributed,
+    launch_world_size,
     local_device,
 )
 from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError, first_line
@@ -300,6 +303,16 @@ def load_weights(runner: DenseRunner, weights: Path) -> None:
     runner.weights_iter = int((meta or {}).get("iter", 0) or 0)  # the iteration the weights were saved at
 
 
+def dense_start_line(name: str, runner, cfg) -> str:
+    """The start line every training command prints: device, dtype, world size, backend."""
+    wrapper = cfg.get("optim_wrapper", {})
+    dtype = None
+    if wrapper.get("type") == "AmpOptimWrapper":  # mmengine's default AMP dtype is fp16
+        dtype = torch.bfloat16 if str(wrapper.get("dtype")) in ("bfloat16", "torch.bfloat16") else torch.float16
+    device = next(runner.model.parameters()).device
+    return start_line(name, device, dtype, launch_world_size())
+
+
 def run_dense(
     cfg,
     *,
@@ -331,6 +344,8 @@ def run_dense(
             register()  # mmseg / mmdet: their import-time warnings are caught too
             runner = build_runner(cfg, work, created=created, main=main)
             check_same_settings(record)  # ranks started with other options: one line on every rank
+            if main:
+                print(dense_start_line(name, runner, cfg), flush=True)
             runner.run_watch = RunWatch()
             runner.register_hook(runner.run_watch)
             for hook in hooks:

@@ -41,7 +41,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from backbones.registry import parse_name
 from bench.core.checkpoint import save_atomic
-from bench.core.device import training_device
+from bench.core.device import start_line, training_device
 from bench.core.distributed import all_ranks_finite, init_distributed
 from bench.core.errors import BenchError, NonFiniteLossError, first_line
 from bench.core.results import ResultsStore, config_hash
@@ -411,6 +411,8 @@ def run_detectron2(run: TransferRun) -> dict | None:
     if not run.eval_only:  # before anything is built
         work_dir_of(run.work_dir).guard(job.record, resume=run.resume)
     model = build(job)
+    if comm.is_main_process():  # the start line every training command prints
+        print(start_line("det detectron2", job.device, torch.float16 if job.amp else None, comm.get_world_size()))
     start_iter = 0
     if run.eval_only:
         load_weights(job, model)
