@@ -26,6 +26,9 @@ What is generated:
 * ``test_fifo_does_not_hang``: a FIFO given as checkpoint / suite / results store, as a real
   subprocess with a timeout.
 
+Issue #24's surface (``--cfg-options`` naming code, COCO annotation fields, header-declared sizes,
+FIFOs in run folders) is fuzzed by ``tests/test_fuzz_round3.py`` with the same property and helpers.
+
 ``FUZZ_EXAMPLES`` (environment, default 25 per test) scales the run; CI uses the default. The number
 of cases run is printed at the end (``-s``) and written to ``$FUZZ_REPORT`` if set.
 """
