@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.core.distributed import is_peer_failure, peer_failure
 from bench.core.errors import BenchError, first_line
-from bench.core.options import LAUNCHERS, CfgOptions, join_launcher
+from bench.core.options import add_device_options, join_launcher
 
 DEFAULT_ARCH = "vit_demo_patch8"
 
@@ -45,24 +45,11 @@ def _add_train_args(p: argparse.ArgumentParser):
         type=float,
         help="linear lr warmup in epochs (default: 10%% of the schedule; with --steps, 10%% of the steps)",
     )
-    g.add_argument(
-        "--amp",
-        "--bf16",
-        dest="amp",
-        action="store_true",
-        default=None,
-        help="mixed precision: bf16 autocast where the hardware has it, fp16 with a gradient scaler on other "
-        "GPUs (default: on for CUDA, off on CPU; --bf16 is an alias)",
-    )
-    g.add_argument("--device", default=None, help="auto (CUDA when available, the default), cpu, cuda, cuda:N")
-    g.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=CfgOptions,
-        default={},
-        metavar="KEY=VALUE",
-        help="set the method's or the engine's settings by name, applied last (e.g. steps=200 clip_grad=3.0 "
-        "betas=[0.9,0.95]); the names are the options above and each pretrainer's keyword arguments",
+    add_device_options(
+        g,
+        config_help=" (e.g. steps=200 clip_grad=3.0 betas=[0.9,0.95]): the options above and each pretrainer's "
+        "keyword arguments",
+        device_default=None,
     )
     g.add_argument(
         "--grad-checkpointing",
@@ -169,18 +156,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser):
         "--no-norm-pix-loss", action="store_true", help="MAE: raw-pixel target instead of per-patch normalised"
     )
     _add_train_args(p)
-    _add_launcher_arg(p)
-
-
-def _add_launcher_arg(p: argparse.ArgumentParser):
-    p.add_argument(
-        "--launcher",
-        choices=LAUNCHERS,
-        default=None,
-        help="how the processes were started: 'pytorch' (torchrun) or 'slurm' (srun) join one process "
-        "group and fail if that launcher's variables are missing; 'none' runs one process "
-        "alone; default: detect torchrun/Slurm from the environment",
-    )
 
 
 def cmd_pretrain(a):
@@ -415,8 +390,6 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
             p.add_argument("args", nargs=argparse.REMAINDER)
             continue
         resolve(add)(p)
-        if name == "cls" and not any(a.dest == "launcher" for a in p._actions):
-            _add_launcher_arg(p)
         p.set_defaults(func=resolve(main))
     return ap
 

@@ -76,32 +76,7 @@ def add_run_options(p: argparse.ArgumentParser, *, default_out: str, config_help
         "run with other settings is refused. --no-resume starts fresh and moves the folder's previous "
         "checkpoints aside into previous-<time>/ (nothing is deleted)",
     )
-    g.add_argument(
-        "--amp",
-        "--bf16",
-        dest="amp",
-        action="store_true",
-        default=None,
-        help="mixed precision: bf16 autocast where the hardware has it, fp16 with a gradient scaler on other "
-        "GPUs (default: on for CUDA, off on CPU; --bf16 is an alias)",
-    )
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    g.add_argument(
-        "--launcher",
-        choices=LAUNCHERS,
-        default=None,
-        help="how the processes were started: 'pytorch' (torchrun) or 'slurm' (srun) join one process group "
-        "and fail if that launcher's variables are missing; 'none' runs one process alone; default: "
-        "detect torchrun/Slurm from the environment",
-    )
-    g.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=CfgOptions,
-        default={},
-        metavar="KEY=VALUE",
-        help="override config keys, applied last (mmengine syntax: a=1 b=[1,2] c=true)" + config_help,
-    )
+    add_device_options(g, config_help=" (mmengine syntax: a=1 b=[1,2] c=true)" + config_help)
     g.add_argument(
         "--eval-only",
         action="store_true",
@@ -118,6 +93,37 @@ def add_run_options(p: argparse.ArgumentParser, *, default_out: str, config_help
         "type, _target_, custom_imports): reading them runs Python",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (bars are drawn on a terminal only)")
+
+
+def add_device_options(g, *, config_help: str, device_default: str | None = "auto") -> None:
+    """``--amp`` (``--bf16``), ``--device``, ``--launcher`` and ``--cfg-options``: every training
+    command has them, ``bench pretrain`` included, with one meaning."""
+    g.add_argument(
+        "--amp",
+        "--bf16",
+        dest="amp",
+        action="store_true",
+        default=None,
+        help="mixed precision: bf16 autocast where the hardware has it, fp16 with a gradient scaler on other "
+        "GPUs (detection and segmentation: fp16); default: on for CUDA, off on CPU; --bf16 is an alias",
+    )
+    g.add_argument("--device", default=device_default, help="auto (CUDA when available), cpu, cuda, cuda:N")
+    g.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="how the processes were started: 'pytorch' (torchrun) or 'slurm' (srun) join one process group "
+        "and fail if that launcher's variables are missing; 'none' runs one process alone; default: "
+        "detect torchrun/Slurm from the environment",
+    )
+    g.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=CfgOptions,
+        default={},
+        metavar="KEY=VALUE",
+        help="override settings by name, applied last" + config_help,
+    )
 
 
 def run_fields(a: argparse.Namespace) -> dict:
