@@ -66,6 +66,19 @@ def test_registered_names_are_free_and_importable_names_are_code():
         "model.backbone._scope_=evil",
         "model.decode_head.type=evil",
     ]
+    # found by the round-3 fuzzer: a constructor is looked up like a type, and a sub-config counts too
+    deeper = {
+        "optim_wrapper.constructor": "evilmod.x",
+        "optim_wrapper.paramwise_cfg": {"custom_keys": {"pos_embed": {"decay_mult": 0.0}}},  # plain values
+        "model.neck": {"type": "os.system", "command": "touch x"},
+        "model.test_cfg": [{"mode": "whole"}, {"type": "evil"}],
+    }
+    assert options_naming_code(deeper, ("mmseg",)) == [
+        "optim_wrapper.constructor=evilmod.x",
+        "model.neck={'type': 'os.system', 'command': 'touch x'}",
+        "model.test_cfg=[{'mode': 'whole'}, {'type': 'evil'}]",
+    ]
+    assert options_naming_code({"optim_wrapper.constructor": "LayerDecayOptimizerConstructor"}, ("mmseg",)) == []
 
 
 def test_the_timer_hook_exploit_is_refused_in_one_line_and_runs_nothing(ade, tmp_path):
@@ -133,3 +146,15 @@ def test_a_stray_smoke_file_is_not_read_and_the_row_names_the_file_used(ade, tmp
 
     [row] = ResultsStore(store).rows()
     assert row["extra"]["config"] == "smoke" and row["extra"]["config_file"] == str(CONFIGS["smoke"])
+
+
+def test_the_runs_own_keys_are_set_by_their_options_only():
+    from mmengine.config import Config
+
+    from tasks.dense.runner import apply_cfg_options
+
+    for key in ("work_dir", "load_from", "resume"):
+        cfg = Config(dict(work_dir="run", load_from=None, resume=False))
+        with pytest.raises(BenchError, match=rf"--cfg-options {key}: the run's folder, weights and resuming"):
+            apply_cfg_options(cfg, {key: "/tmp/elsewhere"}, "x", trust_config=True)
+        assert cfg.work_dir == "run"

@@ -148,15 +148,29 @@ def registered_type(value, scopes=("mmseg", "mmdet")) -> bool:
     return False
 
 
+# Keys whose value mmengine's registries look up by name (an unregistered name is imported)
+NAME_KEYS = ("type", "constructor")
+# Keys the run itself owns: --out/--work-dir, --weights and --resume say them, once
+OWN_KEYS = ("work_dir", "load_from", "resume")
+
+
+def _names_code(key: str, value, scopes) -> bool:
+    parts = str(key).split(".")
+    if any(p in CODE_KEYS for p in parts):
+        return True
+    if parts[-1] in NAME_KEYS and not registered_type(value, scopes):
+        return True
+    if isinstance(value, dict):  # a whole sub-config: every key in it counts the same way
+        return any(_names_code(f"{key}.{k}", v, scopes) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_names_code(key, v, scopes) for v in value if isinstance(v, (dict, list, tuple)))
+    return False
+
+
 def options_naming_code(options: dict, scopes=("mmseg", "mmdet")) -> list[str]:
     """The ``--cfg-options`` pairs whose value names code: a key through ``CODE_KEYS``, or a
-    ``type`` that is no registered name (``registered_type``)."""
-    out = []
-    for key, value in options.items():
-        parts = str(key).split(".")
-        if any(p in CODE_KEYS for p in parts) or (parts[-1] == "type" and not registered_type(value, scopes)):
-            out.append(f"{key}={value}")
-    return out
+    ``type`` / ``constructor`` that is no registered name (``registered_type``), at any depth."""
+    return [f"{key}={value}" for key, value in options.items() if _names_code(key, value, scopes)]
 
 
 def apply_cfg_options(cfg, options: dict | None, where, *, trust_config: bool = False, scopes=("mmseg", "mmdet")):
@@ -165,6 +179,12 @@ def apply_cfg_options(cfg, options: dict | None, where, *, trust_config: bool = 
     built). Returns them as JSON values (for the run record and the row)."""
     if not options:
         return {}
+    own = [key for key in options if str(key).split(".")[0] in OWN_KEYS]
+    if own:
+        raise BenchError(
+            f"--cfg-options {own[0]}: the run's folder, weights and resuming are set by --out, --weights and "
+            f"--resume/--no-resume"
+        )
     code = [] if trust_config else options_naming_code(options, scopes)
     if code:
         raise BenchError(
