@@ -693,6 +693,9 @@ def test_overrides_naming_code_need_trust_config_and_run_nothing(tmp_path, capsy
     assert "--trust-config" in capsys.readouterr().err
     assert overrides_naming_code(["train.init_checkpoint='model_final.pth'", "train.log_period=5"]) == []
     assert overrides_naming_code(["a.b={'c': ['os.path.join']}"]) == ["a.b={'c': ['os.path.join']}"]
+    # found by the round-3 fuzzer: a nested node with a _target_ is instantiated, even an undotted builtin
+    nested = ["model.roi_heads.x={'_target_': 'open', 'file': 'F', 'mode': 'w'}", "a.b=[{'_target_': '__import__'}]"]
+    assert overrides_naming_code(nested) == nested
 
 
 @needs_d2

@@ -68,8 +68,9 @@ def names_code(value) -> bool:
             return importlib.util.find_spec(value.split(".")[0]) is not None
         except (ImportError, ValueError):
             return False
-    if isinstance(value, dict):
-        return any(names_code(k) or names_code(v) for k, v in value.items())
+    if isinstance(value, dict):  # a node with a _target_ is instantiated, whatever the name (undotted
+        # builtins such as 'open' or '__import__' resolve too)
+        return "_target_" in value or any(names_code(k) or names_code(v) for k, v in value.items())
     if isinstance(value, (list, tuple, set)):
         return any(names_code(v) for v in value)
     return False
