@@ -51,7 +51,10 @@ def _read_header(f, path: Path, member: str):
         raise DataError(f"{path}: member {member!r} is not a .npy array ({str(e)[:100]})") from None
     if dtype.hasobject:
         raise DataError(f"{path}: member {member!r} holds Python objects (dtype {dtype}), which are not loaded")
-    return tuple(int(n) for n in shape), dtype
+    shape = tuple(int(n) for n in shape)
+    if any(not 0 <= n < 2**48 for n in shape) or dtype.itemsize == 0:  # a negative or absurd dimension
+        raise DataError(f"{path}: member {member!r} declares shape {shape} of {dtype}, which no array has")
+    return shape, dtype
 
 
 def check_npz(path: str | os.PathLike, max_bytes: int = MAX_NPZ_BYTES, max_ratio: float = MAX_NPZ_RATIO) -> int:
@@ -80,7 +83,7 @@ def load_npz(path: str | os.PathLike, names=None, max_bytes: int = MAX_NPZ_BYTES
         with np.load(path, allow_pickle=False) as data:
             wanted = data.files if names is None else [n for n in names if n in data.files]
             return {n: np.asarray(data[n]) for n in wanted}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError, OverflowError) as e:
         raise DataError(
             f"{path}: unreadable .npz file ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})"
         ) from None
