@@ -624,3 +624,27 @@ def test_npz_headers_with_negative_or_absurd_dimensions_are_refused(tmp_path, sh
         z.writestr("a.npy", blob + b"\0" * 64)
     with pytest.raises(DataError, match=r"member 'a.npy' declares shape .* of float32, which no array has"):
         load_npz(path)
+
+
+def test_a_long_zigzag_polygon_is_refused_before_pycocotools_rasterises_it(tmp_path):
+    # found by the round-3 fuzzer: 1,806 points inside the allowed band on a 4000x4000 image made
+    # pycocotools' rleFrPoly allocate gigabytes (SIGSEGV under a memory cap)
+    import json
+
+    from tasks.detection.coco_data import validate_coco
+
+    h = w = 4000
+    poly = [v for i in range(1806) for v in (-w if i % 2 else 2 * w, (i * 7) % h)]
+    ann = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}],
+        "annotations": [dict(ann, segmentation=[poly])],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"annotation id 5 'segmentation' polygon 0 has 1806 points tracing \d+ px"):
+        validate_coco(path, None, require_images=False)
+    ok = [10, 10, 3000, 10, 3000, 3000, 10, 3000] * 20  # a long but ordinary outline (80 points) passes
+    path.write_text(json.dumps(dict(doc, annotations=[dict(ann, segmentation=[ok])])))
+    validate_coco(path, None, require_images=False)

@@ -273,10 +273,19 @@ def _check_segmentation(segm, h: int, w: int, where: str) -> str:
     raise DataError(f"{where} 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}")
 
 
+# A polygon's outline (sum over edges of the longer of |dx|, |dy|) may be at most MAX_TRACE x (h + w) and
+# MAX_TRACE_PX pixels; polygons of at most FAST_POINTS points on images of at most FAST_SIDE px cannot
+# exceed either (each edge spans at most 3 x the image).
+MAX_TRACE, MAX_TRACE_PX = 150, 2_000_000
+FAST_POINTS, FAST_SIDE = 50, 13_000
+
+
 def _polygon_fits(poly, h: int, w: int) -> bool:
     """The common case, fast (C-level sum / min / max; the real train file has ~1.2 M polygons): a flat
     list of >= 3 points, numbers, finite, within the margin. False sends it to ``_check_polygon``."""
-    if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+    if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or len(poly) > 2 * FAST_POINTS:
+        return False
+    if max(h, w) > FAST_SIDE:
         return False
     try:
         if not math.isfinite(sum(poly)):  # strings / None / lists raise TypeError; NaN and inf show here
@@ -312,6 +321,13 @@ def _check_polygon(poly, k: int, h: int, w: int, where: str) -> None:
         raise DataError(
             f"{where} 'segmentation' polygon {k} point {int(outside[0])} ({x:g}, {y:g}) lies far outside its "
             f"{w}x{h} image (allowed x {lo[0]:g}..{hi[0]:g}, y {lo[1]:g}..{hi[1]:g})"
+        )
+    # pycocotools rasterises an edge in ~5 x its longer side in ints, unchecked: bound the outline
+    trace = float(np.abs(np.diff(np.vstack([xy, xy[:1]]), axis=0)).max(1).sum())
+    if trace > min(MAX_TRACE * (h + w), MAX_TRACE_PX):
+        raise DataError(
+            f"{where} 'segmentation' polygon {k} has {len(xy)} points tracing {trace:.0f} px, over "
+            f"min({MAX_TRACE} x its {w}x{h} image's height + width, {MAX_TRACE_PX}): no object's outline is that long"
         )
 
 
