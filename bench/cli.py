@@ -16,6 +16,7 @@ Bad input ends with ``error: <one line>`` on stderr and exit status 2; nothing h
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -115,17 +116,53 @@ def _train_kwargs(a) -> dict:
     return kw
 
 
-def _pretrain_settings(method: str) -> set[str]:
-    """The names ``--cfg-options`` may set for ``method``: the engine's and the pretrainer's."""
+# Settings --cfg-options may not set in bench pretrain: they have their own options, read before training
+PRETRAIN_OWN = ("img_size", "epoch_size", "data", "resume", "out_dir", "desc")
+TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple, "list": list, "None": type(None)}
+
+
+def _pretrain_settings(method: str) -> dict[str, set]:
+    """The settings ``--cfg-options`` may set for ``method`` (the engine's and the pretrainer's) and
+    the value types each takes, read from their annotations."""
     import dataclasses
     import inspect
 
     from backbones.pretrainers import PRETRAINERS
     from bench.core.train_config import TrainConfig
 
-    params = inspect.signature(PRETRAINERS[method]).parameters
-    own = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
-    return own | {f.name for f in dataclasses.fields(TrainConfig)} - {"out_dir", "desc"}
+    def types(annotation) -> set:
+        names = {t.strip() for t in str(annotation).split("|")}
+        return {TYPE_NAMES[n] for n in names if n in TYPE_NAMES}
+
+    own = {
+        n: types(p.annotation) or {type(p.default)}
+        for n, p in inspect.signature(PRETRAINERS[method]).parameters.items()
+        if p.default is not p.empty
+    }
+    engine = {f.name: types(f.type) for f in dataclasses.fields(TrainConfig)}
+    return {n: t for n, t in {**engine, **own}.items() if n not in PRETRAIN_OWN}
+
+
+def _check_pretrain_cfg(method: str, options: dict) -> dict:
+    """``--cfg-options`` of ``bench pretrain``: known names, values of the declared types (one line)."""
+    allowed = _pretrain_settings(method)
+    for name, value in options.items():
+        if name not in allowed:
+            have = ", ".join(sorted(allowed))
+            raise BenchError(f"--cfg-options {name}: not a setting of {method} pretraining; allowed: {have}")
+        want = allowed[name]
+        ok = (
+            (isinstance(value, bool) and bool in want)
+            or (not isinstance(value, bool) and isinstance(value, int) and (int in want or float in want))
+            or (isinstance(value, float) and float in want and math.isfinite(value))
+            or (isinstance(value, str) and str in want)
+            or (value is None and type(None) in want)
+            or (isinstance(value, (list, tuple)) and (tuple in want or list in want))
+        )
+        if not ok or not want:
+            names = " or ".join(sorted(t.__name__ if t is not type(None) else "None" for t in want))
+            raise BenchError(f"--cfg-options {name}={value!r}: {name} takes {names or 'no value from here'}")
+    return dict(options)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,14 +212,7 @@ def cmd_pretrain(a):
             kw["mask_ratio"] = a.mask_ratio
     if a.method == "mae":
         kw["norm_pix_loss"] = not a.no_norm_pix_loss
-    if a.cfg_options:
-        allowed = _pretrain_settings(a.method)
-        unknown = sorted(set(a.cfg_options) - allowed)
-        if unknown:
-            raise BenchError(
-                f"--cfg-options {unknown[0]}: not a setting of {a.method} pretraining; allowed: {', '.join(sorted(allowed))}"
-            )
-        kw.update(a.cfg_options)
+    kw.update(_check_pretrain_cfg(a.method, a.cfg_options or {}))
     path = pretrain(
         a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size, resume=a.resume, **kw
     )

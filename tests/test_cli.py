@@ -349,3 +349,27 @@ def test_pretrain_resume_flag_pair(tmp_path):
     for flags, want in (([], True), (["--resume"], True), (["--no-resume"], False)):
         a = build_parser(["pretrain"]).parse_args(["pretrain", "--out", str(tmp_path), *flags])
         assert a.resume is want
+
+
+@pytest.mark.parametrize(
+    "pair,message",
+    [
+        ("warmup_steps=abc", "warmup_steps takes None or int"),
+        ("betas=1", "betas takes tuple"),
+        ("steps=nan", "steps takes int"),
+        ("num_workers=1.5", "num_workers takes int"),
+        ("clip_grad=os.system", "clip_grad takes None or float"),
+        ("mask_ratio=[]", "mask_ratio takes float"),
+        ("img_size=3", "img_size: not a setting of mae pretraining"),
+        ("foo=1", "foo: not a setting of mae pretraining"),
+    ],
+)
+def test_pretrain_cfg_options_are_checked_by_name_and_type(tmp_path, capsys, pair, message):
+    from bench.cli import main
+
+    # found by the round-3 fuzzer: these ended in raw TypeErrors deep in the engine
+    out = tmp_path / "run"
+    assert main(["pretrain", "--arch", "vit_test_patch8", "--out", str(out), "--cfg-options", pair]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --cfg-options ") and message in err[0], err
+    assert not out.exists()
