@@ -53,7 +53,7 @@ def digits_split(split: str):
 
 class Digits:
     """One split of scikit-learn's 1,797 real handwritten digits (``sklearn.datasets.load_digits``,
-    8x8 scans upscaled to 64 px, grey replicated to 3 channels), one epoch = each image once.
+    8x8 scans upscaled to the model's input size, grey replicated to 3 channels), one epoch = each image once.
     ``labels=False``: items are ``transform(image)`` (self-supervised pretraining never sees a
     label); ``labels=True``: ``(transform(image), digit)``. Images are uint8 tensors when
     ``transform`` takes them, else PIL images."""

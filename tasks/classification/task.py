@@ -34,7 +34,7 @@ SEARCH_KEYS = ("lr", "blr", "weight_decay", "drop_path", "layer_decay", "epochs"
 # Input size of a task's own protocol: the paper's 224 px, except the sklearn digits (64 px images).
 IMG_SIZE = {"digits": 64}
 # The deviation a generated set means: drawn images, except the digits, which are real scans.
-GENERATED = {"digits": "scikit-learn digits (real 8x8 scans upscaled to 64 px), not the paper's data"}
+GENERATED = {"digits": "scikit-learn digits (real 8x8 scans, upscaled), not the paper's data"}
 CLS = Command(
     "cls",
     "iNat / Places / folder classification: fine-tune, linear probe, partial",
