@@ -67,7 +67,8 @@ def plot_convergence(out_dir: Path, name: str = "convergence.png") -> Path | Non
 
     fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.0), squeeze=False)
     for ax, (task, labels) in zip(axes[0], sorted(curves.items())):
-        _panel(ax, labels, f"{task}: eval top-1 while training (mean; band = seeds' range)")
+        _panel(ax, labels, task)
+    fig.suptitle("eval top-1 while training: mean over seeds, band = the seeds' range")
     fig.tight_layout()
     path = Path(out_dir) / name
     with atomic_open(path, "wb") as f:
