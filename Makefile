@@ -6,7 +6,7 @@ PY := .venv/bin/python
 DEMO := results/demo
 
 # One torch thread for the demo and the tests: on a shared or small machine torch's default (one thread per core) makes each
-# training step wait for descheduled OpenMP threads, 4-10x slower under load (docs/demo_profile.md);
+# training step wait for descheduled OpenMP threads, 4-10x slower under load (docs/demo.md);
 # a fixed count also keeps runs bitwise reproducible. Set per command, not exported for the target,
 # so the set-up's compilers never see it.
 ONE_THREAD := OMP_NUM_THREADS=1
@@ -21,7 +21,7 @@ setup-light:
 # bench/suites/demo.yaml says what the demo measures; it ends with the MAE reconstructions figure
 # (the paper's Fig. 2 layout) of the demo's MAE checkpoint on held-out digits.
 demo: setup-light
-	@echo "make demo: about 10 minutes on 2 CPU cores (+ setup on a fresh machine); interrupt and re-run to continue"
+	@echo "make demo: about 1,400 CPU-seconds, spread over the cores (+ the light set-up on a fresh machine); interrupt and re-run to continue"
 	$(ONE_THREAD) $(PY) -m bench.cli run bench/suites/demo.yaml --out $(DEMO)
 	$(ONE_THREAD) $(PY) -m bench.cli visualize --checkpoint $(DEMO)/work/mae/pretrain/pretrain.pth --images digits --n 6 \
 		--out $(DEMO)/mae_reconstructions.png
