@@ -48,7 +48,7 @@ from bench.core.errors import BenchError, CheckpointError, NonFiniteLossError
 from bench.core.io import atomic_open, atomic_write_json
 from bench.core.options import default_out
 from bench.core.results import FIELDS, ResultsStore, check_outputs, config_hash, make_row, sha256_file
-from bench.core.workdir import check_settings_file, write_settings_file
+from bench.core.workdir import check_regular, check_settings_file, write_settings_file
 from tasks.classification import config as C
 from tasks.classification import protocols as P
 from tasks.classification.curve import CurveWriter
@@ -267,6 +267,9 @@ def train_config(p: Prepared) -> TrainConfig:
     )
 
 
+ENGINE_FILES = ("log.jsonl", "train_settings.json", "checkpoints.sha256")  # what bench.core.engine writes
+
+
 def claim_folder(p: Prepared, tc: TrainConfig | None) -> None:
     """The last checks, then the run record: the folder is refused when it holds other settings."""
     if tc is not None:
@@ -274,6 +277,8 @@ def claim_folder(p: Prepared, tc: TrainConfig | None) -> None:
         micro_batches_per_epoch(len(p.train_split), tc.batch_size, p.world)
     if p.run.resume or p.run.eval_only:  # --no-resume: the engine moves the previous run aside
         check_settings_file(p.out / RUN_RECORD, p.record, hint="use another --out or --no-resume")
+    for name in ENGINE_FILES:  # a FIFO there is refused before the record is written, not after
+        check_regular(p.out / name)
     p.out.mkdir(parents=True, exist_ok=True)
     if p.rank == 0:
         write_settings_file(p.out / RUN_RECORD, p.record)
