@@ -189,6 +189,11 @@ def _check_semantics(cfg: dict, where) -> None:
             raise BenchError(f"{where}: key {key!r} must be >= 1, got {cfg[key]}")
     if cfg["epochs"] <= 0:
         raise BenchError(f"{where}: key 'epochs' must be > 0, got {cfg['epochs']}")
+    if cfg.get("img_size") is not None and not 8 <= cfg["img_size"] <= 1024:
+        raise BenchError(f"{where}: key 'img_size' must be in 8..1024, got {cfg['img_size']}")
+    for key in ("epochs", "warmup_epochs"):  # the engine turns them into step counts
+        if not 0 <= cfg[key] <= 100_000:
+            raise BenchError(f"{where}: key {key!r} must be in 0..100000, got {cfg[key]}")
     for key in ("betas", "crop_scale"):
         if len(cfg[key]) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cfg[key]):
             raise BenchError(f"{where}: key {key!r} must be two numbers, got {cfg[key]!r}")
