@@ -431,6 +431,8 @@ CLS = (
     "mae_vit_test_patch8",
     "--config",
     "smoke",
+    "--batch-size",
+    "2",
     "--out",
     "{tmp}/run",
     "--results",
@@ -534,7 +536,10 @@ CASES = [
     ),
     # ---- checkpoints (through bench cls: the backbone is loaded before anything is written) --------
     Case(
-        "ckpt-missing", CLS + ("--checkpoint", "{tmp}/none.pth"), "checkpoint not found: {tmp}/none.pth", left=CLS_LEFT
+        "ckpt-missing",
+        CLS + ("--checkpoint", "{tmp}/none.pth"),
+        "{tmp}/none.pth: checkpoint file not found (key 'checkpoint')",
+        left=CLS_LEFT,
     ),
     Case("ckpt-truncated", CLS_CKPT, "checkpoint {ckpt} is corrupt or truncated", _ckpt(_truncated), CLS_LEFT),
     Case(
@@ -817,7 +822,7 @@ CASES = [
         "suite-unknown-key",
         RUN,
         "{tmp}/suite.yaml: unknown key 'tasks.folder.epochz'; allowed: task, protocol, data, generate, config, "
-        "trust_config, search, select_on, epochs, batch_size, k, bf16",
+        "trust_config, search, select_on, unequal_grid_reason, amp, bf16, floors, epochs, batch_size, k, eval_every",
         _suite(GOOD_SUITE.replace("epochs: 1", "epochz: 1")),
         RUN_LEFT,
     ),
@@ -1097,8 +1102,9 @@ def test_generated_dataset_is_all_or_nothing(tmp_path, monkeypatch, capsys):
     code = bench_main(["run", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out"), "--no-tables"])
     assert code == 1
     rows = [json.loads(l) for l in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["failed"]
-    assert rows[0]["error"] == "BenchError: num_classes must be 1..10 (one per digit), got 11"
+    # the transfer cell and the raw-pixel floor cell of the same data both fail, for the same reason
+    assert [(r["label"], r["status"]) for r in rows] == [("random", "failed"), ("raw-pixels-logreg", "failed")]
+    assert {r["error"] for r in rows} == {"BenchError: num_classes must be 1..10 (one per digit), got 11"}
     assert list((tmp_path / "out" / "data").iterdir()) == []
     assert "Traceback" not in capsys.readouterr().err
 

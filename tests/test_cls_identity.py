@@ -83,12 +83,13 @@ def test_label_and_cli_options_reach_the_row(data, tmp_path):
     root, (a, _) = data
     row = cls(root, a, "--out", str(tmp_path / "l"), "--label", "mae-ours", "--lr", "0.002", "--seed", "3")
     assert (row["label"], row["init"], row["seed"], row["extra"]["lr"]) == ("mae-ours", "mae", 3, 0.002)
-    assert row["provenance"] is None
+    # a file that is no known release and no `bench pretrain` output: its provenance says so
+    assert row["provenance"] == {"source": "unknown", "file": "a.pth", "verified": "not a known release"}
 
 
 def test_config_names_and_small_sets_say_how_to_fix(data, tmp_path):
     root, (a, _) = data
-    with pytest.raises(BenchError, match=r"--config smoek: no such file or config name; names: smoke"):
+    with pytest.raises(BenchError, match=r"--config smoek: no such file or config name; names: demo, smoke"):
         cls(root, a, "--config", "smoek")
     with pytest.raises(
         BenchError, match=r"fewer than one global batch of 1024; pass --batch-size N .* or --config smoke"

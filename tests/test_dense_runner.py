@@ -296,7 +296,9 @@ def test_toy_resume_takes_the_newest_readable_checkpoint_of_its_own_folder(tmp_p
     assert toy_run(work) == 2
     out = capfd.readouterr()
     assert f"{work / 'iter_4.pth'}: unreadable checkpoint, falling back to the one before (" in out.out
-    assert len(out.out.strip().splitlines()) == 2 and not out.err  # the log file's name, the fallback
+    # the start line (device, dtype, world, backend), the log file's name, the fallback
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 3 and lines[0] == "[toy] device cpu, dtype fp32, world 1, backend none" and not out.err
     (work / "last_checkpoint").write_text(str(tmp_path / "elsewhere" / "iter_9.pth"))
     assert toy_run(work) == 4
     copy = tmp_path / "copy"
@@ -428,11 +430,12 @@ def test_cli_run_is_quiet_logs_everything_and_records_cfg_options(ade, tmp_path)
     )
     assert p.returncode == 0, p.stderr[-3000:]
     lines = (p.stdout + p.stderr).strip().splitlines()
-    assert len(lines) <= 3, lines  # where the log goes, the result
+    assert len(lines) <= 4, lines  # the start line, where the log goes, the result
+    assert lines[0] == "[seg] device cpu, dtype fp32, world 1, backend none"
     assert lines[-1].startswith("ADE20K UperNet random vit_test_patch8 seed 0: mIoU")
     [log] = work.glob("*/*.log")
     text = log.read_text()
-    assert str(log) in lines[0]
+    assert str(log) in lines[1]
     assert "System environment:" in text and "Config:" in text
     assert re.search(r"Iter\(train\) \[\d/2\]", text)  # mmengine's training log lines went to the file
     assert "lr=0.002" in text and "dropout_ratio=0.2" in text  # the options reached the config mmengine ran

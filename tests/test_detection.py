@@ -560,7 +560,7 @@ def test_heldout_selection_trains_without_the_heldout_images_and_evaluates_on_th
     from tasks.detection.coco_data import heldout_split
 
     row = run_detection(TINY, None, coco, variant="fpn", iters=1, work_dir=tmp_path / "wd", select="heldout")
-    train_ids, held_ids = heldout_split(json.loads((coco / "annotations/instances_train2017.json").read_text()))
+    train_ids, held_ids = heldout_split(coco / "annotations/instances_train2017.json")
     assert row["extra"]["select"] == "heldout"
     assert (row["extra"]["num_train_images"], row["extra"]["num_val_images"]) == (len(train_ids), len(held_ids))
     per_example = np.load(row["extra"]["per_example"])

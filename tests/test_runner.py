@@ -439,7 +439,8 @@ def test_ci_suite_end_to_end_then_second_run_does_nothing(tmp_path, capsys):
     assert not summary.failed, summary.failed
     assert summary.ran == [c.name for c in cells]
     rows = ResultsStore(out).rows()
-    assert sorted(r["run_id"] for r in rows) == sorted(c.id for c in transfer)
+    floors = [row_id for c in cells if c.kind == "floor" for row_id in c.row_ids]  # two rows per floor cell
+    assert floors and sorted(r["run_id"] for r in rows) == sorted([c.id for c in transfer] + floors)
     assert all(r["status"] == "ok" and r["suite"] == "ci" for r in rows)
     for r in rows:
         assert r["metrics"] and all(0.0 <= v <= 100.0 for v in r["metrics"].values())

@@ -75,7 +75,7 @@ def declare(dataset: str) -> TaskSpec:
         generator=f"tasks.classification.generate:{generator}",
         generator_args=fixed,
         reader=reader(dataset),
-        suite_keys=("epochs", "batch_size", "k", "bf16", "eval_every"),
+        suite_keys=("epochs", "batch_size", "k", "eval_every"),
         search_keys=SEARCH_KEYS,
         heldout=True,
         command=CLS,

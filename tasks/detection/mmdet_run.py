@@ -288,14 +288,21 @@ def train(job: MMJob):
         cfg_options=f["cfg_options"],
         config_hash=config_hash(hashed_config(job.cfg)),
     )
-    # the test loop directly: runner.test() would look for a checkpoint to load again
+
+    # the test loop directly: runner.test() would look for a checkpoint to load again; an evaluate-only
+    # run first gives the hooks the before_run that training would have (the logger's file names)
+    def evaluate(runner):
+        if run.eval_only:
+            runner.call_hook("before_run")
+        return runner.test_loop.run()
+
     return run_dense(
         job.cfg,
         name="det",
         record=record,
         resume=run.resume,
         register=_register,
-        evaluate=lambda runner: runner.test_loop.run(),
+        evaluate=evaluate,
         weights=run.weights if run.eval_only else None,
     )
 
