@@ -277,6 +277,11 @@ def prepare_work_dir(work: Path, record: dict, *, resume: bool, eval_only: bool)
     return created
 
 
+# A saved config's custom_imports imports this module, so mmseg's / mmdet's own tools (tools/test.py:
+# Runner.from_cfg + load_from) load our checkpoints under torch's weights_only loading too.
+enable_mmengine_checkpoints()
+
+
 def build_runner(cfg, work: Path, *, created: bool, main: bool) -> DenseRunner:
     """``DenseRunner.from_cfg``; a user error while building (e.g. a checkpoint of another
     architecture) removes a work dir this call created."""
