@@ -13,6 +13,7 @@ from backbones.registry import parse_name
 from backbones.vit import arch_config
 from bench.core.device import pick_device
 from bench.core.errors import BenchError
+from tasks.detection.coco_generate import ellipse_boxes
 from tasks.detection.mmdet_run import fill_model, load_config
 from tasks.detection.protocol import resolve_config
 
@@ -28,20 +29,6 @@ from .dense import (
 )
 
 DET_ENGINES = ("mmdet", "detectron2", "both")
-
-
-def ellipse_boxes(rng, size: int, boxes: int):
-    """(boxes, 4) float32 xyxy boxes with sides 5-40 % of ``size`` and their inscribed-ellipse masks
-    ((boxes, size, size) bool)."""
-    yy, xx = np.mgrid[:size, :size] + 0.5
-    wh = rng.uniform(0.05, 0.4, (boxes, 2)) * size
-    xy = rng.uniform(0, 1, (boxes, 2)) * (size - wh)
-    bb = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-    c, r = (bb[:, :2] + bb[:, 2:]) / 2, wh / 2
-    masks = ((xx[None] - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2 + (
-        (yy[None] - c[:, 1, None, None]) / r[:, 1, None, None]
-    ) ** 2 <= 1
-    return bb, masks
 
 
 def random_det_samples(batch_size: int, size: int, boxes: int, num_classes: int, seed: int = 0):

@@ -325,3 +325,17 @@ def uncompressed_rle_counts(mask: np.ndarray) -> list[int]:
     if flat.size and flat[0]:
         counts = [0] + counts
     return counts
+
+
+def ellipse_boxes(rng, size: int, boxes: int):
+    """(boxes, 4) float32 xyxy boxes with sides 5-40 % of ``size`` and their inscribed-ellipse masks
+    ((boxes, size, size) bool)."""
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    wh = rng.uniform(0.05, 0.4, (boxes, 2)) * size
+    xy = rng.uniform(0, 1, (boxes, 2)) * (size - wh)
+    bb = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    c, r = (bb[:, :2] + bb[:, 2:]) / 2, wh / 2
+    masks = ((xx[None] - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2 + (
+        (yy[None] - c[:, 1, None, None]) / r[:, 1, None, None]
+    ) ** 2 <= 1
+    return bb, masks

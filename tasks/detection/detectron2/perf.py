@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from backbones.registry import parse_name
 from backbones.vit import arch_config
 from bench.core.errors import BenchError
+from tasks.detection.coco_generate import ellipse_boxes
 from tasks.detection.detectron2.backbone import check_model
 from tasks.detection.detectron2.config import load_lazy_config, registry_backbone_node
 from tasks.detection.protocol import resolve_config
@@ -30,16 +31,9 @@ def random_batch(batch_size: int, size: int, boxes: int, num_classes: int, seed:
     """detectron2 ``batched_inputs``: (3, size, size) images in 0-255 with ``Instances`` of
     ``boxes`` random boxes, their inscribed-ellipse ``BitMasks`` and classes."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] + 0.5
     out = []
     for _ in range(batch_size):
-        wh = rng.uniform(0.05, 0.4, (boxes, 2)) * size
-        xy = rng.uniform(0, 1, (boxes, 2)) * (size - wh)
-        bb = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-        c, r = (bb[:, :2] + bb[:, 2:]) / 2, wh / 2
-        masks = ((xx[None] - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2 + (
-            (yy[None] - c[:, 1, None, None]) / r[:, 1, None, None]
-        ) ** 2 <= 1
+        bb, masks = ellipse_boxes(rng, size, boxes)
         inst = Instances(
             (size, size),
             gt_boxes=Boxes(torch.from_numpy(bb)),
