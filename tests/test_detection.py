@@ -565,3 +565,24 @@ def test_heldout_selection_trains_without_the_heldout_images_and_evaluates_on_th
     assert (row["extra"]["num_train_images"], row["extra"]["num_val_images"]) == (len(train_ids), len(held_ids))
     per_example = np.load(row["extra"]["per_example"])
     assert sorted(int(i) for i in per_example["ids"]) == sorted(held_ids)
+
+
+def _mae_file(path, seed: int):
+    """A checkpoint in facebookresearch/mae's layout, random weights of the test ViT."""
+    from backbones.registry import build_backbone
+
+    torch.manual_seed(seed)
+    torch.save({"model": build_backbone(TINY).state_dict()}, path)
+    return path
+
+
+def test_two_checkpoints_of_one_method_are_two_runs_never_a_copy(coco, tmp_path):
+    a, b = _mae_file(tmp_path / "a.pth", 0), _mae_file(tmp_path / "b.pth", 1)
+    first = run_detection("mae_vit_test_patch8", a, coco, variant="fpn", iters=1, work_dir=tmp_path / "w")
+    with pytest.raises(BenchError, match=r"this folder holds a run with other settings \(checkpoint"):
+        run_detection("mae_vit_test_patch8", b, coco, variant="fpn", iters=1, work_dir=tmp_path / "w")
+    second = run_detection(
+        "mae_vit_test_patch8", b, coco, variant="fpn", iters=1, work_dir=tmp_path / "w2", label="mae-b"
+    )
+    assert (first["label"], second["label"]) == ("mae", "mae-b") and first["init"] == second["init"] == "mae"
+    assert first["checkpoint_sha256"] != second["checkpoint_sha256"] and first["run_id"] != second["run_id"]

@@ -28,7 +28,7 @@ from backbones.vit import arch_config
 from bench.core.device import pick_device
 from bench.core.distributed import launch_world_size
 from bench.core.errors import BenchError
-from bench.core.results import ResultsStore, config_hash
+from bench.core.results import ResultsStore, config_hash, sha256_file
 from tasks.dense.memory_format import resolve_channels_last
 from tasks.dense.runner import (
     amp_fallback,
@@ -48,6 +48,7 @@ from tasks.detection.protocol import (
     DetResult,
     check_batch,
     check_run,
+    data_identity,
     det_options,
     detection_row,
     resolve_config,
@@ -281,6 +282,9 @@ def train(job: MMJob):
     record = dict(
         backbone=run.backbone,
         checkpoint=None if run.checkpoint is None else str(Path(run.checkpoint).resolve()),
+        checkpoint_sha256=None if run.checkpoint is None else sha256_file(run.checkpoint),
+        label=run.row_label,
+        data=data_identity(job.data),
         seed=int(run.seed),
         variant=job.variant,
         iterations=f["max_iters"],

@@ -44,7 +44,7 @@ from bench.core.checkpoint import save_atomic
 from bench.core.device import start_line, training_device
 from bench.core.distributed import all_ranks_finite, init_distributed
 from bench.core.errors import BenchError, NonFiniteLossError, first_line
-from bench.core.results import ResultsStore, config_hash
+from bench.core.results import ResultsStore, config_hash, sha256_file
 from bench.core.workdir import WorkDir, check_checkpoint_settings
 from tasks.detection.detectron2.backbone import check_model
 from tasks.detection.detectron2.config import (
@@ -65,6 +65,7 @@ from tasks.detection.protocol import (
     DetResult,
     check_batch,
     check_run,
+    data_identity,
     det_options,
     detection_row,
     resolve_config,
@@ -152,6 +153,9 @@ def prepare(run: TransferRun) -> D2Job:
         engine="detectron2",
         backbone=run.backbone,
         checkpoint=None if run.checkpoint is None else str(Path(run.checkpoint).resolve()),
+        checkpoint_sha256=None if run.checkpoint is None else sha256_file(run.checkpoint),
+        label=run.row_label,
+        data=data_identity(data),
         variant=variant,
         config=config_name,
         overrides=override_strings(run.cfg_options),
