@@ -24,6 +24,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.core.checkpoint import load_checkpoint_file
+from bench.core.errors import BenchError
+from bench.core.results import sha256_file
+
 
 @dataclass(frozen=True)
 class Release:
@@ -187,10 +191,18 @@ def _release(path: Path, sha256: str | None, ckpt) -> dict | None:
 
 
 def provenance_of(checkpoint: str | Path | None, sha256: str | None = None, ckpt=None) -> dict:
-    """Provenance of a checkpoint file (``ckpt``: its loaded contents, when the caller has them)."""
+    """Provenance of a checkpoint file. ``sha256`` and ``ckpt`` (its loaded contents), when the caller
+    has them, save reading the file again; without them the file is read here."""
     if checkpoint is None:
         return {"source": "random", "verified": "no checkpoint"}
     path = Path(checkpoint)
+    if ckpt is None:  # read it here (tensors only) rather than have every task pass its contents
+        try:
+            ckpt = load_checkpoint_file(path)
+        except BenchError:  # unreadable without --trust-checkpoint (e.g. a .pkl): provenance unknown
+            ckpt = None
+    if sha256 is None and HUB_SUFFIX.search(path.name) and path.is_file():
+        sha256 = sha256_file(path)  # only a name that claims a digest needs the file's
     return (
         _self_pretrained(ckpt, path)
         or _release(path, sha256, ckpt)

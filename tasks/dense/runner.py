@@ -34,7 +34,7 @@ from backbones.registry import parse_name
 from bench.core.distributed import launch_env
 from bench.core.errors import BenchError, first_line
 from bench.core.options import add_run_options
-from bench.core.results import make_row, sha256_file
+from bench.core.results import make_row
 from bench.core.train_config import MAX_STEPS
 from bench.core.workdir import check_steps, scale_step
 from tasks.dense.workdir import RUN_RECORD
@@ -364,8 +364,7 @@ def transfer_row(run: TransferRun, outcome: DenseOutcome, *, provenance: dict | 
     defaults to what ``backbones.provenance`` derives from the checkpoint file."""
     init, arch = parse_name(run.backbone)
     if provenance is None:
-        ckpt = outcome.checkpoint
-        provenance = provenance_of(ckpt, sha256_file(ckpt) if ckpt else None)
+        provenance = provenance_of(outcome.checkpoint)
     extra = dict(
         backbone_name=run.backbone,
         config=outcome.config_name,
