@@ -269,11 +269,11 @@ def test_time_dense_rows_and_printout_agree_for_a_plain_conv_net(capsys):
 
 def test_dense_perf_without_the_dense_libraries_says_make_setup(monkeypatch):
     from bench.core.errors import BenchError
-    from bench.perf.dense import require_dense
+    from bench.core.optional import require
 
     monkeypatch.setitem(__import__("sys").modules, "mmseg", None)  # as if not installed: import raises
     with pytest.raises(BenchError) as e:
-        require_dense("bench perf seg", ("mmseg",))
+        require("bench perf seg", ("mmseg",))
     assert str(e.value) == (
         "bench perf seg needs mmseg (import of mmseg halted; None in sys.modules): the light set-up leaves out "
         "the dense libraries; run `make setup` (mmcv ops, mmsegmentation, mmdet, detectron2)"

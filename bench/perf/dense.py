@@ -18,10 +18,9 @@ from tasks.dense.memory_format import prepare_dense_model, resolve_channels_last
 from .timing import PRECISIONS, loss_flops, matmul_peak, step_times
 
 LAYOUT_NAMES = {False: "NCHW", True: "channels-last"}
+
+
 # what the light set-up (`make demo`) leaves out and the full one (`make setup`) builds
-require_dense = require  # the one check, in bench/core/optional.py
-
-
 def build_dense_model(registry, model_cfg, channels_last: bool, device="cpu"):
     """A dense task's model as one training process gets it: without its data preprocessor (inputs
     are given as normalised tensors), SyncBN -> BN (``revert_sync_batchnorm``, as mmengine's Runner
@@ -172,7 +171,7 @@ def perf_seg(
     """UperNet training step (mmseg model built from the task's own config for one process):
     img/s, step time, GFLOP/s and the fraction of the matmul peak, on random images and labels.
     ``channels_last``: None = the task's default on ``device``, True / False, or 'both'."""
-    require_dense("bench perf seg")  # the dense backbone registers itself with mmseg and mmdet
+    require("bench perf seg")  # the dense backbone registers itself with mmseg and mmdet
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample

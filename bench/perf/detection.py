@@ -13,6 +13,7 @@ from backbones.registry import parse_name
 from backbones.vit import arch_config
 from bench.core.device import pick_device
 from bench.core.errors import BenchError
+from bench.core.optional import require
 from tasks.detection.coco_generate import ellipse_boxes
 from tasks.detection.mmdet_run import fill_model, load_config
 from tasks.detection.protocol import resolve_config
@@ -24,7 +25,6 @@ from .dense import (
     layouts_for,
     mmcv_ops_fp32_on_cpu,
     peak_names,
-    require_dense,
     time_dense,
 )
 
@@ -105,7 +105,7 @@ def perf_det(
         torch.set_num_threads(threads)
     engines = ("mmdet", "detectron2") if engine == "both" else (engine,)
     if "mmdet" in engines:
-        require_dense("bench perf det", ("mmcv.ops", "mmdet"))
+        require("bench perf det", ("mmcv.ops", "mmdet"))
     if "detectron2" in engines:
         # importing the detectron2 package needs detectron2 installed: lazy, like the library itself
         from tasks.detection.detectron2.install import require_detectron2
