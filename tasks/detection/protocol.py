@@ -81,6 +81,31 @@ VARIANT_DEVIATIONS = {
     "vitdet": ["simple-pyramid LayerNorms without weight decay (ViTDet's code decays them)"],
 }
 SMALL_SET_HINT = "pass a smaller --batch-size (e.g. 2) or --config smoke for a small set"
+# What a suite's search may vary for COCO (TaskSpec.search_keys): what the paper searched per entry
+# [A.3] (lr, weight decay, drop path rate, fine-tuning epochs), and the iterations directly.
+SEARCH_KEYS = ("lr", "weight_decay", "drop_path", "epochs", "iters")
+# A search key -> each engine's config keys per variant (``search_cfg_options``; 'epochs' and 'iters'
+# set the schedule instead). The lr is the config batch's lr (another batch scales it, as always).
+# detectron2 sets optimizer.lr from lr_by_init[init] after the overrides, so its lr sets both.
+SEARCH_CFG = {
+    "mmdet": {
+        variant: {
+            "lr": ("optim_wrapper.optimizer.lr",),
+            "weight_decay": ("optim_wrapper.optimizer.weight_decay",),
+            "drop_path": ("model.backbone.drop_path_rate",),
+        }
+        for variant in VARIANTS
+    },
+    "detectron2": {
+        variant: {
+            "lr": ("optimizer.lr", "lr_by_init.{init}"),
+            "weight_decay": ("optimizer.weight_decay",),
+            # the RegistryBackbone node: the FPN's bottom_up, or ViTDet's backbone itself
+            "drop_path": (node + ".drop_path_rate",),
+        }
+        for variant, node in (("fpn", "model.backbone.bottom_up"), ("vitdet", "model.backbone"))
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,6 +131,16 @@ def det_options(run: TransferRun) -> dict:
     if out["ckpt_interval"] is not None and int(out["ckpt_interval"]) < 1:
         raise BenchError(f"--ckpt-interval {out['ckpt_interval']}: must be >= 1")
     return out
+
+
+def search_cfg_options(engine: str, variant: str, init: str, overrides: dict) -> dict:
+    """A search point's hyperparameters (``SEARCH_CFG`` names, 'epochs' / 'iters' aside) as
+    ``engine``'s config keys for ``variant`` and the run's initialisation ``init``."""
+    keys = SEARCH_CFG[engine][variant]
+    unknown = sorted(set(overrides) - set(keys))
+    if unknown:
+        raise BenchError(f"search key {unknown[0]!r}: COCO searches {', '.join(SEARCH_KEYS)}")
+    return {key.format(init=init): value for name, value in overrides.items() for key in keys[name]}
 
 
 def check_run(run: TransferRun) -> None:
