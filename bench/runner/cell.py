@@ -91,7 +91,7 @@ def run_floor_cell(suite: Suite, cell: Cell, out_dir: Path) -> list[dict]:
     )
     if len(rows) != len(cell.row_ids):
         raise RuntimeError(f"the floors returned {len(rows)} rows, expected {len(cell.row_ids)} for cell {cell.name}")
-    deviations = suite_deviations(suite, cell)
+    deviations = suite_deviations(cell)
     return [
         dict(
             row,
@@ -140,11 +140,11 @@ def select_point(cell: Cell, out_dir: Path) -> tuple[dict, dict | None, dict]:
     return chosen, best[2], search
 
 
-def suite_deviations(suite: Suite, cell: Cell) -> list[str]:
-    """How the suite makes a cell depart from the paper's protocol (the task adds its own)."""
+def suite_deviations(cell: Cell) -> list[str]:
+    """How the suite makes a cell depart from the paper's protocol (the task adds its own): its
+    generated data and selecting on val. Whether a row compares with the paper at all is derived
+    from the row (``bench.runner.loop.paper_marks``), not declared by the suite."""
     out = []
-    if suite.scale == "smoke":
-        out.append("smoke scale")
     if cell.task.generate is not None:
         out.append(cell.task.spec.generated)
     if cell.role == "final" and cell.task.select_on == "val":
@@ -172,7 +172,7 @@ def _finish_row(row: dict, suite: Suite, cell: Cell) -> dict:
     # what the run measured wins over the suite's declared extras (the loader refuses the
     # reserved names; this keeps any other measured key from being relabelled)
     row["extra"] = {**cell.init.extra, **row.get("extra", {}), "cell": cell.name, **_search_extra(cell)}
-    row["deviations"] = list(dict.fromkeys([*row.get("deviations", []), *suite_deviations(suite, cell)]))
+    row["deviations"] = list(dict.fromkeys([*row.get("deviations", []), *suite_deviations(cell)]))
     return row
 
 
@@ -206,7 +206,7 @@ def failed_row(suite: Suite, cell: Cell, checkpoint: Path | None, error: str, wa
         error=error,
         extra={**cell.init.extra, "cell": cell.name, **_search_extra(cell)},
         run_id=cell.id,
-        deviations=suite_deviations(suite, cell),
+        deviations=suite_deviations(cell),
         label=label,
     )
 

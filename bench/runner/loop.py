@@ -4,8 +4,10 @@ Slurm jobs), then the tables."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
+from backbones.provenance import paper_difference
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore
 from bench.curves import plot_convergence
@@ -17,17 +19,66 @@ from bench.runner.state import check_inputs, is_done, out_dir_lock, refuse
 from bench.suite import Suite
 from bench.tables import run_table
 from bench.tables.answer import ANSWER_FILE
+from bench.tables.reference import load_reference
+from tasks.registry import TASKS
 
-SMOKE_NOTE = (
-    "These are smoke-scale numbers: a tiny ViT pretrained for minutes on CPU and transferred "
-    "to small sets (scikit-learn's digits, or generated data). They are NOT comparable to the "
-    "paper's full-scale numbers (He et al. 2021); a table shows the paper's numbers only for "
-    "its own datasets and models."
-)
-FULL_NOTE = (
-    "Full-scale suite: compare with the 'paper' columns only if the datasets, schedules "
-    "and checkpoints match the paper's (see the suite file)."
-)
+# How many phrases of one kind the note names (the tables' footnotes list them all).
+NOTE_PHRASES = 3
+
+
+def paper_marks(row: dict, paper_tasks: frozenset[str]) -> list[tuple[str, str]]:
+    """Why a results row is not comparable to the paper's numbers, as (kind, phrase) pairs; [] when
+    it is. Derived from the row alone, never from what the suite declares:
+
+    * ``checkpoint``: its provenance is not what the paper used for its init
+      (``backbones.provenance.paper_difference``: self-pretrained, unknown, another release);
+    * ``data``: a generated set (the task's ``generated`` phrase, which the runner adds to the row's
+      deviations) or a task the paper has no numbers for (``paper_tasks``: the reference CSV's);
+    * ``protocol``: every other deviation the row records (schedule, batch, input size, recipe,
+      selection split, an engine's own difference)."""
+    provenance = row.get("provenance")
+    marks = []
+    why = paper_difference(provenance if isinstance(provenance, dict) else None, row["init"])
+    if why:
+        marks.append(("checkpoint", why))
+    spec = TASKS.get(row["task"])
+    generated = spec.generated if spec is not None else None
+    deviations = list(row.get("deviations") or [])
+    if generated in deviations:
+        marks.append(("data", generated))
+    elif row["task"] not in paper_tasks:
+        marks.append(("data", f"{row['task']}: not a dataset of the paper"))
+    marks += [("protocol", d) for d in deviations if d != generated]
+    return marks
+
+
+def comparability_note(rows: list[dict], paper_tasks: frozenset[str]) -> str:
+    """The note printed after a suite's tables: how many of its finished rows (the last ok row of
+    each run, search candidates left out) are comparable to the paper, and what marks the others."""
+    latest = {}
+    for row in rows:
+        if row.get("status") == "ok" and (row.get("extra") or {}).get("search_role") != "candidate":
+            latest[row["run_id"]] = row
+    marks = [paper_marks(row, paper_tasks) for row in latest.values()]
+    total, comparable = len(marks), sum(1 for m in marks if not m)
+    text = (
+        f"Compared with the paper (derived per row from its checkpoint's provenance, its data and its "
+        f"recorded deviations): {comparable} of {total} rows comparable to the paper"
+    )
+    if comparable == total:
+        return text + "."
+    parts = []
+    for kind in ("checkpoint", "data", "protocol"):
+        rows_with = sum(1 for m in marks if any(k == kind for k, _ in m))
+        phrases = Counter(p for m in marks for p in dict.fromkeys(p for k, p in m if k == kind))
+        if rows_with:
+            named = [p for p, _ in phrases.most_common(NOTE_PHRASES)]
+            more = f"; {len(phrases) - len(named)} more" if len(phrases) > len(named) else ""
+            parts.append(f"{kind} in {rows_with} ({'; '.join(named)}{more})")
+    return (
+        f"{text}, {total - comparable} marked: {', '.join(parts)}. "
+        "A table marks such a cell beside the paper's number; compare them only as a sanity check."
+    )
 
 
 def run_suite(
@@ -88,7 +139,9 @@ def write_suite_tables(suite: Suite, out_dir: Path) -> list[Path]:
     except BenchError as e:  # e.g. no finished run yet: nothing to tabulate
         print(f"no tables: {e}", flush=True)
         return []
-    print("\n" + (SMOKE_NOTE if suite.scale == "smoke" else FULL_NOTE) + "\n")
+    rows = [r for r in ResultsStore(out_dir).rows() if r.get("suite") == suite.name]
+    paper_tasks = frozenset(load_reference()["task"])
+    print("\n" + comparability_note(rows, paper_tasks) + "\n")
     answer = [p for p in written if p.name == ANSWER_FILE]
     for path in written:
         if path.suffix == ".md" and path not in answer:

@@ -3,7 +3,6 @@
 A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete example)::
 
     name: demo                   # goes into every run_id and results row (key 'suite')
-    scale: smoke                 # smoke | full: says whether the numbers can be compared to the paper
     arch: vit_demo_patch8        # ViT size for every init (an init may set its own 'arch')
     seeds: [0]                   # transfer seeds: every (init, task[, k]) runs once per seed;
                                  #   pretraining runs once per init (its own pretrain.seed)
@@ -50,6 +49,10 @@ task with ``inits.<label>.search: {<task label>: {...}}``) and ``select_on: held
 ``docs/suites.md`` for the search and the limits (aliases, list lengths, finite numbers, the size
 of generated sets).
 
+A suite does not say whether its numbers compare with the paper's: each row's checkpoint provenance,
+data (generated or the paper's dataset) and deviations decide it (``bench.runner.loop.paper_marks``).
+An older file's ``scale:`` key is ignored with a one-line note.
+
 ``load_suite`` checks everything before anything runs: an unknown key, init, task, protocol or a
 value of the wrong type is a ``BenchError`` naming the file, the key and the allowed values.
 Whether files exist is checked by ``bench run`` (``bench.runner.check_inputs``, also with
@@ -66,7 +69,6 @@ from bench.suite.model import (
     MAX_GRID,
     PRETRAIN_METHODS,
     RESERVED_EXTRA,
-    SCALES,
     SELECT_ON,
     SUITES_DIR,
     InitEntry,
@@ -87,7 +89,6 @@ __all__ = [
     "MAX_YAML_VALUES",
     "PRETRAIN_METHODS",
     "RESERVED_EXTRA",
-    "SCALES",
     "SELECT_ON",
     "SUITES_DIR",
     "InitEntry",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from bench.suite.model import (
     PRETRAIN_METHODS,
     PRETRAIN_RESERVED,
     RESERVED_EXTRA,
-    SCALES,
+    RETIRED_KEYS,
     SUITE_KEYS,
     SUITES_DIR,
     InitEntry,
@@ -84,6 +85,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
     except (OSError, UnicodeDecodeError) as e:
         raise BenchError(f"{where}: cannot read the suite file ({e})") from None
     doc = _mapping(doc, where, "the suite file")
+    for key, why in RETIRED_KEYS.items():
+        if key in doc:  # accepted for one release so older suite files still run
+            doc.pop(key)
+            print(f"note: {where}: key {key!r} is ignored ({why}); remove it", file=sys.stderr)
     _known_keys(doc, SUITE_KEYS, where, "")
     for key in ("name", "seeds", "inits", "tasks"):
         if key not in doc:
@@ -95,9 +100,6 @@ def load_suite(name_or_path: str | Path) -> Suite:
             f"{where}: key 'name' is {_quote(name)}: a suite name may hold only "
             "letters, digits, '_', '.' and '-' (it names the folder results/<name>)"
         )
-    scale = doc.get("scale", "smoke")
-    if not isinstance(scale, str) or scale not in SCALES:
-        raise BenchError(f"{where}: key 'scale' is {_quote(scale)}; allowed: {', '.join(SCALES)}")
     seeds = _seeds(doc["seeds"], where, "key 'seeds'")
     default_arch = _string(doc["arch"], where, "arch") if "arch" in doc else None
 
@@ -134,9 +136,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise BenchError(f"{where}: key 'description' must be a string")
-    return Suite(
-        name=name, path=path, scale=scale, seeds=seeds, inits=inits, tasks=tasks, description=description.strip()
-    )
+    return Suite(name=name, path=path, seeds=seeds, inits=inits, tasks=tasks, description=description.strip())
 
 
 def _init_entry(label: Any, spec: Any, default_arch: str | None, where: str) -> InitEntry:
