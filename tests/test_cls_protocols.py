@@ -75,8 +75,10 @@ def test_protocol_configs_hold_the_published_values():
     assert (lp["auto_augment"], lp["crop_scale"], lp["hflip"], lp["reprob"]) == (None, [0.08, 1.0], 0.5, 0.0)
     assert P.load_config("linear", "vit_huge_patch14")["epochs"] == 90
     assert P.load_config("partial", "vit_large_patch16", k=0)["cache_features"] is False
-    # partial: Table 9 recipe, k = 0 is linear probing (Fig. 9 caption)
-    assert P.load_config("partial", "vit_base_patch16", k=2)["layer_decay"] == 0.65
+    # partial: Table 9 recipe (A.1), not FINETUNE.md's per-size one; k = 0 is linear probing (Fig. 9 caption)
+    for arch, drop_path in (("vit_base_patch16", 0.1), ("vit_large_patch16", 0.1), ("vit_huge_patch14", 0.2)):
+        pt = P.load_config("partial", arch, k=2)
+        assert (pt["blr"], pt["layer_decay"], pt["drop_path"], pt["epochs"]) == (1e-3, 0.75, drop_path, 100)
     assert P.load_config("partial", "vit_base_patch16", k=0)["optimizer"] == "lars"
     assert P.partial_sweep(12) == [0, "mlp", 1, 2, 4, 6, 12]
     assert P.partial_sweep(24) == [0, "mlp", 1, 2, 4, 6, 12, 18, 24]

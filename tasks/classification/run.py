@@ -58,6 +58,7 @@ from tasks.spec import TransferRun
 SELECT = (None, "heldout")
 OPTIONS = ("fsdp", "eval_every")
 RUN_RECORD = "config.json"
+PARTIAL_EPOCHS = "50/100/200"  # [MAE] A.1: partial fine-tuning's epochs, chosen per k
 # What the folder's record holds beside the effective config (the row's config_hash covers the config only)
 RESULT_FILES = ("per_example.npz", "result.json", "curve.jsonl")
 IDENTITY_KEYS = ("checkpoint_sha256", "data", "label", "weights_sha256", "eval_only")
@@ -390,10 +391,19 @@ def make_cls_row(p: Prepared, metrics: dict, steps: int, final_loss: float | Non
         iterations=steps,
         wall_time_s=time.perf_counter() - p.t_start,
         extra=extra,
-        deviations=C.paper_deviations(cfg, run.protocol, p.arch, p.k),
+        deviations=[*C.paper_deviations(cfg, run.protocol, p.arch, p.k), *partial_epochs_deviation(p)],
         label=run.row_label,
         provenance=provenance_of(run.checkpoint, p.identity.get("checkpoint_sha256")),
     )
+
+
+def partial_epochs_deviation(p: Prepared) -> list[str]:
+    """Partial fine-tuning with k >= 1 block ([MAE] A.1) took the best of 50, 100 and 200 epochs
+    per k; a run whose epochs were not a search point (``overrides['epochs']``, e.g. a suite's
+    ``search: {epochs: [50, 100, 200]}``) ran one fixed schedule, which its row says."""
+    if p.recipe != "partial" or "epochs" in (p.run.overrides or {}):
+        return []
+    return [f"epochs {p.cfg['epochs']:g} fixed; paper: best of {PARTIAL_EPOCHS} per k"]
 
 
 def finish(p: Prepared, row: dict) -> dict:
