@@ -470,7 +470,10 @@ def convert_mocov3(obj, path: Path) -> dict:
 @register_init(
     "beit",
     description="BEiT (Bao et al. 2021): microsoft/unilm releases or `bench pretrain --method beit`",
-    official_files="beit_base_patch16_224_pt22k.pth, beit_large_patch16_224_pt22k.pth (microsoft/unilm beit/README.md)",
+    # the ImageNet-1K file first (the paper's BEiT data; ViT-B only), then ImageNet-22K (ViT-B and -L)
+    official_files="beit_base_patch16_224_pt1k_800ep.pth (microsoft/unilm beit2/README.md: ImageNet-1K 800 epochs; "
+    "absolute position embedding and no relative bias or layer scale), "
+    "beit_{base,large}_patch16_224_pt22k.pth (microsoft/unilm beit/README.md: ImageNet-22K)",
     use_rel_pos=True,
     init_values=0.1,
 )
