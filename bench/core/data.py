@@ -146,8 +146,14 @@ class LabelledImages:
     are decoded to (3, H, W) uint8 tensors by ``decode_rgb`` when the transform takes tensors
     (``TensorTransform``), else to RGB PIL images by ``load_rgb``; a bad file is a ``DataError`` naming it."""
 
+    # Decoded images are kept up to this many bytes: a small set (the demo's 1,797 digits) is decoded
+    # once instead of once per epoch and per evaluation; a large one fills it and streams the rest.
+    CACHE_BYTES = 256 * 2**20
+
     def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform=None):
         self.samples, self.classes, self.transform = samples, classes, transform
+        self._decoded: dict[tuple[int, bool], object] = {}
+        self._cached_bytes = 0
 
     @property
     def targets(self) -> list[int]:
@@ -158,10 +164,22 @@ class LabelledImages:
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = decode_rgb(path) if wants_tensor(self.transform) else load_rgb(path)
+        image = self._decode(index, path)
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+    def _decode(self, index: int, path: Path):
+        tensor = wants_tensor(self.transform)
+        image = self._decoded.get((index, tensor))
+        if image is None:
+            image = decode_rgb(path) if tensor else load_rgb(path)
+            size = image.numel() if tensor else image.width * image.height * 3
+            if self._cached_bytes + size <= self.CACHE_BYTES:
+                self._decoded[index, tensor] = image
+                self._cached_bytes += size
+        # a tensor transform may work in place: it gets a copy (PIL transforms return new images)
+        return image.clone() if tensor else image
 
 
 class EmbeddedCrops:
