@@ -109,6 +109,32 @@ def test_only_the_papers_checkpoint_data_and_protocol_compare(tmp_path):
     ]
 
 
+def test_values_a_search_chose_are_the_papers_protocol(tmp_path):
+    # A.5: the paper adjusted lr and epochs per dataset, so a searched blr / epochs is no departure;
+    # an unsearched key's deviation still is
+    mae = release(tmp_path, "mae_pretrain_vit_base.pth", {"model": {"cls_token": 0, "blocks.0.attn.qkv.weight": 0}})
+    phrases = ["base lr 0.00025 != paper 0.0005", "epochs 50 < paper 100", "mixup 0 != paper 0.8"]
+    search = {"grid": {"blr": [2.5e-4, 5e-4], "epochs": [50, 100]}, "chosen": {"blr": 2.5e-4, "epochs": 50}}
+    assert paper_marks(row(provenance=mae, deviations=phrases, extra={"search": search}), PAPER_TASKS) == [
+        ("protocol", "mixup 0 != paper 0.8")
+    ]
+    assert paper_marks(row(provenance=mae, deviations=phrases), PAPER_TASKS) == [("protocol", p) for p in phrases]
+    # COCO: searched epochs set the iterations; ADE20K's lr-only search leaves its 160k schedule marked
+    coco = {"grid": {"lr": [8e-5], "epochs": [50, 100]}}
+    assert (
+        paper_marks(
+            row(task="coco", init="random", deviations=["iterations 92188 < paper 184375"], extra={"search": coco}),
+            PAPER_TASKS,
+        )
+        == []
+    )
+    ade = {"grid": {"lr": [1e-4, 2e-4]}}
+    assert paper_marks(
+        row(task="ade20k", init="random", deviations=["iterations 160000 > paper 126313"], extra={"search": ade}),
+        PAPER_TASKS,
+    ) == [("protocol", "iterations 160000 > paper 126313")]
+
+
 def test_note_counts_finished_rows_and_names_why(tmp_path):
     mae = release(tmp_path, "mae_pretrain_vit_base.pth", {"model": {"cls_token": 0, "blocks.0.attn.qkv.weight": 0}})
     own = {"source": "self-pretrained", "verified": "its own run record", "steps": 100, "data": "digits"}

@@ -24,6 +24,14 @@ from tasks.registry import TASKS
 
 # How many phrases of one kind the note names (the tables' footnotes list them all).
 NOTE_PHRASES = 3
+# The deviation phrases a searched key produces (a task's "<name> <value> != paper <value>"): the
+# paper searched these per entry too, so a value the search chose is its protocol, not a departure.
+SEARCHED_PHRASES = {
+    "lr": ("base lr ",),
+    "blr": ("base lr ",),
+    "epochs": ("epochs ", "iterations "),
+    "iters": ("iterations ",),
+}
 
 
 def paper_marks(row: dict, paper_tasks: frozenset[str]) -> list[tuple[str, str]]:
@@ -35,7 +43,8 @@ def paper_marks(row: dict, paper_tasks: frozenset[str]) -> list[tuple[str, str]]
     * ``data``: a generated set (the task's ``generated`` phrase, which the runner adds to the row's
       deviations) or a task the paper has no numbers for (``paper_tasks``: the reference CSV's);
     * ``protocol``: every other deviation the row records (schedule, batch, input size, recipe,
-      selection split, an engine's own difference)."""
+      selection split, an engine's own difference), except those of a key its search chose
+      (``extra['search']['grid']``: the paper searched per entry as well)."""
     provenance = row.get("provenance")
     marks = []
     why = paper_difference(provenance if isinstance(provenance, dict) else None, row["init"])
@@ -48,7 +57,10 @@ def paper_marks(row: dict, paper_tasks: frozenset[str]) -> list[tuple[str, str]]
         marks.append(("data", generated))
     elif row["task"] not in paper_tasks:
         marks.append(("data", f"{row['task']}: not a dataset of the paper"))
-    marks += [("protocol", d) for d in deviations if d != generated]
+    search = (row.get("extra") or {}).get("search")
+    grid = search.get("grid") if isinstance(search, dict) and isinstance(search.get("grid"), dict) else {}
+    searched = tuple(p for key in grid for p in SEARCHED_PHRASES.get(key, (f"{key} ",)))
+    marks += [("protocol", d) for d in deviations if d != generated and not d.startswith(searched)]
     return marks
 
 
