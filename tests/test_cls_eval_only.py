@@ -79,3 +79,16 @@ def test_curve_is_written_per_epoch_and_leaves_training_unchanged(data, tmp_path
     assert [(c["epoch"], c["step"]) for c in curve] == [(1.0, 4), (2.0, 8)]
     assert curve[-1]["eval_top1"] == curved["metrics"]["top1"]
     assert all(c["train_loss"] > 0 for c in curve)
+
+
+def test_cached_probe_curve_scores_the_head_on_features_as_the_full_model_does(data, tmp_path):
+    """With cached features the curve evaluates the head on the frozen val features, computed once;
+    its last point equals the final evaluation of the whole model on the images."""
+    root, ckpt = data
+    more = ["--cfg-options", "cache_features=true"]
+    plain = cls(root, ckpt, "linear", tmp_path / "plain", *more)
+    curved = cls(root, ckpt, "linear", tmp_path / "curve", *more, "--eval-every", "1")
+    assert curved["metrics"] == plain["metrics"] and curved["extra"]["final_loss"] == plain["extra"]["final_loss"]
+    curve = read_curve(tmp_path / "curve")
+    assert [c["epoch"] for c in curve] == [1.0, 2.0]
+    assert (curve[-1]["eval_top1"], curve[-1]["eval_top5"]) == (curved["metrics"]["top1"], curved["metrics"]["top5"])

@@ -289,12 +289,18 @@ def train(p: Prepared, tc: TrainConfig):
     """Train on images (the paper's protocols) or on cached frozen features (``cache_features``)."""
     cfg, run = p.cfg, p.run
     loss_fn = P.make_loss_fn(cfg, p.train_split.num_classes)
+    cached = p.recipe == "linear" and cfg["cache_features"]
     curve = None
     if run.options.get("eval_every"):
         val_set = ImageDataset(p.val_split, P.eval_transform(cfg, p.img_size))
-        curve = CurveWriter(p.out, p.model, val_set, run.options["eval_every"], cfg, p.amp)
+        if cached:  # the frozen backbone's val features, once: each curve point evaluates the head only
+            curve = CurveWriter(
+                p.out, p.model.head, TensorDataset(*_features(p, val_set)), run.options["eval_every"], cfg, p.amp
+            )
+        else:
+            curve = CurveWriter(p.out, p.model, val_set, run.options["eval_every"], cfg, p.amp)
         loss_fn = curve.wrap(loss_fn)
-    if p.recipe == "linear" and cfg["cache_features"]:
+    if cached:
         feats = cached_features(p)
         head = p.model.head
         tc.num_workers = 0
@@ -316,19 +322,19 @@ def cached_features(p: Prepared):
     path = p.out / "features-train.pth"
     feats = _load_features(path, len(p.train_split)) if p.run.resume else None
     if feats is None:
-        try:
-            feats = P.extract_features(
-                p.model,
-                ImageDataset(p.train_split, P.eval_transform(p.cfg, p.img_size)),
-                p.cfg["eval_batch_size"],
-                bf16=p.amp,
-                num_workers=p.workers,
-            )
-        except BenchError as e:  # a bad image, read in a loader worker
-            raise worker_error(e) from None
+        feats = _features(p, ImageDataset(p.train_split, P.eval_transform(p.cfg, p.img_size)))
         if p.rank == 0:
             save_atomic({"features": feats[0], "labels": feats[1]}, path)
     return feats
+
+
+def _features(p: Prepared, dataset) -> tuple:
+    """The frozen model's pre-logit features and labels of ``dataset`` (what the linear head sees)."""
+    p.model.to(pick_device(p.run.device))
+    try:
+        return P.extract_features(p.model, dataset, p.cfg["eval_batch_size"], bf16=p.amp, num_workers=p.workers)
+    except BenchError as e:  # a bad image, read in a loader worker
+        raise worker_error(e) from None
 
 
 def evaluate(p: Prepared) -> dict:
