@@ -7,6 +7,11 @@
   position embedding, ``decoder_depth`` blocks, linear to pixels;
 * loss: MSE on masked patches only, on per-patch normalised pixels by default (``norm_pix_loss``).
 
+The paper's Table 7 also trains MAE to predict tokens (``vocab_size``): the decoder's last layer then
+gives logits over the tokenizer's vocabulary instead of pixels, and the loss is the cross-entropy of
+the masked patches' logits against their token ids (``forward(..., tokens=ids)``; the ids come from
+a tokenizer outside the model, ``backbones.pretrainers.beit``). The default pixel model is unchanged.
+
 The state dict has exactly the official key names (``decoder_embed``, ``mask_token``,
 ``decoder_pos_embed``, ``decoder_blocks.N.*``, ``decoder_norm``, ``decoder_pred`` + the encoder's),
 so official pretraining / visualisation checkpoints load here unchanged and ours load in the official
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .vit import ARCHS, Block, LayerNorm, VisionTransformer, _init_module, get_2d_sincos_pos_embed
 
@@ -54,6 +60,7 @@ class MaskedAutoencoder(VisionTransformer):
         mlp_ratio=4.0,
         norm_layer=LayerNorm,
         norm_pix_loss=True,
+        vocab_size=None,
     ):
         super().__init__(
             img_size=img_size,
@@ -82,6 +89,9 @@ class MaskedAutoencoder(VisionTransformer):
             mlp_ratio=mlp_ratio,
             norm_pix_loss=norm_pix_loss,
         )
+        if vocab_size is not None:  # token target (Table 7); absent from a pixel model's record
+            self.arch["vocab_size"] = vocab_size
+        self.vocab_size = vocab_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
         n = self.pos_grid[0] * self.pos_grid[1]
@@ -97,7 +107,7 @@ class MaskedAutoencoder(VisionTransformer):
             ]
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, vocab_size or patch_size**2 * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             m.apply(_init_module)
@@ -169,10 +179,33 @@ class MaskedAutoencoder(VisionTransformer):
         loss = ((pred.float() - target) ** 2).mean(dim=-1)  # per patch
         return (loss * mask).sum() / mask.sum()
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
+    def token_loss(self, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the masked patches of ``logits`` (B, N, vocab) against ``tokens`` (B, N)."""
+        removed = mask.bool()
+        return F.cross_entropy(logits[removed].float(), tokens[removed])
+
+    @property
+    def target(self) -> str:
+        """What the decoder reconstructs: 'tokens', 'pixel_norm' (the default) or 'pixel'."""
+        if self.vocab_size is not None:
+            return "tokens"
+        return "pixel_norm" if self.norm_pix_loss else "pixel"
+
+    def forward(
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float = 0.75,
+        noise: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+    ):
+        """(loss, prediction (B, N, p*p*C pixels or vocab logits), mask). A token model needs
+        ``tokens``: the (B, N) token ids of every patch, in row-major order."""
+        if (tokens is None) != (self.vocab_size is None):
+            raise ValueError("token ids are given to a model with the token target, and only to it")
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(imgs, pred, mask), pred, mask
+        loss = self.forward_loss(imgs, pred, mask) if tokens is None else self.token_loss(pred, tokens, mask)
+        return loss, pred, mask
 
     # -- checkpoints ----------------------------------------------------------------------------------
     @classmethod
@@ -232,6 +265,7 @@ def _check_stored_arch(cfg: dict, sd: dict, path) -> None:
         "decoder_depth",
         "decoder_num_heads",
         "in_chans",
+        "vocab_size",
     ):
         v = cfg.get(k)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if "depth" in k else 1)):

@@ -6,6 +6,8 @@ unmarked beside the paper's number. ``provenance_of`` derives it, in this order:
 
 1. A checkpoint written by ``bench pretrain`` records its own run (method, data, steps, images seen,
    target) under the key ``provenance``; the file's ``train_settings.json`` is read for older ones.
+   An MAE run's ``target`` is pixel_norm, pixel or tokens (``reconstruction_target``); a tokens run
+   also records ``tokenizer`` (the suite's VQ tokenizer, not the paper's DALL-E dVAE).
 2. A known official release (``RELEASES``), identified by its file name and checked against the
    file: releases published with a sha256 prefix in their name (torch-hub style ``-<hex>.pth``: DeiT,
    mmpretrain) must match the file's sha256; the others (MAE, MoCo v3, BEiT publish no checksum) are
@@ -126,6 +128,12 @@ PAPER: dict[str, dict] = {
     "mocov3": {"data": "ImageNet-1K", "epochs": 300},
     "beit": {"data": "ImageNet-1K", "epochs": 800, "target": "DALL-E tokens"},
 }
+# MAE's reconstruction targets (the paper's Table 7) as a bench-pretrain run records them; the
+# releases' descriptions mapped onto them. The suite's tokens come from its own VQ tokenizer.
+TARGETS = ("pixel_norm", "pixel", "tokens")
+RELEASE_TARGETS = {"normalised pixels": "pixel_norm", "pixels": "pixel"}
+TOKENIZER_NOTE = "suite VQ (not DALL-E dVAE)"
+TOKEN_MARK = "tokens from the suite's VQ tokenizer; paper: DALL-E dVAE"
 HUB_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.(pth|pt|pth\.tar)$")
 
 
@@ -143,7 +151,7 @@ def _self_pretrained(ckpt: dict | None, path: Path) -> dict | None:
     if not isinstance(run, dict):
         return None
     steps, batch = run.get("steps"), run.get("batch_size")
-    return {
+    out = {
         "source": "self-pretrained",
         "verified": "its own run record",
         "method": run.get("method", ckpt["init"]),
@@ -151,8 +159,28 @@ def _self_pretrained(ckpt: dict | None, path: Path) -> dict | None:
         "steps": steps,
         "images_seen": steps * batch * run.get("accum_iter", 1) if isinstance(steps, int) and batch else None,
         "img_size": run.get("img_size"),
-        "target": "normalised pixels" if run.get("norm_pix_loss") else run.get("target"),
+        "target": _run_target(run, ckpt),
     }
+    if out["target"] == "tokens":
+        out["tokenizer"] = run.get("tokenizer") or TOKENIZER_NOTE
+    return out
+
+
+def _run_target(run: dict, ckpt: dict) -> str | None:
+    """An MAE run's reconstruction target (pixel_norm, pixel, tokens): recorded as ``target``; runs
+    from before the key record only ``norm_pix_loss``."""
+    target = run.get("target") or ckpt.get("target")
+    if isinstance(target, str):
+        return target
+    norm = run.get("norm_pix_loss")
+    return None if not isinstance(norm, bool) else ("pixel_norm" if norm else "pixel")
+
+
+def reconstruction_target(provenance: dict | None) -> str | None:
+    """The MAE reconstruction target of a checkpoint, in the suite's names (``TARGETS``: pixel_norm,
+    pixel, tokens), from a self-pretrained run record or an official release; None if not known."""
+    target = provenance.get("target") if isinstance(provenance, dict) else None
+    return RELEASE_TARGETS.get(target, target if target in TARGETS else None)
 
 
 def _has_keys(ckpt, layout: tuple[str, ...]) -> bool:
@@ -220,7 +248,8 @@ def paper_difference(provenance: dict | None, init: str) -> str | None:
         return "checkpoint of unknown provenance"
     if provenance.get("source") == "self-pretrained":
         steps = provenance.get("steps")
-        return f"self-pretrained ({steps} steps on {provenance.get('data')}), not the paper's checkpoint"
+        why = f"self-pretrained ({steps} steps on {provenance.get('data')}), not the paper's checkpoint"
+        return why + (f"; {TOKEN_MARK}" if provenance.get("target") == "tokens" else "")
     parts = [
         f"{key} {provenance.get(key)} (paper: {want})"
         for key, want in paper.items()

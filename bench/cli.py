@@ -190,14 +190,21 @@ def add_pretrain_arguments(p: argparse.ArgumentParser):
         "--mask-ratio", type=float, default=None, help="MAE (default 0.75) / BEiT (0.4): fraction of patches masked"
     )
     p.add_argument(
-        "--no-norm-pix-loss", action="store_true", help="MAE: raw-pixel target instead of per-patch normalised"
+        "--target",
+        choices=["pixel_norm", "pixel", "tokens"],
+        default=None,
+        help="MAE reconstruction target (the paper's Table 7): pixel_norm (per-patch normalised pixels, "
+        "default), pixel (raw pixels) or tokens (the code id of each masked patch from the suite's BEiT "
+        "VQ tokenizer, trained first on the same data; the paper used DALL-E's dVAE, which cannot be "
+        "downloaded; --cfg-options vocab_size=N tokenizer=FILE)",
     )
+    p.add_argument("--no-norm-pix-loss", action="store_true", help="MAE: the same as --target pixel")
     _add_train_args(p)
 
 
 def cmd_pretrain(a):
     from backbones.pretrainers import pretrain
-    from backbones.pretrainers.mae import check_mask_ratio
+    from backbones.pretrainers.mae import check_mask_ratio, check_target
 
     kw = _train_kwargs(a)
     if not str(a.out).strip():
@@ -210,8 +217,10 @@ def cmd_pretrain(a):
         check_mask_ratio(a.mask_ratio)
         if a.method in ("mae", "beit"):
             kw["mask_ratio"] = a.mask_ratio
-    if a.method == "mae":
-        kw["norm_pix_loss"] = not a.no_norm_pix_loss
+    if a.method != "mae" and (a.target is not None or a.no_norm_pix_loss):
+        raise BenchError(f"--target and --no-norm-pix-loss are MAE options, not {a.method}'s")
+    if a.method == "mae" and (a.target is not None or a.no_norm_pix_loss):
+        kw["target"] = check_target(a.target, False if a.no_norm_pix_loss else None)
     kw.update(_check_pretrain_cfg(a.method, a.cfg_options or {}))
     path = pretrain(
         a.method, a.arch, a.out, data=a.data, img_size=a.img_size, epoch_size=a.epoch_size, resume=a.resume, **kw

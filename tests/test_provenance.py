@@ -66,7 +66,7 @@ def test_self_pretrained_and_unknown_never_match_the_paper(tmp_path):
         "steps": 100,
         "images_seen": 3200,
         "img_size": 32,
-        "target": "normalised pixels",
+        "target": "pixel_norm",
     }
     assert paper_difference(prov, "mae") == "self-pretrained (100 steps on digits), not the paper's checkpoint"
     stray = tmp_path / "my.pth"

@@ -426,14 +426,20 @@ def train_tokenizer(
     return save_tokenizer(tok.cpu(), Path(out_dir) / "tokenizer.pth")
 
 
+def token_ids(tok: VQTokenizer, imgs: torch.Tensor) -> torch.Tensor:
+    """(B, N) code ids of every patch, row-major; in fp32 and without gradient (also under autocast),
+    so the targets do not depend on the training's precision. BEiT and MAE's token target share it."""
+    with torch.no_grad(), torch.autocast(imgs.device.type, enabled=False):
+        return tok.tokenize(imgs.float())
+
+
 def mim_loss(tok: VQTokenizer):
     """``loss_fn(model, (imgs, mask))``: cross-entropy of the masked patches' predicted codes
     against the tokenizer's (computed in fp32, without gradient), and the accuracy."""
 
     def loss_fn(m, batch):
         imgs, mask = batch
-        with torch.no_grad(), torch.autocast(imgs.device.type, enabled=False):
-            labels = tok.tokenize(imgs.float())[mask]
+        labels = token_ids(tok, imgs)[mask]
         logits = m(imgs, mask)
         loss = F.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(-1) == labels).float().mean()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from backbones.provenance import reconstruction_target
 from bench.core.errors import BenchError
 from bench.tables.names import _num, _resolution
 from tasks.registry import TASKS
@@ -16,6 +17,9 @@ from tasks.spec import PAPER_COLUMN_IMG_SIZE
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "mae_paper.csv"
 DEFAULT_PREV_BEST = REPO_ROOT / "results" / "reference" / "mae_paper_prev_best.csv"
+# Table 7's reference rows are '<protocol>@<paper target>'; our MAE targets and the paper's rows
+# (our tokens come from the suite's VQ tokenizer, the paper's from DALL-E's dVAE: a marked match).
+TARGET_PROTOCOLS = {"pixel": "pixel_nonorm", "pixel_norm": "pixel_norm", "tokens": "dvae_token"}
 REFERENCE_COLUMNS = ("task", "protocol", "k", "metric", "init", "backbone", "img_size", "value", "source")
 
 
@@ -54,6 +58,16 @@ def _reference_key(task, protocol, metric, init, backbone, resolution, k) -> tup
     """Where a published number sits; results rows and reference rows build the same key."""
     k = None if math.isnan(_num(k)) else float(k)
     return (task, protocol, metric, init, backbone, resolution, k)
+
+
+def reference_protocol(protocol: str, init: str, provenance: dict | None) -> str:
+    """The protocol whose published number a row sits beside: ``protocol`` itself, except for an MAE
+    checkpoint pretrained with another target than the paper's normalised pixels, which sits beside
+    Table 7's ``<protocol>@pixel_nonorm`` / ``<protocol>@dvae_token`` (where the paper has one)."""
+    target = reconstruction_target(provenance) if init == "mae" else None
+    if target in (None, "pixel_norm"):
+        return protocol
+    return f"{protocol}@{TARGET_PROTOCOLS[target]}"
 
 
 def _reference_lookup(reference: pd.DataFrame | None) -> dict[tuple, tuple[float, str]]:
