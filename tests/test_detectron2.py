@@ -766,3 +766,43 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
     mp.start_processes(_nonfinite_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}").read_text().startswith("raised: loss became non-finite at iteration 7")
+
+
+def _settings_worker(rank: int, port: int, root: str, out: str):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["LOCAL_WORLD_SIZE"] = "2"  # one machine: detectron2's per-machine group is both ranks
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    work = Path(out, "work")
+    try:  # rank 1 was started with another seed
+        run_detectron2("random_vit_test_patch8", None, Path(root), seed=rank, iters=3, batch_size=2, work_dir=work)
+        result = "trained"
+    except BenchError as e:
+        result = f"refused: {e}"
+    Path(out, f"rank{rank}").write_text(result)
+    dist.destroy_process_group()
+
+
+@needs_d2
+def test_ranks_started_with_other_settings_are_refused_before_anything_is_written(tmp_path):
+    """Two gloo processes of one detectron2 run, rank 1 with another seed: every rank stops with the
+    same line naming the seed, and the work folder stays unwritten (as the mmdet engine's ranks do)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tasks.detection.coco_data import make_coco_dataset
+
+    root = make_coco_dataset(tmp_path / "coco", n_train=2, n_val=1, image_size=(64, 64))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(
+        _settings_worker, args=(port, str(root), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
+    expected = "refused: ranks were started with other settings: rank 0 has seed 0, rank 1 has 1"
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text().startswith(expected)
+    assert not (tmp_path / "work").exists()

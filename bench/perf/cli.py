@@ -8,10 +8,18 @@ from bench.core.errors import BenchError
 
 from .data import MODEL_IMG_S_CPU, perf_data
 from .dense import perf_seg
-from .detection import DET_ENGINES, perf_det
+from .detection import DET_ENGINES, perf_det, perf_det_agreement
 from .pretrain import perf_cls, perf_pretrain
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+# bench perf det: the options of the timing, refused with --agreement (which has its own setting), and
+# the agreement's, refused without it
+_TIMING_ONLY = (
+    "config variant backbone img_size batch_size boxes iters threads baseline channels_last repeats engine "
+    "trust_config device"
+).split()
+_TIMING_DEFAULTS: dict = {}
+_AGREEMENT_ONLY = ("seeds", "train_iters", "train_images", "out")
 
 
 def _command(sub, name, help_, *, arch=None, img_size=None, batch_size, iters, **description):
@@ -130,6 +138,17 @@ def _add_det(sub) -> None:
     )
     p.add_argument("--boxes", type=int, default=8, help="random ground-truth boxes (with masks) per image")
     _dense_options(p)
+    g = p.add_argument_group("cross-engine agreement (docs/detectron2.md): trains instead of timing")
+    g.add_argument(
+        "--agreement",
+        action="store_true",
+        help="train the Table 4 recipe's CPU twin on both engines over --seeds seeds; AP mean, 95%% t-interval, overlap",
+    )
+    g.add_argument("--seeds", type=int, default=None, help="seeds per engine (default 5)")
+    g.add_argument("--train-iters", type=int, default=None, help="training iterations per run (default 400)")
+    g.add_argument("--train-images", type=int, default=None, help="generated training images (default 32)")
+    g.add_argument("--out", default=None, help="folder of the set, runs and agreement.json")
+    _TIMING_DEFAULTS.update({name: p.get_default(name) for name in _TIMING_ONLY})
 
 
 def _add_data(sub) -> None:
@@ -180,10 +199,31 @@ def check_perf_options(a) -> None:
         values = getattr(a, name, None) or []
         if any(v < 0 for v in values):
             raise BenchError(f"--{name.replace('_', '-')} values must be >= 0, got {values}")
+    if getattr(a, "what", None) == "det":
+        _check_agreement_options(a)
     if getattr(a, "arch", None) is not None:
         arch_config(a.arch)  # an unknown architecture: the registry's one-line message
     if getattr(a, "device", None) is not None:
         pick_device(a.device)
+
+
+def _check_agreement_options(a) -> None:
+    """``--agreement`` takes only its own options; they mean nothing without it."""
+    if a.agreement:
+        given = [n for n in _TIMING_ONLY if getattr(a, n) != _TIMING_DEFAULTS[n]]
+        if given:
+            raise BenchError(
+                f"--{given[0].replace('_', '-')}: an option of the timing; --agreement trains its own setting "
+                f"(takes --seeds, --train-iters, --train-images, --out)"
+            )
+        for name, low in (("seeds", 2), ("train_iters", 1), ("train_images", 1)):
+            value = getattr(a, name)
+            if value is not None and value < low:
+                raise BenchError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    else:
+        given = [n for n in _AGREEMENT_ONLY if getattr(a, n) is not None]
+        if given:
+            raise BenchError(f"--{given[0].replace('_', '-')}: only with --agreement")
 
 
 LAYOUTS = {None: None, "on": True, "off": False, "both": "both"}
@@ -204,11 +244,19 @@ MEASUREMENTS = {
 }
 
 
+# perf_det_agreement's keyword -> the option's name
+AGREEMENT_OPTIONS = dict(out="out", seeds="seeds", iters="train_iters", train_images="train_images")
+
+
 def perf_main(a) -> int:
     """Run the ``bench perf`` measurement ``a.what`` with the parsed options."""
     check_perf_options(a)
     options = dict(vars(a), variants=getattr(a, "variant", None))
     options["channels_last"] = LAYOUTS[getattr(a, "channels_last", None)]
+    if getattr(a, "agreement", False):
+        given = {k: getattr(a, n) for k, n in AGREEMENT_OPTIONS.items() if getattr(a, n) is not None}
+        perf_det_agreement(**given)
+        return 0
     run, names = MEASUREMENTS[a.what]
     run(**{name: options[name] for name in names.split()})
     return 0

@@ -2,9 +2,17 @@
 boxes, masks and labels, timed one after the other in one process with the same helper.
 
 On CUDA the reduced precision is fp16 (with a GradScaler): mmcv's CUDA RoIAlign has no bf16 kernel.
-On CPU it is bf16 (mmcv's CPU kernels get fp32 inputs, ``mmcv_ops_fp32_on_cpu``)."""
+On CPU it is bf16 (mmcv's CPU kernels get fp32 inputs, ``mmcv_ops_fp32_on_cpu``).
+
+``bench perf det --agreement`` (``perf_det_agreement``) is not a timing: it trains the Table 4 recipe's
+CPU twin on both engines over several seeds and reports whether their AP intervals overlap
+(docs/detectron2.md, "Cross-engine agreement")."""
 
 from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,10 +21,14 @@ from backbones.registry import parse_name
 from backbones.vit import arch_config
 from bench.core.device import pick_device
 from bench.core.errors import BenchError
+from bench.core.io import atomic_write_json
 from bench.core.optional import require
-from tasks.detection.coco_generate import ellipse_boxes
+from bench.tables.stats import t_interval
+from tasks.detection.coco_generate import ellipse_boxes, make_coco_dataset
 from tasks.detection.mmdet_run import fill_model, load_config
-from tasks.detection.protocol import resolve_config
+from tasks.detection.protocol import PROTOCOL_OF_VARIANT, resolve_config
+from tasks.detection.task import run_coco
+from tasks.spec import TransferRun
 
 from .dense import (
     build_dense_model,
@@ -183,3 +195,152 @@ def _build_detectron2(config, variant, backbone, img_size, batch_size, boxes, tr
     # detectron2's model moves each batch (images and instances) to the device of its parameters
     notes = ["FLOPs as for mmdet: torchvision's RoIAlign and NMS (detectron2's ROIAlign, batched_nms) are not counted"]
     return title, model.to(device), loss_of, notes
+
+
+# --------------------------------------------------------------------------------------------------
+# bench perf det --agreement: do the two engines give the same AP?
+# --------------------------------------------------------------------------------------------------
+# The setting: the Table 4 recipe (variant fpn) in its CPU-sized twin (the smoke configs of both
+# engines: the same modules, tiny pyramid and heads), a randomly initialised vit_test_patch8 (dim 32,
+# depth 2), the generated set at 64 px (five categories, each its own shape and colour).
+AGREEMENT = dict(config="smoke", variant="fpn", backbone="random_vit_test_patch8", img_size=64)
+AGREEMENT_ENGINES = ("mmdet", "detectron2")
+FG_SEPARATED = 50.0  # % foreground accuracy at the end of training that counts as "classes separate"
+FG_WINDOW = 0.25  # the fg accuracy of a run: the mean of its logged values over the last quarter of training
+LOG_INTERVAL = {"mmdet": "default_hooks.logger.interval", "detectron2": "train.log_period"}  # the key, per engine
+# engine -> (its scalars file, relative to the log file's folder: {stem} is the log file's name without
+# suffix), the fg accuracy's key, its scale to percent, the iteration's key, the first iteration's number
+LOGGED_FG = {
+    "detectron2": ("metrics.json", "fast_rcnn/fg_cls_accuracy", 100.0, "iteration", 0),
+    "mmdet": ("vis_data/{stem}.json", "fg_acc", 1.0, "iter", 1),
+}
+
+
+def logged_fg_accuracy(engine: str, row: dict) -> float:
+    """A run's foreground classification accuracy (%) from its engine's training log: detectron2's
+    ``fast_rcnn/fg_cls_accuracy`` (``metrics.json``), mmdet's ``fg_acc``
+    (``tasks.detection.mmdet_run.fg_accuracy_hook``; mmengine's scalars file ``vis_data/<stamp>.json``),
+    averaged over the entries of the last ``FG_WINDOW`` of the iterations. NaN when nothing was logged."""
+    log = Path(row["extra"]["log_file"])
+    path, key, scale, step_key, first = LOGGED_FG[engine]
+    path = log.parent / path.format(stem=log.stem)
+    entries = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        e = json.loads(line)
+        if key in e:
+            step = int(e[step_key]) + 1 - first  # detectron2 counts iterations from 0, mmengine from 1
+            if entries and step <= entries[-1][0]:
+                entries = []  # metrics.json of an earlier run in the same folder: keep the last run's
+            entries.append((step, float(e[key]) * scale))
+    last = [v for step, v in entries if step > (1 - FG_WINDOW) * row["iterations"]]
+    return float(np.mean(last)) if last else math.nan
+
+
+def _interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the 95 % Student-t interval over seeds (``bench.tables.stats.t_interval``)."""
+    lo, hi = t_interval(values) if len(values) >= 2 else (math.nan, math.nan)
+    return float(np.mean(values)), lo, hi
+
+
+def agreement_report(runs: list[dict]) -> dict:
+    """Per engine: APbox / APmask mean and 95 % t-interval over seeds, fg accuracy (mean, min); per
+    metric: whether the two engines' intervals overlap; ``separated``: every run's fg accuracy is at
+    least ``FG_SEPARATED``. ``runs``: ``{'engine', 'seed', 'APbox', 'APmask', 'fg_acc'}`` each."""
+    engines = {}
+    for eng in AGREEMENT_ENGINES:
+        mine = [r for r in runs if r["engine"] == eng]
+        engines[eng] = dict(seeds=[r["seed"] for r in mine])
+        for metric in ("APbox", "APmask", "fg_acc"):
+            mean, lo, hi = _interval([r[metric] for r in mine])
+            engines[eng][metric] = dict(mean=mean, lo=lo, hi=hi, min=min(r[metric] for r in mine))
+    overlap = {}
+    for metric in ("APbox", "APmask"):
+        a, b = (engines[e][metric] for e in AGREEMENT_ENGINES)
+        overlap[metric] = bool(a["lo"] <= b["hi"] and b["lo"] <= a["hi"])
+    separated = all(r["fg_acc"] >= FG_SEPARATED for r in runs)
+    return dict(engines=engines, overlap=overlap, separated=separated, fg_separated=FG_SEPARATED)
+
+
+def agreement_run(row: dict, fg_acc: float) -> dict:
+    """What the report takes from one run's row."""
+    m = row["metrics"]
+    return dict(
+        engine=row["extra"]["engine"],
+        seed=int(row["seed"]),
+        APbox=float(m["APbox"]),
+        APmask=float(m["APmask"]),
+        fg_acc=fg_acc,
+        iterations=int(row["iterations"]),
+        wall_time_s=float(row["wall_time_s"]),
+    )
+
+
+def perf_det_agreement(out="work_dirs/perf/det-agreement", seeds=5, iters=400, train_images=32, val_images=16):
+    """Train the Table 4 recipe's CPU twin (``AGREEMENT``) on both engines with seeds 0..``seeds``-1 on
+    one generated set; the report (``agreement_report``, with the runs' rows) in ``out/agreement.json``,
+    printed as a table. Every run starts fresh (``--no-resume``: earlier runs there move aside)."""
+    if seeds < 2:
+        raise BenchError(f"--seeds {seeds}: a seed interval needs at least 2 seeds per engine")
+    out = Path(out)
+    size = AGREEMENT["img_size"]
+    data_root = make_coco_dataset(out / "coco", train_images, val_images, (size, size), seed=0, overwrite=True)
+    setting = dict(AGREEMENT, seeds=seeds, iters=iters, train_images=train_images, val_images=val_images)
+    runs, rows = [], []  # agreement.json holds the runs so far after each run
+    for seed in range(seeds):
+        for engine in AGREEMENT_ENGINES:
+            run = TransferRun(
+                task="coco",
+                protocol=PROTOCOL_OF_VARIANT[AGREEMENT["variant"]],
+                backbone=AGREEMENT["backbone"],
+                checkpoint=None,
+                data_root=data_root,
+                work_dir=out / f"{engine}-s{seed}",
+                seed=seed,
+                suite="perf-det-agreement",
+                config=AGREEMENT["config"],
+                iters=iters,
+                engine=engine,
+                device="cpu",
+                resume=False,
+                options=dict(variant=AGREEMENT["variant"], ckpt_interval=iters),
+                cfg_options={LOG_INTERVAL[engine]: max(1, iters // 40)},  # >= 10 fg accuracies in the window
+            )
+            row = run_coco(run)
+            rows.append(row)
+            runs.append(agreement_run(row, logged_fg_accuracy(engine, row)))
+            print(_run_line(runs[-1]), flush=True)
+            atomic_write_json(dict(setting=setting, runs=runs, rows=rows, complete=False), out / "agreement.json")
+    report = dict(setting=setting, **agreement_report(runs), runs=runs, rows=rows, complete=True)
+    atomic_write_json(report, out / "agreement.json")
+    print(agreement_table(report))
+    return report
+
+
+def _run_line(r: dict) -> str:
+    return (
+        f"  {r['engine']:>10} seed {r['seed']}: APbox {r['APbox']:.1f}, APmask {r['APmask']:.1f}, "
+        f"fg accuracy {r['fg_acc']:.1f} % ({r['wall_time_s']:.0f} s)"
+    )
+
+
+def agreement_table(report: dict) -> str:
+    """The report as a Markdown table and the verdicts."""
+    s = report["setting"]
+    lines = [
+        f"{s['seeds']} seeds per engine, {s['iters']} iterations, {s['backbone']} (random init), "
+        f"{s['config']} {s['variant']} config, {s['train_images']}/{s['val_images']} generated images at {s['img_size']} px",
+        "",
+        "| engine | APbox mean [95 % t] | APmask mean [95 % t] | fg accuracy % mean (min) |",
+        "|---|---|---|---|",
+    ]
+    for eng, e in report["engines"].items():
+        cells = [f"{e[m]['mean']:.1f} [{e[m]['lo']:.1f}, {e[m]['hi']:.1f}]" for m in ("APbox", "APmask")]
+        lines.append(f"| {eng} | {cells[0]} | {cells[1]} | {e['fg_acc']['mean']:.1f} ({e['fg_acc']['min']:.1f}) |")
+    verdict = ", ".join(f"{m}: {'overlap' if ok else 'DO NOT overlap'}" for m, ok in report["overlap"].items())
+    sep = "yes" if report["separated"] else "NO (some run's fg accuracy is below it: AP is not comparable)"
+    lines += [
+        "",
+        f"intervals {verdict}",
+        f"classes separate (every run's fg accuracy >= {report['fg_separated']:g} %): {sep}",
+    ]
+    return "\n".join(lines)

@@ -16,7 +16,8 @@ on the detections it wrote) -> the row (``detection_row``). The work folder is
 ``bench.core.workdir.WorkDir``: the settings guard, the newest readable checkpoint (one of a longer run
 or of other settings is refused), ``--no-resume`` moving old checkpoints aside. The config is saved as
 ``config.yaml`` in the work dir (detectron2's ``LazyConfig.save``). Under torchrun / srun each process
-trains on ``local_device()`` with detectron2's per-machine group, and a non-finite loss on any rank
+trains on ``local_device()`` with detectron2's per-machine group, ranks started with other settings
+(the run record) stop in one line before anything is written, and a non-finite loss on any rank
 stops every rank.
 """
 
@@ -42,7 +43,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from backbones.registry import parse_name
 from bench.core.checkpoint import save_atomic
 from bench.core.device import start_line, training_device
-from bench.core.distributed import all_ranks_finite, init_distributed
+from bench.core.distributed import all_ranks_finite, check_same_settings, init_distributed
 from bench.core.errors import BenchError, NonFiniteLossError, first_line
 from bench.core.results import ResultsStore, config_hash, sha256_file
 from bench.core.workdir import WorkDir, check_checkpoint_settings
@@ -412,6 +413,7 @@ def run_detectron2(run: TransferRun) -> dict | None:
     require_detectron2()  # one line that says how to install it (also when this module was imported before)
     t0 = time.time()
     job = prepare(run)
+    check_same_settings(job.record)  # ranks started with other options: one line on every rank, nothing written
     if not run.eval_only:  # before anything is built
         work_dir_of(run.work_dir).guard(job.record, resume=run.resume)
     model = build(job)

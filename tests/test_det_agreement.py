@@ -1,0 +1,119 @@
+"""``bench perf det --agreement`` (bench/perf/detection.py) at its tiniest: 2 seeds x 2 engines, a few
+iterations. The report's numbers are recomputed here from the runs' rows and the engines' own log
+files (scipy's t quantile, a plain JSON parse), never taken from the code under test."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.core.errors import BenchError
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("detectron2", "mmdet", "scipy")),
+    reason="the agreement benchmark trains on both engines (bash scripts/setup.sh installs them)",
+)
+
+
+def _t_interval(values):
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return v.mean(), v.mean() - half, v.mean() + half
+
+
+def _fg_from_log(row) -> float:
+    """The last quarter of the run's logged fg accuracies (%), read straight from the engine's file."""
+    log = Path(row["extra"]["log_file"])
+    if row["extra"]["engine"] == "detectron2":
+        lines = (log.parent / "metrics.json").read_text().splitlines()
+        pairs = [(e["iteration"] + 1, 100 * e["fast_rcnn/fg_cls_accuracy"]) for e in map(json.loads, lines)]
+    else:
+        lines = (log.parent / "vis_data" / f"{log.stem}.json").read_text().splitlines()
+        pairs = [(e["iter"], e["fg_acc"]) for e in map(json.loads, lines) if "fg_acc" in e]
+    return float(np.mean([v for it, v in pairs if it > 0.75 * row["iterations"]]))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    import torch
+
+    from bench.perf.detection import perf_det_agreement
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("agree")
+        return perf_det_agreement(out=out, seeds=2, iters=4, train_images=2, val_images=1), out
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_report_numbers_come_from_the_runs_rows(report):
+    rep, out = report
+    rows = rep["rows"]
+    assert [(r["extra"]["engine"], r["seed"]) for r in rows] == [
+        ("mmdet", 0),
+        ("detectron2", 0),
+        ("mmdet", 1),
+        ("detectron2", 1),
+    ]
+    assert all(r["iterations"] == 4 and r["protocol"] == "maskrcnn_fpn" and r["init"] == "random" for r in rows)
+    # the same generated set for every run
+    assert len({json.dumps(r["extra"].get("data"), sort_keys=True) for r in rows}) == 1
+    saved = json.loads((out / "agreement.json").read_text())
+    assert saved["complete"] and saved["runs"] == json.loads(json.dumps(rep["runs"]))
+    for run, row in zip(rep["runs"], rows):
+        assert run["APbox"] == row["metrics"]["APbox"] and run["APmask"] == row["metrics"]["APmask"]
+        assert run["fg_acc"] == pytest.approx(_fg_from_log(row), abs=1e-9)
+        assert 0 <= run["fg_acc"] <= 100
+    for eng in ("mmdet", "detectron2"):
+        mine = [r for r in rows if r["extra"]["engine"] == eng]
+        e = rep["engines"][eng]
+        assert e["seeds"] == [0, 1]
+        for metric in ("APbox", "APmask"):
+            values = [r["metrics"][metric] for r in mine]
+            mean, lo, hi = _t_interval(values)
+            assert e[metric]["mean"] == pytest.approx(mean, abs=1e-9)
+            if values[0] != values[1]:  # two equal values: a zero-width interval
+                assert (e[metric]["lo"], e[metric]["hi"]) == pytest.approx((lo, hi), abs=1e-9)
+            assert e[metric]["min"] == min(values)
+        fg = [_fg_from_log(r) for r in mine]
+        assert e["fg_acc"]["mean"] == pytest.approx(np.mean(fg)) and e["fg_acc"]["min"] == pytest.approx(min(fg))
+    for metric in ("APbox", "APmask"):
+        a, b = rep["engines"]["mmdet"][metric], rep["engines"]["detectron2"][metric]
+        assert rep["overlap"][metric] == (max(a["lo"], b["lo"]) <= min(a["hi"], b["hi"]))
+    assert rep["separated"] == all(_fg_from_log(r) >= rep["fg_separated"] for r in rows)
+
+
+def test_the_printed_table_shows_the_report(report):
+    from bench.perf.detection import agreement_table
+
+    rep, _ = report
+    text = agreement_table(rep)
+    for eng in ("mmdet", "detectron2"):
+        e = rep["engines"][eng]
+        assert f"| {eng} | {e['APbox']['mean']:.1f} [{e['APbox']['lo']:.1f}, {e['APbox']['hi']:.1f}] |" in text
+    assert ("APbox: overlap" in text) == rep["overlap"]["APbox"]
+
+
+def test_agreement_options_are_checked():
+    import argparse
+
+    from bench.perf.cli import add_perf_arguments, check_perf_options
+
+    parser = add_perf_arguments(argparse.ArgumentParser())
+    for argv, message in (
+        (["det", "--agreement", "--img-size", "128"], "--img-size: an option of the timing"),
+        (["det", "--agreement", "--seeds", "1"], "--seeds must be >= 2"),
+        (["det", "--seeds", "3"], "--seeds: only with --agreement"),
+    ):
+        with pytest.raises(BenchError, match=message):
+            check_perf_options(parser.parse_args(argv))
+    check_perf_options(parser.parse_args(["det", "--agreement", "--seeds", "3", "--train-iters", "10"]))
