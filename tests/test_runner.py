@@ -175,7 +175,7 @@ def _with(path: str, value):
 @pytest.mark.parametrize(
     "doc, message",
     [
-        (_with("colour", 1), r"unknown key 'colour'; allowed: name, description, scale, arch, seeds"),
+        (_with("colour", 1), r"unknown key 'colour'; allowed: name, description, arch, seeds"),
         (
             _with("inits.moco", {}),
             r"key 'inits.moco': unknown initialisation 'moco'; allowed: "
@@ -250,7 +250,6 @@ def _with(path: str, value):
             r"key tasks.fp.generate.num_classes must be an "
             r"integer, got '3'",
         ),
-        (_with("scale", "huge"), r"key 'scale' is 'huge'; allowed: smoke, full"),
         (_with("name", None), r"key 'name' is required"),
     ],
 )
