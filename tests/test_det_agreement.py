@@ -40,19 +40,30 @@ def _fg_from_log(row) -> float:
     return float(np.mean([v for it, v in pairs if it > 0.75 * row["iterations"]]))
 
 
+def _parser():
+    import argparse
+
+    from bench.perf.cli import add_perf_arguments
+
+    return add_perf_arguments(argparse.ArgumentParser())
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """``bench perf det --agreement`` through the command's own path; the report it wrote."""
     import torch
 
-    from bench.perf.detection import perf_det_agreement
+    from bench.perf.cli import perf_main
 
+    out = tmp_path_factory.mktemp("agree")
+    argv = ["det", "--agreement", "--seeds", "2", "--train-iters", "4", "--train-images", "2", "--out", str(out)]
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = tmp_path_factory.mktemp("agree")
-        return perf_det_agreement(out=out, seeds=2, iters=4, train_images=2, val_images=1), out
+        assert perf_main(_parser().parse_args(argv)) == 0
     finally:
         torch.set_num_threads(n)
+    return json.loads((out / "agreement.json").read_text()), out
 
 
 def test_report_numbers_come_from_the_runs_rows(report):
@@ -67,8 +78,7 @@ def test_report_numbers_come_from_the_runs_rows(report):
     assert all(r["iterations"] == 4 and r["protocol"] == "maskrcnn_fpn" and r["init"] == "random" for r in rows)
     # the same generated set for every run
     assert len({json.dumps(r["extra"].get("data"), sort_keys=True) for r in rows}) == 1
-    saved = json.loads((out / "agreement.json").read_text())
-    assert saved["complete"] and saved["runs"] == json.loads(json.dumps(rep["runs"]))
+    assert rep["complete"] and rep["setting"]["seeds"] == 2 and rep["setting"]["iters"] == 4
     for run, row in zip(rep["runs"], rows):
         assert run["APbox"] == row["metrics"]["APbox"] and run["APmask"] == row["metrics"]["APmask"]
         assert run["fg_acc"] == pytest.approx(_fg_from_log(row), abs=1e-9)
@@ -104,11 +114,9 @@ def test_the_printed_table_shows_the_report(report):
 
 
 def test_agreement_options_are_checked():
-    import argparse
+    from bench.perf.cli import check_perf_options
 
-    from bench.perf.cli import add_perf_arguments, check_perf_options
-
-    parser = add_perf_arguments(argparse.ArgumentParser())
+    parser = _parser()
     for argv, message in (
         (["det", "--agreement", "--img-size", "128"], "--img-size: an option of the timing"),
         (["det", "--agreement", "--seeds", "1"], "--seeds must be >= 2"),

@@ -8,7 +8,7 @@ from bench.core.errors import BenchError
 
 from .data import MODEL_IMG_S_CPU, perf_data
 from .dense import perf_seg
-from .detection import DET_ENGINES, perf_det, perf_det_agreement
+from .detection import DET_ENGINES, perf_det
 from .pretrain import perf_cls, perf_pretrain
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
@@ -238,14 +238,10 @@ MEASUREMENTS = {
     "det": (
         perf_det,
         "config variants backbone img_size batch_size boxes iters threads baseline channels_last repeats engine "
-        "trust_config device",
+        "trust_config device agreement seeds train_iters train_images out",
     ),
     "data": (perf_data, "img_size batch_size workers decoder model_img_s repeats"),
 }
-
-
-# perf_det_agreement's keyword -> the option's name
-AGREEMENT_OPTIONS = dict(out="out", seeds="seeds", iters="train_iters", train_images="train_images")
 
 
 def perf_main(a) -> int:
@@ -253,10 +249,6 @@ def perf_main(a) -> int:
     check_perf_options(a)
     options = dict(vars(a), variants=getattr(a, "variant", None))
     options["channels_last"] = LAYOUTS[getattr(a, "channels_last", None)]
-    if getattr(a, "agreement", False):
-        given = {k: getattr(a, n) for k, n in AGREEMENT_OPTIONS.items() if getattr(a, n) is not None}
-        perf_det_agreement(**given)
-        return 0
     run, names = MEASUREMENTS[a.what]
     run(**{name: options[name] for name in names.split()})
     return 0

@@ -104,13 +104,22 @@ def perf_det(
     engine="both",
     trust_config=False,
     device="auto",
+    agreement=False,
+    seeds=None,
+    train_iters=None,
+    train_images=None,
+    out=None,
 ):
     """Mask R-CNN training step (variant 'fpn' = ViT -> FPN [Li21] / 'vitdet' = simple pyramid, for
     one process) on random images, boxes, masks and labels: img/s, step time, GFLOP/s and the
     fraction of the matmul peak. ``engine``: 'mmdet' (the model of the detection task's mmengine
     config), 'detectron2' (``tasks.detection.detectron2.perf.build_step``: the model of its
     LazyConfig of the same name) or 'both'. ``img_size``: the square input (the protocols train at
-    1024; smaller for CPU)."""
+    1024; smaller for CPU). ``agreement``: train instead (``perf_det_agreement``, its own setting; the
+    ``seeds``, ``train_iters``, ``train_images`` and ``out`` given, the rest its defaults)."""
+    if agreement:
+        given = dict(out=out, seeds=seeds, iters=train_iters, train_images=train_images)
+        return perf_det_agreement(**{k: v for k, v in given.items() if v is not None})
     check_det_options(engine, config, backbone, img_size)
     dev = pick_device(device)
     if threads:
