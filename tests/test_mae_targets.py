@@ -9,7 +9,7 @@ import torch
 
 from backbones.mae import MaskedAutoencoder
 from backbones.pretrainers.beit import VQTokenizer, train_tokenizer
-from backbones.pretrainers.mae import build_mae, check_target, mae_loss
+from backbones.pretrainers.mae import build_mae, check_target, mae_loss, pretrain_mae
 from backbones.provenance import TOKEN_MARK, paper_difference, provenance_of, reconstruction_target
 from bench.cli import main
 from bench.core.errors import BenchError
@@ -134,6 +134,9 @@ def test_bench_pretrain_target_tokens_learns_on_digits_and_records_its_tokenizer
     assert main(bad) == 2 and "MAE options" in capsys.readouterr().err
     bad = ["pretrain", "--target", "tokens", "--no-norm-pix-loss", "--arch", ARCH, "--out", str(tmp_path / "c")]
     assert main(bad) == 2 and "contradicts" in capsys.readouterr().err
+    with pytest.raises(BenchError, match="vocab_size must be an integer >= 2"):
+        pretrain_mae(ARCH, tmp_path / "d", target="tokens", vocab_size=1)
+    assert not (tmp_path / "d").exists()  # refused before anything is written
 
 
 def _prov(target):

@@ -152,6 +152,8 @@ def pretrain_mae(
     target = check_target(target, norm_pix_loss)
     tok = None
     if target == "tokens":
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise BenchError(f"vocab_size must be an integer >= 2 (the tokenizer's codes), got {vocab_size!r}")
         data_kw = dict(data=data, img_size=img_size, epoch_size=epoch_size, vocab_size=vocab_size)
         trust = dict(trust_checkpoint=trust_checkpoint, tokenizer_train=tokenizer_train)
         tok = mae_tokenizer(arch, Path(out_dir), tokenizer, resume=resume, train=train, **trust, **data_kw)
