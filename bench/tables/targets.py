@@ -60,8 +60,9 @@ def _target_cells(runs: pd.DataFrame, base_dir: Path | None) -> pd.DataFrame:
     cells["group_key"] = [
         (PAPER_TASKS.get(t, len(PAPER_TASKS)), _task_sort_key(t), p) for t, p in zip(cells["task"], cells["protocol"])
     ]
-    cells["ref_key"] = [
-        (k[0], f"{k[1]}@{TARGET_PROTOCOLS[t]}", *k[2:]) for k, t in zip(cells["ref_key"], cells["target"])
+    cells["ref_key"] = [  # from the row's own protocol, whatever the main tables' lookup made of it
+        (k[0], f"{p}@{TARGET_PROTOCOLS[t]}", *k[2:])
+        for k, p, t in zip(cells["ref_key"], cells["protocol"], cells["target"])
     ]
     return cells
 
@@ -71,7 +72,7 @@ def _row_order(labels) -> list[str]:
     return sorted(labels, key=lambda s: (rank.get(s.split(": ")[0], len(rank)), s))
 
 
-def _add_delta(table: pd.DataFrame, cells: pd.DataFrame, published: dict, samples: int) -> pd.DataFrame:
+def _add_delta(table: pd.DataFrame, cells: pd.DataFrame, samples: int) -> pd.DataFrame:
     """The Δ row where exactly one tokens row and one pixel (w/ norm) row exist: our difference
     with its interval, and the paper's difference beside it."""
     tok, norm = TARGET_ROWS["tokens"], TARGET_ROWS["pixel_norm"]
@@ -114,4 +115,4 @@ def target_tables(
     table = _aggregate(cells, published, TARGET_TABLE.title, samples)
     ordered = table.reindex(index=_row_order(table.index))
     ordered.attrs = table.attrs
-    return {TARGET_TABLE.name: _add_delta(ordered, cells, published, samples)}
+    return {TARGET_TABLE.name: _add_delta(ordered, cells, samples)}
