@@ -307,7 +307,9 @@ def test_suite_file_errors(tmp_path):
 
 
 def test_bundled_suites_load():
-    for name in ("ci", "demo", "paper", "search_ci", "dense_smoke", "yours_vs_official"):
+    names = sorted(p.stem for p in (REPO / "bench" / "suites").glob("*.yaml"))
+    assert {"ci", "demo", "paper", "paper_twin", "search_ci", "dense_smoke", "yours_vs_official"} <= set(names)
+    for name in names:  # every bundled suite, so a new one cannot be left out
         suite = load_suite(name)
         assert plan(suite)
     paper = load_suite("paper")

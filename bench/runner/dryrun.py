@@ -108,6 +108,8 @@ def _schedule(cell: Cell) -> tuple[str, float | None, str]:
         return "raw pixels", None, "floor"
     config = str(t.config_for(cell.init.arch) or "default")
     point = dict(cell.point)
+    if "epochs" in point:  # a searched schedule length (COCO's epochs, a classification grid)
+        return config, float(point["epochs"]), f"{t.task} epochs"
     if "iters" in t.spec.suite_keys:
         iters = point.get("iters", t.iters)
         return config, (float(iters) if iters is not None else None), f"{t.task} iterations"
