@@ -9,7 +9,8 @@ the prediction is in per-patch normalised units. Mapping a masked patch back wit
 patch's mean and std would hand the figure the answer (the reconstruction would look like a
 pixelated original), so each masked patch gets a mean and std estimated from the *visible* patches
 only (weighted by inverse squared grid distance); visible patches keep their own. A pixel-target
-model's prediction is shown as it is. The title says which; the caption says how and where the
+model's prediction is shown as it is; a token-target model (Table 7) predicts code ids, not pixels,
+and is refused. The title says which; the caption says how and where the
 images come from: whether they are the checkpoint's training images (read from
 ``train_settings.json`` beside it) or held out.
 """
@@ -193,6 +194,10 @@ def visualize(
         if not 0 < r < 1:
             raise BenchError(f"--mask-ratio{'s' if mask_ratios else ''} must be in (0, 1), got {r}")
     model = MaskedAutoencoder.from_checkpoint(checkpoint, trust=trust).eval()
+    if model.target == "tokens":  # its decoder gives logits over the tokenizer's codes (Table 7)
+        raise BenchError(
+            f"{checkpoint}: an MAE trained with the token target predicts token ids, not pixels; nothing to reconstruct"
+        )
     imgs, phrase = _images(images, model.pos_grid[0] * model.patch_size, n, seed)
     rows, cols = panels(model, imgs, ratios, seed, sweep=bool(mask_ratios))
     return _save(

@@ -213,3 +213,19 @@ def test_visualize_refuses_bad_input_in_one_line(checkpoint, tmp_path, args, fra
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
     assert not (tmp_path / "f.png").exists()
+
+
+def test_visualize_refuses_a_token_target_mae_in_one_line(tmp_path):
+    """An MAE trained with the token target (Table 7) predicts code ids: nothing to draw as pixels."""
+    from backbones.mae import MaskedAutoencoder
+    from backbones.pretrainers.common import export_backbone
+    from backbones.pretrainers.mae import build_mae
+
+    torch.manual_seed(0)
+    path = export_backbone(build_mae("vit_test_patch8", vocab_size=16), tmp_path, "mae", extra={"target": "tokens"})
+    assert MaskedAutoencoder.from_checkpoint(path).target == "tokens"
+    r = bench("visualize", "--checkpoint", path, "--out", tmp_path / "f.png")
+    assert r.returncode == 2, r.stderr
+    want = f"error: {path}: an MAE trained with the token target predicts token ids, not pixels; nothing to reconstruct"
+    assert r.stderr.strip().splitlines() == [want]
+    assert not (tmp_path / "f.png").exists()

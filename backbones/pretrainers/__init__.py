@@ -44,9 +44,12 @@ PRETRAINERS = {
 # rates are larger than the papers' (short schedules, small batches); the methods' own optimizer
 # settings (betas, weight decay) stay those of their papers (set in each pretrainer).
 _SCHEDULE = dict(batch_size=64, epochs=30, warmup_epochs=3)
+# Stage one of BEiT (the VQ tokenizer); MAE's token target (Table 7) trains the same tokenizer, which
+# only a tokens run reads (pretrain_mae ignores it for the pixel targets).
+_TOKENIZER_TRAIN = dict(epochs=10, warmup_epochs=1, blr=2e-3)
 DEMO_DEFAULTS: dict[str, dict] = {
     # paper (MAE Table 8): blr 1.5e-4, batch 4096, 800-1600 epochs, 40 warmup, mask 0.75, norm_pix_loss
-    "mae": dict(_SCHEDULE, blr=1.5e-3, mask_ratio=0.75),
+    "mae": dict(_SCHEDULE, blr=1.5e-3, mask_ratio=0.75, tokenizer_train=_TOKENIZER_TRAIN),
     # paper (moco-v3 CONFIG.md): blr 1.5e-4, wd 0.1, batch 4096, 300 epochs, 40 warmup, tau 0.2,
     # m0 0.99 (cosine to 1), projector/predictor hidden 4096, output 256, crop-min 0.08
     "mocov3": dict(_SCHEDULE, blr=1.5e-3, temperature=0.2, m0=0.99, dim=64, mlp_dim=256),
@@ -58,7 +61,7 @@ DEMO_DEFAULTS: dict[str, dict] = {
         clip_grad=3.0,
         vocab_size=256,
         mask_ratio=0.4,
-        tokenizer_train=dict(epochs=10, warmup_epochs=1, blr=2e-3),
+        tokenizer_train=_TOKENIZER_TRAIN,
     ),
     # paper (MAE A.2 / Table 11, from scratch): blr 1e-4, wd 0.3, batch 4096, 300 epochs, 20 warmup,
     # smoothing 0.1, mixup 0.8, cutmix 1.0, drop path 0.1

@@ -34,7 +34,10 @@ A suite is a YAML file (``bench/suites/demo.yaml`` is the smallest complete exam
 ``pretrain`` takes ``method`` (mae, mocov3, beit, supervised; default: the init), ``data``
 (``embedded`` or an image folder), ``img_size``, ``epoch_size``, every field of the shared engine's
 ``TrainConfig`` (steps, epochs, batch_size, blr, warmup_steps, ckpt_every, seed, ...) and the
-method's own options (MAE: ``mask_ratio``, ``norm_pix_loss``). An init may also carry ``extra``
+method's own options (MAE: ``mask_ratio``; ``target``: ``pixel_norm`` (the default) | ``pixel`` |
+``tokens``, the paper's Table 7, with ``norm_pix_loss`` its older switch between the two pixel
+targets; for ``tokens`` also ``vocab_size``, ``tokenizer`` (a ``tokenizer.pth`` to reuse) and
+``tokenizer_train``, as for BEiT). An init may also carry ``extra``
 (JSON scalars written into each of its rows' ``extra``; never a field the run measures or the runner
 writes, ``RESERVED_EXTRA``; ``mask_ratio`` there takes part in the run id) and
 ``trust_checkpoint: true`` for official files that need full unpickling. Any number of inits may

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from backbones.pretrainers.mae import check_target
 from backbones.registry import INITS
 from backbones.vit import ARCHS
 from bench.core.engine import TrainConfig
@@ -246,4 +247,11 @@ def _pretrain_spec(spec: Any, init: str, where: str, key: str) -> dict:
             raise BenchError(f"{where}: key {key}.{name} must be an integer >= {least}, got {_quote(out[name])}")
     if "mask_ratio" in out and not (_is_number(out["mask_ratio"]) and 0 < out["mask_ratio"] < 1):
         raise BenchError(f"{where}: key {key}.mask_ratio must be in (0, 1), got {_quote(out['mask_ratio'])}")
+    if method == "mae" and ("target" in out or "norm_pix_loss" in out):
+        try:  # a bad reconstruction target fails here, before anything runs
+            check_target(out.get("target"), out.get("norm_pix_loss"))
+        except BenchError as e:
+            raise BenchError(f"{where}: key {key}.{'target' if 'target' in out else 'norm_pix_loss'}: {e}") from None
+    if method == "mae" and "vocab_size" in out and not (_is_int(out["vocab_size"]) and out["vocab_size"] >= 2):
+        raise BenchError(f"{where}: key {key}.vocab_size must be an integer >= 2, got {_quote(out['vocab_size'])}")
     return out

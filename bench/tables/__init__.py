@@ -4,7 +4,8 @@
 (ImageNet), 4 (COCO), 5 (ADE20K), 6 (classification transfer), linear probing (Table 12) and partial
 fine-tuning (Fig. 9). Which table a row goes into, its metrics and its column come from its task's
 declaration (``tasks.registry``: ``TaskSpec.tables[protocol]``, ``metrics``, ``img_size``).
-docs/tables.md describes the output for readers.
+``target_tables`` adds Table 7 (MAE reconstruction targets) when some MAE row's checkpoint was
+pretrained with a target other than normalised pixels. docs/tables.md describes the output for readers.
 
 The package, one job per module:
 
@@ -14,6 +15,7 @@ The package, one job per module:
 * ``stats``: intervals (bootstrap over images, seeds x images; t over seeds) and the tests;
 * ``provenance``: whether a row's checkpoint is what the paper's number was measured from;
 * ``aggregate``: cells -> wide tables with marks and footnotes;
+* ``targets``: Table 7 (MAE reconstruction targets, one row per target, beside the paper's rows);
 * ``escape`` / ``render``: CSV, LaTeX and Markdown, each escaped once for its format;
 * ``plots``: PNG figures; ``answer``: the answer in sentences; ``cli``: ``bench table``.
 
@@ -50,6 +52,7 @@ from bench.tables.stats import (
     seed_test,
     t_interval,
 )
+from bench.tables.targets import target_tables
 
 __all__ = [
     "BASELINE_INIT",
@@ -94,6 +97,7 @@ __all__ = [
     "stat_cells",
     "t_interval",
     "table_main",
+    "target_tables",
     "table_to_long",
     "to_csv",
     "to_latex",

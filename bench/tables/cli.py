@@ -20,6 +20,7 @@ from bench.tables.names import _img_size, _task_sort_key
 from bench.tables.plots import plot_tables
 from bench.tables.reference import DEFAULT_PREV_BEST, DEFAULT_REFERENCE, load_reference
 from bench.tables.render import FORMATS, write_tables
+from bench.tables.targets import target_tables
 
 
 def check_rows(store: ResultsStore) -> None:
@@ -128,6 +129,7 @@ def run_table(
     reference, prev_best = _reference(reference_csv)
     base_dir = store.path.parent
     tables = build_tables(df, reference, base_dir=base_dir, prev_best=prev_best)
+    tables.update(target_tables(df, reference, base_dir=base_dir))  # Table 7: only when a row has another target
     if not tables:
         raise BenchError(
             f"{store.path}: runs matching {df.attrs['described']} fit none of the tables "

@@ -19,7 +19,7 @@ from bench.tables.names import (
     _title,
     backbone_label,
 )
-from bench.tables.reference import _reference_key
+from bench.tables.reference import _reference_key, reference_protocol
 from tasks.registry import TASKS
 from tasks.spec import Table
 
@@ -174,6 +174,9 @@ def _place(r: dict, table: Table, metric: str, i: int, protocols: list[str]) -> 
 def _record(r: dict, metric: str, value: float, place: tuple, base_dir: Path | None) -> dict:
     group_key, group, column_key, column = place
     search = _extra(r).get("search")
+    provenance = r.get("provenance") if isinstance(r.get("provenance"), dict) else None
+    # an MAE pretrained with raw pixels or tokens sits beside Table 7's number for its target
+    protocol = reference_protocol(r["protocol"], r["init"], provenance)
     return {
         "init": r["init_label"],
         "method": r["init"],
@@ -192,8 +195,8 @@ def _record(r: dict, metric: str, value: float, place: tuple, base_dir: Path | N
         "deviations": _deviations(r),
         "search": None if search is None else _search_note(search),
         "checkpoint_sha256": _text(r.get("checkpoint_sha256")),
-        "provenance": r.get("provenance") if isinstance(r.get("provenance"), dict) else None,
-        "ref_key": _reference_key(r["task"], r["protocol"], metric, r["init"], r["backbone"], r["resolution"], r["k"]),
+        "provenance": provenance,
+        "ref_key": _reference_key(r["task"], protocol, metric, r["init"], r["backbone"], r["resolution"], r["k"]),
     }
 
 
