@@ -99,6 +99,16 @@ def test_report_numbers_come_from_the_runs_rows(report):
     for metric in ("APbox", "APmask"):
         a, b = rep["engines"]["mmdet"][metric], rep["engines"]["detectron2"][metric]
         assert rep["overlap"][metric] == (max(a["lo"], b["lo"]) <= min(a["hi"], b["hi"]))
+        x, y = ([r["metrics"][metric] for r in rows if r["extra"]["engine"] == e] for e in ("mmdet", "detectron2"))
+        d = rep["difference"][metric]
+        assert d["mean"] == pytest.approx(np.mean(x) - np.mean(y), abs=1e-9)
+        if np.var(x) + np.var(y) > 0:  # Welch's test, by scipy
+            from scipy import stats
+
+            welch = stats.ttest_ind(x, y, equal_var=False)
+            assert d["p"] == pytest.approx(welch.pvalue, abs=1e-9)
+            lo, hi = welch.confidence_interval(0.95)
+            assert (d["lo"], d["hi"]) == pytest.approx((lo, hi), abs=1e-9)
     assert rep["separated"] == all(_fg_from_log(r) >= rep["fg_separated"] for r in rows)
 
 
@@ -125,3 +135,36 @@ def test_agreement_options_are_checked():
         with pytest.raises(BenchError, match=message):
             check_perf_options(parser.parse_args(argv))
     check_perf_options(parser.parse_args(["det", "--agreement", "--seeds", "3", "--train-iters", "10"]))
+
+
+def test_report_statistics_against_scipy_on_spread_values():
+    """The tiny runs' AP can be all zero (no spread): here the report's intervals, the overlap verdict
+    and Welch's test on runs with spread, against scipy."""
+    from scipy import stats
+
+    from bench.perf.detection import agreement_report
+
+    values = {"mmdet": [35.2, 41.5, 41.9, 35.1, 46.5], "detectron2": [48.4, 40.8, 36.0, 46.7, 38.6]}
+    masks = {"mmdet": [39.7, 35.6, 38.6, 39.4, 41.1], "detectron2": [50.7, 48.4, 37.9, 46.6, 42.5]}
+    runs = [
+        dict(engine=e, seed=s, APbox=values[e][s], APmask=masks[e][s], fg_acc=55.0 + s + (e == "mmdet"))
+        for s in range(5)
+        for e in ("mmdet", "detectron2")
+    ]
+    rep = agreement_report(runs)
+    for metric, table in (("APbox", values), ("APmask", masks)):
+        for e in ("mmdet", "detectron2"):
+            v = np.array(table[e])
+            lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+            got = rep["engines"][e][metric]
+            assert (got["mean"], got["lo"], got["hi"], got["min"]) == pytest.approx((v.mean(), lo, hi, v.min()))
+        welch = stats.ttest_ind(table["mmdet"], table["detectron2"], equal_var=False)
+        d = rep["difference"][metric]
+        assert (d["lo"], d["hi"]) == pytest.approx(tuple(welch.confidence_interval(0.95)))
+        assert d["p"] == pytest.approx(welch.pvalue)
+        a, b = rep["engines"]["mmdet"][metric], rep["engines"]["detectron2"][metric]
+        assert rep["overlap"][metric] == (max(a["lo"], b["lo"]) <= min(a["hi"], b["hi"]))
+    assert rep["difference"]["APmask"]["p"] == pytest.approx(0.0464, abs=1e-3)  # scipy's, for these values
+    assert rep["separated"] and rep["engines"]["mmdet"]["fg_acc"]["min"] == 56.0
+    runs[0]["fg_acc"] = 12.0
+    assert not agreement_report(runs)["separated"]

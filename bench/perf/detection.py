@@ -23,7 +23,7 @@ from bench.core.device import pick_device
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_json
 from bench.core.optional import require
-from bench.tables.stats import t_interval
+from bench.tables.stats import seed_difference, seed_test, t_interval
 from tasks.detection.coco_generate import ellipse_boxes, make_coco_dataset
 from tasks.detection.mmdet_run import fill_model, load_config
 from tasks.detection.protocol import PROTOCOL_OF_VARIANT, resolve_config
@@ -252,9 +252,9 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def agreement_report(runs: list[dict]) -> dict:
-    """Per engine: APbox / APmask mean and 95 % t-interval over seeds, fg accuracy (mean, min); per
-    metric: whether the two engines' intervals overlap; ``separated``: every run's fg accuracy is at
-    least ``FG_SEPARATED``. ``runs``: ``{'engine', 'seed', 'APbox', 'APmask', 'fg_acc'}`` each."""
+    """Per engine: APbox, APmask and fg accuracy: mean, 95 % t-interval over seeds, min; per metric:
+    whether the two engines' intervals overlap, and the difference mmdet - detectron2 (mean, Welch 95 %
+    interval, Welch p); ``separated``: every run's fg accuracy is at least ``FG_SEPARATED``. ``runs``: ``{'engine', 'seed', 'APbox', 'APmask', 'fg_acc'}`` each."""
     engines = {}
     for eng in AGREEMENT_ENGINES:
         mine = [r for r in runs if r["engine"] == eng]
@@ -262,12 +262,16 @@ def agreement_report(runs: list[dict]) -> dict:
         for metric in ("APbox", "APmask", "fg_acc"):
             mean, lo, hi = _interval([r[metric] for r in mine])
             engines[eng][metric] = dict(mean=mean, lo=lo, hi=hi, min=min(r[metric] for r in mine))
-    overlap = {}
-    for metric in ("APbox", "APmask"):
+    overlap, difference = {}, {}
+    for metric in ("APbox", "APmask", "fg_acc"):
         a, b = (engines[e][metric] for e in AGREEMENT_ENGINES)
         overlap[metric] = bool(a["lo"] <= b["hi"] and b["lo"] <= a["hi"])
+        # Welch over seeds (keys per engine: seed s of one engine is no pair of seed s of the other)
+        by = [{(e, r["seed"]): r[metric] for r in runs if r["engine"] == e} for e in AGREEMENT_ENGINES]
+        lo, hi, _ = seed_difference(*by)
+        difference[metric] = dict(mean=a["mean"] - b["mean"], lo=lo, hi=hi, p=seed_test(*by)[0])
     separated = all(r["fg_acc"] >= FG_SEPARATED for r in runs)
-    return dict(engines=engines, overlap=overlap, separated=separated, fg_separated=FG_SEPARATED)
+    return dict(engines=engines, overlap=overlap, difference=difference, separated=separated, fg_separated=FG_SEPARATED)
 
 
 def agreement_run(row: dict, fg_acc: float) -> dict:
@@ -346,10 +350,15 @@ def agreement_table(report: dict) -> str:
         cells = [f"{e[m]['mean']:.1f} [{e[m]['lo']:.1f}, {e[m]['hi']:.1f}]" for m in ("APbox", "APmask")]
         lines.append(f"| {eng} | {cells[0]} | {cells[1]} | {e['fg_acc']['mean']:.1f} ({e['fg_acc']['min']:.1f}) |")
     verdict = ", ".join(f"{m}: {'overlap' if ok else 'DO NOT overlap'}" for m, ok in report["overlap"].items())
+    diff = "; ".join(
+        f"{m} {d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}], p={d['p']:.3f}"
+        for m, d in report["difference"].items()
+    )
     sep = "yes" if report["separated"] else "NO (some run's fg accuracy is below it: AP is not comparable)"
     lines += [
         "",
         f"intervals {verdict}",
+        f"mmdet - detectron2 (Welch t over seeds, 95 %): {diff}",
         f"classes separate (every run's fg accuracy >= {report['fg_separated']:g} %): {sep}",
     ]
     return "\n".join(lines)
