@@ -168,3 +168,24 @@ def test_report_statistics_against_scipy_on_spread_values():
     assert rep["separated"] and rep["engines"]["mmdet"]["fg_acc"]["min"] == 56.0
     runs[0]["fg_acc"] = 12.0
     assert not agreement_report(runs)["separated"]
+
+
+def test_mmdet_fg_accuracy_is_detectron2s_fg_cls_accuracy():
+    """The ``fg_acc`` mmdet now logs equals detectron2's own ``fast_rcnn/fg_cls_accuracy`` (x 100) on
+    the same scores and labels (label K = background in both)."""
+    import torch
+    from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
+    from detectron2.utils.events import EventStorage
+
+    from tasks.detection.mmdet_run import fg_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(64, 6, generator=g), torch.randint(0, 6, (64,), generator=g)
+    labels[:40] = 5  # most RoIs background, as sampled
+    scores[40:50, :] = 0
+    scores[40:50, 0] = 5  # some confident ones, right or wrong
+    with EventStorage() as storage:
+        _log_classification_stats(scores, labels)
+        theirs = storage.latest()["fast_rcnn/fg_cls_accuracy"][0]
+    ours = float(fg_accuracy(scores, labels, 5))
+    assert ours == pytest.approx(100 * theirs) and 0 < ours < 100
