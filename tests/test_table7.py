@@ -13,7 +13,7 @@ from backbones.provenance import TOKEN_MARK
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, make_row
 from bench.suite import load_suite
-from bench.tables import build_tables, load_reference, run_table
+from bench.tables import build_tables, load_reference, run_table, target_tables
 
 # The paper's ImageNet-1K fine-tuning top-1 of MAE ViT-L (He et al. 2021): Table 3 (normalised
 # pixels) and Table 7's rows 'pixel (w/o norm)' and 'dVAE token'; three different numbers.
@@ -76,6 +76,11 @@ def test_bench_table_writes_table7_only_when_a_row_has_another_target(tmp_path):
     written = run_table(only.path, tmp_path / "out_only", formats=("csv", "md"), plots=False)
     assert [p.name for p in written if p.name.startswith("table7")] == []
     assert not list((tmp_path / "out_only").glob("table7*"))
+    # a tokens row without the task's headline metric (top-1) has no cell: no Table 7, no error
+    odd = ResultsStore(tmp_path / "odd")
+    odd.append(make_row(task="imagenet", protocol="finetune", init="mae", backbone="vit_large_patch16", seed=0,
+                        metrics={"top5": 90.0}, provenance=_prov("tokens")))  # fmt: skip
+    assert target_tables(odd.dataframe(), load_reference()) == {}
 
 
 def _suite(tmp_path, pretrain):

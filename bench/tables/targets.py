@@ -47,6 +47,8 @@ def _target_cells(runs: pd.DataFrame, base_dir: Path | None) -> pd.DataFrame:
     if not any(t not in (None, "pixel_norm") for t in targets):
         return pd.DataFrame()  # only the main tables' kind of MAE: nothing for Table 7 to add
     cells = _cells(mae, TARGET_TABLE, base_dir)
+    if cells.empty:
+        return cells  # no row records the task's headline metric
     cells["target"] = [reconstruction_target(p) for p in cells["provenance"]]
     labels = cells.groupby("target")["init"].nunique()
     cells["init"] = [
