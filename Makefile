@@ -26,8 +26,9 @@ demo: setup-light
 	$(ONE_THREAD) $(PY) -m bench.cli visualize --checkpoint $(DEMO)/work/mae/pretrain/pretrain.pth --images digits --n 6 \
 		--out $(DEMO)/mae_reconstructions.png
 
+# one pytest worker per core (pytest-xdist), each test file on one worker (its module fixtures built once)
 test: setup
-	$(ONE_THREAD) $(PY) -m pytest -q
+	$(ONE_THREAD) $(PY) -m pytest -q -n auto --dist loadfile
 
 perf: setup-light
 	$(PY) -m bench.cli perf pretrain --baseline

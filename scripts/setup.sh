@@ -43,7 +43,7 @@ if ! stamp_ok $LIGHT_STAMP; then
     $PIP ninja torch torchvision setuptools wheel
     echo "[setup] pure-Python dependencies and this project ..."
     $PIP timm mmengine pycocotools pandas scikit-image scikit-learn matplotlib tqdm safetensors \
-         submitit pyyaml ftfy regex pytest hypothesis import-linter ruff
+         submitit pyyaml ftfy regex pytest pytest-xdist hypothesis import-linter ruff
     # --no-deps: pyproject also lists the dense libraries, which only the full set-up builds
     $PIP --no-deps -e .
     $VPY -c "import torch, torchvision, timm, sklearn, skimage, matplotlib, bench.cli"

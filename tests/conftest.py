@@ -4,8 +4,9 @@ import warnings
 import pytest
 import torch
 
-# Tests run on 2 cores next to nothing else in CI; keep torch from oversubscribing.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests run on 2 cores next to nothing else in CI; keep torch from oversubscribing: the cores are
+# shared by the xdist workers (`make test` runs one per core).
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 @pytest.fixture(scope="module")
