@@ -49,12 +49,18 @@ def _store(path, targets, seeds=(0, 1)):
 
 def test_main_table_puts_each_target_beside_its_own_paper_number(tmp_path):
     store = _store(tmp_path / "results", ["pixel_norm", "pixel", "tokens"])
+    # the official visualisation release (raw-pixel target), as provenance_of describes it
+    release = {"source": "facebookresearch/mae (visualisation model)", "official": True, "init": "mae"}
+    release |= {"data": "ImageNet-1K", "epochs": 1600, "target": "pixels", "verified": "file name and key layout"}
+    store.append(make_row(task="imagenet", protocol="finetune", init="mae", backbone="vit_large_patch16", seed=0,
+                          metrics={"top1": 75.0}, label="mae_visualize", provenance=release))  # fmt: skip
     tables = build_tables(store.dataframe(), load_reference())
     table = tables["table3_imagenet"]
     groups = list(dict.fromkeys(g for g, _, _ in table.columns))
     assert len(groups) == 1
     for target, paper in PAPER_VIT_L.items():
         assert table.loc[f"mae_{target}", (groups[0], "ViT-L", "published")] == paper, target
+    assert table.loc["mae_visualize", (groups[0], "ViT-L", "published")] == PAPER_VIT_L["pixel"]
     info = table.attrs["info"]
     footnotes = table.attrs["footnotes"]
     token_mark = next(mark for text, mark in footnotes.items() if TOKEN_MARK in text)
