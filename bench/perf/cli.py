@@ -147,7 +147,9 @@ def _add_det(sub) -> None:
     g.add_argument("--seeds", type=int, default=None, help="seeds per engine (default 5)")
     g.add_argument("--train-iters", type=int, default=None, help="training iterations per run (default 400)")
     g.add_argument("--train-images", type=int, default=None, help="generated training images (default 32)")
-    g.add_argument("--out", default=None, help="folder of the set, runs and agreement.json")
+    g.add_argument(
+        "--out", default=None, help="folder of the set, runs and agreement.json (default work_dirs/perf/det-agreement)"
+    )
     _TIMING_DEFAULTS.update({name: p.get_default(name) for name in _TIMING_ONLY})
 
 
