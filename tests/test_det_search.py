@@ -128,3 +128,13 @@ def test_bad_search_points_are_one_line_errors(coco, tmp_path):
         with pytest.raises(BenchError, match=message):
             coco_run(run, "mmdet")
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_plain_lr_override_wins_over_detectron2s_lr_by_init(coco, tmp_path):
+    """`bench det --engine detectron2 ... optimizer.lr=X` for an init listed in the config's lr_by_init
+    (random: 1.6e-4) trains at X, not at the table's value; without the override the table's."""
+    run = det_run(coco, tmp_path, variant="fpn", engine="detectron2", overrides={}, batch_size=2)
+    scale = 2 / 64  # linear scaling from the config's batch
+    assert prepared(run, "detectron2").cfg.optimizer.lr == pytest.approx(1.6e-4 * scale, rel=1e-12)
+    job = prepared(replace(run, cfg_options={"optimizer.lr": 5.5e-4}), "detectron2")
+    assert job.cfg.optimizer.lr == pytest.approx(5.5e-4 * scale, rel=1e-12) == job.lr

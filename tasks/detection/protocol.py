@@ -86,7 +86,6 @@ SMALL_SET_HINT = "pass a smaller --batch-size (e.g. 2) or --config smoke for a s
 SEARCH_KEYS = ("lr", "weight_decay", "drop_path", "epochs", "iters")
 # A search key -> each engine's config keys per variant (``search_cfg_options``; 'epochs' and 'iters'
 # set the schedule instead). The lr is the config batch's lr (another batch scales it, as always).
-# detectron2 sets optimizer.lr from lr_by_init[init] after the overrides, so its lr sets both.
 SEARCH_CFG = {
     "mmdet": {
         variant: {
@@ -98,7 +97,7 @@ SEARCH_CFG = {
     },
     "detectron2": {
         variant: {
-            "lr": ("optimizer.lr", "lr_by_init.{init}"),
+            "lr": ("optimizer.lr",),
             "weight_decay": ("optimizer.weight_decay",),
             # the RegistryBackbone node: the FPN's bottom_up, or ViTDet's backbone itself
             "drop_path": (node + ".drop_path_rate",),
@@ -133,14 +132,14 @@ def det_options(run: TransferRun) -> dict:
     return out
 
 
-def search_cfg_options(engine: str, variant: str, init: str, overrides: dict) -> dict:
+def search_cfg_options(engine: str, variant: str, overrides: dict) -> dict:
     """A search point's hyperparameters (``SEARCH_CFG`` names, 'epochs' / 'iters' aside) as
-    ``engine``'s config keys for ``variant`` and the run's initialisation ``init``."""
+    ``engine``'s config keys for ``variant``."""
     keys = SEARCH_CFG[engine][variant]
     unknown = sorted(set(overrides) - set(keys))
     if unknown:
         raise BenchError(f"search key {unknown[0]!r}: COCO searches {', '.join(SEARCH_KEYS)}")
-    return {key.format(init=init): value for name, value in overrides.items() for key in keys[name]}
+    return {key: value for name, value in overrides.items() for key in keys[name]}
 
 
 def check_run(run: TransferRun) -> None:

@@ -96,7 +96,7 @@ def coco_run(r: TransferRun, engine: str) -> TransferRun:
     if "epochs" in overrides:
         iters = epoch_iterations(r, engine, overrides.pop("epochs"))
     variant = det_options(r)["variant"] or "fpn"
-    options = search_cfg_options(engine, variant, parse_name(r.backbone)[0], overrides)
+    options = search_cfg_options(engine, variant, overrides)
     return replace(r, iters=iters, cfg_options={**options, **r.cfg_options}, overrides={})
 
 

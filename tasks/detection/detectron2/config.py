@@ -181,9 +181,10 @@ def scale_schedule(cfg, iters: int) -> None:
         sched.num_updates = int(iters)
 
 
-def set_lr_and_depth(cfg, init: str, arch: str) -> tuple[float, float]:
-    """The lr of ``init`` (``lr_by_init``) and the layer decay over this depth; (lr, layer decay)."""
-    lr = float(cfg.get("lr_by_init", {}).get(init, cfg.optimizer.lr))
+def set_lr_and_depth(cfg, init: str, arch: str, given_lr: bool = False) -> tuple[float, float]:
+    """The lr of ``init`` (``lr_by_init``, unless ``optimizer.lr`` was given as an override) and the
+    layer decay over this depth; (lr, layer decay)."""
+    lr = float(cfg.optimizer.lr if given_lr else cfg.get("lr_by_init", {}).get(init, cfg.optimizer.lr))
     cfg.optimizer.lr = lr
     lff = cfg.optimizer.params.get("lr_factor_func")
     if isinstance(lff, functools.partial) and "num_layers" in lff.keywords:  # layer decay over this depth

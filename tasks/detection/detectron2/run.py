@@ -128,7 +128,7 @@ def prepare(run: TransferRun) -> D2Job:
     node.trust_checkpoint = bool(run.trust_checkpoint)
     cfg.model.roi_heads.num_classes = len(data["categories"])
     cfg.train.init_checkpoint = ""  # the registry loads the backbone weights (converted, safe loading)
-    lr, layer_decay = set_lr_and_depth(cfg, init, arch)
+    lr, layer_decay = set_lr_and_depth(cfg, init, arch, given_lr="optimizer.lr" in run.cfg_options)
     world = comm.get_world_size()
     total = int(run.batch_size or cfg.dataloader.train.total_batch_size)
     if total % world:
