@@ -97,6 +97,11 @@ def test_config_names_and_small_sets_say_how_to_fix(data, tmp_path):
         cls(root, a, "--out", str(tmp_path / "big"), "--batch-size", "1024")
     assert not (tmp_path / "big").exists()
     with pytest.raises(
+        BenchError, match=r"^batch_size 1 \(accum_iter 1\): the linear probe's BatchNorm needs at least 2"
+    ):
+        cls(root, a, "--protocol", "linear", "--batch-size", "1", "--out", str(tmp_path / "one"))
+    assert not (tmp_path / "one").exists()
+    with pytest.raises(
         BenchError, match=r"folder not found; folder expects train/<class>/\*\.jpg .*bench data folder --out DIR"
     ):
         cls(tmp_path / "nowhere", a, "--out", str(tmp_path / "x"))

@@ -378,8 +378,8 @@ TRAIN_VALUES = ["-1", "0", "1", "1.5", "nan", "inf", "1e308", "abc", "", "[1,2,3
 TRAIN_VALUES += ["true", "None", "os.system", "100000", "1000000000000", "touch${IFS}{marker}"]
 
 
-# OPEN: cls batch_size=1 and img_size=0 end in raw exceptions. CI draws the refusals only (unknown keys,
-# file-only keys, values naming code): a valid pretrain value such as steps=100000 would train for long.
+# CI draws the refusals only (unknown keys, file-only keys, values naming code): a valid pretrain
+# value such as steps=100000 would train for long.
 TRAIN_CI = {"pretrain": ["out_dir", "nope", "model.type", "_target_"]}
 TRAIN_CI["cls"] = [k for k in TRAIN_KEYS["cls"] if k not in ("batch_size", "img_size")]
 

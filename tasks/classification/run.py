@@ -243,6 +243,11 @@ def _build_model(run: TransferRun, cfg: dict, k, num_classes: int) -> torch.nn.M
 
 def train_config(p: Prepared) -> TrainConfig:
     cfg, run = p.cfg, p.run
+    if p.recipe == "linear" and cfg["batch_size"] // cfg["accum_iter"] < 2:
+        raise BenchError(
+            f"batch_size {cfg['batch_size']} (accum_iter {cfg['accum_iter']}): the linear probe's BatchNorm "
+            "needs at least 2 images per step; pass --batch-size 2 or more"
+        )
     return TrainConfig(
         out_dir=str(p.out),
         batch_size=_per_process_batch(cfg["batch_size"], cfg["accum_iter"], p.world),
