@@ -46,12 +46,17 @@ def _weights(c: Cell) -> str:
     return "pixels" if c.kind == "floor" else "random"
 
 
+def _amount(x: float) -> str:
+    """7680000 -> '7,680,000' (not '7.68e+06'); fractions as they are."""
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+
+
 def _schedule_text(c: Cell, amount: float | None, unit: str) -> str:
     if c.kind == "floor":
         return "seconds (scikit-learn)"
     if c.role == "final" and c.task.select_on == "val":
         return "best candidate's row"
-    text = f"{amount:g} {unit}" if amount is not None else f"config's {unit}"
+    text = f"{_amount(amount)} {unit}" if amount is not None else f"config's {unit}"
     if c.role is not None:
         text += f", {point_name(c.point)}" if c.point else ", best point"
     return text
@@ -92,7 +97,7 @@ def _cost(cells: list[Cell]) -> str:
         _, amount, unit = _schedule(c)
         if amount is not None and not (c.role == "final" and c.task.select_on == "val"):
             cost[unit] = cost.get(unit, 0) + amount
-    return ", ".join(f"{v:g} {unit}" for unit, v in sorted(cost.items()))
+    return ", ".join(f"{_amount(v)} {unit}" for unit, v in sorted(cost.items()))
 
 
 def _schedule(cell: Cell) -> tuple[str, float | None, str]:

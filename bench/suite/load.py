@@ -14,7 +14,7 @@ from backbones.pretrainers.mae import check_target
 from backbones.registry import INITS
 from backbones.vit import ARCHS
 from bench.core.engine import TrainConfig
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, short_repr
 from bench.suite.checks import (
     LABEL_RE,
     _arch_depth,
@@ -65,7 +65,8 @@ def resolve_suite_path(name_or_path: str | Path) -> Path:
     if bundled.is_file():
         return bundled
     raise BenchError(
-        f"suite {_quote(str(name_or_path))}: no such file and not a bundled suite "
+        # a path is quoted whole up to 300 characters (a long work-folder path stays readable)
+        f"suite {short_repr(str(name_or_path), 300)}: no such file and not a bundled suite "
         f"(bundled: {', '.join(bundled_suites())})"
     )
 
