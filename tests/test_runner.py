@@ -560,3 +560,40 @@ def test_progress_in_a_log_is_a_line_per_ten_percent_not_carriage_returns():
     off.update(5)
     off.close()
     assert log.getvalue().splitlines() == lines
+
+
+def test_an_edited_config_file_is_other_settings_of_the_cells_that_read_it(tmp_path, capsys):
+    """A cell's settings hold a digest of the config files it reads (the suite's own file, the
+    family's protocol and named configs): editing one leaves a done cell kept with a note naming
+    ``config_digest`` and refuses to resume an unfinished one; a cell.json written before the digest
+    existed is not refused."""
+    from bench.runner.state import cell_settings, check_inputs
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("epochs: 1\nbatch_size: 8\n", encoding="utf-8")
+    doc = {"name": "cfg", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}}}
+    doc["tasks"] = {"a": {**TINY_LINEAR, "config": str(mine)}, "b": {**TINY_LINEAR, "task": "digits", "generate": {}}}
+    suite = load_suite(write_suite(tmp_path, doc))
+    out = tmp_path / "out"
+    cells = {c.name: c for c in plan(suite)}
+    a, b = cells["random/a/seed0"], cells["random/b/seed0"]
+    before = {name: cell_settings(c)["config_digest"] for name, c in cells.items()}
+    for cell in (a, b):  # both started: a cell.json and a log in each work folder
+        work = out / cell.work_dir
+        work.mkdir(parents=True)
+        (work / "cell.json").write_text(json.dumps({"name": cell.name, "id": cell.id, "settings": cell_settings(cell)}))
+        (work / "log.jsonl").write_text("{}\n")
+    assert check_inputs(suite, list(cells.values()), out, done_ids=set()) == []
+
+    mine.write_text("epochs: 1\nbatch_size: 4\n", encoding="utf-8")  # only task a reads this file
+    assert cell_settings(a)["config_digest"] != before[a.name]
+    assert cell_settings(b)["config_digest"] == before[b.name]
+    with pytest.raises(BenchError, match=r"cell random/a/seed0 was started in .* with other settings \(config_digest "):
+        check_inputs(suite, [a, b], out, done_ids=set())
+    assert check_inputs(suite, [a], out, done_ids={a.id}) == []  # done: kept, with a note
+    assert "note: random/a/seed0 is done with other settings (config_digest " in capsys.readouterr().err
+
+    old = json.loads((out / a.work_dir / "cell.json").read_text())
+    del old["settings"]["config_digest"]  # a record from before the digest: compared without it
+    (out / a.work_dir / "cell.json").write_text(json.dumps(old))
+    assert check_inputs(suite, [a, b], out, done_ids=set()) == []

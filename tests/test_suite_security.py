@@ -124,6 +124,11 @@ def test_trust_config_flag_trusts_every_task(tmp_path):
         run_main(args)
     args.trust_config = True
     assert run_main(args) == 0
+    args.trust_config = False  # the package's own config file, named by its path, needs no trust
+    doc["tasks"]["ade20k"]["config"] = str(SMOKE_SEG)
+    write(tmp_path / "s.yaml", doc)
+    assert run_main(args) == 0
+    doc["tasks"]["ade20k"]["config"] = str(config)
     suite = load_suite(tmp_path / "s.yaml")
     assert suite.tasks[0].trust_config is False
     assert suite.with_trust_config().tasks[0].trust_config is True

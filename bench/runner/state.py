@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from bench.suite import Suite, TaskEntry
 
 CONFIG_FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 # Config files inside the package are trusted; a .py config from elsewhere runs code when read.
-SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "tasks"
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "tasks"
 PRETRAIN_DATA = ("embedded", "digits", "")  # bench.core.data.pretrain_dataset's built-in sources
 CELL_FILE = "cell.json"
 HELD_LOCKS: set[int] = set()  # descriptors of the output-folder locks this process holds
@@ -60,12 +61,37 @@ def cell_settings(cell: Cell) -> dict:
         "epochs": t.epochs,
         "batch_size": t.batch_size,
         "bf16": t.amp,  # the key cell.json files have always had (a rename would restart cells)
+        "config_digest": config_digest(t, init.arch),
     }
     if cell.role == "candidate":
         settings.update(overrides=dict(cell.point), select=candidate_select(t))
     elif cell.role == "final":
         settings.update(search={"grid": search_grid(cell), "select_on": t.select_on})
     return jsonable(settings)
+
+
+def config_digest(task: TaskEntry, arch: str) -> str:
+    """12 hex of the config files a transfer cell reads: its family's shipped configs (protocol
+    files and named configs, which a named config is merged onto) and a config file the suite names
+    by path. Editing one of them makes the cells that read it cells with other settings."""
+    shipped = SHIPPED_CONFIGS / task.spec.family / "configs"
+    files = sorted(p for p in shipped.rglob("*") if p.suffix in CONFIG_FILE_SUFFIXES and p.name != "__init__.py")
+    config = task.config_for(arch)
+    if config and Path(config).is_file():
+        files.append(Path(config))
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\n".encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:12]
+
+
+def same_settings(old: dict, new: dict) -> bool:
+    """Whether a cell's recorded settings are ``new``; a record written before ``config_digest``
+    existed is compared without it (it would otherwise refuse every unfinished cell of an older run)."""
+    if "config_digest" not in old:
+        new = {k: v for k, v in new.items() if k != "config_digest"}
+    return old == new
 
 
 def candidate_select(task: TaskEntry) -> str | None:
@@ -123,7 +149,7 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
         status = cell_status(cell, out_dir, done_ids)
         work = out_dir / cell.work_dir
         old = _recorded_settings(work)
-        if old is not None and old != cell_settings(cell):
+        if old is not None and not same_settings(old, cell_settings(cell)):
             change = ", ".join(settings_diff(old, cell_settings(cell)))
             if cell.kind != "pretrain" and status == "done":
                 print(
