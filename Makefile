@@ -21,7 +21,7 @@ setup-light:
 # bench/suites/demo.yaml says what the demo measures; it ends with the MAE reconstructions figure
 # (the paper's Fig. 2 layout) of the demo's MAE checkpoint on held-out digits.
 demo: setup-light
-	@echo "make demo: about 850 CPU-seconds (7 min on 2 idle cores), spread over the cores (+ the light set-up on a fresh machine); interrupt and re-run to continue"
+	@echo "make demo: about 820 CPU-seconds (7 min on 2 idle cores), spread over the cores (+ the light set-up on a fresh machine); interrupt and re-run to continue"
 	$(ONE_THREAD) $(PY) -m bench.cli run bench/suites/demo.yaml --out $(DEMO)
 	$(ONE_THREAD) $(PY) -m bench.cli visualize --checkpoint $(DEMO)/work/mae/pretrain/pretrain.pth --images digits --n 6 \
 		--out $(DEMO)/mae_reconstructions.png
