@@ -16,7 +16,9 @@ import yaml
 from bench.core.errors import BenchError
 from bench.core.results import ResultsStore, default_run_id
 from bench.runner import add_run_arguments, plan, run_main, run_suite
+from bench.runner.state import cell_settings, changed_cells, check_inputs
 from bench.suite import load_suite
+from bench.tables.rows import finished_runs
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -377,7 +379,7 @@ def test_failed_cells_are_recorded_and_the_others_still_run(tmp_path, capsys):
     with pytest.raises(
         BenchError,
         match=r"cell mae/pretrain was started in .*/work/mae/pretrain "
-        r"with other settings \(steps 2 -> 3\); delete that folder",
+        r"with other settings \(steps 2 -> 3\); pass --rerun-changed to set it aside",
     ):
         run_main(args)
     doc["inits"]["mae"]["pretrain"]["steps"] = 2
@@ -388,6 +390,24 @@ def test_failed_cells_are_recorded_and_the_others_still_run(tmp_path, capsys):
     assert "note: random/good/seed0 is done with other settings (epochs 1.0 -> 2.0); kept" in captured.err
     assert "4 to run" in captured.out  # the done cell is not run again; the failed ones are
     assert len(ResultsStore(out).rows()) == 4
+
+    # --rerun-changed: the changed cell's files move aside (nothing deleted), it runs again, and its
+    # new row is the one the tables read
+    args.rerun_changed = True
+    assert run_main(args) == 0
+    assert "1 cells with other settings would be set aside and run again: random/good/seed0" in capsys.readouterr().out
+    assert len(ResultsStore(out).rows()) == 4  # a dry run moves and runs nothing
+    args.dry_run = False
+    assert run_main(args) == 1  # the bad cells still fail
+    assert "random/good/seed0: other settings (epochs 1.0 -> 2.0); set aside in" in capsys.readouterr().out
+    work = out / "work/random/good/seed0"
+    (aside,) = work.glob("previous-*")
+    assert json.loads((aside / "cell.json").read_text())["settings"]["epochs"] == 1.0
+    assert json.loads((work / "cell.json").read_text())["settings"]["epochs"] == 2.0
+    good = [r for r in ResultsStore(out).rows() if r["extra"]["cell"] == "random/good/seed0"]
+    assert [(r["status"], r["extra"]["epochs"]) for r in good] == [("ok", 1.0), ("ok", 2.0)]
+    read = finished_runs(ResultsStore(out).dataframe())
+    assert list(read.loc[read["run_id"] == good[0]["run_id"], "extra.epochs"]) == [2.0]
 
 
 def test_killed_run_resumes_and_finishes_with_one_ok_row_per_cell(tmp_path, capsys):
@@ -567,8 +587,6 @@ def test_an_edited_config_file_is_other_settings_of_the_cells_that_read_it(tmp_p
     family's protocol and named configs): editing one leaves a done cell kept with a note naming
     ``config_digest`` and refuses to resume an unfinished one; a cell.json written before the digest
     existed is not refused."""
-    from bench.runner.state import cell_settings, check_inputs
-
     mine = tmp_path / "mine.yaml"
     mine.write_text("epochs: 1\nbatch_size: 8\n", encoding="utf-8")
     doc = {"name": "cfg", "arch": "vit_test_patch8", "seeds": [0], "inits": {"random": {}}}
@@ -593,7 +611,10 @@ def test_an_edited_config_file_is_other_settings_of_the_cells_that_read_it(tmp_p
     assert check_inputs(suite, [a], out, done_ids={a.id}) == []  # done: kept, with a note
     assert "note: random/a/seed0 is done with other settings (config_digest " in capsys.readouterr().err
 
-    old = json.loads((out / a.work_dir / "cell.json").read_text())
-    del old["settings"]["config_digest"]  # a record from before the digest: compared without it
-    (out / a.work_dir / "cell.json").write_text(json.dumps(old))
-    assert check_inputs(suite, [a, b], out, done_ids=set()) == []
+    assert set(changed_cells([a, b], out)) == {a.name}  # what --rerun-changed would set aside
+
+    old = json.loads((out / b.work_dir / "cell.json").read_text())
+    del old["settings"]["config_digest"]  # a record from before the digest: not refused, but
+    (out / b.work_dir / "cell.json").write_text(json.dumps(old))  # --rerun-changed runs it again
+    assert check_inputs(suite, [b], out, done_ids=set()) == []
+    assert changed_cells([b], out) == {b.name: f"config_digest None -> {before[b.name]!r}"}

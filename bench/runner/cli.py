@@ -47,6 +47,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     parser.add_argument("--no-tables", action="store_true", help="do not write tables at the end")
     parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="run again the cells whose folder records other settings (the suite or one of its config "
+        "files edited since): their files move into previous-<time>/ in the folder, and the new row "
+        "supersedes the old one in the tables (default: a finished cell is kept with a note, an "
+        "unfinished one is refused)",
+    )
+    parser.add_argument(
         "--trust-config",
         action="store_true",
         help="read .py config files from outside the package (they run as Python "
@@ -94,6 +102,7 @@ def run_main(args: argparse.Namespace) -> int:
         tables=not args.no_tables,
         executor=executor,
         jobs=jobs,
+        rerun_changed=args.rerun_changed,
     )
     return 1 if summary.failed else 0
 

@@ -13,9 +13,9 @@ from bench.core.results import ResultsStore
 from bench.curves import plot_convergence
 from bench.runner.dryrun import format_plan
 from bench.runner.jobs import RunSummary, run_here
-from bench.runner.plan import plan
+from bench.runner.plan import plan, row_ids
 from bench.runner.slurm import run_with_executor
-from bench.runner.state import check_inputs, is_done, out_dir_lock, refuse
+from bench.runner.state import changed_cells, check_inputs, is_done, out_dir_lock, refuse, set_aside
 from bench.suite import Suite
 from bench.tables import run_table
 from bench.tables.answer import ANSWER_FILE
@@ -103,18 +103,25 @@ def run_suite(
     tables: bool = True,
     executor=None,
     jobs: int = 1,
+    rerun_changed: bool = False,
 ) -> RunSummary:
     """Run the cells of ``suite`` that are not done yet into ``out_dir``, then write the tables.
 
     ``dry_run`` prints the plan (with each cell's status) and runs nothing. ``executor``: a
     submitit executor (``--slurm``): each cell becomes a job, pretraining jobs first; without one
-    the cells run here, up to ``jobs`` at once (``bench.runner.jobs``)."""
+    the cells run here, up to ``jobs`` at once (``bench.runner.jobs``). ``rerun_changed``: a cell
+    whose folder records other settings (suite or config files edited since) is set aside and run
+    again; its new row supersedes the old one in the tables."""
     out_dir = Path(out_dir)
     cells = plan(suite, only=only, skip=skip)
     done_ids = ResultsStore(out_dir).done_ids()
-    problems = check_inputs(suite, cells, out_dir, done_ids)
+    changed = changed_cells(cells, out_dir) if rerun_changed else {}
+    done_ids -= {i for c in cells if c.name in changed for i in row_ids(c)}
+    problems = check_inputs(suite, cells, out_dir, done_ids, rerun=frozenset(changed))
     if dry_run:  # the plan, then every problem at once
         print(format_plan(suite, cells, out_dir, done_ids))
+        if changed:
+            print(f"{len(changed)} cells with other settings would be set aside and run again: {', '.join(changed)}")
         refuse(suite, problems)
         return RunSummary(cells, [], [], {}, [])
     refuse(suite, problems)
@@ -122,6 +129,10 @@ def run_suite(
     summary = RunSummary(cells, [], [], {}, [])
     with out_dir_lock(out_dir):
         print(f"suite {suite.name} ({suite.path}): {len(cells)} cells -> {out_dir}", flush=True)
+        for cell in cells:
+            if cell.name in changed:
+                aside = set_aside(out_dir / cell.work_dir)
+                print(f"{cell.name}: other settings ({changed[cell.name]}); set aside in {aside}, running it again")
         todo = []
         for number, cell in enumerate(cells, start=1):
             if is_done(cell, out_dir, done_ids):

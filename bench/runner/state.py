@@ -4,6 +4,7 @@ suite's inputs before anything runs."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -12,8 +13,8 @@ import sys
 from pathlib import Path
 
 from bench.core.errors import BenchError
-from bench.core.results import ResultsStore
 from bench.core.run_record import read_run_record, settings_diff
+from bench.core.workdir import PREVIOUS_PREFIX
 from bench.runner.plan import Cell, row_ids
 from bench.suite import Suite, TaskEntry
 
@@ -94,6 +95,30 @@ def same_settings(old: dict, new: dict) -> bool:
     return old == new
 
 
+def changed_cells(cells: list[Cell], out_dir: Path) -> dict[str, str]:
+    """Cell name -> what changed, for each cell whose work folder records other settings. Strict:
+    a record from before ``config_digest`` counts as changed (its config files are unknown)."""
+    out = {}
+    for cell in cells:
+        old = _recorded_settings(out_dir / cell.work_dir)
+        new = cell_settings(cell)
+        if old is not None and old != new:
+            out[cell.name] = ", ".join(settings_diff(old, new))
+    return out
+
+
+def set_aside(work: Path) -> Path:
+    """Move everything in a cell's work folder (but earlier set-aside folders) into
+    ``previous-<UTC time>/`` inside it: the cell starts again, nothing is deleted."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = work / f"{PREVIOUS_PREFIX}{stamp}"
+    moving = [p for p in work.iterdir() if not p.name.startswith(PREVIOUS_PREFIX)]
+    aside.mkdir()
+    for p in moving:
+        os.replace(p, aside / p.name)
+    return aside
+
+
 def candidate_select(task: TaskEntry) -> str | None:
     """What a candidate reports on: the held-out part of the training set, or the val split."""
     return "heldout" if task.select_on == "heldout" else None
@@ -133,11 +158,14 @@ def cell_status(cell: Cell, out_dir: Path, done_ids: set[str]) -> str:
     return "todo"
 
 
-def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str]) -> list[str]:
+def check_inputs(
+    suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[str], rerun: frozenset[str] = frozenset()
+) -> list[str]:
     """Everything a run needs from disk, checked before the first cell starts. Returns every
     problem at once (missing or empty checkpoints, data folders and config files; config files
     that would run as Python without trust), one line each, naming the suite key. Raises at once
-    when an unfinished cell would resume with other settings."""
+    when an unfinished cell would resume with other settings. ``rerun``: names of the cells with
+    other settings that ``--rerun-changed`` sets aside and runs again (not compared here)."""
     where = str(suite.path)
     problems: list[str] = []
 
@@ -148,21 +176,20 @@ def check_inputs(suite: Suite, cells: list[Cell], out_dir: Path, done_ids: set[s
     for cell in cells:
         status = cell_status(cell, out_dir, done_ids)
         work = out_dir / cell.work_dir
-        old = _recorded_settings(work)
+        old = None if cell.name in rerun else _recorded_settings(work)
         if old is not None and not same_settings(old, cell_settings(cell)):
             change = ", ".join(settings_diff(old, cell_settings(cell)))
             if cell.kind != "pretrain" and status == "done":
                 print(
-                    f"note: {cell.name} is done with other settings ({change}); kept. Delete "
-                    f"its row from {ResultsStore(out_dir).path} and {work} to run it again.",
+                    f"note: {cell.name} is done with other settings ({change}); kept (--rerun-changed runs it again).",
                     file=sys.stderr,
                 )
             else:
                 what = "pretrained" if status == "done" else "started"
                 raise BenchError(
                     f"{where}: cell {cell.name} was {what} in {work} with other "
-                    f"settings ({change}); delete that folder (and the rows of its "
-                    "cells) or use another --out"
+                    f"settings ({change}); pass --rerun-changed to set it aside and run it "
+                    "again, or use another --out"
                 )
         if status == "done":
             continue
