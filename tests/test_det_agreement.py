@@ -57,6 +57,7 @@ def report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("agree")
     argv = ["det", "--agreement", "--seeds", "2", "--train-iters", "4", "--train-images", "2", "--out", str(out)]
+    argv += ["--mmdet-options", f"{POLY2MASK}=False"]  # one setting swapped in mmdet's runs only
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -64,6 +65,24 @@ def report(tmp_path_factory):
     finally:
         torch.set_num_threads(n)
     return json.loads((out / "agreement.json").read_text()), out
+
+
+POLY2MASK = "train_dataloader.dataset.pipeline.1.poly2mask"  # LoadAnnotations: polygon mask targets
+
+
+def test_a_swapped_setting_reaches_only_its_engines_runs_and_the_report_says_so(report):
+    from mmengine.config import Config
+
+    rep, out = report
+    assert rep["setting"]["swaps"] == {"mmdet": {POLY2MASK: False}}
+    for seed in (0, 1):
+        (saved,) = (out / f"mmdet-s{seed}").glob("*.py")  # the config mmengine ran, as it saved it
+        load = Config.fromfile(str(saved)).train_dataloader.dataset.pipeline[1]
+        assert load["type"] == "LoadAnnotations" and load["poly2mask"] is False
+        assert "poly2mask" not in (out / f"detectron2-s{seed}" / "config.yaml").read_text()
+    from bench.perf.detection import agreement_table
+
+    assert f"swapped in the mmdet runs only: {POLY2MASK}=False" in agreement_table(rep)
 
 
 def test_report_numbers_come_from_the_runs_rows(report):
@@ -131,6 +150,7 @@ def test_agreement_options_are_checked():
         (["det", "--agreement", "--img-size", "128"], "--img-size: an option of the timing"),
         (["det", "--agreement", "--seeds", "1"], "--seeds must be >= 2"),
         (["det", "--seeds", "3"], "--seeds: only with --agreement"),
+        (["det", "--mmdet-options", "a=1"], "--mmdet-options: only with --agreement"),
     ):
         with pytest.raises(BenchError, match=message):
             check_perf_options(parser.parse_args(argv))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from backbones.vit import arch_config
 from bench.core.device import pick_device
 from bench.core.errors import BenchError
+from bench.core.options import CfgOptions
 
 from .data import MODEL_IMG_S_CPU, perf_data
 from .dense import perf_seg
@@ -19,7 +20,7 @@ _TIMING_ONLY = (
     "trust_config device"
 ).split()
 _TIMING_DEFAULTS: dict = {}
-_AGREEMENT_ONLY = ("seeds", "train_iters", "train_images", "out")
+_AGREEMENT_ONLY = ("seeds", "train_iters", "train_images", "out", "mmdet_options", "detectron2_options")
 
 
 def _command(sub, name, help_, *, arch=None, img_size=None, batch_size, iters, **description):
@@ -150,6 +151,15 @@ def _add_det(sub) -> None:
     g.add_argument(
         "--out", default=None, help="folder of the set, runs and agreement.json (default work_dirs/perf/det-agreement)"
     )
+    for engine, syntax in (("mmdet", "mmengine's --cfg-options syntax"), ("detectron2", "keys of its LazyConfig")):
+        g.add_argument(
+            f"--{engine}-options",
+            nargs="+",
+            action=CfgOptions,
+            default=None,
+            metavar="KEY=VALUE",
+            help=f"settings swapped in the {engine} runs only ({syntax}): does this difference explain a gap?",
+        )
     _TIMING_DEFAULTS.update({name: p.get_default(name) for name in _TIMING_ONLY})
 
 
@@ -216,7 +226,7 @@ def _check_agreement_options(a) -> None:
         if given:
             raise BenchError(
                 f"--{given[0].replace('_', '-')}: an option of the timing; --agreement trains its own setting "
-                f"(takes --seeds, --train-iters, --train-images, --out)"
+                "(takes --seeds, --train-iters, --train-images, --out, --mmdet-options, --detectron2-options)"
             )
         for name, low in (("seeds", 2), ("train_iters", 1), ("train_images", 1)):
             value = getattr(a, name)
@@ -240,7 +250,7 @@ MEASUREMENTS = {
     "det": (
         perf_det,
         "config variants backbone img_size batch_size boxes iters threads baseline channels_last repeats engine "
-        "trust_config device agreement seeds train_iters train_images out",
+        "trust_config device agreement seeds train_iters train_images out mmdet_options detectron2_options",
     ),
     "data": (perf_data, "img_size batch_size workers decoder model_img_s repeats"),
 }

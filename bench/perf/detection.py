@@ -109,6 +109,8 @@ def perf_det(
     train_iters=None,
     train_images=None,
     out=None,
+    mmdet_options=None,
+    detectron2_options=None,
 ):
     """Mask R-CNN training step (variant 'fpn' = ViT -> FPN [Li21] / 'vitdet' = simple pyramid, for
     one process) on random images, boxes, masks and labels: img/s, step time, GFLOP/s and the
@@ -116,9 +118,11 @@ def perf_det(
     config), 'detectron2' (``tasks.detection.detectron2.perf.build_step``: the model of its
     LazyConfig of the same name) or 'both'. ``img_size``: the square input (the protocols train at
     1024; smaller for CPU). ``agreement``: train instead (``perf_det_agreement``, its own setting; the
-    ``seeds``, ``train_iters``, ``train_images`` and ``out`` given, the rest its defaults)."""
+    ``seeds``, ``train_iters``, ``train_images``, ``out`` and one engine's swapped settings
+    ``mmdet_options`` / ``detectron2_options`` given, the rest its defaults)."""
     if agreement:
-        given = dict(out=out, seeds=seeds, iters=train_iters, train_images=train_images)
+        swaps = {e: o for e, o in (("mmdet", mmdet_options), ("detectron2", detectron2_options)) if o}
+        given = dict(out=out, seeds=seeds, iters=train_iters, train_images=train_images, swaps=swaps or None)
         return perf_det_agreement(**{k: v for k, v in given.items() if v is not None})
     check_det_options(engine, config, backbone, img_size)
     dev = pick_device(device)
@@ -288,16 +292,21 @@ def agreement_run(row: dict, fg_acc: float) -> dict:
     )
 
 
-def perf_det_agreement(out="work_dirs/perf/det-agreement", seeds=5, iters=400, train_images=32, val_images=16):
+def perf_det_agreement(
+    out="work_dirs/perf/det-agreement", seeds=5, iters=400, train_images=32, val_images=16, swaps=None
+):
     """Train the Table 4 recipe's CPU twin (``AGREEMENT``) on both engines with seeds 0..``seeds``-1 on
     one generated set; the report (``agreement_report``, with the runs' rows) in ``out/agreement.json``,
-    printed as a table. Every run starts fresh (``--no-resume``: earlier runs there move aside)."""
+    printed as a table. Every run starts fresh (``--no-resume``: earlier runs there move aside).
+    ``swaps``: engine -> settings applied to that engine's runs only (its cfg-options, checked like
+    ``--cfg-options``), to test whether one difference between the engines explains a gap."""
+    swaps = {e: dict(o) for e, o in (swaps or {}).items()}
     if seeds < 2:
         raise BenchError(f"--seeds {seeds}: a seed interval needs at least 2 seeds per engine")
     out = Path(out)
     size = AGREEMENT["img_size"]
     data_root = make_coco_dataset(out / "coco", train_images, val_images, (size, size), seed=0, overwrite=True)
-    setting = dict(AGREEMENT, seeds=seeds, iters=iters, train_images=train_images, val_images=val_images)
+    setting = dict(AGREEMENT, seeds=seeds, iters=iters, train_images=train_images, val_images=val_images, swaps=swaps)
     runs, rows = [], []  # agreement.json holds the runs so far after each run
     for seed in range(seeds):
         for engine in AGREEMENT_ENGINES:
@@ -316,7 +325,8 @@ def perf_det_agreement(out="work_dirs/perf/det-agreement", seeds=5, iters=400, t
                 device="cpu",
                 resume=False,
                 options=dict(variant=AGREEMENT["variant"], ckpt_interval=iters),
-                cfg_options={LOG_INTERVAL[engine]: max(1, iters // 40)},  # >= 10 fg accuracies in the window
+                # >= 10 fg accuracies in the window; then the settings swapped in this engine's runs
+                cfg_options={LOG_INTERVAL[engine]: max(1, iters // 40), **swaps.get(engine, {})},
             )
             row = run_coco(run)
             rows.append(row)
@@ -342,6 +352,10 @@ def agreement_table(report: dict) -> str:
     lines = [
         f"{s['seeds']} seeds per engine, {s['iters']} iterations, {s['backbone']} (random init), "
         f"{s['config']} {s['variant']} config, {s['train_images']}/{s['val_images']} generated images at {s['img_size']} px",
+        *(
+            f"swapped in the {e} runs only: {', '.join(f'{k}={v!r}' for k, v in o.items())}"
+            for e, o in s.get("swaps", {}).items()
+        ),
         "",
         "| engine | APbox mean [95 % t] | APmask mean [95 % t] | fg accuracy % mean (min) |",
         "|---|---|---|---|",
