@@ -277,14 +277,7 @@ class WorkDir:
     def start_fresh(self) -> Path | None:
         moving = [*self.checkpoints(), *(self.path / n for n in self.own_names())]
         moving = [p for p in moving if p.is_file() or p.is_symlink()]
-        if not moving:
-            return None
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        aside = self.path / f"{PREVIOUS_PREFIX}{stamp}"
-        aside.mkdir()
-        for p in moving:
-            os.replace(p, aside / p.name)
-        return aside
+        return move_aside(self.path, moving) if moving else None
 
     def clean_temps(self) -> list[Path]:
         own = set(self.own_names())
@@ -326,6 +319,17 @@ class WorkDir:
 # ------------------------------------------------------------------------------------------------
 # Schedule scaling: the one rule for every engine
 # ------------------------------------------------------------------------------------------------
+def move_aside(folder: Path, paths: Iterable[Path]) -> Path:
+    """Move ``paths`` (entries of ``folder``) into a new ``folder/previous-<UTC time>/``: a fresh
+    start that deletes nothing. Returns that folder."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = Path(folder) / f"{PREVIOUS_PREFIX}{stamp}"
+    aside.mkdir()
+    for p in paths:
+        os.replace(p, aside / p.name)
+    return aside
+
+
 def check_steps(value, flag: str = "--iters") -> int:
     """``value`` as a positive int, else a one-line BenchError naming ``flag``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:

@@ -4,7 +4,6 @@ suite's inputs before anything runs."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import hashlib
 import json
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from bench.core.errors import BenchError
 from bench.core.run_record import read_run_record, settings_diff
-from bench.core.workdir import PREVIOUS_PREFIX
+from bench.core.workdir import PREVIOUS_PREFIX, move_aside
 from bench.runner.plan import Cell, row_ids
 from bench.suite import Suite, TaskEntry
 
@@ -110,13 +109,7 @@ def changed_cells(cells: list[Cell], out_dir: Path) -> dict[str, str]:
 def set_aside(work: Path) -> Path:
     """Move everything in a cell's work folder (but earlier set-aside folders) into
     ``previous-<UTC time>/`` inside it: the cell starts again, nothing is deleted."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = work / f"{PREVIOUS_PREFIX}{stamp}"
-    moving = [p for p in work.iterdir() if not p.name.startswith(PREVIOUS_PREFIX)]
-    aside.mkdir()
-    for p in moving:
-        os.replace(p, aside / p.name)
-    return aside
+    return move_aside(work, [p for p in work.iterdir() if not p.name.startswith(PREVIOUS_PREFIX)])
 
 
 def candidate_select(task: TaskEntry) -> str | None:
@@ -177,8 +170,9 @@ def check_inputs(
         status = cell_status(cell, out_dir, done_ids)
         work = out_dir / cell.work_dir
         old = None if cell.name in rerun else _recorded_settings(work)
-        if old is not None and not same_settings(old, cell_settings(cell)):
-            change = ", ".join(settings_diff(old, cell_settings(cell)))
+        new = cell_settings(cell) if old is not None else None  # it reads and hashes config files
+        if old is not None and not same_settings(old, new):
+            change = ", ".join(settings_diff(old, new))
             if cell.kind != "pretrain" and status == "done":
                 print(
                     f"note: {cell.name} is done with other settings ({change}); kept (--rerun-changed runs it again).",
