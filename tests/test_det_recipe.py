@@ -1,6 +1,7 @@
 """One Table 4 recipe on both detection engines: the paper configs of mmdet (tasks/detection/configs)
 and detectron2 (tasks/detection/detectron2/configs) compared key by key (schedule, optimiser, drop
-path, anchors, the RPN / RoI matchers and samplers, test-time settings), and, built with random
+path, anchors, the RPN / RoI matchers and samplers, the pyramid level each RoI is pooled from, test-time
+settings; the CPU smoke twins too, which the agreement benchmark trains), and, built with random
 ViT-B weights, their optimiser parameter groups (lr and weight decay of every encoder / pyramid
 parameter by name, of the heads' parameters by kind) and the mask predictor's initialisation.
 What this file checks is what "the same recipe" means for the two engines."""
@@ -21,7 +22,12 @@ pytestmark = [
         reason="needs both mmdet and detectron2 (bash scripts/setup.sh)",
     ),
 ]
-ARCH = {"b": ("vit_base_patch16", "mae_vit_base_patch16"), "l": ("vit_large_patch16", "mae_vit_large_patch16")}
+ARCH = {
+    "b": ("vit_base_patch16", "mae_vit_base_patch16"),
+    "l": ("vit_large_patch16", "mae_vit_large_patch16"),
+    "smoke": ("vit_test_patch8", "random_vit_test_patch8"),  # the CPU twins (the agreement benchmark's)
+}
+ROI_SIDES = (5, 10, 20, 40, 80, 160, 320, 640, 1000)  # RoI sides in px, none on a level boundary
 SIZE = 224  # the position embedding / relative tables of a built model are sized for this (not the recipe's 1024)
 
 
@@ -36,16 +42,18 @@ def registered():
 
 
 def configs(variant: str, size: str):
-    """(mmdet Config, detectron2 LazyConfig) of one paper config, filled for a MAE ViT of ``size``."""
+    """(mmdet Config, detectron2 LazyConfig) of one paper config (``size`` b / l, filled for a MAE
+    ViT of that size) or of the smoke config (``size`` smoke, random init)."""
     from tasks.detection.detectron2.config import load_lazy_config, registry_backbone_node, set_lr_and_depth
     from tasks.detection.mmdet_run import fill_model, load_config
     from tasks.detection.protocol import resolve_config
 
     arch, backbone = ARCH[size]
-    path, _ = resolve_config(f"vit_{size}", variant, arch, "mmdet")
+    name = "smoke" if size == "smoke" else f"vit_{size}"
+    path, _ = resolve_config(name, variant, arch, "mmdet")
     mm = load_config(path)
     fill_model(mm, path, backbone=backbone)
-    d2_path, _ = resolve_config(f"vit_{size}", variant, arch, "detectron2")
+    d2_path, _ = resolve_config(name, variant, arch, "detectron2")
     d2 = load_lazy_config(d2_path)
     node, _ = registry_backbone_node(d2, d2_path)
     node.name = backbone
@@ -75,7 +83,7 @@ def d2_node(d2):
 
 
 @pytest.mark.parametrize("variant", ["fpn", "vitdet"])
-@pytest.mark.parametrize("size", ["b", "l"])
+@pytest.mark.parametrize("size", ["b", "l", "smoke"])
 def test_paper_configs_of_both_engines_agree_key_by_key(registered, variant, size):
     mm, d2 = configs(variant, size)
     m, rpn, rcnn = mm.model, mm.model.train_cfg.rpn, mm.model.train_cfg.rcnn
@@ -133,6 +141,9 @@ def test_paper_configs_of_both_engines_agree_key_by_key(registered, variant, siz
         "roi low-quality": (rcnn.assigner.match_low_quality, rh.proposal_matcher.allow_low_quality_matches),
         "roi sampler": ((rcnn.sampler.num, rcnn.sampler.pos_fraction), (rh.batch_size_per_image, rh.positive_fraction)),
         "gt as proposals": (rcnn.sampler.add_gt_as_proposals, arg(rh, "proposal_append_gt")),
+        # the pyramid level each RoI is pooled from, by each library's own rule (a stride per side)
+        "box roi levels": (_mm_roi_strides(m.roi_head.bbox_roi_extractor), _d2_roi_strides(rh.box_pooler)),
+        "mask roi levels": (_mm_roi_strides(m.roi_head.mask_roi_extractor), _d2_roi_strides(rh.mask_pooler)),
         "box coder": (
             [1 / s for s in m.roi_head.bbox_head.bbox_coder.target_stds],
             list(rh.box_predictor.box2box_transform.weights),
@@ -144,9 +155,33 @@ def test_paper_configs_of_both_engines_agree_key_by_key(registered, variant, siz
     }
     diff = {k: v for k, v in pairs.items() if not _same(*v)}
     assert not diff, diff
+    if size == "smoke":  # fp32 on CPU
+        assert not d2.train.amp.enabled and mm.optim_wrapper.get("type", "OptimWrapper") == "OptimWrapper"
+        return
     # fp16 AMP on both (mmcv's CUDA RoIAlign has no bf16): AmpOptimWrapper's default dtype, AMPTrainer's
     assert mm.optim_wrapper.type == "AmpOptimWrapper" and mm.optim_wrapper.get("dtype") in (None, "float16")
     assert d2.train.amp.enabled
+
+
+def _mm_roi_strides(extractor) -> list[int]:
+    """The stride of the level mmdet's SingleRoIExtractor (``map_roi_levels``) pools each side of ROI_SIDES from."""
+    from mmdet.registry import MODELS
+
+    module = MODELS.build(extractor)
+    rois = torch.tensor([[0.0, 0.0, 0.0, s, s] for s in ROI_SIDES])
+    return [module.featmap_strides[i] for i in module.map_roi_levels(rois, len(module.featmap_strides)).tolist()]
+
+
+def _d2_roi_strides(pooler) -> list[int]:
+    """The stride of the level detectron2's ROIPooler (``assign_boxes_to_levels``) pools each side from."""
+    from detectron2.config import instantiate
+    from detectron2.modeling.poolers import assign_boxes_to_levels
+    from detectron2.structures import Boxes
+
+    p = instantiate(pooler)
+    boxes = Boxes(torch.tensor([[0.0, 0.0, s, s] for s in ROI_SIDES]))
+    levels = assign_boxes_to_levels([boxes], p.min_level, p.max_level, p.canonical_box_size, p.canonical_level)
+    return [2 ** (p.min_level + i) for i in levels.tolist()]
 
 
 def _flat(ratios) -> list:

@@ -2,12 +2,16 @@
 # seconds: the tiny registry ViT (random_vit_test_patch8: dim 32, depth 2, patch 8), 64 px images,
 # 32-channel pyramid and heads, fewer sampled anchors / RoIs, a 60-iteration schedule at batch 2.
 # Patch 8 halves every stride: the pyramid is at 2/4/8/16 (+ p6 at 32), so anchors and RoI
-# extractors use those strides. Not a protocol: numbers from it only show the pipeline works.
+# extractors use those strides, and the RoI extractors' finest_scale is halved too (below). Not a protocol: numbers from it only show the pipeline works.
 _base_ = ["./vitdet_maskrcnn_b.py"]
 
 image_size = (64, 64)
 channels = 32
 strides = [2, 4, 8, 16]  # ViTPyramid.strides for patch 8
+# A RoI of side s is pooled from the level detectron2's ROIPooler picks for these strides,
+# floor(4 + log2(s / 224)) (stride 2 below 56 px, 4 below 112, ...): mmdet's rule
+# floor(log2(s / finest_scale)) gives that with finest_scale 28, not the 56 meant for strides 4..32.
+finest_scale = 28
 
 train_pipeline = [
     dict(type="LoadImageFromFile", backend_args=None),
@@ -51,9 +55,9 @@ model = dict(
     ),
     rpn_head=dict(in_channels=channels, feat_channels=channels, anchor_generator=dict(strides=strides + [32])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=channels, featmap_strides=strides),
+        bbox_roi_extractor=dict(out_channels=channels, featmap_strides=strides, finest_scale=finest_scale),
         bbox_head=dict(in_channels=channels, conv_out_channels=channels, fc_out_channels=128),
-        mask_roi_extractor=dict(out_channels=channels, featmap_strides=strides),
+        mask_roi_extractor=dict(out_channels=channels, featmap_strides=strides, finest_scale=finest_scale),
         mask_head=dict(in_channels=channels, conv_out_channels=channels),
     ),
     train_cfg=dict(
