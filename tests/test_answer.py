@@ -137,6 +137,9 @@ def test_bench_table_writes_answer_md(known, tmp_path):
     answer = tmp_path / "out" / "answer.md"
     assert answer in paths
     text = answer.read_text()
+    assert text.splitlines()[0].endswith(
+        "each init is one checkpoint, so the intervals leave out pretraining-run variance)"
+    )
     sentences = answer_sentences(store.dataframe(), "inat2017", base_dir=store.path.parent)
     for sentence in sentences:
         assert sentence in text  # no name here needs Markdown escaping

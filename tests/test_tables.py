@@ -173,6 +173,7 @@ def test_latex_is_balanced_escaped_and_bolds_only_the_tested_best(store):
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
     assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
     assert r"\caption{COCO Mask R-CNN, APbox / APmask (cf. MAE Table 4). Cells: mean [95 \% interval]" in tex
+    assert "a row is one checkpoint, so intervals leave out pretraining-run variance" in tex
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
     spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
     body = tex[tex.index(r"\toprule") + 8 : tex.index(r"\bottomrule")]

@@ -154,5 +154,8 @@ def answer_sentences(
 
 def write_answer(sentences: list[str], out_dir: str | os.PathLike) -> Path:
     """``<out_dir>/answer.md``: the sentences (names escaped with ``md_escape``), one paragraph each."""
-    text = "**Answer** (from the tables' own tests)\n\n" + "\n\n".join(sentences) + "\n"
+    text = (
+        "**Answer** (from the tables' own tests; each init is one checkpoint, so the intervals leave out "
+        "pretraining-run variance)\n\n" + "\n\n".join(sentences) + "\n"
+    )
     return atomic_write_text(Path(out_dir) / ANSWER_FILE, text)

@@ -50,7 +50,8 @@ def legend(table: pd.DataFrame) -> str:
     """What the cells show, naming the intervals this table uses."""
     methods = table.attrs.get("methods", ["images", "seeds"])
     samples = table.attrs.get("samples", BOOTSTRAP_SAMPLES)
-    parts = ["Cells: mean [95 % interval]."]
+    # rows are never pooled across checkpoints (run identity), so no interval holds pretraining variance
+    parts = ["Cells: mean [95 % interval]; a row is one checkpoint, so intervals leave out pretraining-run variance."]
     if "images" in methods:
         parts.append(f"One run: percentile bootstrap over the evaluation images ({samples} resamples).")
     if "seeds x images" in methods:
