@@ -547,6 +547,41 @@ def test_bad_inputs_of_run_detectron2(tmp_path):
 
 
 @needs_d2
+def test_training_mask_format_follows_the_annotations_unless_an_override_gives_one(tmp_path):
+    """polygon for polygon-only sets, bitmask where a non-crowd instance is RLE (polygons cannot hold
+    it); an override of the format is kept (bitmask: mask targets cropped from image-size bitmaps,
+    as mmdet's), but one that cannot hold the annotations is one line naming the key."""
+    from tasks.detection.coco_data import make_coco_dataset
+    from tasks.detection.detectron2.config import MASK_FORMAT_KEY, load_lazy_config, set_data
+    from tasks.detection.protocol import resolve_config
+
+    root = make_coco_dataset(tmp_path / "coco", n_train=6, n_val=1, image_size=(64, 64))
+    rle_ann = root / "annotations" / "instances_train2017.json"
+    coco = json.loads(rle_ann.read_text())
+    assert any(isinstance(a["segmentation"], dict) and not a["iscrowd"] for a in coco["annotations"])
+    coco["annotations"] = [a for a in coco["annotations"] if isinstance(a["segmentation"], list)]
+    poly_ann = tmp_path / "polygons.json"
+    poly_ann.write_text(json.dumps(coco))
+    images = root / "train2017"
+    path, _ = resolve_config("smoke", "fpn", "vit_test_patch8", "detectron2")
+
+    def mask_format(ann, given=None):
+        cfg = load_lazy_config(path)
+        if given is not None:
+            cfg.dataloader.train.mapper.instance_mask_format = given
+        data = dict(splits=dict(train=(ann, images), val=(ann, images)), train_ann=ann)
+        set_data(cfg, data, tmp_path / "work", mask_format_given=given is not None)
+        return cfg.dataloader.train.mapper.instance_mask_format
+
+    assert mask_format(poly_ann) == "polygon" and mask_format(rle_ann) == "bitmask"
+    assert mask_format(poly_ann, "bitmask") == "bitmask"
+    with pytest.raises(BenchError, match=f"{MASK_FORMAT_KEY}='polygon': .*has RLE instance masks"):
+        mask_format(rle_ann, "polygon")
+    with pytest.raises(BenchError, match="choose 'polygon' or 'bitmask'"):
+        mask_format(poly_ann, "bitmap")
+
+
+@needs_d2
 @pytest.mark.parametrize("variant", ["vitdet", "fpn"])
 def test_smoke_configs_train_one_step_and_perf_counts_flops(variant):
     """Both protocols' CPU smoke configs build, fit their backbone's strides (p1..p5 for patch 8) and

@@ -193,9 +193,14 @@ def set_lr_and_depth(cfg, init: str, arch: str, given_lr: bool = False) -> tuple
     return lr, float(lff.keywords.get("lr_decay_rate", 1.0)) if isinstance(lff, functools.partial) else 1.0
 
 
-def set_data(cfg, data: dict, work_dir) -> dict:
+MASK_FORMAT_KEY = "dataloader.train.mapper.instance_mask_format"
+
+
+def set_data(cfg, data: dict, work_dir, mask_format_given: bool = False) -> dict:
     """Both splits (``data['splits']``, ``protocol.run_data``) as ``registered_coco`` nodes (stable
-    names) and COCOEvaluator on the evaluated one; the names."""
+    names) and COCOEvaluator on the evaluated one; the names. The training masks' format is the
+    one the annotations need (``mask_format``) unless an override gave it (``mask_format_given``:
+    e.g. 'bitmask' to crop mask targets from image-size bitmaps, as mmdet does)."""
     names = {}
     for split, loader in (("train", "train"), ("val", "test")):
         ann, images = (str(Path(p).resolve()) for p in data["splits"][split])
@@ -203,7 +208,15 @@ def set_data(cfg, data: dict, work_dir) -> dict:
         cfg.dataloader[loader].dataset = L(registered_coco)(
             names=names[split], json_file=ann, image_root=images, filter_empty=split == "train"
         )
-    cfg.dataloader.train.mapper.instance_mask_format = mask_format(data["train_ann"])
+    needed, mapper = mask_format(data["train_ann"]), cfg.dataloader.train.mapper
+    given = mapper.instance_mask_format if mask_format_given else needed
+    if given not in ("polygon", "bitmask"):
+        raise BenchError(f"override {MASK_FORMAT_KEY}={given!r}: choose 'polygon' or 'bitmask'")
+    if needed == "bitmask" and given != "bitmask":
+        raise BenchError(
+            f"override {MASK_FORMAT_KEY}={given!r}: {data['train_ann']} has RLE instance masks (bitmask only)"
+        )
+    mapper.instance_mask_format = given
     cfg.dataloader.evaluator = L(COCOEvaluator)(
         dataset_name=names["val"], output_dir=str(Path(work_dir) / "inference"), tasks=("bbox", "segm")
     )

@@ -49,6 +49,7 @@ from bench.core.results import ResultsStore, config_hash, sha256_file
 from bench.core.workdir import WorkDir, check_checkpoint_settings
 from tasks.detection.detectron2.backbone import check_model
 from tasks.detection.detectron2.config import (
+    MASK_FORMAT_KEY,
     apply_overrides,
     hashable,
     load_lazy_config,
@@ -147,7 +148,7 @@ def prepare(run: TransferRun) -> D2Job:
     cfg.train.device, cfg.train.amp.enabled = str(device), amp
     if device.type == "cpu":
         cfg.train.ddp.pop("device_ids", None)  # DDP of a CPU module takes no device ids
-    set_data(cfg, data, run.work_dir)
+    set_data(cfg, data, run.work_dir, mask_format_given=MASK_FORMAT_KEY in run.cfg_options)
     cfg.train.output_dir = str(run.work_dir)
     hashed = hashable(cfg, node_key)
     record = dict(
