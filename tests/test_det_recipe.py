@@ -3,7 +3,8 @@ and detectron2 (tasks/detection/detectron2/configs) compared key by key (schedul
 path, anchors, the RPN / RoI matchers and samplers, the pyramid level each RoI is pooled from, test-time
 settings; the CPU smoke twins too, which the agreement benchmark trains), and, built with random
 ViT-B weights, their optimiser parameter groups (lr and weight decay of every encoder / pyramid
-parameter by name, of the heads' parameters by kind) and the mask predictor's initialisation.
+parameter by name, of the heads' parameters by kind) and their initialisations (the spread of every
+head weight; the mask predictor's normal(0, 0.001)).
 What this file checks is what "the same recipe" means for the two engines."""
 
 from __future__ import annotations
@@ -277,9 +278,45 @@ def test_both_engines_build_the_same_parameter_groups_and_mask_predictor(registe
         assert mm_heads[("ln-channels", "weight")] == {(mm_opt.defaults["lr"], 0.1)}  # as detectron2's LN
     else:
         assert mm_heads[("bn", "weight")] == {(mm_opt.defaults["lr"], 0.0)}
+    # initialisations: every head weight drawn with the same spread (std within 10 %; a 1024-wide fc
+    # holds millions of draws), the box fc and the FPN convs as detectron2's c2_xavier_fill
+    mm_w, d2_w = dict(mm_model.named_parameters()), dict(d2_model.named_parameters())
+    pairs = _init_pairs(variant)
+    assert {m for m, _ in pairs} <= set(mm_w) and {d for _, d in pairs} <= set(d2_w)
+    spread = {m: (mm_w[m].std().item(), d2_w[d].std().item()) for m, d in pairs}
+    assert not {m: v for m, v in spread.items() if v[0] != pytest.approx(v[1], rel=0.1)}
+    assert spread["roi_head.bbox_head.shared_fcs.0.weight"][0] == pytest.approx((1 / (256 * 49)) ** 0.5, rel=0.02)
     # the mask predictor: normal(0, 0.001), bias 0 in both
     for w, b in (
         (mm_model.roi_head.mask_head.conv_logits.weight, mm_model.roi_head.mask_head.conv_logits.bias),
         (d2_model.roi_heads.mask_head.predictor.weight, d2_model.roi_heads.mask_head.predictor.bias),
     ):
         assert w.std().item() == pytest.approx(0.001, rel=0.1) and b.abs().max().item() == 0.0
+
+
+def _init_pairs(variant: str) -> list[tuple[str, str]]:
+    """(mmdet, detectron2) names of the same head weight in the two built ViT-B models."""
+    pairs = [
+        (f"rpn_head.rpn_conv.{i}.conv.weight", f"proposal_generator.rpn_head.conv.conv{i}.weight") for i in range(2)
+    ]
+    pairs += [
+        ("rpn_head.rpn_cls.weight", "proposal_generator.rpn_head.objectness_logits.weight"),
+        ("rpn_head.rpn_reg.weight", "proposal_generator.rpn_head.anchor_deltas.weight"),
+        ("roi_head.bbox_head.shared_fcs.0.weight", "roi_heads.box_head.fc1.weight"),
+        ("roi_head.bbox_head.fc_cls.weight", "roi_heads.box_predictor.cls_score.weight"),
+        ("roi_head.bbox_head.fc_reg.weight", "roi_heads.box_predictor.bbox_pred.weight"),
+        ("roi_head.mask_head.upsample.weight", "roi_heads.mask_head.deconv.weight"),
+    ]
+    pairs += [
+        (f"roi_head.bbox_head.shared_convs.{i}.conv.weight", f"roi_heads.box_head.conv{i + 1}.weight") for i in range(4)
+    ]
+    pairs += [
+        (f"roi_head.mask_head.convs.{i}.conv.weight", f"roi_heads.mask_head.mask_fcn{i + 1}.weight") for i in range(4)
+    ]
+    if variant == "fpn":
+        for i in range(4):
+            pairs += [
+                (f"neck.lateral_convs.{i}.conv.weight", f"backbone.fpn_lateral{i + 2}.weight"),
+                (f"neck.fpn_convs.{i}.conv.weight", f"backbone.fpn_output{i + 2}.weight"),
+            ]
+    return pairs

@@ -71,8 +71,7 @@ OPTIONS = ("variant", "dets_out", "ckpt_interval", "channels_last")
 # released code of the recipe: tests/test_det_recipe.py checks the rest is the same on both engines)
 ENGINE_DEVIATIONS = {
     "mmdet": [
-        "mmdet engine: RPN low-quality anchors regress to the box they are best for (ViTDet: their "
-        "highest-IoU box); FPN conv and box-head fc initialisations are mmdet's (ViTDet: c2_xavier_fill)"
+        "mmdet engine: RPN low-quality anchors regress to the box they are best for (ViTDet: their highest-IoU box)"
     ],
     "detectron2": [],
 }

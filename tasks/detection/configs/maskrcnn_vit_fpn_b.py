@@ -9,6 +9,9 @@ _base_ = ["./coco_lsj_100e.py"]
 protocol = "maskrcnn_fpn"  # results-row protocol
 variant = "fpn"
 norm_cfg = dict(type="SyncBN", requires_grad=True)  # [Li21] synchronous BN wherever BN is used
+# [ViTDet] initialises the FPN convs and the box head's fc with detectron2's c2_xavier_fill
+# (kaiming_uniform_(a=1): bound sqrt(3 / fan_in), bias 0); mmdet's defaults are Xavier-uniform.
+C2_XAVIER_FILL = dict(type="Kaiming", a=1, mode="fan_in", nonlinearity="leaky_relu", distribution="uniform", bias=0)
 
 model = dict(
     type="MaskRCNN",
@@ -39,6 +42,7 @@ model = dict(
         out_channels=256,
         num_outs=5,  # p2-p6, p6 = max-pool of p5 (detectron2 LastLevelMaxPool)
         norm_cfg=norm_cfg,
+        init_cfg=dict(C2_XAVIER_FILL, layer="Conv2d"),
     ),  # [Li21] (1) BN after the FPN convolutions [tv]
     rpn_head=dict(
         type="RPNHead",
@@ -66,6 +70,11 @@ model = dict(
             roi_feat_size=7,
             num_classes=80,  # run.py: number of categories in the annotation file
             norm_cfg=norm_cfg,
+            init_cfg=[  # mmdet's own predictor inits (= detectron2's), the fc as [ViTDet]'s
+                dict(type="Normal", std=0.01, override=dict(name="fc_cls")),
+                dict(type="Normal", std=0.001, override=dict(name="fc_reg")),
+                dict(C2_XAVIER_FILL, override=dict(name="shared_fcs")),
+            ],
             bbox_coder=dict(
                 type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[0.1, 0.1, 0.2, 0.2]
             ),
