@@ -2,7 +2,8 @@
 # seconds: the tiny registry ViT (random_vit_test_patch8: dim 32, depth 2, patch 8), 64 px images,
 # 32-channel FPN and heads, fewer sampled anchors / RoIs, a 60-iteration schedule at batch 2.
 # Patch 8 halves every stride: the pyramid is at 2/4/8/16 (+ p6 at 32), so anchors and RoI
-# extractors use those strides, and the RoI extractors' finest_scale is halved too (below). Not a protocol: numbers from it only show the pipeline works.
+# extractors use those strides, and the RoI extractors' finest_scale is halved too (below).
+# Not a protocol: numbers from it only show the pipeline works.
 _base_ = ["./maskrcnn_vit_fpn_b.py"]
 
 image_size = (64, 64)
